@@ -1,0 +1,466 @@
+#!/usr/bin/env bash
+# Load benchmark: keep-alive small GET, direct vs authgate vs nginx.
+#
+# Runs every target once per round, interleaved (direct, authgate, nginx,
+# direct, authgate, nginx, ...), so that drift on the machine hits all targets
+# alike, then prints a markdown table of medians over the rounds.
+#
+# Pinning: the proxies under test (authgate, nginx proxy) run on PROXY_CPU
+# (default 0); wrk and the upstream nginx run on LOAD_CPU (default 1).
+# CPU cost of a proxy = (utime+stime) of its whole process from
+# /proc/<pid>/stat (all threads) over the wrk run, divided by the number of
+# requests wrk completed.
+#
+# Knobs (environment):
+#   ROUNDS=3         rounds (every target once per round)
+#   DURATION=5s      wrk -d per run
+#   CONNS=32         wrk -c (keep-alive connections), always -t1
+#   WARMUP=1s        one unrecorded wrk run per target before round 1 (0 = off)
+#   THREADS=1        authgate worker threads (--threads)
+#   AUTHGATE_BIN=    use this binary instead of `cargo build --release --locked`
+#   PROXY_CPU=0 LOAD_CPU=1   CPUs for the proxies / for wrk + upstream
+#   BASELINE=nginx   target the ratio columns are relative to
+#   KEEP_TMP=1       keep the temp dir (configs, logs, raw wrk output)
+#
+# Adding a target: see the "Targets" section near the end.
+set -euo pipefail
+
+INVOKED_AS=$0
+cd "$(dirname "$0")/.."
+REPO_ROOT=$(pwd)
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-32}
+WARMUP=${WARMUP:-1s}
+THREADS=${THREADS:-1}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+BASELINE=${BASELINE:-nginx}
+KEEP_TMP=${KEEP_TMP:-0}
+
+log() { printf '[load.sh] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools ----
+need_pkg() { # need_pkg COMMAND DEBIAN_PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    [[ -x /usr/sbin/$1 ]] && return 0
+    log "installing $2"
+    if [[ $(id -u) -eq 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+    fi
+}
+need_pkg wrk wrk
+need_pkg nginx nginx
+need_pkg curl curl
+need_pkg taskset util-linux
+need_pkg ss iproute2
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+for cpu in "$PROXY_CPU" "$LOAD_CPU"; do
+    taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (nproc=$(nproc)); set PROXY_CPU/LOAD_CPU"
+done
+[[ $PROXY_CPU != "$LOAD_CPU" ]] || log "warning: PROXY_CPU == LOAD_CPU, proxies share a CPU with wrk"
+
+CLK_TCK=$(getconf CLK_TCK)
+
+# ----------------------------------------------------- temp dir, cleanup ----
+TMP=$(mktemp -d -t authgate-load.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    [[ -z ${WRK_PID:-} ]] || PIDS+=("$WRK_PID")
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $KEEP_TMP == 1 ]]; then
+        log "kept temp dir $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ----------------------------------------------------------------- ports ----
+# Free TCP ports below the ephemeral range (so wrk's / the proxies' outgoing
+# connections can never take them), checked against current listeners.
+USED_PORTS=" "
+free_port() { # sets PORT
+    local low p tries
+    low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    ((low > 21000)) || low=61000
+    for ((tries = 0; tries < 200; tries++)); do
+        p=$((20000 + RANDOM % (low - 20000)))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        [[ -z $(ss -ltnH "( sport = :$p )") ]] || continue
+        USED_PORTS+="$p "
+        PORT=$p
+        return 0
+    done
+    die "no free port found"
+}
+
+# --------------------------------------------------------------- helpers ----
+wait_http() { # wait_http URL PID NAME LOGFILE: wait until URL answers 200, max 30 s
+    local url=$1 pid=$2 name=$3 logfile=$4 i
+    for ((i = 0; i < 300; i++)); do
+        if ! alive "$pid"; then
+            log "$name exited during start-up; last log lines:"
+            tail -n 30 "$logfile" >&2 || true
+            die "$name failed to start"
+        fi
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 30 "$logfile" >&2 || true
+    die "$name not ready at $url after 30 s"
+}
+
+# start_nginx NAME CPU HTTP_BLOCK_BODY: start a single-process nginx
+# (master_process off, so $! is the process serving requests) pinned to CPU.
+# Sets NGINX_PID. Writes $TMP/nginx-NAME/{nginx.conf,error.log,...}.
+start_nginx() {
+    local name=$1 cpu=$2 body=$3 dir=$TMP/nginx-$1
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    default_type text/plain;
+    server_tokens off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    # nginx closes a keep-alive connection after 1000 requests by default;
+    # raise it so every target really is measured over persistent connections.
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+$body
+}
+EOF
+    "$NGINX" -t -q -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" ||
+        die "nginx config $name invalid: $dir/nginx.conf"
+    taskset -c "$cpu" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+        >"$dir/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+}
+
+proc_stat() { # proc_stat PID -> sets F: /proc/PID/stat fields from field 3 on
+    local stat
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+    read -r -a F <<<"${stat##*) }" # drop "pid (comm) ", comm may hold spaces
+}
+alive() { # alive PID: running and not a zombie
+    proc_stat "$1" && [[ ${F[0]} != Z && ${F[0]} != X ]]
+}
+cpu_ticks() { # cpu_ticks PID: utime+stime (fields 14, 15) of the whole process,
+    # which /proc/PID/stat already sums over all (live and exited) threads
+    alive "$1" || return 1
+    echo $((F[11] + F[12]))
+}
+
+cpu_line() { # cpu_line CPU -> "BUSY TOTAL" ticks of that CPU from /proc/stat
+    awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9;
+        print busy, busy + $5 + $6 }' /proc/stat
+}
+
+to_ms() { # wrk latency ("812.00us", "1.23ms", "2.00s", "1.50m") -> ms
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000
+        else if (u == "m") n *= 60000; else if (u == "h") n *= 3600000
+        else if (u != "ms") { print "NaN"; exit 1 }
+        printf "%.4f\n", n }'
+}
+
+median() { # median NUM... (ignores "-")
+    printf '%s\n' "$@" | { grep -v '^-$' || true; } | sort -g |
+        awk '{a[NR] = $1} END { if (NR == 0) print "-";
+             else if (NR % 2) print a[(NR + 1) / 2];
+             else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# --------------------------------------------------------------- targets ----
+# A target = NAME, URL, PID whose CPU is measured ("-" = none), extra wrk args.
+# Extra args are stored joined with \x1f (unit separator) to survive spaces.
+TARGET_NAMES=()
+declare -A TARGET_URL TARGET_PID TARGET_ARGS
+add_target() { # add_target NAME URL PID [extra wrk args...]
+    local name=$1 url=$2 pid=$3 IFS=$'\x1f'
+    shift 3
+    TARGET_NAMES+=("$name")
+    TARGET_URL[$name]=$url
+    TARGET_PID[$name]=$pid
+    TARGET_ARGS[$name]="$*"
+}
+target_args() { # target_args NAME -> sets ARGS array
+    ARGS=()
+    [[ -z ${TARGET_ARGS[$1]} ]] || IFS=$'\x1f' read -r -a ARGS <<<"${TARGET_ARGS[$1]}"
+}
+
+MAX_OTHER=0 # highest share (%) of PROXY_CPU used by something else during a proxy run
+# Results, per target: space-separated values, one per round.
+declare -A R_RPS R_P50 R_P99 R_CPU R_ERR
+
+# bench_target NAME URL PID [extra wrk args...]: one wrk run, recorded.
+# With RECORD=0 (warm-up) nothing is recorded.
+bench_target() {
+    local name=$1 url=$2 pid=$3 out t0 t1 rps p50 p99 reqs non2xx sockerr cpu_us util secs other
+    local c0_busy c0_total c1_busy c1_total
+    shift 3
+    out=$TMP/wrk-$name-$ROUND.txt
+    if [[ $pid != - ]]; then
+        t0=$(cpu_ticks "$pid") || die "$name (pid $pid) is not running"
+    fi
+    read -r c0_busy c0_total < <(cpu_line "$PROXY_CPU")
+    local dur=$DURATION
+    [[ ${RECORD:-1} == 1 ]] || dur=$WARMUP
+    # In the background + wait, so that a signal to this script is handled
+    # (cleanup trap) at once rather than after wrk finishes.
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency "$@" "$url" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || { cat "$out" >&2; die "wrk failed for $name"; }
+    WRK_PID=
+    if [[ $pid != - ]]; then
+        t1=$(cpu_ticks "$pid") || die "$name (pid $pid) died during the run"
+    fi
+    read -r c1_busy c1_total < <(cpu_line "$PROXY_CPU")
+    [[ ${RECORD:-1} == 1 ]] || return 0
+
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+    p50=$(awk '$1 == "50%" {print $2}' "$out")
+    p99=$(awk '$1 == "99%" {print $2}' "$out")
+    reqs=$(awk '/ requests in / {print $1}' "$out")
+    secs=$(awk '/ requests in / {v = $4; sub(/s,$/, "", v); print v}' "$out")
+    [[ -n $rps && -n $p50 && -n $p99 && -n $reqs ]] ||
+        { cat "$out" >&2; die "cannot parse wrk output for $name"; }
+    ((reqs > 0)) || { cat "$out" >&2; die "$name: no requests completed"; }
+    p50=$(to_ms "$p50")
+    p99=$(to_ms "$p99")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+    sockerr=$(awk '/Socket errors:/ {gsub(/,/, ""); print $4 + $6 + $8 + $10}' "$out")
+    local errs=$((${non2xx:-0} + ${sockerr:-0}))
+
+    if [[ $pid == - ]]; then
+        cpu_us=- util=- other=-
+    else
+        # Time CPU PROXY_CPU spent on anything but the proxy (other processes,
+        # interrupts, steal): a noisy neighbour makes req/s/latency unreliable.
+        other=$(awk -v b=$((c1_busy - c0_busy - (t1 - t0))) -v t=$((c1_total - c0_total)) \
+            'BEGIN {printf "%.0f", (t > 0 && b > 0 ? b / t * 100 : 0)}')
+        ((other <= MAX_OTHER)) || MAX_OTHER=$other
+        cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.3f", d * 1e6 / hz / n}')
+        util=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN {printf "%.0f%%", (s > 0 ? d / hz / s * 100 : 0)}')
+    fi
+    R_RPS[$name]+="$rps "
+    R_P50[$name]+="$p50 "
+    R_P99[$name]+="$p99 "
+    R_CPU[$name]+="$cpu_us "
+    R_ERR[$name]=$((${R_ERR[$name]:-0} + errs))
+    log "$(printf 'round %d %-16s %10s req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %7s us/req (%s of a core; CPU %s other load %s)  errors %d' \
+        "$ROUND" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$util" "$PROXY_CPU" "$other$([[ $other == - ]] || echo %)" "$errs")"
+    ((errs == 0)) || log "warning: $name had $errs non-2xx/socket errors in round $ROUND (see $out)"
+}
+
+# ------------------------------------------------------------- upstream ----
+free_port; UP_PORT=$PORT
+start_nginx upstream "$LOAD_CPU" "
+    server {
+        listen 127.0.0.1:$UP_PORT reuseport backlog=4096;
+        location / { return 200 \"ok\"; }
+    }"
+UP_PID=$NGINX_PID
+wait_http "http://127.0.0.1:$UP_PORT/" "$UP_PID" "upstream nginx" "$TMP/nginx-upstream/error.log"
+log "upstream nginx pid $UP_PID on :$UP_PORT (CPU $LOAD_CPU)"
+
+# ---------------------------------------------------------- nginx proxy ----
+# Equivalent reverse proxy: keep-alive pool to the upstream, same kinds of
+# headers authgate adds. Further servers (e.g. a `map`-based API-key check)
+# can be added to this http block on their own ports; they share the process,
+# which is fine since only one target is loaded at a time.
+free_port; NGX_PORT=$PORT
+start_nginx proxy "$PROXY_CPU" "
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT reuseport backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+        }
+    }"
+NGX_PID=$NGINX_PID
+wait_http "http://127.0.0.1:$NGX_PORT/" "$NGX_PID" "nginx proxy" "$TMP/nginx-proxy/error.log"
+log "nginx proxy pid $NGX_PID on :$NGX_PORT (CPU $PROXY_CPU)"
+
+# ------------------------------------------------------------- authgate ----
+if [[ -n ${AUTHGATE_BIN:-} ]]; then
+    BIN=$AUTHGATE_BIN
+else
+    log "building authgate (cargo build --release --locked)"
+    cargo build --release --locked >&2
+    BIN=$REPO_ROOT/target/release/authgate
+fi
+[[ -x $BIN ]] || die "authgate binary not found or not executable: $BIN"
+
+free_port; AG_PORT=$PORT
+free_port; ADMIN_PORT=$PORT
+cat >"$TMP/authgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$AG_PORT"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[log]
+access_log = false
+
+[[routes]]
+name = "public"
+match = { path_prefix = "/" }
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = "none"
+EOF
+taskset -c "$PROXY_CPU" "$BIN" serve -c "$TMP/authgate.toml" --log-level warn --threads "$THREADS" \
+    >"$TMP/authgate.log" 2>&1 &
+AG_PID=$!
+PIDS+=("$AG_PID")
+wait_http "http://127.0.0.1:$ADMIN_PORT/ready" "$AG_PID" authgate "$TMP/authgate.log"
+log "authgate pid $AG_PID on :$AG_PORT, admin :$ADMIN_PORT (CPU $PROXY_CPU, --threads $THREADS)"
+
+# -------------------------------------------------------------- Targets ----
+# add_target NAME URL PID [extra wrk args...]
+# PID is the process whose CPU time is charged to the target ("-": none).
+# Example for an API-key route:
+#   add_target authgate-apikey "http://127.0.0.1:$AG_PORT/api/" "$AG_PID" \
+#       -H "Authorization: Bearer $API_KEY"
+add_target direct "http://127.0.0.1:$UP_PORT/" -
+add_target authgate "http://127.0.0.1:$AG_PORT/" "$AG_PID"
+add_target nginx "http://127.0.0.1:$NGX_PORT/" "$NGX_PID"
+
+[[ -n ${TARGET_URL[$BASELINE]:-} ]] || die "BASELINE=$BASELINE is not a target"
+
+# Sanity check: every target answers 200 with the upstream body, using the
+# target's -H headers.
+for name in "${TARGET_NAMES[@]}"; do
+    target_args "$name"
+    curl_args=()
+    for ((i = 0; i < ${#ARGS[@]}; i++)); do
+        if [[ ${ARGS[i]} == -H || ${ARGS[i]} == --header ]]; then
+            curl_args+=(-H "${ARGS[i + 1]}")
+            i=$((i + 1))
+        fi
+    done
+    resp=$(curl -s --max-time 5 -w ' %{http_code}' "${curl_args[@]}" "${TARGET_URL[$name]}" || true)
+    [[ $resp == "ok 200" ]] || die "target $name: expected 'ok 200' from ${TARGET_URL[$name]}, got '${resp:0:200}'"
+done
+
+# ---------------------------------------------------------------- runs ----
+START=$(date +%s)
+if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
+    log "warm-up: $WARMUP per target"
+    ROUND=0
+    for name in "${TARGET_NAMES[@]}"; do
+        target_args "$name"
+        RECORD=0 bench_target "$name" "${TARGET_URL[$name]}" "${TARGET_PID[$name]}" "${ARGS[@]}"
+    done
+fi
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    for name in "${TARGET_NAMES[@]}"; do
+        target_args "$name"
+        bench_target "$name" "${TARGET_URL[$name]}" "${TARGET_PID[$name]}" "${ARGS[@]}"
+    done
+done
+log "runs took $(($(date +%s) - START)) s"
+
+# --------------------------------------------------------------- report ----
+ratio() { # ratio A B
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f\n", a / b }'
+}
+fmt() { # fmt PRINTF_FMT VALUE
+    if [[ $2 == - ]]; then echo -; else awk -v v="$2" -v f="$1" 'BEGIN {printf f "\n", v}'; fi
+}
+
+# shellcheck disable=SC2086 # word splitting of the per-round lists is intended
+{
+    b_rps=$(median ${R_RPS[$BASELINE]})
+    b_p99=$(median ${R_P99[$BASELINE]})
+    b_cpu=$(median ${R_CPU[$BASELINE]})
+    cmd="ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS WARMUP=$WARMUP THREADS=$THREADS"
+    [[ -z ${AUTHGATE_BIN:-} ]] || cmd+=" AUTHGATE_BIN=$(printf '%q' "$AUTHGATE_BIN")"
+    [[ $PROXY_CPU == 0 && $LOAD_CPU == 1 ]] || cmd+=" PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU"
+    [[ $BASELINE == nginx ]] || cmd+=" BASELINE=$BASELINE"
+    cmd+=" $INVOKED_AS"
+
+    echo "## authgate load benchmark"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "- Command: \`$cmd\`"
+    echo "- Machine: nproc=$(nproc), CPU: $(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
+    echo "- Tools: $(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), authgate: \`$BIN\` ($("$BIN" --version 2>/dev/null | head -n1 || true))"
+    echo "- Load: \`wrk -t1 -c$CONNS -d$DURATION --latency\`, keep-alive GET /, upstream nginx \`return 200 \"ok\"\`;" \
+        "$ROUNDS rounds interleaved ($(
+            IFS=,
+            echo "${TARGET_NAMES[*]}"
+        )), medians over rounds"
+    echo "- Pinning: proxies on CPU $PROXY_CPU (authgate --threads $THREADS, nginx 1 process); wrk + upstream nginx on CPU $LOAD_CPU"
+    echo "- Noise: CPU $PROXY_CPU was busy with other work for at most $MAX_OTHER% of a proxy run$( ((MAX_OTHER <= 5)) || echo ' (NOISY: req/s and latency unreliable, CPU µs/req still usable)')"
+    echo "- CPU µs/req: utime+stime of the proxy process (/proc/<pid>/stat, all threads, CLK_TCK=$CLK_TCK) over the run / requests"
+    echo
+    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | req/s vs $BASELINE | CPU vs $BASELINE | p99 vs $BASELINE | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for name in "${TARGET_NAMES[@]}"; do
+        rps=$(median ${R_RPS[$name]})
+        p50=$(median ${R_P50[$name]})
+        p99=$(median ${R_P99[$name]})
+        cpu=$(median ${R_CPU[$name]})
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
+            "$(fmt %.0f "$rps")" "$(fmt %.3f "$p50")" "$(fmt %.3f "$p99")" "$(fmt %.2f "$cpu")" \
+            "$(ratio "$rps" "$b_rps")" "$(ratio "$cpu" "$b_cpu")" "$(ratio "$p99" "$b_p99")" \
+            "${R_ERR[$name]:-0}"
+    done
+    echo
+    echo "Per-round values (req/s; CPU µs/req):"
+    echo
+    for name in "${TARGET_NAMES[@]}"; do
+        echo "- $name: ${R_RPS[$name]% }; ${R_CPU[$name]% }"
+    done
+}

@@ -1,0 +1,377 @@
+//! The config file as written (SPEC §2): serde-only types, `deny_unknown_fields` everywhere,
+//! defaults as named constants. `compile.rs` turns this into the typed runtime config.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+use super::values::{Cidr, DurationValue, ListenAddr, Secret, Text};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16_384;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+pub const DEFAULT_HEADER_PREFIX: &str = "x-auth-";
+pub const DEFAULT_KEY_PREFIX: &str = "sgk_";
+pub const DEFAULT_KEY_MIN_LENGTH: usize = 32;
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 60;
+pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 5;
+pub const DEFAULT_STALE_IF_ERROR_SECS: u64 = 300;
+pub const DEFAULT_CACHE_CAPACITY: u64 = 1_000_000;
+pub const DEFAULT_KEY_FILE: &str = "keys.toml";
+pub const DEFAULT_CONTROL_PLANE_TIMEOUT_SECS: u64 = 2;
+pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 30;
+pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 600;
+pub const DEFAULT_JWKS_MIN_REFRESH_SECS: u64 = 30;
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "authgate:";
+pub const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_ASSERTION_TTL_SECS: u64 = 60;
+pub const DEFAULT_ASSERTION_HEADER: &str = "x-auth-assertion";
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: FileServer,
+    #[serde(default)]
+    pub admin: FileAdmin,
+    #[serde(default)]
+    pub identity: FileIdentity,
+    #[serde(default)]
+    pub api_keys: FileApiKeys,
+    pub control_plane: Option<Spanned<FileControlPlane>>,
+    #[serde(default)]
+    pub jwt: FileJwt,
+    #[serde(default)]
+    pub rate_limits: FileRateLimits,
+    pub redis: Option<FileRedis>,
+    #[serde(default)]
+    pub log: FileLog,
+    #[serde(default)]
+    pub routes: Vec<Spanned<FileRoute>>,
+}
+
+/// `[server]`: the main listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    /// Address of the gateway listener.
+    pub listen: Option<ListenAddr>,
+    /// `{ cert, key }` PEM files; enables HTTPS and h2 via ALPN.
+    pub tls: Option<Spanned<FileTls>>,
+    /// Open client connections at most; further connections wait in the accept backlog.
+    pub max_connections: Option<Spanned<usize>>,
+    /// Time allowed to receive a request's headers (slowloris guard); also bounds TLS handshakes.
+    pub header_read_timeout: Option<DurationValue>,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Option<DurationValue>,
+    /// Larger request heads are refused with 431.
+    pub max_header_bytes: Option<Spanned<usize>>,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Option<DurationValue>,
+    /// Peers whose X-Forwarded-For is extended instead of replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// `server.tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: Text,
+    pub key: Text,
+}
+
+/// `[admin]`: health, readiness, metrics and admin API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: Option<ListenAddr>,
+    /// Bearer token for `/admin/*`; empty disables those endpoints (404).
+    pub token: Option<Secret>,
+}
+
+/// `[identity]`: the headers authgate sets for upstreams.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdentity {
+    /// Every incoming header with this prefix is removed; authgate's own headers use it.
+    pub header_prefix: Option<Spanned<Text>>,
+    /// Signed identity assertion (ES256 JWT) for upstreams.
+    pub assertion: Option<Spanned<FileAssertion>>,
+}
+
+/// `identity.assertion`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAssertion {
+    pub key: Text,
+    pub ttl: Option<DurationValue>,
+    pub header: Option<Text>,
+}
+
+/// `[api_keys]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApiKeys {
+    pub prefix: Option<Spanned<Text>>,
+    /// Characters required after the prefix.
+    pub min_length: Option<Spanned<usize>>,
+    pub cache_ttl: Option<DurationValue>,
+    pub negative_ttl: Option<DurationValue>,
+    pub stale_if_error: Option<DurationValue>,
+    pub cache_capacity: Option<Spanned<u64>>,
+    pub source: Option<KeySourceKind>,
+    pub file: Option<Text>,
+}
+
+/// `api_keys.source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySourceKind {
+    File,
+    ControlPlane,
+}
+
+/// `[control_plane]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileControlPlane {
+    pub url: Spanned<Text>,
+    pub timeout: Option<DurationValue>,
+    pub auth: Option<FileControlPlaneAuth>,
+}
+
+/// `control_plane.auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+pub enum FileControlPlaneAuth {
+    Bearer {
+        token: Secret,
+    },
+    ClientCredentials {
+        token_url: Spanned<Text>,
+        client_id: Text,
+        client_secret: Secret,
+        scope: Option<Text>,
+    },
+}
+
+/// `[jwt]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileJwt {
+    #[serde(default)]
+    pub issuers: Vec<Spanned<FileIssuer>>,
+}
+
+/// `[[jwt.issuers]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIssuer {
+    pub issuer: Option<Text>,
+    pub issuer_pattern: Option<Text>,
+    pub jwks_uri: Option<Text>,
+    #[serde(default)]
+    pub audiences: Vec<Text>,
+    pub algorithms: Option<Vec<Spanned<Text>>>,
+    pub leeway: Option<DurationValue>,
+    pub tenant_claim: Option<Text>,
+    #[serde(default)]
+    pub forward_claims: Vec<Text>,
+    pub jwks_refresh: Option<DurationValue>,
+    pub jwks_min_refresh_interval: Option<DurationValue>,
+}
+
+/// `[rate_limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimits {
+    pub backend: Option<LimitBackendKind>,
+    pub default: Option<Spanned<FileRate>>,
+    pub tenant: Option<Spanned<FileRate>>,
+    pub on_backend_error: Option<BackendErrorPolicy>,
+}
+
+/// `rate_limits.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitBackendKind {
+    Local,
+    Redis,
+}
+
+/// `rate_limits.on_backend_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendErrorPolicy {
+    Local,
+    Allow,
+    Deny,
+}
+
+/// A GCRA quota: sustained rate plus burst.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRate {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+/// `[redis]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedis {
+    pub url: Option<Spanned<Secret>>,
+    pub key_prefix: Option<Text>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    pub format: Option<LogFormat>,
+    pub access_log: Option<bool>,
+}
+
+/// `log.format` and `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: Text,
+    #[serde(rename = "match")]
+    pub matcher: Spanned<FileMatch>,
+    pub upstream: Spanned<OneOrMany>,
+    pub auth: Spanned<FileAuth>,
+    /// Caller needs ANY of these.
+    pub scopes: Option<Vec<Text>>,
+    /// Caller needs ALL of these.
+    pub all_scopes: Option<Vec<Text>>,
+    pub tenants: Option<Vec<Text>>,
+    pub rate_limit: Option<Spanned<FileRate>>,
+    pub strip_prefix: Option<Spanned<Text>>,
+    #[serde(default)]
+    pub forward_authorization: bool,
+    #[serde(default)]
+    pub preserve_host: bool,
+    pub timeout: Option<DurationValue>,
+    pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub websocket: bool,
+    pub upstream_protocol: Option<UpstreamProtocol>,
+    /// Extra CA certificates (PEM) trusted for https upstreams, on top of the web PKI roots.
+    pub upstream_ca: Option<Spanned<Text>>,
+    pub usage: Option<Spanned<FileUsage>>,
+}
+
+/// `routes.match`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMatch {
+    pub path: Option<Text>,
+    pub path_prefix: Option<Text>,
+    pub host: Option<Text>,
+    pub methods: Option<Vec<Text>>,
+}
+
+/// `routes.upstream_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+/// `routes.usage`: token budgets reported by the upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUsage {
+    pub header: Text,
+    pub tokens_per_minute: u64,
+    #[serde(default)]
+    pub expose: bool,
+}
+
+/// A string or a list of strings (`upstream`).
+#[derive(Debug)]
+pub struct OneOrMany(pub Vec<Text>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+        impl<'de> Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL string or a list of URL strings")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<OneOrMany, E> {
+                let text = super::values::interpolate(value, |name| std::env::var(name).ok())
+                    .map_err(E::custom)?;
+                Ok(OneOrMany(vec![Text(text)]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Text>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
+        }
+        deserializer.deserialize_any(OneOrManyVisitor)
+    }
+}
+
+/// `routes.auth`: the string `"none"` or a list of `"api_key"` / `"jwt"`.
+#[derive(Debug)]
+pub enum FileAuth {
+    None,
+    Methods(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for FileAuth {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AuthVisitor;
+        impl<'de> Visitor<'de> for AuthVisitor {
+            type Value = FileAuth;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"the string "none" or a non-empty list of "api_key" / "jwt""#)
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<FileAuth, E> {
+                if value == "none" {
+                    Ok(FileAuth::None)
+                } else {
+                    Err(E::custom(format!(
+                        r#"auth = {value:?} is not valid: use "none" or a list such as ["api_key", "jwt"]"#
+                    )))
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FileAuth, A::Error> {
+                let mut methods = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    methods.push(item);
+                }
+                Ok(FileAuth::Methods(methods))
+            }
+        }
+        deserializer.deserialize_any(AuthVisitor)
+    }
+}
+
+/// Custom claims in key records and `keys add --claim`.
+pub type ClaimMap = BTreeMap<String, String>;

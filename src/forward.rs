@@ -1,0 +1,351 @@
+//! Forwarding to upstreams: pooled keep-alive clients (h1 or h2, plain or TLS), round-robin
+//! over a route's upstream list with failover on connect errors, a timeout on the response
+//! headers only, and the WebSocket tunnel.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::time::Instant;
+
+use crate::body::{BodyTooLarge, ProxyBody, ReclaimableBody};
+use crate::config::file::UpstreamProtocol;
+use crate::error::GatewayError;
+
+/// Connection attempts to one upstream give up after this (the route timeout still applies).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle pooled upstream connections are closed after this.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle pooled connections kept per upstream host.
+pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// A pooled client for one protocol and trust setting, shared by the routes that use them.
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    inner: HttpsClient,
+    protocol: UpstreamProtocol,
+}
+
+/// Builds each distinct client once per config.
+#[derive(Debug, Default)]
+pub struct ClientFactory {
+    built: HashMap<(UpstreamProtocol, Option<PathBuf>), UpstreamClient>,
+}
+
+impl ClientFactory {
+    /// The client for `protocol`, trusting the web PKI roots plus the PEM CAs in `extra_ca`.
+    pub fn client(
+        &mut self,
+        protocol: UpstreamProtocol,
+        extra_ca: Option<&Path>,
+    ) -> Result<UpstreamClient, String> {
+        let key = (protocol, extra_ca.map(Path::to_path_buf));
+        if let Some(client) = self.built.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = build_client(protocol, extra_ca)?;
+        self.built.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+fn build_client(
+    protocol: UpstreamProtocol,
+    extra_ca: Option<&Path>,
+) -> Result<UpstreamClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "upstream_ca {}: no certificate in the file",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
+        }
+    }
+    // The provider is chosen explicitly so a second crypto backend pulled in elsewhere can
+    // never make rustls panic at start-up.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = match protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    if protocol == UpstreamProtocol::Http2 {
+        client.http2_only(true);
+    }
+    Ok(UpstreamClient {
+        inner: client.build(connector),
+        protocol,
+    })
+}
+
+/// One upstream URL: scheme, authority and an optional base path prepended to every request.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    scheme: Scheme,
+    authority: Authority,
+    /// Without a trailing slash; empty for none.
+    base_path: String,
+    host_header: HeaderValue,
+}
+
+impl UpstreamTarget {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| format!("upstream {url:?} is not a URL"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => {
+                return Err(format!(
+                    "upstream {url:?} must start with http:// or https://"
+                ));
+            }
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("upstream {url:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("upstream {url:?} must not contain credentials"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("upstream {url:?} must not have a query string"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("upstream {url:?} has an invalid host"))?;
+        Ok(Self {
+            scheme,
+            authority,
+            base_path,
+            host_header,
+        })
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
+        let mut text = String::with_capacity(
+            self.scheme.as_str().len()
+                + 3
+                + self.authority.as_str().len()
+                + self.base_path.len()
+                + path_and_query.len(),
+        );
+        text.push_str(self.scheme.as_str());
+        text.push_str("://");
+        text.push_str(self.authority.as_str());
+        text.push_str(&self.base_path);
+        text.push_str(path_and_query);
+        text.parse()
+            .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))
+    }
+
+    fn describe(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// A route's upstreams with their round-robin cursor and client.
+#[derive(Debug)]
+pub struct Upstreams {
+    targets: Vec<UpstreamTarget>,
+    next: AtomicUsize,
+    client: UpstreamClient,
+}
+
+impl Upstreams {
+    pub fn new(targets: Vec<UpstreamTarget>, client: UpstreamClient) -> Self {
+        Self {
+            targets,
+            next: AtomicUsize::new(0),
+            client,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.targets
+            .iter()
+            .map(UpstreamTarget::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Sends the request (its URI is replaced per target) and waits for the response headers
+    /// until `timeout`. Tries the next upstream, in round-robin order, when one refuses the
+    /// connection; the body is reclaimed for that only if it was never started.
+    pub async fn send(
+        &self,
+        mut request: Request<ProxyBody>,
+        path_and_query: &str,
+        preserve_host: bool,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let deadline = Instant::now() + timeout;
+        let count = self.targets.len();
+        let start = if count > 1 {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        *request.version_mut() = match self.client.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
+        if count == 1 {
+            let target = &self.targets[0];
+            self.prepare(&mut request, target, path_and_query, preserve_host)?;
+            return self
+                .attempt(request, deadline)
+                .await
+                .map_err(|(error, _)| error);
+        }
+        let (parts, body) = request.into_parts();
+        let (body, reclaimer) = ReclaimableBody::new(body);
+        let mut body = Some(crate::body::boxed(body));
+        let mut last_error = GatewayError::UpstreamUnavailable;
+        for attempt in 0..count {
+            let Some(this_body) = body.take() else { break };
+            let target = &self.targets[(start + attempt) % count];
+            let mut request = Request::from_parts(parts.clone(), this_body);
+            self.prepare(&mut request, target, path_and_query, preserve_host)?;
+            match self.attempt(request, deadline).await {
+                Ok(response) => return Ok(response),
+                Err((error, connect_failed)) => {
+                    last_error = error;
+                    if !connect_failed {
+                        break;
+                    }
+                    tracing::warn!(upstream = %target.describe(), "Upstream refused the connection; trying the next one.");
+                    // Only a body that was never polled can be sent again.
+                    body = reclaimer.reclaim().map(|original| {
+                        let (again, _) = ReclaimableBody::new(original);
+                        crate::body::boxed(again)
+                    });
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    fn prepare(
+        &self,
+        request: &mut Request<ProxyBody>,
+        target: &UpstreamTarget,
+        path_and_query: &str,
+        preserve_host: bool,
+    ) -> Result<(), GatewayError> {
+        *request.uri_mut() = target.uri(path_and_query)?;
+        if !preserve_host {
+            request
+                .headers_mut()
+                .insert(HOST, target.host_header.clone());
+        }
+        Ok(())
+    }
+
+    /// One attempt. The error says whether the connection itself failed.
+    async fn attempt(
+        &self,
+        request: Request<ProxyBody>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, (GatewayError, bool)> {
+        match tokio::time::timeout_at(deadline, self.client.inner.request(request)).await {
+            Err(_elapsed) => Err((GatewayError::UpstreamTimeout, false)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                if caused_by_body_limit(&error) {
+                    return Err((GatewayError::PayloadTooLarge, false));
+                }
+                let connect_failed = error.is_connect();
+                tracing::debug!(error = %error_chain(&error), connect_failed, "Upstream request failed.");
+                Err((GatewayError::UpstreamUnavailable, connect_failed))
+            }
+        }
+    }
+}
+
+fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if error.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// The error and its causes on one line, for diagnostics.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(cause) = current {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        current = cause.source();
+    }
+    text
+}
+
+/// Tunnels an upgraded (WebSocket) connection both ways until either side closes.
+pub fn spawn_tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade did not complete.");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(%error, "WebSocket tunnel closed with an error.");
+        }
+    });
+}

@@ -1,0 +1,382 @@
+//! Header rewriting at the trust boundary: hop-by-hop removal, client-sent identity and
+//! routing-override headers stripped, `x-forwarded-*` and `x-request-id` set.
+//!
+//! Order matters and is fixed by the pipeline: hop-by-hop headers (and every header the client
+//! names in `Connection`) go first, then client identity headers, and only after
+//! authentication does authgate set its own. `Connection: x-auth-tenant-id` therefore cannot
+//! delete what authgate sets.
+
+use std::net::IpAddr;
+
+use http::header::{
+    CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, Method, Version};
+
+pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Headers that only concern one connection (RFC 9110 §7.6.1) and are never forwarded.
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_AUTHENTICATE,
+    &PROXY_AUTHORIZATION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+];
+
+/// Client headers that some upstream frameworks use to override the routed path; authgate
+/// routes on the request line only, so these would let a client point the upstream elsewhere.
+static ROUTING_OVERRIDES: [HeaderName; 4] = [
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+///
+/// With `keep_upgrade` (a WebSocket upgrade on a route that allows it) the `Upgrade` header
+/// survives and `Connection: upgrade` is set again afterwards.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(&CONNECTION) {
+        let named: Vec<HeaderValue> = headers.get_all(&CONNECTION).iter().cloned().collect();
+        for value in &named {
+            let Ok(text) = value.to_str() else { continue };
+            for token in text.split(',') {
+                let token = token.trim();
+                if token.is_empty() {
+                    continue;
+                }
+                let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
+                    continue;
+                };
+                // Host decides routing, and framing is rebuilt by hyper: never let a client's
+                // Connection list remove them.
+                if name == HOST || (keep_upgrade && name == UPGRADE) {
+                    continue;
+                }
+                headers.remove(&name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && *name == UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether a response header set is hop-by-hop cleaned for the client (same rules).
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, upgraded: bool) {
+    strip_hop_by_hop(headers, upgraded);
+}
+
+/// True when `name`, read case-insensitively and with `_` as `-`, starts with `prefix`.
+/// `prefix` is lowercase ASCII.
+pub fn name_has_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.bytes().zip(prefix.bytes()).all(|(n, p)| {
+            let n = if n == b'_' {
+                b'-'
+            } else {
+                n.to_ascii_lowercase()
+            };
+            n == p
+        })
+}
+
+/// Removes every client header under the identity prefix (and its `_` spellings) and the
+/// routing-override headers. Returns how many distinct names were removed.
+pub fn strip_client_identity(headers: &mut HeaderMap, prefix: &str) -> usize {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if name_has_prefix(name.as_str(), prefix) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &ROUTING_OVERRIDES {
+        if headers.contains_key(name) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+    doomed.len()
+}
+
+/// Whether this is an HTTP/1.1 WebSocket upgrade request.
+pub fn is_websocket_upgrade(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    if method != Method::GET || version != Version::HTTP_11 {
+        return false;
+    }
+    let has_token = |name: &HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .map(|text| {
+                    text.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case(token))
+                })
+                .unwrap_or(false)
+        })
+    };
+    has_token(&CONNECTION, "upgrade") && has_token(&UPGRADE, "websocket")
+}
+
+/// A client `x-request-id` kept only if it matches `[A-Za-z0-9._:-]{1,128}`.
+pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    let value = headers.get(&X_REQUEST_ID)?;
+    let bytes = value.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    valid.then(|| value.clone())
+}
+
+/// A new random request id (UUID v4).
+pub fn new_request_id() -> HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Whether `ip` is inside one of the trusted proxy networks.
+pub fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
+    let ip = canonical_ip(ip);
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`) are treated as their IPv4 address.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// The client address for logs: the peer, or, when the peer is a trusted proxy, the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return canonical_ip(peer);
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        let Ok(text) = value.to_str() else {
+            return canonical_ip(peer);
+        };
+        for item in text.split(',') {
+            match item.trim().parse::<IpAddr>() {
+                Ok(ip) => chain.push(ip),
+                Err(_) => return canonical_ip(peer),
+            }
+        }
+    }
+    chain
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip, trusted))
+        .map_or(canonical_ip(peer), canonical_ip)
+}
+
+/// Sets `x-forwarded-for` (extended when the peer is trusted, else replaced),
+/// `x-forwarded-proto` and `x-forwarded-host` (kept from a trusted peer, else ours), and
+/// removes `Forwarded` from untrusted peers.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: &[ipnet::IpNet],
+    tls: bool,
+    original_host: Option<&HeaderValue>,
+) {
+    let peer = canonical_ip(peer);
+    let peer_is_trusted = is_trusted(peer, trusted);
+    let existing: Vec<HeaderValue> = if peer_is_trusted {
+        headers.get_all(&X_FORWARDED_FOR).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    let mut chain = String::new();
+    for value in &existing {
+        if let Ok(text) = value.to_str() {
+            for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                chain.push_str(item);
+                chain.push_str(", ");
+            }
+        }
+    }
+    chain.push_str(&peer.to_string());
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    if !peer_is_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if tls { "https" } else { "http" };
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !peer_is_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        match original_host {
+            Some(host) => {
+                headers.insert(&X_FORWARDED_HOST, host.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !peer_is_trusted {
+        headers.remove(&FORWARDED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret, host"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("host", "example.com"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["host", "x-kept"]);
+    }
+
+    #[test]
+    fn websocket_upgrade_keeps_upgrade_and_resets_connection() {
+        let mut headers = map(&[
+            ("connection", "Upgrade, x-a"),
+            ("upgrade", "websocket"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+        assert!(!headers.contains_key("x-a"));
+    }
+
+    #[test]
+    fn identity_prefix_matches_case_and_underscore_variants() {
+        assert!(name_has_prefix("x-auth-tenant-id", "x-auth-"));
+        assert!(name_has_prefix("x_auth_tenant_id", "x-auth-"));
+        assert!(name_has_prefix("x-auth_key", "x-auth-"));
+        assert!(!name_has_prefix("x-authz", "x-auth-"));
+        assert!(!name_has_prefix("x-aut", "x-auth-"));
+        let mut headers = map(&[
+            ("x-auth-tenant-id", "evil"),
+            ("x_auth_user_id", "evil"),
+            ("x-original-url", "/admin"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-other", "kept"),
+        ]);
+        assert_eq!(strip_client_identity(&mut headers, "x-auth-"), 4);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["x-other"]);
+        // Idempotent.
+        assert_eq!(strip_client_identity(&mut headers, "x-auth-"), 0);
+    }
+
+    #[test]
+    fn request_id_is_kept_only_when_well_formed() {
+        assert_eq!(
+            client_request_id(&map(&[("x-request-id", "abc-123_x.y:z")])).unwrap(),
+            "abc-123_x.y:z"
+        );
+        for bad in ["", "has space", "semi;colon", &"a".repeat(129)] {
+            assert!(
+                client_request_id(&map(&[("x-request-id", bad)])).is_none(),
+                "{bad}"
+            );
+        }
+        let fresh = new_request_id();
+        assert_eq!(fresh.len(), 36);
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_for_untrusted_and_extended_for_trusted_peers() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let host = HeaderValue::from_static("api.example.com");
+
+        let mut headers = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.1.1.1"),
+        ]);
+        set_forwarded(
+            &mut headers,
+            "192.0.2.9".parse().unwrap(),
+            &trusted,
+            false,
+            Some(&host),
+        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.9");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "api.example.com");
+        assert!(!headers.contains_key("forwarded"));
+
+        let mut headers = map(&[
+            ("x-forwarded-for", "1.2.3.4, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(
+            &mut headers,
+            "10.0.0.5".parse().unwrap(),
+            &trusted,
+            false,
+            Some(&host),
+        );
+        assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 10.1.1.1, 10.0.0.5");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(
+            client_ip(
+                &map(&[("x-forwarded-for", "1.2.3.4, 10.1.1.1")]),
+                "10.0.0.5".parse().unwrap(),
+                &trusted
+            ),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(
+                &map(&[("x-forwarded-for", "garbage")]),
+                "10.0.0.5".parse().unwrap(),
+                &trusted
+            ),
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+    }
+}

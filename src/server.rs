@@ -1,0 +1,440 @@
+//! Listeners and connections: HTTP/1.1 and HTTP/2 on one port (ALPN over TLS, prior knowledge
+//! in clear), connection limit, header-read and idle timeouts, graceful drain.
+//!
+//! hyper's own header-read timer also runs while a keep-alive connection waits for its next
+//! request, which would make `idle_timeout` meaningless. So each connection carries a small
+//! activity tracker fed by its IO wrapper and by the pipeline, and the connection task enforces
+//! both timeouts itself:
+//! - header_read_timeout: from the first byte of a request until the pipeline sees its head;
+//! - idle_timeout: no request in flight and no bytes either way.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::admin;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::pipeline::{self, ConnInfo};
+use crate::telemetry::AccessLog;
+
+/// No head in progress.
+const NO_HEAD: u64 = u64::MAX;
+
+/// Per-connection activity, updated without locks from the IO wrapper and the pipeline.
+#[derive(Debug)]
+pub struct ConnActivity {
+    epoch: Instant,
+    last_activity_ms: AtomicU64,
+    head_started_ms: AtomicU64,
+    active_requests: AtomicU32,
+}
+
+impl ConnActivity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            // The first request's head is "in progress" from the moment the connection opens:
+            // a client that connects and sends nothing is held to header_read_timeout.
+            head_started_ms: AtomicU64::new(0),
+            active_requests: AtomicU32::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn on_read(&self) {
+        let now = self.now_ms();
+        self.last_activity_ms.store(now, Ordering::Relaxed);
+        if self.active_requests.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_started_ms.compare_exchange(
+                NO_HEAD,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn on_write(&self) {
+        self.last_activity_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The pipeline has a complete request head.
+    pub fn request_started(&self) {
+        self.active_requests.fetch_add(1, Ordering::Relaxed);
+        self.head_started_ms.store(NO_HEAD, Ordering::Relaxed);
+    }
+
+    /// The response has been sent (or abandoned).
+    pub fn request_finished(&self) {
+        self.active_requests.fetch_sub(1, Ordering::Relaxed);
+        self.last_activity_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// What to do at `now`: keep going until a deadline, or close.
+    fn check(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+        let now = self.now_ms();
+        if self.active_requests.load(Ordering::Relaxed) > 0 {
+            return Verdict::WaitUntil(Instant::now() + idle_timeout);
+        }
+        let head = self.head_started_ms.load(Ordering::Relaxed);
+        if head != NO_HEAD {
+            let deadline = head + header_timeout.as_millis() as u64;
+            return if now >= deadline {
+                Verdict::HeaderTimeout
+            } else {
+                Verdict::WaitUntil(Instant::now() + Duration::from_millis(deadline - now))
+            };
+        }
+        let deadline =
+            self.last_activity_ms.load(Ordering::Relaxed) + idle_timeout.as_millis() as u64;
+        if now >= deadline {
+            Verdict::Idle
+        } else {
+            Verdict::WaitUntil(Instant::now() + Duration::from_millis(deadline - now))
+        }
+    }
+}
+
+enum Verdict {
+    WaitUntil(Instant),
+    HeaderTimeout,
+    Idle,
+}
+
+pin_project_lite::pin_project! {
+    /// Reports reads and writes to the connection's [`ConnActivity`].
+    struct TrackedIo<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<ConnActivity>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.on_write();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.on_write();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// A running gateway: its bound addresses and the means to stop it.
+#[derive(Debug)]
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Starts the graceful drain (what SIGTERM does).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the drain has finished (or its grace period ran out).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds both listeners and serves until `shutdown()`.
+pub async fn start(config: Config, access_log: AccessLog) -> io::Result<ServerHandle> {
+    let listener = TcpListener::bind(config.server.listen).await?;
+    let admin_listener = TcpListener::bind(config.admin.listen).await?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    for warning in &config.warnings {
+        tracing::warn!(warning = %warning, "Config warning.");
+    }
+    let gateway = Arc::new(Gateway::new(config, access_log));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let admin_task = tokio::spawn(admin::serve(admin_listener, gateway.clone()));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        gateway.clone(),
+        shutdown_rx,
+        admin_task,
+    ));
+    gateway.set_ready();
+    tracing::info!(%addr, %admin_addr, "authgate is listening.");
+    Ok(ServerHandle {
+        addr,
+        admin_addr,
+        gateway,
+        shutdown,
+        task,
+    })
+}
+
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper refuses heads above its buffer with its own 431; ours (JSON) applies from
+    // max_header_bytes, hyper's from twice that.
+    let buffer = (config.server.max_header_bytes * 2).max(8192);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(buffer)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.server.max_header_bytes * 2).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    admin_task: JoinHandle<()>,
+) {
+    let config = gateway.config();
+    let max_connections = config.server.max_connections;
+    let grace = config.server.shutdown_grace;
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let builder = Arc::new(http_builder(&config));
+    let tls = config
+        .server
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
+    drop(config);
+
+    loop {
+        // Take a connection slot first: over max_connections, new clients wait in the backlog.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, gateway, builder, tls, shutdown).await;
+            drop(permit);
+        });
+    }
+
+    // Drain: stop accepting (closing the socket refuses new connections), tell every
+    // connection to finish its in-flight requests, and wait up to the grace period.
+    drop(listener);
+    gateway.start_draining();
+    tracing::info!(grace = ?grace, "Draining connections.");
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, limit.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("Shutdown grace period ended with requests still in flight.");
+    }
+    admin_task.abort();
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (header_timeout, idle_timeout) = {
+        let config = gateway.config();
+        (
+            config.server.header_read_timeout,
+            config.server.idle_timeout,
+        )
+    };
+    let activity = Arc::new(ConnActivity::new());
+    let io = TrackedIo {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    match tls {
+        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+            Ok(Ok(tls_stream)) => {
+                let conn = Arc::new(ConnInfo {
+                    peer,
+                    tls: true,
+                    activity,
+                });
+                drive(
+                    TokioIo::new(tls_stream),
+                    conn,
+                    gateway,
+                    &builder,
+                    shutdown,
+                    header_timeout,
+                    idle_timeout,
+                )
+                .await;
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed."),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
+        },
+        None => {
+            let conn = Arc::new(ConnInfo {
+                peer,
+                tls: false,
+                activity,
+            });
+            drive(
+                TokioIo::new(io),
+                conn,
+                gateway,
+                &builder,
+                shutdown,
+                header_timeout,
+                idle_timeout,
+            )
+            .await;
+        }
+    }
+}
+
+async fn drive<I>(
+    io: TokioIo<I>,
+    conn: Arc<ConnInfo>,
+    gateway: Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut shutdown: watch::Receiver<bool>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = conn.activity.clone();
+    let service = service_fn(move |request| {
+        let gateway = gateway.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(gateway, conn, request).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    let mut wake_at = Instant::now() + header_timeout;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(error = %error, "Connection ended with an error.");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(wake_at) => {
+                match activity.check(header_timeout, idle_timeout) {
+                    Verdict::WaitUntil(at) => wake_at = at,
+                    Verdict::HeaderTimeout => {
+                        tracing::debug!("Request headers not received in time; closing the connection.");
+                        return;
+                    }
+                    Verdict::Idle if closing => return,
+                    Verdict::Idle => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        // Give a graceful close one more header period before dropping it.
+                        wake_at = Instant::now() + header_timeout;
+                    }
+                }
+            }
+        }
+    }
+}

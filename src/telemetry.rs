@@ -1,0 +1,406 @@
+//! Observability: the Prometheus registry (SPEC §9), the access log (one line per request on
+//! stdout, written by a dedicated thread so request tasks never block on stdout), and tracing
+//! setup for diagnostics on stderr.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::SystemTime;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::config::LogFormat;
+
+/// A label value shared without copying (route names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharedLabel(pub Arc<str>);
+
+impl EncodeLabelValue for SharedLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: SharedLabel,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: SharedLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+/// Every metric authgate exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: HistogramFamily<RouteLabels>,
+    pub upstream_duration: HistogramFamily<RouteLabels>,
+    pub inflight: Gauge,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub access_log_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("authgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, method and status",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body",
+            request_duration.clone(),
+        );
+        let upstream_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending to the upstream until its response headers",
+            upstream_duration.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register(
+            "inflight_requests",
+            "Requests being processed or streamed",
+            inflight.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reload attempts by result",
+            config_reloads.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because stdout could not keep up",
+            access_log_dropped.clone(),
+        );
+        // Both outcomes exist from the start, so a dashboard sees 0 rather than no series.
+        for result in ["success", "error"] {
+            let _ = config_reloads.get_or_create(&ResultLabels { result });
+        }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            inflight,
+            config_reloads,
+            access_log_dropped,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// A bounded label for the HTTP method: arbitrary client methods must not create series.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Lines waiting for stdout at most; beyond that lines are dropped and counted.
+const ACCESS_LOG_QUEUE: usize = 65_536;
+
+/// Sends access-log lines to a writer thread.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    sender: SyncSender<String>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread on stdout.
+    pub fn stdout() -> Self {
+        Self::to_writer(Box::new(std::io::stdout()))
+    }
+
+    /// Starts the writer thread on any writer (tests capture lines this way).
+    pub fn to_writer(writer: Box<dyn std::io::Write + Send>) -> Self {
+        let (sender, receiver) = sync_channel(ACCESS_LOG_QUEUE);
+        std::thread::Builder::new()
+            .name("authgate-access-log".into())
+            .spawn(move || write_lines(receiver, writer))
+            .map_or_else(
+                |error| {
+                    tracing::error!(%error, "Cannot start the access log thread; access logging is off.");
+                },
+                drop,
+            );
+        Self { sender }
+    }
+
+    /// Queues one line; returns false when it had to be dropped.
+    pub fn write(&self, line: String) -> bool {
+        match self.sender.try_send(line) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+fn write_lines(receiver: Receiver<String>, writer: Box<dyn std::io::Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
+    while let Ok(line) = receiver.recv() {
+        let _ = out.write_all(line.as_bytes());
+        // Drain what is queued, then flush once: lines reach stdout promptly without a
+        // syscall per line under load.
+        while let Ok(line) = receiver.try_recv() {
+            let _ = out.write_all(line.as_bytes());
+        }
+        let _ = out.flush();
+    }
+}
+
+/// One access-log entry (SPEC §9). Never holds a credential.
+#[derive(Debug, Default)]
+pub struct AccessRecord {
+    pub time: Option<SystemTime>,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub auth_method: Option<&'static str>,
+    pub key_id: Option<String>,
+    pub subject: Option<String>,
+    pub tenant_id: Option<String>,
+    pub client_ip: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub reason: Option<&'static str>,
+}
+
+impl AccessRecord {
+    /// Formats the line, newline included.
+    pub fn format(&self, format: LogFormat) -> String {
+        let time =
+            humantime::format_rfc3339_millis(self.time.unwrap_or_else(SystemTime::now)).to_string();
+        match format {
+            LogFormat::Json => {
+                let mut object = serde_json::Map::with_capacity(16);
+                let mut put = |key: &str, value: serde_json::Value| {
+                    object.insert(key.to_owned(), value);
+                };
+                put("time", time.into());
+                put("request_id", self.request_id.as_str().into());
+                put("method", self.method.as_str().into());
+                put("path", self.path.as_str().into());
+                put(
+                    "route",
+                    self.route
+                        .as_deref()
+                        .map_or(serde_json::Value::Null, Into::into),
+                );
+                put("status", self.status.into());
+                put("duration_ms", round3(self.duration_ms).into());
+                put(
+                    "upstream_ms",
+                    self.upstream_ms
+                        .map_or(serde_json::Value::Null, |ms| round3(ms).into()),
+                );
+                put(
+                    "auth_method",
+                    self.auth_method.map_or(serde_json::Value::Null, Into::into),
+                );
+                put(
+                    "key_id",
+                    self.key_id
+                        .as_deref()
+                        .map_or(serde_json::Value::Null, Into::into),
+                );
+                put(
+                    "subject",
+                    self.subject
+                        .as_deref()
+                        .map_or(serde_json::Value::Null, Into::into),
+                );
+                put(
+                    "tenant_id",
+                    self.tenant_id
+                        .as_deref()
+                        .map_or(serde_json::Value::Null, Into::into),
+                );
+                put("client_ip", self.client_ip.as_str().into());
+                put("bytes_in", self.bytes_in.into());
+                put("bytes_out", self.bytes_out.into());
+                if let Some(reason) = self.reason {
+                    put("reason", reason.into());
+                }
+                let mut line = serde_json::Value::Object(object).to_string();
+                line.push('\n');
+                line
+            }
+            LogFormat::Pretty => {
+                let mut line = String::with_capacity(160);
+                let _ = write!(
+                    line,
+                    "{time} {} {} {} {} route={} {:.1}ms in={} out={} client={}",
+                    self.request_id,
+                    self.method,
+                    self.path,
+                    self.status,
+                    self.route.as_deref().unwrap_or("-"),
+                    self.duration_ms,
+                    self.bytes_in,
+                    self.bytes_out,
+                    self.client_ip
+                );
+                if let Some(method) = self.auth_method {
+                    let _ = write!(line, " auth={method}");
+                }
+                if let Some(tenant) = &self.tenant_id {
+                    let _ = write!(line, " tenant={tenant}");
+                }
+                if let Some(reason) = self.reason {
+                    let _ = write!(line, " reason={reason}");
+                }
+                line.push('\n');
+                line
+            }
+        }
+    }
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+/// Installs the diagnostics subscriber on stderr. `level` (or `RUST_LOG`) filters.
+pub fn init_tracing(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_access_line_is_one_flat_object() {
+        let record = AccessRecord {
+            request_id: "r1".into(),
+            method: "GET".into(),
+            path: "/v1/x".into(),
+            route: Some(Arc::from("inference")),
+            status: 200,
+            client_ip: "127.0.0.1".into(),
+            ..AccessRecord::default()
+        };
+        let line = record.format(LogFormat::Json);
+        assert!(line.ends_with('\n'));
+        assert_eq!(line.matches('\n').count(), 1);
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        for key in [
+            "time",
+            "request_id",
+            "method",
+            "path",
+            "route",
+            "status",
+            "duration_ms",
+            "upstream_ms",
+            "auth_method",
+            "key_id",
+            "subject",
+            "tenant_id",
+            "client_ip",
+            "bytes_in",
+            "bytes_out",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing in {line}");
+        }
+        assert!(json["time"].as_str().unwrap().contains('T'));
+    }
+
+    #[test]
+    fn metrics_encode_with_the_spec_names() {
+        let metrics = Metrics::new();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: SharedLabel(Arc::from("r")),
+                method: "GET",
+                status: 200,
+            })
+            .inc();
+        metrics.inflight.inc();
+        metrics
+            .request_duration
+            .get_or_create(&RouteLabels {
+                route: SharedLabel(Arc::from("r")),
+            })
+            .observe(0.01);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"authgate_requests_total{route="r",method="GET",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("authgate_inflight_requests 1"), "{text}");
+        assert!(
+            text.contains("# TYPE authgate_request_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}
