@@ -1,0 +1,543 @@
+//! Shared test harness: a real gateway on 127.0.0.1:0, a recording upstream, raw-socket and
+//! HTTP clients, generated TLS certificates. Tests assert on what the upstream and the client
+//! see on the wire.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full_body(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// What the upstream received for one request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    /// The path and query exactly as received.
+    pub fn target(&self) -> String {
+        self.uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    /// Every header name that starts with `prefix` (lowercase).
+    pub fn headers_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with(prefix))
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A real HTTP server on 127.0.0.1:0 (h1 + h2c, optionally TLS with h2 via ALPN).
+/// By default it records each request (body included) and answers 200 `upstream ok`.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Set for TLS upstreams: the PEM of the CA that signed its certificate.
+    pub ca_pem: Option<String>,
+}
+
+impl Upstream {
+    /// Records and answers `200 upstream ok`.
+    pub async fn start() -> Self {
+        Self::with_handler(|_req| async { ok_response("upstream ok") }).await
+    }
+
+    /// Records each request (reading its whole body), then lets `respond` answer.
+    pub async fn with_handler<F, Fut>(respond: F) -> Self
+    where
+        F: Fn(Recorded) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let store = requests.clone();
+        let respond = Arc::new(respond);
+        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
+            let store = store.clone();
+            let respond = respond.clone();
+            Box::pin(async move {
+                let (parts, body) = request.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let recorded = Recorded {
+                    method: parts.method,
+                    uri: parts.uri,
+                    version: parts.version,
+                    headers: parts.headers,
+                    body,
+                };
+                store.lock().unwrap().push(recorded.clone());
+                respond(recorded).await
+            })
+        });
+        Self::serve(handler, None, requests).await
+    }
+
+    /// Full control: the handler gets the raw streaming request (nothing is recorded unless
+    /// the handler does it).
+    pub async fn raw<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let handler: Handler = Arc::new(move |request| {
+            let handler = handler.clone();
+            Box::pin(async move { handler(request).await })
+        });
+        Self::serve(handler, None, Arc::default()).await
+    }
+
+    /// A recording TLS upstream with a certificate for `localhost` and 127.0.0.1 signed by a
+    /// fresh test CA (see `ca_pem`).
+    pub async fn start_tls() -> Self {
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let store = requests.clone();
+        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
+            let store = store.clone();
+            Box::pin(async move {
+                let (parts, body) = request.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                store.lock().unwrap().push(Recorded {
+                    method: parts.method,
+                    uri: parts.uri,
+                    version: parts.version,
+                    headers: parts.headers,
+                    body,
+                });
+                ok_response("tls upstream ok")
+            })
+        });
+        let pki = TestPki::new();
+        let tls = pki.server_config();
+        let mut upstream = Self::serve(handler, Some(tls), requests).await;
+        upstream.ca_pem = Some(pki.ca_pem.clone());
+        upstream
+    }
+
+    async fn serve(
+        handler: Handler,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        requests: Arc<Mutex<Vec<Recorded>>>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(request).await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            ca_pem: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream received no request")
+    }
+}
+
+pub fn ok_response(text: &'static str) -> Response<TestBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain")
+        .body(full_body(text))
+        .unwrap()
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Shared buffer the gateway's access log writes into.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Access-log lines parsed as JSON.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+/// A gateway running in this process on 127.0.0.1 with ephemeral ports.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub handle: Option<authgate::server::ServerHandle>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub log: LogBuffer,
+}
+
+impl TestGateway {
+    /// Starts a gateway from config text. `[server]`/`[admin]` listen addresses default to
+    /// 127.0.0.1:0 unless the text sets them; the file lives in a temp dir (see `dir`).
+    pub async fn start(config: &str) -> Self {
+        Self::try_start(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn try_start(config: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config).await
+    }
+
+    /// Like `start`, with files written into the temp dir first (name, contents).
+    pub async fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, contents) in files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(path, contents).unwrap();
+        }
+        Self::start_in(dir, config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn start_in(dir: tempfile::TempDir, config: &str) -> Result<Self, String> {
+        authgate::install_crypto_provider();
+        let text = with_local_listeners(config);
+        let config_path = dir.path().join("authgate.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = authgate::config::load(&config_path).map_err(|e| e.to_string())?;
+        let log = LogBuffer::default();
+        let access_log = authgate::telemetry::AccessLog::to_writer(Box::new(log.clone()));
+        let handle = authgate::server::start(config, access_log)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            addr: handle.addr,
+            admin_addr: handle.admin_addr,
+            handle: Some(handle),
+            dir,
+            config_path,
+            log,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr, path)
+    }
+
+    pub fn gateway(&self) -> &Arc<authgate::gateway::Gateway> {
+        &self.handle.as_ref().unwrap().gateway
+    }
+
+    /// Starts the drain and waits for it to end.
+    pub async fn shutdown(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown();
+            handle.wait().await;
+        }
+    }
+
+    /// Waits until the access log has at least `n` lines (it is written by another thread).
+    pub async fn wait_for_log_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let lines = self.log.lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.log.lines()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.handle {
+            handle.shutdown();
+        }
+    }
+}
+
+/// Adds `listen = "127.0.0.1:0"` to `[server]` and `[admin]` unless the config sets them.
+fn with_local_listeners(config: &str) -> String {
+    let mut text = String::new();
+    let has_server = config.lines().any(|l| l.trim() == "[server]");
+    let has_admin = config.lines().any(|l| l.trim() == "[admin]");
+    let mut out = Vec::new();
+    for line in config.lines() {
+        out.push(line.to_owned());
+        if line.trim() == "[server]" && !section_sets_listen(config, "[server]") {
+            out.push("listen = \"127.0.0.1:0\"".into());
+        }
+        if line.trim() == "[admin]" && !section_sets_listen(config, "[admin]") {
+            out.push("listen = \"127.0.0.1:0\"".into());
+        }
+    }
+    if !has_server {
+        text.push_str("[server]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    if !has_admin {
+        text.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    }
+    text.push_str(&out.join("\n"));
+    text.push('\n');
+    text
+}
+
+fn section_sets_listen(config: &str, section: &str) -> bool {
+    let mut inside = false;
+    for line in config.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line == section;
+        } else if inside && line.starts_with("listen") {
+            return true;
+        }
+    }
+    false
+}
+
+/// A route block for config text.
+pub fn public_route(name: &str, prefix: &str, upstream: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\nupstream = \"{upstream}\"\nauth = \"none\"\n"
+    )
+}
+
+/// Sends raw bytes, half-closes nothing, and reads until the server closes or `timeout`.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends one raw request with `Connection: close` semantics expected; returns the status code
+/// (0 when no status line came back) and the whole response text.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let text = raw_exchange(addr, request, Duration::from_secs(5)).await;
+    (status_of(&text), text)
+}
+
+/// Parses the status code of an HTTP/1.x response text.
+pub fn status_of(text: &str) -> u16 {
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The JSON body of a raw response text, if any.
+pub fn json_body(text: &str) -> Option<serde_json::Value> {
+    let body = text.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str(body.trim()).ok()
+}
+
+/// An HTTP client that never follows redirects and trusts the given CA PEM (if any).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// A throwaway PKI: a CA and a server certificate for localhost/127.0.0.1 signed by it.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "authgate test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = vec![CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// Writes cert.pem, key.pem and ca.pem into `dir`.
+    pub fn write_to(&self, dir: &Path) {
+        let mut write = |name: &str, text: &str| {
+            let mut file = std::fs::File::create(dir.join(name)).unwrap();
+            file.write_all(text.as_bytes()).unwrap();
+        };
+        write("cert.pem", &self.cert_pem);
+        write("key.pem", &self.key_pem);
+        write("ca.pem", &self.ca_pem);
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Path of the built `authgate` binary, for CLI tests.
+pub fn authgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_authgate"))
+}
