@@ -1,4 +1,5 @@
-//! Command line (SPEC §1): `serve`, `check`, with exit codes 0 ok, 1 invalid input, 2 usage.
+//! Command line (SPEC §1): `serve`, `check`, `demo`, `keys …`, with exit codes 0 ok,
+//! 1 invalid input, 2 usage.
 
 use std::path::PathBuf;
 
@@ -18,8 +19,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
-    /// Validate the config without serving; print the route table.
+    /// Validate the config (and key file) without serving; print the route table.
     Check(ConfigArg),
+    /// Start an echo upstream and a gateway with a fresh in-memory key; print curl commands.
+    Demo(DemoArgs),
+    /// Create, hash, add, revoke and list API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 /// Where the config file is.
@@ -51,4 +57,75 @@ pub struct ServeArgs {
     /// Worker threads [env: AUTHGATE_THREADS] [default: number of cores].
     #[arg(long, env = "AUTHGATE_THREADS", hide_env = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Gateway port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random key and, on a second line, its hash.
+    Generate {
+        /// Key prefix.
+        #[arg(long, default_value = "sgk_")]
+        prefix: String,
+    },
+    /// Print the hash of KEY (or of the first line of stdin).
+    Hash {
+        /// The key; read from stdin when omitted (keeps it out of shell history).
+        key: Option<String>,
+    },
+    /// Generate a key, append its record (hash only) to the key file, print the key once.
+    Add(Box<KeysAddArgs>),
+    /// Mark a key revoked in the key file.
+    Revoke {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        key_id: String,
+    },
+    /// List the key file's records (hashes shortened).
+    List {
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KeysAddArgs {
+    /// Key file to append to (created if missing).
+    #[arg(long)]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Repeat for several scopes.
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// RFC 3339 expiry, e.g. 2027-01-31T00:00:00Z.
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Requests per second (with --burst).
+    #[arg(long, requires = "burst")]
+    pub rps: Option<f64>,
+    #[arg(long, requires = "rps")]
+    pub burst: Option<u32>,
+    #[arg(long)]
+    pub tokens_per_minute: Option<u64>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Custom claim `name=value`; repeat for several.
+    #[arg(long = "claim")]
+    pub claims: Vec<String>,
+    /// Key id (default: a random `key_…`).
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// Key prefix.
+    #[arg(long, default_value = "sgk_")]
+    pub prefix: String,
 }

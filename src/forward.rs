@@ -31,7 +31,8 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle pooled connections kept per upstream host.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+/// The hyper client type authgate uses for every outgoing HTTP call.
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// A pooled client for one protocol and trust setting, shared by the routes that use them.
 #[derive(Clone, Debug)]
@@ -67,6 +68,37 @@ fn build_client(
     protocol: UpstreamProtocol,
     extra_ca: Option<&Path>,
 ) -> Result<UpstreamClient, String> {
+    let connector = https_connector(protocol, extra_ca)?;
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    if protocol == UpstreamProtocol::Http2 {
+        client.http2_only(true);
+    }
+    Ok(UpstreamClient {
+        inner: client.build(connector),
+        protocol,
+    })
+}
+
+/// A pooled HTTP/1.1 client for authgate's own calls (control plane, token endpoint, JWKS):
+/// http or https, web PKI roots plus the PEM CAs in `extra_ca`.
+pub fn service_client(extra_ca: Option<&Path>) -> Result<HttpsClient, String> {
+    let connector = https_connector(UpstreamProtocol::Http1, extra_ca)?;
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector))
+}
+
+fn https_connector(
+    protocol: UpstreamProtocol,
+    extra_ca: Option<&Path>,
+) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
@@ -104,22 +136,9 @@ fn build_client(
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
-    let connector = match protocol {
+    Ok(match protocol {
         UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
         UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-    };
-    let mut client = Client::builder(TokioExecutor::new());
-    client
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if protocol == UpstreamProtocol::Http2 {
-        client.http2_only(true);
-    }
-    Ok(UpstreamClient {
-        inner: client.build(connector),
-        protocol,
     })
 }
 

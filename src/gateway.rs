@@ -1,22 +1,30 @@
 //! Process-wide gateway state: the current config snapshot (swapped atomically on reload),
-//! metrics, the access log and readiness.
+//! the API-key store, metrics, the access log and readiness.
 //!
-//! Each request loads one `Arc<Config>` at its start and uses it to the end, so a reload never
-//! changes the rules under a request in flight.
+//! Each request loads one `Arc<Config>` (and key store) at its start and uses it to the end, so
+//! a reload never changes the rules under a request in flight. The key store, with its cache,
+//! survives reloads that do not change the key settings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{
+    self, Config, ConfigError, ConfigErrors, ControlPlaneAuthSettings, KeySourceSettings,
+};
+use crate::keys::cache::KeyStoreSettings;
+use crate::keys::control_plane::{ControlPlane, ControlPlaneAuth};
+use crate::keys::file_source::FileKeys;
+use crate::keys::{KeySource, KeyStore};
 use crate::telemetry::{AccessLog, Metrics, ResultLabels};
 
 /// Shared by the listeners, every connection and the admin API.
 #[derive(Debug)]
 pub struct Gateway {
     config: ArcSwap<Config>,
+    keys: ArcSwapOption<KeyStore>,
     config_path: PathBuf,
     pub metrics: Metrics,
     pub access_log: AccessLog,
@@ -25,11 +33,35 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config, access_log: AccessLog) -> Self {
+    /// Builds the state, opening the key source the config names (must run inside tokio).
+    pub fn new(config: Config, access_log: AccessLog) -> Result<Self, String> {
+        let metrics = Metrics::new();
+        let keys = build_key_store(&config, &metrics)?;
+        Ok(Self::assemble(config, keys, metrics, access_log))
+    }
+
+    /// Builds the state around a ready key store (`authgate demo` keeps its keys in memory).
+    pub fn with_key_store(
+        config: Config,
+        access_log: AccessLog,
+        make_store: impl FnOnce(&Metrics) -> Arc<KeyStore>,
+    ) -> Self {
+        let metrics = Metrics::new();
+        let keys = Some(make_store(&metrics));
+        Self::assemble(config, keys, metrics, access_log)
+    }
+
+    fn assemble(
+        config: Config,
+        keys: Option<Arc<KeyStore>>,
+        metrics: Metrics,
+        access_log: AccessLog,
+    ) -> Self {
         Self {
             config_path: config.path.clone(),
             config: ArcSwap::from_pointee(config),
-            metrics: Metrics::new(),
+            keys: ArcSwapOption::new(keys),
+            metrics,
             access_log,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -41,11 +73,36 @@ impl Gateway {
         self.config.load_full()
     }
 
+    /// The API-key store in force now (`None` when no route accepts API keys).
+    pub fn keys(&self) -> Option<Arc<KeyStore>> {
+        self.keys.load_full()
+    }
+
     /// Re-reads the config file; on error the running config stays and the error is returned.
     /// Listener addresses and TLS listener settings only change on restart.
     pub fn reload(&self) -> Result<(), ConfigErrors> {
-        match config::load(&self.config_path) {
-            Ok(new) => {
+        let result = config::load(&self.config_path).and_then(|new| {
+            let current = self.keys.load_full();
+            let keep_store = match &current {
+                Some(store) => new.api_keys.in_use && *store.settings() == store_settings(&new),
+                None => !new.api_keys.in_use,
+            };
+            let store = if keep_store {
+                current
+            } else {
+                build_key_store(&new, &self.metrics).map_err(|message| {
+                    ConfigErrors(vec![ConfigError {
+                        file: self.config_path.clone(),
+                        line: 1,
+                        column: 1,
+                        message,
+                    }])
+                })?
+            };
+            Ok((new, store, keep_store))
+        });
+        match result {
+            Ok((new, store, kept)) => {
                 let old = self.config.load();
                 if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
                     tracing::warn!(
@@ -56,11 +113,14 @@ impl Gateway {
                     tracing::warn!(warning = %warning, "Config warning.");
                 }
                 self.config.store(Arc::new(new));
+                if !kept {
+                    self.keys.store(store);
+                }
                 self.metrics
                     .config_reloads
                     .get_or_create(&ResultLabels { result: "success" })
                     .inc();
-                tracing::info!(path = %self.config_path.display(), "Config reloaded.");
+                tracing::info!(path = %self.config_path.display(), key_store_rebuilt = !kept, "Config reloaded.");
                 Ok(())
             }
             Err(errors) => {
@@ -90,4 +150,75 @@ impl Gateway {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.is_draining()
     }
+}
+
+fn store_settings(config: &Config) -> KeyStoreSettings {
+    let keys = &config.api_keys;
+    KeyStoreSettings {
+        prefix: keys.prefix.clone(),
+        min_length: keys.min_length,
+        cache_ttl: keys.cache_ttl,
+        negative_ttl: keys.negative_ttl,
+        stale_if_error: keys.stale_if_error,
+        cache_capacity: keys.cache_capacity,
+        header_prefix: config.identity.header_prefix.clone(),
+        source: keys.source.clone(),
+    }
+}
+
+/// Opens the key source and builds the store, when any route accepts API keys.
+fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyStore>>, String> {
+    if !config.api_keys.in_use {
+        return Ok(None);
+    }
+    let settings = store_settings(config);
+    let source = match &config.api_keys.source {
+        KeySourceSettings::File(path) => {
+            let file =
+                FileKeys::open(path, metrics.key_file_reloads.clone()).map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })?;
+            KeySource::File(file)
+        }
+        KeySourceSettings::ControlPlane(control_plane) => {
+            let auth = match &control_plane.auth {
+                ControlPlaneAuthSettings::None => ControlPlaneAuth::None,
+                ControlPlaneAuthSettings::Bearer(token) => {
+                    let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                        .map_err(|_| {
+                            "control_plane.auth.token is not valid header text".to_owned()
+                        })?;
+                    value.set_sensitive(true);
+                    ControlPlaneAuth::Bearer(value)
+                }
+                ControlPlaneAuthSettings::ClientCredentials {
+                    token_url,
+                    client_id,
+                    client_secret,
+                    scope,
+                } => ControlPlane::client_credentials(
+                    token_url.clone(),
+                    client_id,
+                    client_secret,
+                    scope.clone(),
+                )?,
+            };
+            let client = crate::forward::service_client(None)?;
+            KeySource::ControlPlane(Box::new(ControlPlane::new(
+                &control_plane.url,
+                control_plane.timeout,
+                auth,
+                client,
+            )))
+        }
+    };
+    let store = KeyStore::new(settings, source, metrics.key_metrics());
+    if let KeySource::File(file) = store.source() {
+        file.spawn_watcher(Arc::downgrade(&store));
+    }
+    Ok(Some(store))
 }

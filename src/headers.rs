@@ -98,17 +98,20 @@ pub fn name_has_prefix(name: &str, prefix: &str) -> bool {
         })
 }
 
-/// Removes every client header under the identity prefix (and its `_` spellings) and the
-/// routing-override headers. Returns how many distinct names were removed.
+/// Whether `name` is a routing-override header, read like the identity prefix (`_` as `-`):
+/// CGI-style upstreams see `X_Original_URL` and `X-Original-URL` as the same header.
+fn is_routing_override(name: &str) -> bool {
+    ROUTING_OVERRIDES.iter().any(|override_name| {
+        override_name.as_str().len() == name.len() && name_has_prefix(name, override_name.as_str())
+    })
+}
+
+/// Removes every client header under the identity prefix and every routing-override header
+/// (both also in their `_` spellings). Returns how many distinct names were removed.
 pub fn strip_client_identity(headers: &mut HeaderMap, prefix: &str) -> usize {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        if name_has_prefix(name.as_str(), prefix) {
-            doomed.push(name.clone());
-        }
-    }
-    for name in &ROUTING_OVERRIDES {
-        if headers.contains_key(name) {
+        if name_has_prefix(name.as_str(), prefix) || is_routing_override(name.as_str()) {
             doomed.push(name.clone());
         }
     }
@@ -302,9 +305,10 @@ mod tests {
             ("x_auth_user_id", "evil"),
             ("x-original-url", "/admin"),
             ("x-forwarded-prefix", "/admin"),
+            ("x_rewrite_url", "/admin"),
             ("x-other", "kept"),
         ]);
-        assert_eq!(strip_client_identity(&mut headers, "x-auth-"), 4);
+        assert_eq!(strip_client_identity(&mut headers, "x-auth-"), 5);
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, vec!["x-other"]);
         // Idempotent.

@@ -6,15 +6,21 @@
 //! `main.rs` only parses the command line and calls [`run`]; tests and benches drive the same
 //! code through [`server::start`] and the stage functions.
 
+// Network-facing code never panics on input: no unwrap/expect outside tests.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod admin;
 pub mod auth;
+pub mod authz;
 pub mod body;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod headers;
+pub mod keys;
 pub mod pipeline;
 pub mod routes;
 pub mod server;
@@ -34,6 +40,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
+        Command::Demo(args) => commands::demo(&args),
+        Command::Keys(command) => commands::keys(command),
     }
 }
 
@@ -53,6 +61,19 @@ fn check(args: &ConfigArg) -> ExitCode {
     let path = args.path();
     match config::load(&path) {
         Ok(config) => {
+            if config.api_keys.in_use
+                && let config::KeySourceSettings::File(key_file) = &config.api_keys.source
+            {
+                match keys::file_source::load_key_file(key_file) {
+                    Ok(keys) => println!("{}: OK, {} key(s)", key_file.display(), keys.len()),
+                    Err(errors) => {
+                        for error in errors {
+                            eprintln!("{error}");
+                        }
+                        return ExitCode::from(EXIT_INVALID);
+                    }
+                }
+            }
             for warning in &config.warnings {
                 eprintln!("{}: warning: {warning}", path.display());
             }

@@ -27,7 +27,8 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::auth;
+use crate::auth::{self, Identity};
+use crate::authz;
 use crate::body::{
     BodyCompletion, BodyOutcome, CountingBody, LimitedBody, ObservedBody, ProxyBody, boxed, empty,
 };
@@ -38,10 +39,12 @@ use crate::headers::{
     X_REQUEST_ID, client_ip, client_request_id, is_websocket_upgrade, new_request_id,
     set_forwarded, strip_client_identity, strip_hop_by_hop, strip_response_hop_by_hop,
 };
+use crate::keys::KeyStore;
 use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
 use crate::server::ConnActivity;
 use crate::telemetry::{AccessRecord, RequestLabels, RouteLabels, SharedLabel, method_label};
+use crate::telemetry::{AuthLabels, Metrics};
 
 /// What the pipeline knows about the connection a request came in on.
 #[derive(Debug)]
@@ -55,6 +58,7 @@ pub struct ConnInfo {
 #[derive(Debug, Default)]
 struct Context {
     route: Option<Arc<str>>,
+    identity: Option<Arc<Identity>>,
     upstream_ms: Option<f64>,
 }
 
@@ -83,7 +87,17 @@ pub async fn handle(
 
     let mut context = Context::default();
     let request = request.map(|body| boxed(CountingBody::new(body, bytes_in)));
-    let result = handle_inner(&config, &conn, request, &request_id, &mut context).await;
+    let keys = gateway.keys();
+    let result = handle_inner(
+        &config,
+        keys.as_ref(),
+        &gateway.metrics,
+        &conn,
+        request,
+        &request_id,
+        &mut context,
+    )
+    .await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -112,6 +126,13 @@ pub async fn handle(
         finish.route = SharedLabel(route.clone());
         finish.record.route = Some(route);
     }
+    if let Some(identity) = context.identity {
+        let record = &mut finish.record;
+        record.auth_method = Some(identity.method.as_str());
+        record.key_id.clone_from(&identity.key_id);
+        record.subject = Some(identity.subject.clone());
+        record.tenant_id.clone_from(&identity.tenant_id);
+    }
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, ObservedBody::new(body, finish).boxed())
 }
@@ -119,6 +140,8 @@ pub async fn handle(
 /// The stages, in order. Each `?` is a decision that ends the request.
 async fn handle_inner(
     config: &Config,
+    keys: Option<&Arc<KeyStore>>,
+    metrics: &Metrics,
     conn: &ConnInfo,
     request: Request<ProxyBody>,
     request_id: &HeaderValue,
@@ -152,12 +175,36 @@ async fn handle_inner(
         tracing::debug!(request_id = ?request_id, stripped, "Removed client-sent identity headers.");
     }
 
-    // 4. Authenticate (default deny on protected routes).
-    auth::authenticate(route.auth, &parts.headers, &config.api_keys.prefix)?;
+    // 4. Authenticate (default deny on protected routes), then authorize on every request,
+    //    cached credential or not.
+    let identity =
+        auth::authenticate(route.auth, &parts.headers, &config.api_keys.prefix, keys).await;
+    if !route.auth.is_public() {
+        let result = match &identity {
+            Ok(_) => "ok",
+            Err(error) => error.code(),
+        };
+        let method = auth::presented_method(&parts.headers, &config.api_keys.prefix);
+        metrics
+            .auth
+            .get_or_create(&AuthLabels { method, result })
+            .inc();
+    }
+    let identity = identity?;
+    context.identity.clone_from(&identity);
+    if let Some(identity) = &identity {
+        authz::authorize(route, identity)?;
+    }
 
-    // 5. Rewrite: credentials stay here unless the route opts in; forwarding headers.
+    // 5. Rewrite: credentials stay here unless the route opts in; our identity headers (the
+    //    client's were stripped in step 3); forwarding headers.
     if !route.forward_authorization {
         parts.headers.remove(AUTHORIZATION);
+    }
+    if let Some(identity) = &identity {
+        for (name, value) in &identity.headers {
+            parts.headers.insert(name.clone(), value.clone());
+        }
     }
     let original_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts

@@ -6,14 +6,15 @@
 //! activity tracker fed by its IO wrapper and by the pipeline, and the connection task enforces
 //! both timeouts itself:
 //! - header_read_timeout: from the first byte of a request until the pipeline sees its head;
-//! - idle_timeout: no request in flight and no bytes either way.
+//! - idle_timeout: no request in flight and no bytes either way (HTTP/2: since the last
+//!   request, as PING/WINDOW_UPDATE frames flow on idle connections).
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +43,12 @@ pub struct ConnActivity {
     last_activity_ms: AtomicU64,
     head_started_ms: AtomicU64,
     active_requests: AtomicU32,
+    /// Wakes the connection task when a deadline may have moved earlier (a head started, or
+    /// the last request finished), so its timer is re-armed instead of sleeping past it.
+    changed: tokio::sync::Notify,
+    /// HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) flow while no request is in
+    /// flight, so bytes say nothing about heads or idleness; only requests count.
+    multiplexed: AtomicBool,
 }
 
 impl ConnActivity {
@@ -53,6 +60,8 @@ impl ConnActivity {
             // a client that connects and sends nothing is held to header_read_timeout.
             head_started_ms: AtomicU64::new(0),
             active_requests: AtomicU32::new(0),
+            changed: tokio::sync::Notify::new(),
+            multiplexed: AtomicBool::new(false),
         }
     }
 
@@ -61,19 +70,25 @@ impl ConnActivity {
     }
 
     fn on_read(&self) {
+        if self.multiplexed.load(Ordering::Relaxed) {
+            return;
+        }
         let now = self.now_ms();
         self.last_activity_ms.store(now, Ordering::Relaxed);
-        if self.active_requests.load(Ordering::Relaxed) == 0 {
-            let _ = self.head_started_ms.compare_exchange(
-                NO_HEAD,
-                now,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+        if self.active_requests.load(Ordering::Relaxed) == 0
+            && self
+                .head_started_ms
+                .compare_exchange(NO_HEAD, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.changed.notify_one();
         }
     }
 
     fn on_write(&self) {
+        if self.multiplexed.load(Ordering::Relaxed) {
+            return;
+        }
         self.last_activity_ms
             .store(self.now_ms(), Ordering::Relaxed);
     }
@@ -89,6 +104,7 @@ impl ConnActivity {
         self.active_requests.fetch_sub(1, Ordering::Relaxed);
         self.last_activity_ms
             .store(self.now_ms(), Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// What to do at `now`: keep going until a deadline, or close.
@@ -209,16 +225,30 @@ impl ServerHandle {
     }
 }
 
-/// Binds both listeners and serves until `shutdown()`.
+/// Builds the gateway state from `config`, binds both listeners and serves until `shutdown()`.
 pub async fn start(config: Config, access_log: AccessLog) -> io::Result<ServerHandle> {
-    let listener = TcpListener::bind(config.server.listen).await?;
-    let admin_listener = TcpListener::bind(config.admin.listen).await?;
+    let gateway = Gateway::new(config, access_log).map_err(io::Error::other)?;
+    start_gateway(Arc::new(gateway)).await
+}
+
+/// Binds one listener; the error names the setting and address (two listeners can fail).
+async fn bind(addr: SocketAddr, setting: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| io::Error::new(error.kind(), format!("{setting} {addr}: {error}")))
+}
+
+/// Binds the listeners of `gateway`'s config and serves until `shutdown()`.
+pub async fn start_gateway(gateway: Arc<Gateway>) -> io::Result<ServerHandle> {
+    let config = gateway.config();
+    let listener = bind(config.server.listen, "server.listen").await?;
+    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     for warning in &config.warnings {
         tracing::warn!(warning = %warning, "Config warning.");
     }
-    let gateway = Arc::new(Gateway::new(config, access_log));
+    drop(config);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let admin_task = tokio::spawn(admin::serve(admin_listener, gateway.clone()));
@@ -398,7 +428,10 @@ async fn drive<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = conn.activity.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        if request.version() == http::Version::HTTP_2 {
+            conn.activity.multiplexed.store(true, Ordering::Relaxed);
+        }
         let gateway = gateway.clone();
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(pipeline::handle(gateway, conn, request).await) }
@@ -418,6 +451,10 @@ async fn drive<I>(
             _ = shutdown.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
+            }
+            () = activity.changed.notified() => {
+                // Re-check now: the next deadline may be earlier than the one we sleep to.
+                wake_at = Instant::now();
             }
             () = tokio::time::sleep_until(wake_at) => {
                 match activity.check(header_timeout, idle_timeout) {

@@ -61,6 +61,16 @@ pub struct Metrics {
     pub inflight: Gauge,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub access_log_dropped: Counter,
+    pub auth: Family<AuthLabels, Counter>,
+    pub key_cache: Family<ResultLabels, Counter>,
+    pub key_source: Family<ResultLabels, Counter>,
+    pub key_file_reloads: Family<ResultLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub method: &'static str,
+    pub result: &'static str,
 }
 
 impl Default for Metrics {
@@ -110,9 +120,34 @@ impl Metrics {
             "Access log lines dropped because stdout could not keep up",
             access_log_dropped.clone(),
         );
+        let auth = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth",
+            "Authentication decisions by credential method and result (ok or the error code)",
+            auth.clone(),
+        );
+        let key_cache = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "key_cache",
+            "API-key cache lookups by result: hit, miss, stale (served while refreshing), negative",
+            key_cache.clone(),
+        );
+        let key_source = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "key_source_requests",
+            "Key source lookups by result: found, not_found, error",
+            key_source.clone(),
+        );
+        let key_file_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "key_file_reloads",
+            "Key file reloads by result: success, error (the previous key set stays in force)",
+            key_file_reloads.clone(),
+        );
         // Both outcomes exist from the start, so a dashboard sees 0 rather than no series.
         for result in ["success", "error"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
+            let _ = key_file_reloads.get_or_create(&ResultLabels { result });
         }
         Self {
             registry,
@@ -122,6 +157,18 @@ impl Metrics {
             inflight,
             config_reloads,
             access_log_dropped,
+            auth,
+            key_cache,
+            key_source,
+            key_file_reloads,
+        }
+    }
+
+    /// Handles for the key store.
+    pub fn key_metrics(&self) -> crate::keys::cache::KeyMetrics {
+        crate::keys::cache::KeyMetrics {
+            cache: self.key_cache.clone(),
+            source: self.key_source.clone(),
         }
     }
 

@@ -12,7 +12,10 @@ const PROBES: &[(&str, &str)] = &[
     ("server.tls", "[server]\ntls = { zz_probe = 1 }\n"),
     ("admin", "[admin]\nzz_probe = 1\n"),
     ("identity", "[identity]\nzz_probe = 1\n"),
-    ("identity.assertion", "[identity]\nassertion = { zz_probe = 1 }\n"),
+    (
+        "identity.assertion",
+        "[identity]\nassertion = { zz_probe = 1 }\n",
+    ),
     ("api_keys", "[api_keys]\nzz_probe = 1\n"),
     ("control_plane", "[control_plane]\nzz_probe = 1\n"),
     ("jwt", "[jwt]\nzz_probe = 1\n"),
@@ -66,7 +69,11 @@ fn every_documented_table_matches_the_config_structs() {
     )
     .unwrap();
     let markers = doc.matches("<!-- keys: ").count();
-    assert_eq!(markers, PROBES.len(), "every documented table needs a probe here");
+    assert_eq!(
+        markers,
+        PROBES.len(),
+        "every documented table needs a probe here"
+    );
     for (name, snippet) in PROBES {
         let accepted = accepted_fields(snippet);
         assert!(!accepted.is_empty(), "{name}: no fields read");

@@ -5,10 +5,99 @@
 //! "no credential", and anything that is neither an API key nor a JWT by shape is refused
 //! before any lookup.
 
-use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
+use std::sync::Arc;
+
+use crate::config::Rate;
 use crate::error::GatewayError;
+use crate::keys::{KeyStore, Timestamp};
+
+/// How the caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    ApiKey,
+    Jwt,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::Jwt => "jwt",
+        }
+    }
+}
+
+/// Who is calling, as established by authentication. Built once when a credential is
+/// validated and shared (`Arc`) by every request that presents it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub method: AuthMethod,
+    /// `key_id` for API keys, `sub` for JWTs.
+    pub subject: String,
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub key_id: Option<String>,
+    /// JWT `iss`.
+    pub issuer: Option<String>,
+    pub scopes: Vec<String>,
+    /// The credential's own rate limit, which beats the route's.
+    pub rate_limit: Option<Rate>,
+    pub tokens_per_minute: Option<u64>,
+    /// Checked on every request, cached or not.
+    pub expires_at: Option<Timestamp>,
+    pub revoked: bool,
+    /// The identity headers for upstreams, built once: values that are not valid header
+    /// values were dropped here.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Identity {
+    /// Builds the identity headers (SPEC §6) under `prefix`; call after filling the fields.
+    pub fn with_headers(mut self, prefix: &str, claims: &[(String, String)]) -> Self {
+        let mut headers = Vec::with_capacity(8 + claims.len());
+        let mut push = |suffix: &str, value: &str| {
+            let name = format!("{prefix}{suffix}");
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.push((name, value));
+            }
+        };
+        push("method", self.method.as_str());
+        push("subject", &self.subject);
+        if let Some(tenant) = &self.tenant_id {
+            push("tenant-id", tenant);
+        }
+        if let Some(user) = &self.user_id {
+            push("user-id", user);
+        }
+        if let Some(key_id) = &self.key_id {
+            push("key-id", key_id);
+        }
+        push("scopes", &self.scopes.join(" "));
+        if let Some(issuer) = &self.issuer {
+            push("issuer", issuer);
+        }
+        for (name, value) in claims {
+            push(&format!("claim-{name}"), value);
+        }
+        self.headers = headers;
+        self
+    }
+
+    /// The principal rate limits are keyed by: `key_id`, or `iss` + `sub`.
+    pub fn principal(&self) -> String {
+        match (&self.key_id, &self.issuer) {
+            (Some(key_id), _) => format!("key:{key_id}"),
+            (None, Some(issuer)) => format!("jwt:{issuer}\u{0}{}", self.subject),
+            (None, None) => format!("sub:{}", self.subject),
+        }
+    }
+}
 
 /// Which credential kinds a route accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,25 +196,40 @@ pub fn looks_like_jwt(token: &str) -> bool {
         && base64url(signature)
 }
 
-/// Decides who is calling on a protected route.
+/// Decides who is calling: `Ok(None)` on a public route, the identity on a protected one.
 ///
-/// No credential store is wired in yet, so every presented credential is refused with the
-/// code its kind calls for: the gateway fails closed rather than forwarding unauthenticated
-/// traffic to a protected upstream.
-pub fn authenticate(
+/// The route's `auth` list decides which credential kinds count: a JWT on an API-key-only
+/// route is `AUTH_INVALID_KEY`, an API key on a JWT-only route `AUTH_INVALID_TOKEN`.
+pub async fn authenticate(
     policy: AuthPolicy,
     headers: &HeaderMap,
     api_key_prefix: &str,
-) -> Result<(), GatewayError> {
+    keys: Option<&Arc<KeyStore>>,
+) -> Result<Option<Arc<Identity>>, GatewayError> {
     let AuthPolicy::Required { api_key, jwt } = policy else {
-        return Ok(());
+        return Ok(None);
     };
     match extract_credential(headers, api_key_prefix)? {
         None => Err(GatewayError::AuthMissing),
         Some(Credential::ApiKey(_)) if !api_key => Err(GatewayError::InvalidToken),
         Some(Credential::Jwt(_)) if !jwt => Err(GatewayError::InvalidKey),
-        Some(Credential::ApiKey(_)) => Err(GatewayError::InvalidKey),
+        Some(Credential::ApiKey(key)) => match keys {
+            Some(store) => store.authenticate(key).await.map(Some),
+            // No route accepted API keys when the store was built: nothing can validate it.
+            None => Err(GatewayError::InvalidKey),
+        },
+        // JWT validation is not wired in yet: fail closed.
         Some(Credential::Jwt(_)) => Err(GatewayError::InvalidToken),
+    }
+}
+
+/// The credential kind a request presented, for metrics (`none` when it had none).
+pub fn presented_method(headers: &HeaderMap, api_key_prefix: &str) -> &'static str {
+    match extract_credential(headers, api_key_prefix) {
+        Ok(Some(Credential::ApiKey(_))) => "api_key",
+        Ok(Some(Credential::Jwt(_))) => "jwt",
+        Ok(None) => "none",
+        Err(_) => "invalid",
     }
 }
 

@@ -14,8 +14,9 @@ use toml::Spanned;
 
 use super::file::{self, FileAuth, FileConfig, FileRate, FileRoute, KeySourceKind, LogFormat};
 use super::{
-    AdminSettings, ApiKeySettings, Config, ConfigError, ConfigErrors, IdentitySettings,
-    LogSettings, Rate, ServerSettings, UsageRule, line_col,
+    AdminSettings, ApiKeySettings, Config, ConfigError, ConfigErrors, ControlPlaneAuthSettings,
+    ControlPlaneSettings, IdentitySettings, KeySourceSettings, LogSettings, Rate, ServerSettings,
+    UsageRule, line_col,
 };
 use crate::auth::{AuthPolicy, ScopeRule};
 use crate::config::file::UpstreamProtocol;
@@ -88,7 +89,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
     }
 
     let identity = compile_identity(&file.identity, &mut errors);
-    let api_keys = compile_api_keys(&file, &mut errors);
+    let api_keys = compile_api_keys(&file, &base_dir, &mut errors);
     compile_jwt(&file.jwt, &mut errors);
     compile_rate_limits(&file, &mut errors);
 
@@ -281,7 +282,7 @@ fn compile_identity(identity: &file::FileIdentity, errors: &mut Errors<'_>) -> I
     IdentitySettings { header_prefix }
 }
 
-fn compile_api_keys(file: &FileConfig, errors: &mut Errors<'_>) -> ApiKeySettings {
+fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>) -> ApiKeySettings {
     let keys = &file.api_keys;
     let prefix = match &keys.prefix {
         Some(prefix) => {
@@ -312,30 +313,103 @@ fn compile_api_keys(file: &FileConfig, errors: &mut Errors<'_>) -> ApiKeySetting
         Some(n) => *n.get_ref(),
         None => file::DEFAULT_KEY_MIN_LENGTH,
     };
-    if let Some(capacity) = &keys.cache_capacity
-        && *capacity.get_ref() == 0
-    {
-        errors.at(
-            capacity.span(),
-            "api_keys.cache_capacity must be at least 1",
-        );
-    }
-    if keys.source == Some(KeySourceKind::ControlPlane) && file.control_plane.is_none() {
-        errors.at(
-            0..0,
-            "api_keys.source = \"control_plane\" needs a [control_plane] section",
-        );
-    }
-    if let Some(control_plane) = &file.control_plane {
-        let url = &control_plane.get_ref().url;
-        check_http_url(url, "control_plane.url", errors);
-        if let Some(file::FileControlPlaneAuth::ClientCredentials { token_url, .. }) =
-            &control_plane.get_ref().auth
-        {
-            check_http_url(token_url, "control_plane.auth.token_url", errors);
+    let cache_capacity = match &keys.cache_capacity {
+        Some(capacity) if *capacity.get_ref() == 0 => {
+            errors.at(
+                capacity.span(),
+                "api_keys.cache_capacity must be at least 1",
+            );
+            file::DEFAULT_CACHE_CAPACITY
         }
+        Some(capacity) => *capacity.get_ref(),
+        None => file::DEFAULT_CACHE_CAPACITY,
+    };
+    let duration = |value: Option<super::values::DurationValue>, default: u64| {
+        value.map_or(Duration::from_secs(default), |d| d.0)
+    };
+    let in_use = file.routes.iter().any(|route| {
+        matches!(route.get_ref().auth.get_ref(), FileAuth::Methods(methods) if methods.iter().any(|m| m == "api_key"))
+    });
+    let source = match keys.source.unwrap_or(KeySourceKind::File) {
+        KeySourceKind::File => {
+            let path = resolve(
+                base_dir,
+                keys.file
+                    .as_ref()
+                    .map_or(file::DEFAULT_KEY_FILE, |f| f.as_str()),
+            );
+            // The file itself is read by `authgate check` and when the gateway starts.
+            KeySourceSettings::File(path)
+        }
+        KeySourceKind::ControlPlane => match &file.control_plane {
+            Some(control_plane) => compile_control_plane(control_plane.get_ref(), errors),
+            None => {
+                errors.at(
+                    0..0,
+                    "api_keys.source = \"control_plane\" needs a [control_plane] section",
+                );
+                KeySourceSettings::File(PathBuf::new())
+            }
+        },
+    };
+    ApiKeySettings {
+        prefix,
+        min_length,
+        cache_ttl: duration(keys.cache_ttl, file::DEFAULT_CACHE_TTL_SECS),
+        negative_ttl: duration(keys.negative_ttl, file::DEFAULT_NEGATIVE_TTL_SECS),
+        stale_if_error: duration(keys.stale_if_error, file::DEFAULT_STALE_IF_ERROR_SECS),
+        cache_capacity,
+        source,
+        in_use,
     }
-    ApiKeySettings { prefix, min_length }
+}
+
+fn compile_control_plane(
+    control_plane: &file::FileControlPlane,
+    errors: &mut Errors<'_>,
+) -> KeySourceSettings {
+    check_http_url(&control_plane.url, "control_plane.url", errors);
+    let timeout = control_plane.timeout.map_or(
+        Duration::from_secs(file::DEFAULT_CONTROL_PLANE_TIMEOUT_SECS),
+        |t| t.0,
+    );
+    if timeout.is_zero() {
+        errors.at(
+            control_plane.url.span(),
+            "control_plane.timeout must be positive",
+        );
+    }
+    let auth = match &control_plane.auth {
+        None => ControlPlaneAuthSettings::None,
+        Some(file::FileControlPlaneAuth::Bearer { token }) => {
+            if token.0.is_empty() || http::HeaderValue::from_str(&token.0).is_err() {
+                errors.at(
+                    control_plane.url.span(),
+                    "control_plane.auth.token must be non-empty header text",
+                );
+            }
+            ControlPlaneAuthSettings::Bearer(token.0.clone())
+        }
+        Some(file::FileControlPlaneAuth::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        }) => {
+            check_http_url(token_url, "control_plane.auth.token_url", errors);
+            ControlPlaneAuthSettings::ClientCredentials {
+                token_url: token_url.get_ref().as_str().parse().unwrap_or_default(),
+                client_id: client_id.as_str().to_owned(),
+                client_secret: client_secret.0.clone(),
+                scope: scope.as_ref().map(|s| s.as_str().to_owned()),
+            }
+        }
+    };
+    KeySourceSettings::ControlPlane(ControlPlaneSettings {
+        url: control_plane.url.get_ref().as_str().to_owned(),
+        timeout,
+        auth,
+    })
 }
 
 fn check_http_url(url: &Spanned<super::values::Text>, what: &str, errors: &mut Errors<'_>) {
@@ -631,7 +705,6 @@ fn compile_route(
     if let (Some(strip), Some(PathPattern::Prefix(prefix) | PathPattern::Exact(prefix))) =
         (&strip_prefix, &path)
         && !crate::routes::prefix_matches(strip, prefix)
-        && !prefix.starts_with(strip.as_str())
     {
         errors.at(
             span.clone(),

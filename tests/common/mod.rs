@@ -521,7 +521,7 @@ impl TestPki {
 
     /// Writes cert.pem, key.pem and ca.pem into `dir`.
     pub fn write_to(&self, dir: &Path) {
-        let mut write = |name: &str, text: &str| {
+        let write = |name: &str, text: &str| {
             let mut file = std::fs::File::create(dir.join(name)).unwrap();
             file.write_all(text.as_bytes()).unwrap();
         };

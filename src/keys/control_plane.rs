@@ -1,0 +1,275 @@
+//! The control-plane key source: `GET {url}/v1/keys/{sha256-hex}` (SPEC §4.1).
+//!
+//! 200 is the record as JSON, 404 an unknown key; anything else, a timeout, an oversized or
+//! malformed answer is a *failure*, never an unknown or a valid key. Auth is a static bearer
+//! token or OAuth2 client credentials: the token is cached until 30 s before `expires_in`,
+//! only one token request runs at a time, and a 401 drops it and retries the lookup once.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::{KeyHash, KeyRecord, SourceError};
+use crate::body::full;
+use crate::forward::HttpsClient;
+
+/// Largest answer read from the control plane or the token endpoint.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// A token is refreshed this long before it expires.
+pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// Lifetime assumed for a token whose answer has no `expires_in`.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+/// How authgate authenticates to the control plane.
+#[derive(Debug)]
+pub enum ControlPlaneAuth {
+    None,
+    Bearer(HeaderValue),
+    ClientCredentials {
+        token_url: Uri,
+        /// `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1).
+        basic: HeaderValue,
+        scope: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+struct CachedToken {
+    header: HeaderValue,
+    refresh_at: Instant,
+}
+
+/// The control-plane client.
+#[derive(Debug)]
+pub struct ControlPlane {
+    base_url: String,
+    timeout: Duration,
+    auth: ControlPlaneAuth,
+    client: HttpsClient,
+    /// Held across a token request, so at most one runs at a time.
+    token: Mutex<Option<CachedToken>>,
+}
+
+impl ControlPlane {
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        auth: ControlPlaneAuth,
+        client: HttpsClient,
+    ) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            timeout,
+            auth,
+            client,
+            token: Mutex::new(None),
+        }
+    }
+
+    /// Builds the `ClientCredentials` auth value.
+    pub fn client_credentials(
+        token_url: Uri,
+        client_id: &str,
+        client_secret: &str,
+        scope: Option<String>,
+    ) -> Result<ControlPlaneAuth, String> {
+        let pair = format!("{}:{}", form_encode(client_id), form_encode(client_secret));
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        );
+        let mut basic = HeaderValue::from_str(&basic)
+            .map_err(|_| "client credentials are not valid header text".to_owned())?;
+        basic.set_sensitive(true);
+        Ok(ControlPlaneAuth::ClientCredentials {
+            token_url,
+            basic,
+            scope,
+        })
+    }
+
+    /// Looks a key up by hash. `Ok(None)` is a definite "unknown key".
+    pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, SourceError> {
+        let url = format!("{}/v1/keys/{}", self.base_url, hash.to_hex());
+        let mut status_and_body = self.get(&url).await?;
+        if status_and_body.0 == StatusCode::UNAUTHORIZED
+            && matches!(self.auth, ControlPlaneAuth::ClientCredentials { .. })
+        {
+            // The token may have been revoked or rotated early: drop it and retry once.
+            *self.token.lock().await = None;
+            status_and_body = self.get(&url).await?;
+        }
+        let (status, body) = status_and_body;
+        match status {
+            StatusCode::OK => {
+                let record: KeyRecord = serde_json::from_slice(&body).map_err(|e| {
+                    SourceError(format!("control plane answered an invalid key record: {e}"))
+                })?;
+                record.validate().map_err(|e| {
+                    SourceError(format!("control plane answered an invalid key record: {e}"))
+                })?;
+                Ok(Some(record))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(SourceError(format!("control plane answered {other}"))),
+        }
+    }
+
+    async fn get(&self, url: &str) -> Result<(StatusCode, Bytes), SourceError> {
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(url)
+            .header(ACCEPT, "application/json")
+            .body(full(Bytes::new()))
+            .map_err(|e| SourceError(format!("control plane URL: {e}")))?;
+        if let Some(authorization) = self.authorization().await? {
+            request.headers_mut().insert(AUTHORIZATION, authorization);
+        }
+        self.send(request).await
+    }
+
+    /// Sends with the configured timeout and reads at most `MAX_ANSWER_BYTES`.
+    async fn send(
+        &self,
+        request: Request<crate::body::ProxyBody>,
+    ) -> Result<(StatusCode, Bytes), SourceError> {
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                SourceError(format!(
+                    "control plane unreachable: {}",
+                    crate::forward::error_chain(&e)
+                ))
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| SourceError(format!("control plane answer unreadable or larger than {MAX_ANSWER_BYTES} bytes: {e}")))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                SourceError(format!(
+                    "control plane did not answer within {:?}",
+                    self.timeout
+                ))
+            })?
+    }
+
+    /// The Authorization header for the next call, fetching a token if needed.
+    async fn authorization(&self) -> Result<Option<HeaderValue>, SourceError> {
+        match &self.auth {
+            ControlPlaneAuth::None => Ok(None),
+            ControlPlaneAuth::Bearer(value) => Ok(Some(value.clone())),
+            ControlPlaneAuth::ClientCredentials {
+                token_url,
+                basic,
+                scope,
+            } => {
+                let mut cached = self.token.lock().await;
+                if let Some(token) = cached.as_ref()
+                    && Instant::now() < token.refresh_at
+                {
+                    return Ok(Some(token.header.clone()));
+                }
+                let token = self.fetch_token(token_url, basic, scope.as_deref()).await?;
+                let header = token.header.clone();
+                *cached = Some(token);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        token_url: &Uri,
+        basic: &HeaderValue,
+        scope: Option<&str>,
+    ) -> Result<CachedToken, SourceError> {
+        let mut form = String::from("grant_type=client_credentials");
+        if let Some(scope) = scope {
+            form.push_str("&scope=");
+            form.push_str(&form_encode(scope));
+        }
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .header(AUTHORIZATION, basic.clone())
+            .body(full(form))
+            .map_err(|e| SourceError(format!("token request: {e}")))?;
+        let (status, body) = self.send(request).await?;
+        if status != StatusCode::OK {
+            return Err(SourceError(format!("token endpoint answered {status}")));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            access_token: String,
+            #[serde(default)]
+            token_type: Option<String>,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|e| SourceError(format!("token endpoint answered invalid JSON: {e}")))?;
+        if let Some(kind) = &answer.token_type
+            && !kind.eq_ignore_ascii_case("bearer")
+        {
+            return Err(SourceError(format!(
+                "token endpoint issued a {kind:?} token, not a bearer token"
+            )));
+        }
+        let mut header = HeaderValue::from_str(&format!("Bearer {}", answer.access_token))
+            .map_err(|_| {
+                SourceError("token endpoint issued a token that is not valid header text".into())
+            })?;
+        header.set_sensitive(true);
+        let lifetime = answer
+            .expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        // Refresh 30 s early; a very short-lived token is used for half its life instead.
+        let usable = lifetime
+            .checked_sub(TOKEN_REFRESH_MARGIN)
+            .unwrap_or(lifetime / 2);
+        tracing::debug!(lifetime = ?lifetime, "Fetched a control-plane access token.");
+        Ok(CachedToken {
+            header,
+            refresh_at: Instant::now() + usable,
+        })
+    }
+}
+
+/// `application/x-www-form-urlencoded` for one value.
+pub fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(form_encode("admin:read x"), "admin%3Aread+x");
+        assert_eq!(form_encode("a-b_c.d~"), "a-b_c.d~");
+    }
+}

@@ -1,0 +1,206 @@
+//! API keys: format check, hashing, the key cache and the key sources behind it.
+//!
+//! ```text
+//! Bearer sgk_… ─▶ format check (no lookup if malformed) ─▶ SHA-256 ─▶ cache (moka)
+//!                                                              │ miss / stale
+//!                                                              ▼
+//!                                       source: key file (hot-reloaded) | control plane (HTTP)
+//! ```
+//! Only the hash is stored, cached, sent to the control plane or logged (first 8 hex chars).
+
+pub mod cache;
+pub mod control_plane;
+pub mod file_source;
+pub mod record;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+pub use cache::KeyStore;
+pub use record::{KeyRecord, Timestamp};
+
+/// SHA-256 of the whole key string, prefix included.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Lowercase hex, as stored in key files and sent to the control plane.
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for byte in self.0 {
+            out.push(HEX[usize::from(byte >> 4)] as char);
+            out.push(HEX[usize::from(byte & 0x0f)] as char);
+        }
+        out
+    }
+
+    /// The first 8 hex characters: enough to correlate in logs, useless to an attacker.
+    pub fn short(&self) -> String {
+        self.to_hex()[..8].to_owned()
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+            let high = hex_value(pair[0])?;
+            let low = hex_value(pair[1])?;
+            out[i] = (high << 4) | low;
+        }
+        Some(Self(out))
+    }
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Never prints the whole hash.
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}…)", self.short())
+    }
+}
+
+/// Longest key accepted after the prefix (SPEC §4.1).
+pub const MAX_KEY_LENGTH: usize = 256;
+
+/// Prefix + `min_length..=256` characters of `[A-Za-z0-9_-]`. Checked before any lookup.
+pub fn is_well_formed(key: &str, prefix: &str, min_length: usize) -> bool {
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return false;
+    };
+    (min_length..=MAX_KEY_LENGTH).contains(&rest.len())
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Characters of a generated key after the prefix.
+pub const GENERATED_KEY_CHARS: usize = 40;
+
+/// A new key: prefix + 40 base62 characters from the OS RNG (238 bits).
+pub fn generate_key(prefix: &str) -> Result<String, getrandom::Error> {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut key = String::with_capacity(prefix.len() + GENERATED_KEY_CHARS);
+    key.push_str(prefix);
+    let mut produced = 0;
+    while produced < GENERATED_KEY_CHARS {
+        let mut buffer = [0u8; 64];
+        getrandom::fill(&mut buffer)?;
+        for byte in buffer {
+            // Rejection sampling: 248 = 4 * 62, so every character is equally likely.
+            if byte < 248 && produced < GENERATED_KEY_CHARS {
+                key.push(ALPHABET[usize::from(byte % 62)] as char);
+                produced += 1;
+            }
+        }
+    }
+    Ok(key)
+}
+
+/// An in-memory key set, keyed by hash.
+pub type KeyMap = HashMap<KeyHash, KeyRecord>;
+
+/// Where key records come from.
+#[derive(Debug)]
+pub enum KeySource {
+    /// A key file, hot-reloaded.
+    File(Arc<file_source::FileKeys>),
+    /// `GET {url}/v1/keys/{hash}`.
+    ControlPlane(Box<control_plane::ControlPlane>),
+    /// A fixed set held in memory (`authgate demo`).
+    Memory(KeyMap),
+}
+
+/// The key source could not answer (timeout, 5xx, garbage): distinct from "unknown key".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key source failed: {0}")]
+pub struct SourceError(pub String);
+
+impl KeySource {
+    /// `Ok(None)` for an unknown key.
+    pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, SourceError> {
+        match self {
+            Self::File(file) => Ok(file.get(hash)),
+            Self::ControlPlane(control_plane) => control_plane.lookup(hash).await,
+            Self::Memory(map) => Ok(map.get(hash).cloned()),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::ControlPlane(_) => "control_plane",
+            Self::Memory(_) => "memory",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_lowercase_hex_sha256_of_the_whole_key() {
+        // printf sgk_test | sha256sum
+        let hash = KeyHash::of("sgk_test");
+        assert_eq!(
+            hash.to_hex(),
+            "372b9fc823f5fa699a931c5eb8acfb8de18c6e04ae13ec71677f6b9dde8991bd"
+        );
+        assert_eq!(KeyHash::from_hex(&hash.to_hex()), Some(hash));
+        assert_eq!(KeyHash::from_hex(&hash.to_hex().to_uppercase()), Some(hash));
+        assert_eq!(KeyHash::from_hex("zz"), None);
+        assert_eq!(
+            format!("{hash:?}"),
+            format!("KeyHash({}…)", &hash.to_hex()[..8])
+        );
+    }
+
+    #[test]
+    fn well_formed_keys_only() {
+        let good = format!("sgk_{}", "a".repeat(32));
+        assert!(is_well_formed(&good, "sgk_", 32));
+        assert!(is_well_formed(
+            &format!("sgk_{}", "A-_9".repeat(64)),
+            "sgk_",
+            32
+        ));
+        for bad in [
+            format!("sgk_{}", "a".repeat(31)),
+            format!("sgk_{}", "a".repeat(257)),
+            format!("xyz_{}", "a".repeat(32)),
+            format!("sgk_{}!", "a".repeat(32)),
+            format!("sgk_{}é", "a".repeat(32)),
+            "sgk_".to_owned(),
+        ] {
+            assert!(!is_well_formed(&bad, "sgk_", 32), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generated_keys_are_well_formed_and_distinct() {
+        let a = generate_key("sgk_").unwrap();
+        let b = generate_key("sgk_").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4 + GENERATED_KEY_CHARS);
+        assert!(is_well_formed(&a, "sgk_", 32));
+        assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+}
