@@ -34,11 +34,23 @@ fn bench_matching(c: &mut Criterion) {
         let config = table(n);
         let hit = format!("/svc{}/v1/chat/completions", n - 2);
         group.bench_with_input(BenchmarkId::new("prefix_hit", n), &hit, |b, path| {
-            b.iter(|| config.routes.find(Some("gw.example.com"), &Method::POST, black_box(path)));
+            b.iter(|| {
+                config
+                    .routes
+                    .find(Some("gw.example.com"), &Method::POST, black_box(path))
+            });
         });
-        group.bench_with_input(BenchmarkId::new("miss_404", n), &"/nothing/here/at/all", |b, path| {
-            b.iter(|| config.routes.find(Some("gw.example.com"), &Method::GET, black_box(path)));
-        });
+        group.bench_with_input(
+            BenchmarkId::new("miss_404", n),
+            &"/nothing/here/at/all",
+            |b, path| {
+                b.iter(|| {
+                    config
+                        .routes
+                        .find(Some("gw.example.com"), &Method::GET, black_box(path))
+                });
+            },
+        );
     }
     group.finish();
 }

@@ -7,7 +7,7 @@ use crate::routes::Route;
 
 /// Ok when the identity may use the route; else 403 with the code SPEC §4.3 names.
 pub fn authorize(route: &Route, identity: &Identity) -> Result<(), GatewayError> {
-    let has = |scope: &String| identity.scopes.iter().any(|own| own == scope);
+    let has = |scope: &String| identity.has_scope(scope);
     let rule = &route.scopes;
     if !rule.any_of.is_empty() && !rule.any_of.iter().any(has) {
         return Err(GatewayError::InsufficientScope(rule.any_of.join(" ")));
@@ -17,8 +17,7 @@ pub fn authorize(route: &Route, identity: &Identity) -> Result<(), GatewayError>
     }
     if let Some(tenants) = &route.tenants {
         let allowed = identity
-            .tenant_id
-            .as_ref()
+            .tenant_id()
             .is_some_and(|tenant| tenants.iter().any(|t| t == tenant));
         if !allowed {
             return Err(GatewayError::TenantNotAllowed);

@@ -259,7 +259,6 @@ auth = "none"
         negative_ttl: config.api_keys.negative_ttl,
         stale_if_error: config.api_keys.stale_if_error,
         cache_capacity: config.api_keys.cache_capacity,
-        header_prefix: config.identity.header_prefix.clone(),
         source: config.api_keys.source.clone(),
     };
     let access_log = crate::telemetry::AccessLog::stdout();

@@ -161,7 +161,6 @@ fn store_settings(config: &Config) -> KeyStoreSettings {
         negative_ttl: keys.negative_ttl,
         stale_if_error: keys.stale_if_error,
         cache_capacity: keys.cache_capacity,
-        header_prefix: config.identity.header_prefix.clone(),
         source: keys.source.clone(),
     }
 }

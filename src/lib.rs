@@ -119,45 +119,81 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let handle = match server::start(config, telemetry::AccessLog::stdout()).await {
+        // Signal handlers first: a SIGHUP arriving while we bind must not kill the process.
+        let signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("cannot install signal handlers: {error}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        };
+        let access_log = telemetry::AccessLog::stdout();
+        let gateway = match gateway::Gateway::new(config, access_log.clone()) {
+            Ok(gateway) => std::sync::Arc::new(gateway),
+            Err(error) => {
+                eprintln!("cannot start: {error}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        };
+        let handle = match server::start_gateway(gateway).await {
             Ok(handle) => handle,
             Err(error) => {
                 eprintln!("cannot bind listeners: {error}");
                 return ExitCode::from(EXIT_INVALID);
             }
         };
-        wait_for_signals(&handle).await;
+        signals.wait(&handle).await;
         handle.shutdown();
         handle.wait().await;
         tracing::info!("authgate stopped.");
+        access_log.flush(std::time::Duration::from_secs(2));
         ExitCode::SUCCESS
     })
 }
 
-/// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP.
+/// SIGTERM/SIGINT stop the gateway; SIGHUP reloads the config.
 #[cfg(unix)]
-async fn wait_for_signals(handle: &server::ServerHandle) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("Cannot install signal handlers; stopping.");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received; draining."); return; }
-            _ = int.recv() => { tracing::info!("SIGINT received; draining."); return; }
-            _ = hup.recv() => { let _ = handle.gateway.reload(); }
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads the config on each SIGHUP.
+    async fn wait(mut self, handle: &server::ServerHandle) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!("SIGTERM received; draining."); return; }
+                _ = self.int.recv() => { tracing::info!("SIGINT received; draining."); return; }
+                _ = self.hup.recv() => { let _ = handle.gateway.reload(); }
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_handle: &server::ServerHandle) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn wait(self, _handle: &server::ServerHandle) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The default log format, for callers that have no config yet.

@@ -43,8 +43,8 @@ use crate::keys::KeyStore;
 use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
 use crate::server::ConnActivity;
+use crate::telemetry::Metrics;
 use crate::telemetry::{AccessRecord, RequestLabels, RouteLabels, SharedLabel, method_label};
-use crate::telemetry::{AuthLabels, Metrics};
 
 /// What the pipeline knows about the connection a request came in on.
 #[derive(Debug)]
@@ -129,9 +129,9 @@ pub async fn handle(
     if let Some(identity) = context.identity {
         let record = &mut finish.record;
         record.auth_method = Some(identity.method.as_str());
-        record.key_id.clone_from(&identity.key_id);
-        record.subject = Some(identity.subject.clone());
-        record.tenant_id.clone_from(&identity.tenant_id);
+        record.key_id = identity.key_id().map(str::to_owned);
+        record.subject = Some(identity.subject().to_owned());
+        record.tenant_id = identity.tenant_id().map(str::to_owned);
     }
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, ObservedBody::new(body, finish).boxed())
@@ -177,20 +177,14 @@ async fn handle_inner(
 
     // 4. Authenticate (default deny on protected routes), then authorize on every request,
     //    cached credential or not.
-    let identity =
-        auth::authenticate(route.auth, &parts.headers, &config.api_keys.prefix, keys).await;
-    if !route.auth.is_public() {
-        let result = match &identity {
-            Ok(_) => "ok",
-            Err(error) => error.code(),
-        };
-        let method = auth::presented_method(&parts.headers, &config.api_keys.prefix);
-        metrics
-            .auth
-            .get_or_create(&AuthLabels { method, result })
-            .inc();
-    }
-    let identity = identity?;
+    let identity = auth::authenticate(
+        route.auth,
+        &parts.headers,
+        &config.api_keys.prefix,
+        keys,
+        &metrics.auth,
+    )
+    .await?;
     context.identity.clone_from(&identity);
     if let Some(identity) = &identity {
         authz::authorize(route, identity)?;
@@ -202,9 +196,7 @@ async fn handle_inner(
         parts.headers.remove(AUTHORIZATION);
     }
     if let Some(identity) = &identity {
-        for (name, value) in &identity.headers {
-            parts.headers.insert(name.clone(), value.clone());
-        }
+        identity.insert_headers(&config.identity.names, &mut parts.headers);
     }
     let original_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts

@@ -306,8 +306,12 @@ async fn accept_loop(
         .clone()
         .map(tokio_rustls::TlsAcceptor::from);
     drop(config);
+    // Every connection task, so the ones still running when the grace period ends can be cut.
+    let mut connections = tokio::task::JoinSet::new();
 
     loop {
+        // Reap finished connection tasks so the set stays as small as the live connections.
+        while connections.try_join_next().is_some() {}
         // Take a connection slot first: over max_connections, new clients wait in the backlog.
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => match permit {
@@ -332,7 +336,7 @@ async fn accept_loop(
         let builder = builder.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             serve_connection(stream, peer, gateway, builder, tls, shutdown).await;
             drop(permit);
         });
@@ -348,8 +352,13 @@ async fn accept_loop(
         .await
         .is_err()
     {
-        tracing::warn!("Shutdown grace period ended with requests still in flight.");
+        tracing::warn!(
+            connections = connections.len(),
+            "Shutdown grace period ended with requests still in flight; closing them."
+        );
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
     admin_task.abort();
 }
 

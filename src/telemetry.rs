@@ -61,7 +61,7 @@ pub struct Metrics {
     pub inflight: Gauge,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub access_log_dropped: Counter,
-    pub auth: Family<AuthLabels, Counter>,
+    pub auth: crate::auth::AuthMetrics,
     pub key_cache: Family<ResultLabels, Counter>,
     pub key_source: Family<ResultLabels, Counter>,
     pub key_file_reloads: Family<ResultLabels, Counter>,
@@ -157,7 +157,7 @@ impl Metrics {
             inflight,
             config_reloads,
             access_log_dropped,
-            auth,
+            auth: crate::auth::AuthMetrics::new(auth),
             key_cache,
             key_source,
             key_file_reloads,
@@ -166,10 +166,7 @@ impl Metrics {
 
     /// Handles for the key store.
     pub fn key_metrics(&self) -> crate::keys::cache::KeyMetrics {
-        crate::keys::cache::KeyMetrics {
-            cache: self.key_cache.clone(),
-            source: self.key_source.clone(),
-        }
+        crate::keys::cache::KeyMetrics::from_families(&self.key_cache, &self.key_source)
     }
 
     /// Prometheus text exposition.
@@ -199,10 +196,18 @@ pub fn method_label(method: &http::Method) -> &'static str {
 /// Lines waiting for stdout at most; beyond that lines are dropped and counted.
 const ACCESS_LOG_QUEUE: usize = 65_536;
 
+/// What the writer thread receives.
+#[derive(Debug)]
+enum LogMessage {
+    Line(String),
+    /// Write everything queued so far, flush, then acknowledge.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// Sends access-log lines to a writer thread.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    sender: SyncSender<String>,
+    sender: SyncSender<LogMessage>,
 }
 
 impl AccessLog {
@@ -228,21 +233,39 @@ impl AccessLog {
 
     /// Queues one line; returns false when it had to be dropped.
     pub fn write(&self, line: String) -> bool {
-        match self.sender.try_send(line) {
+        match self.sender.try_send(LogMessage::Line(line)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
     }
+
+    /// Waits (up to `timeout`) until every line queued before this call is written; used at
+    /// exit so the last requests are not lost.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        let (ack, done) = std::sync::mpsc::channel();
+        if self.sender.send(LogMessage::Flush(ack)).is_ok() {
+            let _ = done.recv_timeout(timeout);
+        }
+    }
 }
 
-fn write_lines(receiver: Receiver<String>, writer: Box<dyn std::io::Write + Send>) {
+fn write_lines(receiver: Receiver<LogMessage>, writer: Box<dyn std::io::Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
-    while let Ok(line) = receiver.recv() {
-        let _ = out.write_all(line.as_bytes());
+    let write = |out: &mut std::io::BufWriter<_>, message: LogMessage| match message {
+        LogMessage::Line(line) => {
+            let _ = out.write_all(line.as_bytes());
+        }
+        LogMessage::Flush(ack) => {
+            let _ = out.flush();
+            let _ = ack.send(());
+        }
+    };
+    while let Ok(message) = receiver.recv() {
+        write(&mut out, message);
         // Drain what is queued, then flush once: lines reach stdout promptly without a
         // syscall per line under load.
-        while let Ok(line) = receiver.try_recv() {
-            let _ = out.write_all(line.as_bytes());
+        while let Ok(message) = receiver.try_recv() {
+            write(&mut out, message);
         }
         let _ = out.flush();
     }

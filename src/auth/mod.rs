@@ -5,14 +5,19 @@
 //! "no credential", and anything that is neither an API key nor a JWT by shape is refused
 //! before any lookup.
 
+use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::config::Rate;
 use crate::error::GatewayError;
 use crate::keys::{KeyStore, Timestamp};
+use crate::telemetry::AuthLabels;
 
 /// How the caller authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,71 +35,244 @@ impl AuthMethod {
     }
 }
 
+/// A range of `Identity::text`; `NONE` for an absent field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    const NONE: Self = Self {
+        start: 0,
+        len: u32::MAX,
+    };
+
+    fn is_some(self) -> bool {
+        self.len != u32::MAX
+    }
+}
+
+/// The identity header names under the configured prefix, built once per config so requests
+/// only clone them (a reference-count increment).
+#[derive(Debug, Clone)]
+pub struct IdentityHeaderNames {
+    pub prefix: String,
+    method: HeaderName,
+    subject: HeaderName,
+    tenant_id: HeaderName,
+    user_id: HeaderName,
+    key_id: HeaderName,
+    scopes: HeaderName,
+    issuer: HeaderName,
+}
+
+impl IdentityHeaderNames {
+    /// `prefix` is a validated lowercase header-name prefix such as `x-auth-`.
+    pub fn new(prefix: &str) -> Self {
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
+                .unwrap_or_else(|_| HeaderName::from_static("x-auth-invalid-prefix"))
+        };
+        Self {
+            prefix: prefix.to_owned(),
+            method: name("method"),
+            subject: name("subject"),
+            tenant_id: name("tenant-id"),
+            user_id: name("user-id"),
+            key_id: name("key-id"),
+            scopes: name("scopes"),
+            issuer: name("issuer"),
+        }
+    }
+}
+
+/// The fields an identity is built from.
+#[derive(Debug, Default)]
+pub struct IdentityFields<'a> {
+    pub subject: &'a str,
+    pub tenant_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+    pub scopes: &'a [String],
+    /// Forwarded as `<prefix>claim-<name>`; names are lowercased.
+    pub claims: &'a [(&'a str, &'a str)],
+    pub rate_limit: Option<Rate>,
+    pub tokens_per_minute: Option<u64>,
+    pub expires_at: Option<Timestamp>,
+    pub revoked: bool,
+}
+
 /// Who is calling, as established by authentication. Built once when a credential is
 /// validated and shared (`Arc`) by every request that presents it.
+///
+/// Compact on purpose (a million cached API keys must fit in a few hundred MB): every string
+/// lives in one buffer, and identity header values are slices of it made per request, which
+/// costs a reference-count increment and no allocation.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub method: AuthMethod,
-    /// `key_id` for API keys, `sub` for JWTs.
-    pub subject: String,
-    pub tenant_id: Option<String>,
-    pub user_id: Option<String>,
-    pub key_id: Option<String>,
-    /// JWT `iss`.
-    pub issuer: Option<String>,
-    pub scopes: Vec<String>,
-    /// The credential's own rate limit, which beats the route's.
+    text: Bytes,
+    subject: Span,
+    tenant_id: Span,
+    user_id: Span,
+    key_id: Span,
+    issuer: Span,
+    /// Space-separated, as in the header.
+    scopes: Span,
+    /// Only claims whose name and value are valid header text are kept.
+    claims: Box<[(Span, Span)]>,
     pub rate_limit: Option<Rate>,
     pub tokens_per_minute: Option<u64>,
     /// Checked on every request, cached or not.
     pub expires_at: Option<Timestamp>,
     pub revoked: bool,
-    /// The identity headers for upstreams, built once: values that are not valid header
-    /// values were dropped here.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Identity {
-    /// Builds the identity headers (SPEC §6) under `prefix`; call after filling the fields.
-    pub fn with_headers(mut self, prefix: &str, claims: &[(String, String)]) -> Self {
-        let mut headers = Vec::with_capacity(8 + claims.len());
-        let mut push = |suffix: &str, value: &str| {
-            let name = format!("{prefix}{suffix}");
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.push((name, value));
+    pub fn new(method: AuthMethod, fields: &IdentityFields<'_>) -> Self {
+        let mut text: Vec<u8> = Vec::with_capacity(128);
+        let mut push = |value: &str| -> Span {
+            let start = u32::try_from(text.len()).unwrap_or(u32::MAX);
+            text.extend_from_slice(value.as_bytes());
+            Span {
+                start,
+                len: u32::try_from(value.len()).unwrap_or(0),
             }
         };
-        push("method", self.method.as_str());
-        push("subject", &self.subject);
-        if let Some(tenant) = &self.tenant_id {
-            push("tenant-id", tenant);
+        let subject = push(fields.subject);
+        // An API key's subject is its key_id: store it once.
+        let key_id = match fields.key_id {
+            Some(key_id) if key_id == fields.subject => subject,
+            Some(key_id) => push(key_id),
+            None => Span::NONE,
+        };
+        let tenant_id = fields.tenant_id.map_or(Span::NONE, &mut push);
+        let user_id = fields.user_id.map_or(Span::NONE, &mut push);
+        let issuer = fields.issuer.map_or(Span::NONE, &mut push);
+        let scopes = push(&fields.scopes.join(" "));
+        let mut claims = Vec::new();
+        for (name, value) in fields.claims {
+            let lower = name.to_ascii_lowercase();
+            let valid = HeaderName::from_bytes(format!("x-claim-{lower}").as_bytes()).is_ok()
+                && HeaderValue::from_str(value).is_ok();
+            if valid {
+                claims.push((push(&lower), push(value)));
+            }
         }
-        if let Some(user) = &self.user_id {
-            push("user-id", user);
+        // `Bytes::from(Vec)` keeps the spare capacity: trim it, it is paid per cached key.
+        text.shrink_to_fit();
+        Self {
+            method,
+            text: Bytes::from(text),
+            subject,
+            tenant_id,
+            user_id,
+            key_id,
+            issuer,
+            scopes,
+            claims: claims.into_boxed_slice(),
+            rate_limit: fields.rate_limit,
+            tokens_per_minute: fields.tokens_per_minute,
+            expires_at: fields.expires_at,
+            revoked: fields.revoked,
         }
-        if let Some(key_id) = &self.key_id {
-            push("key-id", key_id);
+    }
+
+    fn str(&self, span: Span) -> Option<&str> {
+        if !span.is_some() {
+            return None;
         }
-        push("scopes", &self.scopes.join(" "));
-        if let Some(issuer) = &self.issuer {
-            push("issuer", issuer);
-        }
-        for (name, value) in claims {
-            push(&format!("claim-{name}"), value);
-        }
-        self.headers = headers;
-        self
+        let start = span.start as usize;
+        self.text
+            .get(start..start + span.len as usize)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+
+    /// `key_id` for API keys, `sub` for JWTs.
+    pub fn subject(&self) -> &str {
+        self.str(self.subject).unwrap_or_default()
+    }
+
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.str(self.tenant_id)
+    }
+
+    pub fn user_id(&self) -> Option<&str> {
+        self.str(self.user_id)
+    }
+
+    pub fn key_id(&self) -> Option<&str> {
+        self.str(self.key_id)
+    }
+
+    /// JWT `iss`.
+    pub fn issuer(&self) -> Option<&str> {
+        self.str(self.issuer)
+    }
+
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.str(self.scopes)
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|scope| !scope.is_empty())
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().any(|own| own == scope)
     }
 
     /// The principal rate limits are keyed by: `key_id`, or `iss` + `sub`.
     pub fn principal(&self) -> String {
-        match (&self.key_id, &self.issuer) {
+        match (self.key_id(), self.issuer()) {
             (Some(key_id), _) => format!("key:{key_id}"),
-            (None, Some(issuer)) => format!("jwt:{issuer}\u{0}{}", self.subject),
-            (None, None) => format!("sub:{}", self.subject),
+            (None, Some(issuer)) => format!("jwt:{issuer}\u{0}{}", self.subject()),
+            (None, None) => format!("sub:{}", self.subject()),
+        }
+    }
+
+    /// A header value sliced from the buffer; `None` if absent or not valid header text
+    /// (such values are dropped, never passed through).
+    fn value(&self, span: Span) -> Option<HeaderValue> {
+        if !span.is_some() {
+            return None;
+        }
+        let start = span.start as usize;
+        // `to_str` also refuses obs-text (bytes >= 0x80), which `HeaderValue` itself accepts.
+        HeaderValue::from_maybe_shared(self.text.slice(start..start + span.len as usize))
+            .ok()
+            .filter(|value| value.to_str().is_ok())
+    }
+
+    /// Sets the identity headers (SPEC §6). The client's headers under the prefix must have
+    /// been stripped before.
+    pub fn insert_headers(&self, names: &IdentityHeaderNames, headers: &mut HeaderMap) {
+        headers.insert(
+            names.method.clone(),
+            HeaderValue::from_static(self.method.as_str()),
+        );
+        let fields = [
+            (&names.subject, self.subject),
+            (&names.tenant_id, self.tenant_id),
+            (&names.user_id, self.user_id),
+            (&names.key_id, self.key_id),
+            (&names.scopes, self.scopes),
+            (&names.issuer, self.issuer),
+        ];
+        for (name, span) in fields {
+            if let Some(value) = self.value(span) {
+                headers.insert(name.clone(), value);
+            }
+        }
+        for &(name, value) in &self.claims {
+            let (Some(claim), Some(value)) = (self.str(name), self.value(value)) else {
+                continue;
+            };
+            let full = format!("{}claim-{claim}", names.prefix);
+            if let Ok(name) = HeaderName::from_bytes(full.as_bytes()) {
+                headers.insert(name, value);
+            }
         }
     }
 }
@@ -199,37 +377,74 @@ pub fn looks_like_jwt(token: &str) -> bool {
 /// Decides who is calling: `Ok(None)` on a public route, the identity on a protected one.
 ///
 /// The route's `auth` list decides which credential kinds count: a JWT on an API-key-only
-/// route is `AUTH_INVALID_KEY`, an API key on a JWT-only route `AUTH_INVALID_TOKEN`.
+/// route is `AUTH_INVALID_KEY`, an API key on a JWT-only route `AUTH_INVALID_TOKEN`. Every
+/// decision on a protected route is counted in `authgate_auth_total{method,result}`.
 pub async fn authenticate(
     policy: AuthPolicy,
     headers: &HeaderMap,
     api_key_prefix: &str,
     keys: Option<&Arc<KeyStore>>,
+    metrics: &AuthMetrics,
 ) -> Result<Option<Arc<Identity>>, GatewayError> {
     let AuthPolicy::Required { api_key, jwt } = policy else {
         return Ok(None);
     };
-    match extract_credential(headers, api_key_prefix)? {
-        None => Err(GatewayError::AuthMissing),
-        Some(Credential::ApiKey(_)) if !api_key => Err(GatewayError::InvalidToken),
-        Some(Credential::Jwt(_)) if !jwt => Err(GatewayError::InvalidKey),
-        Some(Credential::ApiKey(key)) => match keys {
-            Some(store) => store.authenticate(key).await.map(Some),
-            // No route accepted API keys when the store was built: nothing can validate it.
-            None => Err(GatewayError::InvalidKey),
-        },
+    let (method, result) = match extract_credential(headers, api_key_prefix) {
+        Err(error) => ("invalid", Err(error)),
+        Ok(None) => ("none", Err(GatewayError::AuthMissing)),
+        Ok(Some(Credential::ApiKey(_))) if !api_key => ("api_key", Err(GatewayError::InvalidToken)),
+        Ok(Some(Credential::Jwt(_))) if !jwt => ("jwt", Err(GatewayError::InvalidKey)),
+        Ok(Some(Credential::ApiKey(key))) => {
+            let result = match keys {
+                Some(store) => store.authenticate(key).await,
+                // No route accepted API keys when the store was built: nothing can validate it.
+                None => Err(GatewayError::InvalidKey),
+            };
+            ("api_key", result)
+        }
         // JWT validation is not wired in yet: fail closed.
-        Some(Credential::Jwt(_)) => Err(GatewayError::InvalidToken),
-    }
+        Ok(Some(Credential::Jwt(_))) => ("jwt", Err(GatewayError::InvalidToken)),
+    };
+    metrics.record(method, result.as_ref().err());
+    result.map(Some)
 }
 
-/// The credential kind a request presented, for metrics (`none` when it had none).
-pub fn presented_method(headers: &HeaderMap, api_key_prefix: &str) -> &'static str {
-    match extract_credential(headers, api_key_prefix) {
-        Ok(Some(Credential::ApiKey(_))) => "api_key",
-        Ok(Some(Credential::Jwt(_))) => "jwt",
-        Ok(None) => "none",
-        Err(_) => "invalid",
+/// `authgate_auth_total{method,result}` with the success counters resolved up front.
+#[derive(Debug, Clone)]
+pub struct AuthMetrics {
+    family: Family<AuthLabels, Counter>,
+    api_key_ok: Counter,
+    jwt_ok: Counter,
+}
+
+impl AuthMetrics {
+    pub fn new(family: Family<AuthLabels, Counter>) -> Self {
+        let ok = |method| {
+            family
+                .get_or_create(&AuthLabels {
+                    method,
+                    result: "ok",
+                })
+                .clone()
+        };
+        Self {
+            api_key_ok: ok("api_key"),
+            jwt_ok: ok("jwt"),
+            family,
+        }
+    }
+
+    fn record(&self, method: &'static str, error: Option<&GatewayError>) {
+        match (method, error) {
+            ("api_key", None) => self.api_key_ok.inc(),
+            ("jwt", None) => self.jwt_ok.inc(),
+            (method, error) => {
+                let result = error.map_or("ok", GatewayError::code);
+                self.family
+                    .get_or_create(&AuthLabels { method, result })
+                    .inc()
+            }
+        };
     }
 }
 

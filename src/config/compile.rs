@@ -279,7 +279,10 @@ fn compile_identity(identity: &file::FileIdentity, errors: &mut Errors<'_>) -> I
             errors.at(assertion.span(), "identity.assertion.ttl must be positive");
         }
     }
-    IdentitySettings { header_prefix }
+    IdentitySettings {
+        names: crate::auth::IdentityHeaderNames::new(&header_prefix),
+        header_prefix,
+    }
 }
 
 fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>) -> ApiKeySettings {
@@ -396,7 +399,9 @@ fn compile_control_plane(
             client_secret,
             scope,
         }) => {
-            check_http_url(token_url, "control_plane.auth.token_url", errors);
+            // No span inside the tagged `auth` table: errors point at `control_plane.url`.
+            let token_url = Spanned::new(control_plane.url.span(), token_url.clone());
+            check_http_url(&token_url, "control_plane.auth.token_url", errors);
             ControlPlaneAuthSettings::ClientCredentials {
                 token_url: token_url.get_ref().as_str().parse().unwrap_or_default(),
                 client_id: client_id.as_str().to_owned(),

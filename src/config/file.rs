@@ -158,7 +158,9 @@ pub enum FileControlPlaneAuth {
         token: Secret,
     },
     ClientCredentials {
-        token_url: Spanned<Text>,
+        // Not `Spanned`: inside an internally tagged enum serde buffers the table, and
+        // `Spanned` then fails to deserialize ("expected a spanned value").
+        token_url: Text,
         client_id: Text,
         client_secret: Secret,
         scope: Option<Text>,

@@ -75,6 +75,8 @@ impl fmt::Debug for AdminSettings {
 pub struct IdentitySettings {
     /// Lowercase; every client header starting with it (`_` read as `-`) is removed.
     pub header_prefix: String,
+    /// authgate's own identity headers under that prefix.
+    pub names: crate::auth::IdentityHeaderNames,
 }
 
 /// `[api_keys]` (and `[control_plane]`), compiled.

@@ -97,15 +97,21 @@ impl ControlPlane {
     /// Looks a key up by hash. `Ok(None)` is a definite "unknown key".
     pub async fn lookup(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, SourceError> {
         let url = format!("{}/v1/keys/{}", self.base_url, hash.to_hex());
-        let mut status_and_body = self.get(&url).await?;
-        if status_and_body.0 == StatusCode::UNAUTHORIZED
+        let (mut status, mut body, sent) = self.get(&url).await?;
+        if status == StatusCode::UNAUTHORIZED
             && matches!(self.auth, ControlPlaneAuth::ClientCredentials { .. })
         {
-            // The token may have been revoked or rotated early: drop it and retry once.
-            *self.token.lock().await = None;
-            status_and_body = self.get(&url).await?;
+            // The token may have been revoked or rotated early: drop it and retry once. Only
+            // if it is still the refused one: concurrent 401s must not drop (and refetch) the
+            // token the first of them already replaced.
+            {
+                let mut cached = self.token.lock().await;
+                if cached.as_ref().map(|token| &token.header) == sent.as_ref() {
+                    *cached = None;
+                }
+            }
+            (status, body, _) = self.get(&url).await?;
         }
-        let (status, body) = status_and_body;
         match status {
             StatusCode::OK => {
                 let record: KeyRecord = serde_json::from_slice(&body).map_err(|e| {
@@ -121,17 +127,25 @@ impl ControlPlane {
         }
     }
 
-    async fn get(&self, url: &str) -> Result<(StatusCode, Bytes), SourceError> {
+    /// The answer, and the Authorization value it was sent with.
+    async fn get(
+        &self,
+        url: &str,
+    ) -> Result<(StatusCode, Bytes, Option<HeaderValue>), SourceError> {
         let mut request = Request::builder()
             .method(Method::GET)
             .uri(url)
             .header(ACCEPT, "application/json")
             .body(full(Bytes::new()))
             .map_err(|e| SourceError(format!("control plane URL: {e}")))?;
-        if let Some(authorization) = self.authorization().await? {
-            request.headers_mut().insert(AUTHORIZATION, authorization);
+        let authorization = self.authorization().await?;
+        if let Some(authorization) = &authorization {
+            request
+                .headers_mut()
+                .insert(AUTHORIZATION, authorization.clone());
         }
-        self.send(request).await
+        let (status, body) = self.send(request).await?;
+        Ok((status, body, authorization))
     }
 
     /// Sends with the configured timeout and reads at most `MAX_ANSWER_BYTES`.

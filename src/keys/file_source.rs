@@ -366,9 +366,24 @@ pub fn revoke_record(path: &Path, key_id: &str) -> Result<(), String> {
             continue;
         }
         found = true;
+        // Only the record's own `revoked = …` line, not e.g. a `revoked_by` claim in a
+        // `[keys.custom_claims]` sub-table further down.
+        let own_table = chunk
+            .lines()
+            .enumerate()
+            .take_while(|(i, line)| *i == 0 || !line.trim_start().starts_with('['))
+            .count();
         let mut lines: Vec<&str> = chunk
             .lines()
-            .filter(|line| !line.trim_start().starts_with("revoked"))
+            .enumerate()
+            .filter(|(i, line)| {
+                let is_revoked = line
+                    .trim_start()
+                    .strip_prefix("revoked")
+                    .is_some_and(|rest| rest.trim_start().starts_with('='));
+                !(*i < own_table && is_revoked)
+            })
+            .map(|(_, line)| line)
             .collect();
         // Insert right after the header so it stays inside this record's table.
         lines.insert(1, "revoked = true");
