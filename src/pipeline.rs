@@ -355,6 +355,14 @@ fn check_framing(parts: &mut Parts) -> Result<(), GatewayError> {
             "both Content-Length and Transfer-Encoding",
         ));
     }
+    // hyper decodes `chunked` only and accepts any coding list that ends with it: the other
+    // codings (`gzip, chunked`) would reach the upstream still applied but no longer announced.
+    let mut codings = parts.headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next()
+        && (codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(GatewayError::BadRequest("unsupported Transfer-Encoding"));
+    }
     let mut lengths = parts.headers.get_all(CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {
         let first = first.clone();

@@ -114,7 +114,7 @@ impl ControlPlane {
         }
         match status {
             StatusCode::OK => {
-                let record: KeyRecord = serde_json::from_slice(&body).map_err(|e| {
+                let record = parse_record(&body).map_err(|e| {
                     SourceError(format!("control plane answered an invalid key record: {e}"))
                 })?;
                 record.validate().map_err(|e| {
@@ -262,6 +262,32 @@ impl ControlPlane {
     }
 }
 
+/// Fields of a control-plane answer that authgate reads.
+const RECORD_FIELDS: &[&str] = &[
+    "key_id",
+    "tenant_id",
+    "user_id",
+    "scopes",
+    "rate_limit",
+    "tokens_per_minute",
+    "expires_at",
+    "revoked",
+    "custom_claims",
+    "description",
+];
+
+/// Parses a control-plane record. Unlike the key file (where an unknown field is an
+/// operator's typo), extra top-level fields are ignored, so a control plane can add fields
+/// without failing every lookup; the known fields are still strictly typed.
+fn parse_record(body: &[u8]) -> Result<KeyRecord, String> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let serde_json::Value::Object(mut object) = value else {
+        return Err("the answer is not a JSON object".into());
+    };
+    object.retain(|name, _| RECORD_FIELDS.contains(&name.as_str()));
+    serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| e.to_string())
+}
+
 /// `application/x-www-form-urlencoded` for one value.
 pub fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -280,6 +306,18 @@ pub fn form_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_plane_records_ignore_unknown_fields_but_not_wrong_types() {
+        let record = parse_record(
+            br#"{"key_id":"k","tenant_id":"t","created_at":"2026-01-01","owner":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(record.key_id, "k");
+        assert!(parse_record(br#"{"key_id":"k","tenant_id":7}"#).is_err());
+        assert!(parse_record(br#"["key_id"]"#).is_err());
+        assert!(parse_record(br#"{"tenant_id":"t"}"#).is_err());
+    }
 
     #[test]
     fn form_encoding() {

@@ -1,0 +1,2019 @@
+//! API keys end to end (SPEC §1 keys/demo, §2, §4, §4.1, §6, §7, §9): identity headers, spoofing, malformed keys, key-file hot reload, the control-plane source against a fake control plane (cache, stale-while-revalidate, stale-if-error, negative cache, client credentials), the keys CLI, demo, metrics and the access log.
+mod common;
+use common::*;
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt as _};
+use http::{Method, Request, Response};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+// === keys ===
+
+fn new_key() -> String {
+    authgate::keys::generate_key("sgk_").unwrap()
+}
+
+fn hash_of(key: &str) -> String {
+    authgate::keys::KeyHash::of(key).to_hex()
+}
+
+// === fake control plane ===
+
+/// How the fake control plane answers `GET /v1/keys/{hash}`.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// 200 with the record for known hashes, 404 otherwise.
+    Serve,
+    /// This status (with a short text body) for every lookup.
+    Status(u16),
+    /// Never answers within any gateway timeout used here.
+    Hang,
+    /// 200 with exactly this body for every lookup.
+    Body(Bytes),
+    /// 302 to another path.
+    Redirect,
+}
+
+/// One request the fake control plane received.
+#[derive(Debug, Clone)]
+struct CpRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl CpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Everything the control plane saw in this request, as text.
+    fn text(&self) -> String {
+        let mut text = format!("{} {}\n", self.method, self.path);
+        for (name, value) in &self.headers {
+            text.push_str(&format!("{name}: {value}\n"));
+        }
+        text.push_str(&String::from_utf8_lossy(&self.body));
+        text
+    }
+}
+
+struct CpState {
+    mode: Mutex<Mode>,
+    records: Mutex<HashMap<String, Value>>,
+    /// Sleep before answering a key lookup.
+    delay: Mutex<Duration>,
+    /// While true, key lookups wait (after being recorded) until it turns false.
+    held: watch::Sender<bool>,
+    requests: Mutex<Vec<CpRequest>>,
+    /// Key lookups answered (recorded ones minus the ones still waiting).
+    key_answers: AtomicUsize,
+    tokens_issued: AtomicUsize,
+    token_expires_in: AtomicU64,
+    /// How `POST /oauth/token` answers: `Serve` issues `tok-N`; `Status` and `Hang` fail.
+    token_mode: Mutex<Mode>,
+    /// When set, key lookups with another Authorization get 401.
+    required_authorization: Mutex<Option<String>>,
+    /// Key lookups with one of these Authorization values get 401.
+    rejected_authorizations: Mutex<HashSet<String>>,
+    /// Every key lookup gets 401.
+    reject_all: AtomicBool,
+}
+
+/// A control plane on 127.0.0.1:0 serving `GET /v1/keys/{hash}` and `POST /oauth/token`,
+/// recording every request (path, headers, body).
+#[derive(Clone)]
+struct FakeControlPlane {
+    addr: SocketAddr,
+    state: Arc<CpState>,
+}
+
+impl FakeControlPlane {
+    async fn start() -> Self {
+        let (held, _) = watch::channel(false);
+        let state = Arc::new(CpState {
+            mode: Mutex::new(Mode::Serve),
+            records: Mutex::default(),
+            delay: Mutex::new(Duration::ZERO),
+            held,
+            requests: Mutex::default(),
+            key_answers: AtomicUsize::new(0),
+            tokens_issued: AtomicUsize::new(0),
+            token_expires_in: AtomicU64::new(3600),
+            token_mode: Mutex::new(Mode::Serve),
+            required_authorization: Mutex::default(),
+            rejected_authorizations: Mutex::default(),
+            reject_all: AtomicBool::new(false),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(cp_answer(state, request).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
+    }
+
+    fn add(&self, key: &str, record: Value) {
+        self.state
+            .records
+            .lock()
+            .unwrap()
+            .insert(hash_of(key), record);
+    }
+
+    fn remove(&self, key: &str) {
+        self.state.records.lock().unwrap().remove(&hash_of(key));
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    fn hold(&self) {
+        self.state.held.send_replace(true);
+    }
+
+    fn release(&self) {
+        self.state.held.send_replace(false);
+    }
+
+    fn require_authorization(&self, value: &str) {
+        *self.state.required_authorization.lock().unwrap() = Some(value.to_owned());
+    }
+
+    fn reject_authorization(&self, value: &str) {
+        self.state
+            .rejected_authorizations
+            .lock()
+            .unwrap()
+            .insert(value.to_owned());
+    }
+
+    fn reject_all(&self, reject: bool) {
+        self.state.reject_all.store(reject, Ordering::SeqCst);
+    }
+
+    fn set_token_expires_in(&self, seconds: u64) {
+        self.state.token_expires_in.store(seconds, Ordering::SeqCst);
+    }
+
+    fn set_token_mode(&self, mode: Mode) {
+        *self.state.token_mode.lock().unwrap() = mode;
+    }
+
+    fn requests(&self) -> Vec<CpRequest> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    fn calls(&self, path_prefix: &str) -> usize {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path.starts_with(path_prefix))
+            .count()
+    }
+
+    fn key_calls(&self) -> usize {
+        self.calls("/v1/keys/")
+    }
+
+    fn key_calls_for(&self, key: &str) -> usize {
+        self.calls(&format!("/v1/keys/{}", hash_of(key)))
+    }
+
+    fn key_requests_for(&self, key: &str) -> Vec<CpRequest> {
+        let path = format!("/v1/keys/{}", hash_of(key));
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    fn token_calls(&self) -> usize {
+        self.calls("/oauth/token")
+    }
+
+    fn key_answers(&self) -> usize {
+        self.state.key_answers.load(Ordering::SeqCst)
+    }
+}
+
+fn cp_response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<TestBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(full_body(body))
+        .unwrap()
+}
+
+async fn cp_answer(state: Arc<CpState>, request: Request<Incoming>) -> Response<TestBody> {
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let authorization = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    state.requests.lock().unwrap().push(CpRequest {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        headers,
+        body,
+    });
+
+    if parts.method == Method::POST && path == "/oauth/token" {
+        let mode = state.token_mode.lock().unwrap().clone();
+        match mode {
+            Mode::Status(status) => return cp_response(status, "text/plain", "token trouble"),
+            Mode::Hang => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return cp_response(500, "text/plain", "too late");
+            }
+            Mode::Body(body) => return cp_response(200, "application/json", body),
+            Mode::Serve | Mode::Redirect => {}
+        }
+        let n = state.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let expires_in = state.token_expires_in.load(Ordering::SeqCst);
+        let answer = json!({
+            "access_token": format!("tok-{n}"),
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+        });
+        return cp_response(200, "application/json", answer.to_string());
+    }
+    let Some(hash) = path.strip_prefix("/v1/keys/").map(str::to_owned) else {
+        return cp_response(404, "text/plain", "no such endpoint");
+    };
+    if parts.method != Method::GET {
+        return cp_response(405, "text/plain", "method not allowed");
+    }
+    let delay = *state.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut held = state.held.subscribe();
+    let _ = held.wait_for(|held| !*held).await;
+    let response = cp_key_answer(&state, &hash, &authorization).await;
+    state.key_answers.fetch_add(1, Ordering::SeqCst);
+    response
+}
+
+async fn cp_key_answer(state: &CpState, hash: &str, authorization: &str) -> Response<TestBody> {
+    let required = state.required_authorization.lock().unwrap().clone();
+    let rejected = state
+        .rejected_authorizations
+        .lock()
+        .unwrap()
+        .contains(authorization);
+    if state.reject_all.load(Ordering::SeqCst)
+        || rejected
+        || required.is_some_and(|r| r != authorization)
+    {
+        return cp_response(401, "application/json", r#"{"error":"unauthorized"}"#);
+    }
+    let mode = state.mode.lock().unwrap().clone();
+    match mode {
+        Mode::Serve => {
+            let record = state.records.lock().unwrap().get(hash).cloned();
+            match record {
+                Some(record) => cp_response(200, "application/json", record.to_string()),
+                None => cp_response(404, "application/json", r#"{"error":"not found"}"#),
+            }
+        }
+        Mode::Status(status) => cp_response(status, "text/plain", "control plane trouble"),
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            cp_response(404, "text/plain", "too late")
+        }
+        Mode::Body(body) => cp_response(200, "application/json", body),
+        Mode::Redirect => Response::builder()
+            .status(302)
+            .header("location", format!("/v1/keys/{hash}/elsewhere"))
+            .body(full_body(""))
+            .unwrap(),
+    }
+}
+
+/// A control-plane record for `key_id` in tenant acme, user alice, with a plan claim.
+fn cp_record(key_id: &str) -> Value {
+    json!({
+        "key_id": key_id,
+        "tenant_id": "acme",
+        "user_id": "alice",
+        "scopes": ["inference:write"],
+        "custom_claims": { "plan": "pro" },
+    })
+}
+
+// === gateway configs ===
+
+const CP_BEARER: &str = r#"{ type = "bearer", token = "cp-secret" }"#;
+
+fn cp_client_credentials(cp: &FakeControlPlane) -> String {
+    format!(
+        r#"{{ type = "client_credentials", token_url = "{}", client_id = "gw", client_secret = "s3cr3t", scope = "admin:read" }}"#,
+        cp.token_url()
+    )
+}
+
+/// A gateway whose keys come from `cp`; `api_keys` holds extra `[api_keys]` lines.
+fn cp_config(
+    cp: &FakeControlPlane,
+    upstream: &Upstream,
+    api_keys: &str,
+    timeout: &str,
+    auth: &str,
+) -> String {
+    format!(
+        r#"[api_keys]
+source = "control_plane"
+{api_keys}
+
+[control_plane]
+url = "{cp_url}"
+timeout = "{timeout}"
+auth = {auth}
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "{upstream_url}"
+auth = ["api_key"]
+"#,
+        cp_url = cp.url(),
+        upstream_url = upstream.url()
+    )
+}
+
+/// A control-plane gateway with bearer auth and a 300 ms timeout.
+async fn cp_gateway(cp: &FakeControlPlane, upstream: &Upstream, api_keys: &str) -> TestGateway {
+    TestGateway::start(&cp_config(cp, upstream, api_keys, "300ms", CP_BEARER)).await
+}
+
+/// A key-file gateway: `/v1/` (API keys), `/fwd/` (API keys, Authorization forwarded),
+/// `/public/` (no auth).
+fn file_config(upstream: &Upstream) -> String {
+    format!(
+        r#"[api_keys]
+file = "keys.toml"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "{0}"
+auth = ["api_key"]
+
+[[routes]]
+name = "fwd"
+match = {{ path_prefix = "/fwd/" }}
+upstream = "{0}"
+auth = ["api_key"]
+forward_authorization = true
+
+[[routes]]
+name = "public"
+match = {{ path_prefix = "/public/" }}
+upstream = "{0}"
+auth = "none"
+"#,
+        upstream.url()
+    )
+}
+
+/// One `[[keys]]` block: the key's hash, then `fields` verbatim.
+fn key_entry(key: &str, fields: &str) -> String {
+    format!("[[keys]]\nhash = \"{}\"\n{fields}\n", hash_of(key))
+}
+
+/// The usual record fields for `key_id` (tenant acme, user alice, plan pro).
+fn std_fields(key_id: &str) -> String {
+    format!(
+        "key_id = \"{key_id}\"\ntenant_id = \"acme\"\nuser_id = \"alice\"\nscopes = [\"inference:write\"]\ncustom_claims = {{ plan = \"pro\" }}\n"
+    )
+}
+
+async fn file_gateway(upstream: &Upstream, keys_text: &str) -> TestGateway {
+    TestGateway::start_with_files(
+        &file_config(upstream),
+        &[("keys.toml", keys_text.as_bytes())],
+    )
+    .await
+}
+
+fn key_file_path(gw: &TestGateway) -> std::path::PathBuf {
+    gw.dir.path().join("keys.toml")
+}
+
+/// Replaces the gateway's key file atomically (write a temp file, rename it over).
+fn write_key_file(gw: &TestGateway, text: &str) {
+    let temp = gw.dir.path().join(".keys.toml.test-tmp");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, key_file_path(gw)).unwrap();
+}
+
+// === HTTP helpers ===
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    /// `error.code` of a JSON error body ("" for anything else).
+    fn code(&self) -> String {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+async fn call(client: &reqwest::Client, url: &str, authorization: Option<&str>) -> Answer {
+    let mut request = client.get(url);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn with_key(client: &reqwest::Client, gw: &TestGateway, path: &str, key: &str) -> Answer {
+    call(client, &gw.url(path), Some(&format!("Bearer {key}"))).await
+}
+
+/// Asserts a 401/503 error answer: status, code, JSON content type, WWW-Authenticate on 401.
+#[track_caller]
+fn assert_error(answer: &Answer, status: u16, code: &str) {
+    assert_eq!(answer.status, status, "{answer:?}");
+    assert_eq!(answer.code(), code, "{answer:?}");
+    assert_eq!(
+        answer.header("content-type").as_deref(),
+        Some("application/json"),
+        "{answer:?}"
+    );
+    if status == 401 {
+        let expected = if code == "AUTH_MISSING" {
+            r#"Bearer realm="authgate""#
+        } else {
+            r#"Bearer realm="authgate", error="invalid_token""#
+        };
+        assert_eq!(
+            answer.header("www-authenticate").as_deref(),
+            Some(expected),
+            "{answer:?}"
+        );
+    }
+}
+
+/// Repeats the request (up to 5 s, 50 ms apart) until it gets `status` with `code` ("" for a
+/// forwarded answer).
+async fn wait_for_answer(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    key: &str,
+    status: u16,
+    code: &str,
+) -> Answer {
+    let mut last = None;
+    for _ in 0..100 {
+        let answer = with_key(client, gw, "/v1/poll", key).await;
+        if answer.status == status && answer.code() == code {
+            return answer;
+        }
+        last = Some(answer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("waited 5 s for {status} {code:?}; last answer: {last:?}");
+}
+
+/// Waits (up to 5 s, 50 ms steps) until `check` holds.
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("waited 5 s for {what}");
+}
+
+async fn metrics_text(gw: &TestGateway) -> String {
+    client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series (`name{labels}`) in Prometheus text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Names of the upstream request's headers that read as identity headers (`_` as `-`).
+fn identity_header_names(recorded: &Recorded) -> Vec<String> {
+    let mut names: Vec<String> = recorded
+        .headers
+        .keys()
+        .map(|n| n.as_str().to_owned())
+        .filter(|n| n.replace('_', "-").starts_with("x-auth-"))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+// === 1. identity headers ===
+
+#[tokio::test]
+async fn identity_headers_reach_the_upstream_and_invalid_claims_are_dropped_200() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let fields = "key_id = \"k1\"\ntenant_id = \"acme\"\nuser_id = \"alice\"\n\
+        scopes = [\"inference:write\", \"models:read\"]\n\
+        custom_claims = { plan = \"pro\", Region = \"eu\", multiline = \"a\\nb\", accent = \"caf\u{e9}\", bell = \"a\\u0007b\", \"bad name\" = \"x\", \"bad:colon\" = \"y\" }\n";
+    let gw = file_gateway(&upstream, &key_entry(&key, fields)).await;
+    let client = client();
+
+    let answer = with_key(&client, &gw, "/v1/identity", &key).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body, "upstream ok");
+    let seen = upstream.last();
+    let expected = [
+        ("x-auth-method", "api_key"),
+        ("x-auth-subject", "k1"),
+        ("x-auth-tenant-id", "acme"),
+        ("x-auth-user-id", "alice"),
+        ("x-auth-key-id", "k1"),
+        ("x-auth-scopes", "inference:write models:read"),
+        ("x-auth-claim-plan", "pro"),
+        ("x-auth-claim-region", "eu"),
+    ];
+    for (name, value) in expected {
+        let values: Vec<_> = seen.headers.get_all(name).iter().collect();
+        assert_eq!(values, [value], "{name}: {:?}", seen.headers);
+    }
+    // The claims with a newline, a control character or non-ASCII in the value, and the ones
+    // whose name is not a header name, are dropped; nothing else is added.
+    let mut expected_names: Vec<String> = expected.iter().map(|(n, _)| n.to_string()).collect();
+    expected_names.sort();
+    assert_eq!(
+        identity_header_names(&seen),
+        expected_names,
+        "{:?}",
+        seen.headers
+    );
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "Authorization must not be forwarded by default: {:?}",
+        seen.headers
+    );
+    assert!(!format!("{:?}", seen.headers).contains(&key));
+
+    // forward_authorization = true: the credential goes upstream as sent.
+    let answer = with_key(&client, &gw, "/fwd/identity", &key).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = upstream.last();
+    assert_eq!(seen.header("authorization"), Some(format!("Bearer {key}")));
+    assert_eq!(seen.header("x-auth-tenant-id").as_deref(), Some("acme"));
+}
+
+// === 2. spoofing ===
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_upstream_nor_override_authgate_200() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let gw = file_gateway(&upstream, &key_entry(&key, &std_fields("k1"))).await;
+
+    let request = format!(
+        "GET /v1/spoof HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         x-auth-tenant-id: evil\r\nX-AUTH-KEY-ID: evil\r\nX_Auth_Tenant_Id: evil\r\n\
+         x-auth-anything: evil\r\nX-Auth-Method: jwt\r\nx_auth_user_id: evil\r\n\
+         Connection: x-auth-tenant-id, x-auth-key-id, close\r\n\r\n",
+        addr = gw.addr
+    );
+    let (status, text) = raw_request(gw.addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let seen = upstream.last();
+    let tenant: Vec<_> = seen.headers.get_all("x-auth-tenant-id").iter().collect();
+    assert_eq!(tenant, ["acme"], "{:?}", seen.headers);
+    let key_id: Vec<_> = seen.headers.get_all("x-auth-key-id").iter().collect();
+    assert_eq!(key_id, ["k1"]);
+    assert_eq!(seen.header("x-auth-method").as_deref(), Some("api_key"));
+    assert_eq!(seen.header("x-auth-user-id").as_deref(), Some("alice"));
+    for (name, value) in &seen.headers {
+        assert_ne!(value, "evil", "{name} reached the upstream");
+        assert!(!name.as_str().contains('_'), "{name} reached the upstream");
+    }
+    assert!(seen.headers.get("x-auth-anything").is_none());
+
+    // `Connection: x-auth-tenant-id` on its own, through an ordinary client.
+    let answer = client()
+        .get(gw.url("/v1/spoof2"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("connection", "x-auth-tenant-id")
+        .header("x-auth-tenant-id", "evil")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen = upstream.last();
+    let tenant: Vec<_> = seen.headers.get_all("x-auth-tenant-id").iter().collect();
+    assert_eq!(tenant, ["acme"], "{:?}", seen.headers);
+
+    // On a public route the spoofed headers are stripped and nothing is added.
+    let request = format!(
+        "GET /public/spoof HTTP/1.1\r\nHost: {addr}\r\nx-auth-tenant-id: evil\r\n\
+         X-AUTH-KEY-ID: evil\r\nX_Auth_Tenant_Id: evil\r\nx-auth-anything: evil\r\n\
+         Connection: close\r\n\r\n",
+        addr = gw.addr
+    );
+    let (status, text) = raw_request(gw.addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let seen = upstream.last();
+    assert_eq!(seen.target(), "/public/spoof");
+    assert!(
+        identity_header_names(&seen).is_empty(),
+        "{:?}",
+        seen.headers
+    );
+}
+
+// === 3. malformed keys ===
+
+#[tokio::test]
+async fn malformed_keys_get_401_without_any_lookup_or_forward() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(&cp, &upstream, "").await;
+    let client = client();
+    let forty = "a".repeat(40);
+    let long = format!("sgk_{}", "a".repeat(10 * 1024));
+    let cases: Vec<(String, &str)> = vec![
+        (format!("Bearer abc_{forty}"), "AUTH_INVALID_KEY"),
+        ("Bearer sgk_short".into(), "AUTH_INVALID_KEY"),
+        (format!("Bearer sgk_{}", "a".repeat(31)), "AUTH_INVALID_KEY"),
+        (format!("Bearer {long}"), "AUTH_INVALID_KEY"),
+        (format!("Bearer sgk_{forty}!"), "AUTH_INVALID_KEY"),
+        (format!("Bearer sgk_{forty}.x"), "AUTH_INVALID_KEY"),
+        (
+            format!("Bearer sgk_{} {}", "a".repeat(20), "b".repeat(20)),
+            "AUTH_INVALID_KEY",
+        ),
+        (format!("Bearer sgk_{forty}%41"), "AUTH_INVALID_KEY"),
+        (format!("bearer sgk_{forty}/x"), "AUTH_INVALID_KEY"),
+        // A JWT on an API-key-only route.
+        ("Bearer aaa.bbb.ccc".into(), "AUTH_INVALID_KEY"),
+        ("Basic dXNlcjpwYXNz".into(), "AUTH_MISSING"),
+        (format!("Token sgk_{forty}"), "AUTH_MISSING"),
+        (format!("Bearersgk_{forty}"), "AUTH_MISSING"),
+    ];
+    for (authorization, code) in &cases {
+        let answer = call(&client, &gw.url("/v1/x"), Some(authorization)).await;
+        assert_error(&answer, 401, code);
+        let credential = authorization.split_once(' ').map_or("", |(_, c)| c);
+        assert!(
+            credential.len() < 8 || !answer.body.contains(credential),
+            "the body echoes the credential: {answer:?}"
+        );
+        assert!(!answer.body.contains(&"a".repeat(20)), "{answer:?}");
+    }
+
+    // No Authorization at all.
+    let answer = call(&client, &gw.url("/v1/x"), None).await;
+    assert_error(&answer, 401, "AUTH_MISSING");
+
+    // "Bearer" with no credential, or only spaces: refused (no credential, or an invalid one),
+    // with the WWW-Authenticate that matches the code.
+    for authorization in ["Bearer", "Bearer ", "Bearer    "] {
+        let answer = call(&client, &gw.url("/v1/x"), Some(authorization)).await;
+        let code = answer.code();
+        assert!(
+            code == "AUTH_MISSING" || code == "AUTH_INVALID_KEY",
+            "{authorization:?}: {answer:?}"
+        );
+        assert_error(&answer, 401, &code);
+    }
+
+    // Non-UTF-8 bytes in the credential (raw socket).
+    let mut request = format!("GET /v1/x HTTP/1.1\r\nHost: {}\r\n", gw.addr).into_bytes();
+    request.extend_from_slice(
+        b"Authorization: Bearer sgk_\xff\xfe\xc3\x28aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+    );
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    let (status, text) = raw_request(gw.addr, &request).await;
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(
+        json_body(&text).unwrap()["error"]["code"],
+        "AUTH_INVALID_KEY"
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"authgate\", error=\"invalid_token\""),
+        "{text}"
+    );
+
+    // Two Authorization headers: 400, never a guess.
+    let good = new_key();
+    cp.add(&good, cp_record("k1"));
+    let request = format!(
+        "GET /v1/x HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {good}\r\nAuthorization: Bearer {good}\r\nConnection: close\r\n\r\n",
+        gw.addr
+    );
+    let (status, text) = raw_request(gw.addr, request.as_bytes()).await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(json_body(&text).unwrap()["error"]["code"], "BAD_REQUEST");
+    assert!(!text.contains(&good), "{text}");
+
+    assert_eq!(cp.key_calls(), 0, "{:?}", cp.requests());
+    assert_eq!(upstream.count(), 0);
+}
+
+// === 4. revoked, expired, unknown ===
+
+#[tokio::test]
+async fn revoked_expired_and_unknown_keys_from_the_key_file_get_401_with_their_codes() {
+    let upstream = Upstream::start().await;
+    let (revoked, expired, future, unknown) = (new_key(), new_key(), new_key(), new_key());
+    let text = [
+        key_entry(
+            &revoked,
+            &format!("{}revoked = true\n", std_fields("revoked")),
+        ),
+        key_entry(
+            &expired,
+            &format!(
+                "{}expires_at = 2020-01-01T00:00:00Z\n",
+                std_fields("expired")
+            ),
+        ),
+        key_entry(
+            &future,
+            &format!(
+                "{}expires_at = 2999-01-01T00:00:00Z\n",
+                std_fields("future")
+            ),
+        ),
+    ]
+    .concat();
+    let gw = file_gateway(&upstream, &text).await;
+    let client = client();
+    for _ in 0..2 {
+        assert_error(
+            &with_key(&client, &gw, "/v1/x", &revoked).await,
+            401,
+            "AUTH_KEY_REVOKED",
+        );
+        assert_error(
+            &with_key(&client, &gw, "/v1/x", &expired).await,
+            401,
+            "AUTH_KEY_EXPIRED",
+        );
+        assert_error(
+            &with_key(&client, &gw, "/v1/x", &unknown).await,
+            401,
+            "AUTH_INVALID_KEY",
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+    let answer = with_key(&client, &gw, "/v1/x", &future).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn revoked_expired_and_unknown_keys_from_the_control_plane_get_401_with_their_codes() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(&cp, &upstream, "negative_ttl = \"60s\"").await;
+    let (revoked, expired, future, unknown) = (new_key(), new_key(), new_key(), new_key());
+    let mut record = cp_record("revoked");
+    record["revoked"] = json!(true);
+    cp.add(&revoked, record);
+    let mut record = cp_record("expired");
+    record["expires_at"] = json!("2020-01-01T00:00:00Z");
+    cp.add(&expired, record);
+    let mut record = cp_record("future");
+    record["expires_at"] = json!("2999-01-01T00:00:00+02:00");
+    cp.add(&future, record);
+    let client = client();
+    // The second round comes from the cache: same answers, no new lookups.
+    for _ in 0..2 {
+        assert_error(
+            &with_key(&client, &gw, "/v1/x", &revoked).await,
+            401,
+            "AUTH_KEY_REVOKED",
+        );
+        assert_error(
+            &with_key(&client, &gw, "/v1/x", &expired).await,
+            401,
+            "AUTH_KEY_EXPIRED",
+        );
+        assert_error(
+            &with_key(&client, &gw, "/v1/x", &unknown).await,
+            401,
+            "AUTH_INVALID_KEY",
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+    assert_eq!(cp.key_calls(), 3, "{:?}", cp.requests());
+    let answer = with_key(&client, &gw, "/v1/x", &future).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(cp.key_calls(), 4);
+}
+
+// === 5. cache ===
+
+#[tokio::test]
+async fn a_validated_key_is_served_from_cache_without_a_second_lookup_200() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(&cp, &upstream, "cache_ttl = \"60s\"").await;
+    let key = new_key();
+    cp.add(&key, cp_record("cached"));
+    let client = client();
+    for _ in 0..5 {
+        let answer = with_key(&client, &gw, "/v1/x", &key).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    assert_eq!(cp.key_calls_for(&key), 1);
+    assert_eq!(upstream.count(), 5);
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-auth-key-id").as_deref(), Some("cached"));
+    assert_eq!(seen.header("x-auth-tenant-id").as_deref(), Some("acme"));
+    assert_eq!(seen.header("x-auth-user-id").as_deref(), Some("alice"));
+    assert_eq!(seen.header("x-auth-claim-plan").as_deref(), Some("pro"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_first_requests_for_one_key_cause_one_lookup_and_all_get_200() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(&cp, &upstream, "cache_ttl = \"60s\"").await;
+    let key = new_key();
+    cp.add(&key, cp_record("busy"));
+    cp.set_delay(Duration::from_millis(200));
+    let client = client();
+    let answers = futures_util::future::join_all(
+        (0..50).map(|_| with_key(&client, &gw, "/v1/concurrent", &key)),
+    )
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    assert_eq!(cp.key_calls_for(&key), 1, "{:?}", cp.requests().len());
+    assert_eq!(upstream.count(), 50);
+}
+
+#[tokio::test]
+async fn an_unknown_key_repeated_1000_times_costs_one_lookup_401() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(&cp, &upstream, "negative_ttl = \"60s\"").await;
+    let key = new_key();
+    let client = client();
+    let (client, gw_ref, key_ref) = (&client, &gw, key.as_str());
+    let answers: Vec<Answer> = stream::iter(0..1000)
+        .map(|_| async move { with_key(client, gw_ref, "/v1/flood", key_ref).await })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 1000);
+    for answer in &answers {
+        assert_error(answer, 401, "AUTH_INVALID_KEY");
+    }
+    assert_eq!(cp.key_calls(), 1, "{}", cp.key_calls());
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn a_thousand_distinct_malformed_keys_cost_no_lookup_401() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(&cp, &upstream, "").await;
+    let client = client();
+    let (client, gw_ref) = (&client, &gw);
+    let answers: Vec<Answer> = stream::iter(0..1000)
+        .map(|i| async move {
+            let key = match i % 4 {
+                0 => format!("sgk_{i}"),
+                1 => format!("sgk_{i}!{}", "x".repeat(40)),
+                2 => format!("sgk_{i}{}", "y".repeat(300)),
+                _ => format!("sgk_{i}.{}", "z".repeat(40)),
+            };
+            with_key(client, gw_ref, "/v1/malformed", &key).await
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for answer in &answers {
+        assert_error(answer, 401, "AUTH_INVALID_KEY");
+    }
+    assert_eq!(cp.key_calls(), 0);
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn after_cache_ttl_a_key_is_refreshed_in_the_background_while_answering_200() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let config = cp_config(
+        &cp,
+        &upstream,
+        "cache_ttl = \"300ms\"\nstale_if_error = \"60s\"",
+        "10s",
+        CP_BEARER,
+    );
+    let gw = TestGateway::start(&config).await;
+    let key = new_key();
+    cp.add(&key, cp_record("swr"));
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    assert_eq!(cp.key_calls_for(&key), 1);
+
+    // Let cache_ttl pass, then make the control plane hold every answer.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cp.hold();
+    let answers =
+        futures_util::future::join_all((0..5).map(|_| with_key(&client, &gw, "/v1/swr", &key)))
+            .await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    // The refresh reached the control plane, and is still unanswered: the 200s above did not
+    // wait for it. Five stale requests caused one refresh.
+    wait_until("the background refresh", || cp.key_calls_for(&key) == 2).await;
+    assert_eq!(cp.key_answers(), 1, "the refresh was answered already");
+    assert_eq!(cp.key_calls_for(&key), 2);
+    assert_eq!(upstream.count(), 6);
+
+    cp.release();
+    wait_until("the refresh answer", || cp.key_answers() == 2).await;
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_validated_key_survives_a_failing_control_plane_while_an_uncached_key_gets_503() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(
+        &cp,
+        &upstream,
+        "cache_ttl = \"100ms\"\nstale_if_error = \"60s\"",
+    )
+    .await;
+    let key = new_key();
+    cp.add(&key, cp_record("survivor"));
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+
+    let modes = [
+        ("500", Mode::Status(500)),
+        ("hang", Mode::Hang),
+        ("garbage", Mode::Body(Bytes::from_static(b"<html>oops"))),
+    ];
+    let mut uncached = Vec::new();
+    for (name, mode) in modes {
+        cp.set_mode(mode);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let answer = with_key(&client, &gw, "/v1/x", &key).await;
+        assert_eq!(answer.status, 200, "{name}: {answer:?}");
+        assert_eq!(
+            upstream.last().header("x-auth-key-id").as_deref(),
+            Some("survivor")
+        );
+        // A key the control plane knows, but that was never validated: fail closed.
+        let other = new_key();
+        cp.add(&other, cp_record(&format!("other-{name}")));
+        let answer = with_key(&client, &gw, "/v1/x", &other).await;
+        assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
+        uncached.push(other);
+    }
+    assert_eq!(upstream.count(), 4);
+
+    // The failures were not remembered as unknown keys.
+    cp.set_mode(Mode::Serve);
+    for other in &uncached {
+        let answer = with_key(&client, &gw, "/v1/x", other).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn after_stale_if_error_a_cached_key_fails_closed_with_503() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(
+        &cp,
+        &upstream,
+        "cache_ttl = \"100ms\"\nstale_if_error = \"1500ms\"",
+    )
+    .await;
+    let key = new_key();
+    cp.add(&key, cp_record("fragile"));
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    cp.set_mode(Mode::Status(500));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Within stale_if_error: still served.
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    // Past it: 503 (fail closed), never forwarded.
+    wait_for_answer(&client, &gw, &key, 503, "AUTH_BACKEND_UNAVAILABLE").await;
+    let forwarded = upstream.count();
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", &key).await,
+        503,
+        "AUTH_BACKEND_UNAVAILABLE",
+    );
+    assert_eq!(upstream.count(), forwarded);
+    // The control plane recovers: so does the key.
+    cp.set_mode(Mode::Serve);
+    wait_for_answer(&client, &gw, &key, 200, "").await;
+}
+
+#[tokio::test]
+async fn a_key_deleted_or_revoked_at_the_control_plane_stops_working_after_its_refresh_401() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(
+        &cp,
+        &upstream,
+        "cache_ttl = \"100ms\"\nnegative_ttl = \"60s\"",
+    )
+    .await;
+    let (deleted, revoked) = (new_key(), new_key());
+    cp.add(&deleted, cp_record("deleted"));
+    cp.add(&revoked, cp_record("revoked"));
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &deleted).await.status, 200);
+    assert_eq!(with_key(&client, &gw, "/v1/x", &revoked).await.status, 200);
+
+    cp.remove(&deleted);
+    let mut record = cp_record("revoked");
+    record["revoked"] = json!(true);
+    cp.add(&revoked, record);
+    wait_for_answer(&client, &gw, &deleted, 401, "AUTH_INVALID_KEY").await;
+    wait_for_answer(&client, &gw, &revoked, 401, "AUTH_KEY_REVOKED").await;
+    // Once known as deleted, it stays refused without further lookups (negative cache).
+    let calls = cp.key_calls_for(&deleted);
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", &deleted).await,
+        401,
+        "AUTH_INVALID_KEY",
+    );
+    assert_eq!(cp.key_calls_for(&deleted), calls);
+}
+
+// === 6. control-plane auth ===
+
+#[tokio::test]
+async fn the_control_plane_gets_the_bearer_token_and_only_the_key_hash_200() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    cp.require_authorization("Bearer cp-secret");
+    let gw = cp_gateway(&cp, &upstream, "cache_ttl = \"100ms\"").await;
+    let (key, unknown) = (new_key(), new_key());
+    cp.add(&key, cp_record("hashed"));
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", &unknown).await,
+        401,
+        "AUTH_INVALID_KEY",
+    );
+    wait_until("the refresh", || cp.key_calls_for(&key) >= 2).await;
+
+    let requests = cp.requests();
+    assert!(!requests.is_empty());
+    for request in &requests {
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.header("authorization"), Some("Bearer cp-secret"));
+        let hash = request.path.strip_prefix("/v1/keys/").unwrap();
+        assert!(hash == hash_of(&key) || hash == hash_of(&unknown), "{hash}");
+        let text = request.text();
+        for plain in [&key, &unknown] {
+            assert!(!text.contains(plain.as_str()), "{text}");
+            assert!(!text.contains(&plain[4..]), "{text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn client_credentials_fetch_one_token_with_basic_auth_for_many_concurrent_lookups() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
+    let gw = TestGateway::start(&config).await;
+    let keys: Vec<String> = (0..25).map(|_| new_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        cp.add(key, cp_record(&format!("cc-{i}")));
+    }
+    let client = client();
+    // 20 distinct keys at once: 20 first lookups, one token.
+    let answers = futures_util::future::join_all(
+        keys[..20]
+            .iter()
+            .map(|key| with_key(&client, &gw, "/v1/cc", key)),
+    )
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    // Later lookups reuse it.
+    for key in &keys[20..] {
+        assert_eq!(with_key(&client, &gw, "/v1/cc", key).await.status, 200);
+    }
+    assert_eq!(cp.key_calls(), 25);
+    assert_eq!(cp.token_calls(), 1, "{:?}", cp.requests());
+
+    let token_request = cp
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/oauth/token")
+        .unwrap();
+    assert_eq!(token_request.method, "POST");
+    let basic = base64::engine::general_purpose::STANDARD.encode("gw:s3cr3t");
+    assert_eq!(
+        token_request.header("authorization"),
+        Some(format!("Basic {basic}").as_str())
+    );
+    assert_eq!(
+        token_request.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    let form = String::from_utf8_lossy(&token_request.body).into_owned();
+    let pairs: Vec<(&str, &str)> = form.split('&').filter_map(|p| p.split_once('=')).collect();
+    assert!(
+        pairs.contains(&("grant_type", "client_credentials")),
+        "{form}"
+    );
+    assert!(
+        pairs.contains(&("scope", "admin%3Aread")) || pairs.contains(&("scope", "admin:read")),
+        "{form}"
+    );
+    assert!(!form.contains("s3cr3t"), "secret in the form body: {form}");
+    for request in cp.requests().iter().filter(|r| r.path != "/oauth/token") {
+        assert_eq!(request.header("authorization"), Some("Bearer tok-1"));
+        assert!(!request.text().contains("s3cr3t"));
+    }
+}
+
+#[tokio::test]
+async fn a_short_lived_control_plane_token_is_refreshed_before_it_expires() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    // Refreshed 30 s before expiry: usable for about 1 s.
+    cp.set_token_expires_in(31);
+    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
+    let gw = TestGateway::start(&config).await;
+    let (first, second) = (new_key(), new_key());
+    cp.add(&first, cp_record("first"));
+    cp.add(&second, cp_record("second"));
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &first).await.status, 200);
+    assert_eq!(cp.token_calls(), 1);
+    assert_eq!(
+        cp.key_requests_for(&first)[0].header("authorization"),
+        Some("Bearer tok-1")
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(with_key(&client, &gw, "/v1/x", &second).await.status, 200);
+    assert_eq!(cp.token_calls(), 2);
+    assert_eq!(
+        cp.key_requests_for(&second)[0].header("authorization"),
+        Some("Bearer tok-2")
+    );
+}
+
+#[tokio::test]
+async fn a_401_from_the_control_plane_drops_the_token_and_retries_the_lookup_once_200() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    cp.reject_authorization("Bearer tok-1");
+    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
+    let gw = TestGateway::start(&config).await;
+    let key = new_key();
+    cp.add(&key, cp_record("retried"));
+    let client = client();
+    let answer = with_key(&client, &gw, "/v1/x", &key).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(cp.token_calls(), 2);
+    let lookups = cp.key_requests_for(&key);
+    assert_eq!(lookups.len(), 2);
+    assert_eq!(lookups[0].header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(lookups[1].header("authorization"), Some("Bearer tok-2"));
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn a_401_on_the_retry_too_gives_503_after_exactly_two_lookups() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    cp.reject_all(true);
+    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
+    let gw = TestGateway::start(&config).await;
+    let key = new_key();
+    cp.add(&key, cp_record("never"));
+    let client = client();
+    let answer = with_key(&client, &gw, "/v1/x", &key).await;
+    assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
+    assert_eq!(cp.key_calls_for(&key), 2);
+    assert_eq!(cp.token_calls(), 2);
+    assert_eq!(upstream.count(), 0);
+    // Not remembered as unknown: once the control plane accepts the token, the key works.
+    cp.reject_all(false);
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_401s_for_one_rejected_token_cause_one_new_token_fetch_200() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
+    let gw = TestGateway::start(&config).await;
+    let keys: Vec<String> = (0..11).map(|_| new_key()).collect();
+    for (i, key) in keys.iter().enumerate() {
+        cp.add(key, cp_record(&format!("rot-{i}")));
+    }
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &keys[0]).await.status, 200);
+    assert_eq!(cp.token_calls(), 1);
+    // The token is rotated at the control plane: every lookup in flight with it gets a 401.
+    // Hold the lookups so that all ten get their 401 together.
+    cp.reject_authorization("Bearer tok-1");
+    cp.set_delay(Duration::from_millis(200));
+    let answers = futures_util::future::join_all(
+        keys[1..]
+            .iter()
+            .map(|key| with_key(&client, &gw, "/v1/rot", key)),
+    )
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    assert_eq!(
+        cp.token_calls(),
+        2,
+        "a 401 for the old token must not drop the new one"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_token_endpoint_is_a_control_plane_failure_503_and_bounded_by_the_timeout() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let config = cp_config(&cp, &upstream, "", "300ms", &cp_client_credentials(&cp));
+    let gw = TestGateway::start(&config).await;
+    let client = client();
+    let modes = [
+        ("500", Mode::Status(500)),
+        ("401", Mode::Status(401)),
+        ("hang", Mode::Hang),
+        ("not json", Mode::Body(Bytes::from_static(b"{oops"))),
+        (
+            "not a bearer token",
+            Mode::Body(Bytes::from_static(
+                br#"{"access_token":"x","token_type":"mac","expires_in":3600}"#,
+            )),
+        ),
+    ];
+    let mut keys = Vec::new();
+    for (name, mode) in modes {
+        let key = new_key();
+        cp.add(&key, cp_record("tokenless"));
+        cp.set_token_mode(mode);
+        let answer = with_key(&client, &gw, "/v1/x", &key).await;
+        assert_eq!(answer.status, 503, "{name}: {answer:?}");
+        assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
+        assert_eq!(cp.key_calls(), 0, "{name}: looked up without a token");
+        keys.push(key);
+    }
+    assert_eq!(upstream.count(), 0);
+    cp.set_token_mode(Mode::Serve);
+    for key in &keys {
+        assert_eq!(with_key(&client, &gw, "/v1/x", key).await.status, 200);
+    }
+    assert_eq!(cp.token_calls(), keys.len() + 1);
+}
+
+// === 7. bad control-plane answers ===
+
+#[tokio::test]
+async fn bad_control_plane_answers_are_failures_never_valid_or_unknown_keys_503() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(&cp, &upstream, "negative_ttl = \"60s\"").await;
+    let mut huge = br#"{"key_id":"huge","tenant_id":"acme"}"#.to_vec();
+    huge.resize(1024 * 1024, b' ');
+    let body = |text: &'static str| Mode::Body(Bytes::from_static(text.as_bytes()));
+    let cases: Vec<(&str, Mode)> = vec![
+        ("invalid JSON", body("{not json")),
+        ("empty body", body("")),
+        ("null", body("null")),
+        ("array", body("[]")),
+        ("missing tenant_id", body(r#"{"key_id":"k"}"#)),
+        ("missing key_id", body(r#"{"tenant_id":"acme"}"#)),
+        ("numeric key_id", body(r#"{"key_id":5,"tenant_id":"acme"}"#)),
+        (
+            "string scopes",
+            body(r#"{"key_id":"k","tenant_id":"acme","scopes":"a"}"#),
+        ),
+        (
+            "string revoked",
+            body(r#"{"key_id":"k","tenant_id":"acme","revoked":"no"}"#),
+        ),
+        (
+            "bad expires_at",
+            body(r#"{"key_id":"k","tenant_id":"acme","expires_at":"tomorrow"}"#),
+        ),
+        ("empty key_id", body(r#"{"key_id":"","tenant_id":"acme"}"#)),
+        ("1 MB body", Mode::Body(Bytes::from(huge))),
+        ("302", Mode::Redirect),
+        ("500", Mode::Status(500)),
+        ("502", Mode::Status(502)),
+        ("403", Mode::Status(403)),
+        ("401", Mode::Status(401)),
+        ("204", Mode::Status(204)),
+        ("timeout", Mode::Hang),
+    ];
+    let client = client();
+    let mut keys = Vec::new();
+    for (name, mode) in cases {
+        let key = new_key();
+        cp.add(&key, cp_record("fine"));
+        cp.set_mode(mode);
+        let answer = with_key(&client, &gw, "/v1/x", &key).await;
+        assert_eq!(answer.status, 503, "{name}: {answer:?}");
+        assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
+        keys.push(key);
+    }
+    assert_eq!(upstream.count(), 0);
+    // None of them was cached, as valid or as unknown.
+    cp.set_mode(Mode::Serve);
+    for key in &keys {
+        assert_eq!(with_key(&client, &gw, "/v1/x", key).await.status, 200);
+    }
+}
+
+// === 8. key file hot reload ===
+
+/// Runs `authgate keys …` and returns (exit code, stdout, stderr).
+fn authgate_keys(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(authgate_bin())
+        .arg("keys")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn reload_errors(gw: &TestGateway) -> f64 {
+    metric(
+        &metrics_text(gw).await,
+        r#"authgate_key_file_reloads_total{result="error"}"#,
+    )
+}
+
+/// Waits until the key-file reload error counter passes `before`.
+async fn wait_for_reload_error(gw: &TestGateway, before: f64) {
+    for _ in 0..100 {
+        if reload_errors(gw).await > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no key file reload error counted within 5 s");
+}
+
+#[tokio::test]
+async fn key_file_changes_apply_without_restart_and_a_broken_file_keeps_the_last_set() {
+    let upstream = Upstream::start().await;
+    let (a, b, d) = (new_key(), new_key(), new_key());
+    let entry_a = key_entry(&a, &std_fields("key-a"));
+    let gw = file_gateway(&upstream, &entry_a).await;
+    let path = key_file_path(&gw);
+    let path_text = path.to_str().unwrap();
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &a).await.status, 200);
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", &b).await,
+        401,
+        "AUTH_INVALID_KEY",
+    );
+
+    // Add B by rewriting the file.
+    let entry_b = key_entry(&b, &std_fields("key-b"));
+    write_key_file(&gw, &format!("{entry_a}{entry_b}"));
+    wait_for_answer(&client, &gw, &b, 200, "").await;
+    assert_eq!(
+        upstream.last().header("x-auth-key-id").as_deref(),
+        Some("key-b")
+    );
+
+    // Add C with the CLI.
+    let (code, out, err) = authgate_keys(&[
+        "add",
+        "--file",
+        path_text,
+        "--tenant",
+        "cli-tenant",
+        "--key-id",
+        "key-c",
+        "--scope",
+        "inference:write",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let c = out.lines().next().unwrap().to_owned();
+    let answer = wait_for_answer(&client, &gw, &c, 200, "").await;
+    assert_eq!(answer.body, "upstream ok");
+    assert_eq!(
+        upstream.last().header("x-auth-tenant-id").as_deref(),
+        Some("cli-tenant")
+    );
+
+    // Revoke A with the CLI.
+    let (code, _, err) = authgate_keys(&["revoke", "--file", path_text, "--key-id", "key-a"]);
+    assert_eq!(code, Some(0), "{err}");
+    wait_for_answer(&client, &gw, &a, 401, "AUTH_KEY_REVOKED").await;
+
+    // Break the file: reported, the last good set stays in force.
+    let good_text = std::fs::read_to_string(&path).unwrap();
+    let errors_before = reload_errors(&gw).await;
+    write_key_file(&gw, "[[keys]\nthis is not toml = = =\n");
+    wait_for_reload_error(&gw, errors_before).await;
+    assert_eq!(with_key(&client, &gw, "/v1/x", &b).await.status, 200);
+    assert_eq!(with_key(&client, &gw, "/v1/x", &c).await.status, 200);
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", &a).await,
+        401,
+        "AUTH_KEY_REVOKED",
+    );
+
+    // Fix it (and add D): changes apply again.
+    let entry_d = key_entry(&d, &std_fields("key-d"));
+    write_key_file(&gw, &format!("{good_text}\n{entry_d}"));
+    wait_for_answer(&client, &gw, &d, 200, "").await;
+    assert_eq!(with_key(&client, &gw, "/v1/x", &b).await.status, 200);
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", &a).await,
+        401,
+        "AUTH_KEY_REVOKED",
+    );
+    // The file never holds a plain key.
+    let text = std::fs::read_to_string(&path).unwrap();
+    for key in [&a, &b, &c, &d] {
+        assert!(!text.contains(key.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn a_key_file_with_a_duplicate_key_id_is_refused_and_the_old_set_stays() {
+    let upstream = Upstream::start().await;
+    let (a, b) = (new_key(), new_key());
+    let entry_a = key_entry(&a, &std_fields("key-a"));
+    let gw = file_gateway(&upstream, &entry_a).await;
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/x", &a).await.status, 200);
+
+    let errors_before = reload_errors(&gw).await;
+    let duplicate = key_entry(&b, &std_fields("key-a"));
+    write_key_file(&gw, &format!("{entry_a}{duplicate}"));
+    wait_for_reload_error(&gw, errors_before).await;
+    assert_eq!(with_key(&client, &gw, "/v1/x", &a).await.status, 200);
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", &b).await,
+        401,
+        "AUTH_INVALID_KEY",
+    );
+}
+
+// === 9. keys CLI ===
+
+fn is_hex64(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[test]
+fn keys_generate_prints_a_key_and_its_hash() {
+    let (code, out, err) = authgate_keys(&["generate"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let key = lines[0];
+    let rest = key.strip_prefix("sgk_").unwrap_or_else(|| panic!("{key}"));
+    assert_eq!(rest.len(), 40, "{key}");
+    assert!(rest.bytes().all(|b| b.is_ascii_alphanumeric()), "{key}");
+    assert!(is_hex64(lines[1]), "{out}");
+    assert_eq!(lines[1], hash_of(key));
+
+    let (code, out, err) = authgate_keys(&["generate", "--prefix", "abc_"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let rest = lines[0].strip_prefix("abc_").unwrap();
+    assert_eq!(rest.len(), 40);
+    assert!(rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_eq!(lines[1], hash_of(lines[0]));
+
+    // Two runs never print the same key.
+    let (_, again, _) = authgate_keys(&["generate"]);
+    assert_ne!(again.lines().next(), Some(key));
+}
+
+#[test]
+fn keys_hash_from_an_argument_and_from_stdin_agree() {
+    let key = new_key();
+    let (code, out, err) = authgate_keys(&["hash", &key]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim_end(), hash_of(&key));
+
+    let mut child = Command::new(authgate_bin())
+        .args(["keys", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\nsecond line ignored\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim_end(),
+        hash_of(&key)
+    );
+}
+
+#[tokio::test]
+async fn keys_add_writes_only_the_hash_and_a_gateway_accepts_the_key_with_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    let (code, out, err) = authgate_keys(&[
+        "add",
+        "--file",
+        path.to_str().unwrap(),
+        "--tenant",
+        "acme",
+        "--user",
+        "alice",
+        "--scope",
+        "inference:write",
+        "--scope",
+        "models:read",
+        "--claim",
+        "plan=pro",
+        "--expires",
+        "2999-01-31T00:00:00Z",
+        "--description",
+        "test key",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let (key, key_id) = (lines[0].to_owned(), lines[1].to_owned());
+    assert!(key.starts_with("sgk_") && key.len() == 44, "{key}");
+    assert!(!key_id.is_empty() && key_id != key);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&hash_of(&key)), "{text}");
+    assert!(!text.contains(&key), "the plain key was written: {text}");
+    assert!(
+        !text.contains(&key[4..]),
+        "the plain key was written: {text}"
+    );
+
+    let upstream = Upstream::start().await;
+    let gw = file_gateway(&upstream, &text).await;
+    let client = client();
+    let answer = with_key(&client, &gw, "/v1/cli", &key).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-auth-key-id"), Some(key_id.clone()));
+    assert_eq!(seen.header("x-auth-subject"), Some(key_id));
+    assert_eq!(seen.header("x-auth-tenant-id").as_deref(), Some("acme"));
+    assert_eq!(seen.header("x-auth-user-id").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.header("x-auth-scopes").as_deref(),
+        Some("inference:write models:read")
+    );
+    assert_eq!(seen.header("x-auth-claim-plan").as_deref(), Some("pro"));
+}
+
+#[test]
+fn keys_add_with_a_bad_expiry_exits_1_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    let (code, out, err) = authgate_keys(&[
+        "add",
+        "--file",
+        path.to_str().unwrap(),
+        "--tenant",
+        "acme",
+        "--expires",
+        "not-a-date",
+    ]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(!err.trim().is_empty());
+    assert!(!out.contains("sgk_"), "a key was printed: {out}");
+    assert!(
+        std::fs::read_to_string(&path).map_or(true, |t| t.trim().is_empty()),
+        "the key file was written"
+    );
+}
+
+#[test]
+fn keys_list_shows_key_ids_and_only_8_hex_chars_of_the_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    let path_text = path.to_str().unwrap();
+    let mut hashes = Vec::new();
+    for key_id in ["list-one", "list-two"] {
+        let (code, out, err) = authgate_keys(&[
+            "add", "--file", path_text, "--tenant", "acme", "--key-id", key_id,
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        hashes.push(hash_of(out.lines().next().unwrap()));
+    }
+    let (code, _, err) = authgate_keys(&["revoke", "--file", path_text, "--key-id", "list-two"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = authgate_keys(&["list", "--file", path_text]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("list-one") && out.contains("list-two"),
+        "{out}"
+    );
+    for hash in &hashes {
+        assert!(out.contains(&hash[..8]), "{out}");
+        assert!(!out.contains(&hash[..9]), "more than 8 hex chars: {out}");
+    }
+    let two = out.lines().find(|l| l.contains("list-two")).unwrap();
+    assert!(two.contains("revoked"), "{out}");
+}
+
+#[test]
+fn keys_revoke_marks_only_that_record_and_keeps_its_other_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    let path_text = path.to_str().unwrap();
+    for key_id in ["keep", "drop"] {
+        let (code, _, err) = authgate_keys(&[
+            "add",
+            "--file",
+            path_text,
+            "--tenant",
+            "acme",
+            "--key-id",
+            key_id,
+            "--claim",
+            "revoked_by=ops",
+            "--claim",
+            "plan=pro",
+            "--rps",
+            "5",
+            "--burst",
+            "10",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let (code, _, err) = authgate_keys(&["revoke", "--file", path_text, "--key-id", "drop"]);
+    assert_eq!(code, Some(0), "{err}");
+    let keys = authgate::keys::file_source::load_key_file(&path).unwrap();
+    assert_eq!(keys.len(), 2);
+    for record in keys.values() {
+        assert_eq!(record.revoked, record.key_id == "drop", "{record:?}");
+        assert_eq!(
+            record.custom_claims.get("revoked_by").map(String::as_str),
+            Some("ops"),
+            "{record:?}"
+        );
+        assert_eq!(
+            record.custom_claims.get("plan").map(String::as_str),
+            Some("pro")
+        );
+        assert_eq!(record.rate_limit.map(|r| r.burst), Some(10));
+    }
+}
+
+#[test]
+fn keys_revoke_of_an_unknown_key_id_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    let path_text = path.to_str().unwrap();
+    let (code, _, err) = authgate_keys(&["add", "--file", path_text, "--tenant", "acme"]);
+    assert_eq!(code, Some(0), "{err}");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let (code, _, err) = authgate_keys(&["revoke", "--file", path_text, "--key-id", "nope"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.trim().is_empty());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+}
+
+// === 10. demo ===
+
+/// Kills and reaps the child process when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn demo_prints_a_curl_command_that_works_and_shows_the_injected_identity() {
+    let mut child = ChildGuard(
+        Command::new(authgate_bin())
+            .args(["demo", "--port", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let (key, url) = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines_rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no curl line within 20 s; output so far: {seen:?}"));
+        seen.push(line.clone());
+        let Some(rest) = line
+            .trim()
+            .strip_prefix("curl -s -H 'Authorization: Bearer ")
+        else {
+            continue;
+        };
+        let Some((key, url)) = rest.split_once("' ") else {
+            continue;
+        };
+        if url.ends_with("/v1/hello") && !url.contains(' ') {
+            break (key.to_owned(), url.to_owned());
+        }
+    };
+    assert!(key.starts_with("sgk_") && key.len() == 44, "{key}");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let client = client();
+    let answer = call(&client, &url, Some(&format!("Bearer {key}"))).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let body: Value = serde_json::from_str(&answer.body).unwrap();
+    let headers = &body["headers"];
+    assert_eq!(headers["x-auth-tenant-id"], "demo-tenant", "{body}");
+    assert_eq!(headers["x-auth-key-id"], "demo-key", "{body}");
+    assert_eq!(headers["x-auth-method"], "api_key", "{body}");
+    assert!(headers.get("authorization").is_none(), "{body}");
+
+    let answer = call(&client, &url, None).await;
+    assert_error(&answer, 401, "AUTH_MISSING");
+    let answer = call(
+        &client,
+        &url,
+        Some(&format!(
+            "Bearer {}",
+            authgate::keys::generate_key("sgk_").unwrap()
+        )),
+    )
+    .await;
+    assert_error(&answer, 401, "AUTH_INVALID_KEY");
+    drop(child);
+}
+
+// === 11. metrics ===
+
+#[tokio::test]
+async fn metrics_count_auth_cache_and_source_results_without_naming_keys() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(
+        &cp,
+        &upstream,
+        "cache_ttl = \"300ms\"\nnegative_ttl = \"60s\"\nstale_if_error = \"60s\"",
+    )
+    .await;
+    let (key, unknown, failing) = (new_key(), new_key(), new_key());
+    cp.add(&key, cp_record("metrics-key-id-1"));
+    cp.add(&failing, cp_record("metrics-key-id-2"));
+    let client = client();
+
+    // miss + found, then hits.
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    for _ in 0..100 {
+        assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+        let text = metrics_text(&gw).await;
+        if metric(&text, r#"authgate_key_cache_total{result="hit"}"#) >= 1.0 {
+            break;
+        }
+    }
+    // miss + not_found, then negative.
+    for _ in 0..2 {
+        assert_error(
+            &with_key(&client, &gw, "/v1/x", &unknown).await,
+            401,
+            "AUTH_INVALID_KEY",
+        );
+    }
+    // Malformed.
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", "sgk_short").await,
+        401,
+        "AUTH_INVALID_KEY",
+    );
+    // Stale: past cache_ttl, served while refreshed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    // Source error.
+    wait_until("the refresh", || cp.key_calls_for(&key) >= 2).await;
+    cp.set_mode(Mode::Status(500));
+    assert_error(
+        &with_key(&client, &gw, "/v1/x", &failing).await,
+        503,
+        "AUTH_BACKEND_UNAVAILABLE",
+    );
+
+    let text = metrics_text(&gw).await;
+    let at_least = |series: &str, n: f64| {
+        let value = metric(&text, series);
+        assert!(value >= n, "{series} = {value}\n{text}");
+    };
+    at_least(r#"authgate_auth_total{method="api_key",result="ok"}"#, 3.0);
+    at_least(
+        r#"authgate_auth_total{method="api_key",result="AUTH_INVALID_KEY"}"#,
+        3.0,
+    );
+    at_least(
+        r#"authgate_auth_total{method="api_key",result="AUTH_BACKEND_UNAVAILABLE"}"#,
+        1.0,
+    );
+    at_least(r#"authgate_key_cache_total{result="hit"}"#, 1.0);
+    at_least(r#"authgate_key_cache_total{result="miss"}"#, 3.0);
+    at_least(r#"authgate_key_cache_total{result="negative"}"#, 1.0);
+    at_least(r#"authgate_key_cache_total{result="stale"}"#, 1.0);
+    at_least(r#"authgate_key_source_requests_total{result="found"}"#, 2.0);
+    at_least(
+        r#"authgate_key_source_requests_total{result="not_found"}"#,
+        1.0,
+    );
+    at_least(r#"authgate_key_source_requests_total{result="error"}"#, 1.0);
+    for secret in [&key, &unknown, &failing] {
+        assert!(!text.contains(secret.as_str()), "{text}");
+        assert!(!text.contains(&secret[4..]), "{text}");
+        assert!(!text.contains(&hash_of(secret)), "{text}");
+        assert!(!text.contains(&hash_of(secret)[..12]), "{text}");
+    }
+    assert!(!text.contains("metrics-key-id"), "{text}");
+}
+
+// === 12. access log ===
+
+#[tokio::test]
+async fn the_access_log_names_key_id_and_tenant_but_never_the_key() {
+    let upstream = Upstream::start().await;
+    let (key, unknown) = (new_key(), new_key());
+    let gw = file_gateway(&upstream, &key_entry(&key, &std_fields("logged-key"))).await;
+    let client = client();
+    assert_eq!(with_key(&client, &gw, "/v1/logged", &key).await.status, 200);
+    assert_error(
+        &with_key(&client, &gw, "/v1/denied", &unknown).await,
+        401,
+        "AUTH_INVALID_KEY",
+    );
+    let lines = gw.wait_for_log_lines(2).await;
+    let line = lines
+        .iter()
+        .find(|l| l["path"] == "/v1/logged")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["auth_method"], "api_key", "{line}");
+    assert_eq!(line["key_id"], "logged-key", "{line}");
+    assert_eq!(line["subject"], "logged-key", "{line}");
+    assert_eq!(line["tenant_id"], "acme", "{line}");
+    assert_eq!(line["route"], "api", "{line}");
+    let denied = lines
+        .iter()
+        .find(|l| l["path"] == "/v1/denied")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(denied["status"], 401);
+    let text = gw.log.text();
+    for secret in [&key, &unknown] {
+        assert!(!text.contains(secret.as_str()), "{text}");
+        assert!(!text.contains(&secret[4..]), "{text}");
+        assert!(!text.contains(&hash_of(secret)), "{text}");
+    }
+}
