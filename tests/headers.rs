@@ -1,0 +1,706 @@
+//! Header rewriting at the trust boundary (SPEC §6, §7, §9): hop-by-hop and client identity headers stripped, x-forwarded-*, x-request-id, Host, Authorization, response headers and the access log.
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+
+use http::{Response, StatusCode};
+
+/// A raw response, split into status, lowercase header names with their values, and body.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl RawResponse {
+    fn parse(text: &str) -> Self {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let mut lines = head.split("\r\n");
+        let status = status_of(lines.next().unwrap_or_default());
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        Self {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one raw HTTP/1.1 request (`head_lines` are complete `Name: value\r\n` lines; the
+/// caller includes a `Connection` header with `close`) and parses the answer.
+async fn raw(addr: SocketAddr, method: &str, target: &str, head_lines: &str) -> RawResponse {
+    let request = format!("{method} {target} HTTP/1.1\r\n{head_lines}\r\n");
+    let (_, text) = raw_request(addr, request.as_bytes()).await;
+    RawResponse::parse(&text)
+}
+
+/// True when the header name, lowercased and with `_` read as `-`, starts with `prefix`.
+fn normalized_starts_with(name: &str, prefix: &str) -> bool {
+    name.to_ascii_lowercase()
+        .replace('_', "-")
+        .starts_with(prefix)
+}
+
+fn is_uuid_v4(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.len() == 36
+        && [8, 13, 18, 23].iter().all(|&i| bytes[i] == b'-')
+        && bytes[14] == b'4'
+        && matches!(bytes[19], b'8' | b'9' | b'a' | b'b')
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| [8, 13, 18, 23].contains(&i) || b.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_connection_named_headers_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let host = format!("Host: {}\r\n", gw.addr);
+
+    let response = raw(
+        gw.addr,
+        "GET",
+        "/pub/hop",
+        &format!(
+            "{host}Connection: close, x-foo, X-Bar\r\nKeep-Alive: timeout=5, max=100\r\n\
+             Proxy-Authorization: Basic dXNlcjpwYXNz\r\nProxy-Authenticate: Basic realm=\"x\"\r\n\
+             TE: trailers\r\nTrailer: x-checksum\r\nUpgrade: websocket\r\n\
+             x-foo: 1\r\nX-Bar: 2\r\nx-kept: yes\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = upstream.last();
+    assert_eq!(seen.target(), "/pub/hop");
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "upgrade",
+        "x-foo",
+        "x-bar",
+    ] {
+        assert!(
+            seen.header(name).is_none(),
+            "{name} reached the upstream: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(seen.header("x-kept").as_deref(), Some("yes"));
+
+    // The client's Transfer-Encoding header is not forwarded as such: the upstream sees only
+    // the framing the gateway chose for the body it streams (chunked or a length). Other
+    // transfer codings are refused (tests/forwarding.rs, malformed framing).
+    let request = format!(
+        "POST /pub/te HTTP/1.1\r\n{host}Connection: close\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"
+    );
+    let (status, text) = raw_request(gw.addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let seen = upstream.last();
+    assert_eq!(seen.target(), "/pub/te");
+    assert_eq!(&seen.body[..], b"hello world");
+    let te = seen.header("transfer-encoding").unwrap_or_default();
+    assert!(
+        te.is_empty() || te == "chunked",
+        "unexpected framing at the upstream: {te:?}"
+    );
+    assert!(seen.header("trailer").is_none());
+}
+
+#[tokio::test]
+async fn connection_naming_host_does_not_remove_host() {
+    let upstream = Upstream::start().await;
+    let config = format!(
+        "{}[[routes]]\nname = \"hosted\"\nmatch = {{ host = \"api.example.com\", path_prefix = \"/h/\" }}\nupstream = \"{}\"\nauth = \"none\"\n",
+        public_route("pub", "/pub/", &upstream.url()),
+        upstream.url()
+    );
+    let gw = TestGateway::start(&config).await;
+
+    let response = raw(
+        gw.addr,
+        "GET",
+        "/h/x",
+        "Host: api.example.com\r\nConnection: close, host\r\n",
+    )
+    .await;
+    assert_eq!(
+        response.status, 200,
+        "routing on Host must survive: {response:?}"
+    );
+    let seen = upstream.last();
+    assert_eq!(seen.target(), "/h/x");
+    assert_eq!(
+        seen.header("host").as_deref(),
+        Some(upstream.addr.to_string().as_str())
+    );
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some("api.example.com")
+    );
+    assert!(seen.header("connection").is_none());
+}
+
+#[tokio::test]
+async fn client_identity_headers_are_stripped_on_public_routes() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+
+    let response = raw(
+        gw.addr,
+        "GET",
+        "/pub/id",
+        &format!(
+            "Host: {}\r\nConnection: close, x-auth-tenant-id\r\nx-auth-tenant-id: evil\r\n\
+             X-AUTH-KEY-ID: evil\r\nX_Auth_Tenant_Id: evil\r\nx_auth_user_id: evil\r\n\
+             x-auth-anything: evil\r\nX-Auth-Method: api_key\r\nx-authz: kept\r\n",
+            gw.addr
+        ),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = upstream.last();
+    let leaked: Vec<&str> = seen
+        .headers
+        .keys()
+        .map(|name| name.as_str())
+        .filter(|name| normalized_starts_with(name, "x-auth-"))
+        .collect();
+    assert!(leaked.is_empty(), "identity headers leaked: {leaked:?}");
+    assert!(
+        !seen.headers.values().any(|value| value == "evil"),
+        "{:?}",
+        seen.headers
+    );
+    // Only the prefix is reserved, not every name that merely starts like it.
+    assert_eq!(seen.header("x-authz").as_deref(), Some("kept"));
+
+    // Same through an ordinary client, several requests on one connection.
+    let client = client();
+    for _ in 0..2 {
+        let response = client
+            .get(gw.url("/pub/again"))
+            .header("x-auth-tenant-id", "evil")
+            .header("x-auth-subject", "admin")
+            .header("connection", "x-auth-tenant-id")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(upstream.last().headers_with_prefix("x-auth-").is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_custom_identity_prefix_is_stripped_instead() {
+    let upstream = Upstream::start().await;
+    let config = format!(
+        "[identity]\nheader_prefix = \"x-id-\"\n{}",
+        public_route("pub", "/pub/", &upstream.url())
+    );
+    let gw = TestGateway::start(&config).await;
+    let response = raw(
+        gw.addr,
+        "GET",
+        "/pub/custom",
+        &format!(
+            "Host: {}\r\nConnection: close\r\nx-id-tenant: evil\r\nX-ID-USER: evil\r\nX_Id_Key: evil\r\nx-auth-tenant-id: not-reserved-here\r\n",
+            gw.addr
+        ),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = upstream.last();
+    let leaked: Vec<&str> = seen
+        .headers
+        .keys()
+        .map(|name| name.as_str())
+        .filter(|name| normalized_starts_with(name, "x-id-"))
+        .collect();
+    assert!(leaked.is_empty(), "x-id-* leaked: {leaked:?}");
+    // With another prefix configured, x-auth-* is an ordinary header (SPEC §2 `header_prefix`).
+    assert_eq!(
+        seen.header("x-auth-tenant-id").as_deref(),
+        Some("not-reserved-here")
+    );
+}
+
+#[tokio::test]
+async fn routing_override_headers_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let response = client()
+        .get(gw.url("/pub/real"))
+        .header("X-Forwarded-Uri", "/admin/secret")
+        .header("X-Original-URL", "/admin/secret")
+        .header("X-Rewrite-URL", "/admin/secret")
+        .header("X-Forwarded-Prefix", "/admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.target(), "/pub/real");
+    for name in [
+        "x-forwarded-uri",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+    ] {
+        assert!(seen.header(name).is_none(), "{name} reached the upstream");
+    }
+
+    // And they never route: an unknown path stays unknown whatever they say.
+    let response = client()
+        .get(gw.url("/admin/secret"))
+        .header("X-Original-URL", "/pub/x")
+        .header("X-Forwarded-Uri", "/pub/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let response = client()
+        .get(gw.url("/pub/xff"))
+        .header("x-forwarded-for", "1.2.3.4")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=1.2.3.4;proto=https;host=evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some(gw.addr.to_string().as_str())
+    );
+    assert!(seen.header("forwarded").is_none());
+    assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
+
+    // Without any client value the headers are set too.
+    client().get(gw.url("/pub/plain")).send().await.unwrap();
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some(gw.addr.to_string().as_str())
+    );
+
+    let lines = gw.wait_for_log_lines(2).await;
+    assert!(
+        lines.iter().all(|line| line["client_ip"] == "127.0.0.1"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_for_is_extended_for_a_trusted_proxy() {
+    let upstream = Upstream::start().await;
+    let config = format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{}",
+        public_route("pub", "/pub/", &upstream.url())
+    );
+    let gw = TestGateway::start(&config).await;
+    let response = client()
+        .get(gw.url("/pub/xff"))
+        .header("x-forwarded-for", "1.2.3.4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(
+        seen.header("x-forwarded-for").as_deref(),
+        Some("1.2.3.4, 127.0.0.1")
+    );
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some(gw.addr.to_string().as_str())
+    );
+    // The access log names the client behind the trusted proxy.
+    let lines = gw.wait_for_log_lines(1).await;
+    assert_eq!(lines[0]["client_ip"], "1.2.3.4", "{lines:?}");
+}
+
+#[tokio::test]
+async fn a_valid_request_id_is_kept_forwarded_and_echoed() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let response = client()
+        .get(gw.url("/pub/rid"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    assert_eq!(
+        upstream.last().header("x-request-id").as_deref(),
+        Some("abc-123")
+    );
+    let lines = gw.wait_for_log_lines(1).await;
+    assert_eq!(lines[0]["request_id"], "abc-123");
+}
+
+#[tokio::test]
+async fn an_invalid_or_missing_request_id_is_replaced_by_a_uuid() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let long = "a".repeat(129);
+    let mut seen_ids = Vec::new();
+    for bad in [
+        Some("has space"),
+        Some("semi;colon"),
+        Some(long.as_str()),
+        None,
+    ] {
+        let mut request = client().get(gw.url("/pub/rid"));
+        if let Some(bad) = bad {
+            request = request.header("x-request-id", bad);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let echoed = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(is_uuid_v4(&echoed), "{bad:?} -> {echoed:?}");
+        let forwarded = upstream.last().header("x-request-id").unwrap();
+        assert_eq!(forwarded, echoed, "forwarded and echoed ids differ");
+        assert_eq!(
+            upstream
+                .last()
+                .headers
+                .get_all("x-request-id")
+                .iter()
+                .count(),
+            1
+        );
+        seen_ids.push(echoed);
+    }
+    seen_ids.sort();
+    seen_ids.dedup();
+    assert_eq!(seen_ids.len(), 4, "request ids must be fresh each time");
+    // The 128-character maximum is still valid.
+    let max = "b".repeat(128);
+    let response = client()
+        .get(gw.url("/pub/rid"))
+        .header("x-request-id", &max)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], max.as_str());
+}
+
+#[tokio::test]
+async fn error_responses_echo_the_request_id() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+
+    let response = client()
+        .get(gw.url("/nowhere"))
+        .header("x-request-id", "err-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["x-request-id"], "err-42");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["error"]["code"], "ROUTE_NOT_FOUND");
+    assert_eq!(json["error"]["request_id"], "err-42");
+
+    let response = client()
+        .get(gw.url("/nowhere"))
+        .header("x-request-id", "bad value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let echoed = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(is_uuid_v4(&echoed));
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["error"]["request_id"], echoed.as_str());
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn host_is_the_upstream_authority_unless_preserved() {
+    let upstream = Upstream::start().await;
+    let config = format!(
+        "{}[[routes]]\nname = \"keep\"\nmatch = {{ path_prefix = \"/keep/\" }}\nupstream = \"{}\"\nauth = \"none\"\npreserve_host = true\n",
+        public_route("pub", "/pub/", &upstream.url()),
+        upstream.url()
+    );
+    let gw = TestGateway::start(&config).await;
+
+    let response = raw(
+        gw.addr,
+        "GET",
+        "/pub/h",
+        "Host: api.example.com\r\nConnection: close\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = upstream.last();
+    assert_eq!(
+        seen.header("host").as_deref(),
+        Some(upstream.addr.to_string().as_str())
+    );
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some("api.example.com")
+    );
+    assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+
+    let response = raw(
+        gw.addr,
+        "GET",
+        "/keep/h",
+        "Host: api.example.com:8443\r\nConnection: close\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = upstream.last();
+    assert_eq!(seen.target(), "/keep/h");
+    assert_eq!(seen.header("host").as_deref(), Some("api.example.com:8443"));
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some("api.example.com:8443")
+    );
+    assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn authorization_is_dropped_unless_the_route_forwards_it() {
+    let upstream = Upstream::start().await;
+    let config = format!(
+        "{}[[routes]]\nname = \"fwd\"\nmatch = {{ path_prefix = \"/fwd/\" }}\nupstream = \"{}\"\nauth = \"none\"\nforward_authorization = true\n",
+        public_route("pub", "/pub/", &upstream.url()),
+        upstream.url()
+    );
+    let gw = TestGateway::start(&config).await;
+
+    let response = client()
+        .get(gw.url("/pub/a"))
+        .header(
+            "authorization",
+            "Bearer sgk_dropped_credential_0123456789abcdef",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(upstream.last().header("authorization").is_none());
+
+    let response = client()
+        .get(gw.url("/fwd/a"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        upstream.last().header("authorization").as_deref(),
+        Some("Basic dXNlcjpwYXNz")
+    );
+}
+
+#[tokio::test]
+async fn upstream_hop_by_hop_response_headers_do_not_reach_the_client() {
+    let upstream = Upstream::with_handler(|_req| async {
+        Response::builder()
+            .status(200)
+            .header("connection", "x-up-secret")
+            .header("x-up-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic realm=\"up\"")
+            .header("trailer", "x-checksum")
+            .header("x-up-kept", "yes")
+            .header("cache-control", "no-store")
+            .body(full_body("with hop headers"))
+            .unwrap()
+    })
+    .await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+
+    let response = client().get(gw.url("/pub/resp")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    for name in [
+        "connection",
+        "x-up-secret",
+        "keep-alive",
+        "proxy-authenticate",
+        "trailer",
+    ] {
+        assert!(
+            !headers.contains_key(name),
+            "{name} reached the client: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-up-kept"], "yes");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(response.text().await.unwrap(), "with hop headers");
+
+    // The same on the wire.
+    let response = raw(
+        gw.addr,
+        "GET",
+        "/pub/resp",
+        &format!("Host: {}\r\nConnection: close\r\n", gw.addr),
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert!(response.header("x-up-secret").is_none(), "{response:?}");
+    assert!(response.header("keep-alive").is_none(), "{response:?}");
+    assert_eq!(response.header("x-up-kept"), Some("yes"));
+    assert_eq!(response.body, "with hop headers");
+}
+
+#[tokio::test]
+async fn upstream_error_statuses_pass_through_untouched() {
+    let upstream = Upstream::with_handler(|req| async move {
+        match req.uri.path() {
+            "/pub/teapot" => Response::builder()
+                .status(418)
+                .header("content-type", "application/x-teapot")
+                .header("x-custom", "brew")
+                .header("www-authenticate", "Tea realm=\"pot\"")
+                .body(full_body("short and stout"))
+                .unwrap(),
+            _ => Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .header("content-type", "application/json")
+                .body(full_body(r#"{"upstream":"broke"}"#))
+                .unwrap(),
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+
+    let response = client().get(gw.url("/pub/teapot")).send().await.unwrap();
+    assert_eq!(response.status(), 418);
+    assert_eq!(response.headers()["content-type"], "application/x-teapot");
+    assert_eq!(response.headers()["x-custom"], "brew");
+    assert_eq!(response.headers()["www-authenticate"], "Tea realm=\"pot\"");
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(response.text().await.unwrap(), "short and stout");
+
+    let response = client().get(gw.url("/pub/broken")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), r#"{"upstream":"broke"}"#);
+    assert_eq!(upstream.count(), 2);
+}
+
+#[tokio::test]
+async fn access_log_has_one_json_line_per_request_without_credentials() {
+    let upstream = Upstream::with_handler(|_req| async { ok_response("twelve bytes") }).await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let secret = "Bearer sgk_topsecretcredential0123456789abcdefXYZ";
+
+    let response = client()
+        .post(gw.url("/pub/logged?q=1"))
+        .header("authorization", secret)
+        .header("x-request-id", "log-1")
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "twelve bytes");
+
+    let response = client()
+        .get(gw.url("/missing"))
+        .header("authorization", secret)
+        .header("x-request-id", "log-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let _ = response.bytes().await.unwrap();
+
+    let lines = gw.wait_for_log_lines(2).await;
+    assert_eq!(lines.len(), 2, "{}", gw.log.text());
+    let line = lines
+        .iter()
+        .find(|line| line["request_id"] == "log-1")
+        .expect("line for log-1");
+    for field in [
+        "time",
+        "request_id",
+        "method",
+        "path",
+        "route",
+        "status",
+        "duration_ms",
+        "upstream_ms",
+        "client_ip",
+        "bytes_in",
+        "bytes_out",
+    ] {
+        assert!(line.get(field).is_some(), "missing {field}: {line}");
+    }
+    let time = line["time"].as_str().unwrap();
+    assert!(
+        humantime::parse_rfc3339(time).is_ok(),
+        "time is not RFC 3339: {time}"
+    );
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/pub/logged");
+    assert_eq!(line["route"], "pub");
+    assert_eq!(line["status"], 200);
+    assert!(line["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(line["upstream_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(line["client_ip"], "127.0.0.1");
+    assert_eq!(line["bytes_in"], 10);
+    assert_eq!(line["bytes_out"], 12);
+
+    let line = lines
+        .iter()
+        .find(|line| line["request_id"] == "log-2")
+        .expect("line for log-2");
+    assert_eq!(line["status"], 404);
+    assert!(line["route"].is_null());
+    assert!(line["upstream_ms"].is_null());
+    assert!(
+        humantime::parse_rfc3339(line["time"].as_str().unwrap()).is_ok(),
+        "{line}"
+    );
+
+    let text = gw.log.text();
+    assert!(!text.contains("topsecretcredential"), "{text}");
+    assert!(!text.contains("sgk_"), "{text}");
+}
