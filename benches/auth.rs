@@ -104,6 +104,7 @@ fn bench_authenticate(c: &mut Criterion) {
                     black_box(&headers[i]),
                     "sgk_",
                     Some(&store),
+                    None,
                     &metrics,
                 ));
                 black_box(identity.unwrap());

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::auth::jwt::JwtValidator;
 use crate::config::{
     self, Config, ConfigError, ConfigErrors, ControlPlaneAuthSettings, KeySourceSettings,
 };
@@ -25,6 +26,7 @@ use crate::telemetry::{AccessLog, Metrics, ResultLabels};
 pub struct Gateway {
     config: ArcSwap<Config>,
     keys: ArcSwapOption<KeyStore>,
+    jwt: ArcSwapOption<JwtValidator>,
     config_path: PathBuf,
     pub metrics: Metrics,
     pub access_log: AccessLog,
@@ -37,7 +39,7 @@ impl Gateway {
     pub fn new(config: Config, access_log: AccessLog) -> Result<Self, String> {
         let metrics = Metrics::new();
         let keys = build_key_store(&config, &metrics)?;
-        Ok(Self::assemble(config, keys, metrics, access_log))
+        Self::assemble(config, keys, metrics, access_log)
     }
 
     /// Builds the state around a ready key store (`authgate demo` keeps its keys in memory).
@@ -48,7 +50,8 @@ impl Gateway {
     ) -> Self {
         let metrics = Metrics::new();
         let keys = Some(make_store(&metrics));
-        Self::assemble(config, keys, metrics, access_log)
+        let jwt = build_jwt_validator(&config, &metrics).unwrap_or_default();
+        Self::from_parts(config, keys, jwt, metrics, access_log)
     }
 
     fn assemble(
@@ -56,11 +59,23 @@ impl Gateway {
         keys: Option<Arc<KeyStore>>,
         metrics: Metrics,
         access_log: AccessLog,
+    ) -> Result<Self, String> {
+        let jwt = build_jwt_validator(&config, &metrics)?;
+        Ok(Self::from_parts(config, keys, jwt, metrics, access_log))
+    }
+
+    fn from_parts(
+        config: Config,
+        keys: Option<Arc<KeyStore>>,
+        jwt: Option<Arc<JwtValidator>>,
+        metrics: Metrics,
+        access_log: AccessLog,
     ) -> Self {
         Self {
             config_path: config.path.clone(),
             config: ArcSwap::from_pointee(config),
             keys: ArcSwapOption::new(keys),
+            jwt: ArcSwapOption::new(jwt),
             metrics,
             access_log,
             ready: AtomicBool::new(false),
@@ -76,6 +91,11 @@ impl Gateway {
     /// The API-key store in force now (`None` when no route accepts API keys).
     pub fn keys(&self) -> Option<Arc<KeyStore>> {
         self.keys.load_full()
+    }
+
+    /// The JWT validator in force now (`None` when no issuer is configured).
+    pub fn jwt(&self) -> Option<Arc<JwtValidator>> {
+        self.jwt.load_full()
     }
 
     /// Re-reads the config file; on error the running config stays and the error is returned.
@@ -99,10 +119,24 @@ impl Gateway {
                     }])
                 })?
             };
-            Ok((new, store, keep_store))
+            // Issuers unchanged: keep the validator, its key sets and its token cache.
+            let keep_jwt = self.config.load().jwt_issuers == new.jwt_issuers;
+            let jwt = if keep_jwt {
+                None
+            } else {
+                Some(build_jwt_validator(&new, &self.metrics).map_err(|message| {
+                    ConfigErrors(vec![ConfigError {
+                        file: self.config_path.clone(),
+                        line: 1,
+                        column: 1,
+                        message,
+                    }])
+                })?)
+            };
+            Ok((new, store, keep_store, jwt))
         });
         match result {
-            Ok((new, store, kept)) => {
+            Ok((new, store, kept, jwt)) => {
                 let old = self.config.load();
                 if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
                     tracing::warn!(
@@ -115,6 +149,9 @@ impl Gateway {
                 self.config.store(Arc::new(new));
                 if !kept {
                     self.keys.store(store);
+                }
+                if let Some(jwt) = jwt {
+                    self.jwt.store(jwt);
                 }
                 self.metrics
                     .config_reloads
@@ -163,6 +200,23 @@ fn store_settings(config: &Config) -> KeyStoreSettings {
         cache_capacity: keys.cache_capacity,
         source: keys.source.clone(),
     }
+}
+
+/// Builds the JWT validator when issuers are configured (key sets are fetched in the
+/// background; an unreachable IdP does not stop the start).
+fn build_jwt_validator(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<JwtValidator>>, String> {
+    if config.jwt_issuers.is_empty() {
+        return Ok(None);
+    }
+    let client = crate::forward::service_client(None)?;
+    Ok(Some(JwtValidator::start(
+        &config.jwt_issuers,
+        client,
+        metrics.jwks_refresh.clone(),
+    )))
 }
 
 /// Opens the key source and builds the store, when any route accepts API keys.

@@ -27,6 +27,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::auth::jwt::JwtValidator;
 use crate::auth::{self, Identity};
 use crate::authz;
 use crate::body::{
@@ -52,6 +53,15 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     pub activity: Arc<ConnActivity>,
+}
+
+/// What one request decides with: loaded once at its start, so a reload never changes the
+/// rules under a request in flight.
+#[derive(Debug)]
+struct Snapshot {
+    config: Arc<Config>,
+    keys: Option<Arc<KeyStore>>,
+    jwt: Option<Arc<JwtValidator>>,
 }
 
 /// Facts gathered while the request moves through the stages, for the log line.
@@ -87,10 +97,13 @@ pub async fn handle(
 
     let mut context = Context::default();
     let request = request.map(|body| boxed(CountingBody::new(body, bytes_in)));
-    let keys = gateway.keys();
+    let snapshot = Snapshot {
+        keys: gateway.keys(),
+        jwt: gateway.jwt(),
+        config,
+    };
     let result = handle_inner(
-        &config,
-        keys.as_ref(),
+        &snapshot,
         &gateway.metrics,
         &conn,
         request,
@@ -139,14 +152,14 @@ pub async fn handle(
 
 /// The stages, in order. Each `?` is a decision that ends the request.
 async fn handle_inner(
-    config: &Config,
-    keys: Option<&Arc<KeyStore>>,
+    snapshot: &Snapshot,
     metrics: &Metrics,
     conn: &ConnInfo,
     request: Request<ProxyBody>,
     request_id: &HeaderValue,
     context: &mut Context,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    let config = &snapshot.config;
     let (mut parts, body) = request.into_parts();
 
     // 1. Precheck: what the HTTP parser let through but a gateway must not.
@@ -181,7 +194,8 @@ async fn handle_inner(
         route.auth,
         &parts.headers,
         &config.api_keys.prefix,
-        keys,
+        snapshot.keys.as_ref(),
+        snapshot.jwt.as_ref(),
         &metrics.auth,
     )
     .await?;

@@ -65,6 +65,14 @@ pub struct Metrics {
     pub key_cache: Family<ResultLabels, Counter>,
     pub key_source: Family<ResultLabels, Counter>,
     pub key_file_reloads: Family<ResultLabels, Counter>,
+    pub jwks_refresh: Family<JwksLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct JwksLabels {
+    /// The configured issuer (or issuer pattern), never a per-tenant URL.
+    pub issuer: SharedLabel,
+    pub result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -144,6 +152,12 @@ impl Metrics {
             "Key file reloads by result: success, error (the previous key set stays in force)",
             key_file_reloads.clone(),
         );
+        let jwks_refresh = Family::<JwksLabels, Counter>::default();
+        registry.register(
+            "jwks_refresh",
+            "JWKS fetches by issuer and result: success, not_found, error",
+            jwks_refresh.clone(),
+        );
         // Both outcomes exist from the start, so a dashboard sees 0 rather than no series.
         for result in ["success", "error"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
@@ -161,6 +175,7 @@ impl Metrics {
             key_cache,
             key_source,
             key_file_reloads,
+            jwks_refresh,
         }
     }
 

@@ -5,6 +5,9 @@
 //! "no credential", and anything that is neither an API key nor a JWT by shape is refused
 //! before any lookup.
 
+pub mod jwks;
+pub mod jwt;
+
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -384,6 +387,7 @@ pub async fn authenticate(
     headers: &HeaderMap,
     api_key_prefix: &str,
     keys: Option<&Arc<KeyStore>>,
+    jwt_validator: Option<&Arc<jwt::JwtValidator>>,
     metrics: &AuthMetrics,
 ) -> Result<Option<Arc<Identity>>, GatewayError> {
     let AuthPolicy::Required { api_key, jwt } = policy else {
@@ -402,8 +406,14 @@ pub async fn authenticate(
             };
             ("api_key", result)
         }
-        // JWT validation is not wired in yet: fail closed.
-        Ok(Some(Credential::Jwt(_))) => ("jwt", Err(GatewayError::InvalidToken)),
+        Ok(Some(Credential::Jwt(token))) => {
+            let result = match jwt_validator {
+                Some(validator) => validator.authenticate(token).await,
+                // No issuer is configured: no token can be valid.
+                None => Err(GatewayError::InvalidToken),
+            };
+            ("jwt", result)
+        }
     };
     metrics.record(method, result.as_ref().err());
     result.map(Some)

@@ -34,6 +34,7 @@ pub struct Config {
     pub admin: AdminSettings,
     pub identity: IdentitySettings,
     pub api_keys: ApiKeySettings,
+    pub jwt_issuers: Vec<IssuerSettings>,
     pub log: LogSettings,
     pub routes: RouteTable,
     /// Non-fatal findings (shadowed routes), printed by `authgate check` and logged at start.
@@ -138,6 +139,42 @@ impl fmt::Debug for ControlPlaneAuthSettings {
                 .field("client_secret", &"**redacted**")
                 .field("scope", scope)
                 .finish(),
+        }
+    }
+}
+
+/// `[[jwt.issuers]]`, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerSettings {
+    pub matcher: IssuerMatch,
+    /// May contain `{tenant}`; `None` means OIDC discovery.
+    pub jwks_uri: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub tenant_claim: String,
+    pub forward_claims: Vec<String>,
+    pub jwks_refresh: Duration,
+    pub jwks_min_refresh_interval: Duration,
+}
+
+/// How a token's `iss` is matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerMatch {
+    Exact(String),
+    /// `raw` = `prefix` + `{tenant}` + `suffix`.
+    Pattern {
+        raw: String,
+        prefix: String,
+        suffix: String,
+    },
+}
+
+impl IssuerMatch {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Exact(issuer) => issuer,
+            Self::Pattern { raw, .. } => raw,
         }
     }
 }

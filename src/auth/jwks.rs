@@ -1,0 +1,376 @@
+//! JWKS key sets: fetched from `jwks_uri` or OIDC discovery, refreshed periodically, refetched
+//! on an unknown `kid` at most once per `jwks_min_refresh_interval` (one fetch at a time), and
+//! kept when the IdP fails.
+//!
+//! Keys are parsed once per fetch into `DecodingKey`s, with the algorithms each key may verify:
+//! RSA keys RS*/PS*, EC P-256 ES256, EC P-384 ES384, Ed25519 EdDSA. Symmetric (`oct`) keys
+//! are never loaded, so an HMAC token can never be checked against a public key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::ACCEPT;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::body::full;
+use crate::forward::HttpsClient;
+use crate::telemetry::{JwksLabels, SharedLabel};
+
+/// Largest JWKS or discovery document read.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Bounds each JWKS or discovery request.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One verification key from a JWKS.
+#[derive(Debug)]
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub key: DecodingKey,
+    /// Algorithms this key may verify (its type, narrowed by its `alg` if the JWK has one).
+    pub algorithms: Vec<Algorithm>,
+}
+
+/// A parsed key set.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    keys: Vec<Arc<VerifyKey>>,
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+}
+
+impl KeySet {
+    /// Loads every usable signature key; unusable ones (HMAC, encryption-only, unknown curves,
+    /// malformed) are skipped with a count.
+    pub fn from_jwks(set: &JwkSet) -> (Self, usize) {
+        let mut keys = Vec::new();
+        let mut skipped = 0;
+        for jwk in &set.keys {
+            match verify_key(jwk) {
+                Some(key) => keys.push(Arc::new(key)),
+                None => skipped += 1,
+            }
+        }
+        let by_kid = keys
+            .iter()
+            .filter_map(|key| key.kid.clone().map(|kid| (kid, key.clone())))
+            .collect();
+        (Self { keys, by_kid }, skipped)
+    }
+
+    /// The key for a token: by `kid`, or the only key when the token has no `kid`.
+    pub fn find(&self, kid: Option<&str>) -> Option<&Arc<VerifyKey>> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn verify_key(jwk: &Jwk) -> Option<VerifyKey> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return None;
+    }
+    let by_type: Vec<Algorithm> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(params) => match params.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(params) => match params.curve {
+            EllipticCurve::Ed25519 => vec![Algorithm::EdDSA],
+            _ => return None,
+        },
+        // Never verify with symmetric keys (the HMAC-with-public-key attack), nor with key
+        // types this build does not know.
+        _ => return None,
+    };
+    let algorithms = match jwk.common.key_algorithm {
+        None => by_type,
+        Some(declared) => {
+            let declared = key_algorithm(declared)?;
+            if !by_type.contains(&declared) {
+                return None;
+            }
+            vec![declared]
+        }
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(VerifyKey {
+        kid: jwk.common.key_id.clone(),
+        key,
+        algorithms,
+    })
+}
+
+fn key_algorithm(declared: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match declared {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// Why a key could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    /// No key set has ever been fetched (IdP down since start): 503.
+    NoKeySet,
+    /// The IdP says this issuer or key set does not exist (a 4xx): 401.
+    UnknownIssuer,
+    /// The set has no key for this token: 401.
+    UnknownKey,
+}
+
+#[derive(Debug)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    /// The JWKS URL once known (configured, or found through discovery).
+    resolved_uri: Option<String>,
+    /// The last fetch got a definite "not found".
+    not_found: bool,
+}
+
+/// Where a key set comes from and the set itself.
+#[derive(Debug)]
+pub struct JwksSource {
+    /// Configured `jwks_uri` (tenant substituted), if any.
+    jwks_uri: Option<String>,
+    /// The issuer URL, for discovery.
+    issuer: String,
+    keys: ArcSwapOption<KeySet>,
+    fetch: Mutex<FetchState>,
+    min_interval: Duration,
+    client: HttpsClient,
+    refreshes: Family<JwksLabels, Counter>,
+    label: SharedLabel,
+}
+
+impl JwksSource {
+    pub fn new(
+        jwks_uri: Option<String>,
+        issuer: String,
+        min_interval: Duration,
+        client: HttpsClient,
+        refreshes: Family<JwksLabels, Counter>,
+        label: SharedLabel,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            jwks_uri: jwks_uri.clone(),
+            issuer,
+            keys: ArcSwapOption::empty(),
+            fetch: Mutex::new(FetchState {
+                last_attempt: None,
+                resolved_uri: jwks_uri,
+                not_found: false,
+            }),
+            min_interval,
+            client,
+            refreshes,
+            label,
+        })
+    }
+
+    /// The verification key for a token, refetching once (rate-limited) on an unknown `kid`.
+    pub async fn key_for(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, KeyError> {
+        if let Some(set) = self.keys.load().as_ref()
+            && let Some(key) = set.find(kid)
+        {
+            return Ok(key.clone());
+        }
+        // Unknown kid, or no set yet: maybe the IdP rotated keys. At most one fetch per
+        // min_interval, and concurrent requests wait for that one instead of starting more.
+        self.refresh(false).await;
+        let set = self.keys.load_full();
+        match set {
+            Some(set) => set.find(kid).cloned().ok_or(KeyError::UnknownKey),
+            None if self.fetch.lock().await.not_found => Err(KeyError::UnknownIssuer),
+            None => Err(KeyError::NoKeySet),
+        }
+    }
+
+    /// Fetches the key set. Unless `forced` (the periodic refresh), at most once per
+    /// `min_interval`. A failure keeps the last good set.
+    pub async fn refresh(&self, forced: bool) {
+        let mut state = self.fetch.lock().await;
+        if !forced
+            && let Some(last) = state.last_attempt
+            && last.elapsed() < self.min_interval
+        {
+            return;
+        }
+        state.last_attempt = Some(Instant::now());
+        let result = match tokio::time::timeout(FETCH_TIMEOUT * 2, self.fetch_set(&mut state)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Failed("timed out".into())),
+        };
+        let outcome = match result {
+            Ok(set) => {
+                tracing::info!(issuer = %self.issuer, keys = set.len(), "JWKS fetched.");
+                state.not_found = false;
+                self.keys.store(Some(Arc::new(set)));
+                "success"
+            }
+            Err(FetchError::NotFound(message)) => {
+                tracing::warn!(issuer = %self.issuer, error = %message, "JWKS not found; keeping the last key set.");
+                state.not_found = self.keys.load().is_none();
+                "not_found"
+            }
+            Err(FetchError::Failed(message)) => {
+                tracing::warn!(issuer = %self.issuer, error = %message, "JWKS fetch failed; keeping the last key set.");
+                "error"
+            }
+        };
+        self.refreshes
+            .get_or_create(&JwksLabels {
+                issuer: self.label.clone(),
+                result: outcome,
+            })
+            .inc();
+    }
+
+    async fn fetch_set(&self, state: &mut FetchState) -> Result<KeySet, FetchError> {
+        let uri = match &state.resolved_uri {
+            Some(uri) => uri.clone(),
+            None => {
+                let uri = self.discover().await?;
+                state.resolved_uri = Some(uri.clone());
+                uri
+            }
+        };
+        let body = self.get(&uri).await?;
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| {
+            FetchError::Failed(format!("JWKS at {uri} is not a valid key set: {e}"))
+        })?;
+        let (keys, skipped) = KeySet::from_jwks(&set);
+        if skipped > 0 {
+            tracing::debug!(issuer = %self.issuer, skipped, "JWKS keys skipped (not usable for signatures).");
+        }
+        if keys.is_empty() {
+            return Err(FetchError::Failed(format!(
+                "JWKS at {uri} has no usable signature key"
+            )));
+        }
+        // A discovered URI is looked up again on the next fetch, in case it moved.
+        if self.jwks_uri.is_none() {
+            state.resolved_uri = None;
+        }
+        Ok(keys)
+    }
+
+    /// `{issuer}/.well-known/openid-configuration` -> `jwks_uri`.
+    async fn discover(&self) -> Result<String, FetchError> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let body = self.get(&url).await?;
+        #[derive(serde::Deserialize)]
+        struct Discovery {
+            jwks_uri: String,
+        }
+        let discovery: Discovery = serde_json::from_slice(&body).map_err(|e| {
+            FetchError::Failed(format!("discovery document at {url} is invalid: {e}"))
+        })?;
+        if !(discovery.jwks_uri.starts_with("https://")
+            || discovery.jwks_uri.starts_with("http://"))
+        {
+            return Err(FetchError::Failed(format!(
+                "discovery at {url} names a non-HTTP jwks_uri"
+            )));
+        }
+        Ok(discovery.jwks_uri)
+    }
+
+    async fn get(&self, url: &str) -> Result<Bytes, FetchError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(url)
+            .header(ACCEPT, "application/json")
+            .body(full(Bytes::new()))
+            .map_err(|e| FetchError::Failed(format!("{url}: {e}")))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                FetchError::Failed(format!("{url}: {}", crate::forward::error_chain(&e)))
+            })?;
+            let status = response.status();
+            if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+                return Err(FetchError::NotFound(format!("{url} answered {status}")));
+            }
+            if status != StatusCode::OK {
+                return Err(FetchError::Failed(format!("{url} answered {status}")));
+            }
+            Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .map_err(|e| {
+                    FetchError::Failed(format!(
+                        "{url}: unreadable or over {MAX_DOCUMENT_BYTES} bytes: {e}"
+                    ))
+                })
+        };
+        tokio::time::timeout(FETCH_TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                FetchError::Failed(format!("{url} did not answer within {FETCH_TIMEOUT:?}"))
+            })?
+    }
+
+    /// Fetches now and then every `every`, while `alive` holds. Stops with the validator.
+    pub fn spawn_refresh(self: &Arc<Self>, every: Duration) {
+        let source = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(source) = source.upgrade() else {
+                    return;
+                };
+                source.refresh(true).await;
+            }
+        });
+    }
+}
+
+#[derive(Debug)]
+enum FetchError {
+    NotFound(String),
+    Failed(String),
+}

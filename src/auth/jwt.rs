@@ -1,0 +1,452 @@
+//! JWT validation (SPEC §4.2): issuer -> JWKS key by `kid` -> signature -> claims -> identity.
+//!
+//! ```text
+//! token ─▶ cache (SHA-256 of the token; until exp + leeway) ─hit─▶ identity
+//!   │ miss
+//!   ▼
+//! header (alg in the issuer's allow-list, typ JWT | at+jwt) ─▶ unverified `iss` picks the
+//! issuer (exact or {tenant} pattern) ─▶ its JWKS key by kid ─▶ signature (jsonwebtoken)
+//! ─▶ claims checked here: exp required and numeric, nbf/iat with leeway, aud, sub
+//! ```
+//! The unverified `iss` is only used to choose which keys to trust; every claim is checked
+//! after the signature. `none`, HMAC and keys of the wrong type never verify anything.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use jsonwebtoken::Validation;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::jwks::{JwksSource, KeyError};
+use super::{AuthMethod, Identity, IdentityFields};
+use crate::config::{IssuerMatch, IssuerSettings};
+use crate::error::GatewayError;
+use crate::forward::HttpsClient;
+use crate::keys::Timestamp;
+use crate::telemetry::{JwksLabels, SharedLabel};
+
+/// Verified tokens kept at most (each until its `exp`).
+pub const TOKEN_CACHE_CAPACITY: usize = 100_000;
+/// Per-tenant key sets kept at most for one issuer pattern.
+pub const MAX_TENANTS_PER_ISSUER: usize = 10_000;
+/// New tenants whose key set may be fetched, per second and at once, per issuer pattern: a
+/// stream of tokens naming random tenants cannot make authgate hammer the IdP.
+pub const NEW_TENANT_FETCHES_PER_SECOND: f64 = 5.0;
+pub const NEW_TENANT_FETCH_BURST: f64 = 20.0;
+
+/// A tiny token bucket (not on the hot path: only when a new tenant appears).
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// One configured issuer with its key set(s).
+#[derive(Debug)]
+struct Issuer {
+    settings: IssuerSettings,
+    label: SharedLabel,
+    /// The key set when it does not depend on the tenant.
+    shared: Option<Arc<JwksSource>>,
+    per_tenant: DashMap<String, Arc<JwksSource>>,
+    new_tenants: Mutex<Bucket>,
+}
+
+impl Issuer {
+    /// Whether each tenant has its own key set (a `{tenant}` in jwks_uri, or discovery on a
+    /// pattern issuer).
+    fn keys_per_tenant(settings: &IssuerSettings) -> bool {
+        match (&settings.matcher, &settings.jwks_uri) {
+            (IssuerMatch::Exact(_), _) => false,
+            (IssuerMatch::Pattern { .. }, Some(uri)) => uri.contains("{tenant}"),
+            (IssuerMatch::Pattern { .. }, None) => true,
+        }
+    }
+
+    async fn source(
+        &self,
+        validator: &JwtValidator,
+        iss: &str,
+        tenant: Option<&str>,
+    ) -> Result<Arc<JwksSource>, GatewayError> {
+        if let Some(shared) = &self.shared {
+            return Ok(shared.clone());
+        }
+        let tenant = tenant.ok_or(GatewayError::InvalidToken)?;
+        if let Some(source) = self.per_tenant.get(tenant) {
+            return Ok(source.clone());
+        }
+        if self.per_tenant.len() >= MAX_TENANTS_PER_ISSUER || !self.take_new_tenant_budget() {
+            tracing::warn!(issuer = %self.label.0, "Too many new tenants to fetch key sets for; refusing for now.");
+            return Err(GatewayError::AuthBackendUnavailable);
+        }
+        let jwks_uri = self
+            .settings
+            .jwks_uri
+            .as_ref()
+            .map(|uri| uri.replace("{tenant}", tenant));
+        let source = self
+            .per_tenant
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                validator.new_source(jwks_uri, iss.to_owned(), &self.settings, self.label.clone())
+            })
+            .clone();
+        Ok(source)
+    }
+
+    fn take_new_tenant_budget(&self) -> bool {
+        let Ok(mut bucket) = self.new_tenants.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.last).as_secs_f64() * NEW_TENANT_FETCHES_PER_SECOND;
+        bucket.tokens = (bucket.tokens + refill).min(NEW_TENANT_FETCH_BURST);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The tenant captured from the issuer, when `iss` matches this issuer.
+    fn matches<'a>(&self, iss: &'a str) -> Option<Option<&'a str>> {
+        match &self.settings.matcher {
+            IssuerMatch::Exact(exact) => (iss == exact).then_some(None),
+            IssuerMatch::Pattern { prefix, suffix, .. } => {
+                let tenant = iss
+                    .strip_prefix(prefix.as_str())?
+                    .strip_suffix(suffix.as_str())?;
+                valid_tenant(tenant).then_some(Some(tenant))
+            }
+        }
+    }
+}
+
+/// A tenant captured from an issuer URL ends up inside a JWKS URL: only a plain name is safe.
+fn valid_tenant(tenant: &str) -> bool {
+    (1..=128).contains(&tenant.len())
+        && tenant != "."
+        && tenant != ".."
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Validates JWTs for every configured issuer.
+#[derive(Debug)]
+pub struct JwtValidator {
+    issuers: Vec<Issuer>,
+    exact: HashMap<String, usize>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Identity>>,
+    client: HttpsClient,
+    refreshes: Family<JwksLabels, Counter>,
+}
+
+impl JwtValidator {
+    /// Builds the validator and starts fetching the key sets that do not depend on a tenant
+    /// (start-up never fails because an IdP is down).
+    pub fn start(
+        settings: &[IssuerSettings],
+        client: HttpsClient,
+        refreshes: Family<JwksLabels, Counter>,
+    ) -> Arc<Self> {
+        let mut validator = Self {
+            issuers: Vec::with_capacity(settings.len()),
+            exact: HashMap::new(),
+            cache: quick_cache::sync::Cache::new(TOKEN_CACHE_CAPACITY),
+            client,
+            refreshes,
+        };
+        for settings in settings {
+            let label = SharedLabel(Arc::from(settings.matcher.as_str()));
+            let shared = (!Issuer::keys_per_tenant(settings)).then(|| {
+                let discovery_issuer = match &settings.matcher {
+                    IssuerMatch::Exact(issuer) => issuer.clone(),
+                    IssuerMatch::Pattern { raw, .. } => raw.clone(),
+                };
+                validator.new_source(
+                    settings.jwks_uri.clone(),
+                    discovery_issuer,
+                    settings,
+                    label.clone(),
+                )
+            });
+            if let IssuerMatch::Exact(issuer) = &settings.matcher {
+                validator
+                    .exact
+                    .insert(issuer.clone(), validator.issuers.len());
+            }
+            validator.issuers.push(Issuer {
+                settings: settings.clone(),
+                label,
+                shared,
+                per_tenant: DashMap::new(),
+                new_tenants: Mutex::new(Bucket {
+                    tokens: NEW_TENANT_FETCH_BURST,
+                    last: Instant::now(),
+                }),
+            });
+        }
+        Arc::new(validator)
+    }
+
+    fn new_source(
+        &self,
+        jwks_uri: Option<String>,
+        issuer: String,
+        settings: &IssuerSettings,
+        label: SharedLabel,
+    ) -> Arc<JwksSource> {
+        let source = JwksSource::new(
+            jwks_uri,
+            issuer,
+            settings.jwks_min_refresh_interval,
+            self.client.clone(),
+            self.refreshes.clone(),
+            label,
+        );
+        source.spawn_refresh(settings.jwks_refresh);
+        source
+    }
+
+    /// Validates a token (already known to be JWT-shaped).
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, GatewayError> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Timestamp::now();
+        if let Some(identity) = self.cache.get(&hash) {
+            if identity.expires_at.is_some_and(|until| until <= now) {
+                self.cache.remove(&hash);
+                return Err(GatewayError::TokenExpired);
+            }
+            return Ok(identity);
+        }
+        let identity = Arc::new(self.verify(token, now).await?);
+        self.cache.insert(hash, identity.clone());
+        Ok(identity)
+    }
+
+    async fn verify(&self, token: &str, now: Timestamp) -> Result<Identity, GatewayError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::InvalidToken)?;
+        if let Some(typ) = &header.typ {
+            let typ = typ.to_ascii_lowercase();
+            if !matches!(
+                typ.as_str(),
+                "jwt" | "at+jwt" | "application/jwt" | "application/at+jwt"
+            ) {
+                return Err(GatewayError::InvalidToken);
+            }
+        }
+        // Only to choose which issuer's keys to try; verified below with the signature.
+        #[derive(serde::Deserialize)]
+        struct Unverified {
+            iss: Option<Value>,
+        }
+        let unverified: Unverified = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| GatewayError::InvalidToken)?;
+        let Some(Value::String(iss)) = unverified.iss else {
+            return Err(GatewayError::InvalidToken);
+        };
+        let (issuer, captured_tenant) = self.issuer_for(&iss).ok_or(GatewayError::InvalidToken)?;
+        let settings = &issuer.settings;
+        if !settings.algorithms.contains(&header.alg) {
+            return Err(GatewayError::InvalidToken);
+        }
+        let source = issuer.source(self, &iss, captured_tenant).await?;
+        let key = source
+            .key_for(header.kid.as_deref())
+            .await
+            .map_err(|error| match error {
+                KeyError::NoKeySet => GatewayError::AuthBackendUnavailable,
+                KeyError::UnknownIssuer | KeyError::UnknownKey => GatewayError::InvalidToken,
+            })?;
+        // The algorithm must fit the key's type (no RSA key used for ES256, no HMAC at all).
+        if !key.algorithms.contains(&header.alg) {
+            return Err(GatewayError::InvalidToken);
+        }
+        let mut validation = Validation::new(header.alg);
+        // Claims are checked below, with the rules of SPEC §4.2.
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|_| GatewayError::InvalidToken)?
+            .claims;
+        check_claims(&claims, &iss, settings, now)?;
+        identity_from_claims(&claims, &iss, settings, captured_tenant)
+    }
+
+    fn issuer_for<'a>(&self, iss: &'a str) -> Option<(&Issuer, Option<&'a str>)> {
+        if let Some(&index) = self.exact.get(iss) {
+            return Some((&self.issuers[index], None));
+        }
+        self.issuers
+            .iter()
+            .find_map(|issuer| issuer.matches(iss).map(|tenant| (issuer, tenant)))
+    }
+}
+
+/// A NumericDate claim: a JSON number (never a string), as whole seconds.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, GatewayError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(number)) => number
+            .as_f64()
+            .filter(|seconds| seconds.is_finite() && seconds.abs() < 1e15)
+            .map(|seconds| Some(seconds.floor() as i64))
+            .ok_or(GatewayError::InvalidToken),
+        Some(_) => Err(GatewayError::InvalidToken),
+    }
+}
+
+fn check_claims(
+    claims: &Map<String, Value>,
+    iss: &str,
+    settings: &IssuerSettings,
+    now: Timestamp,
+) -> Result<(), GatewayError> {
+    let leeway = i64::try_from(settings.leeway.as_secs()).unwrap_or(i64::MAX / 4);
+    let exp = numeric_date(claims, "exp")?.ok_or(GatewayError::InvalidToken)?;
+    let nbf = numeric_date(claims, "nbf")?;
+    let iat = numeric_date(claims, "iat")?;
+    if claims.get("iss").and_then(Value::as_str) != Some(iss) {
+        return Err(GatewayError::InvalidToken);
+    }
+    if nbf.is_some_and(|nbf| nbf > now.0.saturating_add(leeway)) {
+        return Err(GatewayError::InvalidToken);
+    }
+    if iat.is_some_and(|iat| iat > now.0.saturating_add(leeway)) {
+        return Err(GatewayError::InvalidToken);
+    }
+    if !settings.audiences.is_empty() {
+        let matches = |aud: &str| settings.audiences.iter().any(|wanted| wanted == aud);
+        let ok = match claims.get("aud") {
+            Some(Value::String(aud)) => matches(aud),
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(matches),
+            _ => false,
+        };
+        if !ok {
+            return Err(GatewayError::InvalidToken);
+        }
+    }
+    match claims.get("sub") {
+        Some(Value::String(sub)) if !sub.is_empty() => {}
+        _ => return Err(GatewayError::InvalidToken),
+    }
+    // Expiry last, so an expired token that is also invalid reports the invalidity.
+    if exp.saturating_add(leeway) < now.0 {
+        return Err(GatewayError::TokenExpired);
+    }
+    Ok(())
+}
+
+fn identity_from_claims(
+    claims: &Map<String, Value>,
+    iss: &str,
+    settings: &IssuerSettings,
+    captured_tenant: Option<&str>,
+) -> Result<Identity, GatewayError> {
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(scope)), _) => scope.split_whitespace().map(str::to_owned).collect(),
+        (_, Some(Value::Array(list))) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        (_, Some(Value::String(scp))) => scp.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    let claimed_tenant = claims.get(&settings.tenant_claim).and_then(Value::as_str);
+    // A per-tenant issuer vouches for its own tenant only: a token from tenant A's issuer
+    // claiming tenant B is refused.
+    let tenant = match (captured_tenant, claimed_tenant) {
+        (Some(captured), Some(claimed)) if captured != claimed => {
+            return Err(GatewayError::InvalidToken);
+        }
+        (_, Some(claimed)) => Some(claimed),
+        (captured, None) => captured,
+    };
+    let forwarded: Vec<(String, String)> = settings
+        .forward_claims
+        .iter()
+        .filter_map(|name| {
+            let value = match claims.get(name)? {
+                Value::String(text) => text.clone(),
+                Value::Number(number) => number.to_string(),
+                Value::Bool(flag) => flag.to_string(),
+                _ => return None,
+            };
+            Some((name.clone(), value))
+        })
+        .collect();
+    let forwarded: Vec<(&str, &str)> = forwarded
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let leeway = i64::try_from(settings.leeway.as_secs()).unwrap_or(0);
+    let exp = numeric_date(claims, "exp")?.unwrap_or_default();
+    Ok(Identity::new(
+        AuthMethod::Jwt,
+        &IdentityFields {
+            subject: sub,
+            tenant_id: tenant,
+            user_id: None,
+            key_id: None,
+            issuer: Some(iss),
+            scopes: &scopes,
+            claims: &forwarded,
+            rate_limit: None,
+            tokens_per_minute: None,
+            // Cached until exp + leeway, checked on every hit.
+            expires_at: Some(Timestamp(exp.saturating_add(leeway))),
+            revoked: false,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_from_issuer_urls_must_be_plain_names() {
+        for good in ["acme", "acme-corp", "a.b_c", "T1"] {
+            assert!(valid_tenant(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a?b",
+            "a%2Fb",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(!valid_tenant(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numeric_dates_must_be_numbers() {
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"exp": 1700000000, "nbf": "1700000000", "iat": 1.7e9}"#)
+                .unwrap();
+        assert_eq!(numeric_date(&claims, "exp").unwrap(), Some(1_700_000_000));
+        assert!(numeric_date(&claims, "nbf").is_err());
+        assert_eq!(numeric_date(&claims, "iat").unwrap(), Some(1_700_000_000));
+        assert_eq!(numeric_date(&claims, "missing").unwrap(), None);
+    }
+}
