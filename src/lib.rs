@@ -18,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod framing;
 pub mod gateway;
 pub mod headers;
 pub mod keys;

@@ -168,6 +168,13 @@ async fn handle_inner(
     let uri = parts.uri.clone();
     let host_header = single_host(&parts.headers)?;
     let target = check_target(&parts.method, parts.version, &uri, host_header.as_ref())?;
+    // hyper drops Content-Length when Transfer-Encoding is also present; the connection's
+    // head scanner saw both (request smuggling guard, SPEC §6).
+    if conn.activity.take_framing_conflict() {
+        return Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
     check_framing(&mut parts)?;
     check_header_size(&parts, config.server.max_header_bytes)?;
 

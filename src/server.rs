@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::admin;
 use crate::config::Config;
+use crate::framing::{HeadScanner, HeadVerdict};
 use crate::gateway::Gateway;
 use crate::pipeline::{self, ConnInfo};
 use crate::telemetry::AccessLog;
@@ -49,6 +50,11 @@ pub struct ConnActivity {
     /// HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) flow while no request is in
     /// flight, so bytes say nothing about heads or idleness; only requests count.
     multiplexed: AtomicBool,
+    /// Requests whose head was complete / that were answered, for the head scanner.
+    requests_started: AtomicU64,
+    requests_answered: AtomicU64,
+    /// The last head carried both Content-Length and Transfer-Encoding (see `framing`).
+    framing_conflict: AtomicBool,
 }
 
 impl ConnActivity {
@@ -62,6 +68,9 @@ impl ConnActivity {
             active_requests: AtomicU32::new(0),
             changed: tokio::sync::Notify::new(),
             multiplexed: AtomicBool::new(false),
+            requests_started: AtomicU64::new(0),
+            requests_answered: AtomicU64::new(0),
+            framing_conflict: AtomicBool::new(false),
         }
     }
 
@@ -95,12 +104,14 @@ impl ConnActivity {
 
     /// The pipeline has a complete request head.
     pub fn request_started(&self) {
+        self.requests_started.fetch_add(1, Ordering::AcqRel);
         self.active_requests.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(NO_HEAD, Ordering::Relaxed);
     }
 
     /// The response has been sent (or abandoned).
     pub fn request_finished(&self) {
+        self.requests_answered.fetch_add(1, Ordering::AcqRel);
         self.active_requests.fetch_sub(1, Ordering::Relaxed);
         self.last_activity_ms
             .store(self.now_ms(), Ordering::Relaxed);
@@ -138,12 +149,22 @@ enum Verdict {
     Idle,
 }
 
+impl ConnActivity {
+    /// Whether the current request's head carried both Content-Length and Transfer-Encoding
+    /// (clears the flag).
+    pub fn take_framing_conflict(&self) -> bool {
+        self.framing_conflict.swap(false, Ordering::AcqRel)
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// Reports reads and writes to the connection's [`ConnActivity`].
+    /// Reports reads and writes to the connection's [`ConnActivity`] and scans HTTP/1 request
+    /// heads for conflicting framing headers. Sits above TLS, so it sees plaintext.
     struct TrackedIo<T> {
         #[pin]
         inner: T,
         activity: Arc<ConnActivity>,
+        scanner: HeadScanner,
     }
 }
 
@@ -158,6 +179,15 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         let polled = this.inner.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.on_read();
+            let activity = &**this.activity;
+            let verdict = this.scanner.feed(
+                &buf.filled()[before..],
+                activity.requests_started.load(Ordering::Acquire),
+                activity.requests_answered.load(Ordering::Acquire),
+            );
+            if verdict == Some(HeadVerdict::Conflict) {
+                activity.framing_conflict.store(true, Ordering::Release);
+            }
         }
         polled
     }
@@ -379,20 +409,27 @@ async fn serve_connection(
         )
     };
     let activity = Arc::new(ConnActivity::new());
-    let io = TrackedIo {
-        inner: stream,
-        activity: activity.clone(),
-    };
     match tls {
-        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+        {
             Ok(Ok(tls_stream)) => {
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                let io = TrackedIo {
+                    inner: tls_stream,
+                    activity: activity.clone(),
+                    scanner: if h2 {
+                        HeadScanner::off()
+                    } else {
+                        HeadScanner::new()
+                    },
+                };
                 let conn = Arc::new(ConnInfo {
                     peer,
                     tls: true,
                     activity,
                 });
                 drive(
-                    TokioIo::new(tls_stream),
+                    TokioIo::new(io),
                     conn,
                     gateway,
                     &builder,
@@ -406,6 +443,11 @@ async fn serve_connection(
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
         },
         None => {
+            let io = TrackedIo {
+                inner: stream,
+                activity: activity.clone(),
+                scanner: HeadScanner::new(),
+            };
             let conn = Arc::new(ConnInfo {
                 peer,
                 tls: false,

@@ -941,9 +941,6 @@ fn cl_te_requests(gw: &TestGateway) -> [(&'static str, String); 2] {
 
 /// SPEC §6: both Content-Length and Transfer-Encoding -> 400, nothing forwarded.
 #[tokio::test]
-#[ignore = "product bug: hyper's HTTP/1 parser drops Content-Length when Transfer-Encoding is present \
-            (RFC 9112 §6.1), so pipeline::check_framing never sees both and the request is forwarded \
-            as chunked instead of refused with 400"]
 async fn content_length_with_transfer_encoding_is_400_and_not_forwarded() {
     let upstream = Upstream::start().await;
     let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
