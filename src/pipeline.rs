@@ -116,9 +116,9 @@ pub async fn handle(
         Err(error) => {
             let status = error.status();
             if status.is_server_error() {
-                tracing::warn!(request_id = ?request_id, route = ?context.route, reason = error.reason(), %status, "Request failed.");
+                tracing::warn!(request_id = request_id.to_str().unwrap_or_default(), route = context.route.as_deref().unwrap_or("-"), reason = error.reason(), %status, "Request failed.");
             } else {
-                tracing::debug!(request_id = ?request_id, route = ?context.route, reason = error.reason(), %status, "Request denied.");
+                tracing::debug!(request_id = request_id.to_str().unwrap_or_default(), route = context.route.as_deref().unwrap_or("-"), reason = error.reason(), %status, "Request denied.");
             }
             finish.record.reason = Some(error.reason());
             let mut response = error.into_response(request_id.to_str().unwrap_or_default());
@@ -192,7 +192,11 @@ async fn handle_inner(
     strip_hop_by_hop(&mut parts.headers, websocket);
     let stripped = strip_client_identity(&mut parts.headers, &config.identity.header_prefix);
     if stripped > 0 {
-        tracing::debug!(request_id = ?request_id, stripped, "Removed client-sent identity headers.");
+        tracing::debug!(
+            request_id = request_id.to_str().unwrap_or_default(),
+            stripped,
+            "Removed client-sent identity headers."
+        );
     }
 
     // 4. Authenticate (default deny on protected routes), then authorize on every request,

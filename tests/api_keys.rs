@@ -1381,6 +1381,11 @@ async fn a_failing_token_endpoint_is_a_control_plane_failure_503_and_bounded_by_
         assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
         assert_eq!(cp.key_calls(), 0, "{name}: looked up without a token");
         keys.push(key);
+        // A failed token request is not repeated for TOKEN_FAILURE_BACKOFF.
+        tokio::time::sleep(
+            authgate::keys::control_plane::TOKEN_FAILURE_BACKOFF + Duration::from_millis(100),
+        )
+        .await;
     }
     assert_eq!(upstream.count(), 0);
     cp.set_token_mode(Mode::Serve);

@@ -102,6 +102,9 @@ impl CacheEntry {
     }
 }
 
+/// A failed background refresh of one key is retried no sooner than this.
+pub const REFRESH_RETRY: Duration = Duration::from_secs(1);
+
 type Lookup = Result<Option<Arc<Identity>>, SourceError>;
 
 /// Validates API keys: format, cache, source.
@@ -248,8 +251,10 @@ impl KeyStore {
     fn spawn_refresh(self: &Arc<Self>, hash: KeyHash, entry: Arc<CacheEntry>) {
         let store = self.clone();
         tokio::spawn(async move {
-            // On failure the old entry stays (stale-if-error); a new answer replaces it.
+            // On failure the old entry stays (stale-if-error); a new answer replaces it. A busy
+            // key retries a failed refresh at most once per REFRESH_RETRY, not per request.
             if store.lookup_coalesced(hash).await.is_err() {
+                tokio::time::sleep(REFRESH_RETRY).await;
                 entry.refreshing.store(false, Ordering::Release);
             }
         });

@@ -45,6 +45,18 @@ struct CachedToken {
     refresh_at: Instant,
 }
 
+/// The token state: the token, or when the last token request failed.
+#[derive(Debug, Default)]
+struct TokenState {
+    token: Option<CachedToken>,
+    /// A failed token request is not repeated for `TOKEN_FAILURE_BACKOFF`: lookups queued
+    /// behind a hanging token endpoint fail fast instead of each waiting a full timeout.
+    failed_at: Option<Instant>,
+}
+
+/// How long a failed token request is remembered.
+pub const TOKEN_FAILURE_BACKOFF: Duration = Duration::from_millis(500);
+
 /// The control-plane client.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -53,7 +65,7 @@ pub struct ControlPlane {
     auth: ControlPlaneAuth,
     client: HttpsClient,
     /// Held across a token request, so at most one runs at a time.
-    token: Mutex<Option<CachedToken>>,
+    token: Mutex<TokenState>,
 }
 
 impl ControlPlane {
@@ -68,7 +80,7 @@ impl ControlPlane {
             timeout,
             auth,
             client,
-            token: Mutex::new(None),
+            token: Mutex::new(TokenState::default()),
         }
     }
 
@@ -105,9 +117,9 @@ impl ControlPlane {
             // if it is still the refused one: concurrent 401s must not drop (and refetch) the
             // token the first of them already replaced.
             {
-                let mut cached = self.token.lock().await;
-                if cached.as_ref().map(|token| &token.header) == sent.as_ref() {
-                    *cached = None;
+                let mut state = self.token.lock().await;
+                if state.token.as_ref().map(|token| &token.header) == sent.as_ref() {
+                    state.token = None;
                 }
             }
             (status, body, _) = self.get(&url).await?;
@@ -188,16 +200,30 @@ impl ControlPlane {
                 basic,
                 scope,
             } => {
-                let mut cached = self.token.lock().await;
-                if let Some(token) = cached.as_ref()
+                let mut state = self.token.lock().await;
+                if let Some(token) = state.token.as_ref()
                     && Instant::now() < token.refresh_at
                 {
                     return Ok(Some(token.header.clone()));
                 }
-                let token = self.fetch_token(token_url, basic, scope.as_deref()).await?;
-                let header = token.header.clone();
-                *cached = Some(token);
-                Ok(Some(header))
+                if state
+                    .failed_at
+                    .is_some_and(|at| at.elapsed() < TOKEN_FAILURE_BACKOFF)
+                {
+                    return Err(SourceError("token endpoint failed moments ago".into()));
+                }
+                match self.fetch_token(token_url, basic, scope.as_deref()).await {
+                    Ok(token) => {
+                        let header = token.header.clone();
+                        state.token = Some(token);
+                        state.failed_at = None;
+                        Ok(Some(header))
+                    }
+                    Err(error) => {
+                        state.failed_at = Some(Instant::now());
+                        Err(error)
+                    }
+                }
             }
         }
     }
@@ -250,9 +276,11 @@ impl ControlPlane {
         let lifetime = answer
             .expires_in
             .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
-        // Refresh 30 s early; a very short-lived token is used for half its life instead.
+        // Refresh 30 s early; a token living 30 s or less is used for half its life instead
+        // (otherwise it would be fetched again for every lookup).
         let usable = lifetime
             .checked_sub(TOKEN_REFRESH_MARGIN)
+            .filter(|usable| !usable.is_zero())
             .unwrap_or(lifetime / 2);
         tracing::debug!(lifetime = ?lifetime, "Fetched a control-plane access token.");
         Ok(CachedToken {

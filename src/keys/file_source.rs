@@ -299,6 +299,10 @@ pub fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
+        // Keep the key file's permissions (it is often readable by the gateway user only).
+        if let Ok(metadata) = std::fs::metadata(path) {
+            file.set_permissions(metadata.permissions())?;
+        }
         file.write_all(contents.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;

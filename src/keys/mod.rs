@@ -1,7 +1,7 @@
 //! API keys: format check, hashing, the key cache and the key sources behind it.
 //!
 //! ```text
-//! Bearer sgk_… ─▶ format check (no lookup if malformed) ─▶ SHA-256 ─▶ cache (moka)
+//! Bearer sgk_… ─▶ format check (no lookup if malformed) ─▶ SHA-256 ─▶ cache (quick_cache)
 //!                                                              │ miss / stale
 //!                                                              ▼
 //!                                       source: key file (hot-reloaded) | control plane (HTTP)
