@@ -268,6 +268,8 @@ bench_target() {
     p99=$(to_ms "$p99")
     non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
     sockerr=$(awk '/Socket errors:/ {gsub(/,/, ""); print $4 + $6 + $8 + $10}' "$out")
+    # The *-401 targets measure the refusal path: their 401s are the point, not errors.
+    [[ $name == *-401 ]] && non2xx=0
     local errs=$((${non2xx:-0} + ${sockerr:-0}))
 
     if [[ $pid == - ]]; then
@@ -302,6 +304,29 @@ UP_PID=$NGINX_PID
 wait_http "http://127.0.0.1:$UP_PORT/" "$UP_PID" "upstream nginx" "$TMP/nginx-upstream/error.log"
 log "upstream nginx pid $UP_PID on :$UP_PORT (CPU $LOAD_CPU)"
 
+# ------------------------------------------------------------- API keys ----
+# 10,000 keys: an authgate key file (hashes only) and an nginx `map` of the same keys,
+# so both proxies do an equivalent lookup per request.
+KEYS=${KEYS:-10000}
+python3 - "$TMP" "$KEYS" <<'PY'
+import hashlib, secrets, string, sys
+tmp, n = sys.argv[1], int(sys.argv[2])
+alphabet = string.ascii_letters + string.digits
+with open(f"{tmp}/keys.toml", "w") as keys, open(f"{tmp}/keys.map", "w") as nmap, \
+     open(f"{tmp}/tenants.map", "w") as tmap, open(f"{tmp}/one.key", "w") as one:
+    for i in range(n):
+        key = "sgk_" + "".join(secrets.choice(alphabet) for _ in range(40))
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        keys.write(f'[[keys]]\nhash = "{digest}"\nkey_id = "key-{i}"\ntenant_id = "tenant-{i % 100}"\nscopes = ["api"]\n\n')
+        nmap.write(f'"Bearer {key}" 1;\n')
+        tmap.write(f'"Bearer {key}" "tenant-{i % 100}";\n')
+        if i == n // 2:
+            one.write(key)
+PY
+API_KEY=$(cat "$TMP/one.key")
+BAD_KEY="sgk_$(printf 'x%.0s' {1..40})"
+log "generated $KEYS API keys"
+
 # ---------------------------------------------------------- nginx proxy ----
 # Equivalent reverse proxy: keep-alive pool to the upstream, same kinds of
 # headers authgate adds. Further servers (e.g. a `map`-based API-key check)
@@ -314,6 +339,15 @@ start_nginx proxy "$PROXY_CPU" "
         keepalive 64;
         keepalive_requests 1000000;
     }
+    map_hash_bucket_size 128;
+    map \$http_authorization \$api_key_ok {
+        default 0;
+        include $TMP/keys.map;
+    }
+    map \$http_authorization \$api_tenant {
+        default \"\";
+        include $TMP/tenants.map;
+    }
     server {
         listen 127.0.0.1:$NGX_PORT reuseport backlog=4096;
         location / {
@@ -321,6 +355,19 @@ start_nginx proxy "$PROXY_CPU" "
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+        }
+        location /api/ {
+            if (\$api_key_ok = 0) { return 401; }
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Authorization \"\";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Auth-Tenant-Id \$api_tenant;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_set_header X-Forwarded-Host \$host;
@@ -353,6 +400,16 @@ listen = "127.0.0.1:$ADMIN_PORT"
 [log]
 access_log = false
 
+[api_keys]
+file = "$TMP/keys.toml"
+
+[[routes]]
+name = "api"
+match = { path_prefix = "/api/" }
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = ["api_key"]
+scopes = ["api"]
+
 [[routes]]
 name = "public"
 match = { path_prefix = "/" }
@@ -375,6 +432,12 @@ log "authgate pid $AG_PID on :$AG_PORT, admin :$ADMIN_PORT (CPU $PROXY_CPU, --th
 add_target direct "http://127.0.0.1:$UP_PORT/" -
 add_target authgate "http://127.0.0.1:$AG_PORT/" "$AG_PID"
 add_target nginx "http://127.0.0.1:$NGX_PORT/" "$NGX_PID"
+if [[ ${API:-1} == 1 ]]; then
+    add_target authgate-apikey "http://127.0.0.1:$AG_PORT/api/x" "$AG_PID" -H "Authorization: Bearer $API_KEY"
+    add_target nginx-apikey "http://127.0.0.1:$NGX_PORT/api/x" "$NGX_PID" -H "Authorization: Bearer $API_KEY"
+    add_target authgate-401 "http://127.0.0.1:$AG_PORT/api/x" "$AG_PID" -H "Authorization: Bearer $BAD_KEY"
+    add_target nginx-401 "http://127.0.0.1:$NGX_PORT/api/x" "$NGX_PID" -H "Authorization: Bearer $BAD_KEY"
+fi
 
 [[ -n ${TARGET_URL[$BASELINE]:-} ]] || die "BASELINE=$BASELINE is not a target"
 
@@ -389,6 +452,11 @@ for name in "${TARGET_NAMES[@]}"; do
             i=$((i + 1))
         fi
     done
+    if [[ $name == *-401 ]]; then
+        code=$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' "${curl_args[@]}" "${TARGET_URL[$name]}" || true)
+        [[ $code == 401 ]] || die "target $name: expected 401 from ${TARGET_URL[$name]}, got $code"
+        continue
+    fi
     resp=$(curl -s --max-time 5 -w ' %{http_code}' "${curl_args[@]}" "${TARGET_URL[$name]}" || true)
     [[ $resp == "ok 200" ]] || die "target $name: expected 'ok 200' from ${TARGET_URL[$name]}, got '${resp:0:200}'"
 done

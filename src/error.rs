@@ -156,14 +156,23 @@ impl GatewayError {
 
     /// Builds the JSON response with the headers SPEC §7 requires for this error.
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
-        let body = serde_json::json!({
-            "error": {
-                "code": self.code(),
-                "message": self.message(),
-                "request_id": request_id,
-            }
-        });
-        let mut response = Response::new(full(Bytes::from(body.to_string())));
+        // Written directly: code and message are fixed texts, and the request id is either
+        // ours or a client value restricted to [A-Za-z0-9._:-], so only the message needs
+        // JSON escaping (it may quote required scopes).
+        let message = serde_json::Value::from(self.message()).to_string();
+        let request_id = if request_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        {
+            request_id
+        } else {
+            ""
+        };
+        let body = format!(
+            r#"{{"error":{{"code":"{}","message":{message},"request_id":"{request_id}"}}}}"#,
+            self.code()
+        );
+        let mut response = Response::new(full(Bytes::from(body)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -208,25 +208,50 @@ pub fn set_forwarded(
     tls: bool,
     original_host: Option<&HeaderValue>,
 ) {
+    set_forwarded_with(
+        headers,
+        peer,
+        &peer_header(peer),
+        trusted,
+        tls,
+        original_host,
+    );
+}
+
+/// The peer address as a header value, built once per connection.
+pub fn peer_header(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&canonical_ip(peer).to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// [`set_forwarded`] with the peer's header value precomputed (`peer_header`): the common
+/// case, an untrusted peer, then costs no formatting or allocation.
+pub fn set_forwarded_with(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_value: &HeaderValue,
+    trusted: &[ipnet::IpNet],
+    tls: bool,
+    original_host: Option<&HeaderValue>,
+) {
     let peer = canonical_ip(peer);
-    let peer_is_trusted = is_trusted(peer, trusted);
-    let existing: Vec<HeaderValue> = if peer_is_trusted {
-        headers.get_all(&X_FORWARDED_FOR).iter().cloned().collect()
-    } else {
-        Vec::new()
-    };
-    let mut chain = String::new();
-    for value in &existing {
-        if let Ok(text) = value.to_str() {
-            for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                chain.push_str(item);
-                chain.push_str(", ");
+    let peer_is_trusted = !trusted.is_empty() && is_trusted(peer, trusted);
+    if peer_is_trusted {
+        let mut chain = String::new();
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(text) = value.to_str() {
+                for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    chain.push_str(item);
+                    chain.push_str(", ");
+                }
             }
         }
-    }
-    chain.push_str(&peer.to_string());
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(&X_FORWARDED_FOR, value);
+        chain.push_str(peer_value.to_str().unwrap_or_default());
+        if let Ok(value) = HeaderValue::from_str(&chain) {
+            headers.insert(&X_FORWARDED_FOR, value);
+        }
+    } else {
+        headers.insert(&X_FORWARDED_FOR, peer_value.clone());
     }
     if !peer_is_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         let proto = if tls { "https" } else { "http" };

@@ -107,11 +107,18 @@ fn serve(args: ServeArgs) -> ExitCode {
     let format = args.log_format.unwrap_or(config.log.format);
     telemetry::init_tracing(format, args.log_level.as_deref());
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One thread: a current-thread runtime, like an nginx worker (no work-stealing or
+    // cross-thread wake-ups); otherwise one worker per core unless --threads says otherwise.
+    let mut runtime = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(threads));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all().thread_name("authgate-worker");
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(usize::from(threads));
-    }
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -425,6 +425,7 @@ async fn serve_connection(
                 };
                 let conn = Arc::new(ConnInfo {
                     peer,
+                    peer_header: crate::headers::peer_header(peer.ip()),
                     tls: true,
                     activity,
                 });
@@ -450,6 +451,7 @@ async fn serve_connection(
             };
             let conn = Arc::new(ConnInfo {
                 peer,
+                peer_header: crate::headers::peer_header(peer.ip()),
                 tls: false,
                 activity,
             });
@@ -490,7 +492,11 @@ async fn drive<I>(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut closing = false;
-    let mut wake_at = Instant::now() + header_timeout;
+    // One timer for the connection's life, moved only when the next deadline is earlier than
+    // the one it is set to: a timer that fires early just re-checks, which is cheaper than
+    // re-arming it on every request.
+    let timer = tokio::time::sleep_until(Instant::now() + header_timeout);
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -502,26 +508,28 @@ async fn drive<I>(
             _ = shutdown.changed(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
+                continue;
             }
-            () = activity.changed.notified() => {
-                // Re-check now: the next deadline may be earlier than the one we sleep to.
-                wake_at = Instant::now();
-            }
-            () = tokio::time::sleep_until(wake_at) => {
-                match activity.check(header_timeout, idle_timeout) {
-                    Verdict::WaitUntil(at) => wake_at = at,
-                    Verdict::HeaderTimeout => {
-                        tracing::debug!("Request headers not received in time; closing the connection.");
-                        return;
-                    }
-                    Verdict::Idle if closing => return,
-                    Verdict::Idle => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                        // Give a graceful close one more header period before dropping it.
-                        wake_at = Instant::now() + header_timeout;
-                    }
+            // A head started or the last request finished: a deadline may have moved earlier.
+            () = activity.changed.notified() => {}
+            () = &mut timer => {}
+        }
+        match activity.check(header_timeout, idle_timeout) {
+            Verdict::WaitUntil(at) => {
+                if at < timer.deadline() || timer.is_elapsed() {
+                    timer.as_mut().reset(at);
                 }
+            }
+            Verdict::HeaderTimeout => {
+                tracing::debug!("Request headers not received in time; closing the connection.");
+                return;
+            }
+            Verdict::Idle if closing => return,
+            Verdict::Idle => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+                // Give a graceful close one more header period before dropping it.
+                timer.as_mut().reset(Instant::now() + header_timeout);
             }
         }
     }

@@ -358,12 +358,16 @@ impl JwksSource {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first fetch yields to one just made on demand (a new tenant's first token),
+            // so a new key set costs one fetch, not two.
+            let mut forced = false;
             loop {
                 tick.tick().await;
                 let Some(source) = source.upgrade() else {
                     return;
                 };
-                source.refresh(true).await;
+                source.refresh(forced).await;
+                forced = true;
             }
         });
     }

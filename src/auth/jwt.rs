@@ -219,6 +219,9 @@ impl JwtValidator {
 
     /// Validates a token (already known to be JWT-shaped).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, GatewayError> {
+        if token.len() > super::MAX_CREDENTIAL_BYTES {
+            return Err(GatewayError::InvalidToken);
+        }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Timestamp::now();
         if let Some(identity) = self.cache.get(&hash) {
@@ -244,6 +247,10 @@ impl JwtValidator {
                 return Err(GatewayError::InvalidToken);
             }
         }
+        // RFC 7515 §4.1.11: no header extension is understood here, so any `crit` is refused.
+        if header.crit.is_some() {
+            return Err(GatewayError::InvalidToken);
+        }
         // Only to choose which issuer's keys to try; verified below with the signature.
         #[derive(serde::Deserialize)]
         struct Unverified {
@@ -265,7 +272,15 @@ impl JwtValidator {
             .await
             .map_err(|error| match error {
                 KeyError::NoKeySet => GatewayError::AuthBackendUnavailable,
-                KeyError::UnknownIssuer | KeyError::UnknownKey => GatewayError::InvalidToken,
+                KeyError::UnknownIssuer => {
+                    // The IdP says this tenant does not exist: forget it, so names made up by
+                    // clients leave no state and no background refresh behind.
+                    if let Some(tenant) = captured_tenant {
+                        issuer.per_tenant.remove(tenant);
+                    }
+                    GatewayError::InvalidToken
+                }
+                KeyError::UnknownKey => GatewayError::InvalidToken,
             })?;
         // The algorithm must fit the key's type (no RSA key used for ES256, no HMAC at all).
         if !key.algorithms.contains(&header.alg) {
@@ -341,8 +356,9 @@ fn check_claims(
         Some(Value::String(sub)) if !sub.is_empty() => {}
         _ => return Err(GatewayError::InvalidToken),
     }
-    // Expiry last, so an expired token that is also invalid reports the invalidity.
-    if exp.saturating_add(leeway) < now.0 {
+    // Expiry last, so an expired token that is also invalid reports the invalidity. Valid
+    // strictly before exp (RFC 7519 §4.1.4), as the cache checks it.
+    if exp.saturating_add(leeway) <= now.0 {
         return Err(GatewayError::TokenExpired);
     }
     Ok(())

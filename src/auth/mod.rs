@@ -345,12 +345,17 @@ pub fn extract_credential<'a>(
         return Err(GatewayError::InvalidKey);
     };
     let token = token.trim_matches(' ');
-    if token.is_empty() || token.len() > MAX_CREDENTIAL_BYTES {
+    if token.is_empty() {
         return Err(GatewayError::InvalidKey);
     }
     if !api_key_prefix.is_empty() && token.starts_with(api_key_prefix) {
+        if token.len() > MAX_CREDENTIAL_BYTES {
+            return Err(GatewayError::InvalidKey);
+        }
         return Ok(Some(Credential::ApiKey(token)));
     }
+    // An oversized JWT is still a JWT (SPEC §4): the validator refuses it without parsing,
+    // with the token code on routes that accept JWTs.
     if looks_like_jwt(token) {
         return Ok(Some(Credential::Jwt(token)));
     }

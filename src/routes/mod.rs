@@ -107,21 +107,25 @@ impl Route {
     }
 }
 
+/// Path -> route indexes. foldhash rather than SipHash: the keys are the operator's own
+/// route paths, so flooding resistance buys nothing, and lookups run several times per request.
+type RouteMap = HashMap<String, Vec<usize>, foldhash::fast::RandomState>;
+
 /// The route table. Routes are kept in file order; indexes point into it.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// Exact path -> candidates, best first (host-specific, then file order).
-    exact: HashMap<String, Vec<usize>>,
+    exact: RouteMap,
     /// Prefix -> candidates, best first.
-    prefixes: HashMap<String, Vec<usize>>,
+    prefixes: RouteMap,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
-        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut prefixes: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut exact = RouteMap::default();
+        let mut prefixes = RouteMap::default();
         for (index, route) in routes.iter().enumerate() {
             match &route.matcher.path {
                 PathPattern::Exact(path) => exact.entry(path.clone()).or_default().push(index),

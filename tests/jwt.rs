@@ -1,0 +1,2176 @@
+//! JWT authentication end to end (SPEC §2 `[[jwt.issuers]]`, §4, §4.2, §4.3, §6, §7) against a fake IdP (OIDC discovery, JWKS per issuer and per tenant, swappable keys, 500 / hang / refused, fetch counts) with real RSA-2048, P-256, P-384 and Ed25519 keys: identity headers, the attack corpus, key rotation and refetch limits, IdP outages, issuer patterns, the verified-token cache, scopes and tenants on both credential kinds, metrics and config errors.
+mod common;
+use common::*;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures_util::stream::{self, StreamExt as _};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::PublicKeyData as _;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+// === keys and tokens ===
+
+/// A real key pair with its public JWK (kid set, `use: sig`).
+struct TestKey {
+    kid: String,
+    alg: Algorithm,
+    encoding: EncodingKey,
+    jwk: Value,
+    /// SubjectPublicKeyInfo, PEM and DER: what an attacker can get hold of.
+    public_pem: String,
+    public_der: Vec<u8>,
+}
+
+impl TestKey {
+    fn generate(kid: &str, alg: Algorithm) -> Self {
+        let kind = match alg {
+            Algorithm::RS256 => &rcgen::PKCS_RSA_SHA256,
+            Algorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Algorithm::ES384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            Algorithm::EdDSA => &rcgen::PKCS_ED25519,
+            other => panic!("no test key type for {other:?}"),
+        };
+        let pair = rcgen::KeyPair::generate_for(kind).unwrap();
+        let pem = pair.serialize_pem();
+        let encoding = match alg {
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
+        }
+        .unwrap();
+        let mut jwk = if alg == Algorithm::EdDSA {
+            // rcgen writes PKCS#8 v2 (with the public key), which `from_encoding_key` does
+            // not read: the OKP JWK is just the raw public key.
+            serde_json::from_value::<Jwk>(json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "alg": "EdDSA",
+                "x": b64(pair.public_key_raw()),
+            }))
+            .unwrap()
+        } else {
+            Jwk::from_encoding_key(&encoding, alg).unwrap()
+        };
+        jwk.common.key_id = Some(kid.to_owned());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        if alg == Algorithm::RS256 {
+            // No `alg` on the RSA JWK: it may verify RS*/PS*, so the issuer's allow-list is
+            // what refuses RS384 below.
+            jwk.common.key_algorithm = None;
+        }
+        Self {
+            kid: kid.to_owned(),
+            alg,
+            encoding,
+            jwk: serde_json::to_value(&jwk).unwrap(),
+            public_pem: pair.public_key_pem(),
+            public_der: pair.subject_public_key_info(),
+        }
+    }
+
+    /// Signs with the key's own algorithm and kid.
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_as(self.alg, claims)
+    }
+
+    /// Signs with another algorithm of the same family (PS256 / RS384 with the RSA key).
+    fn sign_as(&self, alg: Algorithm, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(self.kid.clone());
+        self.sign_header(&header, claims)
+    }
+
+    fn sign_header(&self, header: &Header, claims: &Value) -> String {
+        jsonwebtoken::encode(header, claims, &self.encoding).unwrap()
+    }
+}
+
+/// Generated once per test binary (RSA generation is the slow part).
+struct Keys {
+    rsa: TestKey,
+    /// Rotated in by the IdP.
+    rsa_next: TestKey,
+    /// Another RSA key claiming the kid of `rsa`.
+    impostor: TestKey,
+    es256: TestKey,
+    es384: TestKey,
+    ed: TestKey,
+    /// Per-tenant keys for the issuer pattern.
+    acme: TestKey,
+    globex: TestKey,
+}
+
+static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
+    rsa: TestKey::generate("rsa-1", Algorithm::RS256),
+    rsa_next: TestKey::generate("rsa-2", Algorithm::RS256),
+    impostor: TestKey::generate("rsa-1", Algorithm::RS256),
+    es256: TestKey::generate("ec-1", Algorithm::ES256),
+    es384: TestKey::generate("ec384-1", Algorithm::ES384),
+    ed: TestKey::generate("ed-1", Algorithm::EdDSA),
+    acme: TestKey::generate("acme-1", Algorithm::ES256),
+    globex: TestKey::generate("globex-1", Algorithm::ES256),
+});
+
+fn keys() -> &'static Keys {
+    &KEYS
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A JWS assembled by hand: base64url(header).base64url(claims).signature.
+fn craft(header: &Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+/// The three parts of a compact JWS.
+fn parts(token: &str) -> (String, String, String) {
+    let mut split = token.split('.').map(str::to_owned);
+    (
+        split.next().unwrap(),
+        split.next().unwrap(),
+        split.next().unwrap(),
+    )
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .try_into()
+        .unwrap()
+}
+
+static JTI: AtomicUsize = AtomicUsize::new(0);
+
+/// Valid claims for `issuer`: aud scaigrid, tenant acme, scopes inference:write models:read,
+/// a unique jti (so each token is new to the verified-token cache).
+fn claims(issuer: &str) -> Value {
+    json!({
+        "iss": issuer,
+        "sub": "user-1",
+        "aud": "scaigrid",
+        "iat": now(),
+        "exp": now() + 600,
+        "scope": "inference:write models:read",
+        "tenant_id": "acme",
+        "email": "alice@example.com",
+        "jti": format!("jti-{}", JTI.fetch_add(1, Ordering::SeqCst)),
+    })
+}
+
+/// `base` with `changes` applied; a `null` in `changes` removes that claim.
+fn with(mut base: Value, changes: Value) -> Value {
+    let map = base.as_object_mut().unwrap();
+    for (name, value) in changes.as_object().unwrap() {
+        if value.is_null() {
+            map.remove(name);
+        } else {
+            map.insert(name.clone(), value.clone());
+        }
+    }
+    base
+}
+
+// === fake IdP ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdpMode {
+    Serve,
+    /// Every request gets this status.
+    Status(u16),
+    /// Requests are recorded, then wait until the mode changes.
+    Hang,
+}
+
+struct IdpState {
+    keys: Mutex<Vec<Value>>,
+    /// `/tenants/{t}/jwks.json`; unknown tenants get 404.
+    tenants: Mutex<HashMap<String, Vec<Value>>>,
+    mode: watch::Sender<IdpMode>,
+    /// The serving generation: listeners and connections of older generations close.
+    generation: watch::Sender<u64>,
+    /// Every request path, in arrival order.
+    paths: Mutex<Vec<String>>,
+}
+
+/// An IdP on 127.0.0.1:0: `{p}/.well-known/openid-configuration` names `{p}/jwks.json`;
+/// any other `*/jwks.json` serves the key set; `/tenants/{t}/jwks.json` the tenant's set.
+#[derive(Clone)]
+struct FakeIdp {
+    addr: SocketAddr,
+    state: Arc<IdpState>,
+}
+
+impl FakeIdp {
+    async fn start(keys: &[&TestKey]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let idp = Self {
+            addr: listener.local_addr().unwrap(),
+            state: Arc::new(IdpState {
+                keys: Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect()),
+                tenants: Mutex::default(),
+                mode: watch::channel(IdpMode::Serve).0,
+                generation: watch::channel(0).0,
+                paths: Mutex::default(),
+            }),
+        };
+        idp.serve(listener);
+        idp
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let generation = *self.state.generation.borrow() + 1;
+        self.state.generation.send_replace(generation);
+        let state = self.state.clone();
+        let addr = self.addr;
+        tokio::spawn(async move {
+            let mut current = state.generation.subscribe();
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => return,
+                    },
+                    _ = current.wait_for(|g| *g != generation) => return,
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let mut current = state.generation.subscribe();
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(idp_answer(&state, addr, request).await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    tokio::select! {
+                        _ = builder.serve_connection(TokioIo::new(stream), service) => {}
+                        _ = current.wait_for(|g| *g != generation) => {}
+                    }
+                });
+            }
+        });
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The exact issuer of the main config.
+    fn issuer(&self) -> String {
+        format!("{}/platform", self.url())
+    }
+
+    fn set_keys(&self, keys: &[&TestKey]) {
+        *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk.clone()).collect();
+    }
+
+    /// Serves exactly these JWKs.
+    fn set_jwks(&self, jwks: Vec<Value>) {
+        *self.state.keys.lock().unwrap() = jwks;
+    }
+
+    fn set_tenant(&self, tenant: &str, keys: &[&TestKey]) {
+        self.state.tenants.lock().unwrap().insert(
+            tenant.to_owned(),
+            keys.iter().map(|k| k.jwk.clone()).collect(),
+        );
+    }
+
+    fn set_mode(&self, mode: IdpMode) {
+        self.state.mode.send_replace(mode);
+    }
+
+    /// Closes the listener and every open connection; returns once connecting is refused.
+    async fn stop(&self) {
+        self.state.generation.send_modify(|g| *g += 1);
+        for _ in 0..200 {
+            if TcpStream::connect(self.addr).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the fake IdP still accepts connections");
+    }
+
+    /// Listens again on the same address.
+    async fn restart(&self) {
+        for _ in 0..200 {
+            if let Ok(listener) = TcpListener::bind(self.addr).await {
+                self.serve(listener);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("could not listen on {} again", self.addr);
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.state.paths.lock().unwrap().clone()
+    }
+
+    /// Requests received for exactly this path.
+    fn fetches(&self, path: &str) -> usize {
+        self.state
+            .paths
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+
+    fn total_requests(&self) -> usize {
+        self.state.paths.lock().unwrap().len()
+    }
+}
+
+fn json_response(status: u16, body: &Value) -> Response<TestBody> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .header("content-type", "application/json")
+        .body(full_body(body.to_string()))
+        .unwrap()
+}
+
+async fn idp_answer(
+    state: &IdpState,
+    addr: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<TestBody> {
+    let path = request.uri().path().to_owned();
+    state.paths.lock().unwrap().push(path.clone());
+    let mut watch_mode = state.mode.subscribe();
+    let mode = *watch_mode.wait_for(|m| *m != IdpMode::Hang).await.unwrap();
+    if let IdpMode::Status(status) = mode {
+        return json_response(status, &json!({"error": "idp failure"}));
+    }
+    if let Some(prefix) = path.strip_suffix("/.well-known/openid-configuration") {
+        return json_response(
+            200,
+            &json!({
+                "issuer": format!("http://{addr}{prefix}"),
+                "jwks_uri": format!("http://{addr}{prefix}/jwks.json"),
+            }),
+        );
+    }
+    if let Some(tenant) = path
+        .strip_prefix("/tenants/")
+        .and_then(|rest| rest.strip_suffix("/jwks.json"))
+    {
+        return match state.tenants.lock().unwrap().get(tenant) {
+            Some(keys) => json_response(200, &json!({ "keys": keys })),
+            None => json_response(404, &json!({"error": "no such tenant"})),
+        };
+    }
+    if path.ends_with("/jwks.json") && !path.starts_with("/attacker/") {
+        let keys = state.keys.lock().unwrap().clone();
+        return json_response(200, &json!({ "keys": keys }));
+    }
+    json_response(404, &json!({"error": "not found"}))
+}
+
+// === gateway ===
+
+/// API keys in the key file: `writer` (k-writer, acme, inference:write), `reader_globex`
+/// (k-globex, globex, models:read + inference:write), `no_scopes` (k-none, acme, none).
+struct ApiKeys {
+    writer: String,
+    reader_globex: String,
+    no_scopes: String,
+}
+
+static API_KEYS: LazyLock<ApiKeys> = LazyLock::new(|| ApiKeys {
+    writer: authgate::keys::generate_key("sgk_").unwrap(),
+    reader_globex: authgate::keys::generate_key("sgk_").unwrap(),
+    no_scopes: authgate::keys::generate_key("sgk_").unwrap(),
+});
+
+fn key_file() -> String {
+    let record = |key: &str, key_id: &str, tenant: &str, scopes: &str| {
+        format!(
+            "[[keys]]\nhash = \"{}\"\nkey_id = \"{key_id}\"\ntenant_id = \"{tenant}\"\nscopes = {scopes}\n\n",
+            authgate::keys::KeyHash::of(key).to_hex()
+        )
+    };
+    let keys = &*API_KEYS;
+    [
+        record(&keys.writer, "k-writer", "acme", r#"["inference:write"]"#),
+        record(
+            &keys.reader_globex,
+            "k-globex",
+            "globex",
+            r#"["models:read", "inference:write"]"#,
+        ),
+        record(&keys.no_scopes, "k-none", "acme", "[]"),
+    ]
+    .concat()
+}
+
+/// The main issuer (`{idp}/platform`, leeway 30s, min refresh 1s) and a `strict` one
+/// (`{idp}/strict`, leeway 0s, no audiences, its own JWKS path), then `routes`.
+fn config_with(idp: &FakeIdp, upstream: &Upstream, algorithms: &str) -> String {
+    let idp_url = idp.url();
+    let up = upstream.url();
+    format!(
+        r#"[server]
+max_header_bytes = 65536
+
+[api_keys]
+file = "keys.toml"
+
+[[jwt.issuers]]
+issuer = "{idp_url}/platform"
+jwks_uri = "{idp_url}/jwks.json"
+audiences = ["scaigrid"]
+algorithms = {algorithms}
+leeway = "30s"
+forward_claims = ["email"]
+jwks_refresh = "10m"
+jwks_min_refresh_interval = "1s"
+
+[[jwt.issuers]]
+issuer = "{idp_url}/strict"
+jwks_uri = "{idp_url}/strict/jwks.json"
+algorithms = ["RS256"]
+leeway = "0s"
+jwks_min_refresh_interval = "1s"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "{up}"
+auth = ["jwt"]
+scopes = ["inference:write"]
+
+[[routes]]
+name = "open"
+match = {{ path_prefix = "/open/" }}
+upstream = "{up}"
+auth = ["jwt"]
+
+[[routes]]
+name = "admin"
+match = {{ path_prefix = "/admin/" }}
+upstream = "{up}"
+auth = ["api_key", "jwt"]
+scopes = ["admin", "root"]
+
+[[routes]]
+name = "anyof"
+match = {{ path_prefix = "/anyof/" }}
+upstream = "{up}"
+auth = ["api_key", "jwt"]
+scopes = ["inference:write", "models:read"]
+
+[[routes]]
+name = "all"
+match = {{ path_prefix = "/all/" }}
+upstream = "{up}"
+auth = ["api_key", "jwt"]
+all_scopes = ["inference:write", "models:read"]
+
+[[routes]]
+name = "acme-only"
+match = {{ path_prefix = "/acme/" }}
+upstream = "{up}"
+auth = ["api_key", "jwt"]
+tenants = ["acme"]
+
+[[routes]]
+name = "keys"
+match = {{ path_prefix = "/keys/" }}
+upstream = "{up}"
+auth = ["api_key"]
+
+[[routes]]
+name = "both"
+match = {{ path_prefix = "/both/" }}
+upstream = "{up}"
+auth = ["api_key", "jwt"]
+"#
+    )
+}
+
+const MAIN_ALGORITHMS: &str = r#"["RS256", "PS256", "ES256", "ES384", "EdDSA"]"#;
+
+async fn start_gateway(idp: &FakeIdp, upstream: &Upstream) -> TestGateway {
+    start_gateway_from(&config_with(idp, upstream, MAIN_ALGORITHMS)).await
+}
+
+async fn start_gateway_from(config: &str) -> TestGateway {
+    TestGateway::start_with_files(config, &[("keys.toml", key_file().as_bytes())]).await
+}
+
+/// Starts an IdP serving rsa, es256, es384 and ed, a recording upstream and a gateway, and
+/// waits until the gateway has the key set (a valid token gets 200).
+async fn setup() -> (FakeIdp, Upstream, TestGateway) {
+    let k = keys();
+    let idp = FakeIdp::start(&[&k.rsa, &k.es256, &k.es384, &k.ed]).await;
+    let upstream = Upstream::start().await;
+    let gw = start_gateway(&idp, &upstream).await;
+    let token = k.rsa.sign(&claims(&idp.issuer()));
+    wait_for_status(&gw, "/v1/ready", &token, 200).await;
+    (idp, upstream, gw)
+}
+
+// === HTTP helpers ===
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn code(&self) -> String {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    fn message(&self) -> String {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(client);
+
+async fn call(url: &str, credential: &str) -> Answer {
+    let response = CLIENT
+        .get(url)
+        .header("authorization", format!("Bearer {credential}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(gw: &TestGateway, path: &str, credential: &str) -> Answer {
+    call(&gw.url(path), credential).await
+}
+
+/// Repeats the request (up to 10 s, 50 ms apart) until it gets `status`.
+async fn wait_for_status(gw: &TestGateway, path: &str, credential: &str, status: u16) -> Answer {
+    let mut last = None;
+    for _ in 0..200 {
+        let answer = get(gw, path, credential).await;
+        if answer.status == status {
+            return answer;
+        }
+        last = Some(answer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("waited 10 s for {status} on {path}; last answer: {last:?}");
+}
+
+/// Waits (up to 10 s) until `check` holds.
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("waited 10 s for {what}");
+}
+
+/// Asserts an error answer: status, code, JSON, the RFC 6750 header on 401, and that the body
+/// echoes no part of the credential.
+#[track_caller]
+fn assert_error(answer: &Answer, status: u16, code: &str, credential: &str, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {answer:?}");
+    assert_eq!(answer.code(), code, "{what}: {answer:?}");
+    assert_eq!(
+        answer.header("content-type").as_deref(),
+        Some("application/json"),
+        "{what}: {answer:?}"
+    );
+    if status == 401 {
+        assert_eq!(
+            answer.header("www-authenticate").as_deref(),
+            Some(r#"Bearer realm="authgate", error="invalid_token""#),
+            "{what}: {answer:?}"
+        );
+    }
+    for part in credential.split('.').filter(|part| part.len() >= 8) {
+        assert!(
+            !answer.body.contains(part),
+            "{what}: the body echoes the credential: {answer:?}"
+        );
+    }
+}
+
+/// Asserts a 403 INSUFFICIENT_SCOPE naming `required` (space-separated) in message and header.
+#[track_caller]
+fn assert_insufficient_scope(answer: &Answer, required: &str, what: &str) {
+    assert_eq!(answer.status, 403, "{what}: {answer:?}");
+    assert_eq!(answer.code(), "INSUFFICIENT_SCOPE", "{what}: {answer:?}");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some(format!(
+            r#"Bearer realm="authgate", error="insufficient_scope", scope="{required}""#
+        )),
+        "{what}: {answer:?}"
+    );
+    for scope in required.split(' ') {
+        assert!(answer.message().contains(scope), "{what}: {answer:?}");
+    }
+}
+
+async fn metrics_text(gw: &TestGateway) -> String {
+    CLIENT
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the series `name{...}` whose labels include every `label="value"` given.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| {
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            labels.iter().all(|label| series.contains(label))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+// === 1. valid tokens ===
+
+#[tokio::test]
+async fn valid_rs256_ps256_es256_es384_and_eddsa_tokens_reach_the_upstream_with_jwt_identity_200() {
+    let (idp, upstream, gw) = setup().await;
+    let k = keys();
+    let signed = [
+        ("RS256", k.rsa.sign(&claims(&idp.issuer()))),
+        (
+            "PS256",
+            k.rsa.sign_as(Algorithm::PS256, &claims(&idp.issuer())),
+        ),
+        ("ES256", k.es256.sign(&claims(&idp.issuer()))),
+        ("ES384", k.es384.sign(&claims(&idp.issuer()))),
+        ("EdDSA", k.ed.sign(&claims(&idp.issuer()))),
+    ];
+    for (alg, token) in &signed {
+        let response = CLIENT
+            .get(gw.url("/v1/chat"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-auth-tenant-id", "evil")
+            .header("x-auth-method", "api_key")
+            .header("x-auth-key-id", "spoofed")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{alg}");
+        let seen = upstream.last();
+        assert_eq!(
+            seen.header("x-auth-method").as_deref(),
+            Some("jwt"),
+            "{alg}"
+        );
+        assert_eq!(
+            seen.header("x-auth-subject").as_deref(),
+            Some("user-1"),
+            "{alg}"
+        );
+        assert_eq!(seen.header("x-auth-issuer"), Some(idp.issuer()), "{alg}");
+        assert_eq!(
+            seen.header("x-auth-tenant-id").as_deref(),
+            Some("acme"),
+            "{alg}"
+        );
+        assert_eq!(
+            seen.header("x-auth-scopes").as_deref(),
+            Some("inference:write models:read"),
+            "{alg}"
+        );
+        assert_eq!(
+            seen.header("x-auth-claim-email").as_deref(),
+            Some("alice@example.com"),
+            "{alg}"
+        );
+        assert_eq!(seen.header("x-auth-key-id"), None, "{alg}");
+        assert_eq!(seen.header("x-auth-user-id"), None, "{alg}");
+        assert_eq!(seen.header("authorization"), None, "{alg}");
+        // Only the configured forward_claims are forwarded.
+        let mut names: Vec<String> = seen
+            .headers_with_prefix("x-auth-")
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "x-auth-claim-email",
+                "x-auth-issuer",
+                "x-auth-method",
+                "x-auth-scopes",
+                "x-auth-subject",
+                "x-auth-tenant-id"
+            ],
+            "{alg}"
+        );
+    }
+    assert_eq!(upstream.count(), signed.len() + 1);
+    // The access log names the subject, never the token.
+    let lines = gw.wait_for_log_lines(signed.len() + 1).await;
+    assert!(lines.iter().any(|l| l.to_string().contains("user-1")));
+    let log = gw.log.text();
+    for (_, token) in &signed {
+        let (_, payload, signature) = parts(token);
+        assert!(!log.contains(&payload) && !log.contains(&signature));
+    }
+}
+
+#[tokio::test]
+async fn scopes_come_from_an_scp_array_and_at_jwt_typ_and_aud_arrays_are_accepted_200() {
+    let (idp, upstream, gw) = setup().await;
+    let k = keys();
+    let scp = with(
+        claims(&idp.issuer()),
+        json!({"scope": null, "scp": ["inference:write", "files:read"], "aud": ["other", "scaigrid"]}),
+    );
+    let answer = get(&gw, "/v1/x", &k.es256.sign(&scp)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        upstream.last().header("x-auth-scopes").as_deref(),
+        Some("inference:write files:read")
+    );
+
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    header.typ = Some("at+jwt".into());
+    let answer = get(
+        &gw,
+        "/v1/x",
+        &k.rsa.sign_header(&header, &claims(&idp.issuer())),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "typ at+jwt: {answer:?}");
+
+    // A token without tenant_id or forwarded claims gets no header for them.
+    let bare = with(
+        claims(&idp.issuer()),
+        json!({"tenant_id": null, "email": null, "scope": "inference:write"}),
+    );
+    let answer = get(&gw, "/v1/x", &k.ed.sign(&bare)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-auth-tenant-id"), None);
+    assert_eq!(seen.header("x-auth-claim-email"), None);
+    assert_eq!(
+        seen.header("x-auth-scopes").as_deref(),
+        Some("inference:write")
+    );
+}
+
+// === 2. attack corpus ===
+
+#[tokio::test]
+async fn attack_corpus_tokens_get_401_invalid_token_and_nothing_is_forwarded() {
+    let (idp, upstream, gw) = setup().await;
+    let k = keys();
+    let iss = idp.issuer();
+    let good = || claims(&iss);
+    let valid = k.rsa.sign(&good());
+    let (valid_header, valid_payload, valid_signature) = parts(&valid);
+    let rsa_header = json!({"alg": "RS256", "typ": "JWT", "kid": "rsa-1"});
+    let hmac = |alg: Algorithm, secret: &[u8]| {
+        let mut header = Header::new(alg);
+        header.kid = Some("rsa-1".into());
+        jsonwebtoken::encode(&header, &good(), &EncodingKey::from_secret(secret)).unwrap()
+    };
+    let signed_with_header = |header: Value| {
+        // A real RS256 signature over exactly this header and payload.
+        let mut typed: Header = serde_json::from_value(header).unwrap();
+        typed.alg = Algorithm::RS256;
+        k.rsa.sign_header(&typed, &good())
+    };
+    let tampered = {
+        let evil = with(
+            good(),
+            json!({"sub": "admin", "scope": "admin inference:write"}),
+        );
+        format!(
+            "{valid_header}.{}.{valid_signature}",
+            b64(evil.to_string().as_bytes())
+        )
+    };
+    let es_token = k.es256.sign(&good());
+    let (_, es_payload, es_signature) = parts(&es_token);
+    let ed_token = k.ed.sign(&good());
+    let (_, ed_payload, ed_signature) = parts(&ed_token);
+    let mut embedded = Header::new(Algorithm::RS256);
+    embedded.kid = Some("rsa-1".into());
+    embedded.jwk = Some(serde_json::from_value(k.impostor.jwk.clone()).unwrap());
+    let mut jku = Header::new(Algorithm::RS256);
+    jku.kid = Some("attacker-1".into());
+    jku.jku = Some(format!("{}/attacker/jwks.json", idp.url()));
+
+    let mut corpus: Vec<(String, String)> = Vec::new();
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let header = json!({"alg": alg, "typ": "JWT", "kid": "rsa-1"});
+        corpus.push((
+            format!("alg {alg}, empty signature"),
+            craft(&header, &good(), ""),
+        ));
+        corpus.push((
+            format!("alg {alg}, junk signature"),
+            craft(&header, &good(), "c2lnbmF0dXJl"),
+        ));
+        corpus.push((
+            format!("alg {alg}, a real RS256 signature"),
+            craft(&header, &good(), &valid_signature),
+        ));
+        corpus.push((
+            format!("alg {alg} without kid"),
+            craft(&json!({"alg": alg}), &good(), ""),
+        ));
+    }
+    corpus.extend([
+        (
+            "HS256 keyed with the RSA public key PEM".to_owned(),
+            hmac(Algorithm::HS256, k.rsa.public_pem.as_bytes()),
+        ),
+        (
+            "HS512 keyed with the RSA public key PEM".to_owned(),
+            hmac(Algorithm::HS512, k.rsa.public_pem.as_bytes()),
+        ),
+        (
+            "HS256 keyed with the RSA public key DER".to_owned(),
+            hmac(Algorithm::HS256, &k.rsa.public_der),
+        ),
+        (
+            "HS256 keyed with the EC public key PEM".to_owned(),
+            hmac(Algorithm::HS256, k.es256.public_pem.as_bytes()),
+        ),
+        ("tampered payload, original signature".to_owned(), tampered),
+        (
+            "original payload, signature stripped".to_owned(),
+            format!("{valid_header}.{valid_payload}."),
+        ),
+        (
+            "truncated signature".to_owned(),
+            format!(
+                "{valid_header}.{valid_payload}.{}",
+                &valid_signature[..valid_signature.len() - 8]
+            ),
+        ),
+        (
+            "signature from another key with the same kid".to_owned(),
+            k.impostor.sign(&good()),
+        ),
+        (
+            "another key embedded in the jwk header".to_owned(),
+            k.impostor.sign_header(&embedded, &good()),
+        ),
+        (
+            "jku header pointing at an attacker key set".to_owned(),
+            k.impostor.sign_header(&jku, &good()),
+        ),
+        (
+            "kid with path traversal".to_owned(),
+            signed_with_header(json!({"alg": "RS256", "kid": "../../etc/passwd"})),
+        ),
+        (
+            "kid with SQL".to_owned(),
+            signed_with_header(json!({"alg": "RS256", "kid": "' OR 1=1 --"})),
+        ),
+        (
+            "kid that is a URL".to_owned(),
+            signed_with_header(json!({"alg": "RS256", "kid": format!("{}/jwks.json", idp.url())})),
+        ),
+        (
+            "no kid while the set has several keys".to_owned(),
+            signed_with_header(json!({"alg": "RS256"})),
+        ),
+        (
+            "missing exp".to_owned(),
+            k.rsa.sign(&with(good(), json!({"exp": null}))),
+        ),
+        (
+            "string exp".to_owned(),
+            k.rsa
+                .sign(&with(good(), json!({"exp": (now() + 600).to_string()}))),
+        ),
+        (
+            "boolean exp".to_owned(),
+            k.rsa.sign(&with(good(), json!({"exp": true}))),
+        ),
+        (
+            "string nbf".to_owned(),
+            k.rsa
+                .sign(&with(good(), json!({"nbf": (now() - 60).to_string()}))),
+        ),
+        (
+            "string iat".to_owned(),
+            k.rsa.sign(&with(good(), json!({"iat": now().to_string()}))),
+        ),
+        (
+            "nbf in the future beyond leeway".to_owned(),
+            k.rsa.sign(&with(good(), json!({"nbf": now() + 120}))),
+        ),
+        (
+            "iat in the future beyond leeway".to_owned(),
+            k.rsa.sign(&with(good(), json!({"iat": now() + 120}))),
+        ),
+        (
+            "wrong iss".to_owned(),
+            k.rsa.sign(&with(
+                good(),
+                json!({"iss": "https://evil.example/platform"}),
+            )),
+        ),
+        (
+            "iss with a trailing slash".to_owned(),
+            k.rsa.sign(&with(good(), json!({"iss": format!("{iss}/")}))),
+        ),
+        (
+            "empty iss".to_owned(),
+            k.rsa.sign(&with(good(), json!({"iss": ""}))),
+        ),
+        (
+            "missing iss".to_owned(),
+            k.rsa.sign(&with(good(), json!({"iss": null}))),
+        ),
+        (
+            "numeric iss".to_owned(),
+            k.rsa.sign(&with(good(), json!({"iss": 42}))),
+        ),
+        (
+            "wrong aud".to_owned(),
+            k.rsa.sign(&with(good(), json!({"aud": "billing"}))),
+        ),
+        (
+            "aud array without the audience".to_owned(),
+            k.rsa
+                .sign(&with(good(), json!({"aud": ["billing", "Scaigrid"]}))),
+        ),
+        (
+            "missing aud".to_owned(),
+            k.rsa.sign(&with(good(), json!({"aud": null}))),
+        ),
+        (
+            "missing sub".to_owned(),
+            k.rsa.sign(&with(good(), json!({"sub": null}))),
+        ),
+        (
+            "empty sub".to_owned(),
+            k.rsa.sign(&with(good(), json!({"sub": ""}))),
+        ),
+        (
+            "numeric sub".to_owned(),
+            k.rsa.sign(&with(good(), json!({"sub": 7}))),
+        ),
+        (
+            "typ JOSE+JSON".to_owned(),
+            signed_with_header(json!({"alg": "RS256", "kid": "rsa-1", "typ": "JOSE+JSON"})),
+        ),
+        (
+            "RS384, not in the issuer's algorithms".to_owned(),
+            k.rsa.sign_as(Algorithm::RS384, &good()),
+        ),
+        (
+            "PS512, not in the issuer's algorithms".to_owned(),
+            k.rsa.sign_as(Algorithm::PS512, &good()),
+        ),
+        (
+            "RSA key with an ES256 header".to_owned(),
+            craft(
+                &json!({"alg": "ES256", "kid": "rsa-1"}),
+                &good(),
+                &es_signature,
+            ),
+        ),
+        (
+            "EC key with an RS256 header".to_owned(),
+            format!(
+                "{}.{es_payload}.{valid_signature}",
+                b64(json!({"alg": "RS256", "kid": "ec-1"})
+                    .to_string()
+                    .as_bytes())
+            ),
+        ),
+        (
+            "P-256 key with an ES384 header".to_owned(),
+            format!(
+                "{}.{es_payload}.{es_signature}",
+                b64(json!({"alg": "ES384", "kid": "ec-1"})
+                    .to_string()
+                    .as_bytes())
+            ),
+        ),
+        (
+            "Ed25519 key with an ES256 header".to_owned(),
+            format!(
+                "{}.{ed_payload}.{ed_signature}",
+                b64(json!({"alg": "ES256", "kid": "ed-1"})
+                    .to_string()
+                    .as_bytes())
+            ),
+        ),
+        ("3-part garbage".to_owned(), "aaa.bbb.ccc".to_owned()),
+        (
+            "header that is not JSON".to_owned(),
+            format!("{}.{valid_payload}.{valid_signature}", b64(b"not json")),
+        ),
+        (
+            "payload that is not JSON".to_owned(),
+            format!("{valid_header}.{}.{valid_signature}", b64(b"[1,2")),
+        ),
+        (
+            "payload that is a JSON string".to_owned(),
+            craft(&rsa_header, &json!("iss"), &valid_signature),
+        ),
+        (
+            "unknown alg name".to_owned(),
+            craft(
+                &json!({"alg": "RS1", "kid": "rsa-1"}),
+                &good(),
+                &valid_signature,
+            ),
+        ),
+    ]);
+
+    let before = upstream.count();
+    for (what, token) in &corpus {
+        let answer = get(&gw, "/v1/x", token).await;
+        assert_error(&answer, 401, "AUTH_INVALID_TOKEN", token, what);
+        assert_eq!(upstream.count(), before, "{what}: forwarded");
+    }
+    // The jku header was never followed.
+    assert_eq!(idp.fetches("/attacker/jwks.json"), 0, "{:?}", idp.paths());
+    // Nothing was poisoned: the valid token still works.
+    assert_eq!(get(&gw, "/v1/x", &valid).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_token_with_an_unknown_critical_header_is_401() {
+    let (idp, upstream, gw) = setup().await;
+    let k = keys();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    header.crit = Some(vec!["x-unknown".into()]);
+    header.extras.insert("x-unknown", "1");
+    let token = k.rsa.sign_header(&header, &claims(&idp.issuer()));
+    let before = upstream.count();
+    let answer = get(&gw, "/v1/x", &token).await;
+    assert_error(&answer, 401, "AUTH_INVALID_TOKEN", &token, "crit");
+    assert_eq!(upstream.count(), before);
+}
+
+#[tokio::test]
+async fn expired_beyond_leeway_is_401_token_expired_and_within_leeway_is_200() {
+    let (idp, upstream, gw) = setup().await;
+    let k = keys();
+    let expired = k.rsa.sign(&with(
+        claims(&idp.issuer()),
+        json!({"exp": now() - 120, "iat": now() - 700}),
+    ));
+    let before = upstream.count();
+    let answer = get(&gw, "/v1/x", &expired).await;
+    assert_error(&answer, 401, "AUTH_TOKEN_EXPIRED", &expired, "expired");
+    assert_eq!(upstream.count(), before);
+
+    let within = k.rsa.sign(&with(
+        claims(&idp.issuer()),
+        json!({"exp": now() - 10, "nbf": now() + 10, "iat": now() + 10}),
+    ));
+    let answer = get(&gw, "/v1/x", &within).await;
+    assert_eq!(answer.status, 200, "within leeway: {answer:?}");
+
+    // An expired token that is also invalid reports the invalidity.
+    let both = k.rsa.sign(&with(
+        claims(&idp.issuer()),
+        json!({"exp": now() - 120, "aud": "billing"}),
+    ));
+    let answer = get(&gw, "/v1/x", &both).await;
+    assert_error(
+        &answer,
+        401,
+        "AUTH_INVALID_TOKEN",
+        &both,
+        "expired and wrong aud",
+    );
+}
+
+#[tokio::test]
+async fn a_cached_token_stops_working_when_it_expires_401_token_expired() {
+    let (idp, upstream, gw) = setup().await;
+    // The strict issuer has leeway 0s and no audiences.
+    let strict = format!("{}/strict", idp.url());
+    let exp = now() + 3;
+    let token = keys()
+        .rsa
+        .sign(&with(claims(&strict), json!({"aud": null, "exp": exp})));
+    let answer = wait_for_status(&gw, "/v1/x", &token, 200).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(upstream.last().header("x-auth-issuer"), Some(strict));
+    // Served from the cache until exp, then refused.
+    wait_for_status(&gw, "/v1/x", &token, 401).await;
+    assert!(now() >= exp);
+    let before = upstream.count();
+    let answer = get(&gw, "/v1/x", &token).await;
+    assert_error(
+        &answer,
+        401,
+        "AUTH_TOKEN_EXPIRED",
+        &token,
+        "expired in cache",
+    );
+    assert_eq!(upstream.count(), before);
+}
+
+#[tokio::test]
+async fn an_oversized_20_kb_token_is_401_and_nothing_is_forwarded() {
+    let (idp, upstream, gw) = setup().await;
+    let padded = with(claims(&idp.issuer()), json!({"pad": "x".repeat(15_000)}));
+    let token = keys().rsa.sign(&padded);
+    assert!(token.len() > 20_000, "{}", token.len());
+    let before = upstream.count();
+    let answer = get(&gw, "/v1/x", &token).await;
+    assert_error(&answer, 401, "AUTH_INVALID_TOKEN", &token, "20 KB token");
+    assert_eq!(upstream.count(), before);
+    let answer = get(&gw, "/keys/x", &token).await;
+    assert_error(
+        &answer,
+        401,
+        "AUTH_INVALID_KEY",
+        &token,
+        "20 KB token, API-key route",
+    );
+    assert_eq!(upstream.count(), before);
+}
+
+// === 3. credential kinds per route ===
+
+#[tokio::test]
+async fn a_jwt_on_an_api_key_route_is_401_invalid_key_and_an_api_key_on_a_jwt_route_is_401_invalid_token()
+ {
+    let (idp, upstream, gw) = setup().await;
+    let token = keys().rsa.sign(&claims(&idp.issuer()));
+    let before = upstream.count();
+    let answer = get(&gw, "/keys/x", &token).await;
+    assert_error(
+        &answer,
+        401,
+        "AUTH_INVALID_KEY",
+        &token,
+        "JWT on api_key route",
+    );
+    let key = API_KEYS.writer.clone();
+    let answer = get(&gw, "/v1/x", &key).await;
+    assert_error(
+        &answer,
+        401,
+        "AUTH_INVALID_TOKEN",
+        &key,
+        "API key on jwt route",
+    );
+    assert_eq!(upstream.count(), before);
+    // Each works where it is accepted.
+    assert_eq!(get(&gw, "/both/x", &token).await.status, 200);
+    assert_eq!(get(&gw, "/both/x", &key).await.status, 200);
+    assert_eq!(get(&gw, "/keys/x", &key).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_api_key_on_a_jwt_only_gateway_without_key_file_is_401_invalid_token() {
+    let k = keys();
+    let idp = FakeIdp::start(&[&k.rsa]).await;
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        r#"[[jwt.issuers]]
+issuer = "{0}/platform"
+jwks_uri = "{0}/jwks.json"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "{1}"
+auth = ["jwt"]
+"#,
+        idp.url(),
+        upstream.url()
+    ))
+    .await;
+    let token = k
+        .rsa
+        .sign(&with(claims(&idp.issuer()), json!({"aud": null})));
+    wait_for_status(&gw, "/v1/x", &token, 200).await;
+    let key = "sgk_0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    let answer = get(&gw, "/v1/x", key).await;
+    assert_error(
+        &answer,
+        401,
+        "AUTH_INVALID_TOKEN",
+        key,
+        "API key on jwt route",
+    );
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn a_token_from_an_unconfigured_issuer_is_401_even_where_api_keys_are_accepted() {
+    let (idp, upstream, gw) = setup().await;
+    let k = keys();
+    let foreign = k.rsa.sign(&with(
+        claims(&idp.issuer()),
+        json!({"iss": format!("{}/unconfigured", idp.url())}),
+    ));
+    let before = upstream.count();
+    for path in ["/both/x", "/v1/x", "/open/x"] {
+        let answer = get(&gw, path, &foreign).await;
+        assert_error(&answer, 401, "AUTH_INVALID_TOKEN", &foreign, path);
+    }
+    assert_eq!(upstream.count(), before);
+    assert!(!idp.paths().iter().any(|p| p.contains("unconfigured")));
+}
+
+// === 4. key rotation, refetch limits, IdP failures ===
+
+#[tokio::test]
+async fn a_key_rotated_in_at_the_idp_works_after_exactly_one_more_jwks_fetch_200() {
+    let (idp, _upstream, gw) = setup().await;
+    let k = keys();
+    // Past jwks_min_refresh_interval since the start-up fetch.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = idp.fetches("/jwks.json");
+    idp.set_keys(&[&k.rsa, &k.rsa_next, &k.es256]);
+    let rotated = k.rsa_next.sign(&claims(&idp.issuer()));
+    let answer = get(&gw, "/v1/x", &rotated).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(idp.fetches("/jwks.json"), before + 1);
+    // Known from now on: new tokens with either key cost no fetch.
+    for _ in 0..3 {
+        assert_eq!(
+            get(&gw, "/v1/x", &k.rsa_next.sign(&claims(&idp.issuer())))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            get(&gw, "/v1/x", &k.rsa.sign(&claims(&idp.issuer())))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(idp.fetches("/jwks.json"), before + 1);
+}
+
+#[tokio::test]
+async fn a_thousand_tokens_with_random_unknown_kids_get_401_with_at_most_one_fetch_per_interval() {
+    let (idp, upstream, gw) = setup().await;
+    let iss = idp.issuer();
+    let tokens: Vec<String> = (0..1000)
+        .map(|_| {
+            let kid = uuid::Uuid::new_v4().to_string();
+            craft(
+                &json!({"alg": "RS256", "typ": "JWT", "kid": kid}),
+                &claims(&iss),
+                "c2lnbmF0dXJlLW5vdC1jaGVja2Vk",
+            )
+        })
+        .collect();
+    let forwarded = upstream.count();
+    let before = idp.fetches("/jwks.json");
+    let started = Instant::now();
+    let gw = &gw;
+    let statuses: Vec<(u16, String)> = stream::iter(tokens.iter())
+        .map(|token| async move {
+            let answer = get(gw, "/v1/x", token).await;
+            (answer.status, answer.code())
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    assert!(
+        statuses
+            .iter()
+            .all(|(status, code)| *status == 401 && code == "AUTH_INVALID_TOKEN"),
+        "{:?}",
+        statuses.iter().find(|(status, _)| *status != 401)
+    );
+    let fetched = idp.fetches("/jwks.json") - before;
+    let allowed = 1 + elapsed.as_secs() as usize + 1;
+    assert!(
+        fetched <= allowed,
+        "{fetched} JWKS fetches in {elapsed:?} (at most {allowed})"
+    );
+    assert_eq!(upstream.count(), forwarded);
+    assert_eq!(
+        get(gw, "/v1/x", &keys().rsa.sign(&claims(&iss)))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn while_the_idp_fails_known_keys_keep_working_for_cached_and_new_tokens_200() {
+    let (idp, _upstream, gw) = setup().await;
+    let k = keys();
+    let iss = idp.issuer();
+    let cached = k.rsa.sign(&claims(&iss));
+    assert_eq!(get(&gw, "/v1/x", &cached).await.status, 200);
+    let unknown_kid = || {
+        craft(
+            &json!({"alg": "RS256", "kid": uuid::Uuid::new_v4().to_string()}),
+            &claims(&iss),
+            "c2ln",
+        )
+    };
+
+    // 500: the refetch for an unknown kid fails, the last good set stays.
+    idp.set_mode(IdpMode::Status(500));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = idp.fetches("/jwks.json");
+    let token = unknown_kid();
+    assert_error(
+        &get(&gw, "/v1/x", &token).await,
+        401,
+        "AUTH_INVALID_TOKEN",
+        &token,
+        "500",
+    );
+    assert_eq!(idp.fetches("/jwks.json"), before + 1);
+    assert_eq!(get(&gw, "/v1/x", &cached).await.status, 200);
+    assert_eq!(
+        get(&gw, "/v1/x", &k.rsa.sign(&claims(&iss))).await.status,
+        200
+    );
+    assert_eq!(
+        get(&gw, "/v1/x", &k.es256.sign(&claims(&iss))).await.status,
+        200
+    );
+    let text = metrics_text(&gw).await;
+    let issuer_label = format!(r#"issuer="{iss}""#);
+    assert!(
+        metric(
+            &text,
+            "authgate_jwks_refresh_total",
+            &[&issuer_label, r#"result="error""#]
+        ) >= 1.0,
+        "{text}"
+    );
+
+    // Hang: a refetch that never answers does not hold up tokens signed with known keys.
+    idp.set_mode(IdpMode::Hang);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = idp.fetches("/jwks.json");
+    let stuck = {
+        let url = gw.url("/v1/x");
+        let token = unknown_kid();
+        tokio::spawn(async move { call(&url, &token).await })
+    };
+    wait_until("the refetch to reach the hanging IdP", || {
+        idp.fetches("/jwks.json") > before
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&gw, "/v1/x", &k.ed.sign(&claims(&iss))).await.status,
+            200
+        );
+        assert_eq!(get(&gw, "/v1/x", &cached).await.status, 200);
+    }
+    idp.set_mode(IdpMode::Serve);
+    assert_eq!(stuck.await.unwrap().status, 401);
+
+    // Refused: same.
+    idp.stop().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let token = unknown_kid();
+    assert_error(
+        &get(&gw, "/v1/x", &token).await,
+        401,
+        "AUTH_INVALID_TOKEN",
+        &token,
+        "refused",
+    );
+    assert_eq!(get(&gw, "/v1/x", &cached).await.status, 200);
+    assert_eq!(
+        get(&gw, "/v1/x", &k.rsa.sign(&claims(&iss))).await.status,
+        200
+    );
+    assert_eq!(
+        get(&gw, "/v1/x", &k.es384.sign(&claims(&iss))).await.status,
+        200
+    );
+}
+
+// === 5. IdP down at start ===
+
+#[tokio::test]
+async fn with_the_idp_down_at_start_the_gateway_is_ready_and_answers_503_until_the_idp_returns_200()
+{
+    let k = keys();
+    let idp = FakeIdp::start(&[&k.rsa]).await;
+    idp.stop().await;
+    let upstream = Upstream::start().await;
+    let gw = start_gateway(&idp, &upstream).await;
+    let ready = CLIENT.get(gw.admin_url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let token = k.rsa.sign(&claims(&idp.issuer()));
+    for _ in 0..3 {
+        let answer = get(&gw, "/v1/x", &token).await;
+        assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE", &token, "IdP down");
+    }
+    // A credential the gateway can judge without the IdP is still judged.
+    let answer = get(&gw, "/v1/x", "aaa.bbb.ccc").await;
+    assert_error(&answer, 401, "AUTH_INVALID_TOKEN", "aaa.bbb.ccc", "garbage");
+    assert_eq!(upstream.count(), 0);
+    let text = metrics_text(&gw).await;
+    let issuer_label = format!(r#"issuer="{}""#, idp.issuer());
+    assert!(
+        metric(
+            &text,
+            "authgate_jwks_refresh_total",
+            &[&issuer_label, r#"result="error""#]
+        ) >= 1.0,
+        "{text}"
+    );
+
+    idp.restart().await;
+    wait_for_status(&gw, "/v1/x", &token, 200).await;
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(
+        upstream.last().header("x-auth-subject").as_deref(),
+        Some("user-1")
+    );
+}
+
+// === 6. OIDC discovery ===
+
+#[tokio::test]
+async fn without_jwks_uri_the_key_set_is_found_through_oidc_discovery_200() {
+    let k = keys();
+    let idp = FakeIdp::start(&[&k.es256]).await;
+    let upstream = Upstream::start().await;
+    let issuer = format!("{}/oidc", idp.url());
+    let gw = TestGateway::start(&format!(
+        r#"[[jwt.issuers]]
+issuer = "{issuer}"
+audiences = ["scaigrid"]
+algorithms = ["ES256"]
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "{}"
+auth = ["jwt"]
+"#,
+        upstream.url()
+    ))
+    .await;
+    let token = k.es256.sign(&claims(&issuer));
+    wait_for_status(&gw, "/v1/x", &token, 200).await;
+    assert_eq!(
+        upstream.last().header("x-auth-issuer"),
+        Some(issuer.clone())
+    );
+    let paths = idp.paths();
+    let discovery = paths
+        .iter()
+        .position(|p| p == "/oidc/.well-known/openid-configuration")
+        .unwrap_or_else(|| panic!("{paths:?}"));
+    let jwks = paths
+        .iter()
+        .position(|p| p == "/oidc/jwks.json")
+        .unwrap_or_else(|| panic!("{paths:?}"));
+    assert!(discovery < jwks, "{paths:?}");
+    // No kid and a single key in the set: that key.
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = None;
+    let answer = get(
+        &gw,
+        "/v1/x",
+        &k.es256.sign_header(&header, &claims(&issuer)),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[tokio::test]
+async fn jwks_keys_for_encryption_or_declaring_another_alg_never_verify_401() {
+    let (idp, upstream, gw) = setup().await;
+    let k = keys();
+    let mut enc = k.es384.jwk.clone();
+    enc["use"] = json!("enc");
+    let mut rs512_only = k.rsa.jwk.clone();
+    rs512_only["alg"] = json!("RS512");
+    let mut ec_as_rsa = k.es256.jwk.clone();
+    ec_as_rsa["alg"] = json!("RS256");
+    let hmac = json!({"kty": "oct", "kid": "hs-1", "k": b64(b"shared-secret-shared-secret-0123")});
+    idp.set_jwks(vec![enc, rs512_only, ec_as_rsa, hmac, k.ed.jwk.clone()]);
+    // Past the min interval, then a rotation-triggering unknown kid loads the new set.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let probe = craft(
+        &json!({"alg": "RS256", "kid": "probe"}),
+        &claims(&idp.issuer()),
+        "c2ln",
+    );
+    assert_eq!(get(&gw, "/v1/x", &probe).await.status, 401);
+    let before = upstream.count();
+    let refused = [
+        (
+            "ES384 key marked use=enc",
+            k.es384.sign(&claims(&idp.issuer())),
+        ),
+        (
+            "RSA key declared RS512, token RS256",
+            k.rsa.sign(&claims(&idp.issuer())),
+        ),
+        (
+            "EC key declared RS256",
+            k.es256.sign(&claims(&idp.issuer())),
+        ),
+        (
+            "HS256 against an oct key",
+            jsonwebtoken::encode(
+                &{
+                    let mut header = Header::new(Algorithm::HS256);
+                    header.kid = Some("hs-1".into());
+                    header
+                },
+                &claims(&idp.issuer()),
+                &EncodingKey::from_secret(b"shared-secret-shared-secret-0123"),
+            )
+            .unwrap(),
+        ),
+    ];
+    for (what, token) in &refused {
+        assert_error(
+            &get(&gw, "/v1/x", token).await,
+            401,
+            "AUTH_INVALID_TOKEN",
+            token,
+            what,
+        );
+    }
+    assert_eq!(upstream.count(), before);
+    // The usable key of the same set works.
+    assert_eq!(
+        get(&gw, "/v1/x", &k.ed.sign(&claims(&idp.issuer())))
+            .await
+            .status,
+        200
+    );
+}
+
+// === 7. issuer patterns ===
+
+async fn tenant_setup() -> (FakeIdp, Upstream, TestGateway) {
+    let k = keys();
+    let idp = FakeIdp::start(&[&k.rsa]).await;
+    idp.set_tenant("acme", &[&k.acme]);
+    idp.set_tenant("globex", &[&k.globex]);
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        r#"[[jwt.issuers]]
+issuer_pattern = "{0}/tenants/{{tenant}}"
+jwks_uri = "{0}/tenants/{{tenant}}/jwks.json"
+audiences = ["scaigrid"]
+algorithms = ["ES256"]
+jwks_min_refresh_interval = "1s"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "{1}"
+auth = ["jwt"]
+
+[[routes]]
+name = "acme-only"
+match = {{ path_prefix = "/acme/" }}
+upstream = "{1}"
+auth = ["jwt"]
+tenants = ["acme"]
+"#,
+        idp.url(),
+        upstream.url()
+    ))
+    .await;
+    (idp, upstream, gw)
+}
+
+fn tenant_claims(idp: &FakeIdp, tenant: &str) -> Value {
+    with(
+        claims(&format!("{}/tenants/{tenant}", idp.url())),
+        json!({"tenant_id": null}),
+    )
+}
+
+#[tokio::test]
+async fn an_issuer_pattern_captures_the_tenant_and_verifies_with_that_tenants_keys_200() {
+    let (idp, upstream, gw) = tenant_setup().await;
+    let k = keys();
+    let acme = k.acme.sign(&tenant_claims(&idp, "acme"));
+    let answer = get(&gw, "/v1/x", &acme).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = upstream.last();
+    assert_eq!(seen.header("x-auth-tenant-id").as_deref(), Some("acme"));
+    assert_eq!(
+        seen.header("x-auth-issuer"),
+        Some(format!("{}/tenants/acme", idp.url()))
+    );
+    assert_eq!(
+        idp.fetches("/tenants/acme/jwks.json"),
+        1,
+        "{:?}",
+        idp.paths()
+    );
+    // A matching tenant claim is fine too.
+    let claimed = k.acme.sign(&with(
+        tenant_claims(&idp, "acme"),
+        json!({"tenant_id": "acme"}),
+    ));
+    assert_eq!(get(&gw, "/acme/x", &claimed).await.status, 200);
+
+    let globex = k.globex.sign(&tenant_claims(&idp, "globex"));
+    assert_eq!(get(&gw, "/v1/x", &globex).await.status, 200);
+    assert_eq!(
+        upstream.last().header("x-auth-tenant-id").as_deref(),
+        Some("globex")
+    );
+    let answer = get(&gw, "/acme/x", &globex).await;
+    assert_error(
+        &answer,
+        403,
+        "TENANT_NOT_ALLOWED",
+        &globex,
+        "globex on acme route",
+    );
+    assert_eq!(
+        idp.fetches("/tenants/acme/jwks.json"),
+        1,
+        "{:?}",
+        idp.paths()
+    );
+    assert_eq!(
+        idp.fetches("/tenants/globex/jwks.json"),
+        1,
+        "{:?}",
+        idp.paths()
+    );
+    // Metrics name the configured pattern, never a per-tenant URL.
+    let text = metrics_text(&gw).await;
+    let pattern = format!(r#"issuer="{}/tenants/{{tenant}}""#, idp.url());
+    assert!(
+        metric(
+            &text,
+            "authgate_jwks_refresh_total",
+            &[&pattern, r#"result="success""#]
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        !text.contains("/tenants/acme") && !text.contains("/tenants/globex"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_of_random_tenants_cannot_make_the_gateway_hammer_the_idp_401_or_503() {
+    use authgate::auth::jwt::{NEW_TENANT_FETCH_BURST, NEW_TENANT_FETCHES_PER_SECOND};
+    let (idp, upstream, gw) = tenant_setup().await;
+    let k = keys();
+    let acme = k.acme.sign(&tenant_claims(&idp, "acme"));
+    assert_eq!(get(&gw, "/v1/x", &acme).await.status, 200);
+    let known_fetches = idp.total_requests();
+    let tokens: Vec<String> = (0..60)
+        .map(|i| k.acme.sign(&tenant_claims(&idp, &format!("random-{i}"))))
+        .collect();
+    let started = Instant::now();
+    let gw = &gw;
+    let answers: Vec<(u16, String)> = stream::iter(tokens.iter())
+        .map(|token| async move {
+            let answer = get(gw, "/v1/x", token).await;
+            (answer.status, answer.code())
+        })
+        .buffer_unordered(20)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    for (status, code) in &answers {
+        assert!(
+            (*status == 401 && code == "AUTH_INVALID_TOKEN")
+                || (*status == 503 && code == "AUTH_BACKEND_UNAVAILABLE"),
+            "{status} {code}"
+        );
+    }
+    let allowed = NEW_TENANT_FETCH_BURST + NEW_TENANT_FETCHES_PER_SECOND * (elapsed + 1.0);
+    let fetched = (idp.total_requests() - known_fetches) as f64;
+    assert!(
+        fetched <= allowed,
+        "{fetched} IdP requests in {elapsed:.2} s (at most {allowed})"
+    );
+    assert!(
+        answers.iter().any(|(status, _)| *status == 503),
+        "the new-tenant budget never ran out"
+    );
+    assert_eq!(upstream.count(), 1);
+    // A known tenant is unaffected.
+    assert_eq!(
+        get(gw, "/v1/x", &k.acme.sign(&tenant_claims(&idp, "acme")))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_issuer_pattern_refuses_tenant_mismatches_odd_tenants_and_foreign_keys_401() {
+    let (idp, upstream, gw) = tenant_setup().await;
+    let k = keys();
+    let base = idp.url();
+    assert_eq!(
+        get(&gw, "/v1/x", &k.acme.sign(&tenant_claims(&idp, "acme")))
+            .await
+            .status,
+        200
+    );
+    let forwarded = upstream.count();
+
+    let mut globex_kid_acme_key = Header::new(Algorithm::ES256);
+    globex_kid_acme_key.kid = Some("globex-1".into());
+    let mut cases: Vec<(String, String)> = vec![
+        (
+            "acme issuer, tenant claim other".into(),
+            k.acme.sign(&with(
+                tenant_claims(&idp, "acme"),
+                json!({"tenant_id": "other"}),
+            )),
+        ),
+        (
+            "globex issuer, signed with acme's key and kid".into(),
+            k.acme.sign(&tenant_claims(&idp, "globex")),
+        ),
+        (
+            "globex issuer, acme's key under globex's kid".into(),
+            k.acme
+                .sign_header(&globex_kid_acme_key, &tenant_claims(&idp, "globex")),
+        ),
+        (
+            "unknown tenant (the IdP answers 404)".into(),
+            k.acme.sign(&tenant_claims(&idp, "initech")),
+        ),
+    ];
+    for odd in [
+        "../x",
+        "a%2Fb",
+        "..",
+        ".",
+        "",
+        "acme/extra",
+        "acme?x=1",
+        "a b",
+        "acme#frag",
+    ] {
+        cases.push((
+            format!("tenant {odd:?} in iss"),
+            k.acme.sign(&with(
+                tenant_claims(&idp, "acme"),
+                json!({"iss": format!("{base}/tenants/{odd}")}),
+            )),
+        ));
+    }
+    for (what, token) in &cases {
+        let answer = get(&gw, "/v1/x", token).await;
+        assert_error(&answer, 401, "AUTH_INVALID_TOKEN", token, what);
+    }
+    assert_eq!(upstream.count(), forwarded);
+    // Only plain tenant names ever reached a JWKS URL.
+    for path in idp.paths() {
+        let tenant = path
+            .strip_prefix("/tenants/")
+            .and_then(|rest| rest.strip_suffix("/jwks.json"))
+            .unwrap_or_else(|| panic!("unexpected IdP request {path:?}"));
+        assert!(
+            ["acme", "globex", "initech"].contains(&tenant),
+            "unexpected IdP request {path:?}"
+        );
+    }
+}
+
+// === 8. verified-token cache ===
+
+#[tokio::test]
+async fn a_verified_token_keeps_working_without_fetches_after_the_idp_is_stopped_200() {
+    let (idp, upstream, gw) = setup().await;
+    let token = keys().es384.sign(&claims(&idp.issuer()));
+    assert_eq!(get(&gw, "/v1/x", &token).await.status, 200);
+    let fetched = idp.total_requests();
+    assert_eq!(get(&gw, "/v1/x", &token).await.status, 200);
+    assert_eq!(idp.total_requests(), fetched);
+    idp.stop().await;
+    for _ in 0..5 {
+        assert_eq!(get(&gw, "/v1/x", &token).await.status, 200);
+    }
+    assert_eq!(
+        upstream.last().header("x-auth-claim-email").as_deref(),
+        Some("alice@example.com")
+    );
+}
+
+#[tokio::test]
+async fn scopes_and_tenants_are_checked_on_every_request_for_a_cached_token_200_and_403() {
+    let (idp, upstream, gw) = setup().await;
+    let token = keys().rsa.sign(&with(
+        claims(&idp.issuer()),
+        json!({"scope": "inference:write", "tenant_id": "globex"}),
+    ));
+    for round in 0..3 {
+        let forwarded = upstream.count();
+        assert_eq!(get(&gw, "/v1/x", &token).await.status, 200, "round {round}");
+        assert_eq!(upstream.count(), forwarded + 1);
+        let answer = get(&gw, "/admin/x", &token).await;
+        assert_insufficient_scope(&answer, "admin root", "admin");
+        let answer = get(&gw, "/acme/x", &token).await;
+        assert_error(&answer, 403, "TENANT_NOT_ALLOWED", &token, "tenant");
+        assert_eq!(upstream.count(), forwarded + 1);
+    }
+}
+
+// === 9. authorization on both credential kinds ===
+
+#[tokio::test]
+async fn scopes_all_scopes_and_tenants_apply_to_jwts_403() {
+    let (idp, upstream, gw) = setup().await;
+    let k = keys();
+    let token = |changes: Value| k.es256.sign(&with(claims(&idp.issuer()), changes));
+    let reader = token(json!({"scope": "models:read"}));
+    let writer = token(json!({"scope": "inference:write", "tenant_id": "globex"}));
+    let both = token(json!({"scope": "models:read inference:write extra"}));
+    let none = token(json!({"scope": null, "tenant_id": null}));
+
+    // scopes: any one is enough.
+    assert_eq!(get(&gw, "/anyof/x", &reader).await.status, 200);
+    assert_eq!(get(&gw, "/anyof/x", &writer).await.status, 200);
+    // all_scopes: every one is needed.
+    assert_eq!(get(&gw, "/all/x", &both).await.status, 200);
+    assert_eq!(
+        upstream.last().header("x-auth-scopes").as_deref(),
+        Some("models:read inference:write extra")
+    );
+    // tenants.
+    assert_eq!(get(&gw, "/acme/x", &both).await.status, 200);
+
+    let forwarded = upstream.count();
+    assert_insufficient_scope(
+        &get(&gw, "/anyof/x", &none).await,
+        "inference:write models:read",
+        "anyof, none",
+    );
+    assert_insufficient_scope(
+        &get(&gw, "/all/x", &reader).await,
+        "inference:write models:read",
+        "all, reader",
+    );
+    assert_insufficient_scope(
+        &get(&gw, "/all/x", &writer).await,
+        "inference:write models:read",
+        "all, writer",
+    );
+    assert_insufficient_scope(
+        &get(&gw, "/v1/x", &reader).await,
+        "inference:write",
+        "v1, reader",
+    );
+    assert_insufficient_scope(&get(&gw, "/admin/x", &both).await, "admin root", "admin");
+    let answer = get(&gw, "/acme/x", &writer).await;
+    assert_error(&answer, 403, "TENANT_NOT_ALLOWED", &writer, "globex");
+    let answer = get(&gw, "/acme/x", &none).await;
+    assert_error(&answer, 403, "TENANT_NOT_ALLOWED", &none, "no tenant");
+    assert_eq!(upstream.count(), forwarded);
+}
+
+#[tokio::test]
+async fn scopes_all_scopes_and_tenants_apply_to_api_keys_403() {
+    let (_idp, upstream, gw) = setup().await;
+    let keys = &*API_KEYS;
+    // writer: acme, inference:write; reader_globex: globex, both scopes; no_scopes: acme.
+    assert_eq!(get(&gw, "/anyof/x", &keys.writer).await.status, 200);
+    assert_eq!(
+        upstream.last().header("x-auth-method").as_deref(),
+        Some("api_key")
+    );
+    assert_eq!(
+        upstream.last().header("x-auth-key-id").as_deref(),
+        Some("k-writer")
+    );
+    assert_eq!(get(&gw, "/all/x", &keys.reader_globex).await.status, 200);
+    assert_eq!(get(&gw, "/acme/x", &keys.no_scopes).await.status, 200);
+
+    let forwarded = upstream.count();
+    assert_insufficient_scope(
+        &get(&gw, "/anyof/x", &keys.no_scopes).await,
+        "inference:write models:read",
+        "anyof",
+    );
+    assert_insufficient_scope(
+        &get(&gw, "/all/x", &keys.writer).await,
+        "inference:write models:read",
+        "all",
+    );
+    assert_insufficient_scope(
+        &get(&gw, "/admin/x", &keys.reader_globex).await,
+        "admin root",
+        "admin",
+    );
+    let answer = get(&gw, "/acme/x", &keys.reader_globex).await;
+    assert_error(
+        &answer,
+        403,
+        "TENANT_NOT_ALLOWED",
+        &keys.reader_globex,
+        "globex key",
+    );
+    assert!(!answer.body.contains(&keys.reader_globex));
+    assert_eq!(upstream.count(), forwarded);
+}
+
+// === 10. metrics ===
+
+#[tokio::test]
+async fn metrics_count_jwks_refreshes_and_jwt_results_without_naming_tokens() {
+    let (idp, _upstream, gw) = setup().await;
+    let k = keys();
+    let good = k.rsa.sign(&claims(&idp.issuer()));
+    assert_eq!(get(&gw, "/v1/x", &good).await.status, 200);
+    assert_eq!(get(&gw, "/v1/x", "aaa.bbb.ccc").await.status, 401);
+    let expired = k
+        .rsa
+        .sign(&with(claims(&idp.issuer()), json!({"exp": now() - 600})));
+    assert_eq!(get(&gw, "/v1/x", &expired).await.status, 401);
+    idp.set_mode(IdpMode::Status(500));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unknown = craft(
+        &json!({"alg": "RS256", "kid": "nope"}),
+        &claims(&idp.issuer()),
+        "c2ln",
+    );
+    assert_eq!(get(&gw, "/v1/x", &unknown).await.status, 401);
+
+    let text = metrics_text(&gw).await;
+    let issuer = format!(r#"issuer="{}""#, idp.issuer());
+    let refreshes = |result: &str| {
+        metric(
+            &text,
+            "authgate_jwks_refresh_total",
+            &[&issuer, &format!(r#"result="{result}""#)],
+        )
+    };
+    assert!(refreshes("success") >= 1.0, "{text}");
+    assert!(refreshes("error") >= 1.0, "{text}");
+    let auth = |result: &str| {
+        metric(
+            &text,
+            "authgate_auth_total",
+            &[r#"method="jwt""#, &format!(r#"result="{result}""#)],
+        )
+    };
+    assert!(auth("ok") >= 2.0, "{text}");
+    assert!(auth("AUTH_INVALID_TOKEN") >= 2.0, "{text}");
+    assert!(auth("AUTH_TOKEN_EXPIRED") >= 1.0, "{text}");
+    for token in [&good, &expired] {
+        let (_, payload, signature) = parts(token);
+        assert!(!text.contains(&payload) && !text.contains(&signature));
+    }
+}
+
+// === 11. config errors ===
+
+fn issuer_config(issuer_lines: &str, route_auth: &str) -> String {
+    format!(
+        r#"[[jwt.issuers]]
+{issuer_lines}
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "http://127.0.0.1:9"
+auth = {route_auth}
+"#
+    )
+}
+
+/// The errors of loading `text` as `test.toml`, each checked to read `test.toml:L:C: msg`.
+fn config_errors(text: &str) -> Vec<(usize, String)> {
+    let Err(errors) = authgate::config::load_str(Path::new("test.toml"), text) else {
+        panic!("accepted:\n{text}");
+    };
+    errors
+        .to_string()
+        .lines()
+        .map(|line| {
+            let rest = line
+                .strip_prefix("test.toml:")
+                .unwrap_or_else(|| panic!("{line}"));
+            let mut fields = rest.splitn(3, ':');
+            let line_no: usize = fields
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap_or_else(|_| panic!("{line}"));
+            let column: usize = fields
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap_or_else(|_| panic!("{line}"));
+            assert!(line_no >= 1 && column >= 1, "{line}");
+            let message = fields.next().unwrap().trim().to_owned();
+            (line_no, message)
+        })
+        .collect()
+}
+
+#[test]
+fn invalid_issuer_configs_are_refused_with_file_line_col() {
+    let exact = r#"issuer = "https://idp.example/platform"
+jwks_uri = "https://idp.example/jwks.json""#;
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (algorithms, needle) in [
+        (r#"["none"]"#, "none"),
+        (r#"["HS256"]"#, "HS256"),
+        (r#"["RS256", "HS512"]"#, "HS512"),
+        (r#"["rs256"]"#, "rs256"),
+    ] {
+        let text = issuer_config(&format!("{exact}\nalgorithms = {algorithms}"), r#"["jwt"]"#);
+        let errors = config_errors(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|(line, message)| *line == line_of(&text, "algorithms")
+                    && message.contains(needle)
+                    && message.contains("not allowed")),
+            "{algorithms}: {errors:?}"
+        );
+    }
+    let text = issuer_config(&format!("{exact}\nalgorithms = []"), r#"["jwt"]"#);
+    assert!(
+        config_errors(&text)
+            .iter()
+            .any(|(_, m)| m.contains("algorithms must not be empty")),
+        "{:?}",
+        config_errors(&text)
+    );
+
+    let cases = [
+        (
+            r#"issuer = "https://idp.example/a"
+issuer_pattern = "https://idp.example/t/{tenant}"
+jwks_uri = "https://idp.example/jwks.json""#,
+            "not both",
+        ),
+        (
+            r#"jwks_uri = "https://idp.example/jwks.json""#,
+            "needs issuer or issuer_pattern",
+        ),
+        (
+            r#"issuer_pattern = "https://idp.example/tenants/acme"
+jwks_uri = "https://idp.example/jwks.json""#,
+            "{tenant}",
+        ),
+        (
+            r#"issuer_pattern = "https://idp.example/{tenant}/{tenant}""#,
+            "{tenant}",
+        ),
+        (
+            r#"issuer = "https://idp.example/platform"
+jwks_uri = "https://idp.example/{tenant}/jwks.json""#,
+            "jwks_uri uses {tenant} but the issuer has no issuer_pattern",
+        ),
+        (
+            r#"issuer = "https://idp.example/platform"
+jwks_uri = "ftp://idp.example/jwks.json""#,
+            "http",
+        ),
+        (r#"issuer = "idp-without-url""#, "OIDC discovery"),
+        (r#"issuer = """#, "must not be empty"),
+    ];
+    for (lines, expected) in cases {
+        let text = issuer_config(lines, r#"["jwt"]"#);
+        let errors = config_errors(&text);
+        assert!(
+            errors.iter().any(|(_, message)| message.contains(expected)),
+            "{lines}: {errors:?}"
+        );
+    }
+
+    // A route accepting jwt with no issuer at all.
+    let text = r#"[[routes]]
+name = "api"
+match = { path_prefix = "/v1/" }
+upstream = "http://127.0.0.1:9"
+auth = ["jwt"]
+"#;
+    let errors = config_errors(text);
+    assert!(
+        errors
+            .iter()
+            .any(|(line, message)| *line == 5 && message.contains("no [[jwt.issuers]]")),
+        "{errors:?}"
+    );
+    // Unknown fields in an issuer are errors.
+    let text = issuer_config(&format!("{exact}\nalgorithm = [\"RS256\"]"), r#"["jwt"]"#);
+    assert!(!config_errors(&text).is_empty());
+    // And a good one loads.
+    let text = issuer_config(
+        r#"issuer_pattern = "https://idp.example/tenants/{tenant}"
+jwks_uri = "https://idp.example/tenants/{tenant}/jwks.json"
+algorithms = ["RS256", "PS384", "ES256", "ES384", "EdDSA"]"#,
+        r#"["api_key", "jwt"]"#,
+    );
+    authgate::config::load_str(Path::new("test.toml"), &text).unwrap();
+}
