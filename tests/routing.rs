@@ -1318,3 +1318,41 @@ fn several_bad_routes_report_every_error_in_file_order() {
     assert!(shown[0].starts_with("conf/routes.toml:8:"), "{display}");
     assert!(shown[1].starts_with("conf/routes.toml:15:"), "{display}");
 }
+
+/// Route scopes travel inside `WWW-Authenticate: ... scope="..."`, so they must be plain
+/// tokens; an empty tenant list would refuse everyone; a JWKS refetch floor protects the IdP.
+#[test]
+fn unsafe_scopes_empty_tenants_and_a_zero_refetch_interval_are_config_errors() {
+    let route = |extra: &str| {
+        format!(
+            "[[jwt.issuers]]\nissuer = \"https://idp.example\"\njwks_uri = \"https://idp.example/jwks\"\n\
+             [[routes]]\nname = \"api\"\nmatch = {{ path_prefix = \"/v1/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"jwt\"]\n{extra}\n"
+        )
+    };
+    for (extra, expected) in [
+        ("scopes = [\"a b\"]", "scope \"a b\""),
+        ("scopes = [\"a\\\"b\"]", "quotes"),
+        ("all_scopes = [\"\"]", "scope \"\""),
+        ("tenants = []", "tenants must not be an empty list"),
+    ] {
+        let error = authgate::config::load_str(std::path::Path::new("r.toml"), &route(extra))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{extra}: {error}");
+        assert!(error.starts_with("r.toml:"), "{error}");
+    }
+    let interval = "[[jwt.issuers]]\nissuer = \"https://idp.example\"\njwks_uri = \"https://idp.example/jwks\"\njwks_min_refresh_interval = \"0s\"\n";
+    let error = authgate::config::load_str(std::path::Path::new("r.toml"), interval)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("at least 1s"), "{error}");
+    assert!(
+        authgate::config::load_str(
+            std::path::Path::new("r.toml"),
+            &route("scopes = [\"inference:write\", \"admin.read\"]")
+        )
+        .is_ok()
+    );
+}

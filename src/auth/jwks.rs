@@ -302,11 +302,22 @@ impl JwksSource {
         let body = self.get(&url).await?;
         #[derive(serde::Deserialize)]
         struct Discovery {
+            #[serde(default)]
+            issuer: Option<String>,
             jwks_uri: String,
         }
         let discovery: Discovery = serde_json::from_slice(&body).map_err(|e| {
             FetchError::Failed(format!("discovery document at {url} is invalid: {e}"))
         })?;
+        // OpenID Connect Discovery §4.3: the document must be about this issuer.
+        if let Some(issuer) = &discovery.issuer
+            && issuer.trim_end_matches('/') != self.issuer.trim_end_matches('/')
+        {
+            return Err(FetchError::Failed(format!(
+                "discovery at {url} is for issuer {issuer:?}, not {:?}",
+                self.issuer
+            )));
+        }
         if !(discovery.jwks_uri.starts_with("https://")
             || discovery.jwks_uri.starts_with("http://"))
         {

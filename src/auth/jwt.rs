@@ -270,17 +270,20 @@ impl JwtValidator {
         let key = source
             .key_for(header.kid.as_deref())
             .await
-            .map_err(|error| match error {
-                KeyError::NoKeySet => GatewayError::AuthBackendUnavailable,
-                KeyError::UnknownIssuer => {
-                    // The IdP says this tenant does not exist: forget it, so names made up by
-                    // clients leave no state and no background refresh behind.
-                    if let Some(tenant) = captured_tenant {
-                        issuer.per_tenant.remove(tenant);
-                    }
-                    GatewayError::InvalidToken
+            .map_err(|error| {
+                // A tenant key set that never produced keys (the IdP does not know the tenant,
+                // or is failing) is forgotten: made-up tenant names leave no state and no
+                // background refresh behind, and a real tenant is simply fetched again later.
+                if matches!(error, KeyError::NoKeySet | KeyError::UnknownIssuer)
+                    && let Some(tenant) = captured_tenant
+                    && issuer.shared.is_none()
+                {
+                    issuer.per_tenant.remove(tenant);
                 }
-                KeyError::UnknownKey => GatewayError::InvalidToken,
+                match error {
+                    KeyError::NoKeySet => GatewayError::AuthBackendUnavailable,
+                    KeyError::UnknownIssuer | KeyError::UnknownKey => GatewayError::InvalidToken,
+                }
             })?;
         // The algorithm must fit the key's type (no RSA key used for ES256, no HMAC at all).
         if !key.algorithms.contains(&header.alg) {
@@ -376,9 +379,11 @@ fn identity_from_claims(
         .unwrap_or_default();
     let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
         (Some(Value::String(scope)), _) => scope.split_whitespace().map(str::to_owned).collect(),
+        // An array entry with whitespace would read as several scopes: ignored.
         (_, Some(Value::Array(list))) => list
             .iter()
             .filter_map(Value::as_str)
+            .filter(|scope| !scope.is_empty() && !scope.contains(char::is_whitespace))
             .map(str::to_owned)
             .collect(),
         (_, Some(Value::String(scp))) => scp.split_whitespace().map(str::to_owned).collect(),

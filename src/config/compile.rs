@@ -572,10 +572,19 @@ fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<IssuerSettin
                 .map(|c| c.as_str().to_owned())
                 .collect(),
             jwks_refresh,
-            jwks_min_refresh_interval: duration(
-                issuer.jwks_min_refresh_interval,
-                file::DEFAULT_JWKS_MIN_REFRESH_SECS,
-            ),
+            jwks_min_refresh_interval: {
+                let interval = duration(
+                    issuer.jwks_min_refresh_interval,
+                    file::DEFAULT_JWKS_MIN_REFRESH_SECS,
+                );
+                if interval < Duration::from_secs(1) {
+                    errors.at(
+                        span.clone(),
+                        "jwks_min_refresh_interval must be at least 1s (it protects the IdP)",
+                    );
+                }
+                interval
+            },
         });
     }
     issuers
@@ -768,6 +777,28 @@ fn compile_route(
         errors.at(
             span.clone(),
             "scopes must not be an empty list (leave it out instead)",
+        );
+    }
+    // Scopes travel in WWW-Authenticate's quoted scope="..." list: visible ASCII, no spaces,
+    // quotes or backslashes.
+    for scope in scopes.any_of.iter().chain(&scopes.all_of) {
+        let valid = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !valid {
+            errors.at(
+                span.clone(),
+                format!(
+                    "scope {scope:?} must be visible ASCII without spaces, quotes or backslashes"
+                ),
+            );
+        }
+    }
+    if route.tenants.as_ref().is_some_and(Vec::is_empty) {
+        errors.at(
+            span.clone(),
+            "tenants must not be an empty list (it would refuse everyone; leave it out instead)",
         );
     }
     let tenants = route.tenants.as_ref().map(|_| strings(&route.tenants));
