@@ -298,6 +298,7 @@ free_port; UP_PORT=$PORT
 start_nginx upstream "$LOAD_CPU" "
     server {
         listen 127.0.0.1:$UP_PORT reuseport backlog=4096;
+        location = /jwks.json { default_type application/json; alias $TMP/jwks.json; }
         location / { return 200 \"ok\"; }
     }"
 UP_PID=$NGINX_PID
@@ -324,6 +325,31 @@ with open(f"{tmp}/keys.toml", "w") as keys, open(f"{tmp}/keys.map", "w") as nmap
             one.write(key)
 PY
 API_KEY=$(cat "$TMP/one.key")
+
+# A JWT route: an RS256 key made with openssl, its JWKS served as a static file by the
+# upstream nginx, and one token signed with it (verified once, then served from the
+# verified-token cache, as a client reusing its access token would be).
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/jwt.key" 2>/dev/null
+JWT=$(python3 - "$TMP" <<'PY'
+import base64, json, subprocess, sys, time
+tmp = sys.argv[1]
+b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+modulus = subprocess.run(["openssl", "rsa", "-in", f"{tmp}/jwt.key", "-noout", "-modulus"],
+                         capture_output=True, text=True, check=True).stdout.strip().split("=", 1)[1]
+n = bytes.fromhex(modulus)
+with open(f"{tmp}/jwks.json", "w") as f:
+    json.dump({"keys": [{"kty": "RSA", "kid": "bench", "use": "sig", "alg": "RS256",
+                         "n": b64(n), "e": b64((65537).to_bytes(3, "big"))}]}, f)
+now = int(time.time())
+header = b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "bench"}).encode())
+claims = b64(json.dumps({"iss": "https://idp.bench.example", "sub": "client-1", "aud": "bench",
+                         "exp": now + 86400, "iat": now, "scope": "api", "tenant_id": "t1"}).encode())
+signing_input = f"{header}.{claims}".encode()
+signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{tmp}/jwt.key"],
+                           input=signing_input, capture_output=True, check=True).stdout
+print(f"{header}.{claims}.{b64(signature)}")
+PY
+)
 BAD_KEY="sgk_$(printf 'x%.0s' {1..40})"
 log "generated $KEYS API keys"
 
@@ -403,6 +429,19 @@ access_log = false
 [api_keys]
 file = "$TMP/keys.toml"
 
+[[jwt.issuers]]
+issuer = "https://idp.bench.example"
+jwks_uri = "http://127.0.0.1:$UP_PORT/jwks.json"
+audiences = ["bench"]
+algorithms = ["RS256"]
+
+[[routes]]
+name = "jwt"
+match = { path_prefix = "/jwt/" }
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = ["jwt"]
+scopes = ["api"]
+
 [[routes]]
 name = "api"
 match = { path_prefix = "/api/" }
@@ -435,6 +474,7 @@ add_target nginx "http://127.0.0.1:$NGX_PORT/" "$NGX_PID"
 if [[ ${API:-1} == 1 ]]; then
     add_target authgate-apikey "http://127.0.0.1:$AG_PORT/api/x" "$AG_PID" -H "Authorization: Bearer $API_KEY"
     add_target nginx-apikey "http://127.0.0.1:$NGX_PORT/api/x" "$NGX_PID" -H "Authorization: Bearer $API_KEY"
+    add_target authgate-jwt "http://127.0.0.1:$AG_PORT/jwt/x" "$AG_PID" -H "Authorization: Bearer $JWT"
     add_target authgate-401 "http://127.0.0.1:$AG_PORT/api/x" "$AG_PID" -H "Authorization: Bearer $BAD_KEY"
     add_target nginx-401 "http://127.0.0.1:$NGX_PORT/api/x" "$NGX_PID" -H "Authorization: Bearer $BAD_KEY"
 fi
