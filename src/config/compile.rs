@@ -275,6 +275,10 @@ fn compile_identity(identity: &file::FileIdentity, errors: &mut Errors<'_>) -> I
         None => file::DEFAULT_HEADER_PREFIX.to_owned(),
     };
     if let Some(assertion) = &identity.assertion {
+        errors.at(
+            assertion.span(),
+            format!("identity.assertion {NOT_ENFORCED_YET}"),
+        );
         let ttl = assertion.get_ref().ttl.map(|t| t.0);
         if ttl.is_some_and(|t| t.is_zero()) {
             errors.at(assertion.span(), "identity.assertion.ttl must be positive");
@@ -611,13 +615,36 @@ fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) -> Option<Rat
     }
 }
 
+/// Settings this build parses but cannot enforce yet (rate limits, token budgets, the Redis
+/// backend, signed identity assertions). Accepting them silently would leave an operator
+/// believing a cost or security control is active, so they are refused until implemented.
+pub const NOT_ENFORCED_YET: &str = "is not enforced by this build of authgate yet; it is refused rather than silently ignored (remove it for now)";
+
 fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) {
     let limits = &file.rate_limits;
     if let Some(rate) = &limits.default {
         compile_rate(rate, errors);
+        errors.at(
+            rate.span(),
+            format!("rate_limits.default {NOT_ENFORCED_YET}"),
+        );
     }
     if let Some(rate) = &limits.tenant {
         compile_rate(rate, errors);
+        errors.at(
+            rate.span(),
+            format!("rate_limits.tenant {NOT_ENFORCED_YET}"),
+        );
+    }
+    if limits.backend == Some(file::LimitBackendKind::Redis) {
+        errors.at(
+            0..0,
+            format!("rate_limits.backend = \"redis\" {NOT_ENFORCED_YET}"),
+        );
+    }
+    if let Some(redis) = &file.redis {
+        let span = redis.url.as_ref().map_or(0..0, Spanned::span);
+        errors.at(span, format!("[redis] {NOT_ENFORCED_YET}"));
     }
     if limits.backend == Some(file::LimitBackendKind::Redis) && file.redis.is_none() {
         errors.at(
@@ -813,10 +840,13 @@ fn compile_route(
             "a route with auth = \"none\" cannot require scopes, tenants, rate limits or usage budgets (there is no identity to check)",
         );
     }
-    let rate_limit = route
-        .rate_limit
-        .as_ref()
-        .and_then(|rate| compile_rate(rate, errors));
+    let rate_limit = route.rate_limit.as_ref().and_then(|rate| {
+        errors.at(rate.span(), format!("rate_limit {NOT_ENFORCED_YET}"));
+        compile_rate(rate, errors)
+    });
+    if let Some(usage) = &route.usage {
+        errors.at(usage.span(), format!("usage {NOT_ENFORCED_YET}"));
+    }
     let usage = route.usage.as_ref().and_then(|usage| {
         let value = usage.get_ref();
         match HeaderName::from_bytes(value.header.as_str().to_ascii_lowercase().as_bytes()) {
