@@ -60,7 +60,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     )
 }
 
-async fn route(gateway: &Gateway, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<ProxyBody> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/ready") => {
@@ -105,7 +105,7 @@ async fn route(gateway: &Gateway, request: Request<Incoming>) -> Response<ProxyB
                 return response;
             }
             match (method, path) {
-                (&Method::POST, "/admin/reload") => match gateway.reload() {
+                (&Method::POST, "/admin/reload") => match gateway.reload_off_runtime().await {
                     Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "reloaded"})),
                     Err(errors) => json(
                         StatusCode::BAD_REQUEST,

@@ -105,7 +105,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Counts the bytes of a request body as they stream through (for `bytes_in`).
+    /// Counts the bytes of a request body as they stream through (for `bytes_in`) and drops
+    /// client request trailers.
     #[derive(Debug)]
     pub struct CountingBody<B> {
         #[pin]
@@ -132,17 +133,23 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let mut this = self.project();
+        loop {
+            return match this.inner.as_mut().poll_frame(cx) {
+                // Client request trailers are dropped: header rules (identity stripping,
+                // hop-by-hop) cannot vouch for them, and an HTTP/2 upstream would receive
+                // them as headers such as `x-auth-tenant-id`.
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 
@@ -173,6 +180,8 @@ pub struct ReclaimableBody {
 #[derive(Debug, Clone)]
 pub struct BodyReclaimer {
     slot: Arc<Mutex<Option<ProxyBody>>>,
+    hint: SizeHint,
+    end_stream: bool,
 }
 
 impl ReclaimableBody {
@@ -184,10 +193,14 @@ impl ReclaimableBody {
             Self {
                 slot: slot.clone(),
                 taken: None,
+                hint: hint.clone(),
+                end_stream,
+            },
+            BodyReclaimer {
+                slot,
                 hint,
                 end_stream,
             },
-            BodyReclaimer { slot },
         )
     }
 }
@@ -196,6 +209,18 @@ impl BodyReclaimer {
     /// The body, if the client never started sending it.
     pub fn reclaim(&self) -> Option<ProxyBody> {
         self.slot.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// A new reclaimable body over the same slot, for the next attempt, if the body was
+    /// never started: this reclaimer keeps working for every later attempt.
+    pub fn retry(&self) -> Option<ReclaimableBody> {
+        let unsent = self.slot.lock().ok().is_some_and(|slot| slot.is_some());
+        unsent.then(|| ReclaimableBody {
+            slot: self.slot.clone(),
+            taken: None,
+            hint: self.hint.clone(),
+            end_stream: self.end_stream,
+        })
     }
 }
 
@@ -357,6 +382,14 @@ mod tests {
         let (body, reclaimer) = ReclaimableBody::new(full("abc"));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abc");
         assert!(reclaimer.reclaim().is_none());
+
+        // Several failed attempts in a row: each retry hands out the untouched body again.
+        let (body, reclaimer) = ReclaimableBody::new(full("abc"));
+        drop(body);
+        drop(reclaimer.retry().unwrap());
+        let third = reclaimer.retry().unwrap();
+        assert_eq!(third.collect().await.unwrap().to_bytes(), "abc");
+        assert!(reclaimer.retry().is_none());
     }
 
     struct Record(Arc<Mutex<Vec<(u64, BodyOutcome)>>>);

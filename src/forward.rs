@@ -171,7 +171,10 @@ impl UpstreamTarget {
             .cloned()
             .ok_or_else(|| format!("upstream {url:?} has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("upstream {url:?} must not contain credentials"));
+            // Never echo the URL: it carries a password.
+            return Err(
+                "an upstream URL contains user:password@ credentials; remove them".to_owned(),
+            );
         }
         if uri.query().is_some() {
             return Err(format!("upstream {url:?} must not have a query string"));
@@ -281,10 +284,7 @@ impl Upstreams {
                     }
                     tracing::warn!(upstream = %target.describe(), "Upstream refused the connection; trying the next one.");
                     // Only a body that was never polled can be sent again.
-                    body = reclaimer.reclaim().map(|original| {
-                        let (again, _) = ReclaimableBody::new(original);
-                        crate::body::boxed(again)
-                    });
+                    body = reclaimer.retry().map(crate::body::boxed);
                 }
             }
         }
@@ -351,20 +351,47 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Tunnels an upgraded (WebSocket) connection both ways until either side closes.
-pub fn spawn_tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::debug!(%error, "WebSocket upgrade did not complete.");
-                return;
-            }
+/// The WebSocket tunnels in progress. A tunnel outlives the HTTP exchange that opened it,
+/// so it is tracked here: it keeps its client connection's `max_connections` slot, the drain
+/// waits for it like for any connection, and it is cut when the grace period ends.
+#[derive(Debug, Default)]
+pub struct Tunnels {
+    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl Tunnels {
+    /// Tunnels an upgraded connection both ways until either side closes.
+    pub fn spawn(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(%error, "WebSocket tunnel closed with an error.");
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let _slot = slot;
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::debug!(%error, "WebSocket upgrade did not complete.");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(%error, "WebSocket tunnel closed with an error.");
+            }
+        });
+    }
+
+    /// Cuts every tunnel (end of the shutdown grace period).
+    pub fn abort_all(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.abort_all();
         }
-    });
+    }
 }

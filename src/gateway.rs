@@ -32,6 +32,8 @@ pub struct Gateway {
     pub access_log: AccessLog,
     ready: AtomicBool,
     draining: AtomicBool,
+    reload_lock: tokio::sync::Mutex<()>,
+    pub tunnels: Arc<crate::forward::Tunnels>,
 }
 
 impl Gateway {
@@ -80,6 +82,8 @@ impl Gateway {
             access_log,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            reload_lock: tokio::sync::Mutex::new(()),
+            tunnels: Arc::default(),
         }
     }
 
@@ -96,6 +100,24 @@ impl Gateway {
     /// The JWT validator in force now (`None` when no issuer is configured).
     pub fn jwt(&self) -> Option<Arc<JwtValidator>> {
         self.jwt.load_full()
+    }
+
+    /// [`Gateway::reload`] on a blocking thread: it reads and parses files (TLS material, a
+    /// key file that may hold a million records) and must not stall a runtime worker.
+    /// Reloads are serialized, so a SIGHUP and an admin call cannot interleave.
+    pub async fn reload_off_runtime(self: &Arc<Self>) -> Result<(), ConfigErrors> {
+        let _serial = self.reload_lock.lock().await;
+        let gateway = self.clone();
+        tokio::task::spawn_blocking(move || gateway.reload())
+            .await
+            .unwrap_or_else(|error| {
+                Err(ConfigErrors(vec![ConfigError {
+                    file: self.config_path.clone(),
+                    line: 1,
+                    column: 1,
+                    message: format!("reload task failed: {error}"),
+                }]))
+            })
     }
 
     /// Re-reads the config file; on error the running config stays and the error is returned.

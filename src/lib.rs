@@ -184,7 +184,7 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => { tracing::info!("SIGTERM received; draining."); return; }
                 _ = self.int.recv() => { tracing::info!("SIGINT received; draining."); return; }
-                _ = self.hup.recv() => { let _ = handle.gateway.reload(); }
+                _ = self.hup.recv() => { let _ = handle.gateway.reload_off_runtime().await; }
             }
         }
     }

@@ -55,6 +55,9 @@ pub struct ConnInfo {
     pub peer_header: HeaderValue,
     pub tls: bool,
     pub activity: Arc<ConnActivity>,
+    /// This connection's `max_connections` slot; a WebSocket tunnel keeps it.
+    pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    pub tunnels: Arc<crate::forward::Tunnels>,
 }
 
 /// What one request decides with: loaded once at its start, so a reload never changes the
@@ -289,7 +292,8 @@ async fn handle_inner(
             return Err(GatewayError::UpstreamUnavailable);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        crate::forward::spawn_tunnel(client_upgrade, upstream_upgrade);
+        conn.tunnels
+            .spawn(client_upgrade, upstream_upgrade, conn.slot.clone());
         strip_response_hop_by_hop(response.headers_mut(), true);
         return Ok(response.map(|_| empty()));
     }

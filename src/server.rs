@@ -307,6 +307,9 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
+        // hyper's own head timer (30 s by default) also runs on idle keep-alive connections;
+        // the connection task enforces header_read_timeout and idle_timeout instead.
+        .header_read_timeout(None)
         .max_buf_size(buffer)
         .keep_alive(true);
     builder
@@ -366,9 +369,10 @@ async fn accept_loop(
         let builder = builder.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
+        // The slot is released when the connection and any tunnel it opened are done.
+        let slot = Arc::new(permit);
         connections.spawn(async move {
-            serve_connection(stream, peer, gateway, builder, tls, shutdown).await;
-            drop(permit);
+            serve_connection(stream, peer, gateway, builder, tls, shutdown, slot).await;
         });
     }
 
@@ -388,6 +392,7 @@ async fn accept_loop(
         );
     }
     connections.abort_all();
+    gateway.tunnels.abort_all();
     while connections.join_next().await.is_some() {}
     admin_task.abort();
 }
@@ -399,8 +404,10 @@ async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: watch::Receiver<bool>,
+    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
+    let tunnels = gateway.tunnels.clone();
     let (header_timeout, idle_timeout) = {
         let config = gateway.config();
         (
@@ -425,6 +432,8 @@ async fn serve_connection(
                 };
                 let conn = Arc::new(ConnInfo {
                     peer,
+                    slot: slot.clone(),
+                    tunnels: tunnels.clone(),
                     peer_header: crate::headers::peer_header(peer.ip()),
                     tls: true,
                     activity,
@@ -451,6 +460,8 @@ async fn serve_connection(
             };
             let conn = Arc::new(ConnInfo {
                 peer,
+                slot: slot.clone(),
+                tunnels: tunnels.clone(),
                 peer_header: crate::headers::peer_header(peer.ip()),
                 tls: false,
                 activity,

@@ -600,9 +600,13 @@ fn corpus() -> Vec<Row> {
         get("/public/%23", fwd("/public/%23")),
         get("/public/%2561dmin", fwd("/public/%2561dmin")),
         get("/public/a%20b", fwd("/public/a%20b")),
-        // Matrix parameters are not special to authgate: forwarded verbatim, so an upstream
-        // sees exactly the path that was authorized.
-        get("/public/..;/admin/x", fwd("/public/..;/admin/x")),
+        // Path parameters are forwarded verbatim, except on a dot segment: Tomcat, Jetty and
+        // Spring read `..;` as `..`, so `/public/..;/admin/x` would reach /admin/x.
+        get("/public/..;/admin/x", BAD),
+        get("/public/.;/x", BAD),
+        get("/public/%2e%2E;jsessionid=1/admin/x", BAD),
+        get("/public/...;/x", fwd("/public/...;/x")),
+        get("/public/a;b/x", fwd("/public/a;b/x")),
         get("/admin;/x", NO_ROUTE),
         // The query string is kept as sent and never used for matching.
         get(

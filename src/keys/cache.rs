@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 use super::{KeyHash, KeyRecord, KeySource, SourceError, Timestamp, is_well_formed};
 use crate::auth::{AuthMethod, Identity, IdentityFields};
@@ -113,7 +113,10 @@ pub struct KeyStore {
     settings: KeyStoreSettings,
     cache: quick_cache::sync::Cache<KeyHash, Arc<CacheEntry>>,
     /// Lookups in progress, so concurrent misses for one key share one lookup.
-    inflight: DashMap<KeyHash, Arc<OnceCell<Lookup>>>,
+    inflight: DashMap<KeyHash, watch::Receiver<Option<Lookup>>>,
+    /// Bumped by `invalidate_all`: an answer read from the source before a key-file reload
+    /// is not cached after it (it could be a record the reload just revoked).
+    generation: std::sync::atomic::AtomicU64,
     source: KeySource,
     metrics: KeyMetrics,
 }
@@ -126,6 +129,7 @@ impl KeyStore {
             settings,
             cache,
             inflight: DashMap::new(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             source,
             metrics,
         })
@@ -141,6 +145,7 @@ impl KeyStore {
 
     /// Drops every cached decision (after the key file changed).
     pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
     }
 
@@ -197,36 +202,58 @@ impl KeyStore {
     }
 
     /// One lookup per key at a time; every concurrent caller gets its result.
-    async fn lookup_coalesced(&self, hash: KeyHash) -> Lookup {
-        let cell = self
-            .inflight
-            .entry(hash)
-            .or_insert_with(|| Arc::new(OnceCell::new()))
-            .clone();
-        let result = cell
-            .get_or_init(|| async {
-                // A lookup that finished between our cache miss and now already stored it.
-                if let Some(entry) = self.cache.get(&hash) {
-                    let age = entry.validated_at.elapsed();
-                    match &entry.state {
-                        EntryState::Valid(identity) if age < self.settings.cache_ttl => {
-                            return Ok(Some(identity.clone()));
-                        }
-                        EntryState::Unknown if age < self.settings.negative_ttl => return Ok(None),
-                        _ => {}
-                    }
+    ///
+    /// The lookup runs in its own task, which also removes the in-flight entry: a caller that
+    /// goes away (client disconnect, HTTP/2 reset) can neither leave the entry behind nor
+    /// cancel the lookup the other callers wait for, and its result is still cached.
+    async fn lookup_coalesced(self: &Arc<Self>, hash: KeyHash) -> Lookup {
+        let mut receiver = match self.inflight.entry(hash) {
+            dashmap::Entry::Occupied(entry) => entry.get().clone(),
+            dashmap::Entry::Vacant(entry) => {
+                let (sender, receiver) = watch::channel(None);
+                entry.insert(receiver.clone());
+                let store = self.clone();
+                tokio::spawn(async move {
+                    let result = store.cached_or_lookup(hash).await;
+                    let _ = sender.send(Some(result));
+                    store.inflight.remove(&hash);
+                });
+                receiver
+            }
+        };
+        match receiver.wait_for(Option::is_some).await {
+            Ok(result) => result
+                .clone()
+                .unwrap_or_else(|| Err(SourceError("lookup lost".into()))),
+            Err(_) => Err(SourceError(
+                "the lookup task ended without an answer".into(),
+            )),
+        }
+    }
+
+    /// A lookup that finished between a caller's cache miss and now already stored its answer.
+    async fn cached_or_lookup(&self, hash: KeyHash) -> Lookup {
+        if let Some(entry) = self.cache.get(&hash) {
+            let age = entry.validated_at.elapsed();
+            match &entry.state {
+                EntryState::Valid(identity) if age < self.settings.cache_ttl => {
+                    return Ok(Some(identity.clone()));
                 }
-                self.lookup_and_store(hash).await
-            })
-            .await
-            .clone();
-        self.inflight
-            .remove_if(&hash, |_, current| Arc::ptr_eq(current, &cell));
-        result
+                EntryState::Unknown if age < self.settings.negative_ttl => return Ok(None),
+                _ => {}
+            }
+        }
+        self.lookup_and_store(hash).await
     }
 
     async fn lookup_and_store(&self, hash: KeyHash) -> Lookup {
-        match self.source.lookup(&hash).await {
+        let generation = self.generation.load(Ordering::Acquire);
+        let answer = self.source.lookup(&hash).await;
+        if self.generation.load(Ordering::Acquire) != generation {
+            // The key set changed while we looked: ask the new one instead.
+            return Box::pin(self.lookup_and_store(hash)).await;
+        }
+        match answer {
             Ok(Some(record)) => {
                 self.metrics.found.inc();
                 let identity = Arc::new(identity_from_record(&record));

@@ -31,6 +31,9 @@ pub enum PathError {
     InvalidPercentEncoding,
     /// A `..` segment that would climb above `/`.
     AboveRoot,
+    /// `..;x` or `.;x`: a dot segment with path parameters, which Tomcat, Jetty and Spring
+    /// read as `..` / `.` (the classic `/public/..;/admin` gateway bypass).
+    DotSegmentParameters,
     /// A control character, raw space, raw `#`, raw `?` or raw non-ASCII byte.
     ForbiddenCharacter,
 }
@@ -45,6 +48,7 @@ impl PathError {
             Self::RawBackslash => "backslash in path",
             Self::InvalidPercentEncoding => "invalid percent-encoding in path",
             Self::AboveRoot => "path climbs above the root",
+            Self::DotSegmentParameters => "dot segment with parameters (..;) in path",
             Self::ForbiddenCharacter => "forbidden character in path",
         }
     }
@@ -65,6 +69,16 @@ impl std::error::Error for PathError {}
 /// (except a trailing slash), no escapes of unreserved characters and no lowercase hex, and
 /// normalizing it again returns it unchanged.
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let normal = normalize_segments(path)?;
+    // After every other rule: dot segments with parameters (`..;`), checked on the raw path.
+    if path.as_bytes().contains(&b';') {
+        path.split('/')
+            .try_for_each(|segment| reject_dot_parameters(segment.as_bytes()))?;
+    }
+    Ok(normal)
+}
+
+fn normalize_segments(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
@@ -254,6 +268,31 @@ fn scan_segment(bytes: &[u8], start: usize) -> Result<(usize, Segment), PathErro
         _ => Segment::Plain,
     };
     Ok((i, kind))
+}
+
+/// Refuses a segment whose part before its first `;` is `.` or `..` (raw or `%2e`).
+#[inline]
+fn reject_dot_parameters(segment: &[u8]) -> Result<(), PathError> {
+    let Some(semicolon) = segment.iter().position(|&b| b == b';') else {
+        return Ok(());
+    };
+    let head = &segment[..semicolon];
+    let mut dots = 0;
+    let mut i = 0;
+    while i < head.len() {
+        if head[i] == b'.' {
+            i += 1;
+        } else if head[i..].len() >= 3 && head[i..i + 3].eq_ignore_ascii_case(b"%2e") {
+            i += 3;
+        } else {
+            return Ok(());
+        }
+        dots += 1;
+    }
+    if matches!(dots, 1 | 2) {
+        return Err(PathError::DotSegmentParameters);
+    }
+    Ok(())
 }
 
 /// How `scan_segment` treats a raw (unescaped) byte.
@@ -681,6 +720,20 @@ mod tests {
     /// Straightforward multi-pass model of SPEC §3 used as an oracle: decode the whole path,
     /// collapse slashes, then run RFC 3986 §5.2.4 literally.
     fn reference(path: &str) -> Result<String, PathError> {
+        let normal = reference_without_parameters(path)?;
+        // Dot segments with parameters are refused after every other rule.
+        for segment in path.split('/') {
+            if let Some((head, _)) = segment.split_once(';') {
+                let decoded = head.to_ascii_lowercase().replace("%2e", ".");
+                if decoded.bytes().all(|b| b == b'.') && matches!(decoded.len(), 1 | 2) {
+                    return Err(DotSegmentParameters);
+                }
+            }
+        }
+        Ok(normal)
+    }
+
+    fn reference_without_parameters(path: &str) -> Result<String, PathError> {
         if !path.starts_with('/') {
             return Err(NotAbsolute);
         }
