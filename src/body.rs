@@ -193,7 +193,7 @@ impl ReclaimableBody {
             Self {
                 slot: slot.clone(),
                 taken: None,
-                hint: hint.clone(),
+                hint,
                 end_stream,
             },
             BodyReclaimer {
@@ -218,7 +218,7 @@ impl BodyReclaimer {
         unsent.then(|| ReclaimableBody {
             slot: self.slot.clone(),
             taken: None,
-            hint: self.hint.clone(),
+            hint: self.hint,
             end_stream: self.end_stream,
         })
     }
