@@ -127,6 +127,11 @@ fn add(args: &KeysAddArgs) -> ExitCode {
     if let Err(message) = record.validate() {
         return fail(message);
     }
+    if record.rate_limit.is_some() || record.tokens_per_minute.is_some() {
+        eprintln!(
+            "warning: the key's rate_limit / tokens_per_minute are stored but not enforced by this build yet"
+        );
+    }
     match append_record(&args.file, &KeyHash::of(&key), &record) {
         Ok(()) => {
             // The only time the key exists outside the client: print it once.

@@ -30,7 +30,6 @@ pub mod telemetry;
 use std::process::ExitCode;
 
 use cli::{Cli, Command, ConfigArg, ServeArgs};
-use config::LogFormat;
 
 /// Exit code for invalid input or config.
 pub const EXIT_INVALID: u8 = 1;
@@ -203,6 +202,3 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
-
-/// The default log format, for callers that have no config yet.
-pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Json;
