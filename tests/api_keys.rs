@@ -1,11 +1,10 @@
 //! API keys end to end (SPEC §1 keys/demo, §2, §4, §4.1, §6, §7, §9): identity headers, spoofing, malformed keys, key-file hot reload, the control-plane source against a fake control plane (cache, stale-while-revalidate, stale-if-error, negative cache, client credentials), the keys CLI, demo, metrics and the access log.
 mod common;
+use common::http_response as cp_response;
 use common::*;
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,14 +13,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt as _};
-use http::{Method, Request, Response};
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::{Method, Response};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 // === keys ===
@@ -56,22 +49,31 @@ enum Mode {
 struct CpRequest {
     method: String,
     path: String,
-    headers: Vec<(String, String)>,
+    headers: http::HeaderMap,
     body: Bytes,
+}
+
+impl From<Recorded> for CpRequest {
+    fn from(recorded: Recorded) -> Self {
+        Self {
+            method: recorded.method.to_string(),
+            path: recorded.uri.path().to_owned(),
+            headers: recorded.headers,
+            body: recorded.body,
+        }
+    }
 }
 
 impl CpRequest {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// Everything the control plane saw in this request, as text.
     fn text(&self) -> String {
         let mut text = format!("{} {}\n", self.method, self.path);
         for (name, value) in &self.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
             text.push_str(&format!("{name}: {value}\n"));
         }
         text.push_str(&String::from_utf8_lossy(&self.body));
@@ -86,7 +88,6 @@ struct CpState {
     delay: Mutex<Duration>,
     /// While true, key lookups wait (after being recorded) until it turns false.
     held: watch::Sender<bool>,
-    requests: Mutex<Vec<CpRequest>>,
     /// Key lookups answered (recorded ones minus the ones still waiting).
     key_answers: AtomicUsize,
     tokens_issued: AtomicUsize,
@@ -105,7 +106,7 @@ struct CpState {
 /// recording every request (path, headers, body).
 #[derive(Clone)]
 struct FakeControlPlane {
-    addr: SocketAddr,
+    server: FakeServer,
     state: Arc<CpState>,
 }
 
@@ -117,7 +118,6 @@ impl FakeControlPlane {
             records: Mutex::default(),
             delay: Mutex::new(Duration::ZERO),
             held,
-            requests: Mutex::default(),
             key_answers: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
             token_expires_in: AtomicU64::new(3600),
@@ -126,35 +126,17 @@ impl FakeControlPlane {
             rejected_authorizations: Mutex::default(),
             reject_all: AtomicBool::new(false),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let shared = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(cp_answer(state, request).await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, state }
+        let server = FakeServer::start(move |request| cp_answer(shared.clone(), request)).await;
+        Self { server, state }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     fn token_url(&self) -> String {
-        format!("http://{}/oauth/token", self.addr)
+        format!("{}/oauth/token", self.server.url())
     }
 
     fn add(&self, key: &str, record: Value) {
@@ -163,6 +145,18 @@ impl FakeControlPlane {
             .lock()
             .unwrap()
             .insert(hash_of(key), record);
+    }
+
+    /// A new key that the control plane knows, with `cp_record(key_id)`.
+    fn key(&self, key_id: &str) -> String {
+        let key = new_key();
+        self.add(&key, cp_record(key_id));
+        key
+    }
+
+    /// `n` new keys that the control plane knows, with key ids `{prefix}-0`, `{prefix}-1`, …
+    fn keys(&self, n: usize, prefix: &str) -> Vec<String> {
+        (0..n).map(|i| self.key(&format!("{prefix}-{i}"))).collect()
     }
 
     fn remove(&self, key: &str) {
@@ -210,14 +204,15 @@ impl FakeControlPlane {
     }
 
     fn requests(&self) -> Vec<CpRequest> {
-        self.state.requests.lock().unwrap().clone()
+        self.server
+            .recorded()
+            .into_iter()
+            .map(CpRequest::from)
+            .collect()
     }
 
     fn calls(&self, path_prefix: &str) -> usize {
-        self.state
-            .requests
-            .lock()
-            .unwrap()
+        self.requests()
             .iter()
             .filter(|r| r.path.starts_with(path_prefix))
             .count()
@@ -248,45 +243,12 @@ impl FakeControlPlane {
     }
 }
 
-fn cp_response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<TestBody> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(full_body(body))
-        .unwrap()
-}
+/// Answers one request (already recorded by the `FakeServer`).
+async fn cp_answer(state: Arc<CpState>, request: Recorded) -> Response<TestBody> {
+    let path = request.uri.path().to_owned();
+    let authorization = request.header("authorization").unwrap_or_default();
 
-async fn cp_answer(state: Arc<CpState>, request: Request<Incoming>) -> Response<TestBody> {
-    let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let path = parts.uri.path().to_owned();
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let authorization = parts
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
-    state.requests.lock().unwrap().push(CpRequest {
-        method: parts.method.to_string(),
-        path: path.clone(),
-        headers,
-        body,
-    });
-
-    if parts.method == Method::POST && path == "/oauth/token" {
+    if request.method == Method::POST && path == "/oauth/token" {
         let mode = state.token_mode.lock().unwrap().clone();
         match mode {
             Mode::Status(status) => return cp_response(status, "text/plain", "token trouble"),
@@ -309,7 +271,7 @@ async fn cp_answer(state: Arc<CpState>, request: Request<Incoming>) -> Response<
     let Some(hash) = path.strip_prefix("/v1/keys/").map(str::to_owned) else {
         return cp_response(404, "text/plain", "no such endpoint");
     };
-    if parts.method != Method::GET {
+    if request.method != Method::GET {
         return cp_response(405, "text/plain", "method not allowed");
     }
     let delay = *state.delay.lock().unwrap();
@@ -415,6 +377,27 @@ async fn cp_gateway(cp: &FakeControlPlane, upstream: &Upstream, api_keys: &str) 
     TestGateway::start(&cp_config(cp, upstream, api_keys, "300ms", CP_BEARER)).await
 }
 
+/// A recording upstream, a fake control plane and a `cp_gateway` on them.
+async fn cp_setup(api_keys: &str) -> (Upstream, FakeControlPlane, TestGateway) {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = cp_gateway(&cp, &upstream, api_keys).await;
+    (upstream, cp, gw)
+}
+
+/// A recording upstream, a fake control plane (`prepare`d before the gateway starts) and a
+/// gateway on them with client-credentials auth and this timeout.
+async fn cc_setup(
+    timeout: &str,
+    prepare: impl FnOnce(&FakeControlPlane),
+) -> (Upstream, FakeControlPlane, TestGateway) {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    prepare(&cp);
+    let config = cp_config(&cp, &upstream, "", timeout, &cp_client_credentials(&cp));
+    (upstream, cp, TestGateway::start(&config).await)
+}
+
 /// A key-file gateway: `/v1/` (API keys), `/fwd/` (API keys, Authorization forwarded),
 /// `/public/` (no auth).
 fn file_config(upstream: &Upstream) -> String {
@@ -478,43 +461,12 @@ fn write_key_file(gw: &TestGateway, text: &str) {
 
 // === HTTP helpers ===
 
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    /// `error.code` of a JSON error body ("" for anything else).
-    fn code(&self) -> String {
-        serde_json::from_str::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    }
-}
-
 async fn call(client: &reqwest::Client, url: &str, authorization: Option<&str>) -> Answer {
     let mut request = client.get(url);
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    Answer::read(request.send().await.unwrap()).await
 }
 
 async fn with_key(client: &reqwest::Client, gw: &TestGateway, path: &str, key: &str) -> Answer {
@@ -524,25 +476,74 @@ async fn with_key(client: &reqwest::Client, gw: &TestGateway, path: &str, key: &
 /// Asserts a 401/503 error answer: status, code, JSON content type, WWW-Authenticate on 401.
 #[track_caller]
 fn assert_error(answer: &Answer, status: u16, code: &str) {
-    assert_eq!(answer.status, status, "{answer:?}");
-    assert_eq!(answer.code(), code, "{answer:?}");
-    assert_eq!(
-        answer.header("content-type").as_deref(),
-        Some("application/json"),
-        "{answer:?}"
-    );
-    if status == 401 {
-        let expected = if code == "AUTH_MISSING" {
-            r#"Bearer realm="authgate""#
-        } else {
-            r#"Bearer realm="authgate", error="invalid_token""#
-        };
-        assert_eq!(
-            answer.header("www-authenticate").as_deref(),
-            Some(expected),
-            "{answer:?}"
-        );
+    answer.assert_error(status, code, "");
+}
+
+/// Sends `key` to `/v1/x` and asserts the error answer (see `assert_error`).
+async fn assert_key_refused(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    key: &str,
+    status: u16,
+    code: &str,
+) {
+    assert_error(&with_key(client, gw, "/v1/x", key).await, status, code);
+}
+
+/// Asserts that every answer is a 200.
+#[track_caller]
+fn assert_all_200(answers: &[Answer]) {
+    for answer in answers {
+        assert_eq!(answer.status, 200, "{answer:?}");
     }
+}
+
+/// Asserts that each key now gets 200 on `/v1/x`.
+async fn assert_keys_work(client: &reqwest::Client, gw: &TestGateway, keys: &[String]) {
+    for key in keys {
+        let answer = with_key(client, gw, "/v1/x", key).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+}
+
+/// A key the control plane knows (`cp_record(key_id)`), validated once through `gw` (200).
+async fn validated_key(
+    cp: &FakeControlPlane,
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    key_id: &str,
+) -> String {
+    let key = cp.key(key_id);
+    assert_eq!(with_key(client, gw, "/v1/x", &key).await.status, 200);
+    key
+}
+
+/// Sends `key` to `/v1/x` and asserts a 503 AUTH_BACKEND_UNAVAILABLE (`name` says which case).
+async fn assert_backend_unavailable(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    key: &str,
+    name: &str,
+) {
+    let answer = with_key(client, gw, "/v1/x", key).await;
+    assert_eq!(answer.status, 503, "{name}: {answer:?}");
+    assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
+}
+
+/// Twice: a revoked, an expired and an unknown key get 401 with their codes; then checks
+/// that nothing was forwarded.
+async fn assert_refused_twice_unforwarded(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    upstream: &Upstream,
+    [revoked, expired, unknown]: [&str; 3],
+) {
+    for _ in 0..2 {
+        assert_key_refused(client, gw, revoked, 401, "AUTH_KEY_REVOKED").await;
+        assert_key_refused(client, gw, expired, 401, "AUTH_KEY_EXPIRED").await;
+        assert_key_refused(client, gw, unknown, 401, "AUTH_INVALID_KEY").await;
+    }
+    assert_eq!(upstream.count(), 0);
 }
 
 /// Repeats the request (up to 5 s, 50 ms apart) until it gets `status` with `code` ("" for a
@@ -554,38 +555,17 @@ async fn wait_for_answer(
     status: u16,
     code: &str,
 ) -> Answer {
-    let mut last = None;
-    for _ in 0..100 {
-        let answer = with_key(client, gw, "/v1/poll", key).await;
-        if answer.status == status && answer.code() == code {
-            return answer;
-        }
-        last = Some(answer);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("waited 5 s for {status} {code:?}; last answer: {last:?}");
+    let attempt = || with_key(client, gw, "/v1/poll", key);
+    let done = |answer: &Answer| answer.status == status && answer.code() == code;
+    poll(100, Duration::from_millis(50), attempt, done)
+        .await
+        .unwrap_or_else(|last| panic!("waited 5 s for {status} {code:?}; last answer: {last:?}"))
 }
 
 /// Waits (up to 5 s, 50 ms steps) until `check` holds.
 async fn wait_until(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("waited 5 s for {what}");
-}
-
-async fn metrics_text(gw: &TestGateway) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    let held = eventually(100, Duration::from_millis(50), check).await;
+    assert!(held, "waited 5 s for {what}");
 }
 
 /// The value of one series (`name{labels}`) in Prometheus text, 0 when absent.
@@ -700,14 +680,13 @@ async fn spoofed_identity_headers_never_reach_the_upstream_nor_override_authgate
     assert!(seen.headers.get("x-auth-anything").is_none());
 
     // `Connection: x-auth-tenant-id` on its own, through an ordinary client.
-    let answer = client()
-        .get(gw.url("/v1/spoof2"))
-        .header("authorization", format!("Bearer {key}"))
-        .header("connection", "x-auth-tenant-id")
-        .header("x-auth-tenant-id", "evil")
-        .send()
-        .await
-        .unwrap();
+    let bearer = format!("Bearer {key}");
+    let spoofed = [
+        ("authorization", bearer.as_str()),
+        ("connection", "x-auth-tenant-id"),
+        ("x-auth-tenant-id", "evil"),
+    ];
+    let answer = get_with_headers(&client(), &gw.url("/v1/spoof2"), &spoofed).await;
     assert_eq!(answer.status(), 200);
     let seen = upstream.last();
     let tenant: Vec<_> = seen.headers.get_all("x-auth-tenant-id").iter().collect();
@@ -735,9 +714,7 @@ async fn spoofed_identity_headers_never_reach_the_upstream_nor_override_authgate
 
 #[tokio::test]
 async fn malformed_keys_get_401_without_any_lookup_or_forward() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(&cp, &upstream, "").await;
+    let (upstream, cp, gw) = cp_setup("").await;
     let client = client();
     let forty = "a".repeat(40);
     let long = format!("sgk_{}", "a".repeat(10 * 1024));
@@ -806,8 +783,7 @@ async fn malformed_keys_get_401_without_any_lookup_or_forward() {
     );
 
     // Two Authorization headers: 400, never a guess.
-    let good = new_key();
-    cp.add(&good, cp_record("k1"));
+    let good = cp.key("k1");
     let request = format!(
         "GET /v1/x HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {good}\r\nAuthorization: Bearer {good}\r\nConnection: close\r\n\r\n",
         gw.addr
@@ -850,34 +826,14 @@ async fn revoked_expired_and_unknown_keys_from_the_key_file_get_401_with_their_c
     .concat();
     let gw = file_gateway(&upstream, &text).await;
     let client = client();
-    for _ in 0..2 {
-        assert_error(
-            &with_key(&client, &gw, "/v1/x", &revoked).await,
-            401,
-            "AUTH_KEY_REVOKED",
-        );
-        assert_error(
-            &with_key(&client, &gw, "/v1/x", &expired).await,
-            401,
-            "AUTH_KEY_EXPIRED",
-        );
-        assert_error(
-            &with_key(&client, &gw, "/v1/x", &unknown).await,
-            401,
-            "AUTH_INVALID_KEY",
-        );
-    }
-    assert_eq!(upstream.count(), 0);
-    let answer = with_key(&client, &gw, "/v1/x", &future).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_refused_twice_unforwarded(&client, &gw, &upstream, [&revoked, &expired, &unknown]).await;
+    assert_keys_work(&client, &gw, &[future]).await;
     assert_eq!(upstream.count(), 1);
 }
 
 #[tokio::test]
 async fn revoked_expired_and_unknown_keys_from_the_control_plane_get_401_with_their_codes() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(&cp, &upstream, "negative_ttl = \"60s\"").await;
+    let (upstream, cp, gw) = cp_setup("negative_ttl = \"60s\"").await;
     let (revoked, expired, future, unknown) = (new_key(), new_key(), new_key(), new_key());
     let mut record = cp_record("revoked");
     record["revoked"] = json!(true);
@@ -890,27 +846,9 @@ async fn revoked_expired_and_unknown_keys_from_the_control_plane_get_401_with_th
     cp.add(&future, record);
     let client = client();
     // The second round comes from the cache: same answers, no new lookups.
-    for _ in 0..2 {
-        assert_error(
-            &with_key(&client, &gw, "/v1/x", &revoked).await,
-            401,
-            "AUTH_KEY_REVOKED",
-        );
-        assert_error(
-            &with_key(&client, &gw, "/v1/x", &expired).await,
-            401,
-            "AUTH_KEY_EXPIRED",
-        );
-        assert_error(
-            &with_key(&client, &gw, "/v1/x", &unknown).await,
-            401,
-            "AUTH_INVALID_KEY",
-        );
-    }
-    assert_eq!(upstream.count(), 0);
+    assert_refused_twice_unforwarded(&client, &gw, &upstream, [&revoked, &expired, &unknown]).await;
     assert_eq!(cp.key_calls(), 3, "{:?}", cp.requests());
-    let answer = with_key(&client, &gw, "/v1/x", &future).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_keys_work(&client, &gw, &[future]).await;
     assert_eq!(cp.key_calls(), 4);
 }
 
@@ -918,11 +856,8 @@ async fn revoked_expired_and_unknown_keys_from_the_control_plane_get_401_with_th
 
 #[tokio::test]
 async fn a_validated_key_is_served_from_cache_without_a_second_lookup_200() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(&cp, &upstream, "cache_ttl = \"60s\"").await;
-    let key = new_key();
-    cp.add(&key, cp_record("cached"));
+    let (upstream, cp, gw) = cp_setup("cache_ttl = \"60s\"").await;
+    let key = cp.key("cached");
     let client = client();
     for _ in 0..5 {
         let answer = with_key(&client, &gw, "/v1/x", &key).await;
@@ -939,29 +874,22 @@ async fn a_validated_key_is_served_from_cache_without_a_second_lookup_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_first_requests_for_one_key_cause_one_lookup_and_all_get_200() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(&cp, &upstream, "cache_ttl = \"60s\"").await;
-    let key = new_key();
-    cp.add(&key, cp_record("busy"));
+    let (upstream, cp, gw) = cp_setup("cache_ttl = \"60s\"").await;
+    let key = cp.key("busy");
     cp.set_delay(Duration::from_millis(200));
     let client = client();
     let answers = futures_util::future::join_all(
         (0..50).map(|_| with_key(&client, &gw, "/v1/concurrent", &key)),
     )
     .await;
-    for answer in &answers {
-        assert_eq!(answer.status, 200, "{answer:?}");
-    }
+    assert_all_200(&answers);
     assert_eq!(cp.key_calls_for(&key), 1, "{:?}", cp.requests().len());
     assert_eq!(upstream.count(), 50);
 }
 
 #[tokio::test]
 async fn an_unknown_key_repeated_1000_times_costs_one_lookup_401() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(&cp, &upstream, "negative_ttl = \"60s\"").await;
+    let (upstream, cp, gw) = cp_setup("negative_ttl = \"60s\"").await;
     let key = new_key();
     let client = client();
     let (client, gw_ref, key_ref) = (&client, &gw, key.as_str());
@@ -980,9 +908,7 @@ async fn an_unknown_key_repeated_1000_times_costs_one_lookup_401() {
 
 #[tokio::test]
 async fn a_thousand_distinct_malformed_keys_cost_no_lookup_401() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(&cp, &upstream, "").await;
+    let (upstream, cp, gw) = cp_setup("").await;
     let client = client();
     let (client, gw_ref) = (&client, &gw);
     let answers: Vec<Answer> = stream::iter(0..1000)
@@ -1017,10 +943,8 @@ async fn after_cache_ttl_a_key_is_refreshed_in_the_background_while_answering_20
         CP_BEARER,
     );
     let gw = TestGateway::start(&config).await;
-    let key = new_key();
-    cp.add(&key, cp_record("swr"));
     let client = client();
-    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    let key = validated_key(&cp, &client, &gw, "swr").await;
     assert_eq!(cp.key_calls_for(&key), 1);
 
     // Let cache_ttl pass, then make the control plane hold every answer.
@@ -1029,9 +953,7 @@ async fn after_cache_ttl_a_key_is_refreshed_in_the_background_while_answering_20
     let answers =
         futures_util::future::join_all((0..5).map(|_| with_key(&client, &gw, "/v1/swr", &key)))
             .await;
-    for answer in &answers {
-        assert_eq!(answer.status, 200, "{answer:?}");
-    }
+    assert_all_200(&answers);
     // The refresh reached the control plane, and is still unanswered: the 200s above did not
     // wait for it. Five stale requests caused one refresh.
     wait_until("the background refresh", || cp.key_calls_for(&key) == 2).await;
@@ -1046,18 +968,9 @@ async fn after_cache_ttl_a_key_is_refreshed_in_the_background_while_answering_20
 
 #[tokio::test]
 async fn a_validated_key_survives_a_failing_control_plane_while_an_uncached_key_gets_503() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(
-        &cp,
-        &upstream,
-        "cache_ttl = \"100ms\"\nstale_if_error = \"60s\"",
-    )
-    .await;
-    let key = new_key();
-    cp.add(&key, cp_record("survivor"));
+    let (upstream, cp, gw) = cp_setup("cache_ttl = \"100ms\"\nstale_if_error = \"60s\"").await;
     let client = client();
-    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    let key = validated_key(&cp, &client, &gw, "survivor").await;
 
     let modes = [
         ("500", Mode::Status(500)),
@@ -1075,8 +988,7 @@ async fn a_validated_key_survives_a_failing_control_plane_while_an_uncached_key_
             Some("survivor")
         );
         // A key the control plane knows, but that was never validated: fail closed.
-        let other = new_key();
-        cp.add(&other, cp_record(&format!("other-{name}")));
+        let other = cp.key(&format!("other-{name}"));
         let answer = with_key(&client, &gw, "/v1/x", &other).await;
         assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
         uncached.push(other);
@@ -1085,26 +997,14 @@ async fn a_validated_key_survives_a_failing_control_plane_while_an_uncached_key_
 
     // The failures were not remembered as unknown keys.
     cp.set_mode(Mode::Serve);
-    for other in &uncached {
-        let answer = with_key(&client, &gw, "/v1/x", other).await;
-        assert_eq!(answer.status, 200, "{answer:?}");
-    }
+    assert_keys_work(&client, &gw, &uncached).await;
 }
 
 #[tokio::test]
 async fn after_stale_if_error_a_cached_key_fails_closed_with_503() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(
-        &cp,
-        &upstream,
-        "cache_ttl = \"100ms\"\nstale_if_error = \"1500ms\"",
-    )
-    .await;
-    let key = new_key();
-    cp.add(&key, cp_record("fragile"));
+    let (upstream, cp, gw) = cp_setup("cache_ttl = \"100ms\"\nstale_if_error = \"1500ms\"").await;
     let client = client();
-    assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
+    let key = validated_key(&cp, &client, &gw, "fragile").await;
     cp.set_mode(Mode::Status(500));
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Within stale_if_error: still served.
@@ -1112,11 +1012,7 @@ async fn after_stale_if_error_a_cached_key_fails_closed_with_503() {
     // Past it: 503 (fail closed), never forwarded.
     wait_for_answer(&client, &gw, &key, 503, "AUTH_BACKEND_UNAVAILABLE").await;
     let forwarded = upstream.count();
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", &key).await,
-        503,
-        "AUTH_BACKEND_UNAVAILABLE",
-    );
+    assert_key_refused(&client, &gw, &key, 503, "AUTH_BACKEND_UNAVAILABLE").await;
     assert_eq!(upstream.count(), forwarded);
     // The control plane recovers: so does the key.
     cp.set_mode(Mode::Serve);
@@ -1125,14 +1021,7 @@ async fn after_stale_if_error_a_cached_key_fails_closed_with_503() {
 
 #[tokio::test]
 async fn a_key_deleted_or_revoked_at_the_control_plane_stops_working_after_its_refresh_401() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(
-        &cp,
-        &upstream,
-        "cache_ttl = \"100ms\"\nnegative_ttl = \"60s\"",
-    )
-    .await;
+    let (_upstream, cp, gw) = cp_setup("cache_ttl = \"100ms\"\nnegative_ttl = \"60s\"").await;
     let (deleted, revoked) = (new_key(), new_key());
     cp.add(&deleted, cp_record("deleted"));
     cp.add(&revoked, cp_record("revoked"));
@@ -1148,11 +1037,7 @@ async fn a_key_deleted_or_revoked_at_the_control_plane_stops_working_after_its_r
     wait_for_answer(&client, &gw, &revoked, 401, "AUTH_KEY_REVOKED").await;
     // Once known as deleted, it stays refused without further lookups (negative cache).
     let calls = cp.key_calls_for(&deleted);
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", &deleted).await,
-        401,
-        "AUTH_INVALID_KEY",
-    );
+    assert_key_refused(&client, &gw, &deleted, 401, "AUTH_INVALID_KEY").await;
     assert_eq!(cp.key_calls_for(&deleted), calls);
 }
 
@@ -1170,11 +1055,7 @@ async fn the_control_plane_gets_the_bearer_token_and_only_the_key_hash_200() {
     assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", &unknown).await,
-        401,
-        "AUTH_INVALID_KEY",
-    );
+    assert_key_refused(&client, &gw, &unknown, 401, "AUTH_INVALID_KEY").await;
     wait_until("the refresh", || cp.key_calls_for(&key) >= 2).await;
 
     let requests = cp.requests();
@@ -1194,14 +1075,8 @@ async fn the_control_plane_gets_the_bearer_token_and_only_the_key_hash_200() {
 
 #[tokio::test]
 async fn client_credentials_fetch_one_token_with_basic_auth_for_many_concurrent_lookups() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
-    let gw = TestGateway::start(&config).await;
-    let keys: Vec<String> = (0..25).map(|_| new_key()).collect();
-    for (i, key) in keys.iter().enumerate() {
-        cp.add(key, cp_record(&format!("cc-{i}")));
-    }
+    let (_upstream, cp, gw) = cc_setup("2s", |_| {}).await;
+    let keys = cp.keys(25, "cc");
     let client = client();
     // 20 distinct keys at once: 20 first lookups, one token.
     let answers = futures_util::future::join_all(
@@ -1210,9 +1085,7 @@ async fn client_credentials_fetch_one_token_with_basic_auth_for_many_concurrent_
             .map(|key| with_key(&client, &gw, "/v1/cc", key)),
     )
     .await;
-    for answer in &answers {
-        assert_eq!(answer.status, 200, "{answer:?}");
-    }
+    assert_all_200(&answers);
     // Later lookups reuse it.
     for key in &keys[20..] {
         assert_eq!(with_key(&client, &gw, "/v1/cc", key).await.status, 200);
@@ -1254,12 +1127,8 @@ async fn client_credentials_fetch_one_token_with_basic_auth_for_many_concurrent_
 
 #[tokio::test]
 async fn a_short_lived_control_plane_token_is_refreshed_before_it_expires() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
     // Refreshed 30 s before expiry: usable for about 1 s.
-    cp.set_token_expires_in(31);
-    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
-    let gw = TestGateway::start(&config).await;
+    let (_upstream, cp, gw) = cc_setup("2s", |cp| cp.set_token_expires_in(31)).await;
     let (first, second) = (new_key(), new_key());
     cp.add(&first, cp_record("first"));
     cp.add(&second, cp_record("second"));
@@ -1281,13 +1150,8 @@ async fn a_short_lived_control_plane_token_is_refreshed_before_it_expires() {
 
 #[tokio::test]
 async fn a_401_from_the_control_plane_drops_the_token_and_retries_the_lookup_once_200() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    cp.reject_authorization("Bearer tok-1");
-    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
-    let gw = TestGateway::start(&config).await;
-    let key = new_key();
-    cp.add(&key, cp_record("retried"));
+    let (upstream, cp, gw) = cc_setup("2s", |cp| cp.reject_authorization("Bearer tok-1")).await;
+    let key = cp.key("retried");
     let client = client();
     let answer = with_key(&client, &gw, "/v1/x", &key).await;
     assert_eq!(answer.status, 200, "{answer:?}");
@@ -1301,13 +1165,8 @@ async fn a_401_from_the_control_plane_drops_the_token_and_retries_the_lookup_onc
 
 #[tokio::test]
 async fn a_401_on_the_retry_too_gives_503_after_exactly_two_lookups() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    cp.reject_all(true);
-    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
-    let gw = TestGateway::start(&config).await;
-    let key = new_key();
-    cp.add(&key, cp_record("never"));
+    let (upstream, cp, gw) = cc_setup("2s", |cp| cp.reject_all(true)).await;
+    let key = cp.key("never");
     let client = client();
     let answer = with_key(&client, &gw, "/v1/x", &key).await;
     assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
@@ -1321,14 +1180,8 @@ async fn a_401_on_the_retry_too_gives_503_after_exactly_two_lookups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_401s_for_one_rejected_token_cause_one_new_token_fetch_200() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let config = cp_config(&cp, &upstream, "", "2s", &cp_client_credentials(&cp));
-    let gw = TestGateway::start(&config).await;
-    let keys: Vec<String> = (0..11).map(|_| new_key()).collect();
-    for (i, key) in keys.iter().enumerate() {
-        cp.add(key, cp_record(&format!("rot-{i}")));
-    }
+    let (_upstream, cp, gw) = cc_setup("2s", |_| {}).await;
+    let keys = cp.keys(11, "rot");
     let client = client();
     assert_eq!(with_key(&client, &gw, "/v1/x", &keys[0]).await.status, 200);
     assert_eq!(cp.token_calls(), 1);
@@ -1342,9 +1195,7 @@ async fn concurrent_401s_for_one_rejected_token_cause_one_new_token_fetch_200() 
             .map(|key| with_key(&client, &gw, "/v1/rot", key)),
     )
     .await;
-    for answer in &answers {
-        assert_eq!(answer.status, 200, "{answer:?}");
-    }
+    assert_all_200(&answers);
     assert_eq!(
         cp.token_calls(),
         2,
@@ -1354,10 +1205,7 @@ async fn concurrent_401s_for_one_rejected_token_cause_one_new_token_fetch_200() 
 
 #[tokio::test]
 async fn a_failing_token_endpoint_is_a_control_plane_failure_503_and_bounded_by_the_timeout() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let config = cp_config(&cp, &upstream, "", "300ms", &cp_client_credentials(&cp));
-    let gw = TestGateway::start(&config).await;
+    let (upstream, cp, gw) = cc_setup("300ms", |_| {}).await;
     let client = client();
     let modes = [
         ("500", Mode::Status(500)),
@@ -1373,12 +1221,9 @@ async fn a_failing_token_endpoint_is_a_control_plane_failure_503_and_bounded_by_
     ];
     let mut keys = Vec::new();
     for (name, mode) in modes {
-        let key = new_key();
-        cp.add(&key, cp_record("tokenless"));
+        let key = cp.key("tokenless");
         cp.set_token_mode(mode);
-        let answer = with_key(&client, &gw, "/v1/x", &key).await;
-        assert_eq!(answer.status, 503, "{name}: {answer:?}");
-        assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
+        assert_backend_unavailable(&client, &gw, &key, name).await;
         assert_eq!(cp.key_calls(), 0, "{name}: looked up without a token");
         keys.push(key);
         // A failed token request is not repeated for TOKEN_FAILURE_BACKOFF.
@@ -1389,9 +1234,7 @@ async fn a_failing_token_endpoint_is_a_control_plane_failure_503_and_bounded_by_
     }
     assert_eq!(upstream.count(), 0);
     cp.set_token_mode(Mode::Serve);
-    for key in &keys {
-        assert_eq!(with_key(&client, &gw, "/v1/x", key).await.status, 200);
-    }
+    assert_keys_work(&client, &gw, &keys).await;
     assert_eq!(cp.token_calls(), keys.len() + 1);
 }
 
@@ -1399,9 +1242,7 @@ async fn a_failing_token_endpoint_is_a_control_plane_failure_503_and_bounded_by_
 
 #[tokio::test]
 async fn bad_control_plane_answers_are_failures_never_valid_or_unknown_keys_503() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(&cp, &upstream, "negative_ttl = \"60s\"").await;
+    let (upstream, cp, gw) = cp_setup("negative_ttl = \"60s\"").await;
     let mut huge = br#"{"key_id":"huge","tenant_id":"acme"}"#.to_vec();
     huge.resize(1024 * 1024, b' ');
     let body = |text: &'static str| Mode::Body(Bytes::from_static(text.as_bytes()));
@@ -1438,20 +1279,15 @@ async fn bad_control_plane_answers_are_failures_never_valid_or_unknown_keys_503(
     let client = client();
     let mut keys = Vec::new();
     for (name, mode) in cases {
-        let key = new_key();
-        cp.add(&key, cp_record("fine"));
+        let key = cp.key("fine");
         cp.set_mode(mode);
-        let answer = with_key(&client, &gw, "/v1/x", &key).await;
-        assert_eq!(answer.status, 503, "{name}: {answer:?}");
-        assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
+        assert_backend_unavailable(&client, &gw, &key, name).await;
         keys.push(key);
     }
     assert_eq!(upstream.count(), 0);
     // None of them was cached, as valid or as unknown.
     cp.set_mode(Mode::Serve);
-    for key in &keys {
-        assert_eq!(with_key(&client, &gw, "/v1/x", key).await.status, 200);
-    }
+    assert_keys_work(&client, &gw, &keys).await;
 }
 
 // === 8. key file hot reload ===
@@ -1469,6 +1305,24 @@ fn authgate_keys(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Runs `authgate keys add --file path` with `args`.
+fn keys_add(path: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    authgate_keys(&[&["add", "--file", path], args].concat())
+}
+
+/// Runs `authgate keys revoke --file path --key-id key_id` and asserts exit 0.
+fn keys_revoke(path: &str, key_id: &str) {
+    let (code, _, err) = authgate_keys(&["revoke", "--file", path, "--key-id", key_id]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// A temp dir and the path of a `keys.toml` in it (not created).
+fn temp_key_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    (dir, path)
 }
 
 async fn reload_errors(gw: &TestGateway) -> f64 {
@@ -1499,11 +1353,7 @@ async fn key_file_changes_apply_without_restart_and_a_broken_file_keeps_the_last
     let path_text = path.to_str().unwrap();
     let client = client();
     assert_eq!(with_key(&client, &gw, "/v1/x", &a).await.status, 200);
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", &b).await,
-        401,
-        "AUTH_INVALID_KEY",
-    );
+    assert_key_refused(&client, &gw, &b, 401, "AUTH_INVALID_KEY").await;
 
     // Add B by rewriting the file.
     let entry_b = key_entry(&b, &std_fields("key-b"));
@@ -1515,17 +1365,17 @@ async fn key_file_changes_apply_without_restart_and_a_broken_file_keeps_the_last
     );
 
     // Add C with the CLI.
-    let (code, out, err) = authgate_keys(&[
-        "add",
-        "--file",
+    let (code, out, err) = keys_add(
         path_text,
-        "--tenant",
-        "cli-tenant",
-        "--key-id",
-        "key-c",
-        "--scope",
-        "inference:write",
-    ]);
+        &[
+            "--tenant",
+            "cli-tenant",
+            "--key-id",
+            "key-c",
+            "--scope",
+            "inference:write",
+        ],
+    );
     assert_eq!(code, Some(0), "{err}");
     let c = out.lines().next().unwrap().to_owned();
     let answer = wait_for_answer(&client, &gw, &c, 200, "").await;
@@ -1536,8 +1386,7 @@ async fn key_file_changes_apply_without_restart_and_a_broken_file_keeps_the_last
     );
 
     // Revoke A with the CLI.
-    let (code, _, err) = authgate_keys(&["revoke", "--file", path_text, "--key-id", "key-a"]);
-    assert_eq!(code, Some(0), "{err}");
+    keys_revoke(path_text, "key-a");
     wait_for_answer(&client, &gw, &a, 401, "AUTH_KEY_REVOKED").await;
 
     // Break the file: reported, the last good set stays in force.
@@ -1547,22 +1396,14 @@ async fn key_file_changes_apply_without_restart_and_a_broken_file_keeps_the_last
     wait_for_reload_error(&gw, errors_before).await;
     assert_eq!(with_key(&client, &gw, "/v1/x", &b).await.status, 200);
     assert_eq!(with_key(&client, &gw, "/v1/x", &c).await.status, 200);
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", &a).await,
-        401,
-        "AUTH_KEY_REVOKED",
-    );
+    assert_key_refused(&client, &gw, &a, 401, "AUTH_KEY_REVOKED").await;
 
     // Fix it (and add D): changes apply again.
     let entry_d = key_entry(&d, &std_fields("key-d"));
     write_key_file(&gw, &format!("{good_text}\n{entry_d}"));
     wait_for_answer(&client, &gw, &d, 200, "").await;
     assert_eq!(with_key(&client, &gw, "/v1/x", &b).await.status, 200);
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", &a).await,
-        401,
-        "AUTH_KEY_REVOKED",
-    );
+    assert_key_refused(&client, &gw, &a, 401, "AUTH_KEY_REVOKED").await;
     // The file never holds a plain key.
     let text = std::fs::read_to_string(&path).unwrap();
     for key in [&a, &b, &c, &d] {
@@ -1584,11 +1425,7 @@ async fn a_key_file_with_a_duplicate_key_id_is_refused_and_the_old_set_stays() {
     write_key_file(&gw, &format!("{entry_a}{duplicate}"));
     wait_for_reload_error(&gw, errors_before).await;
     assert_eq!(with_key(&client, &gw, "/v1/x", &a).await.status, 200);
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", &b).await,
-        401,
-        "AUTH_INVALID_KEY",
-    );
+    assert_key_refused(&client, &gw, &b, 401, "AUTH_INVALID_KEY").await;
 }
 
 // === 9. keys CLI ===
@@ -1657,27 +1494,26 @@ fn keys_hash_from_an_argument_and_from_stdin_agree() {
 
 #[tokio::test]
 async fn keys_add_writes_only_the_hash_and_a_gateway_accepts_the_key_with_its_identity() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.toml");
-    let (code, out, err) = authgate_keys(&[
-        "add",
-        "--file",
+    let (_dir, path) = temp_key_file();
+    let (code, out, err) = keys_add(
         path.to_str().unwrap(),
-        "--tenant",
-        "acme",
-        "--user",
-        "alice",
-        "--scope",
-        "inference:write",
-        "--scope",
-        "models:read",
-        "--claim",
-        "plan=pro",
-        "--expires",
-        "2999-01-31T00:00:00Z",
-        "--description",
-        "test key",
-    ]);
+        &[
+            "--tenant",
+            "acme",
+            "--user",
+            "alice",
+            "--scope",
+            "inference:write",
+            "--scope",
+            "models:read",
+            "--claim",
+            "plan=pro",
+            "--expires",
+            "2999-01-31T00:00:00Z",
+            "--description",
+            "test key",
+        ],
+    );
     assert_eq!(code, Some(0), "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
@@ -1711,17 +1547,11 @@ async fn keys_add_writes_only_the_hash_and_a_gateway_accepts_the_key_with_its_id
 
 #[test]
 fn keys_add_with_a_bad_expiry_exits_1_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.toml");
-    let (code, out, err) = authgate_keys(&[
-        "add",
-        "--file",
+    let (_dir, path) = temp_key_file();
+    let (code, out, err) = keys_add(
         path.to_str().unwrap(),
-        "--tenant",
-        "acme",
-        "--expires",
-        "not-a-date",
-    ]);
+        &["--tenant", "acme", "--expires", "not-a-date"],
+    );
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(!err.trim().is_empty());
     assert!(!out.contains("sgk_"), "a key was printed: {out}");
@@ -1733,19 +1563,15 @@ fn keys_add_with_a_bad_expiry_exits_1_and_writes_nothing() {
 
 #[test]
 fn keys_list_shows_key_ids_and_only_8_hex_chars_of_the_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.toml");
+    let (_dir, path) = temp_key_file();
     let path_text = path.to_str().unwrap();
     let mut hashes = Vec::new();
     for key_id in ["list-one", "list-two"] {
-        let (code, out, err) = authgate_keys(&[
-            "add", "--file", path_text, "--tenant", "acme", "--key-id", key_id,
-        ]);
+        let (code, out, err) = keys_add(path_text, &["--tenant", "acme", "--key-id", key_id]);
         assert_eq!(code, Some(0), "{err}");
         hashes.push(hash_of(out.lines().next().unwrap()));
     }
-    let (code, _, err) = authgate_keys(&["revoke", "--file", path_text, "--key-id", "list-two"]);
-    assert_eq!(code, Some(0), "{err}");
+    keys_revoke(path_text, "list-two");
     let (code, out, err) = authgate_keys(&["list", "--file", path_text]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
@@ -1762,31 +1588,29 @@ fn keys_list_shows_key_ids_and_only_8_hex_chars_of_the_hash() {
 
 #[test]
 fn keys_revoke_marks_only_that_record_and_keeps_its_other_fields() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.toml");
+    let (_dir, path) = temp_key_file();
     let path_text = path.to_str().unwrap();
     for key_id in ["keep", "drop"] {
-        let (code, _, err) = authgate_keys(&[
-            "add",
-            "--file",
+        let (code, _, err) = keys_add(
             path_text,
-            "--tenant",
-            "acme",
-            "--key-id",
-            key_id,
-            "--claim",
-            "revoked_by=ops",
-            "--claim",
-            "plan=pro",
-            "--rps",
-            "5",
-            "--burst",
-            "10",
-        ]);
+            &[
+                "--tenant",
+                "acme",
+                "--key-id",
+                key_id,
+                "--claim",
+                "revoked_by=ops",
+                "--claim",
+                "plan=pro",
+                "--rps",
+                "5",
+                "--burst",
+                "10",
+            ],
+        );
         assert_eq!(code, Some(0), "{err}");
     }
-    let (code, _, err) = authgate_keys(&["revoke", "--file", path_text, "--key-id", "drop"]);
-    assert_eq!(code, Some(0), "{err}");
+    keys_revoke(path_text, "drop");
     let keys = authgate::keys::file_source::load_key_file(&path).unwrap();
     assert_eq!(keys.len(), 2);
     for record in keys.values() {
@@ -1806,10 +1630,9 @@ fn keys_revoke_marks_only_that_record_and_keeps_its_other_fields() {
 
 #[test]
 fn keys_revoke_of_an_unknown_key_id_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.toml");
+    let (_dir, path) = temp_key_file();
     let path_text = path.to_str().unwrap();
-    let (code, _, err) = authgate_keys(&["add", "--file", path_text, "--tenant", "acme"]);
+    let (code, _, err) = keys_add(path_text, &["--tenant", "acme"]);
     assert_eq!(code, Some(0), "{err}");
     let before = std::fs::read_to_string(&path).unwrap();
     let (code, _, err) = authgate_keys(&["revoke", "--file", path_text, "--key-id", "nope"]);
@@ -1819,16 +1642,6 @@ fn keys_revoke_of_an_unknown_key_id_exits_1() {
 }
 
 // === 10. demo ===
-
-/// Kills and reaps the child process when dropped.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn demo_prints_a_curl_command_that_works_and_shows_the_injected_identity() {
@@ -1904,14 +1717,8 @@ async fn demo_prints_a_curl_command_that_works_and_shows_the_injected_identity()
 
 #[tokio::test]
 async fn metrics_count_auth_cache_and_source_results_without_naming_keys() {
-    let upstream = Upstream::start().await;
-    let cp = FakeControlPlane::start().await;
-    let gw = cp_gateway(
-        &cp,
-        &upstream,
-        "cache_ttl = \"300ms\"\nnegative_ttl = \"60s\"\nstale_if_error = \"60s\"",
-    )
-    .await;
+    let (_upstream, cp, gw) =
+        cp_setup("cache_ttl = \"300ms\"\nnegative_ttl = \"60s\"\nstale_if_error = \"60s\"").await;
     let (key, unknown, failing) = (new_key(), new_key(), new_key());
     cp.add(&key, cp_record("metrics-key-id-1"));
     cp.add(&failing, cp_record("metrics-key-id-2"));
@@ -1928,29 +1735,17 @@ async fn metrics_count_auth_cache_and_source_results_without_naming_keys() {
     }
     // miss + not_found, then negative.
     for _ in 0..2 {
-        assert_error(
-            &with_key(&client, &gw, "/v1/x", &unknown).await,
-            401,
-            "AUTH_INVALID_KEY",
-        );
+        assert_key_refused(&client, &gw, &unknown, 401, "AUTH_INVALID_KEY").await;
     }
     // Malformed.
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", "sgk_short").await,
-        401,
-        "AUTH_INVALID_KEY",
-    );
+    assert_key_refused(&client, &gw, "sgk_short", 401, "AUTH_INVALID_KEY").await;
     // Stale: past cache_ttl, served while refreshed.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(with_key(&client, &gw, "/v1/x", &key).await.status, 200);
     // Source error.
     wait_until("the refresh", || cp.key_calls_for(&key) >= 2).await;
     cp.set_mode(Mode::Status(500));
-    assert_error(
-        &with_key(&client, &gw, "/v1/x", &failing).await,
-        503,
-        "AUTH_BACKEND_UNAVAILABLE",
-    );
+    assert_key_refused(&client, &gw, &failing, 503, "AUTH_BACKEND_UNAVAILABLE").await;
 
     let text = metrics_text(&gw).await;
     let at_least = |series: &str, n: f64| {

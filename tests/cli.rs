@@ -1,27 +1,15 @@
 //! The `authgate` binary (SPEC §1): `check` output and located config errors, config path
 //! resolution, exit codes (0 ok, 1 invalid, 2 usage), and `serve` start/stop and log streams.
 mod common;
+use common::authgate_command as authgate;
 use common::*;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 // === helpers ===
-
-/// `authgate` with a clean environment for the variables it reads.
-fn authgate() -> Command {
-    let mut command = Command::new(authgate_bin());
-    command
-        .env_remove("AUTHGATE_CONFIG")
-        .env_remove("AUTHGATE_THREADS")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    command
-}
 
 fn run(command: &mut Command) -> Output {
     command.output().unwrap()
@@ -314,116 +302,6 @@ fn help_lists_the_commands() {
 
 // === serve ===
 
-/// A spawned `authgate` process; killed on drop. stdout and stderr are collected by threads.
-struct Proc {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(command: &mut Command) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        fn collect(
-            pipe: impl std::io::Read + Send + 'static,
-            into: Arc<Mutex<String>>,
-        ) -> std::thread::JoinHandle<()> {
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { return };
-                    let mut text = into.lock().unwrap();
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-            })
-        }
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), stdout.clone()),
-            collect(child.stderr.take().unwrap(), stderr.clone()),
-        ];
-        Self {
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit (panics after `limit`), then for its output to be read.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                for reader in self.readers.drain(..) {
-                    let _ = reader.join();
-                }
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "authgate did not exit; stderr: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until the admin listener answers `/ready` with 200.
-    async fn wait_ready(&mut self, admin: SocketAddr) {
-        let url = format!("http://{admin}/ready");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("authgate exited with {status}; stderr: {}", self.stderr());
-            }
-            if let Ok(response) = client().get(&url).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "authgate never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two distinct free ports on 127.0.0.1 (bound, then released).
-fn free_addrs() -> (SocketAddr, SocketAddr) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
-}
-
 fn serve_config(
     dir: &Path,
     listen: SocketAddr,
@@ -449,14 +327,15 @@ async fn serve_with_flags_starts_logs_access_lines_as_json_on_stdout_and_stops_o
     // A shadowed route makes a warning: a diagnostic that passes --log-level warn.
     let shadowed = public_route("shadowed", "/pub/", &upstream.url());
     let config = serve_config(dir.path(), listen, admin, &upstream.url(), &shadowed);
-    let mut gateway = Proc::spawn(authgate().arg("serve").arg("-c").arg(&config).args([
-        "--log-format",
-        "pretty",
-        "--log-level",
-        "warn",
-        "--threads",
-        "1",
-    ]));
+    let mut gateway =
+        AuthgateProcess::spawn(authgate().arg("serve").arg("-c").arg(&config).args([
+            "--log-format",
+            "pretty",
+            "--log-level",
+            "warn",
+            "--threads",
+            "1",
+        ]));
     gateway.wait_ready(admin).await;
 
     for path in ["/pub/a", "/nowhere"] {
@@ -474,7 +353,7 @@ async fn serve_with_flags_starts_logs_access_lines_as_json_on_stdout_and_stops_o
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    gateway.sigterm();
+    gateway.signal("TERM");
     let status = gateway.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0), "stderr: {}", gateway.stderr());
 
@@ -509,7 +388,7 @@ async fn serve_with_the_port_in_use_exits_1_with_one_line() {
     let (_, admin) = free_addrs();
     let dir = tempfile::tempdir().unwrap();
     let config = serve_config(dir.path(), listen, admin, "http://127.0.0.1:9", "");
-    let mut gateway = Proc::spawn(authgate().arg("serve").arg("-c").arg(&config));
+    let mut gateway = AuthgateProcess::spawn(authgate().arg("serve").arg("-c").arg(&config));
     let status = gateway.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(1), "stderr: {}", gateway.stderr());
     let stderr = gateway.stderr();
@@ -527,7 +406,7 @@ async fn serve_with_the_port_in_use_exits_1_with_one_line() {
 async fn serve_with_an_invalid_config_exits_1_without_listening() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "bad.toml", "[server]\nidle_timeout = \"30\"\n");
-    let mut gateway = Proc::spawn(authgate().arg("serve").arg("-c").arg(&path));
+    let mut gateway = AuthgateProcess::spawn(authgate().arg("serve").arg("-c").arg(&path));
     let status = gateway.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(1));
     let stderr = gateway.stderr();

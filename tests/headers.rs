@@ -38,12 +38,49 @@ impl RawResponse {
     }
 }
 
-/// Sends one raw HTTP/1.1 request (`head_lines` are complete `Name: value\r\n` lines; the
+/// Sends one raw HTTP/1.1 GET (`head_lines` are complete `Name: value\r\n` lines; the
 /// caller includes a `Connection` header with `close`) and parses the answer.
-async fn raw(addr: SocketAddr, method: &str, target: &str, head_lines: &str) -> RawResponse {
-    let request = format!("{method} {target} HTTP/1.1\r\n{head_lines}\r\n");
+async fn raw_get(addr: SocketAddr, target: &str, head_lines: &str) -> RawResponse {
+    let request = format!("GET {target} HTTP/1.1\r\n{head_lines}\r\n");
     let (_, text) = raw_request(addr, request.as_bytes()).await;
     RawResponse::parse(&text)
+}
+
+/// Sends a raw GET (see `raw_get`), asserts a 200 and returns what the upstream received.
+async fn forwarded_raw_get(
+    gw: &TestGateway,
+    upstream: &Upstream,
+    target: &str,
+    head_lines: &str,
+) -> Recorded {
+    let response = raw_get(gw.addr, target, head_lines).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    upstream.last()
+}
+
+/// A GET with these headers (see `get_with`): asserts a 200 and returns what the upstream
+/// received.
+async fn forwarded_get(
+    gw: &TestGateway,
+    upstream: &Upstream,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Recorded {
+    let response = get_with(gw, path, headers).await;
+    assert_eq!(response.status(), 200);
+    upstream.last()
+}
+
+/// Asserts that none of these headers reached the upstream.
+#[track_caller]
+fn assert_none_forwarded(seen: &Recorded, names: &[impl AsRef<str>]) {
+    for name in names.iter().map(AsRef::as_ref) {
+        assert!(
+            seen.header(name).is_none(),
+            "{name} reached the upstream: {:?}",
+            seen.headers
+        );
+    }
 }
 
 /// True when the header name, lowercased and with `_` read as `-`, starts with `prefix`.
@@ -51,6 +88,93 @@ fn normalized_starts_with(name: &str, prefix: &str) -> bool {
     name.to_ascii_lowercase()
         .replace('_', "-")
         .starts_with(prefix)
+}
+
+/// A recording upstream, and a gateway with `head`, the public route `pub` (`/pub/`) and
+/// `more_routes(upstream_url)` to it.
+async fn gateway_with(
+    head: &str,
+    more_routes: impl FnOnce(&str) -> String,
+) -> (Upstream, TestGateway) {
+    let upstream = Upstream::start().await;
+    let url = upstream.url();
+    let pub_route = public_route("pub", "/pub/", &url);
+    let gw = TestGateway::start(&format!("{head}{pub_route}{}", more_routes(&url))).await;
+    (upstream, gw)
+}
+
+/// A recording upstream behind a gateway with only the public route `pub` (`/pub/`).
+async fn pub_gateway() -> (Upstream, TestGateway) {
+    gateway_with("", |_| String::new()).await
+}
+
+/// A gateway with only the public route `pub` (`/pub/`) to `upstream`.
+async fn gateway_to(upstream: &Upstream) -> TestGateway {
+    TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await
+}
+
+/// A public route with one more line.
+fn route_with(name: &str, prefix: &str, upstream: &str, line: &str) -> String {
+    format!("{}{line}\n", public_route(name, prefix, upstream))
+}
+
+/// A GET through an ordinary client with these extra headers.
+async fn get_with(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    get_with_headers(&client(), &gw.url(path), headers).await
+}
+
+/// A GET with `x-request-id: id`: asserts the status and that the id is echoed.
+async fn get_echoing_request_id(
+    gw: &TestGateway,
+    path: &str,
+    id: &str,
+    status: u16,
+) -> reqwest::Response {
+    let response = get_with(gw, path, &[("x-request-id", id)]).await;
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["x-request-id"], id);
+    response
+}
+
+/// The value of a response header, as text.
+fn header_text(response: &reqwest::Response, name: &str) -> String {
+    response.headers()[name].to_str().unwrap().to_owned()
+}
+
+/// The upstream request's header names that read as starting with `prefix` (see
+/// `normalized_starts_with`).
+fn leaked<'a>(seen: &'a Recorded, prefix: &str) -> Vec<&'a str> {
+    seen.headers
+        .keys()
+        .map(|name| name.as_str())
+        .filter(|name| normalized_starts_with(name, prefix))
+        .collect()
+}
+
+/// Asserts the x-forwarded-* headers the upstream saw: `for_`, proto http, and the gateway's
+/// own address as host.
+#[track_caller]
+fn assert_forwarded_from(seen: &Recorded, for_: &str, gw: &TestGateway) {
+    assert_eq!(seen.header("x-forwarded-for").as_deref(), Some(for_));
+    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some(gw.addr.to_string().as_str())
+    );
+}
+
+/// Asserts that the upstream saw its own authority as Host and `client_host` as
+/// x-forwarded-host.
+#[track_caller]
+fn assert_host_replaced(seen: &Recorded, upstream: &Upstream, client_host: &str) {
+    assert_eq!(
+        seen.header("host").as_deref(),
+        Some(upstream.addr.to_string().as_str())
+    );
+    assert_eq!(
+        seen.header("x-forwarded-host").as_deref(),
+        Some(client_host)
+    );
 }
 
 fn is_uuid_v4(text: &str) -> bool {
@@ -67,26 +191,18 @@ fn is_uuid_v4(text: &str) -> bool {
 
 #[tokio::test]
 async fn hop_by_hop_and_connection_named_headers_never_reach_the_upstream() {
-    let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let (upstream, gw) = pub_gateway().await;
     let host = format!("Host: {}\r\n", gw.addr);
 
-    let response = raw(
-        gw.addr,
-        "GET",
-        "/pub/hop",
-        &format!(
-            "{host}Connection: close, x-foo, X-Bar\r\nKeep-Alive: timeout=5, max=100\r\n\
-             Proxy-Authorization: Basic dXNlcjpwYXNz\r\nProxy-Authenticate: Basic realm=\"x\"\r\n\
-             TE: trailers\r\nTrailer: x-checksum\r\nUpgrade: websocket\r\n\
-             x-foo: 1\r\nX-Bar: 2\r\nx-kept: yes\r\n"
-        ),
-    )
-    .await;
-    assert_eq!(response.status, 200, "{response:?}");
-    let seen = upstream.last();
+    let head = format!(
+        "{host}Connection: close, x-foo, X-Bar\r\nKeep-Alive: timeout=5, max=100\r\n\
+         Proxy-Authorization: Basic dXNlcjpwYXNz\r\nProxy-Authenticate: Basic realm=\"x\"\r\n\
+         TE: trailers\r\nTrailer: x-checksum\r\nUpgrade: websocket\r\n\
+         x-foo: 1\r\nX-Bar: 2\r\nx-kept: yes\r\n"
+    );
+    let seen = forwarded_raw_get(&gw, &upstream, "/pub/hop", &head).await;
     assert_eq!(seen.target(), "/pub/hop");
-    for name in [
+    let hop_by_hop = [
         "connection",
         "keep-alive",
         "proxy-authorization",
@@ -96,13 +212,8 @@ async fn hop_by_hop_and_connection_named_headers_never_reach_the_upstream() {
         "upgrade",
         "x-foo",
         "x-bar",
-    ] {
-        assert!(
-            seen.header(name).is_none(),
-            "{name} reached the upstream: {:?}",
-            seen.headers
-        );
-    }
+    ];
+    assert_none_forwarded(&seen, &hop_by_hop);
     assert_eq!(seen.header("x-kept").as_deref(), Some("yes"));
 
     // The client's Transfer-Encoding header is not forwarded as such: the upstream sees only
@@ -126,17 +237,16 @@ async fn hop_by_hop_and_connection_named_headers_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn connection_naming_host_does_not_remove_host() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "{}[[routes]]\nname = \"hosted\"\nmatch = {{ host = \"api.example.com\", path_prefix = \"/h/\" }}\nupstream = \"{}\"\nauth = \"none\"\n",
-        public_route("pub", "/pub/", &upstream.url()),
-        upstream.url()
-    );
-    let gw = TestGateway::start(&config).await;
+    let (upstream, gw) = gateway_with("", |up| {
+        public_route("hosted", "/h/", up).replace(
+            "match = { path_prefix",
+            "match = { host = \"api.example.com\", path_prefix",
+        )
+    })
+    .await;
 
-    let response = raw(
+    let response = raw_get(
         gw.addr,
-        "GET",
         "/h/x",
         "Host: api.example.com\r\nConnection: close, host\r\n",
     )
@@ -147,42 +257,22 @@ async fn connection_naming_host_does_not_remove_host() {
     );
     let seen = upstream.last();
     assert_eq!(seen.target(), "/h/x");
-    assert_eq!(
-        seen.header("host").as_deref(),
-        Some(upstream.addr.to_string().as_str())
-    );
-    assert_eq!(
-        seen.header("x-forwarded-host").as_deref(),
-        Some("api.example.com")
-    );
+    assert_host_replaced(&seen, &upstream, "api.example.com");
     assert!(seen.header("connection").is_none());
 }
 
 #[tokio::test]
 async fn client_identity_headers_are_stripped_on_public_routes() {
-    let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let (upstream, gw) = pub_gateway().await;
 
-    let response = raw(
-        gw.addr,
-        "GET",
-        "/pub/id",
-        &format!(
-            "Host: {}\r\nConnection: close, x-auth-tenant-id\r\nx-auth-tenant-id: evil\r\n\
-             X-AUTH-KEY-ID: evil\r\nX_Auth_Tenant_Id: evil\r\nx_auth_user_id: evil\r\n\
-             x-auth-anything: evil\r\nX-Auth-Method: api_key\r\nx-authz: kept\r\n",
-            gw.addr
-        ),
-    )
-    .await;
-    assert_eq!(response.status, 200, "{response:?}");
-    let seen = upstream.last();
-    let leaked: Vec<&str> = seen
-        .headers
-        .keys()
-        .map(|name| name.as_str())
-        .filter(|name| normalized_starts_with(name, "x-auth-"))
-        .collect();
+    let head = format!(
+        "Host: {}\r\nConnection: close, x-auth-tenant-id\r\nx-auth-tenant-id: evil\r\n\
+         X-AUTH-KEY-ID: evil\r\nX_Auth_Tenant_Id: evil\r\nx_auth_user_id: evil\r\n\
+         x-auth-anything: evil\r\nX-Auth-Method: api_key\r\nx-authz: kept\r\n",
+        gw.addr
+    );
+    let seen = forwarded_raw_get(&gw, &upstream, "/pub/id", &head).await;
+    let leaked = leaked(&seen, "x-auth-");
     assert!(leaked.is_empty(), "identity headers leaked: {leaked:?}");
     assert!(
         !seen.headers.values().any(|value| value == "evil"),
@@ -195,14 +285,12 @@ async fn client_identity_headers_are_stripped_on_public_routes() {
     // Same through an ordinary client, several requests on one connection.
     let client = client();
     for _ in 0..2 {
-        let response = client
-            .get(gw.url("/pub/again"))
-            .header("x-auth-tenant-id", "evil")
-            .header("x-auth-subject", "admin")
-            .header("connection", "x-auth-tenant-id")
-            .send()
-            .await
-            .unwrap();
+        let spoofed = [
+            ("x-auth-tenant-id", "evil"),
+            ("x-auth-subject", "admin"),
+            ("connection", "x-auth-tenant-id"),
+        ];
+        let response = get_with_headers(&client, &gw.url("/pub/again"), &spoofed).await;
         assert_eq!(response.status(), 200);
         assert!(upstream.last().headers_with_prefix("x-auth-").is_empty());
     }
@@ -210,30 +298,15 @@ async fn client_identity_headers_are_stripped_on_public_routes() {
 
 #[tokio::test]
 async fn a_custom_identity_prefix_is_stripped_instead() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[identity]\nheader_prefix = \"x-id-\"\n{}",
-        public_route("pub", "/pub/", &upstream.url())
+    let (upstream, gw) =
+        gateway_with("[identity]\nheader_prefix = \"x-id-\"\n", |_| String::new()).await;
+    let head = format!(
+        "Host: {}\r\nConnection: close\r\nx-id-tenant: evil\r\nX-ID-USER: evil\r\n\
+         X_Id_Key: evil\r\nx-auth-tenant-id: not-reserved-here\r\n",
+        gw.addr
     );
-    let gw = TestGateway::start(&config).await;
-    let response = raw(
-        gw.addr,
-        "GET",
-        "/pub/custom",
-        &format!(
-            "Host: {}\r\nConnection: close\r\nx-id-tenant: evil\r\nX-ID-USER: evil\r\nX_Id_Key: evil\r\nx-auth-tenant-id: not-reserved-here\r\n",
-            gw.addr
-        ),
-    )
-    .await;
-    assert_eq!(response.status, 200, "{response:?}");
-    let seen = upstream.last();
-    let leaked: Vec<&str> = seen
-        .headers
-        .keys()
-        .map(|name| name.as_str())
-        .filter(|name| normalized_starts_with(name, "x-id-"))
-        .collect();
+    let seen = forwarded_raw_get(&gw, &upstream, "/pub/custom", &head).await;
+    let leaked = leaked(&seen, "x-id-");
     assert!(leaked.is_empty(), "x-id-* leaked: {leaked:?}");
     // With another prefix configured, x-auth-* is an ordinary header (SPEC §2 `header_prefix`).
     assert_eq!(
@@ -244,74 +317,46 @@ async fn a_custom_identity_prefix_is_stripped_instead() {
 
 #[tokio::test]
 async fn routing_override_headers_never_reach_the_upstream() {
-    let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
-    let response = client()
-        .get(gw.url("/pub/real"))
-        .header("X-Forwarded-Uri", "/admin/secret")
-        .header("X-Original-URL", "/admin/secret")
-        .header("X-Rewrite-URL", "/admin/secret")
-        .header("X-Forwarded-Prefix", "/admin")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let seen = upstream.last();
+    let overrides = [
+        ("X-Forwarded-Uri", "/admin/secret"),
+        ("X-Original-URL", "/admin/secret"),
+        ("X-Rewrite-URL", "/admin/secret"),
+        ("X-Forwarded-Prefix", "/admin"),
+    ];
+    let (upstream, gw) = pub_gateway().await;
+    let seen = forwarded_get(&gw, &upstream, "/pub/real", &overrides).await;
     assert_eq!(seen.target(), "/pub/real");
-    for name in [
-        "x-forwarded-uri",
-        "x-original-url",
-        "x-rewrite-url",
-        "x-forwarded-prefix",
-    ] {
-        assert!(seen.header(name).is_none(), "{name} reached the upstream");
-    }
+    assert_none_forwarded(&seen, &overrides.map(|(name, _)| name.to_ascii_lowercase()));
 
     // And they never route: an unknown path stays unknown whatever they say.
-    let response = client()
-        .get(gw.url("/admin/secret"))
-        .header("X-Original-URL", "/pub/x")
-        .header("X-Forwarded-Uri", "/pub/x")
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(
+        &gw,
+        "/admin/secret",
+        &[("X-Original-URL", "/pub/x"), ("X-Forwarded-Uri", "/pub/x")],
+    )
+    .await;
     assert_eq!(response.status(), 404);
     assert_eq!(upstream.count(), 1);
 }
 
 #[tokio::test]
 async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
-    let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
-    let response = client()
-        .get(gw.url("/pub/xff"))
-        .header("x-forwarded-for", "1.2.3.4")
-        .header("x-forwarded-proto", "https")
-        .header("x-forwarded-host", "evil.example")
-        .header("forwarded", "for=1.2.3.4;proto=https;host=evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let seen = upstream.last();
-    assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(
-        seen.header("x-forwarded-host").as_deref(),
-        Some(gw.addr.to_string().as_str())
-    );
+    let (upstream, gw) = pub_gateway().await;
+    let spoofed = [
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=1.2.3.4;proto=https;host=evil.example"),
+    ];
+    let seen = forwarded_get(&gw, &upstream, "/pub/xff", &spoofed).await;
+    assert_forwarded_from(&seen, "127.0.0.1", &gw);
     assert!(seen.header("forwarded").is_none());
     assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
 
     // Without any client value the headers are set too.
-    client().get(gw.url("/pub/plain")).send().await.unwrap();
+    get_with(&gw, "/pub/plain", &[]).await;
     let seen = upstream.last();
-    assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(
-        seen.header("x-forwarded-host").as_deref(),
-        Some(gw.addr.to_string().as_str())
-    );
+    assert_forwarded_from(&seen, "127.0.0.1", &gw);
 
     let lines = gw.wait_for_log_lines(2).await;
     assert!(
@@ -322,29 +367,16 @@ async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
 
 #[tokio::test]
 async fn forwarded_for_is_extended_for_a_trusted_proxy() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{}",
-        public_route("pub", "/pub/", &upstream.url())
-    );
-    let gw = TestGateway::start(&config).await;
-    let response = client()
-        .get(gw.url("/pub/xff"))
-        .header("x-forwarded-for", "1.2.3.4")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let seen = upstream.last();
-    assert_eq!(
-        seen.header("x-forwarded-for").as_deref(),
-        Some("1.2.3.4, 127.0.0.1")
-    );
-    assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(
-        seen.header("x-forwarded-host").as_deref(),
-        Some(gw.addr.to_string().as_str())
-    );
+    let head = "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+    let (upstream, gw) = gateway_with(head, |_| String::new()).await;
+    let seen = forwarded_get(
+        &gw,
+        &upstream,
+        "/pub/xff",
+        &[("x-forwarded-for", "1.2.3.4")],
+    )
+    .await;
+    assert_forwarded_from(&seen, "1.2.3.4, 127.0.0.1", &gw);
     // The access log names the client behind the trusted proxy.
     let lines = gw.wait_for_log_lines(1).await;
     assert_eq!(lines[0]["client_ip"], "1.2.3.4", "{lines:?}");
@@ -352,16 +384,8 @@ async fn forwarded_for_is_extended_for_a_trusted_proxy() {
 
 #[tokio::test]
 async fn a_valid_request_id_is_kept_forwarded_and_echoed() {
-    let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
-    let response = client()
-        .get(gw.url("/pub/rid"))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    let (upstream, gw) = pub_gateway().await;
+    get_echoing_request_id(&gw, "/pub/rid", "abc-123", 200).await;
     assert_eq!(
         upstream.last().header("x-request-id").as_deref(),
         Some("abc-123")
@@ -372,8 +396,7 @@ async fn a_valid_request_id_is_kept_forwarded_and_echoed() {
 
 #[tokio::test]
 async fn an_invalid_or_missing_request_id_is_replaced_by_a_uuid() {
-    let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let (upstream, gw) = pub_gateway().await;
     let long = "a".repeat(129);
     let mut seen_ids = Vec::new();
     for bad in [
@@ -388,10 +411,7 @@ async fn an_invalid_or_missing_request_id_is_replaced_by_a_uuid() {
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200);
-        let echoed = response.headers()["x-request-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let echoed = header_text(&response, "x-request-id");
         assert!(is_uuid_v4(&echoed), "{bad:?} -> {echoed:?}");
         let forwarded = upstream.last().header("x-request-id").unwrap();
         assert_eq!(forwarded, echoed, "forwarded and echoed ids differ");
@@ -411,44 +431,23 @@ async fn an_invalid_or_missing_request_id_is_replaced_by_a_uuid() {
     assert_eq!(seen_ids.len(), 4, "request ids must be fresh each time");
     // The 128-character maximum is still valid.
     let max = "b".repeat(128);
-    let response = client()
-        .get(gw.url("/pub/rid"))
-        .header("x-request-id", &max)
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(&gw, "/pub/rid", &[("x-request-id", &max)]).await;
     assert_eq!(response.headers()["x-request-id"], max.as_str());
 }
 
 #[tokio::test]
 async fn error_responses_echo_the_request_id() {
-    let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let (upstream, gw) = pub_gateway().await;
 
-    let response = client()
-        .get(gw.url("/nowhere"))
-        .header("x-request-id", "err-42")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    assert_eq!(response.headers()["x-request-id"], "err-42");
+    let response = get_echoing_request_id(&gw, "/nowhere", "err-42", 404).await;
     assert_eq!(response.headers()["content-type"], "application/json");
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"]["code"], "ROUTE_NOT_FOUND");
     assert_eq!(json["error"]["request_id"], "err-42");
 
-    let response = client()
-        .get(gw.url("/nowhere"))
-        .header("x-request-id", "bad value")
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(&gw, "/nowhere", &[("x-request-id", "bad value")]).await;
     assert_eq!(response.status(), 404);
-    let echoed = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let echoed = header_text(&response, "x-request-id");
     assert!(is_uuid_v4(&echoed));
     let json: serde_json::Value = response.json().await.unwrap();
     assert_eq!(json["error"]["request_id"], echoed.as_str());
@@ -457,42 +456,18 @@ async fn error_responses_echo_the_request_id() {
 
 #[tokio::test]
 async fn host_is_the_upstream_authority_unless_preserved() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "{}[[routes]]\nname = \"keep\"\nmatch = {{ path_prefix = \"/keep/\" }}\nupstream = \"{}\"\nauth = \"none\"\npreserve_host = true\n",
-        public_route("pub", "/pub/", &upstream.url()),
-        upstream.url()
-    );
-    let gw = TestGateway::start(&config).await;
-
-    let response = raw(
-        gw.addr,
-        "GET",
-        "/pub/h",
-        "Host: api.example.com\r\nConnection: close\r\n",
-    )
+    let (upstream, gw) = gateway_with("", |up| {
+        route_with("keep", "/keep/", up, "preserve_host = true")
+    })
     .await;
-    assert_eq!(response.status, 200, "{response:?}");
-    let seen = upstream.last();
-    assert_eq!(
-        seen.header("host").as_deref(),
-        Some(upstream.addr.to_string().as_str())
-    );
-    assert_eq!(
-        seen.header("x-forwarded-host").as_deref(),
-        Some("api.example.com")
-    );
+
+    let head = "Host: api.example.com\r\nConnection: close\r\n";
+    let seen = forwarded_raw_get(&gw, &upstream, "/pub/h", head).await;
+    assert_host_replaced(&seen, &upstream, "api.example.com");
     assert_eq!(seen.headers.get_all("host").iter().count(), 1);
 
-    let response = raw(
-        gw.addr,
-        "GET",
-        "/keep/h",
-        "Host: api.example.com:8443\r\nConnection: close\r\n",
-    )
-    .await;
-    assert_eq!(response.status, 200, "{response:?}");
-    let seen = upstream.last();
+    let head = "Host: api.example.com:8443\r\nConnection: close\r\n";
+    let seen = forwarded_raw_get(&gw, &upstream, "/keep/h", head).await;
     assert_eq!(seen.target(), "/keep/h");
     assert_eq!(seen.header("host").as_deref(), Some("api.example.com:8443"));
     assert_eq!(
@@ -504,37 +479,21 @@ async fn host_is_the_upstream_authority_unless_preserved() {
 
 #[tokio::test]
 async fn authorization_is_dropped_unless_the_route_forwards_it() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "{}[[routes]]\nname = \"fwd\"\nmatch = {{ path_prefix = \"/fwd/\" }}\nupstream = \"{}\"\nauth = \"none\"\nforward_authorization = true\n",
-        public_route("pub", "/pub/", &upstream.url()),
-        upstream.url()
-    );
-    let gw = TestGateway::start(&config).await;
+    let (upstream, gw) = gateway_with("", |up| {
+        route_with("fwd", "/fwd/", up, "forward_authorization = true")
+    })
+    .await;
 
-    let response = client()
-        .get(gw.url("/pub/a"))
-        .header(
-            "authorization",
-            "Bearer sgk_dropped_credential_0123456789abcdef",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(upstream.last().header("authorization").is_none());
+    let bearer = [(
+        "authorization",
+        "Bearer sgk_dropped_credential_0123456789abcdef",
+    )];
+    let seen = forwarded_get(&gw, &upstream, "/pub/a", &bearer).await;
+    assert!(seen.header("authorization").is_none());
 
-    let response = client()
-        .get(gw.url("/fwd/a"))
-        .header("authorization", "Basic dXNlcjpwYXNz")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        upstream.last().header("authorization").as_deref(),
-        Some("Basic dXNlcjpwYXNz")
-    );
+    let basic = [("authorization", "Basic dXNlcjpwYXNz")];
+    let seen = forwarded_get(&gw, &upstream, "/fwd/a", &basic).await;
+    assert_eq!(seen.header("authorization").as_deref(), Some(basic[0].1));
 }
 
 #[tokio::test]
@@ -553,9 +512,9 @@ async fn upstream_hop_by_hop_response_headers_do_not_reach_the_client() {
             .unwrap()
     })
     .await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let gw = gateway_to(&upstream).await;
 
-    let response = client().get(gw.url("/pub/resp")).send().await.unwrap();
+    let response = get_with(&gw, "/pub/resp", &[]).await;
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     for name in [
@@ -575,9 +534,8 @@ async fn upstream_hop_by_hop_response_headers_do_not_reach_the_client() {
     assert_eq!(response.text().await.unwrap(), "with hop headers");
 
     // The same on the wire.
-    let response = raw(
+    let response = raw_get(
         gw.addr,
-        "GET",
         "/pub/resp",
         &format!("Host: {}\r\nConnection: close\r\n", gw.addr),
     )
@@ -608,9 +566,9 @@ async fn upstream_error_statuses_pass_through_untouched() {
         }
     })
     .await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let gw = gateway_to(&upstream).await;
 
-    let response = client().get(gw.url("/pub/teapot")).send().await.unwrap();
+    let response = get_with(&gw, "/pub/teapot", &[]).await;
     assert_eq!(response.status(), 418);
     assert_eq!(response.headers()["content-type"], "application/x-teapot");
     assert_eq!(response.headers()["x-custom"], "brew");
@@ -618,7 +576,7 @@ async fn upstream_error_statuses_pass_through_untouched() {
     assert!(response.headers().contains_key("x-request-id"));
     assert_eq!(response.text().await.unwrap(), "short and stout");
 
-    let response = client().get(gw.url("/pub/broken")).send().await.unwrap();
+    let response = get_with(&gw, "/pub/broken", &[]).await;
     assert_eq!(response.status(), 500);
     assert_eq!(response.headers()["content-type"], "application/json");
     assert_eq!(response.text().await.unwrap(), r#"{"upstream":"broke"}"#);
@@ -628,7 +586,7 @@ async fn upstream_error_statuses_pass_through_untouched() {
 #[tokio::test]
 async fn access_log_has_one_json_line_per_request_without_credentials() {
     let upstream = Upstream::with_handler(|_req| async { ok_response("twelve bytes") }).await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let gw = gateway_to(&upstream).await;
     let secret = "Bearer sgk_topsecretcredential0123456789abcdefXYZ";
 
     let response = client()
@@ -642,13 +600,12 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "twelve bytes");
 
-    let response = client()
-        .get(gw.url("/missing"))
-        .header("authorization", secret)
-        .header("x-request-id", "log-2")
-        .send()
-        .await
-        .unwrap();
+    let response = get_with(
+        &gw,
+        "/missing",
+        &[("authorization", secret), ("x-request-id", "log-2")],
+    )
+    .await;
     assert_eq!(response.status(), 404);
     let _ = response.bytes().await.unwrap();
 
@@ -658,19 +615,9 @@ async fn access_log_has_one_json_line_per_request_without_credentials() {
         .iter()
         .find(|line| line["request_id"] == "log-1")
         .expect("line for log-1");
-    for field in [
-        "time",
-        "request_id",
-        "method",
-        "path",
-        "route",
-        "status",
-        "duration_ms",
-        "upstream_ms",
-        "client_ip",
-        "bytes_in",
-        "bytes_out",
-    ] {
+    let fields = "time request_id method path route status duration_ms upstream_ms client_ip \
+                  bytes_in bytes_out";
+    for field in fields.split_whitespace() {
         assert!(line.get(field).is_some(), "missing {field}: {line}");
     }
     let time = line["time"].as_str().unwrap();

@@ -3,7 +3,6 @@ mod common;
 use common::*;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,16 +12,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::stream::{self, StreamExt as _};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::Response;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::PublicKeyData as _;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 // === keys and tokens ===
@@ -182,6 +177,20 @@ fn claims(issuer: &str) -> Value {
     })
 }
 
+/// A token signed by the main RSA key: `claims(issuer)` with `changes` (see `with`).
+fn rsa_signed(issuer: &str, changes: Value) -> String {
+    keys().rsa.sign(&with(claims(issuer), changes))
+}
+
+/// A token for `issuer` whose kid is `kid` and whose signature is junk: a JWKS refetch trigger.
+fn unknown_kid_token(issuer: &str, kid: &str) -> String {
+    craft(
+        &json!({"alg": "RS256", "kid": kid}),
+        &claims(issuer),
+        "c2ln",
+    )
+}
+
 /// `base` with `changes` applied; a `null` in `changes` removes that claim.
 fn with(mut base: Value, changes: Value) -> Value {
     let map = base.as_object_mut().unwrap();
@@ -211,71 +220,35 @@ struct IdpState {
     /// `/tenants/{t}/jwks.json`; unknown tenants get 404.
     tenants: Mutex<HashMap<String, Vec<Value>>>,
     mode: watch::Sender<IdpMode>,
-    /// The serving generation: listeners and connections of older generations close.
-    generation: watch::Sender<u64>,
-    /// Every request path, in arrival order.
-    paths: Mutex<Vec<String>>,
 }
 
 /// An IdP on 127.0.0.1:0: `{p}/.well-known/openid-configuration` names `{p}/jwks.json`;
 /// any other `*/jwks.json` serves the key set; `/tenants/{t}/jwks.json` the tenant's set.
 #[derive(Clone)]
 struct FakeIdp {
-    addr: SocketAddr,
+    server: FakeServer,
     state: Arc<IdpState>,
 }
 
 impl FakeIdp {
     async fn start(keys: &[&TestKey]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let idp = Self {
-            addr: listener.local_addr().unwrap(),
-            state: Arc::new(IdpState {
-                keys: Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect()),
-                tenants: Mutex::default(),
-                mode: watch::channel(IdpMode::Serve).0,
-                generation: watch::channel(0).0,
-                paths: Mutex::default(),
-            }),
-        };
-        idp.serve(listener);
-        idp
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let generation = *self.state.generation.borrow() + 1;
-        self.state.generation.send_replace(generation);
-        let state = self.state.clone();
-        let addr = self.addr;
-        tokio::spawn(async move {
-            let mut current = state.generation.subscribe();
-            loop {
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => return,
-                    },
-                    _ = current.wait_for(|g| *g != generation) => return,
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let mut current = state.generation.subscribe();
-                    let service = service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(idp_answer(&state, addr, request).await) }
-                    });
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    tokio::select! {
-                        _ = builder.serve_connection(TokioIo::new(stream), service) => {}
-                        _ = current.wait_for(|g| *g != generation) => {}
-                    }
-                });
-            }
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(IdpState {
+            keys: Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect()),
+            tenants: Mutex::default(),
+            mode: watch::channel(IdpMode::Serve).0,
         });
+        let shared = state.clone();
+        let server = FakeServer::serve(listener, move |request| {
+            let state = shared.clone();
+            async move { idp_answer(&state, addr, &request).await }
+        });
+        Self { server, state }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// The exact issuer of the main config.
@@ -305,63 +278,37 @@ impl FakeIdp {
 
     /// Closes the listener and every open connection; returns once connecting is refused.
     async fn stop(&self) {
-        self.state.generation.send_modify(|g| *g += 1);
-        for _ in 0..200 {
-            if TcpStream::connect(self.addr).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the fake IdP still accepts connections");
+        self.server.stop().await;
     }
 
     /// Listens again on the same address.
     async fn restart(&self) {
-        for _ in 0..200 {
-            if let Ok(listener) = TcpListener::bind(self.addr).await {
-                self.serve(listener);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("could not listen on {} again", self.addr);
+        self.server.restart().await;
     }
 
+    /// Every request path, in arrival order.
     fn paths(&self) -> Vec<String> {
-        self.state.paths.lock().unwrap().clone()
+        let recorded = self.server.recorded();
+        recorded.iter().map(|r| r.uri.path().to_owned()).collect()
     }
 
     /// Requests received for exactly this path.
     fn fetches(&self, path: &str) -> usize {
-        self.state
-            .paths
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|p| *p == path)
-            .count()
+        self.paths().iter().filter(|p| *p == path).count()
     }
 
     fn total_requests(&self) -> usize {
-        self.state.paths.lock().unwrap().len()
+        self.server.recorded().len()
     }
 }
 
 fn json_response(status: u16, body: &Value) -> Response<TestBody> {
-    Response::builder()
-        .status(StatusCode::from_u16(status).unwrap())
-        .header("content-type", "application/json")
-        .body(full_body(body.to_string()))
-        .unwrap()
+    http_response(status, "application/json", body.to_string())
 }
 
-async fn idp_answer(
-    state: &IdpState,
-    addr: SocketAddr,
-    request: Request<Incoming>,
-) -> Response<TestBody> {
-    let path = request.uri().path().to_owned();
-    state.paths.lock().unwrap().push(path.clone());
+/// Answers one request (already recorded by the `FakeServer`).
+async fn idp_answer(state: &IdpState, addr: SocketAddr, request: &Recorded) -> Response<TestBody> {
+    let path = request.uri.path();
     let mut watch_mode = state.mode.subscribe();
     let mode = *watch_mode.wait_for(|m| *m != IdpMode::Hang).await.unwrap();
     if let IdpMode::Status(status) = mode {
@@ -429,11 +376,63 @@ fn key_file() -> String {
     .concat()
 }
 
+/// One `[[jwt.issuers]]` with `issuer_lines`, then the route "api" (`/v1/`) to `upstream`.
+fn issuer_config_to(issuer_lines: &str, upstream: &str, route_auth: &str) -> String {
+    format!(
+        "[[jwt.issuers]]\n{issuer_lines}\n\n{}",
+        auth_route("api", "/v1/", upstream, route_auth, "")
+    )
+}
+
+/// A `[[routes]]` block for `prefix`: `auth` is a TOML list, `extra` more lines (or "").
+fn auth_route(name: &str, prefix: &str, upstream: &str, auth: &str, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\nupstream = \"{upstream}\"\nauth = {auth}\n{extra}"
+    )
+}
+
+const SCOPE_WRITE: &str = "scopes = [\"inference:write\"]\n";
+const WRITE_READ: &str = r#"["inference:write", "models:read"]"#;
+const ACME_ONLY: &str = "tenants = [\"acme\"]\n";
+const JWT: &str = r#"["jwt"]"#;
+/// The scopes of the `anyof` and `all` routes, as named in a 403.
+const WRITE_AND_READ: &str = "inference:write models:read";
+
 /// The main issuer (`{idp}/platform`, leeway 30s, min refresh 1s) and a `strict` one
 /// (`{idp}/strict`, leeway 0s, no audiences, its own JWKS path), then `routes`.
 fn config_with(idp: &FakeIdp, upstream: &Upstream, algorithms: &str) -> String {
     let idp_url = idp.url();
     let up = upstream.url();
+    let both = r#"["api_key", "jwt"]"#;
+    let routes = [
+        auth_route("api", "/v1/", &up, r#"["jwt"]"#, SCOPE_WRITE),
+        auth_route("open", "/open/", &up, r#"["jwt"]"#, ""),
+        auth_route(
+            "admin",
+            "/admin/",
+            &up,
+            both,
+            "scopes = [\"admin\", \"root\"]\n",
+        ),
+        auth_route(
+            "anyof",
+            "/anyof/",
+            &up,
+            both,
+            &format!("scopes = {WRITE_READ}\n"),
+        ),
+        auth_route(
+            "all",
+            "/all/",
+            &up,
+            both,
+            &format!("all_scopes = {WRITE_READ}\n"),
+        ),
+        auth_route("acme-only", "/acme/", &up, both, ACME_ONLY),
+        auth_route("keys", "/keys/", &up, r#"["api_key"]"#, ""),
+        auth_route("both", "/both/", &up, both, ""),
+    ]
+    .join("\n");
     format!(
         r#"[server]
 max_header_bytes = 65536
@@ -458,59 +457,7 @@ algorithms = ["RS256"]
 leeway = "0s"
 jwks_min_refresh_interval = "1s"
 
-[[routes]]
-name = "api"
-match = {{ path_prefix = "/v1/" }}
-upstream = "{up}"
-auth = ["jwt"]
-scopes = ["inference:write"]
-
-[[routes]]
-name = "open"
-match = {{ path_prefix = "/open/" }}
-upstream = "{up}"
-auth = ["jwt"]
-
-[[routes]]
-name = "admin"
-match = {{ path_prefix = "/admin/" }}
-upstream = "{up}"
-auth = ["api_key", "jwt"]
-scopes = ["admin", "root"]
-
-[[routes]]
-name = "anyof"
-match = {{ path_prefix = "/anyof/" }}
-upstream = "{up}"
-auth = ["api_key", "jwt"]
-scopes = ["inference:write", "models:read"]
-
-[[routes]]
-name = "all"
-match = {{ path_prefix = "/all/" }}
-upstream = "{up}"
-auth = ["api_key", "jwt"]
-all_scopes = ["inference:write", "models:read"]
-
-[[routes]]
-name = "acme-only"
-match = {{ path_prefix = "/acme/" }}
-upstream = "{up}"
-auth = ["api_key", "jwt"]
-tenants = ["acme"]
-
-[[routes]]
-name = "keys"
-match = {{ path_prefix = "/keys/" }}
-upstream = "{up}"
-auth = ["api_key"]
-
-[[routes]]
-name = "both"
-match = {{ path_prefix = "/both/" }}
-upstream = "{up}"
-auth = ["api_key", "jwt"]
-"#
+{routes}"#
     )
 }
 
@@ -538,35 +485,6 @@ async fn setup() -> (FakeIdp, Upstream, TestGateway) {
 
 // === HTTP helpers ===
 
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn code(&self) -> String {
-        serde_json::from_str::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-
-    fn message(&self) -> String {
-        serde_json::from_str::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    }
-}
-
 static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(client);
 
 async fn call(url: &str, credential: &str) -> Answer {
@@ -576,14 +494,7 @@ async fn call(url: &str, credential: &str) -> Answer {
         .send()
         .await
         .unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    Answer::read(response).await
 }
 
 async fn get(gw: &TestGateway, path: &str, credential: &str) -> Answer {
@@ -592,52 +503,62 @@ async fn get(gw: &TestGateway, path: &str, credential: &str) -> Answer {
 
 /// Repeats the request (up to 10 s, 50 ms apart) until it gets `status`.
 async fn wait_for_status(gw: &TestGateway, path: &str, credential: &str, status: u16) -> Answer {
-    let mut last = None;
-    for _ in 0..200 {
-        let answer = get(gw, path, credential).await;
-        if answer.status == status {
-            return answer;
-        }
-        last = Some(answer);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("waited 10 s for {status} on {path}; last answer: {last:?}");
+    let attempt = || get(gw, path, credential);
+    poll(200, Duration::from_millis(50), attempt, |a| {
+        a.status == status
+    })
+    .await
+    .unwrap_or_else(|last| panic!("waited 10 s for {status} on {path}; last answer: {last:?}"))
 }
 
 /// Waits (up to 10 s) until `check` holds.
 async fn wait_until(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("waited 10 s for {what}");
+    let held = eventually(200, Duration::from_millis(50), check).await;
+    assert!(held, "waited 10 s for {what}");
 }
 
 /// Asserts an error answer: status, code, JSON, the RFC 6750 header on 401, and that the body
 /// echoes no part of the credential.
 #[track_caller]
 fn assert_error(answer: &Answer, status: u16, code: &str, credential: &str, what: &str) {
-    assert_eq!(answer.status, status, "{what}: {answer:?}");
-    assert_eq!(answer.code(), code, "{what}: {answer:?}");
-    assert_eq!(
-        answer.header("content-type").as_deref(),
-        Some("application/json"),
-        "{what}: {answer:?}"
-    );
-    if status == 401 {
-        assert_eq!(
-            answer.header("www-authenticate").as_deref(),
-            Some(r#"Bearer realm="authgate", error="invalid_token""#),
-            "{what}: {answer:?}"
-        );
-    }
+    answer.assert_error(status, code, &format!("{what}: "));
     for part in credential.split('.').filter(|part| part.len() >= 8) {
         assert!(
             !answer.body.contains(part),
             "{what}: the body echoes the credential: {answer:?}"
         );
+    }
+}
+
+/// GETs `path` with `credential` and asserts the error answer (see `assert_error`).
+async fn expect_refused(
+    gw: &TestGateway,
+    path: &str,
+    credential: &str,
+    status: u16,
+    code: &str,
+    what: &str,
+) -> Answer {
+    let answer = get(gw, path, credential).await;
+    assert_error(&answer, status, code, credential, what);
+    answer
+}
+
+/// `expect_refused` with status 401.
+async fn expect_401(gw: &TestGateway, path: &str, credential: &str, code: &str, what: &str) {
+    expect_refused(gw, path, credential, 401, code, what).await;
+}
+
+/// Each `(path, credential, code, what)` gets 401 with that code; none is forwarded.
+async fn expect_401s_unforwarded(
+    gw: &TestGateway,
+    upstream: &Upstream,
+    cases: &[(&str, &str, &str, &str)],
+) {
+    let before = upstream.count();
+    for &(path, credential, code, what) in cases {
+        expect_401(gw, path, credential, code, what).await;
+        assert_eq!(upstream.count(), before, "{what}: forwarded");
     }
 }
 
@@ -658,15 +579,55 @@ fn assert_insufficient_scope(answer: &Answer, required: &str, what: &str) {
     }
 }
 
-async fn metrics_text(gw: &TestGateway) -> String {
-    CLIENT
-        .get(gw.admin_url("/metrics"))
-        .send()
+/// `authgate_jwks_refresh_total` for `issuer_label` and `result` in `text`.
+fn jwks_refreshes(text: &str, issuer_label: &str, result: &str) -> f64 {
+    let result = format!(r#"result="{result}""#);
+    metric(
+        text,
+        "authgate_jwks_refresh_total",
+        &[issuer_label, &result],
+    )
+}
+
+/// Asserts that the gateway counted at least `n` JWKS refreshes with `result` for
+/// `issuer_label`; returns the metrics text.
+async fn assert_jwks_refreshes(
+    gw: &TestGateway,
+    issuer_label: &str,
+    result: &str,
+    n: f64,
+) -> String {
+    let text = metrics_text(gw).await;
+    assert!(jwks_refreshes(&text, issuer_label, result) >= n, "{text}");
+    text
+}
+
+/// The status of a fresh token for `issuer` signed by `key` on `/v1/x`.
+async fn fresh_token_status(gw: &TestGateway, key: &TestKey, issuer: &str) -> u16 {
+    get(gw, "/v1/x", &key.sign(&claims(issuer))).await.status
+}
+
+/// Each token on `/v1/x`, `concurrency` at a time: (status, error code) in completion order.
+async fn statuses_and_codes(
+    gw: &TestGateway,
+    tokens: &[String],
+    concurrency: usize,
+) -> Vec<(u16, String)> {
+    stream::iter(tokens.iter())
+        .map(|token| async move {
+            let answer = get(gw, "/v1/x", token).await;
+            (answer.status, answer.code())
+        })
+        .buffer_unordered(concurrency)
+        .collect()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+}
+
+/// Each `(path, credential, required, what)` gets 403 INSUFFICIENT_SCOPE naming `required`.
+async fn expect_insufficient_scopes(gw: &TestGateway, cases: &[(&str, &str, &str, &str)]) {
+    for &(path, credential, required, what) in cases {
+        assert_insufficient_scope(&get(gw, path, credential).await, required, what);
+    }
 }
 
 /// The value of the series `name{...}` whose labels include every `label="value"` given.
@@ -709,32 +670,17 @@ async fn valid_rs256_ps256_es256_es384_and_eddsa_tokens_reach_the_upstream_with_
             .unwrap();
         assert_eq!(response.status(), 200, "{alg}");
         let seen = upstream.last();
-        assert_eq!(
-            seen.header("x-auth-method").as_deref(),
-            Some("jwt"),
-            "{alg}"
-        );
-        assert_eq!(
-            seen.header("x-auth-subject").as_deref(),
-            Some("user-1"),
-            "{alg}"
-        );
-        assert_eq!(seen.header("x-auth-issuer"), Some(idp.issuer()), "{alg}");
-        assert_eq!(
-            seen.header("x-auth-tenant-id").as_deref(),
-            Some("acme"),
-            "{alg}"
-        );
-        assert_eq!(
-            seen.header("x-auth-scopes").as_deref(),
-            Some("inference:write models:read"),
-            "{alg}"
-        );
-        assert_eq!(
-            seen.header("x-auth-claim-email").as_deref(),
-            Some("alice@example.com"),
-            "{alg}"
-        );
+        let issuer = idp.issuer();
+        for (name, value) in [
+            ("x-auth-method", "jwt"),
+            ("x-auth-subject", "user-1"),
+            ("x-auth-issuer", &issuer),
+            ("x-auth-tenant-id", "acme"),
+            ("x-auth-scopes", "inference:write models:read"),
+            ("x-auth-claim-email", "alice@example.com"),
+        ] {
+            assert_eq!(seen.header(name).as_deref(), Some(value), "{alg}: {name}");
+        }
         assert_eq!(seen.header("x-auth-key-id"), None, "{alg}");
         assert_eq!(seen.header("x-auth-user-id"), None, "{alg}");
         assert_eq!(seen.header("authorization"), None, "{alg}");
@@ -1079,12 +1025,11 @@ async fn attack_corpus_tokens_get_401_invalid_token_and_nothing_is_forwarded() {
         ),
     ]);
 
-    let before = upstream.count();
-    for (what, token) in &corpus {
-        let answer = get(&gw, "/v1/x", token).await;
-        assert_error(&answer, 401, "AUTH_INVALID_TOKEN", token, what);
-        assert_eq!(upstream.count(), before, "{what}: forwarded");
-    }
+    let cases: Vec<_> = corpus
+        .iter()
+        .map(|(what, token)| ("/v1/x", token.as_str(), "AUTH_INVALID_TOKEN", what.as_str()))
+        .collect();
+    expect_401s_unforwarded(&gw, &upstream, &cases).await;
     // The jku header was never followed.
     assert_eq!(idp.fetches("/attacker/jwks.json"), 0, "{:?}", idp.paths());
     // Nothing was poisoned: the valid token still works.
@@ -1100,45 +1045,37 @@ async fn a_token_with_an_unknown_critical_header_is_401() {
     header.crit = Some(vec!["x-unknown".into()]);
     header.extras.insert("x-unknown", "1");
     let token = k.rsa.sign_header(&header, &claims(&idp.issuer()));
-    let before = upstream.count();
-    let answer = get(&gw, "/v1/x", &token).await;
-    assert_error(&answer, 401, "AUTH_INVALID_TOKEN", &token, "crit");
-    assert_eq!(upstream.count(), before);
+    let cases = [("/v1/x", token.as_str(), "AUTH_INVALID_TOKEN", "crit")];
+    expect_401s_unforwarded(&gw, &upstream, &cases).await;
 }
 
 #[tokio::test]
 async fn expired_beyond_leeway_is_401_token_expired_and_within_leeway_is_200() {
     let (idp, upstream, gw) = setup().await;
-    let k = keys();
-    let expired = k.rsa.sign(&with(
-        claims(&idp.issuer()),
+    let expired = rsa_signed(
+        &idp.issuer(),
         json!({"exp": now() - 120, "iat": now() - 700}),
-    ));
-    let before = upstream.count();
-    let answer = get(&gw, "/v1/x", &expired).await;
-    assert_error(&answer, 401, "AUTH_TOKEN_EXPIRED", &expired, "expired");
-    assert_eq!(upstream.count(), before);
+    );
+    let cases = [("/v1/x", expired.as_str(), "AUTH_TOKEN_EXPIRED", "expired")];
+    expect_401s_unforwarded(&gw, &upstream, &cases).await;
 
-    let within = k.rsa.sign(&with(
-        claims(&idp.issuer()),
+    let within = rsa_signed(
+        &idp.issuer(),
         json!({"exp": now() - 10, "nbf": now() + 10, "iat": now() + 10}),
-    ));
+    );
     let answer = get(&gw, "/v1/x", &within).await;
     assert_eq!(answer.status, 200, "within leeway: {answer:?}");
 
     // An expired token that is also invalid reports the invalidity.
-    let both = k.rsa.sign(&with(
-        claims(&idp.issuer()),
-        json!({"exp": now() - 120, "aud": "billing"}),
-    ));
-    let answer = get(&gw, "/v1/x", &both).await;
-    assert_error(
-        &answer,
-        401,
-        "AUTH_INVALID_TOKEN",
+    let both = rsa_signed(&idp.issuer(), json!({"exp": now() - 120, "aud": "billing"}));
+    expect_401(
+        &gw,
+        "/v1/x",
         &both,
+        "AUTH_INVALID_TOKEN",
         "expired and wrong aud",
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -1147,25 +1084,20 @@ async fn a_cached_token_stops_working_when_it_expires_401_token_expired() {
     // The strict issuer has leeway 0s and no audiences.
     let strict = format!("{}/strict", idp.url());
     let exp = now() + 3;
-    let token = keys()
-        .rsa
-        .sign(&with(claims(&strict), json!({"aud": null, "exp": exp})));
+    let token = rsa_signed(&strict, json!({"aud": null, "exp": exp}));
     let answer = wait_for_status(&gw, "/v1/x", &token, 200).await;
     assert_eq!(answer.status, 200);
     assert_eq!(upstream.last().header("x-auth-issuer"), Some(strict));
     // Served from the cache until exp, then refused.
     wait_for_status(&gw, "/v1/x", &token, 401).await;
     assert!(now() >= exp);
-    let before = upstream.count();
-    let answer = get(&gw, "/v1/x", &token).await;
-    assert_error(
-        &answer,
-        401,
+    let cases = [(
+        "/v1/x",
+        token.as_str(),
         "AUTH_TOKEN_EXPIRED",
-        &token,
         "expired in cache",
-    );
-    assert_eq!(upstream.count(), before);
+    )];
+    expect_401s_unforwarded(&gw, &upstream, &cases).await;
 }
 
 #[tokio::test]
@@ -1174,19 +1106,16 @@ async fn an_oversized_20_kb_token_is_401_and_nothing_is_forwarded() {
     let padded = with(claims(&idp.issuer()), json!({"pad": "x".repeat(15_000)}));
     let token = keys().rsa.sign(&padded);
     assert!(token.len() > 20_000, "{}", token.len());
-    let before = upstream.count();
-    let answer = get(&gw, "/v1/x", &token).await;
-    assert_error(&answer, 401, "AUTH_INVALID_TOKEN", &token, "20 KB token");
-    assert_eq!(upstream.count(), before);
-    let answer = get(&gw, "/keys/x", &token).await;
-    assert_error(
-        &answer,
-        401,
-        "AUTH_INVALID_KEY",
-        &token,
-        "20 KB token, API-key route",
-    );
-    assert_eq!(upstream.count(), before);
+    let cases = [
+        ("/v1/x", token.as_str(), "AUTH_INVALID_TOKEN", "20 KB token"),
+        (
+            "/keys/x",
+            &token,
+            "AUTH_INVALID_KEY",
+            "20 KB token, API-key route",
+        ),
+    ];
+    expect_401s_unforwarded(&gw, &upstream, &cases).await;
 }
 
 // === 3. credential kinds per route ===
@@ -1196,25 +1125,17 @@ async fn a_jwt_on_an_api_key_route_is_401_invalid_key_and_an_api_key_on_a_jwt_ro
  {
     let (idp, upstream, gw) = setup().await;
     let token = keys().rsa.sign(&claims(&idp.issuer()));
-    let before = upstream.count();
-    let answer = get(&gw, "/keys/x", &token).await;
-    assert_error(
-        &answer,
-        401,
-        "AUTH_INVALID_KEY",
-        &token,
-        "JWT on api_key route",
-    );
     let key = API_KEYS.writer.clone();
-    let answer = get(&gw, "/v1/x", &key).await;
-    assert_error(
-        &answer,
-        401,
-        "AUTH_INVALID_TOKEN",
-        &key,
-        "API key on jwt route",
-    );
-    assert_eq!(upstream.count(), before);
+    let cases = [
+        (
+            "/keys/x",
+            token.as_str(),
+            "AUTH_INVALID_KEY",
+            "JWT on api_key route",
+        ),
+        ("/v1/x", &key, "AUTH_INVALID_TOKEN", "API key on jwt route"),
+    ];
+    expect_401s_unforwarded(&gw, &upstream, &cases).await;
     // Each works where it is accepted.
     assert_eq!(get(&gw, "/both/x", &token).await.status, 200);
     assert_eq!(get(&gw, "/both/x", &key).await.status, 200);
@@ -1226,51 +1147,29 @@ async fn an_api_key_on_a_jwt_only_gateway_without_key_file_is_401_invalid_token(
     let k = keys();
     let idp = FakeIdp::start(&[&k.rsa]).await;
     let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&format!(
-        r#"[[jwt.issuers]]
-issuer = "{0}/platform"
-jwks_uri = "{0}/jwks.json"
-
-[[routes]]
-name = "api"
-match = {{ path_prefix = "/v1/" }}
-upstream = "{1}"
-auth = ["jwt"]
-"#,
-        idp.url(),
-        upstream.url()
-    ))
-    .await;
-    let token = k
-        .rsa
-        .sign(&with(claims(&idp.issuer()), json!({"aud": null})));
+    let issuer = format!(
+        "issuer = \"{0}/platform\"\njwks_uri = \"{0}/jwks.json\"",
+        idp.url()
+    );
+    let gw = TestGateway::start(&issuer_config_to(&issuer, &upstream.url(), JWT)).await;
+    let token = rsa_signed(&idp.issuer(), json!({"aud": null}));
     wait_for_status(&gw, "/v1/x", &token, 200).await;
     let key = "sgk_0123456789abcdefghijklmnopqrstuvwxyzABCD";
-    let answer = get(&gw, "/v1/x", key).await;
-    assert_error(
-        &answer,
-        401,
-        "AUTH_INVALID_TOKEN",
-        key,
-        "API key on jwt route",
-    );
+    let cases = [("/v1/x", key, "AUTH_INVALID_TOKEN", "API key on jwt route")];
+    expect_401s_unforwarded(&gw, &upstream, &cases).await;
     assert_eq!(upstream.count(), 1);
 }
 
 #[tokio::test]
 async fn a_token_from_an_unconfigured_issuer_is_401_even_where_api_keys_are_accepted() {
     let (idp, upstream, gw) = setup().await;
-    let k = keys();
-    let foreign = k.rsa.sign(&with(
-        claims(&idp.issuer()),
+    let foreign = rsa_signed(
+        &idp.issuer(),
         json!({"iss": format!("{}/unconfigured", idp.url())}),
-    ));
-    let before = upstream.count();
-    for path in ["/both/x", "/v1/x", "/open/x"] {
-        let answer = get(&gw, path, &foreign).await;
-        assert_error(&answer, 401, "AUTH_INVALID_TOKEN", &foreign, path);
-    }
-    assert_eq!(upstream.count(), before);
+    );
+    let cases = ["/both/x", "/v1/x", "/open/x"]
+        .map(|path| (path, foreign.as_str(), "AUTH_INVALID_TOKEN", path));
+    expect_401s_unforwarded(&gw, &upstream, &cases).await;
     assert!(!idp.paths().iter().any(|p| p.contains("unconfigured")));
 }
 
@@ -1323,15 +1222,7 @@ async fn a_thousand_tokens_with_random_unknown_kids_get_401_with_at_most_one_fet
     let forwarded = upstream.count();
     let before = idp.fetches("/jwks.json");
     let started = Instant::now();
-    let gw = &gw;
-    let statuses: Vec<(u16, String)> = stream::iter(tokens.iter())
-        .map(|token| async move {
-            let answer = get(gw, "/v1/x", token).await;
-            (answer.status, answer.code())
-        })
-        .buffer_unordered(50)
-        .collect()
-        .await;
+    let statuses = statuses_and_codes(&gw, &tokens, 50).await;
     let elapsed = started.elapsed();
     assert!(
         statuses
@@ -1347,12 +1238,7 @@ async fn a_thousand_tokens_with_random_unknown_kids_get_401_with_at_most_one_fet
         "{fetched} JWKS fetches in {elapsed:?} (at most {allowed})"
     );
     assert_eq!(upstream.count(), forwarded);
-    assert_eq!(
-        get(gw, "/v1/x", &keys().rsa.sign(&claims(&iss)))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(fresh_token_status(&gw, &keys().rsa, &iss).await, 200);
 }
 
 #[tokio::test]
@@ -1362,46 +1248,19 @@ async fn while_the_idp_fails_known_keys_keep_working_for_cached_and_new_tokens_2
     let iss = idp.issuer();
     let cached = k.rsa.sign(&claims(&iss));
     assert_eq!(get(&gw, "/v1/x", &cached).await.status, 200);
-    let unknown_kid = || {
-        craft(
-            &json!({"alg": "RS256", "kid": uuid::Uuid::new_v4().to_string()}),
-            &claims(&iss),
-            "c2ln",
-        )
-    };
+    let unknown_kid = || unknown_kid_token(&iss, &uuid::Uuid::new_v4().to_string());
 
     // 500: the refetch for an unknown kid fails, the last good set stays.
     idp.set_mode(IdpMode::Status(500));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let before = idp.fetches("/jwks.json");
     let token = unknown_kid();
-    assert_error(
-        &get(&gw, "/v1/x", &token).await,
-        401,
-        "AUTH_INVALID_TOKEN",
-        &token,
-        "500",
-    );
+    expect_401(&gw, "/v1/x", &token, "AUTH_INVALID_TOKEN", "500").await;
     assert_eq!(idp.fetches("/jwks.json"), before + 1);
     assert_eq!(get(&gw, "/v1/x", &cached).await.status, 200);
-    assert_eq!(
-        get(&gw, "/v1/x", &k.rsa.sign(&claims(&iss))).await.status,
-        200
-    );
-    assert_eq!(
-        get(&gw, "/v1/x", &k.es256.sign(&claims(&iss))).await.status,
-        200
-    );
-    let text = metrics_text(&gw).await;
-    let issuer_label = format!(r#"issuer="{iss}""#);
-    assert!(
-        metric(
-            &text,
-            "authgate_jwks_refresh_total",
-            &[&issuer_label, r#"result="error""#]
-        ) >= 1.0,
-        "{text}"
-    );
+    assert_eq!(fresh_token_status(&gw, &k.rsa, &iss).await, 200);
+    assert_eq!(fresh_token_status(&gw, &k.es256, &iss).await, 200);
+    assert_jwks_refreshes(&gw, &format!(r#"issuer="{iss}""#), "error", 1.0).await;
 
     // Hang: a refetch that never answers does not hold up tokens signed with known keys.
     idp.set_mode(IdpMode::Hang);
@@ -1417,10 +1276,7 @@ async fn while_the_idp_fails_known_keys_keep_working_for_cached_and_new_tokens_2
     })
     .await;
     for _ in 0..3 {
-        assert_eq!(
-            get(&gw, "/v1/x", &k.ed.sign(&claims(&iss))).await.status,
-            200
-        );
+        assert_eq!(fresh_token_status(&gw, &k.ed, &iss).await, 200);
         assert_eq!(get(&gw, "/v1/x", &cached).await.status, 200);
     }
     idp.set_mode(IdpMode::Serve);
@@ -1430,22 +1286,10 @@ async fn while_the_idp_fails_known_keys_keep_working_for_cached_and_new_tokens_2
     idp.stop().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let token = unknown_kid();
-    assert_error(
-        &get(&gw, "/v1/x", &token).await,
-        401,
-        "AUTH_INVALID_TOKEN",
-        &token,
-        "refused",
-    );
+    expect_401(&gw, "/v1/x", &token, "AUTH_INVALID_TOKEN", "refused").await;
     assert_eq!(get(&gw, "/v1/x", &cached).await.status, 200);
-    assert_eq!(
-        get(&gw, "/v1/x", &k.rsa.sign(&claims(&iss))).await.status,
-        200
-    );
-    assert_eq!(
-        get(&gw, "/v1/x", &k.es384.sign(&claims(&iss))).await.status,
-        200
-    );
+    assert_eq!(fresh_token_status(&gw, &k.rsa, &iss).await, 200);
+    assert_eq!(fresh_token_status(&gw, &k.es384, &iss).await, 200);
 }
 
 // === 5. IdP down at start ===
@@ -1462,23 +1306,21 @@ async fn with_the_idp_down_at_start_the_gateway_is_ready_and_answers_503_until_t
     assert_eq!(ready.status(), 200);
     let token = k.rsa.sign(&claims(&idp.issuer()));
     for _ in 0..3 {
-        let answer = get(&gw, "/v1/x", &token).await;
-        assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE", &token, "IdP down");
+        expect_refused(
+            &gw,
+            "/v1/x",
+            &token,
+            503,
+            "AUTH_BACKEND_UNAVAILABLE",
+            "IdP down",
+        )
+        .await;
     }
     // A credential the gateway can judge without the IdP is still judged.
-    let answer = get(&gw, "/v1/x", "aaa.bbb.ccc").await;
-    assert_error(&answer, 401, "AUTH_INVALID_TOKEN", "aaa.bbb.ccc", "garbage");
+    expect_401(&gw, "/v1/x", "aaa.bbb.ccc", "AUTH_INVALID_TOKEN", "garbage").await;
     assert_eq!(upstream.count(), 0);
-    let text = metrics_text(&gw).await;
     let issuer_label = format!(r#"issuer="{}""#, idp.issuer());
-    assert!(
-        metric(
-            &text,
-            "authgate_jwks_refresh_total",
-            &[&issuer_label, r#"result="error""#]
-        ) >= 1.0,
-        "{text}"
-    );
+    assert_jwks_refreshes(&gw, &issuer_label, "error", 1.0).await;
 
     idp.restart().await;
     wait_for_status(&gw, "/v1/x", &token, 200).await;
@@ -1497,21 +1339,9 @@ async fn without_jwks_uri_the_key_set_is_found_through_oidc_discovery_200() {
     let idp = FakeIdp::start(&[&k.es256]).await;
     let upstream = Upstream::start().await;
     let issuer = format!("{}/oidc", idp.url());
-    let gw = TestGateway::start(&format!(
-        r#"[[jwt.issuers]]
-issuer = "{issuer}"
-audiences = ["scaigrid"]
-algorithms = ["ES256"]
-
-[[routes]]
-name = "api"
-match = {{ path_prefix = "/v1/" }}
-upstream = "{}"
-auth = ["jwt"]
-"#,
-        upstream.url()
-    ))
-    .await;
+    let lines =
+        format!("issuer = \"{issuer}\"\naudiences = [\"scaigrid\"]\nalgorithms = [\"ES256\"]");
+    let gw = TestGateway::start(&issuer_config_to(&lines, &upstream.url(), JWT)).await;
     let token = k.es256.sign(&claims(&issuer));
     wait_for_status(&gw, "/v1/x", &token, 200).await;
     assert_eq!(
@@ -1554,11 +1384,7 @@ async fn jwks_keys_for_encryption_or_declaring_another_alg_never_verify_401() {
     idp.set_jwks(vec![enc, rs512_only, ec_as_rsa, hmac, k.ed.jwk.clone()]);
     // Past the min interval, then a rotation-triggering unknown kid loads the new set.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let probe = craft(
-        &json!({"alg": "RS256", "kid": "probe"}),
-        &claims(&idp.issuer()),
-        "c2ln",
-    );
+    let probe = unknown_kid_token(&idp.issuer(), "probe");
     assert_eq!(get(&gw, "/v1/x", &probe).await.status, 401);
     let before = upstream.count();
     let refused = [
@@ -1589,13 +1415,7 @@ async fn jwks_keys_for_encryption_or_declaring_another_alg_never_verify_401() {
         ),
     ];
     for (what, token) in &refused {
-        assert_error(
-            &get(&gw, "/v1/x", token).await,
-            401,
-            "AUTH_INVALID_TOKEN",
-            token,
-            what,
-        );
+        expect_401(&gw, "/v1/x", token, "AUTH_INVALID_TOKEN", what).await;
     }
     assert_eq!(upstream.count(), before);
     // The usable key of the same set works.
@@ -1615,31 +1435,21 @@ async fn tenant_setup() -> (FakeIdp, Upstream, TestGateway) {
     idp.set_tenant("acme", &[&k.acme]);
     idp.set_tenant("globex", &[&k.globex]);
     let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&format!(
-        r#"[[jwt.issuers]]
-issuer_pattern = "{0}/tenants/{{tenant}}"
+    let issuer = format!(
+        r#"issuer_pattern = "{0}/tenants/{{tenant}}"
 jwks_uri = "{0}/tenants/{{tenant}}/jwks.json"
 audiences = ["scaigrid"]
 algorithms = ["ES256"]
-jwks_min_refresh_interval = "1s"
-
-[[routes]]
-name = "api"
-match = {{ path_prefix = "/v1/" }}
-upstream = "{1}"
-auth = ["jwt"]
-
-[[routes]]
-name = "acme-only"
-match = {{ path_prefix = "/acme/" }}
-upstream = "{1}"
-auth = ["jwt"]
-tenants = ["acme"]
-"#,
-        idp.url(),
-        upstream.url()
-    ))
-    .await;
+jwks_min_refresh_interval = "1s""#,
+        idp.url()
+    );
+    let up = upstream.url();
+    let config = format!(
+        "{}\n{}",
+        issuer_config_to(&issuer, &up, JWT),
+        auth_route("acme-only", "/acme/", &up, JWT, ACME_ONLY)
+    );
+    let gw = TestGateway::start(&config).await;
     (idp, upstream, gw)
 }
 
@@ -1682,14 +1492,15 @@ async fn an_issuer_pattern_captures_the_tenant_and_verifies_with_that_tenants_ke
         upstream.last().header("x-auth-tenant-id").as_deref(),
         Some("globex")
     );
-    let answer = get(&gw, "/acme/x", &globex).await;
-    assert_error(
-        &answer,
+    expect_refused(
+        &gw,
+        "/acme/x",
+        &globex,
         403,
         "TENANT_NOT_ALLOWED",
-        &globex,
         "globex on acme route",
-    );
+    )
+    .await;
     assert_eq!(
         idp.fetches("/tenants/acme/jwks.json"),
         1,
@@ -1703,16 +1514,8 @@ async fn an_issuer_pattern_captures_the_tenant_and_verifies_with_that_tenants_ke
         idp.paths()
     );
     // Metrics name the configured pattern, never a per-tenant URL.
-    let text = metrics_text(&gw).await;
     let pattern = format!(r#"issuer="{}/tenants/{{tenant}}""#, idp.url());
-    assert!(
-        metric(
-            &text,
-            "authgate_jwks_refresh_total",
-            &[&pattern, r#"result="success""#]
-        ) >= 2.0,
-        "{text}"
-    );
+    let text = assert_jwks_refreshes(&gw, &pattern, "success", 2.0).await;
     assert!(
         !text.contains("/tenants/acme") && !text.contains("/tenants/globex"),
         "{text}"
@@ -1731,15 +1534,7 @@ async fn a_stream_of_random_tenants_cannot_make_the_gateway_hammer_the_idp_401_o
         .map(|i| k.acme.sign(&tenant_claims(&idp, &format!("random-{i}"))))
         .collect();
     let started = Instant::now();
-    let gw = &gw;
-    let answers: Vec<(u16, String)> = stream::iter(tokens.iter())
-        .map(|token| async move {
-            let answer = get(gw, "/v1/x", token).await;
-            (answer.status, answer.code())
-        })
-        .buffer_unordered(20)
-        .collect()
-        .await;
+    let answers = statuses_and_codes(&gw, &tokens, 20).await;
     let elapsed = started.elapsed().as_secs_f64();
     for (status, code) in &answers {
         assert!(
@@ -1760,12 +1555,8 @@ async fn a_stream_of_random_tenants_cannot_make_the_gateway_hammer_the_idp_401_o
     );
     assert_eq!(upstream.count(), 1);
     // A known tenant is unaffected.
-    assert_eq!(
-        get(gw, "/v1/x", &k.acme.sign(&tenant_claims(&idp, "acme")))
-            .await
-            .status,
-        200
-    );
+    let acme = k.acme.sign(&tenant_claims(&idp, "acme"));
+    assert_eq!(get(&gw, "/v1/x", &acme).await.status, 200);
 }
 
 #[tokio::test]
@@ -1825,8 +1616,7 @@ async fn an_issuer_pattern_refuses_tenant_mismatches_odd_tenants_and_foreign_key
         ));
     }
     for (what, token) in &cases {
-        let answer = get(&gw, "/v1/x", token).await;
-        assert_error(&answer, 401, "AUTH_INVALID_TOKEN", token, what);
+        expect_401(&gw, "/v1/x", token, "AUTH_INVALID_TOKEN", what).await;
     }
     assert_eq!(upstream.count(), forwarded);
     // Only plain tenant names ever reached a JWKS URL.
@@ -1865,18 +1655,17 @@ async fn a_verified_token_keeps_working_without_fetches_after_the_idp_is_stopped
 #[tokio::test]
 async fn scopes_and_tenants_are_checked_on_every_request_for_a_cached_token_200_and_403() {
     let (idp, upstream, gw) = setup().await;
-    let token = keys().rsa.sign(&with(
-        claims(&idp.issuer()),
+    let token = rsa_signed(
+        &idp.issuer(),
         json!({"scope": "inference:write", "tenant_id": "globex"}),
-    ));
+    );
     for round in 0..3 {
         let forwarded = upstream.count();
         assert_eq!(get(&gw, "/v1/x", &token).await.status, 200, "round {round}");
         assert_eq!(upstream.count(), forwarded + 1);
         let answer = get(&gw, "/admin/x", &token).await;
         assert_insufficient_scope(&answer, "admin root", "admin");
-        let answer = get(&gw, "/acme/x", &token).await;
-        assert_error(&answer, 403, "TENANT_NOT_ALLOWED", &token, "tenant");
+        expect_refused(&gw, "/acme/x", &token, 403, "TENANT_NOT_ALLOWED", "tenant").await;
         assert_eq!(upstream.count(), forwarded + 1);
     }
 }
@@ -1906,31 +1695,24 @@ async fn scopes_all_scopes_and_tenants_apply_to_jwts_403() {
     assert_eq!(get(&gw, "/acme/x", &both).await.status, 200);
 
     let forwarded = upstream.count();
-    assert_insufficient_scope(
-        &get(&gw, "/anyof/x", &none).await,
-        "inference:write models:read",
-        "anyof, none",
-    );
-    assert_insufficient_scope(
-        &get(&gw, "/all/x", &reader).await,
-        "inference:write models:read",
-        "all, reader",
-    );
-    assert_insufficient_scope(
-        &get(&gw, "/all/x", &writer).await,
-        "inference:write models:read",
-        "all, writer",
-    );
-    assert_insufficient_scope(
-        &get(&gw, "/v1/x", &reader).await,
-        "inference:write",
-        "v1, reader",
-    );
-    assert_insufficient_scope(&get(&gw, "/admin/x", &both).await, "admin root", "admin");
-    let answer = get(&gw, "/acme/x", &writer).await;
-    assert_error(&answer, 403, "TENANT_NOT_ALLOWED", &writer, "globex");
-    let answer = get(&gw, "/acme/x", &none).await;
-    assert_error(&answer, 403, "TENANT_NOT_ALLOWED", &none, "no tenant");
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("/anyof/x", &none, WRITE_AND_READ, "anyof, none"),
+        ("/all/x", &reader, WRITE_AND_READ, "all, reader"),
+        ("/all/x", &writer, WRITE_AND_READ, "all, writer"),
+        ("/v1/x", &reader, "inference:write", "v1, reader"),
+        ("/admin/x", &both, "admin root", "admin"),
+    ];
+    expect_insufficient_scopes(&gw, cases).await;
+    expect_refused(&gw, "/acme/x", &writer, 403, "TENANT_NOT_ALLOWED", "globex").await;
+    expect_refused(
+        &gw,
+        "/acme/x",
+        &none,
+        403,
+        "TENANT_NOT_ALLOWED",
+        "no tenant",
+    )
+    .await;
     assert_eq!(upstream.count(), forwarded);
 }
 
@@ -1952,29 +1734,21 @@ async fn scopes_all_scopes_and_tenants_apply_to_api_keys_403() {
     assert_eq!(get(&gw, "/acme/x", &keys.no_scopes).await.status, 200);
 
     let forwarded = upstream.count();
-    assert_insufficient_scope(
-        &get(&gw, "/anyof/x", &keys.no_scopes).await,
-        "inference:write models:read",
-        "anyof",
-    );
-    assert_insufficient_scope(
-        &get(&gw, "/all/x", &keys.writer).await,
-        "inference:write models:read",
-        "all",
-    );
-    assert_insufficient_scope(
-        &get(&gw, "/admin/x", &keys.reader_globex).await,
-        "admin root",
-        "admin",
-    );
-    let answer = get(&gw, "/acme/x", &keys.reader_globex).await;
-    assert_error(
-        &answer,
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("/anyof/x", &keys.no_scopes, WRITE_AND_READ, "anyof"),
+        ("/all/x", &keys.writer, WRITE_AND_READ, "all"),
+        ("/admin/x", &keys.reader_globex, "admin root", "admin"),
+    ];
+    expect_insufficient_scopes(&gw, cases).await;
+    let answer = expect_refused(
+        &gw,
+        "/acme/x",
+        &keys.reader_globex,
         403,
         "TENANT_NOT_ALLOWED",
-        &keys.reader_globex,
         "globex key",
-    );
+    )
+    .await;
     assert!(!answer.body.contains(&keys.reader_globex));
     assert_eq!(upstream.count(), forwarded);
 }
@@ -1988,28 +1762,16 @@ async fn metrics_count_jwks_refreshes_and_jwt_results_without_naming_tokens() {
     let good = k.rsa.sign(&claims(&idp.issuer()));
     assert_eq!(get(&gw, "/v1/x", &good).await.status, 200);
     assert_eq!(get(&gw, "/v1/x", "aaa.bbb.ccc").await.status, 401);
-    let expired = k
-        .rsa
-        .sign(&with(claims(&idp.issuer()), json!({"exp": now() - 600})));
+    let expired = rsa_signed(&idp.issuer(), json!({"exp": now() - 600}));
     assert_eq!(get(&gw, "/v1/x", &expired).await.status, 401);
     idp.set_mode(IdpMode::Status(500));
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let unknown = craft(
-        &json!({"alg": "RS256", "kid": "nope"}),
-        &claims(&idp.issuer()),
-        "c2ln",
-    );
+    let unknown = unknown_kid_token(&idp.issuer(), "nope");
     assert_eq!(get(&gw, "/v1/x", &unknown).await.status, 401);
 
     let text = metrics_text(&gw).await;
     let issuer = format!(r#"issuer="{}""#, idp.issuer());
-    let refreshes = |result: &str| {
-        metric(
-            &text,
-            "authgate_jwks_refresh_total",
-            &[&issuer, &format!(r#"result="{result}""#)],
-        )
-    };
+    let refreshes = |result: &str| jwks_refreshes(&text, &issuer, result);
     assert!(refreshes("success") >= 1.0, "{text}");
     assert!(refreshes("error") >= 1.0, "{text}");
     let auth = |result: &str| {
@@ -2031,17 +1793,7 @@ async fn metrics_count_jwks_refreshes_and_jwt_results_without_naming_tokens() {
 // === 11. config errors ===
 
 fn issuer_config(issuer_lines: &str, route_auth: &str) -> String {
-    format!(
-        r#"[[jwt.issuers]]
-{issuer_lines}
-
-[[routes]]
-name = "api"
-match = {{ path_prefix = "/v1/" }}
-upstream = "http://127.0.0.1:9"
-auth = {route_auth}
-"#
-    )
+    issuer_config_to(issuer_lines, "http://127.0.0.1:9", route_auth)
 }
 
 /// The errors of loading `text` as `test.toml`, each checked to read `test.toml:L:C: msg`.
@@ -2149,13 +1901,8 @@ jwks_uri = "ftp://idp.example/jwks.json""#,
     }
 
     // A route accepting jwt with no issuer at all.
-    let text = r#"[[routes]]
-name = "api"
-match = { path_prefix = "/v1/" }
-upstream = "http://127.0.0.1:9"
-auth = ["jwt"]
-"#;
-    let errors = config_errors(text);
+    let text = auth_route("api", "/v1/", "http://127.0.0.1:9", JWT, "");
+    let errors = config_errors(&text);
     assert!(
         errors
             .iter()

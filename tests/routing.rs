@@ -18,6 +18,42 @@ fn tagged(name: &str, matcher: &str, up: &Upstream) -> String {
     )
 }
 
+/// A new upstream and a gateway with one `tagged` route per (name, matcher).
+async fn tagged_gateway(routes: &[(&str, &str)]) -> (Upstream, TestGateway) {
+    let up = Upstream::start().await;
+    let config: String = routes
+        .iter()
+        .map(|(name, matcher)| tagged(name, matcher, &up))
+        .collect();
+    let gw = TestGateway::start(&config).await;
+    (up, gw)
+}
+
+/// Asserts which route (`None`: none, a 404) each `GET target` with `Host: host` reaches.
+async fn assert_get_routes<'a, W>(gw: &TestGateway, up: &Upstream, host: &str, cases: &[(&str, W)])
+where
+    W: Copy + Into<Option<&'a str>>,
+{
+    for &(target, want) in cases {
+        let got = route_for(gw, up, "GET", target, Some(host)).await;
+        assert_eq!(got.as_deref(), want.into(), "GET {target}");
+    }
+}
+
+/// Asserts which route (`None`: none, a 404) each `(target, host, want)` GET reaches.
+async fn assert_get_routes_by_host<'a, W>(
+    gw: &TestGateway,
+    up: &Upstream,
+    cases: &[(&str, &str, W)],
+) where
+    W: Copy + Into<Option<&'a str>>,
+{
+    for &(target, host, want) in cases {
+        let got = route_for(gw, up, "GET", target, Some(host)).await;
+        assert_eq!(got.as_deref(), want.into(), "GET {target} Host: {host}");
+    }
+}
+
 /// A raw HTTP/1.1 request; `host = None` leaves the Host header out.
 fn raw(method: &str, target: &str, host: Option<&str>, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut text = format!("{method} {target} HTTP/1.1\r\n");
@@ -117,15 +153,13 @@ async fn route_for(
 
 #[tokio::test]
 async fn exact_path_beats_any_prefix_whatever_the_file_order() {
-    let up = Upstream::start().await;
-    let config = [
-        tagged("root", r#"path_prefix = "/""#, &up),
-        tagged("prefix", r#"path_prefix = "/v1/""#, &up),
-        tagged("exact", r#"path = "/v1/models""#, &up),
-        tagged("long_prefix", r#"path_prefix = "/v1/models""#, &up),
-    ]
-    .concat();
-    let gw = TestGateway::start(&config).await;
+    let (up, gw) = tagged_gateway(&[
+        ("root", r#"path_prefix = "/""#),
+        ("prefix", r#"path_prefix = "/v1/""#),
+        ("exact", r#"path = "/v1/models""#),
+        ("long_prefix", r#"path_prefix = "/v1/models""#),
+    ])
+    .await;
     let cases = [
         ("/v1/models", Some("exact")),
         // An exact path matches that path only: not a trailing slash, not below it.
@@ -135,24 +169,19 @@ async fn exact_path_beats_any_prefix_whatever_the_file_order() {
         ("/v1/other", Some("prefix")),
         ("/v2", Some("root")),
     ];
-    for (target, want) in cases {
-        let got = route_for(&gw, &up, "GET", target, Some("x")).await;
-        assert_eq!(got.as_deref(), want, "GET {target}");
-    }
+    assert_get_routes(&gw, &up, "x", &cases).await;
 }
 
 #[tokio::test]
 async fn longest_prefix_wins_not_the_first_in_file_order() {
-    let up = Upstream::start().await;
     // Shortest first, so file order alone would always pick the wrong one.
-    let config = [
-        tagged("root", r#"path_prefix = "/""#, &up),
-        tagged("api", r#"path_prefix = "/api""#, &up),
-        tagged("v1", r#"path_prefix = "/api/v1/""#, &up),
-        tagged("admin", r#"path_prefix = "/api/v1/admin""#, &up),
-    ]
-    .concat();
-    let gw = TestGateway::start(&config).await;
+    let (up, gw) = tagged_gateway(&[
+        ("root", r#"path_prefix = "/""#),
+        ("api", r#"path_prefix = "/api""#),
+        ("v1", r#"path_prefix = "/api/v1/""#),
+        ("admin", r#"path_prefix = "/api/v1/admin""#),
+    ])
+    .await;
     let cases = [
         ("/", "root"),
         ("/x", "root"),
@@ -169,36 +198,28 @@ async fn longest_prefix_wins_not_the_first_in_file_order() {
         ("/api/v1/admin/", "admin"),
         ("/api/v1/admin/users/7", "admin"),
     ];
-    for (target, want) in cases {
-        let got = route_for(&gw, &up, "GET", target, Some("x")).await;
-        assert_eq!(got.as_deref(), Some(want), "GET {target}");
-    }
+    assert_get_routes(&gw, &up, "x", &cases).await;
 }
 
 #[tokio::test]
 async fn host_specific_route_beats_hostless_case_insensitive_and_port_ignored() {
-    let up = Upstream::start().await;
     // The host-less route comes first in the file: the host still wins.
-    let config = [
-        tagged("any_host", r#"path_prefix = "/h/""#, &up),
-        tagged(
+    let (up, gw) = tagged_gateway(&[
+        ("any_host", r#"path_prefix = "/h/""#),
+        (
             "api_host",
             r#"path_prefix = "/h/", host = "api.example.com""#,
-            &up,
         ),
-        tagged(
+        (
             "mixed_case_config",
             r#"path_prefix = "/m/", host = "Api.Example.COM""#,
-            &up,
         ),
-        tagged(
+        (
             "only_api",
             r#"path_prefix = "/only/", host = "api.example.com""#,
-            &up,
         ),
-    ]
-    .concat();
-    let gw = TestGateway::start(&config).await;
+    ])
+    .await;
     let cases = [
         ("/h/x", "api.example.com", Some("api_host")),
         ("/h/x", "API.Example.com:8080", Some("api_host")),
@@ -214,37 +235,29 @@ async fn host_specific_route_beats_hostless_case_insensitive_and_port_ignored() 
         ("/only/x", "other.example.com", None),
         ("/only/x", "api.example.co", None),
     ];
-    for (target, host, want) in cases {
-        let got = route_for(&gw, &up, "GET", target, Some(host)).await;
-        assert_eq!(got.as_deref(), want, "GET {target} Host: {host}");
-    }
+    assert_get_routes_by_host(&gw, &up, &cases).await;
 }
 
 #[tokio::test]
 async fn precedence_order_is_exact_then_longest_prefix_then_host_then_file_order() {
-    let up = Upstream::start().await;
-    let config = [
+    let (up, gw) = tagged_gateway(&[
         // An exact host-less path beats a host-specific prefix.
-        tagged(
+        (
             "p_host_prefix",
             r#"path_prefix = "/p/", host = "api.example.com""#,
-            &up,
         ),
-        tagged("p_exact", r#"path = "/p/x""#, &up),
+        ("p_exact", r#"path = "/p/x""#),
         // A longer host-less prefix beats a shorter host-specific one.
-        tagged(
+        (
             "q_host_short",
             r#"path_prefix = "/q/", host = "api.example.com""#,
-            &up,
         ),
-        tagged("q_long", r#"path_prefix = "/q/deep/""#, &up),
+        ("q_long", r#"path_prefix = "/q/deep/""#),
         // Between two exact paths, the host decides.
-        tagged("e_any", r#"path = "/e""#, &up),
-        tagged("e_host", r#"path = "/e", host = "api.example.com""#, &up),
-    ]
-    .concat();
-    let gw = TestGateway::start(&config).await;
-    let host = Some("api.example.com");
+        ("e_any", r#"path = "/e""#),
+        ("e_host", r#"path = "/e", host = "api.example.com""#),
+    ])
+    .await;
     let cases = [
         ("/p/x", Some("p_exact")),
         ("/p/y", Some("p_host_prefix")),
@@ -252,10 +265,7 @@ async fn precedence_order_is_exact_then_longest_prefix_then_host_then_file_order
         ("/q/shallow", Some("q_host_short")),
         ("/e", Some("e_host")),
     ];
-    for (target, want) in cases {
-        let got = route_for(&gw, &up, "GET", target, host).await;
-        assert_eq!(got.as_deref(), want, "GET {target}");
-    }
+    assert_get_routes(&gw, &up, "api.example.com", &cases).await;
     let got = route_for(&gw, &up, "GET", "/e", Some("other")).await;
     assert_eq!(got.as_deref(), Some("e_any"));
     let got = route_for(&gw, &up, "GET", "/p/y", Some("other")).await;
@@ -264,69 +274,41 @@ async fn precedence_order_is_exact_then_longest_prefix_then_host_then_file_order
 
 #[tokio::test]
 async fn remaining_ties_go_to_file_order() {
-    let up = Upstream::start().await;
-    let config = [
-        tagged("prefix_first", r#"path_prefix = "/t/""#, &up),
-        tagged("prefix_second", r#"path_prefix = "/t/""#, &up),
-        tagged("exact_first", r#"path = "/e""#, &up),
-        tagged("exact_second", r#"path = "/e""#, &up),
-        tagged(
-            "host_first",
-            r#"path_prefix = "/h/", host = "a.example""#,
-            &up,
-        ),
-        tagged(
-            "host_second",
-            r#"path_prefix = "/h/", host = "A.EXAMPLE""#,
-            &up,
-        ),
-        tagged(
+    let (up, gw) = tagged_gateway(&[
+        ("prefix_first", r#"path_prefix = "/t/""#),
+        ("prefix_second", r#"path_prefix = "/t/""#),
+        ("exact_first", r#"path = "/e""#),
+        ("exact_second", r#"path = "/e""#),
+        ("host_first", r#"path_prefix = "/h/", host = "a.example""#),
+        ("host_second", r#"path_prefix = "/h/", host = "A.EXAMPLE""#),
+        (
             "get_first",
             r#"path_prefix = "/g/", methods = ["GET", "POST"]"#,
-            &up,
         ),
-        tagged(
-            "get_second",
-            r#"path_prefix = "/g/", methods = ["GET"]"#,
-            &up,
-        ),
-    ]
-    .concat();
-    let gw = TestGateway::start(&config).await;
-    for (target, host, want) in [
+        ("get_second", r#"path_prefix = "/g/", methods = ["GET"]"#),
+    ])
+    .await;
+    let cases = [
         ("/t/x", "x", "prefix_first"),
         ("/e", "x", "exact_first"),
         ("/h/x", "a.example", "host_first"),
         ("/g/x", "x", "get_first"),
-    ] {
-        let got = route_for(&gw, &up, "GET", target, Some(host)).await;
-        assert_eq!(got.as_deref(), Some(want), "GET {target}");
-    }
+    ];
+    assert_get_routes_by_host(&gw, &up, &cases).await;
 }
 
 #[tokio::test]
 async fn methods_filter_falls_through_to_another_route_or_404() {
-    let up = Upstream::start().await;
-    let config = [
-        tagged("post_exact", r#"path = "/m/x", methods = ["POST"]"#, &up),
-        tagged(
+    let (up, gw) = tagged_gateway(&[
+        ("post_exact", r#"path = "/m/x", methods = ["POST"]"#),
+        (
             "get_prefix",
             r#"path_prefix = "/m/", methods = ["GET", "head"]"#,
-            &up,
         ),
-        tagged(
-            "delete_root",
-            r#"path_prefix = "/", methods = ["DELETE"]"#,
-            &up,
-        ),
-        tagged(
-            "put_only",
-            r#"path_prefix = "/put/", methods = ["PUT"]"#,
-            &up,
-        ),
-    ]
-    .concat();
-    let gw = TestGateway::start(&config).await;
+        ("delete_root", r#"path_prefix = "/", methods = ["DELETE"]"#),
+        ("put_only", r#"path_prefix = "/put/", methods = ["PUT"]"#),
+    ])
+    .await;
     let cases = [
         ("POST", "/m/x", Some("post_exact")),
         // The exact route does not take GET: the prefix route does.
@@ -353,13 +335,11 @@ async fn methods_filter_falls_through_to_another_route_or_404() {
 
 #[tokio::test]
 async fn prefix_matches_only_at_segment_boundaries() {
-    let up = Upstream::start().await;
-    let config = [
-        tagged("slash", r#"path_prefix = "/v1/""#, &up),
-        tagged("bare", r#"path_prefix = "/v2""#, &up),
-    ]
-    .concat();
-    let gw = TestGateway::start(&config).await;
+    let (up, gw) = tagged_gateway(&[
+        ("slash", r#"path_prefix = "/v1/""#),
+        ("bare", r#"path_prefix = "/v2""#),
+    ])
+    .await;
     let cases = [
         // path_prefix = "/v1/": /v1/x, not /v1x nor /v1.
         ("/v1/x", Some("slash")),
@@ -377,21 +357,16 @@ async fn prefix_matches_only_at_segment_boundaries() {
         ("/v", None),
         ("/", None),
     ];
-    for (target, want) in cases {
-        let got = route_for(&gw, &up, "GET", target, Some("x")).await;
-        assert_eq!(got.as_deref(), want, "GET {target}");
-    }
+    assert_get_routes(&gw, &up, "x", &cases).await;
 }
 
 #[tokio::test]
 async fn paths_match_case_sensitively() {
-    let up = Upstream::start().await;
-    let config = [
-        tagged("admin", r#"path_prefix = "/admin/""#, &up),
-        tagged("exact", r#"path = "/Exact""#, &up),
-    ]
-    .concat();
-    let gw = TestGateway::start(&config).await;
+    let (up, gw) = tagged_gateway(&[
+        ("admin", r#"path_prefix = "/admin/""#),
+        ("exact", r#"path = "/Exact""#),
+    ])
+    .await;
     let cases = [
         ("/admin/x", Some("admin")),
         ("/ADMIN/x", None),
@@ -401,10 +376,7 @@ async fn paths_match_case_sensitively() {
         ("/exact", None),
         ("/EXACT", None),
     ];
-    for (target, want) in cases {
-        let got = route_for(&gw, &up, "GET", target, Some("x")).await;
-        assert_eq!(got.as_deref(), want, "GET {target}");
-    }
+    assert_get_routes(&gw, &up, "x", &cases).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -797,11 +769,9 @@ fn corpus() -> Vec<Row> {
 #[tokio::test]
 async fn hostile_request_targets_are_normalized_or_refused() {
     let up = Upstream::start().await;
-    let config = format!(
-        "{}[[routes]]\nname = \"admin\"\nmatch = {{ path_prefix = \"/admin/\" }}\nupstream = \"{}\"\nauth = [\"api_key\"]\n",
-        public_route("public", "/public/", &up.url()),
-        up.url()
-    );
+    let url = up.url();
+    let admin = public_route("admin", "/admin/", &url).replace(r#""none""#, r#"["api_key"]"#);
+    let config = format!("{}{admin}", public_route("public", "/public/", &url));
     // An empty key file: no key is valid, so the protected route refuses every request.
     let gw = TestGateway::start_with_files(&config, &[("keys.toml", b"")]).await;
 
@@ -955,13 +925,18 @@ fn plain_route(name: &str, matcher: &str) -> String {
     )
 }
 
-#[test]
-fn identical_routes_are_reported_as_shadowed() {
-    let text = [
+/// Two identical routes, "first" then "second", both for `path_prefix = "/v1/"`.
+fn first_and_second_on_v1() -> String {
+    [
         plain_route("first", r#"path_prefix = "/v1/""#),
         plain_route("second", r#"path_prefix = "/v1/""#),
     ]
-    .concat();
+    .concat()
+}
+
+#[test]
+fn identical_routes_are_reported_as_shadowed() {
+    let text = first_and_second_on_v1();
     let config = authgate::config::load_str(Path::new("routes.toml"), &text).unwrap();
     assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
     let warning = &config.warnings[0];
@@ -1012,22 +987,23 @@ fn shadowing_accounts_for_host_and_methods() {
     assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
 }
 
-#[test]
-fn check_cli_warns_about_shadowed_routes_and_exits_zero() {
+/// Writes `text` as authgate.toml in a temp dir and runs `authgate check -c` on it.
+fn check_cli(text: &str) -> (tempfile::TempDir, std::path::PathBuf, std::process::Output) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("authgate.toml");
-    let text = [
-        plain_route("first", r#"path_prefix = "/v1/""#),
-        plain_route("second", r#"path_prefix = "/v1/""#),
-    ]
-    .concat();
     std::fs::write(&path, text).unwrap();
-    let output = std::process::Command::new(authgate_bin())
+    let output = authgate_command()
         .args(["check", "-c"])
         .arg(&path)
-        .env_remove("AUTHGATE_CONFIG")
         .output()
         .unwrap();
+    (dir, path, output)
+}
+
+#[test]
+fn check_cli_warns_about_shadowed_routes_and_exits_zero() {
+    let text = first_and_second_on_v1();
+    let (_dir, _, output) = check_cli(&text);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
@@ -1048,8 +1024,6 @@ fn check_cli_warns_about_shadowed_routes_and_exits_zero() {
 
 #[test]
 fn check_cli_reports_route_errors_with_location_and_exits_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("authgate.toml");
     let text = "\
 [[routes]]
 name = \"bad\"
@@ -1057,13 +1031,7 @@ match = { path = \"/a\", path_prefix = \"/a/\" }
 upstream = \"http://127.0.0.1:9\"
 auth = \"none\"
 ";
-    std::fs::write(&path, text).unwrap();
-    let output = std::process::Command::new(authgate_bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .env_remove("AUTHGATE_CONFIG")
-        .output()
-        .unwrap();
+    let (_dir, path, output) = check_cli(text);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     let prefix = format!("{}:3:", path.display());
@@ -1121,6 +1089,32 @@ fn after_good_route(body: &str) -> String {
     )
 }
 
+const UPSTREAM_9: &str = "\"http://127.0.0.1:9\"";
+const PUBLIC: &str = "\"none\"";
+
+/// `after_good_route` with a route "r": `matcher` inside `match = { }`, then `upstream` and
+/// `auth` (TOML values) and the `extra` lines.
+fn bad_route(matcher: &str, upstream: &str, auth: &str, extra: &str) -> String {
+    after_good_route(&format!(
+        "[[routes]]\nname = \"r\"\nmatch = {{ {matcher} }}\nupstream = {upstream}\nauth = {auth}\n{extra}"
+    ))
+}
+
+/// `bad_route` with the upstream `http://127.0.0.1:9`, public, nothing more.
+fn bad_match(matcher: &str) -> String {
+    bad_route(matcher, UPSTREAM_9, PUBLIC, "")
+}
+
+/// `bad_route` for `path_prefix = "/r/"` to `http://127.0.0.1:9` with `auth` and `extra`.
+fn bad_auth(auth: &str, extra: &str) -> String {
+    bad_route(r#"path_prefix = "/r/""#, UPSTREAM_9, auth, extra)
+}
+
+/// `bad_route` for `path_prefix = "/r/"`, public, to `upstream` (a TOML value).
+fn bad_upstream(upstream: &str) -> String {
+    bad_route(r#"path_prefix = "/r/""#, upstream, PUBLIC, "")
+}
+
 #[test]
 fn a_valid_route_config_loads() {
     let dir = tempfile::tempdir().unwrap();
@@ -1136,64 +1130,55 @@ fn a_valid_route_config_loads() {
 
 #[test]
 fn route_with_both_path_and_path_prefix_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path = \"/a\", path_prefix = \"/a/\" }\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n",
-    );
+    let text = bad_match(r#"path = "/a", path_prefix = "/a/""#);
     assert_config_error(&text, 8, "not both");
 }
 
 #[test]
 fn route_with_neither_path_nor_path_prefix_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { host = \"a.example\" }\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n",
-    );
+    let text = bad_match(r#"host = "a.example""#);
     assert_config_error(&text, 8, "path or path_prefix");
 }
 
 #[test]
 fn non_normalized_route_paths_are_errors() {
-    let route = |matcher: &str| {
-        after_good_route(&format!(
-            "[[routes]]\nname = \"r\"\nmatch = {{ {matcher} }}\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n"
-        ))
-    };
-    assert_config_error(&route(r#"path_prefix = "/v1/../x""#), 8, "not normalized");
-    assert_config_error(&route(r#"path = "/v1//x""#), 8, "not normalized");
-    assert_config_error(&route(r#"path_prefix = "/%7Ev1/""#), 8, "not normalized");
-    assert_config_error(&route(r#"path_prefix = "v1/""#), 8, "invalid");
-    assert_config_error(&route(r#"path_prefix = "/a%2Fb/""#), 8, "invalid");
-    assert_config_error(&route(r#"path_prefix = "/../x""#), 8, "invalid");
+    assert_config_error(
+        &bad_match(r#"path_prefix = "/v1/../x""#),
+        8,
+        "not normalized",
+    );
+    assert_config_error(&bad_match(r#"path = "/v1//x""#), 8, "not normalized");
+    assert_config_error(
+        &bad_match(r#"path_prefix = "/%7Ev1/""#),
+        8,
+        "not normalized",
+    );
+    assert_config_error(&bad_match(r#"path_prefix = "v1/""#), 8, "invalid");
+    assert_config_error(&bad_match(r#"path_prefix = "/a%2Fb/""#), 8, "invalid");
+    assert_config_error(&bad_match(r#"path_prefix = "/../x""#), 8, "invalid");
 }
 
 #[test]
 fn unknown_auth_method_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\" }\nupstream = \"http://127.0.0.1:9\"\nauth = [\"basic\"]\n",
-    );
+    let text = bad_auth(r#"["basic"]"#, "");
     assert_config_error(&text, 10, "unknown auth method");
 }
 
 #[test]
 fn empty_auth_list_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\" }\nupstream = \"http://127.0.0.1:9\"\nauth = []\n",
-    );
+    let text = bad_auth("[]", "");
     assert_config_error(&text, 10, "empty");
 }
 
 #[test]
 fn auth_string_other_than_none_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\" }\nupstream = \"http://127.0.0.1:9\"\nauth = \"api_key\"\n",
-    );
+    let text = bad_auth(r#""api_key""#, "");
     assert_config_error(&text, 10, "auth");
 }
 
 #[test]
 fn public_route_with_scopes_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\" }\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\nscopes = [\"admin\"]\n",
-    );
+    let text = bad_auth(PUBLIC, "scopes = [\"admin\"]\n");
     assert_config_error(&text, 10, "scopes");
 }
 
@@ -1220,26 +1205,20 @@ fn duplicate_route_names_are_an_error() {
 #[test]
 fn upstream_without_scheme_is_an_error() {
     for upstream in ["127.0.0.1:9000", "localhost:9000", "ftp://127.0.0.1:21"] {
-        let text = after_good_route(&format!(
-            "[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/r/\" }}\nupstream = \"{upstream}\"\nauth = \"none\"\n"
-        ));
+        let text = bad_upstream(&format!("\"{upstream}\""));
         assert_config_error(&text, 9, "http://");
     }
 }
 
 #[test]
 fn upstream_with_query_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\" }\nupstream = \"http://127.0.0.1:9/base?x=1\"\nauth = \"none\"\n",
-    );
+    let text = bad_upstream(r#""http://127.0.0.1:9/base?x=1""#);
     assert_config_error(&text, 9, "query");
 }
 
 #[test]
 fn upstream_list_entry_with_query_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\" }\nupstream = [\n  \"http://127.0.0.1:9\",\n  \"http://127.0.0.1:10?x\",\n]\nauth = \"none\"\n",
-    );
+    let text = bad_upstream("[\n  \"http://127.0.0.1:9\",\n  \"http://127.0.0.1:10?x\",\n]");
     let errors =
         authgate::config::load_str(Path::new("conf/routes.toml"), &text).expect_err("accepted");
     assert_eq!(errors.0.len(), 1, "{errors}");
@@ -1250,9 +1229,12 @@ fn upstream_list_entry_with_query_is_an_error() {
 #[test]
 fn strip_prefix_must_be_a_segment_prefix_of_the_route_path() {
     let route = |matcher: &str, strip: &str| {
-        after_good_route(&format!(
-            "[[routes]]\nname = \"r\"\nmatch = {{ {matcher} }}\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\nstrip_prefix = \"{strip}\"\n"
-        ))
+        bad_route(
+            matcher,
+            UPSTREAM_9,
+            PUBLIC,
+            &format!("strip_prefix = \"{strip}\"\n"),
+        )
     };
     // Reported at the route's [[routes]] line.
     assert_config_error(&route(r#"path_prefix = "/v1/""#, "/v2"), 6, "not a prefix");
@@ -1281,29 +1263,21 @@ fn strip_prefix_must_be_a_segment_prefix_of_the_route_path() {
 
 #[test]
 fn connect_in_methods_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\", methods = [\"GET\", \"CONNECT\"] }\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n",
-    );
+    let text = bad_match(r#"path_prefix = "/r/", methods = ["GET", "CONNECT"]"#);
     assert_config_error(&text, 8, "CONNECT");
 }
 
 #[test]
 fn host_with_port_is_an_error() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\", host = \"api.example.com:8080\" }\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n",
-    );
+    let text = bad_match(r#"path_prefix = "/r/", host = "api.example.com:8080""#);
     assert_config_error(&text, 8, "without port");
 }
 
 #[test]
 fn unknown_route_field_is_an_error_naming_it() {
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\" }\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\nscope = [\"admin\"]\n",
-    );
+    let text = bad_auth(r#"["api_key"]"#, "scope = [\"admin\"]\n");
     assert_config_error(&text, 11, "scope");
-    let text = after_good_route(
-        "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/r/\", paths = \"/x\" }\nupstream = \"http://127.0.0.1:9\"\nauth = \"none\"\n",
-    );
+    let text = bad_match(r#"path_prefix = "/r/", paths = "/x""#);
     assert_config_error(&text, 8, "paths");
 }
 

@@ -4,11 +4,8 @@
 mod common;
 use common::*;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Version;
@@ -32,14 +29,45 @@ async fn slow_upstream(delay: Duration) -> Upstream {
 }
 
 /// Polls `condition` every 10 ms; panics with `what` if it is still false after 10 s.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
+async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    let held = eventually(1000, Duration::from_millis(10), condition).await;
+    assert!(held, "timed out waiting for: {what}");
+}
+
+/// Sends a GET to `url` in the background; returns once the upstream has received it.
+async fn in_flight(
+    url: String,
+    upstream: &Upstream,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let request = tokio::spawn(client().get(url).send());
+    wait_until("the request reaches the upstream", || upstream.count() == 1).await;
+    request
+}
+
+/// A gateway from `head` (e.g. a `[server]` section) followed by `routes`.
+async fn start_with(head: &str, routes: &str) -> TestGateway {
+    TestGateway::start(&format!("{head}\n{routes}")).await
+}
+
+/// A recording upstream behind a gateway from `head` and one public route to it.
+async fn upstream_and_gateway(head: &str, name: &str, prefix: &str) -> (Upstream, TestGateway) {
+    let upstream = Upstream::start().await;
+    let gw = start_with(head, &public_route(name, prefix, &upstream.url())).await;
+    (upstream, gw)
+}
+
+/// The status of a GET on `url`.
+async fn status_of_get(client: &reqwest::Client, url: &str) -> u16 {
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
+/// GETs `url` up to `tries` times, `pause` apart, until the status is `wanted`; returns the
+/// last status.
+async fn poll_status(url: &str, tries: usize, pause: Duration, wanted: u16) -> u16 {
+    let client = client();
+    let check = || status_of_get(&client, url);
+    let (Ok(status) | Err(status)) = poll(tries, pause, check, |status| *status == wanted).await;
+    status
 }
 
 /// A client that trusts only the test CA and resolves `localhost` to the gateway's address.
@@ -91,17 +119,6 @@ async fn read_response(stream: &mut TcpStream, body_end: &str) -> String {
 }
 
 const GET_PUB: &[u8] = b"GET /pub/x HTTP/1.1\r\nHost: gw\r\n\r\n";
-
-async fn metrics_text(gw: &TestGateway) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 async fn admin_reload(gw: &TestGateway, token: Option<&str>) -> reqwest::Response {
     let mut request = client().post(gw.admin_url("/admin/reload"));
@@ -300,8 +317,7 @@ async fn shutdown_drains_in_flight_requests_refuses_new_connections_and_reports_
     let ready = client().get(gw.admin_url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 
-    let in_flight = tokio::spawn(client().get(gw.url("/slow/x")).send());
-    wait_until("the request reaches the upstream", || upstream.count() == 1).await;
+    let in_flight = in_flight(gw.url("/slow/x"), &upstream).await;
 
     let handle = gw.handle.take().unwrap();
     handle.shutdown();
@@ -309,20 +325,8 @@ async fn shutdown_drains_in_flight_requests_refuses_new_connections_and_reports_
 
     // While the slow request drains, /ready says 503 ...
     let admin = client();
-    let mut ready_status = 0;
-    for _ in 0..500 {
-        ready_status = admin
-            .get(gw.admin_url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if ready_status == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let ready_status =
+        poll_status(&gw.admin_url("/ready"), 500, Duration::from_millis(5), 503).await;
     assert_eq!(
         ready_status, 503,
         "/ready never turned 503 during the drain"
@@ -347,13 +351,9 @@ async fn shutdown_drains_in_flight_requests_refuses_new_connections_and_reports_
 #[tokio::test]
 async fn shutdown_stops_waiting_after_the_grace_period() {
     let upstream = slow_upstream(Duration::from_secs(3)).await;
-    let config = format!(
-        "[server]\nshutdown_grace = \"200ms\"\n{}",
-        public_route("slow", "/slow/", &upstream.url())
-    );
-    let mut gw = TestGateway::start(&config).await;
-    let _in_flight = tokio::spawn(client().get(gw.url("/slow/x")).send());
-    wait_until("the request reaches the upstream", || upstream.count() == 1).await;
+    let route = public_route("slow", "/slow/", &upstream.url());
+    let mut gw = start_with("[server]\nshutdown_grace = \"200ms\"", &route).await;
+    let _in_flight = in_flight(gw.url("/slow/x"), &upstream).await;
 
     let started = Instant::now();
     gw.shutdown().await;
@@ -362,120 +362,6 @@ async fn shutdown_stops_waiting_after_the_grace_period() {
         took < Duration::from_millis(2500),
         "shutdown waited {took:?} for a 3 s upstream despite shutdown_grace = 200ms"
     );
-}
-
-/// A spawned `authgate` process; killed on drop. stdout and stderr are collected by threads.
-struct Proc {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(command: &mut Command) -> Self {
-        let mut child = command
-            .env_remove("AUTHGATE_CONFIG")
-            .env_remove("AUTHGATE_THREADS")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        fn collect(
-            pipe: impl std::io::Read + Send + 'static,
-            into: Arc<Mutex<String>>,
-        ) -> std::thread::JoinHandle<()> {
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { return };
-                    let mut text = into.lock().unwrap();
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-            })
-        }
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), stdout.clone()),
-            collect(child.stderr.take().unwrap(), stderr.clone()),
-        ];
-        Self {
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit (panics after `limit`), then for its output to be read.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                for reader in self.readers.drain(..) {
-                    let _ = reader.join();
-                }
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "authgate did not exit; stderr: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until the admin listener answers `/ready` with 200.
-    async fn wait_ready(&mut self, admin: SocketAddr) {
-        let url = format!("http://{admin}/ready");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("authgate exited with {status}; stderr: {}", self.stderr());
-            }
-            if let Ok(response) = client().get(&url).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "authgate never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two distinct free ports on 127.0.0.1 (bound, then released).
-fn free_addrs() -> (SocketAddr, SocketAddr) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
 }
 
 /// Writes authgate.toml with the listeners, `server` lines in `[server]`, then `rest`.
@@ -495,34 +381,66 @@ fn write_config(
     path.to_string_lossy().into_owned()
 }
 
-#[tokio::test]
-async fn sigterm_drains_the_in_flight_request_and_exits_zero() {
-    let upstream = slow_upstream(Duration::from_millis(800)).await;
+/// `authgate serve` in its own process on free ports (see `write_config`), once ready.
+struct Served {
+    gateway: AuthgateProcess,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    config: String,
+    dir: tempfile::TempDir,
+}
+
+async fn serve_ready(server: &str, rest: &str) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let (listen, admin) = free_addrs();
-    let config = write_config(
-        dir.path(),
+    let config = write_config(dir.path(), listen, admin, server, rest);
+    let mut gateway = AuthgateProcess::spawn(authgate_command().args(["serve", "-c", &config]));
+    gateway.wait_ready(admin).await;
+    Served {
+        gateway,
         listen,
         admin,
-        "",
-        &public_route("slow", "/slow/", &upstream.url()),
-    );
-    let mut gateway = Proc::spawn(Command::new(authgate_bin()).args(["serve", "-c", &config]));
-    gateway.wait_ready(admin).await;
+        config,
+        dir,
+    }
+}
 
-    let in_flight = tokio::spawn(client().get(format!("http://{listen}/slow/x")).send());
-    wait_until("the request reaches the upstream", || upstream.count() == 1).await;
-    gateway.signal("TERM");
+/// A `delay` slow upstream behind `authgate serve` (with `server` lines): once a request
+/// to it is in flight, SIGTERM. Returns the process and the request.
+async fn sigterm_during_a_slow_request(
+    delay: Duration,
+    server: &str,
+) -> (
+    Served,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let upstream = slow_upstream(delay).await;
+    let served = serve_ready(server, &public_route("slow", "/slow/", &upstream.url())).await;
+    let request = in_flight(format!("http://{}/slow/x", served.listen), &upstream).await;
+    served.gateway.signal("TERM");
+    (served, request)
+}
 
-    let response = in_flight.await.unwrap().unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "slow ok");
+/// Waits for the process to exit (20 s at most) and asserts that it exited 0.
+async fn assert_exits_zero(gateway: &mut AuthgateProcess) {
     let status = gateway.wait_exit(Duration::from_secs(20)).await;
     assert!(
         status.success(),
         "exit status {status}; stderr: {}",
         gateway.stderr()
     );
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_in_flight_request_and_exits_zero() {
+    let (mut served, in_flight) =
+        sigterm_during_a_slow_request(Duration::from_millis(800), "").await;
+    let gateway = &mut served.gateway;
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "slow ok");
+    assert_exits_zero(gateway).await;
 
     // Access log on stdout (one flat JSON object per line), diagnostics on stderr.
     let stdout = gateway.stdout();
@@ -544,30 +462,11 @@ async fn sigterm_drains_the_in_flight_request_and_exits_zero() {
 
 #[tokio::test]
 async fn after_sigterm_the_grace_period_bounds_the_drain() {
-    let upstream = slow_upstream(Duration::from_secs(5)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = free_addrs();
-    let config = write_config(
-        dir.path(),
-        listen,
-        admin,
-        "shutdown_grace = \"200ms\"",
-        &public_route("slow", "/slow/", &upstream.url()),
-    );
-    let mut gateway = Proc::spawn(Command::new(authgate_bin()).args(["serve", "-c", &config]));
-    gateway.wait_ready(admin).await;
-
-    let in_flight = tokio::spawn(client().get(format!("http://{listen}/slow/x")).send());
-    wait_until("the request reaches the upstream", || upstream.count() == 1).await;
-    gateway.signal("TERM");
+    let (mut served, in_flight) =
+        sigterm_during_a_slow_request(Duration::from_secs(5), "shutdown_grace = \"200ms\"").await;
     let started = Instant::now();
-    let status = gateway.wait_exit(Duration::from_secs(20)).await;
+    assert_exits_zero(&mut served.gateway).await;
     let took = started.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status}; stderr: {}",
-        gateway.stderr()
-    );
     assert!(
         took < Duration::from_millis(4000),
         "exit took {took:?}: the drain waited for the 5 s upstream despite shutdown_grace = 200ms"
@@ -579,17 +478,14 @@ async fn after_sigterm_the_grace_period_bounds_the_drain() {
 #[tokio::test]
 async fn sighup_reloads_the_config() {
     let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = free_addrs();
-    let config = write_config(
-        dir.path(),
+    let route = public_route("pub", "/pub/", &upstream.url());
+    let Served {
+        mut gateway,
         listen,
         admin,
-        "",
-        &public_route("pub", "/pub/", &upstream.url()),
-    );
-    let mut gateway = Proc::spawn(Command::new(authgate_bin()).args(["serve", "-c", &config]));
-    gateway.wait_ready(admin).await;
+        config,
+        dir: _dir,
+    } = serve_ready("", &route).await;
     let new_url = format!("http://{listen}/new/x");
     assert_eq!(client().get(&new_url).send().await.unwrap().status(), 404);
 
@@ -597,29 +493,9 @@ async fn sighup_reloads_the_config() {
     text.push_str(&public_route("new", "/new/", &upstream.url()));
     std::fs::write(&config, text).unwrap();
     gateway.signal("HUP");
-    let mut status = 0;
-    for _ in 0..200 {
-        status = client()
-            .get(&new_url)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let status = poll_status(&new_url, 200, Duration::from_millis(25), 200).await;
     assert_eq!(status, 200, "SIGHUP did not load the new route");
-    let metrics = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://{admin}/metrics")).await;
     assert!(
         metrics.contains(r#"authgate_config_reloads_total{result="success"} 1"#),
         "{metrics}"
@@ -632,12 +508,8 @@ async fn sighup_reloads_the_config() {
 
 #[tokio::test]
 async fn header_read_timeout_closes_slow_and_silent_connections() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[server]\nheader_read_timeout = \"300ms\"\n{}",
-        public_route("pub", "/pub/", &upstream.url())
-    );
-    let gw = TestGateway::start(&config).await;
+    let (upstream, gw) =
+        upstream_and_gateway("[server]\nheader_read_timeout = \"300ms\"", "pub", "/pub/").await;
 
     let mut slowloris = TcpStream::connect(gw.addr).await.unwrap();
     slowloris
@@ -700,27 +572,40 @@ async fn h2_read_response_end(socket: &mut TcpStream, stream: u32) -> bool {
     }
 }
 
-#[tokio::test]
-async fn idle_http2_connection_with_control_frames_is_not_held_to_header_read_timeout() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n{}",
-        public_route("root", "/", &upstream.url())
-    );
-    let gw = TestGateway::start(&config).await;
-
-    let mut socket = TcpStream::connect(gw.addr).await.unwrap();
+/// Opens an h2c connection (preface, SETTINGS) and completes `GET /` on stream 1.
+async fn h2_connect_and_get(addr: SocketAddr) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(h2_frame(0x4, 0, 0, &[]));
     hello.extend(h2_get(1));
     socket.write_all(&hello).await.unwrap();
     assert!(h2_read_response_end(&mut socket, 1).await);
+    socket
+}
 
-    // A PING while no request is in flight is connection upkeep, not the start of a head.
+/// Sends a PING (connection upkeep).
+async fn h2_ping(socket: &mut TcpStream) {
     socket
         .write_all(&h2_frame(0x6, 0, 0, b"12345678"))
         .await
         .unwrap();
+}
+
+/// A gateway with header_read_timeout 300ms and this idle_timeout, and an h2c connection to it
+/// that has completed one request and then sent a PING.
+async fn idle_h2_connection_after_a_ping(idle_timeout: &str) -> (Upstream, TestGateway, TcpStream) {
+    let head =
+        format!("[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"{idle_timeout}\"");
+    let (upstream, gw) = upstream_and_gateway(&head, "root", "/").await;
+    let mut socket = h2_connect_and_get(gw.addr).await;
+    h2_ping(&mut socket).await;
+    (upstream, gw, socket)
+}
+
+#[tokio::test]
+async fn idle_http2_connection_with_control_frames_is_not_held_to_header_read_timeout() {
+    // A PING while no request is in flight is connection upkeep, not the start of a head.
+    let (upstream, _gw, mut socket) = idle_h2_connection_after_a_ping("60s").await;
     // Sleep only to outlast header_read_timeout (well within idle_timeout).
     tokio::time::sleep(Duration::from_millis(900)).await;
     socket.write_all(&h2_get(3)).await.unwrap();
@@ -733,34 +618,14 @@ async fn idle_http2_connection_with_control_frames_is_not_held_to_header_read_ti
 
 #[tokio::test]
 async fn idle_http2_connection_is_closed_after_idle_timeout_despite_pings() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"\n{}",
-        public_route("root", "/", &upstream.url())
-    );
-    let gw = TestGateway::start(&config).await;
-
-    let mut socket = TcpStream::connect(gw.addr).await.unwrap();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(h2_frame(0x4, 0, 0, &[]));
-    hello.extend(h2_get(1));
-    socket.write_all(&hello).await.unwrap();
-    assert!(h2_read_response_end(&mut socket, 1).await);
-    socket
-        .write_all(&h2_frame(0x6, 0, 0, b"12345678"))
-        .await
-        .unwrap();
+    let (_upstream, _gw, mut socket) = idle_h2_connection_after_a_ping("300ms").await;
     expect_closed_by_server(&mut socket, Duration::from_secs(3)).await;
 }
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[server]\nidle_timeout = \"300ms\"\n{}",
-        public_route("pub", "/pub/", &upstream.url())
-    );
-    let gw = TestGateway::start(&config).await;
+    let (upstream, gw) =
+        upstream_and_gateway("[server]\nidle_timeout = \"300ms\"", "pub", "/pub/").await;
 
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     for _ in 0..2 {
@@ -775,12 +640,8 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
 
 #[tokio::test]
 async fn connections_over_max_connections_wait_until_a_slot_frees() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[server]\nmax_connections = 2\nheader_read_timeout = \"5s\"\n{}",
-        public_route("pub", "/pub/", &upstream.url())
-    );
-    let gw = TestGateway::start(&config).await;
+    let head = "[server]\nmax_connections = 2\nheader_read_timeout = \"5s\"";
+    let (upstream, gw) = upstream_and_gateway(head, "pub", "/pub/").await;
 
     // Two connections hold both slots (served once, then idle with keep-alive).
     let mut first = TcpStream::connect(gw.addr).await.unwrap();
@@ -819,8 +680,7 @@ async fn connections_over_max_connections_wait_until_a_slot_frees() {
 
 #[tokio::test]
 async fn admin_health_ready_and_metrics() {
-    let upstream = Upstream::start().await;
-    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let (_upstream, gw) = upstream_and_gateway("", "pub", "/pub/").await;
 
     let health = client().get(gw.admin_url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -862,12 +722,7 @@ async fn admin_health_ready_and_metrics() {
 
 #[tokio::test]
 async fn admin_reload_needs_the_token_applies_new_routes_and_keeps_the_old_config_on_errors() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[admin]\ntoken = \"s3cret\"\n{}",
-        public_route("pub", "/pub/", &upstream.url())
-    );
-    let gw = TestGateway::start(&config).await;
+    let (upstream, gw) = upstream_and_gateway("[admin]\ntoken = \"s3cret\"", "pub", "/pub/").await;
 
     for token in [None, Some("wrong"), Some("s3cret2"), Some("")] {
         let response = admin_reload(&gw, token).await;
@@ -877,15 +732,7 @@ async fn admin_reload_needs_the_token_applies_new_routes_and_keeps_the_old_confi
     assert_eq!(response.status(), 200);
 
     // A new route takes effect for new requests.
-    assert_eq!(
-        client()
-            .get(gw.url("/new/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(status_of_get(&client(), &gw.url("/new/x")).await, 404);
     let original = std::fs::read_to_string(&gw.config_path).unwrap();
     let with_new = format!(
         "{original}\n{}",
@@ -920,15 +767,7 @@ async fn admin_reload_needs_the_token_applies_new_routes_and_keeps_the_old_confi
         let response = client().get(gw.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
-    assert_eq!(
-        client()
-            .get(gw.url("/broken/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(status_of_get(&client(), &gw.url("/broken/x")).await, 404);
 
     let text = metrics_text(&gw).await;
     assert!(
@@ -943,12 +782,7 @@ async fn admin_reload_needs_the_token_applies_new_routes_and_keeps_the_old_confi
 
 #[tokio::test]
 async fn reload_does_not_rebind_listeners() {
-    let upstream = Upstream::start().await;
-    let config = format!(
-        "[admin]\ntoken = \"s3cret\"\n{}",
-        public_route("pub", "/pub/", &upstream.url())
-    );
-    let gw = TestGateway::start(&config).await;
+    let (upstream, gw) = upstream_and_gateway("[admin]\ntoken = \"s3cret\"", "pub", "/pub/").await;
     let (new_listen, new_admin) = free_addrs();
     let moved = format!(
         "[server]\nlisten = \"{new_listen}\"\n[admin]\nlisten = \"{new_admin}\"\ntoken = \"s3cret\"\n{}",

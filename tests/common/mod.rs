@@ -5,12 +5,13 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -21,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -540,4 +542,421 @@ impl Default for TestPki {
 /// Path of the built `authgate` binary, for CLI tests.
 pub fn authgate_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_authgate"))
+}
+
+// === processes ===
+
+/// `authgate` with a clean environment for the variables it reads, stdin closed.
+pub fn authgate_command() -> Command {
+    let mut command = Command::new(authgate_bin());
+    command
+        .env_remove("AUTHGATE_CONFIG")
+        .env_remove("AUTHGATE_THREADS")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Kills and reaps the child process when dropped.
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A spawned `authgate` process; killed on drop. stdout and stderr are collected by threads.
+#[derive(Debug)]
+pub struct AuthgateProcess {
+    child: ChildGuard,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl AuthgateProcess {
+    /// Spawns `command` (see `authgate_command`) with stdout and stderr piped and collected.
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        fn collect(
+            pipe: impl std::io::Read + Send + 'static,
+            into: Arc<Mutex<String>>,
+        ) -> std::thread::JoinHandle<()> {
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    let mut text = into.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            })
+        }
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Self {
+            child: ChildGuard(child),
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`, ...) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (panics after `limit`), then for its output to be read.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "authgate did not exit; stderr: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the admin listener answers `/ready` with 200.
+    pub async fn wait_ready(&mut self, admin: SocketAddr) {
+        let url = format!("http://{admin}/ready");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                panic!("authgate exited with {status}; stderr: {}", self.stderr());
+            }
+            if let Ok(response) = client().get(&url).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "authgate never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Two distinct free ports on 127.0.0.1 (bound, then released).
+pub fn free_addrs() -> (SocketAddr, SocketAddr) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+// === polling ===
+
+/// Checks `condition` up to `tries` times, `pause` apart; true as soon as it holds.
+pub async fn eventually(
+    tries: usize,
+    pause: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    for _ in 0..tries {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    false
+}
+
+/// Runs `attempt` up to `tries` times, `pause` apart, until `done` accepts its result:
+/// `Ok` with that result, or `Err` with the last one.
+pub async fn poll<T, Fut>(
+    tries: usize,
+    pause: Duration,
+    mut attempt: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, T>
+where
+    Fut: Future<Output = T>,
+{
+    let mut last = attempt().await;
+    for _ in 1..tries {
+        if done(&last) {
+            return Ok(last);
+        }
+        tokio::time::sleep(pause).await;
+        last = attempt().await;
+    }
+    if done(&last) { Ok(last) } else { Err(last) }
+}
+
+// === HTTP client helpers ===
+
+/// The body of a GET on `url`, as text.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A GET on `url` with these extra headers.
+pub async fn get_with_headers(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = client.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// The gateway's Prometheus text from the admin listener.
+pub async fn metrics_text(gw: &TestGateway) -> String {
+    get_text(&gw.admin_url("/metrics")).await
+}
+
+/// A whole response as the client saw it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// Reads the status, the headers and the whole body.
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap();
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `error.code` of a JSON error body ("" for anything else).
+    pub fn code(&self) -> String {
+        self.error_field("code")
+    }
+
+    /// `error.message` of a JSON error body ("" for anything else).
+    pub fn message(&self) -> String {
+        self.error_field("message")
+    }
+
+    fn error_field(&self, field: &str) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"][field].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    /// Asserts a gateway error answer: the status, `error.code`, a JSON content type and, on
+    /// 401, the `WWW-Authenticate` challenge (`error="invalid_token"` unless the credential
+    /// was missing). `context` starts each failure message.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str, context: &str) {
+        assert_eq!(self.status, status, "{context}{self:?}");
+        assert_eq!(self.code(), code, "{context}{self:?}");
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/json"),
+            "{context}{self:?}"
+        );
+        if status == 401 {
+            let expected = if code == "AUTH_MISSING" {
+                r#"Bearer realm="authgate""#
+            } else {
+                r#"Bearer realm="authgate", error="invalid_token""#
+            };
+            assert_eq!(
+                self.header("www-authenticate").as_deref(),
+                Some(expected),
+                "{context}{self:?}"
+            );
+        }
+    }
+}
+
+// === fake services ===
+
+/// A response with this status, content type and body.
+pub fn http_response(
+    status: u16,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<TestBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(full_body(body))
+        .unwrap()
+}
+
+impl Recorded {
+    /// Takes the request apart, reading its whole body.
+    pub async fn read(request: Request<Incoming>) -> Self {
+        let (parts, body) = request.into_parts();
+        Self {
+            body: body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default(),
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+        }
+    }
+}
+
+/// A fake service (control plane, IdP) on 127.0.0.1, h1 + h2c: records every request (body
+/// included), then lets `respond` answer it. Unlike `Upstream` it can be stopped and
+/// listen again on the same address.
+#[derive(Clone)]
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    handler: Handler,
+    /// The serving generation: listeners and connections of older generations close.
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl FakeServer {
+    /// Listens on 127.0.0.1:0.
+    pub async fn start<F, Fut>(respond: F) -> Self
+    where
+        F: Fn(Recorded) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        Self::serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), respond)
+    }
+
+    /// Serves on a listener bound already (so that `respond` can know the address).
+    pub fn serve<F, Fut>(listener: TcpListener, respond: F) -> Self
+    where
+        F: Fn(Recorded) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let (store, respond) = (requests.clone(), Arc::new(respond));
+        let handler: Handler = Arc::new(move |request| {
+            let (store, respond) = (store.clone(), respond.clone());
+            Box::pin(async move {
+                let recorded = Recorded::read(request).await;
+                store.lock().unwrap().push(recorded.clone());
+                respond(recorded).await
+            })
+        });
+        let server = Self {
+            addr: listener.local_addr().unwrap(),
+            requests,
+            handler,
+            generation: Arc::new(watch::channel(0).0),
+        };
+        server.accept_on(listener);
+        server
+    }
+
+    fn accept_on(&self, listener: TcpListener) {
+        let generation = *self.generation.borrow() + 1;
+        self.generation.send_replace(generation);
+        let (sender, handler) = (self.generation.clone(), self.handler.clone());
+        tokio::spawn(async move {
+            let mut current = sender.subscribe();
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => return,
+                    },
+                    _ = current.wait_for(|g| *g != generation) => return,
+                };
+                let (mut current, handler) = (sender.subscribe(), handler.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(request).await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    tokio::select! {
+                        _ = builder.serve_connection(TokioIo::new(stream), service) => {}
+                        _ = current.wait_for(|g| *g != generation) => {}
+                    }
+                });
+            }
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received, in arrival order.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Closes the listener and every open connection; returns once connecting is refused.
+    pub async fn stop(&self) {
+        self.generation.send_modify(|g| *g += 1);
+        for _ in 0..200 {
+            if TcpStream::connect(self.addr).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the fake server on {} still accepts connections", self.addr);
+    }
+
+    /// Listens again on the same address.
+    pub async fn restart(&self) {
+        for _ in 0..200 {
+            if let Ok(listener) = TcpListener::bind(self.addr).await {
+                self.accept_on(listener);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("could not listen on {} again", self.addr);
+    }
 }
