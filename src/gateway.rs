@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 
 use crate::auth::jwt::JwtValidator;
 use crate::config::{
@@ -21,12 +21,22 @@ use crate::keys::file_source::FileKeys;
 use crate::keys::{KeySource, KeyStore};
 use crate::telemetry::{AccessLog, Metrics, ResultLabels};
 
+/// What requests decide with; replaced as a whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<Config>,
+    /// `None` when no route accepts API keys.
+    pub keys: Option<Arc<KeyStore>>,
+    /// `None` when no issuer is configured.
+    pub jwt: Option<Arc<JwtValidator>>,
+}
+
 /// Shared by the listeners, every connection and the admin API.
 #[derive(Debug)]
 pub struct Gateway {
-    config: ArcSwap<Config>,
-    keys: ArcSwapOption<KeyStore>,
-    jwt: ArcSwapOption<JwtValidator>,
+    /// Config, key store and JWT validator swapped together, so a request never pairs a new
+    /// config with an old store (or the reverse).
+    runtime: ArcSwap<Runtime>,
     config_path: PathBuf,
     pub metrics: Metrics,
     pub access_log: AccessLog,
@@ -75,9 +85,11 @@ impl Gateway {
     ) -> Self {
         Self {
             config_path: config.path.clone(),
-            config: ArcSwap::from_pointee(config),
-            keys: ArcSwapOption::new(keys),
-            jwt: ArcSwapOption::new(jwt),
+            runtime: ArcSwap::from_pointee(Runtime {
+                config: Arc::new(config),
+                keys,
+                jwt,
+            }),
             metrics,
             access_log,
             ready: AtomicBool::new(false),
@@ -89,17 +101,23 @@ impl Gateway {
 
     /// The config in force now.
     pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+        self.runtime.load().config.clone()
     }
 
     /// The API-key store in force now (`None` when no route accepts API keys).
     pub fn keys(&self) -> Option<Arc<KeyStore>> {
-        self.keys.load_full()
+        self.runtime.load().keys.clone()
+    }
+
+    /// Config, key store and JWT validator in force now, as one consistent set (one atomic
+    /// load): what a request decides with from its start to its end.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
     }
 
     /// The JWT validator in force now (`None` when no issuer is configured).
     pub fn jwt(&self) -> Option<Arc<JwtValidator>> {
-        self.jwt.load_full()
+        self.runtime.load().jwt.clone()
     }
 
     /// [`Gateway::reload`] on a blocking thread: it reads and parses files (TLS material, a
@@ -123,8 +141,9 @@ impl Gateway {
     /// Re-reads the config file; on error the running config stays and the error is returned.
     /// Listener addresses and TLS listener settings only change on restart.
     pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let running = self.runtime();
         let result = config::load(&self.config_path).and_then(|new| {
-            let current = self.keys.load_full();
+            let current = running.keys.clone();
             let keep_store = match &current {
                 Some(store) => new.api_keys.in_use && *store.settings() == store_settings(&new),
                 None => !new.api_keys.in_use,
@@ -142,24 +161,24 @@ impl Gateway {
                 })?
             };
             // Issuers unchanged: keep the validator, its key sets and its token cache.
-            let keep_jwt = self.config.load().jwt_issuers == new.jwt_issuers;
+            let keep_jwt = running.config.jwt_issuers == new.jwt_issuers;
             let jwt = if keep_jwt {
-                None
+                running.jwt.clone()
             } else {
-                Some(build_jwt_validator(&new, &self.metrics).map_err(|message| {
+                build_jwt_validator(&new, &self.metrics).map_err(|message| {
                     ConfigErrors(vec![ConfigError {
                         file: self.config_path.clone(),
                         line: 1,
                         column: 1,
                         message,
                     }])
-                })?)
+                })?
             };
             Ok((new, store, keep_store, jwt))
         });
         match result {
             Ok((new, store, kept, jwt)) => {
-                let old = self.config.load();
+                let old = &running.config;
                 if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
                     tracing::warn!(
                         "Listener addresses changed in the config; they take effect on restart."
@@ -168,13 +187,11 @@ impl Gateway {
                 for warning in &new.warnings {
                     tracing::warn!(warning = %warning, "Config warning.");
                 }
-                self.config.store(Arc::new(new));
-                if !kept {
-                    self.keys.store(store);
-                }
-                if let Some(jwt) = jwt {
-                    self.jwt.store(jwt);
-                }
+                self.runtime.store(Arc::new(Runtime {
+                    config: Arc::new(new),
+                    keys: store,
+                    jwt,
+                }));
                 self.metrics
                     .config_reloads
                     .get_or_create(&ResultLabels { result: "success" })

@@ -7,6 +7,7 @@
 //!     2 route         normalized path + host + method                  -> 404 ROUTE_NOT_FOUND
 //!     3 strip         hop-by-hop, Connection-named, client identity headers
 //!     4 authenticate  bearer credential per the route's `auth`         -> 401 / 400 / 503
+//!       authorize     route scopes / tenants                           -> 403
 //!     5 rewrite       credentials dropped, x-forwarded-*, x-request-id
 //!     6 body limit    declared or streamed size over max_body_bytes    -> 413
 //!     7 forward       upstream with timeout on headers only            -> 502 / 504
@@ -27,7 +28,6 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::auth::jwt::JwtValidator;
 use crate::auth::{self, Identity};
 use crate::authz;
 use crate::body::{
@@ -35,12 +35,11 @@ use crate::body::{
 };
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Runtime};
 use crate::headers::{
     X_REQUEST_ID, client_ip, client_request_id, is_websocket_upgrade, new_request_id,
     set_forwarded_with, strip_client_identity, strip_hop_by_hop, strip_response_hop_by_hop,
 };
-use crate::keys::KeyStore;
 use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
 use crate::server::ConnActivity;
@@ -58,15 +57,6 @@ pub struct ConnInfo {
     /// This connection's `max_connections` slot; a WebSocket tunnel keeps it.
     pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
     pub tunnels: Arc<crate::forward::Tunnels>,
-}
-
-/// What one request decides with: loaded once at its start, so a reload never changes the
-/// rules under a request in flight.
-#[derive(Debug)]
-struct Snapshot {
-    config: Arc<Config>,
-    keys: Option<Arc<KeyStore>>,
-    jwt: Option<Arc<JwtValidator>>,
 }
 
 /// Facts gathered while the request moves through the stages, for the log line.
@@ -87,14 +77,16 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let config = gateway.config();
+    // One consistent view of config, key store and JWT validator for the whole request.
+    let runtime = gateway.runtime();
+    let config = &runtime.config;
     let request_id = client_request_id(request.headers()).unwrap_or_else(new_request_id);
     let body_pending = !request.body().is_end_stream();
     let version = request.version();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let mut finish = Finish::start(
         &gateway,
-        &config,
+        config,
         &conn,
         &request,
         &request_id,
@@ -103,13 +95,9 @@ pub async fn handle(
 
     let mut context = Context::default();
     let request = request.map(|body| boxed(CountingBody::new(body, bytes_in)));
-    let snapshot = Snapshot {
-        keys: gateway.keys(),
-        jwt: gateway.jwt(),
-        config,
-    };
+
     let result = handle_inner(
-        &snapshot,
+        &runtime,
         &gateway.metrics,
         &conn,
         request,
@@ -158,14 +146,14 @@ pub async fn handle(
 
 /// The stages, in order. Each `?` is a decision that ends the request.
 async fn handle_inner(
-    snapshot: &Snapshot,
+    runtime: &Runtime,
     metrics: &Metrics,
     conn: &ConnInfo,
     request: Request<ProxyBody>,
     request_id: &HeaderValue,
     context: &mut Context,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let config = &snapshot.config;
+    let config = &runtime.config;
     let (mut parts, body) = request.into_parts();
 
     // 1. Precheck: what the HTTP parser let through but a gateway must not.
@@ -211,8 +199,8 @@ async fn handle_inner(
         route.auth,
         &parts.headers,
         &config.api_keys.prefix,
-        snapshot.keys.as_ref(),
-        snapshot.jwt.as_ref(),
+        runtime.keys.as_ref(),
+        runtime.jwt.as_ref(),
         &metrics.auth,
     )
     .await?;
