@@ -257,15 +257,7 @@ auth = "none"
     };
     let mut keys = KeyMap::new();
     keys.insert(KeyHash::of(&key), record);
-    let settings = KeyStoreSettings {
-        prefix: config.api_keys.prefix.clone(),
-        min_length: config.api_keys.min_length,
-        cache_ttl: config.api_keys.cache_ttl,
-        negative_ttl: config.api_keys.negative_ttl,
-        stale_if_error: config.api_keys.stale_if_error,
-        cache_capacity: config.api_keys.cache_capacity,
-        source: config.api_keys.source.clone(),
-    };
+    let settings = KeyStoreSettings::from(&config.api_keys);
     let access_log = crate::telemetry::AccessLog::stdout();
     let gateway = crate::gateway::Gateway::with_key_store(config, access_log, |metrics| {
         KeyStore::new(settings, KeySource::Memory(keys), metrics.key_metrics())

@@ -128,14 +128,17 @@ impl Gateway {
         let gateway = self.clone();
         tokio::task::spawn_blocking(move || gateway.reload())
             .await
-            .unwrap_or_else(|error| {
-                Err(ConfigErrors(vec![ConfigError {
-                    file: self.config_path.clone(),
-                    line: 1,
-                    column: 1,
-                    message: format!("reload task failed: {error}"),
-                }]))
-            })
+            .unwrap_or_else(|error| Err(self.reload_error(format!("reload task failed: {error}"))))
+    }
+
+    /// A reload failure that belongs to no line of the file.
+    fn reload_error(&self, message: String) -> ConfigErrors {
+        ConfigErrors(vec![ConfigError {
+            file: self.config_path.clone(),
+            line: 1,
+            column: 1,
+            message,
+        }])
     }
 
     /// Re-reads the config file; on error the running config stays and the error is returned.
@@ -145,34 +148,23 @@ impl Gateway {
         let result = config::load(&self.config_path).and_then(|new| {
             let current = running.keys.clone();
             let keep_store = match &current {
-                Some(store) => new.api_keys.in_use && *store.settings() == store_settings(&new),
+                Some(store) => {
+                    new.api_keys.in_use
+                        && *store.settings() == KeyStoreSettings::from(&new.api_keys)
+                }
                 None => !new.api_keys.in_use,
             };
             let store = if keep_store {
                 current
             } else {
-                build_key_store(&new, &self.metrics).map_err(|message| {
-                    ConfigErrors(vec![ConfigError {
-                        file: self.config_path.clone(),
-                        line: 1,
-                        column: 1,
-                        message,
-                    }])
-                })?
+                build_key_store(&new, &self.metrics).map_err(|m| self.reload_error(m))?
             };
             // Issuers unchanged: keep the validator, its key sets and its token cache.
             let keep_jwt = running.config.jwt_issuers == new.jwt_issuers;
             let jwt = if keep_jwt {
                 running.jwt.clone()
             } else {
-                build_jwt_validator(&new, &self.metrics).map_err(|message| {
-                    ConfigErrors(vec![ConfigError {
-                        file: self.config_path.clone(),
-                        line: 1,
-                        column: 1,
-                        message,
-                    }])
-                })?
+                build_jwt_validator(&new, &self.metrics).map_err(|m| self.reload_error(m))?
             };
             Ok((new, store, keep_store, jwt))
         });
@@ -228,19 +220,6 @@ impl Gateway {
     }
 }
 
-fn store_settings(config: &Config) -> KeyStoreSettings {
-    let keys = &config.api_keys;
-    KeyStoreSettings {
-        prefix: keys.prefix.clone(),
-        min_length: keys.min_length,
-        cache_ttl: keys.cache_ttl,
-        negative_ttl: keys.negative_ttl,
-        stale_if_error: keys.stale_if_error,
-        cache_capacity: keys.cache_capacity,
-        source: keys.source.clone(),
-    }
-}
-
 /// Builds the JWT validator when issuers are configured (key sets are fetched in the
 /// background; an unreachable IdP does not stop the start).
 fn build_jwt_validator(
@@ -263,17 +242,11 @@ fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyS
     if !config.api_keys.in_use {
         return Ok(None);
     }
-    let settings = store_settings(config);
+    let settings = KeyStoreSettings::from(&config.api_keys);
     let source = match &config.api_keys.source {
         KeySourceSettings::File(path) => {
-            let file =
-                FileKeys::open(path, metrics.key_file_reloads.clone()).map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                })?;
+            let file = FileKeys::open(path, metrics.key_file_reloads.clone())
+                .map_err(|errors| ConfigErrors(errors).to_string())?;
             KeySource::File(file)
         }
         KeySourceSettings::ControlPlane(control_plane) => {

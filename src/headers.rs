@@ -79,11 +79,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Whether a response header set is hop-by-hop cleaned for the client (same rules).
-pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, upgraded: bool) {
-    strip_hop_by_hop(headers, upgraded);
-}
-
 /// True when `name`, read case-insensitively and with `_` as `-`, starts with `prefix`.
 /// `prefix` is lowercase ASCII.
 pub fn name_has_prefix(name: &str, prefix: &str) -> bool {
@@ -201,23 +196,6 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) ->
 /// Sets `x-forwarded-for` (extended when the peer is trusted, else replaced),
 /// `x-forwarded-proto` and `x-forwarded-host` (kept from a trusted peer, else ours), and
 /// removes `Forwarded` from untrusted peers.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    trusted: &[ipnet::IpNet],
-    tls: bool,
-    original_host: Option<&HeaderValue>,
-) {
-    set_forwarded_with(
-        headers,
-        peer,
-        &peer_header(peer),
-        trusted,
-        tls,
-        original_host,
-    );
-}
-
 /// The peer address as a header value, built once per connection.
 pub fn peer_header(peer: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&canonical_ip(peer).to_string())
@@ -366,9 +344,11 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=1.1.1.1"),
         ]);
-        set_forwarded(
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
+        set_forwarded_with(
             &mut headers,
-            "192.0.2.9".parse().unwrap(),
+            peer,
+            &peer_header(peer),
             &trusted,
             false,
             Some(&host),
@@ -382,9 +362,11 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4, 10.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        set_forwarded_with(
             &mut headers,
-            "10.0.0.5".parse().unwrap(),
+            peer,
+            &peer_header(peer),
             &trusted,
             false,
             Some(&host),

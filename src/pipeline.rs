@@ -38,7 +38,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, Runtime};
 use crate::headers::{
     X_REQUEST_ID, client_ip, client_request_id, is_websocket_upgrade, new_request_id,
-    set_forwarded_with, strip_client_identity, strip_hop_by_hop, strip_response_hop_by_hop,
+    set_forwarded_with, strip_client_identity, strip_hop_by_hop,
 };
 use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
@@ -282,10 +282,10 @@ async fn handle_inner(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         conn.tunnels
             .spawn(client_upgrade, upstream_upgrade, conn.slot.clone());
-        strip_response_hop_by_hop(response.headers_mut(), true);
+        strip_hop_by_hop(response.headers_mut(), true);
         return Ok(response.map(|_| empty()));
     }
-    strip_response_hop_by_hop(response.headers_mut(), false);
+    strip_hop_by_hop(response.headers_mut(), false);
     Ok(response.map(boxed))
 }
 

@@ -323,9 +323,9 @@ impl<'de> Deserialize<'de> for OneOrMany {
                 f.write_str("a URL string or a list of URL strings")
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<OneOrMany, E> {
-                let text = super::values::interpolate(value, |name| std::env::var(name).ok())
-                    .map_err(E::custom)?;
-                Ok(OneOrMany(vec![Text(text)]))
+                // Same interpolation as every other string: `Text` owns it.
+                let text = Text::deserialize(de::value::StrDeserializer::<E>::new(value))?;
+                Ok(OneOrMany(vec![text]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
                 let mut items = Vec::new();

@@ -43,6 +43,20 @@ pub struct KeyStoreSettings {
     pub source: crate::config::KeySourceSettings,
 }
 
+impl From<&crate::config::ApiKeySettings> for KeyStoreSettings {
+    fn from(keys: &crate::config::ApiKeySettings) -> Self {
+        Self {
+            prefix: keys.prefix.clone(),
+            min_length: keys.min_length,
+            cache_ttl: keys.cache_ttl,
+            negative_ttl: keys.negative_ttl,
+            stale_if_error: keys.stale_if_error,
+            cache_capacity: keys.cache_capacity,
+            source: keys.source.clone(),
+        }
+    }
+}
+
 /// Counters the store updates, resolved once so the hot path only does an atomic add.
 #[derive(Debug, Clone, Default)]
 pub struct KeyMetrics {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{KeyHash, KeyMap, KeyRecord, KeyStore};
-use crate::config::{ConfigError, line_col};
+use crate::config::{ConfigError, ConfigErrors, line_col};
 use crate::telemetry::ResultLabels;
 
 /// How often the key file is checked for changes (SPEC: changes apply within 2 s).
@@ -333,13 +333,7 @@ pub fn append_record(path: &Path, hash: &KeyHash, record: &KeyRecord) -> Result<
         text.push('\n');
     }
     text.push_str(&format_record(hash, record)?);
-    parse_key_file(path, &text).map_err(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    load_key_file_text_ok(path, &text)?;
     write_atomically(path, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -413,13 +407,7 @@ pub fn revoke_record(path: &Path, key_id: &str) -> Result<(), String> {
 }
 
 fn load_key_file_text_ok(path: &Path, text: &str) -> Result<KeyMap, String> {
-    parse_key_file(path, text).map_err(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    parse_key_file(path, text).map_err(|errors| ConfigErrors(errors).to_string())
 }
 
 #[cfg(test)]
@@ -471,11 +459,7 @@ mod tests {
         ];
         for (text, expected) in cases {
             let errors = parse_key_file(Path::new("keys.toml"), text).unwrap_err();
-            let joined = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n");
+            let joined = ConfigErrors(errors).to_string();
             assert!(
                 joined.to_lowercase().contains(&expected.to_lowercase()),
                 "{joined}"
