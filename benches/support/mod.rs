@@ -1,0 +1,69 @@
+//! Shared by the benchmarks and `examples/key_cache_memory.rs`: polling a future that must
+//! not wait, and a key store over N synthetic API keys.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use authgate::config::KeySourceSettings;
+use authgate::keys::cache::{KeyMetrics, KeyStoreSettings};
+use authgate::keys::{KeyHash, KeyMap, KeyRecord, KeySource, KeyStore};
+
+/// Polls once with a no-op waker: cache hits never wait, so no runtime is measured.
+pub fn poll_once<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("expected an answer without waiting (a cache hit)"),
+    }
+}
+
+/// A store whose in-memory source knows `n` keys (none validated yet), and the keys.
+pub fn synthetic_store(n: usize) -> (Arc<KeyStore>, Vec<String>) {
+    let keys: Vec<String> = (0..n).map(|i| format!("sgk_bench{i:0>36}")).collect();
+    let mut map = KeyMap::with_capacity(n);
+    for (i, key) in keys.iter().enumerate() {
+        let record = KeyRecord {
+            key_id: format!("key_{i}"),
+            tenant_id: format!("tenant_{}", i % 1000),
+            user_id: Some(format!("user_{i}")),
+            scopes: vec!["inference:write".into()],
+            rate_limit: None,
+            tokens_per_minute: None,
+            expires_at: None,
+            revoked: false,
+            custom_claims: BTreeMap::from([("plan".to_owned(), "pro".to_owned())]),
+            description: None,
+        };
+        map.insert(KeyHash::of(key), record);
+    }
+    let settings = KeyStoreSettings {
+        prefix: "sgk_".into(),
+        min_length: 32,
+        cache_ttl: Duration::from_secs(3600),
+        negative_ttl: Duration::from_secs(5),
+        stale_if_error: Duration::from_secs(3600),
+        cache_capacity: 2_000_000,
+        source: KeySourceSettings::File("memory".into()),
+    };
+    let store = KeyStore::new(settings, KeySource::Memory(map), KeyMetrics::default());
+    (store, keys)
+}
+
+/// Validates every key once, so all of them are cached.
+pub fn warm(store: &Arc<KeyStore>, keys: &[String]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for key in keys {
+            store.authenticate(key).await.unwrap();
+        }
+    });
+}
