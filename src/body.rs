@@ -373,6 +373,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn request_trailers_are_dropped_and_data_is_counted() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-auth-tenant-id", http::HeaderValue::from_static("evil"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let counter = Arc::new(AtomicU64::new(0));
+        let body = CountingBody::new(
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+            counter.clone(),
+        );
+        let collected = body.collect().await.unwrap();
+        assert!(
+            collected.trailers().is_none(),
+            "client trailers must not pass"
+        );
+        assert_eq!(collected.to_bytes(), "hello");
+        assert_eq!(counter.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
     async fn reclaimable_body_comes_back_only_if_never_polled() {
         let (body, reclaimer) = ReclaimableBody::new(full("abc"));
         drop(body);

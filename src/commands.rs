@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 
 use crate::body::{ProxyBody, full};
 use crate::cli::{DemoArgs, KeysAddArgs, KeysCommand};
-use crate::keys::cache::KeyStoreSettings;
 use crate::keys::file_source::{append_record, load_key_file, revoke_record};
 use crate::keys::record::RecordRate;
 use crate::keys::{KeyHash, KeyMap, KeyRecord, KeySource, KeyStore, Timestamp, generate_key};
@@ -257,7 +256,7 @@ auth = "none"
     };
     let mut keys = KeyMap::new();
     keys.insert(KeyHash::of(&key), record);
-    let settings = KeyStoreSettings::from(&config.api_keys);
+    let settings = config.api_keys.clone();
     let access_log = crate::telemetry::AccessLog::stdout();
     let gateway = crate::gateway::Gateway::with_key_store(config, access_log, |metrics| {
         KeyStore::new(settings, KeySource::Memory(keys), metrics.key_metrics())

@@ -15,7 +15,6 @@ use crate::auth::jwt::JwtValidator;
 use crate::config::{
     self, Config, ConfigError, ConfigErrors, ControlPlaneAuthSettings, KeySourceSettings,
 };
-use crate::keys::cache::KeyStoreSettings;
 use crate::keys::control_plane::{ControlPlane, ControlPlaneAuth};
 use crate::keys::file_source::FileKeys;
 use crate::keys::{KeySource, KeyStore};
@@ -148,10 +147,7 @@ impl Gateway {
         let result = config::load(&self.config_path).and_then(|new| {
             let current = running.keys.clone();
             let keep_store = match &current {
-                Some(store) => {
-                    new.api_keys.in_use
-                        && *store.settings() == KeyStoreSettings::from(&new.api_keys)
-                }
+                Some(store) => new.api_keys.in_use && *store.settings() == new.api_keys,
                 None => !new.api_keys.in_use,
             };
             let store = if keep_store {
@@ -242,7 +238,7 @@ fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyS
     if !config.api_keys.in_use {
         return Ok(None);
     }
-    let settings = KeyStoreSettings::from(&config.api_keys);
+    let settings = config.api_keys.clone();
     let source = match &config.api_keys.source {
         KeySourceSettings::File(path) => {
             let file = FileKeys::open(path, metrics.key_file_reloads.clone())

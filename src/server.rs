@@ -407,7 +407,6 @@ async fn serve_connection(
     slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
-    let tunnels = gateway.tunnels.clone();
     let (header_timeout, idle_timeout) = {
         let config = gateway.config();
         (
@@ -415,37 +414,31 @@ async fn serve_connection(
             config.server.idle_timeout,
         )
     };
-    let activity = Arc::new(ConnActivity::new());
+    let conn = |tls: bool| {
+        Arc::new(ConnInfo {
+            peer,
+            slot: slot.clone(),
+            tunnels: gateway.tunnels.clone(),
+            peer_header: crate::headers::peer_header(peer.ip()),
+            tls,
+            activity: Arc::new(ConnActivity::new()),
+        })
+    };
+    let timeouts = (header_timeout, idle_timeout);
     match tls {
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
         {
             Ok(Ok(tls_stream)) => {
+                // HTTP/2 by ALPN: no HTTP/1 heads to scan.
                 let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                let io = TrackedIo {
-                    inner: tls_stream,
-                    activity: activity.clone(),
-                    scanner: if h2 {
-                        HeadScanner::off()
-                    } else {
-                        HeadScanner::new()
-                    },
+                let scanner = if h2 {
+                    HeadScanner::off()
+                } else {
+                    HeadScanner::new()
                 };
-                let conn = Arc::new(ConnInfo {
-                    peer,
-                    slot: slot.clone(),
-                    tunnels: tunnels.clone(),
-                    peer_header: crate::headers::peer_header(peer.ip()),
-                    tls: true,
-                    activity,
-                });
+                let conn = conn(true);
                 drive(
-                    TokioIo::new(io),
-                    conn,
-                    gateway,
-                    &builder,
-                    shutdown,
-                    header_timeout,
-                    idle_timeout,
+                    tls_stream, scanner, conn, gateway, &builder, shutdown, timeouts,
                 )
                 .await;
             }
@@ -453,27 +446,15 @@ async fn serve_connection(
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
         },
         None => {
-            let io = TrackedIo {
-                inner: stream,
-                activity: activity.clone(),
-                scanner: HeadScanner::new(),
-            };
-            let conn = Arc::new(ConnInfo {
-                peer,
-                slot: slot.clone(),
-                tunnels: tunnels.clone(),
-                peer_header: crate::headers::peer_header(peer.ip()),
-                tls: false,
-                activity,
-            });
+            let conn = conn(false);
             drive(
-                TokioIo::new(io),
+                stream,
+                HeadScanner::new(),
                 conn,
                 gateway,
                 &builder,
                 shutdown,
-                header_timeout,
-                idle_timeout,
+                timeouts,
             )
             .await;
         }
@@ -481,17 +462,22 @@ async fn serve_connection(
 }
 
 async fn drive<I>(
-    io: TokioIo<I>,
+    stream: I,
+    scanner: HeadScanner,
     conn: Arc<ConnInfo>,
     gateway: Arc<Gateway>,
     builder: &auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
-    header_timeout: Duration,
-    idle_timeout: Duration,
+    (header_timeout, idle_timeout): (Duration, Duration),
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = conn.activity.clone();
+    let io = TokioIo::new(TrackedIo {
+        inner: stream,
+        activity: activity.clone(),
+        scanner,
+    });
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
         if request.version() == http::Version::HTTP_2 {
             conn.activity.multiplexed.store(true, Ordering::Relaxed);

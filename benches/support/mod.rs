@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use authgate::config::ApiKeySettings;
 use authgate::config::KeySourceSettings;
-use authgate::keys::cache::{KeyMetrics, KeyStoreSettings};
+use authgate::keys::cache::KeyMetrics;
 use authgate::keys::{KeyHash, KeyMap, KeyRecord, KeySource, KeyStore};
 
 /// Polls once with a no-op waker: cache hits never wait, so no runtime is measured.
@@ -43,7 +44,7 @@ pub fn synthetic_store(n: usize) -> (Arc<KeyStore>, Vec<String>) {
         };
         map.insert(KeyHash::of(key), record);
     }
-    let settings = KeyStoreSettings {
+    let settings = ApiKeySettings {
         prefix: "sgk_".into(),
         min_length: 32,
         cache_ttl: Duration::from_secs(3600),
@@ -51,6 +52,7 @@ pub fn synthetic_store(n: usize) -> (Arc<KeyStore>, Vec<String>) {
         stale_if_error: Duration::from_secs(3600),
         cache_capacity: 2_000_000,
         source: KeySourceSettings::File("memory".into()),
+        in_use: true,
     };
     let store = KeyStore::new(settings, KeySource::Memory(map), KeyMetrics::default());
     (store, keys)

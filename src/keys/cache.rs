@@ -26,36 +26,9 @@ use tokio::sync::watch;
 
 use super::{KeyHash, KeyRecord, KeySource, SourceError, Timestamp, is_well_formed};
 use crate::auth::{AuthMethod, Identity, IdentityFields};
-use crate::config::Rate;
+use crate::config::{ApiKeySettings, Rate};
 use crate::error::GatewayError;
 use crate::telemetry::ResultLabels;
-
-/// Settings from `[api_keys]` and `[identity]` the store needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeyStoreSettings {
-    pub prefix: String,
-    pub min_length: usize,
-    pub cache_ttl: Duration,
-    pub negative_ttl: Duration,
-    pub stale_if_error: Duration,
-    pub cache_capacity: u64,
-    /// Compared on reload: a different source means a new store.
-    pub source: crate::config::KeySourceSettings,
-}
-
-impl From<&crate::config::ApiKeySettings> for KeyStoreSettings {
-    fn from(keys: &crate::config::ApiKeySettings) -> Self {
-        Self {
-            prefix: keys.prefix.clone(),
-            min_length: keys.min_length,
-            cache_ttl: keys.cache_ttl,
-            negative_ttl: keys.negative_ttl,
-            stale_if_error: keys.stale_if_error,
-            cache_capacity: keys.cache_capacity,
-            source: keys.source.clone(),
-        }
-    }
-}
 
 /// Counters the store updates, resolved once so the hot path only does an atomic add.
 #[derive(Debug, Clone, Default)]
@@ -124,7 +97,7 @@ type Lookup = Result<Option<Arc<Identity>>, SourceError>;
 /// Validates API keys: format, cache, source.
 #[derive(Debug)]
 pub struct KeyStore {
-    settings: KeyStoreSettings,
+    settings: ApiKeySettings,
     cache: quick_cache::sync::Cache<KeyHash, Arc<CacheEntry>>,
     /// Lookups in progress, so concurrent misses for one key share one lookup.
     inflight: DashMap<KeyHash, watch::Receiver<Option<Lookup>>>,
@@ -136,7 +109,7 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    pub fn new(settings: KeyStoreSettings, source: KeySource, metrics: KeyMetrics) -> Arc<Self> {
+    pub fn new(settings: ApiKeySettings, source: KeySource, metrics: KeyMetrics) -> Arc<Self> {
         let capacity = usize::try_from(settings.cache_capacity).unwrap_or(usize::MAX);
         let cache = quick_cache::sync::Cache::new(capacity);
         Arc::new(Self {
@@ -149,7 +122,7 @@ impl KeyStore {
         })
     }
 
-    pub fn settings(&self) -> &KeyStoreSettings {
+    pub fn settings(&self) -> &ApiKeySettings {
         &self.settings
     }
 
