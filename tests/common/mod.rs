@@ -78,6 +78,27 @@ type Handler = Arc<
         + Sync,
 >;
 
+/// A handler that records each request (body read whole) and then lets `respond` answer.
+fn recording<F, Fut>(respond: F) -> (Handler, Arc<Mutex<Vec<Recorded>>>)
+where
+    F: Fn(Recorded) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+    let store = requests.clone();
+    let respond = Arc::new(respond);
+    let handler: Handler = Arc::new(move |request: Request<Incoming>| {
+        let store = store.clone();
+        let respond = respond.clone();
+        Box::pin(async move {
+            let recorded = Recorded::read(request).await;
+            store.lock().unwrap().push(recorded.clone());
+            respond(recorded).await
+        })
+    });
+    (handler, requests)
+}
+
 /// A real HTTP server on 127.0.0.1:0 (h1 + h2c, optionally TLS with h2 via ALPN).
 /// By default it records each request (body included) and answers 200 `upstream ok`.
 #[derive(Clone)]
@@ -100,30 +121,7 @@ impl Upstream {
         F: Fn(Recorded) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
-        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let store = requests.clone();
-        let respond = Arc::new(respond);
-        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
-            let store = store.clone();
-            let respond = respond.clone();
-            Box::pin(async move {
-                let (parts, body) = request.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
-                let recorded = Recorded {
-                    method: parts.method,
-                    uri: parts.uri,
-                    version: parts.version,
-                    headers: parts.headers,
-                    body,
-                };
-                store.lock().unwrap().push(recorded.clone());
-                respond(recorded).await
-            })
-        });
+        let (handler, requests) = recording(respond);
         Self::serve(handler, None, requests).await
     }
 
@@ -145,27 +143,7 @@ impl Upstream {
     /// A recording TLS upstream with a certificate for `localhost` and 127.0.0.1 signed by a
     /// fresh test CA (see `ca_pem`).
     pub async fn start_tls() -> Self {
-        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let store = requests.clone();
-        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
-            let store = store.clone();
-            Box::pin(async move {
-                let (parts, body) = request.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
-                store.lock().unwrap().push(Recorded {
-                    method: parts.method,
-                    uri: parts.uri,
-                    version: parts.version,
-                    headers: parts.headers,
-                    body,
-                });
-                ok_response("tls upstream ok")
-            })
-        });
+        let (handler, requests) = recording(|_| async { ok_response("tls upstream ok") });
         let pki = TestPki::new();
         let tls = pki.server_config();
         let mut upstream = Self::serve(handler, Some(tls), requests).await;
