@@ -47,7 +47,19 @@ static ROUTING_OVERRIDES: [HeaderName; 4] = [
 /// With `keep_upgrade` (a WebSocket upgrade on a route that allows it) the `Upgrade` header
 /// survives and `Connection: upgrade` is set again afterwards.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(&CONNECTION) {
+    // `Connection: keep-alive` / `close` / `upgrade` name nothing the fixed list below does
+    // not already handle: only other tokens need the (allocating) removal pass.
+    let names_others = headers.get_all(&CONNECTION).iter().any(|value| {
+        value.to_str().map_or(true, |text| {
+            text.split(',').map(str::trim).any(|token| {
+                !token.is_empty()
+                    && !["keep-alive", "close", "upgrade"]
+                        .iter()
+                        .any(|known| token.eq_ignore_ascii_case(known))
+            })
+        })
+    });
+    if names_others {
         let named: Vec<HeaderValue> = headers.get_all(&CONNECTION).iter().cloned().collect();
         for value in &named {
             let Ok(text) = value.to_str() else { continue };
