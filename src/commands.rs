@@ -126,11 +126,6 @@ fn add(args: &KeysAddArgs) -> ExitCode {
     if let Err(message) = record.validate() {
         return fail(message);
     }
-    if record.rate_limit.is_some() || record.tokens_per_minute.is_some() {
-        eprintln!(
-            "warning: the key's rate_limit / tokens_per_minute are stored but not enforced by this build yet"
-        );
-    }
     match append_record(&args.file, &KeyHash::of(&key), &record) {
         Ok(()) => {
             // The only time the key exists outside the client: print it once.
@@ -258,9 +253,12 @@ auth = "none"
     keys.insert(KeyHash::of(&key), record);
     let settings = config.api_keys.clone();
     let access_log = crate::telemetry::AccessLog::stdout();
-    let gateway = crate::gateway::Gateway::with_key_store(config, access_log, |metrics| {
+    let gateway = match crate::gateway::Gateway::with_key_store(config, access_log, |metrics| {
         KeyStore::new(settings, KeySource::Memory(keys), metrics.key_metrics())
-    });
+    }) {
+        Ok(gateway) => gateway,
+        Err(error) => return fail(error),
+    };
     let handle = match crate::server::start_gateway(Arc::new(gateway)).await {
         Ok(handle) => handle,
         Err(error) => return fail(format!("cannot bind the demo gateway: {error}")),

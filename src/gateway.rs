@@ -18,6 +18,8 @@ use crate::config::{
 use crate::keys::control_plane::{ControlPlane, ControlPlaneAuth};
 use crate::keys::file_source::FileKeys;
 use crate::keys::{KeySource, KeyStore};
+use crate::limits::Limits;
+use crate::limits::local::{LocalStore, spawn_housekeeping};
 use crate::telemetry::{AccessLog, Metrics, ResultLabels};
 
 /// What requests decide with; replaced as a whole on reload.
@@ -28,6 +30,8 @@ pub struct Runtime {
     pub keys: Option<Arc<KeyStore>>,
     /// `None` when no issuer is configured.
     pub jwt: Option<Arc<JwtValidator>>,
+    /// Rate limits and budgets; their state outlives the snapshot.
+    pub limits: Arc<Limits>,
 }
 
 /// Shared by the listeners, every connection and the admin API.
@@ -43,6 +47,8 @@ pub struct Gateway {
     draining: AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
     pub tunnels: Arc<crate::forward::Tunnels>,
+    /// Local limiter state, shared by every snapshot so reloads keep it.
+    limit_store: Arc<LocalStore>,
 }
 
 impl Gateway {
@@ -58,7 +64,7 @@ impl Gateway {
         config: Config,
         access_log: AccessLog,
         make_store: impl FnOnce(&Metrics) -> Arc<KeyStore>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let metrics = Metrics::new();
         let keys = Some(make_store(&metrics));
         let jwt = build_jwt_validator(&config, &metrics).unwrap_or_default();
@@ -72,7 +78,7 @@ impl Gateway {
         access_log: AccessLog,
     ) -> Result<Self, String> {
         let jwt = build_jwt_validator(&config, &metrics)?;
-        Ok(Self::from_parts(config, keys, jwt, metrics, access_log))
+        Self::from_parts(config, keys, jwt, metrics, access_log)
     }
 
     fn from_parts(
@@ -81,13 +87,25 @@ impl Gateway {
         jwt: Option<Arc<JwtValidator>>,
         metrics: Metrics,
         access_log: AccessLog,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, String> {
+        let limit_store = Arc::new(LocalStore::default());
+        let principals = metrics.limits.principals.clone();
+        spawn_housekeeping(&limit_store, move |held| {
+            principals.set(i64::try_from(held).unwrap_or(i64::MAX));
+        });
+        let limits = Arc::new(Limits::new(
+            &config.rate_limits,
+            limit_store.clone(),
+            None,
+            metrics.limits.clone(),
+        )?);
+        Ok(Self {
             config_path: config.path.clone(),
             runtime: ArcSwap::from_pointee(Runtime {
                 config: Arc::new(config),
                 keys,
                 jwt,
+                limits,
             }),
             metrics,
             access_log,
@@ -95,7 +113,8 @@ impl Gateway {
             draining: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
             tunnels: Arc::default(),
-        }
+            limit_store,
+        })
     }
 
     /// The config in force now.
@@ -162,10 +181,17 @@ impl Gateway {
             } else {
                 build_jwt_validator(&new, &self.metrics).map_err(|m| self.reload_error(m))?
             };
-            Ok((new, store, keep_store, jwt))
+            let limits = Limits::new(
+                &new.rate_limits,
+                self.limit_store.clone(),
+                Some(&running.limits),
+                self.metrics.limits.clone(),
+            )
+            .map_err(|m| self.reload_error(m))?;
+            Ok((new, store, keep_store, jwt, limits))
         });
         match result {
-            Ok((new, store, kept, jwt)) => {
+            Ok((new, store, kept, jwt, limits)) => {
                 let old = &running.config;
                 if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
                     tracing::warn!(
@@ -179,6 +205,7 @@ impl Gateway {
                     config: Arc::new(new),
                     keys: store,
                     jwt,
+                    limits: Arc::new(limits),
                 }));
                 self.metrics
                     .config_reloads

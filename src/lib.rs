@@ -22,6 +22,7 @@ pub mod framing;
 pub mod gateway;
 pub mod headers;
 pub mod keys;
+pub mod limits;
 pub mod pipeline;
 pub mod routes;
 pub mod server;

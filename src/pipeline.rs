@@ -8,9 +8,11 @@
 //!     3 strip         hop-by-hop, Connection-named, client identity headers
 //!     4 authenticate  bearer credential per the route's `auth`         -> 401 / 400 / 503
 //!       authorize     route scopes / tenants                           -> 403
+//!       rate limit    principal, tenant, token budget (one atomic step) -> 429 / 503
 //!     5 rewrite       credentials dropped, x-forwarded-*, x-request-id
 //!     6 body limit    declared or streamed size over max_body_bytes    -> 413
 //!     7 forward       upstream with timeout on headers only            -> 502 / 504
+//!       usage         the upstream's token report charged to the budget
 //! ```
 //! Every stage runs before anything reaches an upstream; a stage that refuses ends the request
 //! with nothing forwarded.
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -40,6 +42,8 @@ use crate::headers::{
     X_REQUEST_ID, client_ip, client_request_id, is_websocket_upgrade, new_request_id,
     set_forwarded_with, strip_client_identity, strip_hop_by_hop,
 };
+use crate::limits::gcra::LimitState;
+use crate::limits::{self, Denied, usage};
 use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
 use crate::server::ConnActivity;
@@ -65,6 +69,8 @@ struct Context {
     route: Option<Arc<str>>,
     identity: Option<Arc<Identity>>,
     upstream_ms: Option<f64>,
+    /// Set once the rate-limit step ran: the `RateLimit-*` headers of the response.
+    rate_limit: Option<LimitState>,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -127,6 +133,9 @@ pub async fn handle(
         }
     };
     response.headers_mut().insert(&X_REQUEST_ID, request_id);
+    if let Some(state) = context.rate_limit {
+        limits::insert_headers(response.headers_mut(), state);
+    }
     finish.record.status = response.status().as_u16();
     finish.record.upstream_ms = context.upstream_ms;
     if let Some(route) = context.route {
@@ -205,8 +214,23 @@ async fn handle_inner(
     )
     .await?;
     context.identity.clone_from(&identity);
+    let mut meter = None;
     if let Some(identity) = &identity {
         authz::authorize(route, identity)?;
+        // Rate limit: one atomic check-and-count; a refused request counts against nothing.
+        match runtime.limits.admit(route, identity).await {
+            Ok(admission) => {
+                context.rate_limit = admission.state;
+                meter = admission.meter;
+            }
+            Err(Denied::Limited(refusal)) => {
+                context.rate_limit = refusal.state;
+                return Err(GatewayError::RateLimited {
+                    retry_after_secs: refusal.retry_after_secs,
+                });
+            }
+            Err(Denied::BackendUnavailable) => return Err(GatewayError::AuthBackendUnavailable),
+        }
     }
 
     // 5. Rewrite: credentials stay here unless the route opts in; our identity headers (the
@@ -238,6 +262,13 @@ async fn handle_inner(
         }
     }
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    if route.usage.is_some() {
+        // We read the upstream's usage trailer; HTTP/1.1 upstreams only send trailers to a
+        // client that announces it accepts them (TE is hop-by-hop: the client's was removed).
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
 
     // 6. Body limit: a declared length over the limit is refused before forwarding; a
     //    streamed body is cut when it passes the limit.
@@ -286,7 +317,11 @@ async fn handle_inner(
         return Ok(response.map(|_| empty()));
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(boxed))
+    let response = response.map(boxed);
+    Ok(match (&route.usage, meter) {
+        (Some(rule), Some(meter)) => usage::meter_response(response, rule, meter),
+        _ => response,
+    })
 }
 
 /// The parts of the request target that routing uses.

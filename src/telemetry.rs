@@ -66,6 +66,61 @@ pub struct Metrics {
     pub key_source: Family<ResultLabels, Counter>,
     pub key_file_reloads: Family<ResultLabels, Counter>,
     pub jwks_refresh: Family<JwksLabels, Counter>,
+    pub limits: LimitMetrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: &'static str,
+}
+
+/// Rate-limit and token-budget metrics (cheap to clone: every field is shared).
+#[derive(Debug, Clone)]
+pub struct LimitMetrics {
+    limited: Family<RouteLabels, Counter>,
+    backend_errors: Family<ReasonLabels, Counter>,
+    fallbacks: Family<PolicyLabels, Counter>,
+    usage_tokens: Family<RouteLabels, Counter>,
+    /// Limit states held in this process.
+    pub principals: Gauge,
+}
+
+impl LimitMetrics {
+    pub fn limited(&self, route: &Arc<str>) {
+        self.limited
+            .get_or_create(&RouteLabels {
+                route: SharedLabel(route.clone()),
+            })
+            .inc();
+    }
+
+    pub fn backend_error(&self, reason: &'static str) {
+        self.backend_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn fallback(&self, policy: crate::config::BackendErrorPolicy) {
+        let policy = match policy {
+            crate::config::BackendErrorPolicy::Local => "local",
+            crate::config::BackendErrorPolicy::Allow => "allow",
+            crate::config::BackendErrorPolicy::Deny => "deny",
+        };
+        self.fallbacks.get_or_create(&PolicyLabels { policy }).inc();
+    }
+
+    pub fn usage_tokens(&self, route: &Arc<str>, tokens: u64) {
+        self.usage_tokens
+            .get_or_create(&RouteLabels {
+                route: SharedLabel(route.clone()),
+            })
+            .inc_by(tokens);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -158,6 +213,38 @@ impl Metrics {
             "JWKS fetches by issuer and result: success, not_found, error",
             jwks_refresh.clone(),
         );
+        let limits = LimitMetrics {
+            limited: Family::default(),
+            backend_errors: Family::default(),
+            fallbacks: Family::default(),
+            usage_tokens: Family::default(),
+            principals: Gauge::default(),
+        };
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by a rate limit or token budget, by route",
+            limits.limited.clone(),
+        );
+        registry.register(
+            "rate_limit_backend_errors",
+            "Rate-limit backend (Redis) calls that failed, by reason: timeout, error, bypassed (skipped for 1 s after a failure)",
+            limits.backend_errors.clone(),
+        );
+        registry.register(
+            "rate_limit_fallbacks",
+            "Decisions made by on_backend_error because Redis failed, by policy: local, allow, deny",
+            limits.fallbacks.clone(),
+        );
+        registry.register(
+            "usage_tokens",
+            "Tokens charged to budgets from upstream usage reports, by route",
+            limits.usage_tokens.clone(),
+        );
+        registry.register(
+            "rate_limit_principals",
+            "Rate-limit states held in this process (idle principals are forgotten)",
+            limits.principals.clone(),
+        );
         // Both outcomes exist from the start, so a dashboard sees 0 rather than no series.
         for result in ["success", "error"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
@@ -176,6 +263,7 @@ impl Metrics {
             key_source,
             key_file_reloads,
             jwks_refresh,
+            limits,
         }
     }
 

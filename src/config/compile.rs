@@ -14,9 +14,10 @@ use toml::Spanned;
 
 use super::file::{self, FileAuth, FileConfig, FileRate, FileRoute, KeySourceKind, LogFormat};
 use super::{
-    AdminSettings, ApiKeySettings, Config, ConfigError, ConfigErrors, ControlPlaneAuthSettings,
-    ControlPlaneSettings, IdentitySettings, IssuerMatch, IssuerSettings, KeySourceSettings,
-    LogSettings, Rate, ServerSettings, UsageRule, line_col,
+    AdminSettings, ApiKeySettings, BackendErrorPolicy, Config, ConfigError, ConfigErrors,
+    ControlPlaneAuthSettings, ControlPlaneSettings, IdentitySettings, IssuerMatch, IssuerSettings,
+    KeySourceSettings, LimitBackend, LogSettings, Rate, RateLimitSettings, RedisSettings,
+    ServerSettings, UsageRule, line_col,
 };
 use crate::auth::{AuthPolicy, ScopeRule};
 use crate::config::file::UpstreamProtocol;
@@ -91,7 +92,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
     let identity = compile_identity(&file.identity, &mut errors);
     let api_keys = compile_api_keys(&file, &base_dir, &mut errors);
     let jwt_issuers = compile_jwt(&file.jwt, &mut errors);
-    compile_rate_limits(&file, &mut errors);
+    let rate_limits = compile_rate_limits(&file, &mut errors);
 
     let log = LogSettings {
         format: file.log.format.unwrap_or(LogFormat::Json),
@@ -145,6 +146,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         identity,
         api_keys,
         jwt_issuers,
+        rate_limits,
         log,
         routes,
         warnings,
@@ -615,53 +617,88 @@ fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) -> Option<Rat
     }
 }
 
-/// Settings this build parses but cannot enforce yet (rate limits, token budgets, the Redis
-/// backend, signed identity assertions). Accepting them silently would leave an operator
-/// believing a cost or security control is active, so they are refused until implemented.
+/// Settings this build parses but cannot enforce yet (signed identity assertions). Accepting
+/// them silently would leave an operator believing a security control is active, so they are
+/// refused until implemented.
 pub const NOT_ENFORCED_YET: &str = "is not enforced by this build of authgate yet; it is refused rather than silently ignored (remove it for now)";
 
-fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) {
+/// Redis calls wait this long by default before `on_backend_error` applies: a loopback or
+/// same-zone round trip is well under a millisecond, so this only trips on a sick Redis.
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+
+fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) -> RateLimitSettings {
     let limits = &file.rate_limits;
-    if let Some(rate) = &limits.default {
-        compile_rate(rate, errors);
-        errors.at(
-            rate.span(),
-            format!("rate_limits.default {NOT_ENFORCED_YET}"),
-        );
-    }
-    if let Some(rate) = &limits.tenant {
-        compile_rate(rate, errors);
-        errors.at(
-            rate.span(),
-            format!("rate_limits.tenant {NOT_ENFORCED_YET}"),
-        );
-    }
-    if limits.backend == Some(file::LimitBackendKind::Redis) {
-        errors.at(
-            0..0,
-            format!("rate_limits.backend = \"redis\" {NOT_ENFORCED_YET}"),
-        );
-    }
-    if let Some(redis) = &file.redis {
-        let span = redis.url.as_ref().map_or(0..0, Spanned::span);
-        errors.at(span, format!("[redis] {NOT_ENFORCED_YET}"));
-    }
-    if limits.backend == Some(file::LimitBackendKind::Redis) && file.redis.is_none() {
-        errors.at(
-            0..0,
-            "rate_limits.backend = \"redis\" needs a [redis] section",
-        );
-    }
-    if let Some(redis) = &file.redis
-        && let Some(url) = &redis.url
-    {
-        let text = &url.get_ref().0;
-        if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
-            errors.at(
-                url.span(),
-                "redis.url must start with redis:// or rediss://",
-            );
-        }
+    let default = limits
+        .default
+        .as_ref()
+        .and_then(|rate| compile_rate(rate, errors));
+    let tenant = limits
+        .tenant
+        .as_ref()
+        .and_then(|rate| compile_rate(rate, errors));
+    let redis = file.redis.as_ref().and_then(|redis| {
+        let url = match &redis.url {
+            Some(url) => {
+                let text = &url.get_ref().0;
+                if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+                    errors.at(
+                        url.span(),
+                        "redis.url must start with redis:// or rediss://",
+                    );
+                    return None;
+                }
+                if text.starts_with("rediss://") {
+                    errors.at(
+                        url.span(),
+                        "redis.url: TLS (rediss://) is not supported by this build; use redis:// on a private network or a local TLS tunnel",
+                    );
+                    return None;
+                }
+                if let Err(error) = redis::Client::open(text.as_str()) {
+                    errors.at(url.span(), format!("redis.url is not a valid Redis URL: {error}"));
+                    return None;
+                }
+                text.clone()
+            }
+            None => file::DEFAULT_REDIS_URL.to_owned(),
+        };
+        let timeout = match &redis.timeout {
+            Some(timeout) if timeout.get_ref().0.is_zero() => {
+                errors.at(timeout.span(), "redis.timeout must be greater than 0");
+                DEFAULT_REDIS_TIMEOUT
+            }
+            Some(timeout) => timeout.get_ref().0,
+            None => DEFAULT_REDIS_TIMEOUT,
+        };
+        Some(RedisSettings {
+            url,
+            key_prefix: redis
+                .key_prefix
+                .as_ref()
+                .map_or_else(|| "authgate:".to_owned(), |prefix| prefix.as_str().to_owned()),
+            timeout,
+        })
+    });
+    let backend = match limits.backend.unwrap_or(file::LimitBackendKind::Local) {
+        file::LimitBackendKind::Local => LimitBackend::Local,
+        file::LimitBackendKind::Redis => match redis {
+            Some(redis) => LimitBackend::Redis(redis),
+            None => {
+                if file.redis.is_none() {
+                    errors.at(
+                        0..0,
+                        "rate_limits.backend = \"redis\" needs a [redis] section",
+                    );
+                }
+                LimitBackend::Local
+            }
+        },
+    };
+    RateLimitSettings {
+        default,
+        tenant,
+        backend,
+        on_backend_error: limits.on_backend_error.unwrap_or(BackendErrorPolicy::Local),
     }
 }
 
@@ -840,13 +877,10 @@ fn compile_route(
             "a route with auth = \"none\" cannot require scopes, tenants, rate limits or usage budgets (there is no identity to check)",
         );
     }
-    let rate_limit = route.rate_limit.as_ref().and_then(|rate| {
-        errors.at(rate.span(), format!("rate_limit {NOT_ENFORCED_YET}"));
-        compile_rate(rate, errors)
-    });
-    if let Some(usage) = &route.usage {
-        errors.at(usage.span(), format!("usage {NOT_ENFORCED_YET}"));
-    }
+    let rate_limit = route
+        .rate_limit
+        .as_ref()
+        .and_then(|rate| compile_rate(rate, errors));
     let usage = route.usage.as_ref().and_then(|usage| {
         let value = usage.get_ref();
         match HeaderName::from_bytes(value.header.as_str().to_ascii_lowercase().as_bytes()) {

@@ -212,7 +212,7 @@ pub enum LimitBackendKind {
 }
 
 /// `rate_limits.on_backend_error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendErrorPolicy {
     Local,
@@ -234,6 +234,8 @@ pub struct FileRate {
 pub struct FileRedis {
     pub url: Option<Spanned<Secret>>,
     pub key_prefix: Option<Text>,
+    /// How long a rate-limit call may wait for Redis before `on_backend_error` applies.
+    pub timeout: Option<Spanned<DurationValue>>,
 }
 
 /// `[log]`.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use compile::compile;
-pub use file::LogFormat;
+pub use file::{BackendErrorPolicy, LogFormat};
 
 use crate::routes::RouteTable;
 
@@ -35,6 +35,7 @@ pub struct Config {
     pub identity: IdentitySettings,
     pub api_keys: ApiKeySettings,
     pub jwt_issuers: Vec<IssuerSettings>,
+    pub rate_limits: RateLimitSettings,
     pub log: LogSettings,
     pub routes: RouteTable,
     /// Non-fatal findings (shadowed routes), printed by `authgate check` and logged at start.
@@ -191,6 +192,45 @@ pub struct LogSettings {
 pub struct Rate {
     pub per_second: f64,
     pub burst: NonZeroU32,
+}
+
+/// `[rate_limits]` and `[redis]`, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    /// Per principal when neither the key record nor the route sets a limit.
+    pub default: Option<Rate>,
+    /// Aggregate per tenant, checked on top of the principal's limit.
+    pub tenant: Option<Rate>,
+    pub backend: LimitBackend,
+    pub on_backend_error: BackendErrorPolicy,
+}
+
+/// Where limiter state lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LimitBackend {
+    /// In this process only.
+    Local,
+    /// In Redis, shared by every instance.
+    Redis(RedisSettings),
+}
+
+/// `[redis]`, compiled.
+#[derive(Clone, PartialEq)]
+pub struct RedisSettings {
+    /// May carry a password: never printed (see the `Debug` impl).
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// `routes.usage`, compiled.

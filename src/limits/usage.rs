@@ -1,0 +1,151 @@
+//! Token budgets after the response (SPEC §5 `usage`): the upstream reports a request's cost in
+//! a response header, or in a trailer when it streams; the cost is charged to the principal's
+//! budget, and the report is removed before the client sees it unless `expose = true`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::{Body, Frame, SizeHint};
+
+use super::Limits;
+use super::local::LimitKey;
+use crate::body::{BoxError, ProxyBody, boxed};
+use crate::config::UsageRule;
+
+/// Where one admitted request's usage is charged.
+#[derive(Debug)]
+pub struct UsageMeter {
+    limits: Arc<Limits>,
+    local_key: LimitKey,
+    remote_key: Option<String>,
+    tokens_per_minute: u64,
+    route: Arc<str>,
+}
+
+impl UsageMeter {
+    pub(super) fn new(
+        limits: Arc<Limits>,
+        local_key: LimitKey,
+        remote_key: Option<String>,
+        tokens_per_minute: u64,
+        route: Arc<str>,
+    ) -> Self {
+        Self {
+            limits,
+            local_key,
+            remote_key,
+            tokens_per_minute,
+            route,
+        }
+    }
+
+    /// Charges `tokens`. Local charges apply at once; a Redis charge runs in its own task
+    /// (the response is not held for it).
+    fn charge(self, tokens: u64) {
+        self.limits.metrics.usage_tokens(&self.route, tokens);
+        if self.limits.redis.is_none() {
+            let now = self.limits.local.now();
+            let budget =
+                super::gcra::Budget::new(self.tokens_per_minute, super::gcra::NANOS_PER_SEC);
+            self.limits
+                .local
+                .charge(self.local_key, budget, tokens, now);
+            return;
+        }
+        tokio::spawn(async move {
+            self.limits
+                .charge(
+                    self.local_key,
+                    self.remote_key.as_deref(),
+                    self.tokens_per_minute,
+                    tokens,
+                )
+                .await;
+        });
+    }
+}
+
+/// Reads the cost from the response head, or arranges to read it from the trailers.
+pub fn meter_response(
+    mut response: Response<ProxyBody>,
+    rule: &UsageRule,
+    meter: UsageMeter,
+) -> Response<ProxyBody> {
+    if let Some(tokens) = take_report(response.headers_mut(), rule) {
+        if let Some(tokens) = tokens {
+            meter.charge(tokens);
+        }
+        return response;
+    }
+    response.map(|body| {
+        boxed(TrailerMeter {
+            inner: body,
+            rule: rule.clone(),
+            meter: Some(meter),
+        })
+    })
+}
+
+/// `None`: no report in `headers`. `Some(None)`: a report that is not a token count (logged,
+/// not charged). The report is removed unless the rule exposes it.
+fn take_report(headers: &mut HeaderMap, rule: &UsageRule) -> Option<Option<u64>> {
+    let value = headers.get(&rule.header)?;
+    let tokens = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    if tokens.is_none() {
+        tracing::warn!(header = %rule.header, "Upstream usage report is not a token count; nothing charged.");
+    }
+    if !rule.expose {
+        headers.remove(&rule.header);
+    }
+    Some(tokens)
+}
+
+/// Passes a streamed response through and charges the cost found in its trailers.
+struct TrailerMeter {
+    inner: ProxyBody,
+    rule: UsageRule,
+    meter: Option<UsageMeter>,
+}
+
+impl Body for TrailerMeter {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                let Ok(mut trailers) = frame.into_trailers() else {
+                    return Poll::Ready(None);
+                };
+                if let Some(Some(tokens)) = take_report(&mut trailers, &this.rule)
+                    && let Some(meter) = this.meter.take()
+                {
+                    meter.charge(tokens);
+                }
+                if trailers.is_empty() {
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
