@@ -226,15 +226,6 @@ impl Identity {
         self.scopes().any(|own| own == scope)
     }
 
-    /// The principal rate limits are keyed by: `key_id`, or `iss` + `sub`.
-    pub fn principal(&self) -> String {
-        match (self.key_id(), self.issuer()) {
-            (Some(key_id), _) => format!("key:{key_id}"),
-            (None, Some(issuer)) => format!("jwt:{issuer}\u{0}{}", self.subject()),
-            (None, None) => format!("sub:{}", self.subject()),
-        }
-    }
-
     /// A header value sliced from the buffer; `None` if absent or not valid header text
     /// (such values are dropped, never passed through).
     fn value(&self, span: Span) -> Option<HeaderValue> {
