@@ -1,0 +1,56 @@
+//! Resident memory of the local rate limiter with N distinct principals (default 1,000,000),
+//! and what is left once they are idle and housekeeping has run.
+//!
+//!     cargo run --release --example limiter_memory -- 1000000
+//!
+//! Every principal makes one request against a 1,000 req/s limit (its state is needed for
+//! 1 ms), so after a short pause every entry is idle and `forget_idle` drops it, exactly what
+//! the gateway's 10 s housekeeping pass does.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use authgate::config::Rate;
+use authgate::limits::gcra::{Gcra, NANOS_PER_SEC};
+use authgate::limits::local::LocalStore;
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let quota = Gcra::new(
+        Rate {
+            per_second: 1_000.0,
+            burst: NonZeroU32::MIN,
+        },
+        NANOS_PER_SEC,
+    );
+    let store = LocalStore::default();
+    let before = rss_mb();
+    for principal in 0..n {
+        let key = store
+            .hasher
+            .key(&[b"k", format!("key-{principal}").as_bytes()]);
+        let _ = store.acquire(key, quota, store.now());
+    }
+    let held = store.len();
+    let filled = rss_mb();
+    std::thread::sleep(Duration::from_millis(50));
+    let left = store.forget_idle();
+    let after = rss_mb();
+    println!(
+        "principals: {held}\nRSS before: {before:.1} MB\nRSS with every principal held: {filled:.1} MB ({:.0} bytes per principal)\nafter forget_idle: {left} principals, RSS {after:.1} MB",
+        (filled - before) * 1024.0 * 1024.0 / held.max(1) as f64
+    );
+}
