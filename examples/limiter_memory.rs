@@ -46,6 +46,8 @@ fn main() {
     }
     let held = store.len();
     let filled = rss_mb();
+    // A plain synchronous program: no async worker to block.
+    #[allow(clippy::disallowed_methods)]
     std::thread::sleep(Duration::from_millis(50));
     let left = store.forget_idle();
     let after = rss_mb();
