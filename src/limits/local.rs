@@ -126,8 +126,13 @@ impl<C: Clock> LocalStore<C> {
     pub fn forget_idle(&self) -> usize {
         let now = self.now();
         self.tats.retain(|_, tat| tat.load(Ordering::Acquire) > now);
-        self.tats.shrink_to_fit();
-        self.tats.len()
+        let held = self.tats.len();
+        // Give memory back after a burst of principals, but do not reallocate a map whose
+        // size is stable on every pass.
+        if self.tats.capacity() > 4 * held + 4096 {
+            self.tats.shrink_to_fit();
+        }
+        held
     }
 
     /// Entries held now.
