@@ -19,8 +19,13 @@
 #   THREADS=1        authgate worker threads (--threads)
 #   AUTHGATE_BIN=    use this binary instead of `cargo build --release --locked`
 #   PROXY_CPU=0 LOAD_CPU=1   CPUs for the proxies / for wrk + upstream
-#   BASELINE=nginx   target the ratio columns are relative to
+#   BASELINE=nginx   target the ratio columns are relative to (default: nginx if
+#                    selected, else the first target)
 #   KEEP_TMP=1       keep the temp dir (configs, logs, raw wrk output)
+#   TARGETS=         only these targets (space- or comma-separated names); default: all
+#   LIMITS=1         rate-limit targets (authgate-limited, authgate-redis); 0 = skip them
+#   REDIS_URL=       Redis for authgate-redis; default: a private redis-server started
+#                    by this script on LOAD_CPU (pinned, no persistence)
 #
 # Adding a target: see the "Targets" section near the end.
 set -euo pipefail
@@ -36,8 +41,11 @@ WARMUP=${WARMUP:-1s}
 THREADS=${THREADS:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-BASELINE=${BASELINE:-nginx}
+BASELINE=${BASELINE:-}
 KEEP_TMP=${KEEP_TMP:-0}
+TARGETS=${TARGETS:-}
+LIMITS=${LIMITS:-1}
+REDIS_URL=${REDIS_URL:-}
 
 log() { printf '[load.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -213,14 +221,19 @@ median() { # median NUM... (ignores "-")
 # A target = NAME, URL, PID whose CPU is measured ("-" = none), extra wrk args.
 # Extra args are stored joined with \x1f (unit separator) to survive spaces.
 TARGET_NAMES=()
-declare -A TARGET_URL TARGET_PID TARGET_ARGS
+declare -A TARGET_URL TARGET_PID TARGET_ARGS TARGET_XPID
 add_target() { # add_target NAME URL PID [extra wrk args...]
     local name=$1 url=$2 pid=$3 IFS=$'\x1f'
     shift 3
+    selected "$name" || return 0
     TARGET_NAMES+=("$name")
     TARGET_URL[$name]=$url
     TARGET_PID[$name]=$pid
     TARGET_ARGS[$name]="$*"
+}
+selected() { # selected NAME: NAME is in TARGETS (or TARGETS is empty)
+    [[ -z $TARGETS ]] && return 0
+    [[ " ${TARGETS//,/ } " == *" $1 "* ]]
 }
 target_args() { # target_args NAME -> sets ARGS array
     ARGS=()
@@ -229,18 +242,19 @@ target_args() { # target_args NAME -> sets ARGS array
 
 MAX_OTHER=0 # highest share (%) of PROXY_CPU used by something else during a proxy run
 # Results, per target: space-separated values, one per round.
-declare -A R_RPS R_P50 R_P99 R_CPU R_ERR
+declare -A R_RPS R_P50 R_P99 R_CPU R_ERR R_XCPU
 
 # bench_target NAME URL PID [extra wrk args...]: one wrk run, recorded.
 # With RECORD=0 (warm-up) nothing is recorded.
 bench_target() {
     local name=$1 url=$2 pid=$3 out t0 t1 rps p50 p99 reqs non2xx sockerr cpu_us util secs other
-    local c0_busy c0_total c1_busy c1_total
+    local c0_busy c0_total c1_busy c1_total x0 x1 xpid=${TARGET_XPID[$1]:--}
     shift 3
     out=$TMP/wrk-$name-$ROUND.txt
     if [[ $pid != - ]]; then
         t0=$(cpu_ticks "$pid") || die "$name (pid $pid) is not running"
     fi
+    [[ $xpid == - ]] || x0=$(cpu_ticks "$xpid") || die "helper pid $xpid of $name is not running"
     read -r c0_busy c0_total < <(cpu_line "$PROXY_CPU")
     local dur=$DURATION
     [[ ${RECORD:-1} == 1 ]] || dur=$WARMUP
@@ -253,6 +267,7 @@ bench_target() {
     if [[ $pid != - ]]; then
         t1=$(cpu_ticks "$pid") || die "$name (pid $pid) died during the run"
     fi
+    [[ $xpid == - ]] || x1=$(cpu_ticks "$xpid") || die "helper pid $xpid of $name died during the run"
     read -r c1_busy c1_total < <(cpu_line "$PROXY_CPU")
     [[ ${RECORD:-1} == 1 ]] || return 0
 
@@ -287,6 +302,8 @@ bench_target() {
     R_P50[$name]+="$p50 "
     R_P99[$name]+="$p99 "
     R_CPU[$name]+="$cpu_us "
+    [[ $xpid == - ]] ||
+        R_XCPU[$name]+="$(awk -v d=$((x1 - x0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.3f", d * 1e6 / hz / n}') "
     R_ERR[$name]=$((${R_ERR[$name]:-0} + errs))
     log "$(printf 'round %d %-16s %10s req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %7s us/req (%s of a core; CPU %s other load %s)  errors %d' \
         "$ROUND" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$util" "$PROXY_CPU" "$other$([[ $other == - ]] || echo %)" "$errs")"
@@ -414,14 +431,15 @@ else
 fi
 [[ -x $BIN ]] || die "authgate binary not found or not executable: $BIN"
 
-free_port; AG_PORT=$PORT
-free_port; ADMIN_PORT=$PORT
-cat >"$TMP/authgate.toml" <<EOF
+# write_authgate_config FILE PORT ADMIN_PORT [EXTRA_TOML]: the routes every authgate
+# instance serves; EXTRA_TOML (e.g. a [rate_limits] backend) goes before the routes.
+write_authgate_config() {
+    cat >"$1" <<EOF
 [server]
-listen = "127.0.0.1:$AG_PORT"
+listen = "127.0.0.1:$2"
 
 [admin]
-listen = "127.0.0.1:$ADMIN_PORT"
+listen = "127.0.0.1:$3"
 
 [log]
 access_log = false
@@ -434,6 +452,7 @@ issuer = "https://idp.bench.example"
 jwks_uri = "http://127.0.0.1:$UP_PORT/jwks.json"
 audiences = ["bench"]
 algorithms = ["RS256"]
+${4:-}
 
 [[routes]]
 name = "jwt"
@@ -449,18 +468,76 @@ upstream = "http://127.0.0.1:$UP_PORT"
 auth = ["api_key"]
 scopes = ["api"]
 
+# The API-key route again with a per-principal rate limit so high that it never refuses:
+# every request pays the full check-and-count, none is turned into a cheap 429.
+[[routes]]
+name = "limited"
+match = { path_prefix = "/limited/" }
+upstream = "http://127.0.0.1:$UP_PORT"
+auth = ["api_key"]
+scopes = ["api"]
+rate_limit = { requests_per_second = 1000000000, burst = 1000000000 }
+
 [[routes]]
 name = "public"
 match = { path_prefix = "/" }
 upstream = "http://127.0.0.1:$UP_PORT"
 auth = "none"
 EOF
-taskset -c "$PROXY_CPU" "$BIN" serve -c "$TMP/authgate.toml" --log-level warn --threads "$THREADS" \
-    >"$TMP/authgate.log" 2>&1 &
-AG_PID=$!
-PIDS+=("$AG_PID")
-wait_http "http://127.0.0.1:$ADMIN_PORT/ready" "$AG_PID" authgate "$TMP/authgate.log"
+}
+
+# start_authgate NAME CONFIG ADMIN_PORT: sets AUTHGATE_PID.
+start_authgate() {
+    taskset -c "$PROXY_CPU" "$BIN" serve -c "$2" --log-level warn --threads "$THREADS" \
+        >"$TMP/$1.log" 2>&1 &
+    AUTHGATE_PID=$!
+    PIDS+=("$AUTHGATE_PID")
+    wait_http "http://127.0.0.1:$3/ready" "$AUTHGATE_PID" "$1" "$TMP/$1.log"
+}
+
+free_port; AG_PORT=$PORT
+free_port; ADMIN_PORT=$PORT
+write_authgate_config "$TMP/authgate.toml" "$AG_PORT" "$ADMIN_PORT"
+start_authgate authgate "$TMP/authgate.toml" "$ADMIN_PORT"
+AG_PID=$AUTHGATE_PID
 log "authgate pid $AG_PID on :$AG_PORT, admin :$ADMIN_PORT (CPU $PROXY_CPU, --threads $THREADS)"
+
+# A second authgate, identical but with its limiter state in Redis, for authgate-redis.
+# on_backend_error = "deny": if Redis failed, the run would show 503 errors instead of
+# silently measuring the local fallback.
+RG_PID=- REDIS_PID=-
+if [[ $LIMITS == 1 ]] && selected authgate-redis; then
+    if [[ -z $REDIS_URL ]]; then
+        command -v redis-server >/dev/null 2>&1 || die "authgate-redis needs redis-server (apt-get install redis-server) or REDIS_URL"
+        free_port; REDIS_PORT=$PORT
+        mkdir -p "$TMP/redis"
+        taskset -c "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
+            --appendonly no --dir "$TMP/redis" >"$TMP/redis/redis.log" 2>&1 &
+        REDIS_PID=$!
+        PIDS+=("$REDIS_PID")
+        REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+        for ((i = 0; i < 100; i++)); do
+            [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
+            alive "$REDIS_PID" || { cat "$TMP/redis/redis.log" >&2; die "redis-server failed to start"; }
+            sleep 0.1
+        done
+        log "redis-server pid $REDIS_PID on :$REDIS_PORT (CPU $LOAD_CPU)"
+    fi
+    REDIS_PREFIX="authgate-load-$$-$RANDOM:"
+    free_port; RG_PORT=$PORT
+    free_port; RG_ADMIN_PORT=$PORT
+    write_authgate_config "$TMP/authgate-redis.toml" "$RG_PORT" "$RG_ADMIN_PORT" "
+[rate_limits]
+backend = \"redis\"
+on_backend_error = \"deny\"
+
+[redis]
+url = \"$REDIS_URL\"
+key_prefix = \"$REDIS_PREFIX\""
+    start_authgate authgate-redis "$TMP/authgate-redis.toml" "$RG_ADMIN_PORT"
+    RG_PID=$AUTHGATE_PID
+    log "authgate (redis backend, $REDIS_URL, key_prefix $REDIS_PREFIX) pid $RG_PID on :$RG_PORT, admin :$RG_ADMIN_PORT"
+fi
 
 # -------------------------------------------------------------- Targets ----
 # add_target NAME URL PID [extra wrk args...]
@@ -478,7 +555,19 @@ if [[ ${API:-1} == 1 ]]; then
     add_target authgate-401 "http://127.0.0.1:$AG_PORT/api/x" "$AG_PID" -H "Authorization: Bearer $BAD_KEY"
     add_target nginx-401 "http://127.0.0.1:$NGX_PORT/api/x" "$NGX_PID" -H "Authorization: Bearer $BAD_KEY"
 fi
+if [[ $LIMITS == 1 ]]; then
+    # The API-key route with a rate limit that never refuses: local limiter, then Redis.
+    add_target authgate-limited "http://127.0.0.1:$AG_PORT/limited/x" "$AG_PID" -H "Authorization: Bearer $API_KEY"
+    [[ $RG_PID == - ]] ||
+        add_target authgate-redis "http://127.0.0.1:$RG_PORT/limited/x" "$RG_PID" -H "Authorization: Bearer $API_KEY"
+    [[ $REDIS_PID == - || -z ${TARGET_URL[authgate-redis]:-} ]] || TARGET_XPID[authgate-redis]=$REDIS_PID
+fi
+((${#TARGET_NAMES[@]} > 0)) || die "TARGETS=$TARGETS selects no target"
 
+if [[ -z $BASELINE ]]; then
+    BASELINE=nginx
+    [[ -n ${TARGET_URL[nginx]:-} ]] || BASELINE=${TARGET_NAMES[0]}
+fi
 [[ -n ${TARGET_URL[$BASELINE]:-} ]] || die "BASELINE=$BASELINE is not a target"
 
 # Sanity check: every target answers 200 with the upstream body, using the
@@ -500,6 +589,12 @@ for name in "${TARGET_NAMES[@]}"; do
     resp=$(curl -s --max-time 5 -w ' %{http_code}' "${curl_args[@]}" "${TARGET_URL[$name]}" || true)
     [[ $resp == "ok 200" ]] || die "target $name: expected 'ok 200' from ${TARGET_URL[$name]}, got '${resp:0:200}'"
 done
+
+# The Redis target must really have gone through Redis: its limit state is there.
+if [[ -n ${TARGET_URL[authgate-redis]:-} ]]; then
+    states=$(redis-cli -u "$REDIS_URL" --scan --pattern "${REDIS_PREFIX}rl:*" | wc -l)
+    ((states > 0)) || die "authgate-redis: no limit state under ${REDIS_PREFIX}rl:* in $REDIS_URL"
+fi
 
 # ---------------------------------------------------------------- runs ----
 START=$(date +%s)
@@ -536,6 +631,9 @@ fmt() { # fmt PRINTF_FMT VALUE
     [[ -z ${AUTHGATE_BIN:-} ]] || cmd+=" AUTHGATE_BIN=$(printf '%q' "$AUTHGATE_BIN")"
     [[ $PROXY_CPU == 0 && $LOAD_CPU == 1 ]] || cmd+=" PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU"
     [[ $BASELINE == nginx ]] || cmd+=" BASELINE=$BASELINE"
+    [[ -z $TARGETS ]] || cmd+=" TARGETS=$(printf '%q' "$TARGETS")"
+    [[ $LIMITS == 1 ]] || cmd+=" LIMITS=$LIMITS"
+    [[ $REDIS_PID != - || -z ${TARGET_URL[authgate-redis]:-} ]] || cmd+=" REDIS_URL=$REDIS_URL"
     cmd+=" $INVOKED_AS"
 
     echo "## authgate load benchmark"
@@ -571,4 +669,13 @@ fmt() { # fmt PRINTF_FMT VALUE
     for name in "${TARGET_NAMES[@]}"; do
         echo "- $name: ${R_RPS[$name]% }; ${R_CPU[$name]% }"
     done
+    if [[ -n ${TARGET_URL[authgate-redis]:-} ]]; then
+        echo
+        if [[ -n ${R_XCPU[authgate-redis]:-} ]]; then
+            echo "redis-server (CPU $LOAD_CPU) CPU µs/req during authgate-redis: $(fmt %.2f "$(median ${R_XCPU[authgate-redis]})") (per round: ${R_XCPU[authgate-redis]% })"
+        fi
+        errors=$(curl -s "http://127.0.0.1:$RG_ADMIN_PORT/metrics" |
+            awk '/^authgate_rate_limit_(backend_errors|fallbacks)_total/ {n += $NF} END {print n + 0}')
+        echo "authgate-redis: Redis errors + fallbacks during the runs: $errors (must be 0)"
+    fi
 }
