@@ -40,7 +40,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, Runtime};
 use crate::headers::{
     X_REQUEST_ID, client_ip, client_request_id, is_websocket_upgrade, new_request_id,
-    set_forwarded_with, strip_client_identity, strip_hop_by_hop,
+    set_forwarded_with, strip_client_identity, strip_hop_by_hop, strip_response_hop_by_hop,
 };
 use crate::limits::gcra::LimitState;
 use crate::limits::{self, Denied, usage};
@@ -313,10 +313,10 @@ async fn handle_inner(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         conn.tunnels
             .spawn(client_upgrade, upstream_upgrade, conn.slot.clone());
-        strip_hop_by_hop(response.headers_mut(), true);
+        strip_response_hop_by_hop(response.headers_mut(), true);
         return Ok(response.map(|_| empty()));
     }
-    strip_hop_by_hop(response.headers_mut(), false);
+    strip_response_hop_by_hop(response.headers_mut(), false);
     let response = response.map(boxed);
     Ok(match (&route.usage, meter) {
         (Some(rule), Some(meter)) => usage::meter_response(response, rule, meter),

@@ -1140,7 +1140,6 @@ async fn streamed_trailer_report_is_charged_and_stripped_unless_exposed() {
 /// from upstream responses as hop-by-hop, so an exposed trailer report (or any upstream
 /// trailer) never reaches an HTTP/1.1 client that asked for trailers.
 #[tokio::test]
-#[ignore = "BUG: upstream trailers (the exposed usage trailer too) never reach HTTP/1.1 clients: the Trailer response header is stripped as hop-by-hop"]
 async fn exposed_trailer_report_reaches_an_http1_client_that_accepts_trailers() {
     let (upstream, _seen) = usage_upstream().await;
     let key = new_key();
@@ -1442,7 +1441,6 @@ fn invalid_limit_settings_are_refused_at_their_location() {
 /// `backend = "redis"` without `[redis]`: refused, but the error points at line 1, column 1
 /// instead of the `backend` setting that needs the section.
 #[test]
-#[ignore = "BUG: the missing-[redis] error is reported at FILE:1:1, not at the backend = \"redis\" line"]
 fn redis_backend_without_a_redis_section_is_refused_at_the_backend_setting() {
     let text = config_text(
         "[log]\naccess_log = true\n\n[rate_limits]\nbackend = \"redis\"\n",

@@ -679,14 +679,19 @@ fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) -> RateLimitS
             timeout,
         })
     });
-    let backend = match limits.backend.unwrap_or(file::LimitBackendKind::Local) {
+    let backend_span = limits.backend.as_ref().map_or(0..0, Spanned::span);
+    let backend_kind = limits
+        .backend
+        .as_ref()
+        .map_or(file::LimitBackendKind::Local, |kind| *kind.get_ref());
+    let backend = match backend_kind {
         file::LimitBackendKind::Local => LimitBackend::Local,
         file::LimitBackendKind::Redis => match redis {
             Some(redis) => LimitBackend::Redis(redis),
             None => {
                 if file.redis.is_none() {
                     errors.at(
-                        0..0,
+                        backend_span,
                         "rate_limits.backend = \"redis\" needs a [redis] section",
                     );
                 }

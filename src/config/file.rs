@@ -197,7 +197,7 @@ pub struct FileIssuer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRateLimits {
-    pub backend: Option<LimitBackendKind>,
+    pub backend: Option<Spanned<LimitBackendKind>>,
     pub default: Option<Spanned<FileRate>>,
     pub tenant: Option<Spanned<FileRate>>,
     pub on_backend_error: Option<BackendErrorPolicy>,

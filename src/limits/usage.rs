@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::header::TRAILER;
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use http_body::{Body, Frame, SizeHint};
 
 use super::Limits;
@@ -74,6 +75,9 @@ pub fn meter_response(
     rule: &UsageRule,
     meter: UsageMeter,
 ) -> Response<ProxyBody> {
+    if !rule.expose {
+        unannounce(response.headers_mut(), &rule.header);
+    }
     if let Some(tokens) = take_report(response.headers_mut(), rule) {
         if let Some(tokens) = tokens {
             meter.charge(tokens);
@@ -87,6 +91,28 @@ pub fn meter_response(
             meter: Some(meter),
         })
     })
+}
+
+/// Removes `name` from the `Trailer` announcement (the trailer itself is removed in flight).
+fn unannounce(headers: &mut HeaderMap, name: &HeaderName) {
+    if !headers.contains_key(TRAILER) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(TRAILER)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case(name.as_str()))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(TRAILER);
+    if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+        && !kept.is_empty()
+    {
+        headers.insert(TRAILER, value);
+    }
 }
 
 /// `None`: no report in `headers`. `Some(None)`: a report that is not a token count (logged,
