@@ -346,25 +346,23 @@ impl Limits {
             )
         });
 
-        // A refusal Redis gave earlier still holds: answer without a round trip.
+        // A refusal Redis gave earlier still holds: answer without a round trip. The headers
+        // show the limit Redis showed (the principal's for a budget refusal).
+        let principal_rate = plan.principal.map(|applied| applied.quota);
         let remembered = [
-            principal
+            principal.as_ref().map(|(key, _, _)| (*key, principal_rate)),
+            tenant
                 .as_ref()
-                .map(|(key, _, quota)| (*key, Some(*quota))),
-            tenant.as_ref().map(|(key, _, quota)| (*key, Some(*quota))),
-            budget.as_ref().map(|(key, _, _)| (*key, None)),
+                .map(|(key, _, _)| (*key, plan.tenant.map(|applied| applied.quota))),
+            budget.as_ref().map(|(key, _, _)| (*key, principal_rate)),
         ];
-        for (key, quota) in remembered.into_iter().flatten() {
-            if let Some(wait) = redis.remembered_refusal(key, now) {
+        for (key, shown) in remembered.into_iter().flatten() {
+            if let Some(refusal) = redis.remembered_refusal(key, now) {
                 return Err(Denied::Limited(Refusal {
-                    retry_after_secs: retry_after_secs(wait, NANOS_PER_SEC),
-                    state: quota
-                        .or(principal.as_ref().map(|(_, _, quota)| *quota))
-                        .map(|quota| LimitState {
-                            limit: quota.burst,
-                            remaining: 0,
-                            reset_secs: wait.div_ceil(NANOS_PER_SEC),
-                        }),
+                    retry_after_secs: retry_after_secs(refusal.until - now, NANOS_PER_SEC),
+                    state: shown.map(|rate| {
+                        Gcra::new(rate, NANOS_PER_SEC).state(refusal.shown_tat, now, NANOS_PER_SEC)
+                    }),
                 }));
             }
         }
@@ -412,22 +410,25 @@ impl Limits {
                 principal_ahead,
                 tenant_ahead,
             } => {
-                let (key, shown) = match by {
+                let (key, shown, shown_ahead) = match by {
                     RefusedBy::Principal => (
                         principal.as_ref().map(|(key, _, _)| *key),
                         state(principal_quota, principal_ahead),
+                        principal_ahead,
                     ),
                     RefusedBy::Tenant => (
                         tenant.as_ref().map(|(key, _, _)| *key),
                         state(tenant_quota, tenant_ahead),
+                        tenant_ahead,
                     ),
                     RefusedBy::Budget => (
                         budget.as_ref().map(|(key, _, _)| *key),
                         state(principal_quota, principal_ahead),
+                        principal_ahead,
                     ),
                 };
                 if let Some(key) = key {
-                    redis.remember_refusal(key, now, wait);
+                    redis.remember_refusal(key, now, wait, shown_ahead);
                 }
                 Err(Denied::Limited(Refusal {
                     retry_after_secs: retry_after_secs(wait, MICROS_PER_SEC),

@@ -85,6 +85,15 @@ redis.call('SET', KEYS[1], string.format('%d', now + debt), 'PX', math.ceil(debt
 return debt
 ";
 
+/// A refusal Redis gave, kept in local-clock nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    /// Until then the same limit refuses anyway.
+    pub until: u64,
+    /// The TAT of the limit shown in the `RateLimit-*` headers.
+    pub shown_tat: u64,
+}
+
 /// One request's limits as the script sees them.
 #[derive(Debug)]
 pub struct RemoteCheck<'a> {
@@ -144,8 +153,8 @@ pub struct RedisBackend {
     /// Local-clock nanoseconds until which Redis is not called (after a failure).
     bypass_until: AtomicU64,
     /// Refusals Redis gave, by limit key: local-clock nanoseconds until which the same limit
-    /// refuses anyway.
-    refused_until: DashMap<LimitKey, u64, foldhash::fast::RandomState>,
+    /// refuses anyway, and the local-clock TAT of the limit shown in the headers.
+    refused_until: DashMap<LimitKey, Remembered, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -166,10 +175,12 @@ impl RedisBackend {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(250))))
             .set_response_timeout(Some(settings.timeout))
-            // Reconnection is retried by the next call (after the bypass window), not in a
-            // loop that would hold requests.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            // One connection attempt per call: reconnection is retried by the next call (after
+            // the bypass window), never in a backoff loop that would hold requests (a refused
+            // connection then fails at once instead of waiting out the timeout).
+            .set_number_of_retries(0)
+            .set_min_delay(Duration::from_millis(1))
+            .set_max_delay(Duration::from_millis(1));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|error| format!("redis: {error}"))?;
         let backend = Arc::new(Self {
@@ -203,26 +214,41 @@ impl RedisBackend {
         &self.settings.key_prefix
     }
 
-    /// A refusal remembered for `key`, as (wait in local nanoseconds).
-    pub fn remembered_refusal(&self, key: LimitKey, now: u64) -> Option<u64> {
-        let until = *self.refused_until.get(&key)?;
-        if until > now {
-            Some(until - now)
+    /// A refusal remembered for `key` that still holds at `now` (local nanoseconds).
+    pub fn remembered_refusal(&self, key: LimitKey, now: u64) -> Option<Remembered> {
+        let remembered = *self.refused_until.get(&key)?;
+        if remembered.until > now {
+            Some(remembered)
         } else {
-            self.refused_until.remove_if(&key, |_, until| *until <= now);
+            self.refused_until
+                .remove_if(&key, |_, remembered| remembered.until <= now);
             None
         }
     }
 
-    /// Remembers that `key` refuses for `wait_micros` from `now` (local nanoseconds).
-    pub fn remember_refusal(&self, key: LimitKey, now: u64, wait_micros: u64) {
-        let until = now.saturating_add(wait_micros.saturating_mul(1_000));
-        self.refused_until.insert(key, until);
+    /// Remembers that `key` refuses for `wait_micros` from `now` (local nanoseconds), and
+    /// that the limit shown in the headers was `shown_ahead_micros` ahead.
+    pub fn remember_refusal(
+        &self,
+        key: LimitKey,
+        now: u64,
+        wait_micros: u64,
+        shown_ahead_micros: u64,
+    ) {
+        let local = |micros: u64| now.saturating_add(micros.saturating_mul(1_000));
+        self.refused_until.insert(
+            key,
+            Remembered {
+                until: local(wait_micros),
+                shown_tat: local(shown_ahead_micros),
+            },
+        );
     }
 
     /// Drops remembered refusals that are over (bounded memory).
     pub fn forget_expired(&self, now: u64) {
-        self.refused_until.retain(|_, until| *until > now);
+        self.refused_until
+            .retain(|_, remembered| remembered.until > now);
     }
 
     fn bypassed(&self, now: u64) -> bool {
@@ -264,6 +290,11 @@ impl RedisBackend {
         .await;
         let values = match answer {
             Ok(Ok(values)) => values,
+            Ok(Err(error)) if error.is_timeout() => {
+                tracing::warn!(timeout = ?self.settings.timeout, "Redis rate-limit call timed out; on_backend_error applies.");
+                self.failed(now);
+                return Err(RemoteError::Timeout);
+            }
             Ok(Err(error)) => {
                 tracing::warn!(error = %error, "Redis rate-limit call failed; on_backend_error applies.");
                 self.failed(now);
@@ -306,6 +337,10 @@ impl RedisBackend {
         .await
         {
             Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if error.is_timeout() => {
+                self.failed(now);
+                Err(RemoteError::Timeout)
+            }
             Ok(Err(error)) => {
                 tracing::warn!(error = %error, "Redis usage charge failed; on_backend_error applies.");
                 self.failed(now);
