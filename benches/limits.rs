@@ -2,9 +2,11 @@
 //! already holds 1,000,000 principals.
 //!
 //! - `local_check/1000000`: the in-process limiter check for a random principal out of
-//!   1,000,000: hash its limit key (as `Limits` does, no allocation), read the clock, and
+//!   1,000,000 (and out of 10,000, for comparison): hash its limit key (as `Limits` does, no allocation), read the clock, and
 //!   check-and-count in `LocalStore` (one sharded-map lookup and one compare-and-swap).
-//!   `key_hash` and `clock_now` measure the first two parts alone.
+//!   `key_hash` and `clock_now` measure the first two parts alone; `random_read_floor` is one
+//!   read of a random cache line in a table as large as the map, the hardware floor under any
+//!   lookup at that size.
 //! - `admit_api_key/...`: the whole `Limits::admit` for a cached API-key identity through the
 //!   public API: resolving the limit (key > route > default), the key hashes, the clock, the
 //!   check-and-count, and the `RateLimit-*` state; once with only a principal limit and once
@@ -65,30 +67,62 @@ fn principal_key(store: &LocalStore, i: u32) -> LimitKey {
 }
 
 fn bench_local(c: &mut Criterion) {
-    let store = LocalStore::default();
     let quota = Gcra::new(generous(), NANOS_PER_SEC);
-    for i in 0..PRINCIPALS {
-        store
-            .acquire(principal_key(&store, i), quota, store.now())
-            .unwrap();
-    }
-    assert_eq!(store.len(), PRINCIPALS as usize);
-
     let mut group = c.benchmark_group("limits");
     let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
     // The whole local check: hash the principal's limit key, read the clock, check and count.
-    group.bench_function(BenchmarkId::new("local_check", PRINCIPALS), |b| {
+    // At 10,000 principals the map stays in the CPU caches; at 1,000,000 (about 70 MB) most
+    // lookups miss them, which is what a large deployment pays.
+    for principals in [10_000, PRINCIPALS] {
+        let store = LocalStore::default();
+        for i in 0..principals {
+            store
+                .acquire(principal_key(&store, i), quota, store.now())
+                .unwrap();
+        }
+        assert_eq!(store.len(), principals as usize);
+        group.bench_function(BenchmarkId::new("local_check", principals), |b| {
+            b.iter(|| {
+                let key = principal_key(&store, rng.below(principals));
+                black_box(store.acquire(key, quota, store.now()))
+            });
+        });
+    }
+    // The floor under any map of that size: one dependent read of a random cache line out of
+    // as much memory as the map holds for 1,000,000 entries (64 MB of slots), i.e. one cache
+    // and TLB miss. A pointer chase (each read gives the next index) so that misses cannot
+    // overlap, just as the map's lookup cannot start before its key is hashed.
+    let slots = pointer_chase(PRINCIPALS as usize, 8, &mut rng);
+    let mut at = 0usize;
+    group.bench_function(BenchmarkId::new("random_read_floor", PRINCIPALS), |b| {
         b.iter(|| {
-            let key = principal_key(&store, rng.below(PRINCIPALS));
-            black_box(store.acquire(key, quota, store.now()))
+            at = slots[at * 8];
+            at
         });
     });
+    drop(slots);
     // Its parts: the key hash and the clock read (governor's quanta clock).
+    let store = LocalStore::default();
     group.bench_function("key_hash", |b| {
         b.iter(|| principal_key(&store, rng.below(PRINCIPALS)));
     });
     group.bench_function("clock_now", |b| b.iter(|| store.now()));
     group.finish();
+}
+
+/// `n` slots `stride` words apart forming one random cycle (Sattolo's shuffle): slot `i * stride`
+/// holds the next index.
+fn pointer_chase(n: usize, stride: usize, rng: &mut Xorshift) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.below(i as u32) as usize;
+        order.swap(i, j);
+    }
+    let mut slots = vec![0usize; n * stride];
+    for i in 0..n {
+        slots[order[i] * stride] = order[(i + 1) % n];
+    }
+    slots
 }
 
 /// A config with one API-key route and the given `[rate_limits]` section.
