@@ -86,6 +86,8 @@ pub struct LimitMetrics {
     backend_errors: Family<ReasonLabels, Counter>,
     fallbacks: Family<PolicyLabels, Counter>,
     usage_tokens: Family<RouteLabels, Counter>,
+    usage_unreported: Family<RouteLabels, Counter>,
+    usage_charges_lost: Counter,
     /// Limit states held in this process.
     pub principals: Gauge,
 }
@@ -115,11 +117,26 @@ impl LimitMetrics {
     }
 
     pub fn usage_tokens(&self, route: &Arc<str>, tokens: u64) {
+        // A wildly misreported cost must not wrap the counter.
         self.usage_tokens
             .get_or_create(&RouteLabels {
                 route: SharedLabel(route.clone()),
             })
-            .inc_by(tokens);
+            .inc_by(tokens.min(1 << 53));
+    }
+
+    /// A response on a usage route that ended (or was abandoned) without a usable report.
+    pub fn usage_unreported(&self, route: &Arc<str>) {
+        self.usage_unreported
+            .get_or_create(&RouteLabels {
+                route: SharedLabel(route.clone()),
+            })
+            .inc();
+    }
+
+    /// A budget charge Redis did not take and `on_backend_error` gives nowhere else to go.
+    pub fn charge_lost(&self) {
+        self.usage_charges_lost.inc();
     }
 }
 
@@ -218,6 +235,8 @@ impl Metrics {
             backend_errors: Family::default(),
             fallbacks: Family::default(),
             usage_tokens: Family::default(),
+            usage_unreported: Family::default(),
+            usage_charges_lost: Counter::default(),
             principals: Gauge::default(),
         };
         registry.register(
@@ -239,6 +258,16 @@ impl Metrics {
             "usage_tokens",
             "Tokens charged to budgets from upstream usage reports, by route",
             limits.usage_tokens.clone(),
+        );
+        registry.register(
+            "usage_unreported",
+            "Responses on usage routes with no usable token report (none, not a number, or the client left before the trailer): nothing was charged",
+            limits.usage_unreported.clone(),
+        );
+        registry.register(
+            "usage_charges_lost",
+            "Budget charges Redis did not take while on_backend_error is allow or deny (no local budget to charge)",
+            limits.usage_charges_lost.clone(),
         );
         registry.register(
             "rate_limit_principals",

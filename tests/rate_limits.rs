@@ -896,7 +896,8 @@ async fn usage_upstream() -> (Upstream, Arc<Mutex<Vec<Seen>>>) {
                     .map(str::to_owned)
             };
             let cost = param("cost");
-            if param("via").as_deref() == Some("trailer") {
+            let via = param("via");
+            if matches!(via.as_deref(), Some("trailer" | "both")) {
                 let mut trailers = http::HeaderMap::new();
                 if let Some(cost) = cost {
                     trailers.insert(
@@ -911,10 +912,14 @@ async fn usage_upstream() -> (Upstream, Arc<Mutex<Vec<Seen>>>) {
                     Ok(Frame::trailers(trailers)),
                 ];
                 let body = StreamBody::new(futures_util::stream::iter(frames));
-                return http::Response::builder()
-                    .header("trailer", "x-usage-tokens, x-other")
-                    .body(BodyExt::boxed(body))
-                    .unwrap();
+                let mut response =
+                    http::Response::builder().header("trailer", "x-usage-tokens, x-other");
+                if via.as_deref() == Some("both")
+                    && let Some(cost) = param("cost")
+                {
+                    response = response.header("x-usage-tokens", cost);
+                }
+                return response.body(BodyExt::boxed(body)).unwrap();
             }
             let mut response = http::Response::builder();
             if let Some(cost) = cost {
@@ -1135,6 +1140,49 @@ async fn streamed_trailer_report_is_charged_and_stripped_unless_exposed() {
     assert_eq!(usage_tokens(&metrics, "shown"), 120.0, "{metrics}");
 }
 
+/// A report in the head and again in the trailers is charged once, and neither copy reaches
+/// the client: HTTP/2 clients receive every trailer, announced or not. A response with no
+/// report charges nothing and is counted.
+#[tokio::test]
+async fn a_report_in_head_and_trailers_is_charged_once_and_hidden_in_both() {
+    let (upstream, _seen) = usage_upstream().await;
+    let key = new_key();
+    let gw = start(
+        &key_route(
+            "hidden",
+            "/hidden/",
+            &upstream.url(),
+            &usage_rule(1000, false),
+        ),
+        &record(&key, "k1", "t1", ""),
+    )
+    .await;
+    let both = fetch(&gw, true, "/hidden/a?cost=50&via=both", &key).await;
+    assert_eq!(both.status, 200, "{both:?}");
+    assert!(both.headers.get("x-usage-tokens").is_none(), "{both:?}");
+    let trailers = both
+        .trailers
+        .clone()
+        .expect("the other trailer is passed on");
+    assert!(trailers.get("x-usage-tokens").is_none(), "{both:?}");
+    assert_eq!(
+        trailers.get("x-other").map(|v| v.as_bytes()),
+        Some(&b"kept"[..])
+    );
+    let unreported = fetch(&gw, true, "/hidden/a?via=trailer", &key).await;
+    assert_eq!(unreported.status, 200);
+    let metrics = metrics_text(&gw).await;
+    assert_eq!(
+        usage_tokens(&metrics, "hidden"),
+        50.0,
+        "charged once: {metrics}"
+    );
+    assert!(
+        metrics.contains("authgate_usage_unreported_total{route=\"hidden\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// SPEC §5: the usage report is removed "unless usage.expose = true". Over HTTP/1.1 a trailer
 /// only goes out when the response declared it in `Trailer`, and authgate strips `Trailer`
 /// from upstream responses as hop-by-hop, so an exposed trailer report (or any upstream
@@ -1272,7 +1320,8 @@ async fn garbage_usage_reports_charge_nothing_and_huge_ones_are_capped() {
         "the debt is capped at a day: Retry-After {wait}"
     );
     let metrics = metrics_text(&gw).await;
-    assert!(usage_tokens(&metrics, "llm") > 1e18, "{metrics}");
+    // The counter takes at most 2^53 per report (a wild report must not wrap it).
+    assert_eq!(usage_tokens(&metrics, "llm"), 2f64.powi(53), "{metrics}");
 }
 
 // === 8. config errors ===
@@ -1653,4 +1702,25 @@ async fn refusals_never_reveal_the_key_and_are_counted_per_route() {
     for secret in [key.as_str(), &key[4..], hash.as_str()] {
         assert!(!log.contains(secret), "{secret:?} in the access log");
     }
+}
+
+/// A quota so slow its burst would take more than a year to refill cannot be represented
+/// exactly (saturated, it would admit everything): refused, in the config and in key records.
+#[test]
+fn absurdly_slow_rates_are_refused_rather_than_failing_open() {
+    let text = config_text(
+        "",
+        "rate_limit = { requests_per_second = 1e-9, burst = 20 }",
+    );
+    let error = authgate::config::load_str(std::path::Path::new("c.toml"), &text)
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("must refill within a year"), "{error}");
+    let record: authgate::keys::KeyRecord = serde_json::from_str(
+        r#"{"key_id":"k","tenant_id":"t","rate_limit":{"requests_per_second":1e-9,"burst":20}}"#,
+    )
+    .unwrap();
+    let error = record.validate().expect_err("refused");
+    assert!(error.contains("must refill within a year"), "{error}");
 }

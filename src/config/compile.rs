@@ -1,7 +1,6 @@
 //! `compile()`: turns the parsed file into a `Config`, collecting every error with its location.
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -598,23 +597,9 @@ fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<IssuerSettin
 
 fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) -> Option<Rate> {
     let value = rate.get_ref();
-    let per_second_ok = value.requests_per_second.is_finite()
-        && value.requests_per_second > 0.0
-        && value.requests_per_second <= 1e9;
-    let burst = NonZeroU32::new(value.burst);
-    match (per_second_ok, burst) {
-        (true, Some(burst)) => Some(Rate {
-            per_second: value.requests_per_second,
-            burst,
-        }),
-        _ => {
-            errors.at(
-                rate.span(),
-                "a rate limit needs requests_per_second > 0 and burst >= 1",
-            );
-            None
-        }
-    }
+    Rate::new(value.requests_per_second, value.burst)
+        .map_err(|message| errors.at(rate.span(), message))
+        .ok()
 }
 
 /// Settings this build parses but cannot enforce yet (signed identity assertions). Accepting

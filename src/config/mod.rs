@@ -194,6 +194,29 @@ pub struct Rate {
     pub burst: NonZeroU32,
 }
 
+impl Rate {
+    /// The longest a full burst may take to refill. Slower quotas (`1e-9` per second) would
+    /// overflow the limiter's arithmetic and, saturated, admit everything: refused instead.
+    pub const MAX_REFILL_SECS: f64 = 366.0 * 86_400.0;
+
+    /// Validates a configured or key-record quota.
+    pub fn new(per_second: f64, burst: u32) -> Result<Self, &'static str> {
+        let burst = NonZeroU32::new(burst);
+        match burst {
+            Some(burst) if per_second.is_finite() && per_second > 0.0 && per_second <= 1e9 => {
+                if f64::from(burst.get()) / per_second > Self::MAX_REFILL_SECS {
+                    Err(
+                        "a rate limit's burst must refill within a year (burst / requests_per_second <= 31622400)",
+                    )
+                } else {
+                    Ok(Self { per_second, burst })
+                }
+            }
+            _ => Err("a rate limit needs requests_per_second > 0 and burst >= 1"),
+        }
+    }
+}
+
 /// `[rate_limits]` and `[redis]`, compiled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitSettings {

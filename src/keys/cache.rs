@@ -303,12 +303,10 @@ pub fn identity_from_record(record: &KeyRecord) -> Identity {
             issuer: None,
             scopes: &record.scopes,
             claims: &claims,
-            rate_limit: record.rate_limit.and_then(|rate| {
-                std::num::NonZeroU32::new(rate.burst).map(|burst| Rate {
-                    per_second: rate.requests_per_second,
-                    burst,
-                })
-            }),
+            // Records were validated when read: an invalid quota never gets here.
+            rate_limit: record
+                .rate_limit
+                .and_then(|rate| Rate::new(rate.requests_per_second, rate.burst).ok()),
             tokens_per_minute: record.tokens_per_minute,
             expires_at: record.expires_at,
             revoked: record.revoked,

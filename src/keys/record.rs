@@ -7,6 +7,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::config::Rate;
+
 /// Longest accepted value for ids, tenant, scopes, claims and descriptions.
 pub const MAX_FIELD_LEN: usize = 1024;
 /// Most scopes or custom claims a record may carry.
@@ -84,11 +86,9 @@ impl KeyRecord {
             return Err("description is too long".into());
         }
         if let Some(rate) = &self.rate_limit
-            && !(rate.requests_per_second.is_finite()
-                && rate.requests_per_second > 0.0
-                && rate.burst >= 1)
+            && let Err(message) = Rate::new(rate.requests_per_second, rate.burst)
         {
-            return Err("rate_limit needs requests_per_second > 0 and burst >= 1".into());
+            return Err(message.replace("a rate limit", "rate_limit"));
         }
         if self.tokens_per_minute == Some(0) {
             return Err("tokens_per_minute must be at least 1".into());

@@ -94,8 +94,7 @@ impl Gcra {
 /// A token budget: `tokens_per_minute`, refilled continuously.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Budget {
-    /// Time units per token.
-    pub per_token: u64,
+    pub tokens_per_minute: u64,
     /// One minute in time units: how far ahead the TAT may be before the budget is negative.
     pub window: u64,
 }
@@ -106,11 +105,24 @@ const MAX_DEBT_WINDOWS: u64 = 24 * 60;
 
 impl Budget {
     pub fn new(tokens_per_minute: u64, units_per_sec: u64) -> Self {
-        let window = units_per_sec * 60;
         Self {
-            per_token: (window / tokens_per_minute.max(1)).max(1),
-            window,
+            tokens_per_minute: tokens_per_minute.max(1),
+            window: units_per_sec * 60,
         }
+    }
+
+    /// The time `tokens` take to refill, rounded up. Computed per charge rather than from a
+    /// rounded per-token time: at 100M tokens/min one token is 0.6 µs, and rounding that to
+    /// whole microseconds (Redis' unit) would change the budget by up to 67 %.
+    pub fn cost(&self, tokens: u64) -> u64 {
+        let cost = (u128::from(tokens) * u128::from(self.window))
+            .div_ceil(u128::from(self.tokens_per_minute));
+        u64::try_from(cost).unwrap_or(u64::MAX)
+    }
+
+    /// The most debt one principal can owe, in time units.
+    pub fn max_debt(&self) -> u64 {
+        self.window.saturating_mul(MAX_DEBT_WINDOWS)
     }
 
     /// `Err(wait)` while the budget is below zero.
@@ -125,9 +137,10 @@ impl Budget {
 
     /// The TAT after spending `tokens` at `now`.
     pub fn charge(&self, tat: u64, now: u64, tokens: u64) -> u64 {
-        let cost = tokens.saturating_mul(self.per_token);
-        let cap = self.window.saturating_mul(MAX_DEBT_WINDOWS);
-        let ahead = tat.saturating_sub(now).saturating_add(cost).min(cap);
+        let ahead = tat
+            .saturating_sub(now)
+            .saturating_add(self.cost(tokens))
+            .min(self.max_debt());
         now.saturating_add(ahead)
     }
 }
@@ -224,6 +237,18 @@ mod tests {
         let wait = budget.check(tat, now).unwrap_err();
         assert_eq!(wait, S);
         assert!(budget.check(tat, now + S).is_ok());
+        // Large budgets stay exact in microseconds (Redis' unit): 100M/min and 40M/min.
+        for tokens_per_minute in [100_000_000, 40_000_000, 7_000_000] {
+            let budget = Budget::new(tokens_per_minute, 1_000_000);
+            let after_a_minute = budget.charge(0, 0, tokens_per_minute);
+            assert_eq!(after_a_minute, budget.window, "{tokens_per_minute}");
+            assert!(budget.check(after_a_minute, 0).is_ok());
+            assert!(
+                budget
+                    .check(budget.charge(after_a_minute, 0, 2), 0)
+                    .is_err()
+            );
+        }
         // A wildly misreported cost saturates at the cap.
         let tat = budget.charge(0, now, u64::MAX);
         assert_eq!(tat - now, budget.window * MAX_DEBT_WINDOWS);

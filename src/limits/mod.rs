@@ -71,15 +71,23 @@ enum Scope<'a> {
     RouteBudget(&'a str),
 }
 
-impl Scope<'_> {
-    fn tag(self) -> &'static [u8] {
+impl<'a> Scope<'a> {
+    fn tag(self) -> &'static str {
         match self {
-            Self::KeyRecord => b"k",
-            Self::Route(_) => b"r",
-            Self::Default => b"d",
-            Self::Tenant => b"t",
-            Self::KeyBudget => b"bk",
-            Self::RouteBudget(_) => b"br",
+            Self::KeyRecord => "k",
+            Self::Route(_) => "r",
+            Self::Default => "d",
+            Self::Tenant => "t",
+            Self::KeyBudget => "bk",
+            Self::RouteBudget(_) => "br",
+        }
+    }
+
+    /// The route a per-route state belongs to ("" for the others).
+    fn route(self) -> &'a str {
+        match self {
+            Self::Route(name) | Self::RouteBudget(name) => name,
+            _ => "",
         }
     }
 }
@@ -91,21 +99,42 @@ enum Who<'a> {
     Tenant(&'a str),
 }
 
-/// One limit that applies to this request.
-#[derive(Debug, Clone, Copy)]
-struct Applied<'a, Q> {
-    scope: Scope<'a>,
-    who: Who<'a>,
-    quota: Q,
+/// One request limit that applies to this request, with its state keys.
+#[derive(Debug)]
+struct RequestLimit {
+    rate: Rate,
+    local: LimitKey,
+    /// Set with the Redis backend.
+    remote: Option<String>,
+}
+
+/// The token budget that applies to this request, with its state keys.
+#[derive(Debug)]
+struct BudgetLimit {
+    tokens_per_minute: u64,
+    local: LimitKey,
+    remote: Option<String>,
 }
 
 /// Everything that applies to one request.
 #[derive(Debug)]
-struct Plan<'a> {
-    principal: Option<Applied<'a, Rate>>,
-    tenant: Option<Applied<'a, Rate>>,
-    budget: Option<Applied<'a, u64>>,
+struct Plan {
+    principal: Option<RequestLimit>,
+    tenant: Option<RequestLimit>,
+    budget: Option<BudgetLimit>,
 }
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.principal.is_none() && self.tenant.is_none() && self.budget.is_none()
+    }
+}
+
+/// How long a refusal Redis gave is answered locally at most. Redis state only moves forward
+/// while its keys live, but an operator may delete a key (to unblock a customer), Redis may
+/// restart empty or evict: remembering for at most a second bounds how long an instance can
+/// disagree, while a client hammering past its limit still costs one Redis call per second.
+const REMEMBER_AT_MOST_MICROS: u64 = MICROS_PER_SEC;
 
 impl Limits {
     /// `previous`: the limiter of the snapshot being replaced, whose Redis connection is kept
@@ -135,7 +164,8 @@ impl Limits {
         &self.local
     }
 
-    fn plan<'a>(&self, route: &'a Route, identity: &'a Identity) -> Plan<'a> {
+    /// Resolves the limits of this request (SPEC §5) and their state keys.
+    fn plan(&self, route: &Route, identity: &Identity) -> Plan {
         let principal = identity
             .rate_limit
             .map(|rate| (Scope::KeyRecord, rate))
@@ -145,27 +175,22 @@ impl Limits {
                     .map(|rate| (Scope::Route(&route.name), rate))
             })
             .or_else(|| self.settings.default.map(|rate| (Scope::Default, rate)))
-            .map(|(scope, quota)| Applied {
-                scope,
-                who: Who::Principal(identity),
-                quota,
-            });
-        let tenant = self.settings.tenant.and_then(|quota| {
-            Some(Applied {
-                scope: Scope::Tenant,
-                who: Who::Tenant(identity.tenant_id()?),
-                quota,
-            })
+            .map(|(scope, rate)| self.request_limit(scope, Who::Principal(identity), rate));
+        let tenant = self.settings.tenant.and_then(|rate| {
+            let tenant = identity.tenant_id()?;
+            Some(self.request_limit(Scope::Tenant, Who::Tenant(tenant), rate))
         });
         let budget = route.usage.as_ref().map(|usage| {
-            let (scope, quota) = match identity.tokens_per_minute {
+            let (scope, tokens_per_minute) = match identity.tokens_per_minute {
                 Some(tokens) => (Scope::KeyBudget, tokens),
                 None => (Scope::RouteBudget(&route.name), usage.tokens_per_minute),
             };
-            Applied {
-                scope,
-                who: Who::Principal(identity),
-                quota,
+            let quota = [tokens_per_minute, 0];
+            let who = Who::Principal(identity);
+            BudgetLimit {
+                tokens_per_minute,
+                local: self.local_key(scope, who, quota),
+                remote: self.remote_key(scope, who, quota),
             }
         });
         Plan {
@@ -175,14 +200,23 @@ impl Limits {
         }
     }
 
+    fn request_limit(&self, scope: Scope<'_>, who: Who<'_>, rate: Rate) -> RequestLimit {
+        let quota = [rate.per_second.to_bits(), u64::from(rate.burst.get())];
+        RequestLimit {
+            rate,
+            local: self.local_key(scope, who, quota),
+            remote: self.remote_key(scope, who, gcra_bits(Gcra::new(rate, MICROS_PER_SEC))),
+        }
+    }
+
     /// Decides whether `identity` may send this request on `route` now, counting it if so.
     pub async fn admit(
         self: &Arc<Self>,
         route: &Route,
         identity: &Arc<Identity>,
     ) -> Result<Admission, Denied> {
-        let plan = self.plan(route, identity);
-        if plan.principal.is_none() && plan.tenant.is_none() && plan.budget.is_none() {
+        let mut plan = self.plan(route, identity);
+        if plan.is_empty() {
             return Ok(Admission::default());
         }
         let result = match &self.redis {
@@ -197,86 +231,116 @@ impl Limits {
             }
             Err(denied) => return Err(denied),
         };
-        let meter = plan.budget.map(|budget| {
+        let meter = plan.budget.take().map(|budget| {
             usage::UsageMeter::new(
                 self.clone(),
-                self.local_key(budget.scope, budget.who, budget_bits(budget.quota)),
-                self.redis.as_ref().map(|redis| {
-                    remote_key(
-                        redis.key_prefix(),
-                        budget.scope,
-                        budget.who,
-                        &budget_bits(budget.quota),
-                    )
-                }),
-                budget.quota,
+                budget.local,
+                budget.remote,
+                budget.tokens_per_minute,
                 route.name.clone(),
             )
         });
         Ok(Admission { state, meter })
     }
 
+    /// A local state key: a hash of the limit, its quota and whose allowance it is.
     fn local_key(&self, scope: Scope<'_>, who: Who<'_>, quota: [u64; 2]) -> LimitKey {
-        let route = match scope {
-            Scope::Route(name) | Scope::RouteBudget(name) => name.as_bytes(),
-            _ => b"",
-        };
-        let quota_bytes = [quota[0].to_le_bytes(), quota[1].to_le_bytes()];
+        let quota = [quota[0].to_le_bytes(), quota[1].to_le_bytes()];
+        let limit: [&[u8]; 4] = [
+            scope.tag().as_bytes(),
+            scope.route().as_bytes(),
+            &quota[0],
+            &quota[1],
+        ];
         let hasher = &self.local.hasher;
         match who {
             Who::Principal(identity) => match identity.key_id() {
                 Some(key_id) => hasher.key(&[
-                    scope.tag(),
-                    route,
-                    &quota_bytes[0],
-                    &quota_bytes[1],
+                    limit[0],
+                    limit[1],
+                    limit[2],
+                    limit[3],
                     b"k",
                     key_id.as_bytes(),
                 ]),
                 None => hasher.key(&[
-                    scope.tag(),
-                    route,
-                    &quota_bytes[0],
-                    &quota_bytes[1],
+                    limit[0],
+                    limit[1],
+                    limit[2],
+                    limit[3],
                     b"j",
                     identity.issuer().unwrap_or_default().as_bytes(),
                     identity.subject().as_bytes(),
                 ]),
             },
             Who::Tenant(tenant) => hasher.key(&[
-                scope.tag(),
-                route,
-                &quota_bytes[0],
-                &quota_bytes[1],
+                limit[0],
+                limit[1],
+                limit[2],
+                limit[3],
                 b"t",
                 tenant.as_bytes(),
             ]),
         }
     }
 
-    /// The in-process check: principal, then tenant (refunding the principal if the tenant
-    /// refuses), with the budget checked first since checking it consumes nothing.
-    fn admit_local(&self, plan: &Plan<'_>) -> Result<Option<LimitState>, Denied> {
-        let store = &self.local;
-        let now = store.now();
-        let principal = plan.principal.map(|applied| {
-            let quota = Gcra::new(applied.quota, NANOS_PER_SEC);
-            (
-                self.local_key(applied.scope, applied.who, gcra_bits(quota)),
-                quota,
-            )
-        });
-        let state_of = |key: LimitKey, quota: Gcra| quota.state(store.tat(key), now, NANOS_PER_SEC);
-        if let Some(budget) = plan.budget {
-            let quota = Budget::new(budget.quota, NANOS_PER_SEC);
-            let key = self.local_key(budget.scope, budget.who, budget_bits(budget.quota));
-            if let Err(wait) = quota.check(store.tat(key), now) {
-                return Err(Denied::Limited(Refusal {
-                    retry_after_secs: retry_after_secs(wait, NANOS_PER_SEC),
-                    state: principal.map(|(key, quota)| state_of(key, quota)),
-                }));
+    /// The Redis key of a limit state (with the Redis backend only):
+    /// `{prefix}rl:{kind}:{route length}:{route}:{quota}:{who}`. The route name is
+    /// length-prefixed and the principal comes last, so no name can imitate another key.
+    fn remote_key(&self, scope: Scope<'_>, who: Who<'_>, quota: [u64; 2]) -> Option<String> {
+        use std::fmt::Write as _;
+        let prefix = self.redis.as_ref()?.key_prefix();
+        let route = scope.route();
+        let mut key = String::with_capacity(prefix.len() + route.len() + 96);
+        let _ = write!(
+            key,
+            "{prefix}rl:{}:{}:{route}:{}x{}:",
+            scope.tag(),
+            route.len(),
+            quota[0],
+            quota[1]
+        );
+        match who {
+            Who::Principal(identity) => match identity.key_id() {
+                Some(key_id) => {
+                    key.push_str("k:");
+                    key.push_str(key_id);
+                }
+                None => {
+                    key.push_str("j:");
+                    key.push_str(identity.issuer().unwrap_or_default());
+                    key.push('\0');
+                    key.push_str(identity.subject());
+                }
+            },
+            Who::Tenant(tenant) => {
+                key.push_str("t:");
+                key.push_str(tenant);
             }
         }
+        Some(key)
+    }
+
+    /// The in-process check: principal, then tenant (refunding the principal if the tenant
+    /// refuses), with the budget checked first since checking it consumes nothing.
+    fn admit_local(&self, plan: &Plan) -> Result<Option<LimitState>, Denied> {
+        let store = &self.local;
+        let now = store.now();
+        let principal = plan
+            .principal
+            .as_ref()
+            .map(|limit| (limit.local, Gcra::new(limit.rate, NANOS_PER_SEC)));
+        if let Some(budget) = &plan.budget {
+            let quota = Budget::new(budget.tokens_per_minute, NANOS_PER_SEC);
+            if let Err(wait) = quota.check(store.tat(budget.local), now) {
+                return Err(Denied::Limited(budget_refusal(
+                    wait,
+                    NANOS_PER_SEC,
+                    principal.map(|(_, quota)| quota.burst),
+                )));
+            }
+        }
+        let state_of = |key: LimitKey, quota: Gcra| quota.state(store.tat(key), now, NANOS_PER_SEC);
         let principal_state = match principal {
             Some((key, quota)) => match store.acquire(key, quota, now) {
                 Ok(tat) => Some(quota.state(tat, now, NANOS_PER_SEC)),
@@ -289,11 +353,10 @@ impl Limits {
             },
             None => None,
         };
-        let tenant_state = match plan.tenant {
-            Some(applied) => {
-                let quota = Gcra::new(applied.quota, NANOS_PER_SEC);
-                let key = self.local_key(applied.scope, applied.who, gcra_bits(quota));
-                match store.acquire(key, quota, now) {
+        let tenant_state = match &plan.tenant {
+            Some(limit) => {
+                let quota = Gcra::new(limit.rate, NANOS_PER_SEC);
+                match store.acquire(limit.local, quota, now) {
                     Ok(tat) => Some(quota.state(tat, now, NANOS_PER_SEC)),
                     Err(wait) => {
                         if let Some((key, quota)) = principal {
@@ -301,7 +364,7 @@ impl Limits {
                         }
                         return Err(Denied::Limited(Refusal {
                             retry_after_secs: retry_after_secs(wait, NANOS_PER_SEC),
-                            state: Some(state_of(key, quota)),
+                            state: Some(state_of(limit.local, quota)),
                         }));
                     }
                 }
@@ -316,67 +379,34 @@ impl Limits {
     async fn admit_remote(
         &self,
         redis: &RedisBackend,
-        plan: &Plan<'_>,
+        plan: &Plan,
     ) -> Result<Option<LimitState>, Denied> {
         let now = self.local.now();
-        let principal = plan.principal.map(|applied| {
-            let quota = Gcra::new(applied.quota, MICROS_PER_SEC);
-            let bits = gcra_bits(quota);
-            (
-                self.local_key(applied.scope, applied.who, bits),
-                remote_key(redis.key_prefix(), applied.scope, applied.who, &bits),
-                quota,
-            )
-        });
-        let tenant = plan.tenant.map(|applied| {
-            let quota = Gcra::new(applied.quota, MICROS_PER_SEC);
-            let bits = gcra_bits(quota);
-            (
-                self.local_key(applied.scope, applied.who, bits),
-                remote_key(redis.key_prefix(), applied.scope, applied.who, &bits),
-                quota,
-            )
-        });
-        let budget = plan.budget.map(|applied| {
-            let bits = budget_bits(applied.quota);
-            (
-                self.local_key(applied.scope, applied.who, bits),
-                remote_key(redis.key_prefix(), applied.scope, applied.who, &bits),
-                Budget::new(applied.quota, MICROS_PER_SEC),
-            )
-        });
-
-        // A refusal Redis gave earlier still holds: answer without a round trip. The headers
-        // show the limit Redis showed (the principal's for a budget refusal).
-        let principal_rate = plan.principal.map(|applied| applied.quota);
-        let remembered = [
-            principal.as_ref().map(|(key, _, _)| (*key, principal_rate)),
-            tenant
-                .as_ref()
-                .map(|(key, _, _)| (*key, plan.tenant.map(|applied| applied.quota))),
-            budget.as_ref().map(|(key, _, _)| (*key, principal_rate)),
-        ];
-        for (key, shown) in remembered.into_iter().flatten() {
-            if let Some(refusal) = redis.remembered_refusal(key, now) {
-                return Err(Denied::Limited(Refusal {
-                    retry_after_secs: retry_after_secs(refusal.until - now, NANOS_PER_SEC),
-                    state: shown.map(|rate| {
-                        Gcra::new(rate, NANOS_PER_SEC).state(refusal.shown_tat, now, NANOS_PER_SEC)
-                    }),
-                }));
-            }
+        if let Some(refusal) = self.remembered_refusal(redis, plan, now) {
+            return Err(Denied::Limited(refusal));
         }
-
+        let principal = plan.principal.as_ref().and_then(|limit| {
+            Some((
+                limit.remote.as_deref()?,
+                Gcra::new(limit.rate, MICROS_PER_SEC),
+            ))
+        });
+        let tenant = plan.tenant.as_ref().and_then(|limit| {
+            Some((
+                limit.remote.as_deref()?,
+                Gcra::new(limit.rate, MICROS_PER_SEC),
+            ))
+        });
+        let budget = plan.budget.as_ref().and_then(|budget| {
+            Some((
+                budget.remote.as_deref()?,
+                Budget::new(budget.tokens_per_minute, MICROS_PER_SEC),
+            ))
+        });
         let check = RemoteCheck {
-            principal: principal
-                .as_ref()
-                .map(|(_, key, quota)| (key.as_str(), *quota)),
-            tenant: tenant
-                .as_ref()
-                .map(|(_, key, quota)| (key.as_str(), *quota)),
-            budget: budget
-                .as_ref()
-                .map(|(_, key, quota)| (key.as_str(), *quota)),
+            principal,
+            tenant,
+            budget,
         };
         let verdict = match redis.check(&check, now).await {
             Ok(verdict) => verdict,
@@ -391,18 +421,16 @@ impl Limits {
                 };
             }
         };
-        let state = |quota: Option<Gcra>, ahead: u64| {
-            quota.map(|quota| quota.state(ahead, 0, MICROS_PER_SEC))
+        let state = |quota: Option<(&str, Gcra)>, ahead: u64| {
+            quota.map(|(_, quota)| quota.state(ahead, 0, MICROS_PER_SEC))
         };
-        let principal_quota = principal.as_ref().map(|(_, _, quota)| *quota);
-        let tenant_quota = tenant.as_ref().map(|(_, _, quota)| *quota);
         match verdict {
             RemoteVerdict::Admitted {
                 principal_ahead,
                 tenant_ahead,
             } => Ok(tightest(
-                state(principal_quota, principal_ahead),
-                state(tenant_quota, tenant_ahead),
+                state(principal, principal_ahead),
+                state(tenant, tenant_ahead),
             )),
             RemoteVerdict::Refused {
                 by,
@@ -410,32 +438,78 @@ impl Limits {
                 principal_ahead,
                 tenant_ahead,
             } => {
-                let (key, shown, shown_ahead) = match by {
+                let (key, refusal, shown_ahead) = match by {
                     RefusedBy::Principal => (
-                        principal.as_ref().map(|(key, _, _)| *key),
-                        state(principal_quota, principal_ahead),
+                        plan.principal.as_ref().map(|limit| limit.local),
+                        Refusal {
+                            retry_after_secs: retry_after_secs(wait, MICROS_PER_SEC),
+                            state: state(principal, principal_ahead),
+                        },
                         principal_ahead,
                     ),
                     RefusedBy::Tenant => (
-                        tenant.as_ref().map(|(key, _, _)| *key),
-                        state(tenant_quota, tenant_ahead),
+                        plan.tenant.as_ref().map(|limit| limit.local),
+                        Refusal {
+                            retry_after_secs: retry_after_secs(wait, MICROS_PER_SEC),
+                            state: state(tenant, tenant_ahead),
+                        },
                         tenant_ahead,
                     ),
                     RefusedBy::Budget => (
-                        budget.as_ref().map(|(key, _, _)| *key),
-                        state(principal_quota, principal_ahead),
-                        principal_ahead,
+                        plan.budget.as_ref().map(|budget| budget.local),
+                        budget_refusal(
+                            wait,
+                            MICROS_PER_SEC,
+                            principal.map(|(_, quota)| quota.burst),
+                        ),
+                        wait,
                     ),
                 };
                 if let Some(key) = key {
-                    redis.remember_refusal(key, now, wait, shown_ahead);
+                    redis.remember_refusal(
+                        key,
+                        now,
+                        wait.min(REMEMBER_AT_MOST_MICROS),
+                        shown_ahead,
+                    );
                 }
-                Err(Denied::Limited(Refusal {
-                    retry_after_secs: retry_after_secs(wait, MICROS_PER_SEC),
-                    state: shown,
-                }))
+                Err(Denied::Limited(refusal))
             }
         }
+    }
+
+    /// A refusal Redis gave for one of this request's limits that still holds: the one that
+    /// ends last, shown as Redis showed it.
+    fn remembered_refusal(&self, redis: &RedisBackend, plan: &Plan, now: u64) -> Option<Refusal> {
+        let principal_burst = plan.principal.as_ref().map(|limit| limit.rate.burst.get());
+        let candidates = [
+            plan.principal
+                .as_ref()
+                .map(|limit| (limit.local, Some(limit.rate), false)),
+            plan.tenant
+                .as_ref()
+                .map(|limit| (limit.local, Some(limit.rate), false)),
+            plan.budget
+                .as_ref()
+                .map(|budget| (budget.local, None, true)),
+        ];
+        let (remembered, rate, is_budget) = candidates
+            .into_iter()
+            .flatten()
+            .filter_map(|(key, rate, is_budget)| {
+                Some((redis.remembered_refusal(key, now)?, rate, is_budget))
+            })
+            .max_by_key(|(remembered, _, _)| remembered.until)?;
+        let wait = remembered.until - now;
+        if is_budget {
+            return Some(budget_refusal(wait, NANOS_PER_SEC, principal_burst));
+        }
+        Some(Refusal {
+            retry_after_secs: retry_after_secs(wait, NANOS_PER_SEC),
+            state: rate.map(|rate| {
+                Gcra::new(rate, NANOS_PER_SEC).state(remembered.shown_tat, now, NANOS_PER_SEC)
+            }),
+        })
     }
 
     /// Charges a budget (from a [`usage::UsageMeter`]).
@@ -453,16 +527,31 @@ impl Limits {
                 Ok(()) => return,
                 Err(error) => {
                     self.metrics.backend_error(error.label());
-                    let policy = self.settings.on_backend_error;
-                    self.metrics.fallback(policy);
-                    if policy != BackendErrorPolicy::Local {
+                    if self.settings.on_backend_error != BackendErrorPolicy::Local {
+                        // `allow` and `deny` have no local state to keep: the charge is lost.
+                        self.metrics.charge_lost();
                         return;
                     }
+                    self.metrics.fallback(BackendErrorPolicy::Local);
                 }
             }
         }
         let budget = Budget::new(tokens_per_minute, NANOS_PER_SEC);
         self.local.charge(local_key, budget, tokens, now);
+    }
+}
+
+/// A budget refusal: nothing can be sent until the budget is back at zero, so the request
+/// limit's headers (if one applies) say 0 remaining until then, whatever its own state.
+fn budget_refusal(wait: u64, units_per_sec: u64, burst: Option<u32>) -> Refusal {
+    let retry_after_secs = retry_after_secs(wait, units_per_sec);
+    Refusal {
+        retry_after_secs,
+        state: burst.map(|limit| LimitState {
+            limit,
+            remaining: 0,
+            reset_secs: retry_after_secs,
+        }),
     }
 }
 
@@ -476,48 +565,6 @@ fn tightest(a: Option<LimitState>, b: Option<LimitState>) -> Option<LimitState> 
 
 fn gcra_bits(quota: Gcra) -> [u64; 2] {
     [quota.interval, u64::from(quota.burst)]
-}
-
-fn budget_bits(tokens_per_minute: u64) -> [u64; 2] {
-    [tokens_per_minute, 0]
-}
-
-/// The Redis key of a limit state: `{prefix}rl:{kind}:{route}:{quota}:{who}`. The route name is
-/// length-prefixed so no name can imitate another key's layout.
-fn remote_key(prefix: &str, scope: Scope<'_>, who: Who<'_>, quota: &[u64; 2]) -> String {
-    use std::fmt::Write as _;
-    let kind = std::str::from_utf8(scope.tag()).unwrap_or_default();
-    let route = match scope {
-        Scope::Route(name) | Scope::RouteBudget(name) => name,
-        _ => "",
-    };
-    let mut key = String::with_capacity(prefix.len() + route.len() + 96);
-    let _ = write!(
-        key,
-        "{prefix}rl:{kind}:{}:{route}:{}x{}:",
-        route.len(),
-        quota[0],
-        quota[1]
-    );
-    match who {
-        Who::Principal(identity) => match identity.key_id() {
-            Some(key_id) => {
-                key.push_str("k:");
-                key.push_str(key_id);
-            }
-            None => {
-                key.push_str("j:");
-                key.push_str(identity.issuer().unwrap_or_default());
-                key.push('\0');
-                key.push_str(identity.subject());
-            }
-        },
-        Who::Tenant(tenant) => {
-            key.push_str("t:");
-            key.push_str(tenant);
-        }
-    }
-    key
 }
 
 /// Writes the `RateLimit-*` headers (SPEC §5).

@@ -36,6 +36,7 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Returns `{code, wait, principal_ahead, tenant_ahead}` in microseconds: code 0 admitted
 /// (aheads are after counting), 1 principal refused, 2 tenant refused, 3 budget exhausted.
 const CHECK_SCRIPT: &str = r"
+redis.replicate_commands()
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local function ahead(key)
@@ -73,6 +74,7 @@ return {0, 0, p_next, t_next}
 
 /// KEYS: budget. ARGV: cost, cap (microseconds). Returns the debt after charging.
 const CHARGE_SCRIPT: &str = r"
+redis.replicate_commands()
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
@@ -150,7 +152,8 @@ pub struct RedisBackend {
     connection: ConnectionManager,
     check: Script,
     charge: Script,
-    /// Local-clock nanoseconds until which Redis is not called (after a failure).
+    /// 0 while Redis answers. After a failure: local-clock nanoseconds until which Redis is
+    /// not called; then one call probes (the others keep bypassing until it answers).
     bypass_until: AtomicU64,
     /// Refusals Redis gave, by limit key: local-clock nanoseconds until which the same limit
     /// refuses anyway, and the local-clock TAT of the limit shown in the headers.
@@ -251,13 +254,37 @@ impl RedisBackend {
             .retain(|_, remembered| remembered.until > now);
     }
 
-    fn bypassed(&self, now: u64) -> bool {
-        now < self.bypass_until.load(Ordering::Relaxed)
+    /// Whether this call may use Redis. While Redis is healthy this is one load. After a
+    /// failure, calls are bypassed until the window ends; then exactly one call wins the right
+    /// to probe (the window moves past its timeout), so a Redis that black-holes connections
+    /// delays one request per second, not every request that arrives while the probe waits.
+    fn enter(&self, now: u64) -> bool {
+        let until = self.bypass_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if now < until {
+            return false;
+        }
+        let probe_until = now
+            .saturating_add(self.settings.timeout.as_nanos() as u64)
+            .saturating_add(1);
+        self.bypass_until
+            .compare_exchange(until, probe_until, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn succeeded(&self) {
+        if self.bypass_until.load(Ordering::Acquire) != 0 {
+            self.bypass_until.store(0, Ordering::Release);
+        }
     }
 
     fn failed(&self, now: u64) {
-        let until = now.saturating_add(RETRY_AFTER_FAILURE.as_nanos() as u64);
-        self.bypass_until.store(until, Ordering::Relaxed);
+        let until = now
+            .saturating_add(RETRY_AFTER_FAILURE.as_nanos() as u64)
+            .max(1);
+        self.bypass_until.store(until, Ordering::Release);
     }
 
     /// Runs the check script (`now` is the local clock, for the bypass window).
@@ -266,7 +293,7 @@ impl RedisBackend {
         check: &RemoteCheck<'_>,
         now: u64,
     ) -> Result<RemoteVerdict, RemoteError> {
-        if self.bypassed(now) {
+        if !self.enter(now) {
             return Err(RemoteError::Bypassed);
         }
         let mut invocation = self.check.prepare_invoke();
@@ -306,11 +333,13 @@ impl RedisBackend {
                 return Err(RemoteError::Timeout);
             }
         };
-        parse_verdict(&values).ok_or_else(|| {
+        let verdict = parse_verdict(&values).ok_or_else(|| {
             tracing::warn!(answer = ?values, "Redis rate-limit script gave an unexpected answer.");
             self.failed(now);
             RemoteError::Failed
-        })
+        })?;
+        self.succeeded();
+        Ok(verdict)
     }
 
     /// Charges `tokens` to a budget in Redis.
@@ -321,12 +350,12 @@ impl RedisBackend {
         tokens: u64,
         now: u64,
     ) -> Result<(), RemoteError> {
-        if self.bypassed(now) {
+        if !self.enter(now) {
             return Err(RemoteError::Bypassed);
         }
-        let cost = tokens.saturating_mul(budget.per_token);
         // Lua numbers are doubles: keep the values exact.
-        let cap = budget.window.saturating_mul(24 * 60).min(1 << 52);
+        let cost = budget.cost(tokens);
+        let cap = budget.max_debt().min(1 << 52);
         let mut invocation = self.charge.key(key);
         invocation.arg(cost.min(1 << 52)).arg(cap);
         let mut connection = self.connection.clone();
@@ -336,8 +365,12 @@ impl RedisBackend {
         )
         .await
         {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                self.succeeded();
+                Ok(())
+            }
             Ok(Err(error)) if error.is_timeout() => {
+                tracing::warn!(timeout = ?self.settings.timeout, "Redis usage charge timed out; on_backend_error applies.");
                 self.failed(now);
                 Err(RemoteError::Timeout)
             }
@@ -394,6 +427,32 @@ fn parse_verdict(values: &[i64]) -> Option<RemoteVerdict> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn after_a_failure_one_call_probes_and_the_others_keep_bypassing() {
+        let settings = RedisSettings {
+            url: "redis://127.0.0.1:9".into(),
+            key_prefix: "t:".into(),
+            timeout: Duration::from_millis(100),
+        };
+        let backend = RedisBackend::new(&settings, Arc::new(LocalStore::default())).unwrap();
+        let second = 1_000_000_000;
+        assert!(backend.enter(5), "healthy: every call goes to Redis");
+        assert!(backend.enter(5));
+        backend.failed(10);
+        assert!(!backend.enter(10 + second / 2), "inside the bypass window");
+        assert!(backend.enter(10 + second), "the window is over: one probe");
+        assert!(
+            !backend.enter(10 + second),
+            "a second caller waits for the probe"
+        );
+        assert!(!backend.enter(10 + second + second / 20));
+        // The probe's own timeout passed without an answer: the next call probes again.
+        assert!(backend.enter(10 + second + second / 5));
+        backend.succeeded();
+        assert!(backend.enter(10 + 2 * second));
+        assert!(backend.enter(10 + 2 * second));
+    }
 
     #[test]
     fn script_answers_are_validated() {

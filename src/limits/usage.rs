@@ -46,6 +46,9 @@ impl UsageMeter {
     /// Charges `tokens`. Local charges apply at once; a Redis charge runs in its own task
     /// (the response is not held for it).
     fn charge(self, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
         self.limits.metrics.usage_tokens(&self.route, tokens);
         if self.limits.redis.is_none() {
             let now = self.limits.local.now();
@@ -69,7 +72,10 @@ impl UsageMeter {
     }
 }
 
-/// Reads the cost from the response head, or arranges to read it from the trailers.
+/// Reads the cost from the response head, or arranges to read it from the trailers. The body
+/// is wrapped whenever trailers still matter: to find a report that was not in the head (or
+/// was not a number there), and to remove the report from the trailers unless exposed
+/// (HTTP/2 clients receive every trailer, announced or not).
 pub fn meter_response(
     mut response: Response<ProxyBody>,
     rule: &UsageRule,
@@ -78,17 +84,21 @@ pub fn meter_response(
     if !rule.expose {
         unannounce(response.headers_mut(), &rule.header);
     }
-    if let Some(tokens) = take_report(response.headers_mut(), rule) {
-        if let Some(tokens) = tokens {
+    let meter = match take_report(response.headers_mut(), rule) {
+        Some(Some(tokens)) => {
             meter.charge(tokens);
+            None
         }
+        _ => Some(meter),
+    };
+    if meter.is_none() && rule.expose {
         return response;
     }
     response.map(|body| {
         boxed(TrailerMeter {
             inner: body,
             rule: rule.clone(),
-            meter: Some(meter),
+            meter,
         })
     })
 }
@@ -136,7 +146,18 @@ fn take_report(headers: &mut HeaderMap, rule: &UsageRule) -> Option<Option<u64>>
 struct TrailerMeter {
     inner: ProxyBody,
     rule: UsageRule,
+    /// `None` once charged (or when the head already was).
     meter: Option<UsageMeter>,
+}
+
+impl Drop for TrailerMeter {
+    fn drop(&mut self) {
+        // The body ended without a usable report, or the client left before the trailer:
+        // nothing is charged, and operators see how often.
+        if let Some(meter) = &self.meter {
+            meter.limits.metrics.usage_unreported(&meter.route);
+        }
+    }
 }
 
 impl Body for TrailerMeter {
@@ -153,7 +174,8 @@ impl Body for TrailerMeter {
                 let Ok(mut trailers) = frame.into_trailers() else {
                     return Poll::Ready(None);
                 };
-                if let Some(Some(tokens)) = take_report(&mut trailers, &this.rule)
+                let report = take_report(&mut trailers, &this.rule);
+                if let Some(Some(tokens)) = report
                     && let Some(meter) = this.meter.take()
                 {
                     meter.charge(tokens);
