@@ -286,7 +286,7 @@ async fn handle_inner(
         return Ok(response.map(|_| empty()));
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(boxed))
+    Ok(response)
 }
 
 /// The parts of the request target that routing uses.
