@@ -276,7 +276,9 @@ impl HostPool {
             .map_err(io::Error::other)?;
         Ok(Pooled {
             sender,
-            driver: Driver { conn: Some(conn) },
+            driver: Driver {
+                conn: Some(Box::new(conn)),
+            },
         })
     }
 
@@ -313,7 +315,7 @@ async fn send_upgrade(
 ) -> Result<Response<ProxyBody>, TrySendError<Request<ProxyBody>>> {
     if let Some(conn) = pooled.driver.conn.take() {
         tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
+            if let Err(error) = (*conn).with_upgrades().await {
                 tracing::debug!(%error, "Upstream connection ended with an error.");
             }
         });
@@ -327,9 +329,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Polls a connection from whatever task is using it; `None` once it has ended.
+/// Polls a connection from whatever task is using it; `None` once it has ended. Boxed: the
+/// connection state is large and a pooled connection moves through several futures and the
+/// idle list on every request.
 struct Driver {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -351,7 +355,7 @@ impl Driver {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if let Poll::Ready(result) = Pin::new(conn).poll(cx) {
+        if let Poll::Ready(result) = Pin::new(&mut **conn).poll(cx) {
             if let Err(error) = result {
                 tracing::debug!(%error, "Upstream connection ended with an error.");
             }
