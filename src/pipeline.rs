@@ -44,7 +44,9 @@ use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
 use crate::server::ConnActivity;
 use crate::telemetry::Metrics;
-use crate::telemetry::{AccessRecord, RequestLabels, RouteLabels, SharedLabel, method_label};
+use crate::telemetry::{
+    AccessRecord, RequestLabels, RouteHistograms, RouteLabels, SharedLabel, method_label,
+};
 
 /// What the pipeline knows about the connection a request came in on.
 #[derive(Debug)]
@@ -65,6 +67,7 @@ struct Context {
     route: Option<Arc<str>>,
     identity: Option<Arc<Identity>>,
     upstream_ms: Option<f64>,
+    histograms: Option<RouteHistograms>,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -129,6 +132,7 @@ pub async fn handle(
     response.headers_mut().insert(&X_REQUEST_ID, request_id);
     finish.record.status = response.status().as_u16();
     finish.record.upstream_ms = context.upstream_ms;
+    finish.histograms = context.histograms;
     if let Some(route) = context.route {
         finish.route = SharedLabel(route.clone());
         finish.record.route = Some(route);
@@ -178,6 +182,12 @@ async fn handle_inner(
         .find(target.host, &parts.method, &target.path)
         .ok_or(GatewayError::RouteNotFound)?;
     context.route = Some(route.name.clone());
+    context.histograms = Some(
+        route
+            .histograms
+            .get_or_init(|| metrics.route_histograms(&SharedLabel(route.name.clone())))
+            .clone(),
+    );
     let websocket =
         route.websocket && is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
 
@@ -440,6 +450,8 @@ struct Finish {
     started: Instant,
     method: &'static str,
     route: SharedLabel,
+    /// The matched route's histograms; `None` for a request that matched no route.
+    histograms: Option<RouteHistograms>,
     record: AccessRecord,
     bytes_in: Arc<AtomicU64>,
     log_format: crate::config::LogFormat,
@@ -486,6 +498,7 @@ impl Finish {
             started: Instant::now(),
             method: method_label(request.method()),
             route: SharedLabel(UNMATCHED_ROUTE.clone()),
+            histograms: None,
             record,
             bytes_in,
             log_format: config.log.format,
@@ -517,18 +530,26 @@ impl Drop for Finish {
                 status: self.record.status,
             })
             .inc();
-        let route = RouteLabels {
-            route: self.route.clone(),
-        };
-        metrics
-            .request_duration
-            .get_or_create(&route)
-            .observe(elapsed);
-        if let Some(upstream_ms) = self.record.upstream_ms {
+        let upstream_seconds = self.record.upstream_ms.map(|ms| ms / 1000.0);
+        if let Some(histograms) = &self.histograms {
+            histograms.request.observe(elapsed);
+            if let Some(seconds) = upstream_seconds {
+                histograms.upstream.observe(seconds);
+            }
+        } else {
+            let route = RouteLabels {
+                route: self.route.clone(),
+            };
             metrics
-                .upstream_duration
+                .request_duration
                 .get_or_create(&route)
-                .observe(upstream_ms / 1000.0);
+                .observe(elapsed);
+            if let Some(seconds) = upstream_seconds {
+                metrics
+                    .upstream_duration
+                    .get_or_create(&route)
+                    .observe(seconds);
+            }
         }
         if self.access_log {
             self.record.duration_ms = elapsed * 1000.0;
