@@ -86,7 +86,8 @@ pub async fn handle(
     let request_id = client_request_id(request.headers()).unwrap_or_else(new_request_id);
     let body_pending = !request.body().is_end_stream();
     let version = request.version();
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    // Only the access log reads the count: without it, no counter is allocated per request.
+    let bytes_in = config.log.access_log.then(|| Arc::new(AtomicU64::new(0)));
     let mut finish = Finish::start(
         &gateway,
         config,
@@ -453,7 +454,7 @@ struct Finish {
     /// The matched route's histograms; `None` for a request that matched no route.
     histograms: Option<RouteHistograms>,
     record: AccessRecord,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: Option<Arc<AtomicU64>>,
     log_format: crate::config::LogFormat,
     access_log: bool,
 }
@@ -465,7 +466,7 @@ impl Finish {
         conn: &ConnInfo,
         request: &Request<Incoming>,
         request_id: &HeaderValue,
-        bytes_in: Arc<AtomicU64>,
+        bytes_in: Option<Arc<AtomicU64>>,
     ) -> Self {
         conn.activity.request_started();
         gateway.metrics.inflight.inc();
@@ -553,7 +554,10 @@ impl Drop for Finish {
         }
         if self.access_log {
             self.record.duration_ms = elapsed * 1000.0;
-            self.record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+            self.record.bytes_in = self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |bytes| bytes.load(Ordering::Relaxed));
             if !self
                 .gateway
                 .access_log
