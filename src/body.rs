@@ -105,18 +105,18 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Counts the bytes of a request body as they stream through (for `bytes_in`) and drops
-    /// client request trailers.
+    /// Counts the bytes of a request body as they stream through (for `bytes_in`, when there
+    /// is a counter) and drops client request trailers.
     #[derive(Debug)]
     pub struct CountingBody<B> {
         #[pin]
         inner: B,
-        counter: Arc<AtomicU64>,
+        counter: Option<Arc<AtomicU64>>,
     }
 }
 
 impl<B> CountingBody<B> {
-    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: B, counter: Option<Arc<AtomicU64>>) -> Self {
         Self { inner, counter }
     }
 }
@@ -141,8 +141,8 @@ where
                 // them as headers such as `x-auth-tenant-id`.
                 Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let (Some(data), Some(counter)) = (frame.data_ref(), this.counter.as_ref()) {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
@@ -383,7 +383,7 @@ mod tests {
         let counter = Arc::new(AtomicU64::new(0));
         let body = CountingBody::new(
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
-            counter.clone(),
+            Some(counter.clone()),
         );
         let collected = body.collect().await.unwrap();
         assert!(

@@ -1,6 +1,11 @@
 //! Forwarding to upstreams: pooled keep-alive clients (h1 or h2, plain or TLS), round-robin
 //! over a route's upstream list with failover on connect errors, a timeout on the response
 //! headers only, and the WebSocket tunnel.
+//!
+//! Plain-http HTTP/1.1 upstreams take the dedicated path in [`h1`]; TLS and HTTP/2 upstreams
+//! use hyper-util's pooled client.
+
+mod h1;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,9 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::header::HOST;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -39,12 +43,16 @@ pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 pub struct UpstreamClient {
     inner: HttpsClient,
     protocol: UpstreamProtocol,
+    /// HTTP/1.1 only: the dedicated pools for plain-http upstreams.
+    h1: Option<Arc<h1::Pools>>,
 }
 
 /// Builds each distinct client once per config.
 #[derive(Debug, Default)]
 pub struct ClientFactory {
     built: HashMap<(UpstreamProtocol, Option<PathBuf>), UpstreamClient>,
+    /// Plain-http connections do not depend on the CA setting: one set of pools for all.
+    h1: Arc<h1::Pools>,
 }
 
 impl ClientFactory {
@@ -58,7 +66,10 @@ impl ClientFactory {
         if let Some(client) = self.built.get(&key) {
             return Ok(client.clone());
         }
-        let client = build_client(protocol, extra_ca)?;
+        let mut client = build_client(protocol, extra_ca)?;
+        if protocol == UpstreamProtocol::Http1 {
+            client.h1 = Some(self.h1.clone());
+        }
         self.built.insert(key, client.clone());
         Ok(client)
     }
@@ -81,6 +92,7 @@ fn build_client(
     Ok(UpstreamClient {
         inner: client.build(connector),
         protocol,
+        h1: None,
     })
 }
 
@@ -150,6 +162,8 @@ pub struct UpstreamTarget {
     /// Without a trailing slash; empty for none.
     base_path: String,
     host_header: HeaderValue,
+    /// Set for a plain-http target of an HTTP/1.1 route: its connection pool.
+    h1: Option<Arc<h1::HostPool>>,
 }
 
 impl UpstreamTarget {
@@ -187,23 +201,30 @@ impl UpstreamTarget {
             authority,
             base_path,
             host_header,
+            h1: None,
         })
     }
 
+    /// `path_and_query` under the base path, parsed once.
+    fn path_and_query(&self, path_and_query: &str) -> Result<PathAndQuery, GatewayError> {
+        let parsed = if self.base_path.is_empty() {
+            path_and_query.parse()
+        } else {
+            let mut text = String::with_capacity(self.base_path.len() + path_and_query.len());
+            text.push_str(&self.base_path);
+            text.push_str(path_and_query);
+            PathAndQuery::from_maybe_shared(bytes::Bytes::from(text))
+        };
+        parsed.map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))
+    }
+
+    /// The absolute URI, from parts that are already valid (only the path is parsed).
     fn uri(&self, path_and_query: &str) -> Result<Uri, GatewayError> {
-        let mut text = String::with_capacity(
-            self.scheme.as_str().len()
-                + 3
-                + self.authority.as_str().len()
-                + self.base_path.len()
-                + path_and_query.len(),
-        );
-        text.push_str(self.scheme.as_str());
-        text.push_str("://");
-        text.push_str(self.authority.as_str());
-        text.push_str(&self.base_path);
-        text.push_str(path_and_query);
-        text.parse()
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(self.path_and_query(path_and_query)?);
+        Uri::from_parts(parts)
             .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))
     }
 
@@ -221,7 +242,12 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(targets: Vec<UpstreamTarget>, client: UpstreamClient) -> Self {
+    pub fn new(mut targets: Vec<UpstreamTarget>, client: UpstreamClient) -> Self {
+        if let Some(pools) = &client.h1 {
+            for target in targets.iter_mut().filter(|t| t.scheme == Scheme::HTTP) {
+                target.h1 = Some(pools.host(&target.authority));
+            }
+        }
         Self {
             targets,
             next: AtomicUsize::new(0),
@@ -246,7 +272,7 @@ impl Upstreams {
         path_and_query: &str,
         preserve_host: bool,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    ) -> Result<Response<ProxyBody>, GatewayError> {
         let deadline = Instant::now() + timeout;
         let count = self.targets.len();
         let start = if count > 1 {
@@ -262,7 +288,7 @@ impl Upstreams {
             let target = &self.targets[0];
             self.prepare(&mut request, target, path_and_query, preserve_host)?;
             return self
-                .attempt(request, deadline)
+                .attempt(request, target, deadline)
                 .await
                 .map_err(|(error, _)| error);
         }
@@ -275,7 +301,7 @@ impl Upstreams {
             let target = &self.targets[(start + attempt) % count];
             let mut request = Request::from_parts(parts.clone(), this_body);
             self.prepare(&mut request, target, path_and_query, preserve_host)?;
-            match self.attempt(request, deadline).await {
+            match self.attempt(request, target, deadline).await {
                 Ok(response) => return Ok(response),
                 Err((error, connect_failed)) => {
                     last_error = error;
@@ -298,6 +324,16 @@ impl Upstreams {
         path_and_query: &str,
         preserve_host: bool,
     ) -> Result<(), GatewayError> {
+        if target.h1.is_some() {
+            // Origin-form, as the legacy client would send it; it also sets a missing Host.
+            *request.uri_mut() = Uri::from(target.path_and_query(path_and_query)?);
+            if !preserve_host || !request.headers().contains_key(HOST) {
+                request
+                    .headers_mut()
+                    .insert(HOST, target.host_header.clone());
+            }
+            return Ok(());
+        }
         *request.uri_mut() = target.uri(path_and_query)?;
         if !preserve_host {
             request
@@ -311,21 +347,40 @@ impl Upstreams {
     async fn attempt(
         &self,
         request: Request<ProxyBody>,
+        target: &UpstreamTarget,
         deadline: Instant,
-    ) -> Result<Response<Incoming>, (GatewayError, bool)> {
-        match tokio::time::timeout_at(deadline, self.client.inner.request(request)).await {
-            Err(_elapsed) => Err((GatewayError::UpstreamTimeout, false)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => {
-                if caused_by_body_limit(&error) {
-                    return Err((GatewayError::PayloadTooLarge, false));
+    ) -> Result<Response<ProxyBody>, (GatewayError, bool)> {
+        match &target.h1 {
+            Some(pool) => match tokio::time::timeout_at(deadline, pool.send(request)).await {
+                Err(_elapsed) => Err((GatewayError::UpstreamTimeout, false)),
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(h1::SendError::Connect(error))) => {
+                    tracing::debug!(error = %error_chain(&error), connect_failed = true, "Upstream request failed.");
+                    Err((GatewayError::UpstreamUnavailable, true))
                 }
-                let connect_failed = error.is_connect();
-                tracing::debug!(error = %error_chain(&error), connect_failed, "Upstream request failed.");
-                Err((GatewayError::UpstreamUnavailable, connect_failed))
+                Ok(Err(h1::SendError::Http(error))) => Err(request_failed(&error, false)),
+            },
+            None => {
+                match tokio::time::timeout_at(deadline, self.client.inner.request(request)).await {
+                    Err(_elapsed) => Err((GatewayError::UpstreamTimeout, false)),
+                    Ok(Ok(response)) => Ok(response.map(crate::body::boxed)),
+                    Ok(Err(error)) => Err(request_failed(&error, error.is_connect())),
+                }
             }
         }
     }
+}
+
+/// The response to a failed exchange: 413 when our body limit cut the request, else 502.
+fn request_failed(
+    error: &(dyn std::error::Error + 'static),
+    connect_failed: bool,
+) -> (GatewayError, bool) {
+    if caused_by_body_limit(error) {
+        return (GatewayError::PayloadTooLarge, false);
+    }
+    tracing::debug!(error = %error_chain(error), connect_failed, "Upstream request failed.");
+    (GatewayError::UpstreamUnavailable, connect_failed)
 }
 
 fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {

@@ -80,11 +80,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && *name == UPGRADE {
+    // One pass over the names present (a handful) instead of a hashed removal per listed
+    // name: most messages carry none of them, or only `Connection`.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present |= 1 << index;
+        }
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) == 0 || (keep_upgrade && **name == UPGRADE) {
             continue;
         }
-        headers.remove(name);
+        headers.remove(*name);
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));

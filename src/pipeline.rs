@@ -48,7 +48,9 @@ use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
 use crate::server::ConnActivity;
 use crate::telemetry::Metrics;
-use crate::telemetry::{AccessRecord, RequestLabels, RouteLabels, SharedLabel, method_label};
+use crate::telemetry::{
+    AccessRecord, RequestLabels, RouteHistograms, RouteLabels, SharedLabel, method_label,
+};
 
 /// What the pipeline knows about the connection a request came in on.
 #[derive(Debug)]
@@ -71,6 +73,7 @@ struct Context {
     upstream_ms: Option<f64>,
     /// Set once the rate-limit step ran: the `RateLimit-*` headers of the response.
     rate_limit: Option<LimitState>,
+    histograms: Option<RouteHistograms>,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -89,7 +92,8 @@ pub async fn handle(
     let request_id = client_request_id(request.headers()).unwrap_or_else(new_request_id);
     let body_pending = !request.body().is_end_stream();
     let version = request.version();
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    // Only the access log reads the count: without it, no counter is allocated per request.
+    let bytes_in = config.log.access_log.then(|| Arc::new(AtomicU64::new(0)));
     let mut finish = Finish::start(
         &gateway,
         config,
@@ -138,6 +142,7 @@ pub async fn handle(
     }
     finish.record.status = response.status().as_u16();
     finish.record.upstream_ms = context.upstream_ms;
+    finish.histograms = context.histograms;
     if let Some(route) = context.route {
         finish.route = SharedLabel(route.clone());
         finish.record.route = Some(route);
@@ -187,6 +192,12 @@ async fn handle_inner(
         .find(target.host, &parts.method, &target.path)
         .ok_or(GatewayError::RouteNotFound)?;
     context.route = Some(route.name.clone());
+    context.histograms = Some(
+        route
+            .histograms
+            .get_or_init(|| metrics.route_histograms(&SharedLabel(route.name.clone())))
+            .clone(),
+    );
     let websocket =
         route.websocket && is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
 
@@ -317,7 +328,6 @@ async fn handle_inner(
         return Ok(response.map(|_| empty()));
     }
     strip_response_hop_by_hop(response.headers_mut(), false);
-    let response = response.map(boxed);
     Ok(match (&route.usage, meter) {
         (Some(rule), Some(meter)) => usage::meter_response(response, rule, meter),
         _ => response,
@@ -475,8 +485,10 @@ struct Finish {
     started: Instant,
     method: &'static str,
     route: SharedLabel,
+    /// The matched route's histograms; `None` for a request that matched no route.
+    histograms: Option<RouteHistograms>,
     record: AccessRecord,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: Option<Arc<AtomicU64>>,
     log_format: crate::config::LogFormat,
     access_log: bool,
 }
@@ -488,7 +500,7 @@ impl Finish {
         conn: &ConnInfo,
         request: &Request<Incoming>,
         request_id: &HeaderValue,
-        bytes_in: Arc<AtomicU64>,
+        bytes_in: Option<Arc<AtomicU64>>,
     ) -> Self {
         conn.activity.request_started();
         gateway.metrics.inflight.inc();
@@ -521,6 +533,7 @@ impl Finish {
             started: Instant::now(),
             method: method_label(request.method()),
             route: SharedLabel(UNMATCHED_ROUTE.clone()),
+            histograms: None,
             record,
             bytes_in,
             log_format: config.log.format,
@@ -552,22 +565,33 @@ impl Drop for Finish {
                 status: self.record.status,
             })
             .inc();
-        let route = RouteLabels {
-            route: self.route.clone(),
-        };
-        metrics
-            .request_duration
-            .get_or_create(&route)
-            .observe(elapsed);
-        if let Some(upstream_ms) = self.record.upstream_ms {
+        let upstream_seconds = self.record.upstream_ms.map(|ms| ms / 1000.0);
+        if let Some(histograms) = &self.histograms {
+            histograms.request.observe(elapsed);
+            if let Some(seconds) = upstream_seconds {
+                histograms.upstream.observe(seconds);
+            }
+        } else {
+            let route = RouteLabels {
+                route: self.route.clone(),
+            };
             metrics
-                .upstream_duration
+                .request_duration
                 .get_or_create(&route)
-                .observe(upstream_ms / 1000.0);
+                .observe(elapsed);
+            if let Some(seconds) = upstream_seconds {
+                metrics
+                    .upstream_duration
+                    .get_or_create(&route)
+                    .observe(seconds);
+            }
         }
         if self.access_log {
             self.record.duration_ms = elapsed * 1000.0;
-            self.record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+            self.record.bytes_in = self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |bytes| bytes.load(Ordering::Relaxed));
             if !self
                 .gateway
                 .access_log

@@ -8,6 +8,11 @@
 //! - header_read_timeout: from the first byte of a request until the pipeline sees its head;
 //! - idle_timeout: no request in flight and no bytes either way (HTTP/2: since the last
 //!   request, as PING/WINDOW_UPDATE frames flow on idle connections).
+//!
+//! The tracker never wakes the connection task: its timer is never armed further ahead than
+//! the shorter of the two timeouts, so a deadline that appears later (a head starting, the
+//! last request finishing) can never be earlier than the armed one. The task re-checks when
+//! the timer fires, at most once per that period, instead of once or twice per request.
 
 use std::convert::Infallible;
 use std::io;
@@ -44,9 +49,6 @@ pub struct ConnActivity {
     last_activity_ms: AtomicU64,
     head_started_ms: AtomicU64,
     active_requests: AtomicU32,
-    /// Wakes the connection task when a deadline may have moved earlier (a head started, or
-    /// the last request finished), so its timer is re-armed instead of sleeping past it.
-    changed: tokio::sync::Notify,
     /// HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) flow while no request is in
     /// flight, so bytes say nothing about heads or idleness; only requests count.
     multiplexed: AtomicBool,
@@ -66,7 +68,6 @@ impl ConnActivity {
             // a client that connects and sends nothing is held to header_read_timeout.
             head_started_ms: AtomicU64::new(0),
             active_requests: AtomicU32::new(0),
-            changed: tokio::sync::Notify::new(),
             multiplexed: AtomicBool::new(false),
             requests_started: AtomicU64::new(0),
             requests_answered: AtomicU64::new(0),
@@ -84,13 +85,14 @@ impl ConnActivity {
         }
         let now = self.now_ms();
         self.last_activity_ms.store(now, Ordering::Relaxed);
-        if self.active_requests.load(Ordering::Relaxed) == 0
-            && self
-                .head_started_ms
-                .compare_exchange(NO_HEAD, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.changed.notify_one();
+        if self.active_requests.load(Ordering::Relaxed) == 0 {
+            // Only the first read of a head starts its clock.
+            let _ = self.head_started_ms.compare_exchange(
+                NO_HEAD,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -115,7 +117,6 @@ impl ConnActivity {
         self.active_requests.fetch_sub(1, Ordering::Relaxed);
         self.last_activity_ms
             .store(self.now_ms(), Ordering::Relaxed);
-        self.changed.notify_one();
     }
 
     /// What to do at `now`: keep going until a deadline, or close.
@@ -491,8 +492,10 @@ async fn drive<I>(
     let mut closing = false;
     // One timer for the connection's life, moved only when the next deadline is earlier than
     // the one it is set to: a timer that fires early just re-checks, which is cheaper than
-    // re-arming it on every request.
-    let timer = tokio::time::sleep_until(Instant::now() + header_timeout);
+    // re-arming it on every request. It is never armed more than `horizon` ahead (see the
+    // module doc), which is what lets the activity tracker leave this task alone.
+    let horizon = header_timeout.min(idle_timeout);
+    let timer = tokio::time::sleep_until(Instant::now() + horizon);
     tokio::pin!(timer);
     loop {
         tokio::select! {
@@ -507,12 +510,11 @@ async fn drive<I>(
                 closing = true;
                 continue;
             }
-            // A head started or the last request finished: a deadline may have moved earlier.
-            () = activity.changed.notified() => {}
             () = &mut timer => {}
         }
         match activity.check(header_timeout, idle_timeout) {
             Verdict::WaitUntil(at) => {
+                let at = at.min(Instant::now() + horizon);
                 if at < timer.deadline() || timer.is_elapsed() {
                     timer.as_mut().reset(at);
                 }

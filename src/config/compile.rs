@@ -967,6 +967,7 @@ fn compile_route(
         timeout,
         max_body_bytes: route.max_body_bytes,
         websocket: route.websocket,
+        histograms: std::sync::OnceLock::new(),
     })
 }
 

@@ -85,6 +85,8 @@ pub struct Route {
     pub timeout: Duration,
     pub max_body_bytes: Option<u64>,
     pub websocket: bool,
+    /// This route's duration histograms, resolved on its first request.
+    pub histograms: std::sync::OnceLock<crate::telemetry::RouteHistograms>,
 }
 
 impl Route {
