@@ -494,6 +494,61 @@ async fn token_budget_charged_on_one_instance_refuses_on_another() {
     assert_eq!(instances[1].fallbacks("local").await, 0);
 }
 
+/// The same with a streamed response that reports its cost in a trailer: the charge made
+/// when the trailer passes through instance A refuses on instance B.
+#[tokio::test]
+async fn streamed_trailer_budget_is_shared_across_instances() {
+    use http_body_util::{BodyExt as _, StreamBody};
+    use hyper::body::Frame;
+    let upstream = Upstream::raw(|_request: http::Request<hyper::body::Incoming>| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-usage-tokens", http::HeaderValue::from_static("120"));
+        let frames: Vec<Result<Frame<bytes::Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+            Ok(Frame::data(bytes::Bytes::from_static(b"data: one\n\n"))),
+            Ok(Frame::data(bytes::Bytes::from_static(b"data: two\n\n"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("trailer", "x-usage-tokens")
+            .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            .unwrap()
+    })
+    .await;
+    let key = new_key();
+    let prefix = unique_prefix("trailer-budget");
+    let keys = key_block(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
+    let url = upstream.url();
+    let instances = Instance::start_many(
+        2,
+        &Setup {
+            upstream: &url,
+            rate_limits: "",
+            redis_url: REDIS,
+            key_prefix: &prefix,
+            redis_extra: "",
+            route_extra: "usage = { header = \"x-usage-tokens\", tokens_per_minute = 100 }",
+            keys: &keys,
+        },
+    )
+    .await;
+    let first = instances[0].call(&key).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body, "data: one\n\ndata: two\n\n");
+    let charged = poll(
+        100,
+        Duration::from_millis(20),
+        || async { redis_keys(6379, &prefix) },
+        |keys| !keys.is_empty(),
+    )
+    .await
+    .unwrap_or_else(|keys| panic!("no budget key in Redis: {keys:?}"));
+    assert!(charged[0].contains("rl:br:"), "{charged:?}");
+    let refused = instances[1].call(&key).await;
+    refused.assert_error(429, "RATE_LIMITED", "budget spent by a streamed response");
+    assert_eq!(instances[1].fallbacks("local").await, 0);
+}
+
 // === Redis unreachable: on_backend_error ===
 
 /// An instance whose Redis URL points at `url`, with `policy`, a default burst of 2 and the
