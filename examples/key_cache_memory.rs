@@ -8,15 +8,7 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+use support::rss_mb;
 
 fn main() {
     let n: usize = std::env::args()

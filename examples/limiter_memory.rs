@@ -7,22 +7,16 @@
 //! 1 ms), so after a short pause every entry is idle and `forget_idle` drops it, exactly what
 //! the gateway's 10 s housekeeping pass does.
 
+#[path = "../benches/support/mod.rs"]
+mod support;
+
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use authgate::config::Rate;
 use authgate::limits::gcra::{Gcra, NANOS_PER_SEC};
 use authgate::limits::local::LocalStore;
-
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+use support::rss_mb;
 
 fn main() {
     let n: u64 = std::env::args()

@@ -1,5 +1,5 @@
-//! Shared by the benchmarks and `examples/key_cache_memory.rs`: polling a future that must
-//! not wait, and a key store over N synthetic API keys.
+//! Shared by the benchmarks and the memory examples: polling a future that must not wait, a
+//! key store over N synthetic API keys, and the process's resident memory.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
@@ -12,6 +12,17 @@ use authgate::config::ApiKeySettings;
 use authgate::config::KeySourceSettings;
 use authgate::keys::cache::KeyMetrics;
 use authgate::keys::{KeyHash, KeyMap, KeyRecord, KeySource, KeyStore};
+
+/// Resident memory of this process in MB (VmRSS from /proc/self/status; 0 if unreadable).
+pub fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
 
 /// Polls once with a no-op waker: cache hits never wait, so no runtime is measured.
 pub fn poll_once<F: std::future::Future>(future: F) -> F::Output {
