@@ -207,5 +207,24 @@ fn bench_admit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_local, bench_admit);
+/// The reference the issue names: governor's keyed limiter (`check_key` on its DashMap store)
+/// with 1,000,000 principals, random keys. Same machine, same run: it shows how much of the
+/// cost at that size is the machine's memory latency rather than our limiter.
+fn bench_governor_reference(c: &mut Criterion) {
+    use governor::{Quota, RateLimiter};
+    let quota = Quota::per_second(NonZeroU32::new(10_000).unwrap())
+        .allow_burst(NonZeroU32::new(10_000).unwrap());
+    let limiter = RateLimiter::keyed(quota);
+    for i in 0..u64::from(PRINCIPALS) {
+        let _ = limiter.check_key(&i);
+    }
+    let mut rng = Xorshift(0x1234_5678_9ABC_DEF1);
+    let mut group = c.benchmark_group("limits");
+    group.bench_function(BenchmarkId::new("governor_keyed", PRINCIPALS), |b| {
+        b.iter(|| black_box(limiter.check_key(&u64::from(rng.below(PRINCIPALS)))));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_local, bench_admit, bench_governor_reference);
 criterion_main!(benches);
