@@ -103,10 +103,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// RFC 9110 does not make it hop-by-hop, authgate passes response trailers through, and
 /// hyper's HTTP/1 encoder only sends the trailer fields it names.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let trailer = match headers.get_all(&TRAILER).iter().count() {
-        0 => Vec::new(),
-        _ => headers.get_all(&TRAILER).iter().cloned().collect(),
-    };
+    // An empty collect does not allocate: responses without `Trailer` pay nothing.
+    let trailer: Vec<HeaderValue> = headers.get_all(&TRAILER).iter().cloned().collect();
     strip_hop_by_hop(headers, keep_upgrade);
     for value in trailer {
         headers.append(&TRAILER, value);

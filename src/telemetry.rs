@@ -39,6 +39,14 @@ pub struct RouteLabels {
     pub route: SharedLabel,
 }
 
+impl RouteLabels {
+    pub fn of(route: &Arc<str>) -> Self {
+        Self {
+            route: SharedLabel(route.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -102,11 +110,7 @@ pub struct LimitMetrics {
 
 impl LimitMetrics {
     pub fn limited(&self, route: &Arc<str>) {
-        self.limited
-            .get_or_create(&RouteLabels {
-                route: SharedLabel(route.clone()),
-            })
-            .inc();
+        self.limited.get_or_create(&RouteLabels::of(route)).inc();
     }
 
     pub fn backend_error(&self, reason: &'static str) {
@@ -127,18 +131,14 @@ impl LimitMetrics {
     pub fn usage_tokens(&self, route: &Arc<str>, tokens: u64) {
         // A wildly misreported cost must not wrap the counter.
         self.usage_tokens
-            .get_or_create(&RouteLabels {
-                route: SharedLabel(route.clone()),
-            })
+            .get_or_create(&RouteLabels::of(route))
             .inc_by(tokens.min(1 << 53));
     }
 
     /// A response on a usage route that ended (or was abandoned) without a usable report.
     pub fn usage_unreported(&self, route: &Arc<str>) {
         self.usage_unreported
-            .get_or_create(&RouteLabels {
-                route: SharedLabel(route.clone()),
-            })
+            .get_or_create(&RouteLabels::of(route))
             .inc();
     }
 

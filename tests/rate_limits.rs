@@ -116,7 +116,7 @@ async fn usage_header_is_charged_and_stripped() {
 }
 
 #[tokio::test]
-async fn redis_backend_limits_and_falls_back() {
+async fn redis_backend_limits_with_the_same_headers_and_no_fallback() {
     let upstream = Upstream::start().await;
     let key = new_key();
     let prefix = format!("authgate-test-{}:", uuid_like());

@@ -110,15 +110,10 @@ impl<C: Clock> LocalStore<C> {
         if let Some(tat) = self.tats.get(&key) {
             return cas(&tat, step);
         }
+        // First sight: a request (burst >= 1) or a charge always succeeds from a full
+        // allowance, so the new entry is always used.
         let entry = self.tats.entry(key).or_insert_with(|| AtomicU64::new(0));
-        let result = cas(&entry, step);
-        if result.is_err() && entry.load(Ordering::Acquire) == 0 {
-            // Refused on first sight (only a zero-burst budget could do that): keep nothing.
-            drop(entry);
-            self.tats
-                .remove_if(&key, |_, tat| tat.load(Ordering::Acquire) == 0);
-        }
-        result
+        cas(&entry, step)
     }
 
     /// Drops every entry whose TAT has passed (a full allowance, same as no entry).

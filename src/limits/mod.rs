@@ -99,6 +99,24 @@ enum Who<'a> {
     Tenant(&'a str),
 }
 
+impl<'a> Who<'a> {
+    /// A kind tag and up to two names: `k` + key_id, `j` + issuer + subject, `t` + tenant.
+    /// Both key builders use these, so local and Redis keys can never disagree on identity.
+    fn parts(self) -> (&'static str, &'a str, Option<&'a str>) {
+        match self {
+            Who::Principal(identity) => match identity.key_id() {
+                Some(key_id) => ("k", key_id, None),
+                None => (
+                    "j",
+                    identity.issuer().unwrap_or_default(),
+                    Some(identity.subject()),
+                ),
+            },
+            Who::Tenant(tenant) => ("t", tenant, None),
+        }
+    }
+}
+
 /// One request limit that applies to this request, with its state keys.
 #[derive(Debug)]
 struct RequestLimit {
@@ -158,10 +176,6 @@ impl Limits {
             redis,
             metrics,
         })
-    }
-
-    pub fn local(&self) -> &Arc<LocalStore> {
-        &self.local
     }
 
     /// Resolves the limits of this request (SPEC §5) and their state keys.
@@ -246,42 +260,16 @@ impl Limits {
     /// A local state key: a hash of the limit, its quota and whose allowance it is.
     fn local_key(&self, scope: Scope<'_>, who: Who<'_>, quota: [u64; 2]) -> LimitKey {
         let quota = [quota[0].to_le_bytes(), quota[1].to_le_bytes()];
-        let limit: [&[u8]; 4] = [
+        let (kind, name, second) = who.parts();
+        self.local.hasher.key(&[
             scope.tag().as_bytes(),
             scope.route().as_bytes(),
             &quota[0],
             &quota[1],
-        ];
-        let hasher = &self.local.hasher;
-        match who {
-            Who::Principal(identity) => match identity.key_id() {
-                Some(key_id) => hasher.key(&[
-                    limit[0],
-                    limit[1],
-                    limit[2],
-                    limit[3],
-                    b"k",
-                    key_id.as_bytes(),
-                ]),
-                None => hasher.key(&[
-                    limit[0],
-                    limit[1],
-                    limit[2],
-                    limit[3],
-                    b"j",
-                    identity.issuer().unwrap_or_default().as_bytes(),
-                    identity.subject().as_bytes(),
-                ]),
-            },
-            Who::Tenant(tenant) => hasher.key(&[
-                limit[0],
-                limit[1],
-                limit[2],
-                limit[3],
-                b"t",
-                tenant.as_bytes(),
-            ]),
-        }
+            kind.as_bytes(),
+            name.as_bytes(),
+            second.unwrap_or_default().as_bytes(),
+        ])
     }
 
     /// The Redis key of a limit state (with the Redis backend only):
@@ -291,32 +279,19 @@ impl Limits {
         use std::fmt::Write as _;
         let prefix = self.redis.as_ref()?.key_prefix();
         let route = scope.route();
-        let mut key = String::with_capacity(prefix.len() + route.len() + 96);
+        let (kind, name, second) = who.parts();
+        let mut key = String::with_capacity(prefix.len() + route.len() + name.len() + 64);
         let _ = write!(
             key,
-            "{prefix}rl:{}:{}:{route}:{}x{}:",
+            "{prefix}rl:{}:{}:{route}:{}x{}:{kind}:{name}",
             scope.tag(),
             route.len(),
             quota[0],
             quota[1]
         );
-        match who {
-            Who::Principal(identity) => match identity.key_id() {
-                Some(key_id) => {
-                    key.push_str("k:");
-                    key.push_str(key_id);
-                }
-                None => {
-                    key.push_str("j:");
-                    key.push_str(identity.issuer().unwrap_or_default());
-                    key.push('\0');
-                    key.push_str(identity.subject());
-                }
-            },
-            Who::Tenant(tenant) => {
-                key.push_str("t:");
-                key.push_str(tenant);
-            }
+        if let Some(second) = second {
+            key.push('\0');
+            key.push_str(second);
         }
         Some(key)
     }
@@ -536,8 +511,14 @@ impl Limits {
                 }
             }
         }
+        self.charge_local(local_key, tokens_per_minute, tokens);
+    }
+
+    /// Charges a budget in this process (the local backend, or Redis' `local` fallback).
+    fn charge_local(&self, local_key: LimitKey, tokens_per_minute: u64, tokens: u64) {
         let budget = Budget::new(tokens_per_minute, NANOS_PER_SEC);
-        self.local.charge(local_key, budget, tokens, now);
+        self.local
+            .charge(local_key, budget, tokens, self.local.now());
     }
 }
 

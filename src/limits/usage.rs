@@ -51,12 +51,8 @@ impl UsageMeter {
         }
         self.limits.metrics.usage_tokens(&self.route, tokens);
         if self.limits.redis.is_none() {
-            let now = self.limits.local.now();
-            let budget =
-                super::gcra::Budget::new(self.tokens_per_minute, super::gcra::NANOS_PER_SEC);
             self.limits
-                .local
-                .charge(self.local_key, budget, tokens, now);
+                .charge_local(self.local_key, self.tokens_per_minute, tokens);
             return;
         }
         tokio::spawn(async move {
