@@ -195,6 +195,10 @@ cpu_ticks() { # cpu_ticks PID: utime+stime (fields 14, 15) of the whole process,
     alive "$1" || return 1
     echo $((F[11] + F[12]))
 }
+user_ticks() { # user_ticks PID: utime alone (the proxy's own code; stime is the kernel's)
+    alive "$1" || return 1
+    echo "${F[11]}"
+}
 
 cpu_line() { # cpu_line CPU -> "BUSY TOTAL" ticks of that CPU from /proc/stat
     awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9;
@@ -242,17 +246,18 @@ target_args() { # target_args NAME -> sets ARGS array
 
 MAX_OTHER=0 # highest share (%) of PROXY_CPU used by something else during a proxy run
 # Results, per target: space-separated values, one per round.
-declare -A R_RPS R_P50 R_P99 R_CPU R_ERR R_XCPU
+declare -A R_RPS R_P50 R_P99 R_CPU R_USR R_ERR R_XCPU
 
 # bench_target NAME URL PID [extra wrk args...]: one wrk run, recorded.
 # With RECORD=0 (warm-up) nothing is recorded.
 bench_target() {
-    local name=$1 url=$2 pid=$3 out t0 t1 rps p50 p99 reqs non2xx sockerr cpu_us util secs other
+    local name=$1 url=$2 pid=$3 out t0 t1 u0 u1 user_us rps p50 p99 reqs non2xx sockerr cpu_us util secs other
     local c0_busy c0_total c1_busy c1_total x0 x1 xpid=${TARGET_XPID[$1]:--}
     shift 3
     out=$TMP/wrk-$name-$ROUND.txt
     if [[ $pid != - ]]; then
         t0=$(cpu_ticks "$pid") || die "$name (pid $pid) is not running"
+        u0=$(user_ticks "$pid")
     fi
     [[ $xpid == - ]] || x0=$(cpu_ticks "$xpid") || die "helper pid $xpid of $name is not running"
     read -r c0_busy c0_total < <(cpu_line "$PROXY_CPU")
@@ -266,6 +271,7 @@ bench_target() {
     WRK_PID=
     if [[ $pid != - ]]; then
         t1=$(cpu_ticks "$pid") || die "$name (pid $pid) died during the run"
+        u1=$(user_ticks "$pid")
     fi
     [[ $xpid == - ]] || x1=$(cpu_ticks "$xpid") || die "helper pid $xpid of $name died during the run"
     read -r c1_busy c1_total < <(cpu_line "$PROXY_CPU")
@@ -288,7 +294,7 @@ bench_target() {
     local errs=$((${non2xx:-0} + ${sockerr:-0}))
 
     if [[ $pid == - ]]; then
-        cpu_us=- util=- other=-
+        cpu_us=- user_us=- util=- other=-
     else
         # Time CPU PROXY_CPU spent on anything but the proxy (other processes,
         # interrupts, steal): a noisy neighbour makes req/s/latency unreliable.
@@ -296,17 +302,19 @@ bench_target() {
             'BEGIN {printf "%.0f", (t > 0 && b > 0 ? b / t * 100 : 0)}')
         ((other <= MAX_OTHER)) || MAX_OTHER=$other
         cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.3f", d * 1e6 / hz / n}')
+        user_us=$(awk -v d=$((u1 - u0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.3f", d * 1e6 / hz / n}')
         util=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN {printf "%.0f%%", (s > 0 ? d / hz / s * 100 : 0)}')
     fi
     R_RPS[$name]+="$rps "
     R_P50[$name]+="$p50 "
     R_P99[$name]+="$p99 "
     R_CPU[$name]+="$cpu_us "
+    R_USR[$name]+="$user_us "
     [[ $xpid == - ]] ||
         R_XCPU[$name]+="$(awk -v d=$((x1 - x0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.3f", d * 1e6 / hz / n}') "
     R_ERR[$name]=$((${R_ERR[$name]:-0} + errs))
-    log "$(printf 'round %d %-16s %10s req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %7s us/req (%s of a core; CPU %s other load %s)  errors %d' \
-        "$ROUND" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$util" "$PROXY_CPU" "$other$([[ $other == - ]] || echo %)" "$errs")"
+    log "$(printf 'round %d %-16s %10s req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %7s us/req (user %s; %s of a core; CPU %s other load %s)  errors %d' \
+        "$ROUND" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$util" "$PROXY_CPU" "$other$([[ $other == - ]] || echo %)" "$errs")"
     ((errs == 0)) || log "warning: $name had $errs non-2xx/socket errors in round $ROUND (see $out)"
 }
 
@@ -649,17 +657,18 @@ fmt() { # fmt PRINTF_FMT VALUE
         )), medians over rounds"
     echo "- Pinning: proxies on CPU $PROXY_CPU (authgate --threads $THREADS, nginx 1 process); wrk + upstream nginx on CPU $LOAD_CPU"
     echo "- Noise: CPU $PROXY_CPU was busy with other work for at most $MAX_OTHER% of a proxy run$( ((MAX_OTHER <= 5)) || echo ' (NOISY: req/s and latency unreliable, CPU µs/req still usable)')"
-    echo "- CPU µs/req: utime+stime of the proxy process (/proc/<pid>/stat, all threads, CLK_TCK=$CLK_TCK) over the run / requests"
+    echo "- CPU µs/req: utime+stime of the proxy process (/proc/<pid>/stat, all threads, CLK_TCK=$CLK_TCK) over the run / requests; \"of which user\": utime alone"
     echo
-    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | req/s vs $BASELINE | CPU vs $BASELINE | p99 vs $BASELINE | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | of which user | req/s vs $BASELINE | CPU vs $BASELINE | p99 vs $BASELINE | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for name in "${TARGET_NAMES[@]}"; do
         rps=$(median ${R_RPS[$name]})
         p50=$(median ${R_P50[$name]})
         p99=$(median ${R_P99[$name]})
         cpu=$(median ${R_CPU[$name]})
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
-            "$(fmt %.0f "$rps")" "$(fmt %.3f "$p50")" "$(fmt %.3f "$p99")" "$(fmt %.2f "$cpu")" \
+        usr=$(median ${R_USR[$name]})
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" \
+            "$(fmt %.0f "$rps")" "$(fmt %.3f "$p50")" "$(fmt %.3f "$p99")" "$(fmt %.2f "$cpu")" "$(fmt %.2f "$usr")" \
             "$(ratio "$rps" "$b_rps")" "$(ratio "$cpu" "$b_cpu")" "$(ratio "$p99" "$b_p99")" \
             "${R_ERR[$name]:-0}"
     done
