@@ -418,7 +418,7 @@ impl Tunnels {
     /// Tunnels an upgraded connection both ways until either side closes.
     pub fn spawn(
         &self,
-        client: hyper::upgrade::OnUpgrade,
+        client: crate::server::ClientUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
         slot: Arc<tokio::sync::OwnedSemaphorePermit>,
     ) {
@@ -428,14 +428,14 @@ impl Tunnels {
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
             let _slot = slot;
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
+            let upstream = async { upstream.await.map_err(std::io::Error::other) };
+            let (mut client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::debug!(%error, "WebSocket upgrade did not complete.");
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
             let mut upstream = TokioIo::new(upstream);
             if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 tracing::debug!(%error, "WebSocket tunnel closed with an error.");

@@ -18,7 +18,6 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod forward;
-pub mod framing;
 pub mod gateway;
 pub mod headers;
 pub mod http1;

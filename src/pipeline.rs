@@ -28,7 +28,6 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::auth::{self, Identity};
 use crate::authz;
@@ -46,7 +45,7 @@ use crate::limits::gcra::LimitState;
 use crate::limits::{self, Denied, usage};
 use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
-use crate::server::ConnActivity;
+use crate::server::{ClientUpgrade, ConnActivity, FramingConflict};
 use crate::telemetry::Metrics;
 use crate::telemetry::{
     AccessRecord, RequestLabels, RouteHistograms, RouteLabels, SharedLabel, method_label,
@@ -84,7 +83,7 @@ static UNMATCHED_ROUTE: std::sync::LazyLock<Arc<str>> =
 pub async fn handle(
     gateway: Arc<Gateway>,
     conn: Arc<ConnInfo>,
-    request: Request<Incoming>,
+    request: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
     // One consistent view of config, key store and JWT validator for the whole request.
     let runtime = gateway.runtime();
@@ -176,9 +175,9 @@ async fn handle_inner(
     let uri = parts.uri.clone();
     let host_header = single_host(&parts.headers)?;
     let target = check_target(&parts.method, parts.version, &uri, host_header.as_ref())?;
-    // hyper drops Content-Length when Transfer-Encoding is also present; the connection's
-    // head scanner saw both (request smuggling guard, SPEC §6).
-    if conn.activity.take_framing_conflict() {
+    // The HTTP/1.1 server flags a head with both Content-Length and Transfer-Encoding
+    // (request smuggling guard, SPEC §6).
+    if parts.extensions.get::<FramingConflict>().is_some() {
         return Err(GatewayError::BadRequest(
             "both Content-Length and Transfer-Encoding",
         ));
@@ -295,7 +294,7 @@ async fn handle_inner(
 
     // 7. Forward.
     let client_upgrade = websocket
-        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .then(|| parts.extensions.remove::<ClientUpgrade>())
         .flatten();
     let upstream_path = route.upstream_path(&target.path);
     let path_and_query: Cow<'_, str> = match target.query {
@@ -498,7 +497,7 @@ impl Finish {
         gateway: &Arc<Gateway>,
         config: &Config,
         conn: &ConnInfo,
-        request: &Request<Incoming>,
+        request: &Request<ProxyBody>,
         request_id: &HeaderValue,
         bytes_in: Option<Arc<AtomicU64>>,
     ) -> Self {

@@ -1,6 +1,9 @@
 //! Listeners and connections: HTTP/1.1 and HTTP/2 on one port (ALPN over TLS, prior knowledge
 //! in clear), connection limit, header-read and idle timeouts, graceful drain.
 //!
+//! HTTP/1.1 connections are served by authgate's own codec ([`h1`]); HTTP/2 ones by hyper.
+//! What follows is about the HTTP/2 connections.
+//!
 //! hyper's own header-read timer also runs while a keep-alive connection waits for its next
 //! request, which would make `idle_timeout` meaningless. So each connection carries a small
 //! activity tracker fed by its IO wrapper and by the pipeline, and the connection task enforces
@@ -14,6 +17,10 @@
 //! last request finishing) can never be earlier than the armed one. The task re-checks when
 //! the timer fires, at most once per that period, instead of once or twice per request.
 
+mod h1;
+
+pub use h1::{ClientUpgrade, FramingConflict, Upgraded};
+
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -34,7 +42,6 @@ use tokio::time::Instant;
 
 use crate::admin;
 use crate::config::Config;
-use crate::framing::{HeadScanner, HeadVerdict};
 use crate::gateway::Gateway;
 use crate::pipeline::{self, ConnInfo};
 use crate::telemetry::AccessLog;
@@ -52,11 +59,6 @@ pub struct ConnActivity {
     /// HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) flow while no request is in
     /// flight, so bytes say nothing about heads or idleness; only requests count.
     multiplexed: AtomicBool,
-    /// Requests whose head was complete / that were answered, for the head scanner.
-    requests_started: AtomicU64,
-    requests_answered: AtomicU64,
-    /// The last head carried both Content-Length and Transfer-Encoding (see `framing`).
-    framing_conflict: AtomicBool,
 }
 
 impl ConnActivity {
@@ -69,9 +71,6 @@ impl ConnActivity {
             head_started_ms: AtomicU64::new(0),
             active_requests: AtomicU32::new(0),
             multiplexed: AtomicBool::new(false),
-            requests_started: AtomicU64::new(0),
-            requests_answered: AtomicU64::new(0),
-            framing_conflict: AtomicBool::new(false),
         }
     }
 
@@ -106,14 +105,12 @@ impl ConnActivity {
 
     /// The pipeline has a complete request head.
     pub fn request_started(&self) {
-        self.requests_started.fetch_add(1, Ordering::AcqRel);
         self.active_requests.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(NO_HEAD, Ordering::Relaxed);
     }
 
     /// The response has been sent (or abandoned).
     pub fn request_finished(&self) {
-        self.requests_answered.fetch_add(1, Ordering::AcqRel);
         self.active_requests.fetch_sub(1, Ordering::Relaxed);
         self.last_activity_ms
             .store(self.now_ms(), Ordering::Relaxed);
@@ -150,22 +147,12 @@ enum Verdict {
     Idle,
 }
 
-impl ConnActivity {
-    /// Whether the current request's head carried both Content-Length and Transfer-Encoding
-    /// (clears the flag).
-    pub fn take_framing_conflict(&self) -> bool {
-        self.framing_conflict.swap(false, Ordering::AcqRel)
-    }
-}
-
 pin_project_lite::pin_project! {
-    /// Reports reads and writes to the connection's [`ConnActivity`] and scans HTTP/1 request
-    /// heads for conflicting framing headers. Sits above TLS, so it sees plaintext.
+    /// Reports reads and writes to the connection's [`ConnActivity`] (HTTP/2 connections).
     struct TrackedIo<T> {
         #[pin]
         inner: T,
         activity: Arc<ConnActivity>,
-        scanner: HeadScanner,
     }
 }
 
@@ -180,15 +167,6 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
         let polled = this.inner.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.activity.on_read();
-            let activity = &**this.activity;
-            let verdict = this.scanner.feed(
-                &buf.filled()[before..],
-                activity.requests_started.load(Ordering::Acquire),
-                activity.requests_answered.load(Ordering::Acquire),
-            );
-            if verdict == Some(HeadVerdict::Conflict) {
-                activity.framing_conflict.store(true, Ordering::Release);
-            }
         }
         polled
     }
@@ -408,11 +386,14 @@ async fn serve_connection(
     slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (header_timeout, idle_timeout) = {
+    let (header_timeout, idle_timeout, max_head_bytes) = {
         let config = gateway.config();
         (
             config.server.header_read_timeout,
             config.server.idle_timeout,
+            // Heads up to max_header_bytes reach the pipeline, which answers its own 431 with
+            // the route's context; the connection refuses what is far over it.
+            (config.server.max_header_bytes * 2).max(8192),
         )
     };
     let conn = |tls: bool| {
@@ -426,45 +407,133 @@ async fn serve_connection(
         })
     };
     let timeouts = (header_timeout, idle_timeout);
+    let settings = h1::Settings {
+        max_head_bytes,
+        header_timeout,
+        idle_timeout,
+    };
     match tls {
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
         {
             Ok(Ok(tls_stream)) => {
-                // HTTP/2 by ALPN: no HTTP/1 heads to scan.
                 let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                let scanner = if h2 {
-                    HeadScanner::off()
-                } else {
-                    HeadScanner::new()
-                };
                 let conn = conn(true);
-                drive(
-                    tls_stream, scanner, conn, gateway, &builder, shutdown, timeouts,
-                )
-                .await;
+                if h2 {
+                    drive(tls_stream, conn, gateway, &builder, shutdown, timeouts).await;
+                } else {
+                    let (rd, wr) = tokio::io::split(tls_stream);
+                    let buf = BytesMut::with_capacity(READ_BUFFER);
+                    h1::serve(rd, wr, buf, conn, gateway, shutdown, settings).await;
+                }
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed."),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out."),
         },
         None => {
+            let mut stream = stream;
+            let mut buf = BytesMut::with_capacity(READ_BUFFER);
             let conn = conn(false);
-            drive(
-                stream,
-                HeadScanner::new(),
-                conn,
-                gateway,
-                &builder,
-                shutdown,
-                timeouts,
-            )
-            .await;
+            match tokio::time::timeout(header_timeout, sniff_h2(&mut stream, &mut buf)).await {
+                Ok(Ok(true)) => {
+                    let stream = Prefixed {
+                        pre: buf.freeze(),
+                        inner: stream,
+                    };
+                    drive(stream, conn, gateway, &builder, shutdown, timeouts).await;
+                }
+                Ok(Ok(false)) => {
+                    let (rd, wr) = stream.into_split();
+                    h1::serve(rd, wr, buf, conn, gateway, shutdown, settings).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "Connection failed."),
+                Err(_) => tracing::debug!(%peer, "No request started in time; closing."),
+            }
         }
+    }
+}
+
+/// Initial read buffer of a connection (grows up to the head limit when a head needs it).
+const READ_BUFFER: usize = 8 * 1024;
+
+/// The HTTP/2 connection preface a client with prior knowledge starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the connection's first bytes into `buf` until they show whether it starts with the
+/// HTTP/2 preface. An HTTP/1 request line differs from it at its first byte, so this is the
+/// read the HTTP/1 server would have done anyway.
+async fn sniff_h2(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] {
+            return Ok(false);
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(false);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream whose first bytes were already read: they are replayed before the rest.
+    struct Prefixed<S> {
+        pre: bytes::Bytes,
+        #[pin]
+        inner: S,
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 
 async fn drive<I>(
     stream: I,
-    scanner: HeadScanner,
     conn: Arc<ConnInfo>,
     gateway: Arc<Gateway>,
     builder: &auto::Builder<TokioExecutor>,
@@ -474,17 +543,16 @@ async fn drive<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = conn.activity.clone();
+    // Only HTTP/2 reaches hyper: bytes say nothing about idleness (see ConnActivity).
+    activity.multiplexed.store(true, Ordering::Relaxed);
     let io = TokioIo::new(TrackedIo {
         inner: stream,
         activity: activity.clone(),
-        scanner,
     });
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-        if request.version() == http::Version::HTTP_2 {
-            conn.activity.multiplexed.store(true, Ordering::Relaxed);
-        }
         let gateway = gateway.clone();
         let conn = conn.clone();
+        let request = request.map(crate::body::boxed);
         async move { Ok::<_, Infallible>(pipeline::handle(gateway, conn, request).await) }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);

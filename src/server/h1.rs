@@ -1,0 +1,1065 @@
+//! authgate's own HTTP/1.1 server connection: request heads parsed with `httparse`, the
+//! pipeline run on the connection's task, responses written with their framing.
+//!
+//! Why not hyper's server here: per keep-alive request its dispatcher, body channel and
+//! encoder cost about a third of all the instructions a proxied request takes. This loop does
+//! the same protocol work directly: one read for a small head, zero-copy header values sliced
+//! from the read buffer, and the response head coalesced with the first body bytes into one
+//! write. HTTP/2 (ALPN, or prior knowledge in clear) still goes to hyper.
+//!
+//! Protocol rules kept here, in one place:
+//! - framing (RFC 9112 §6): Transfer-Encoding must end in `chunked` and is refused in
+//!   HTTP/1.0; Content-Length must be digits, equal when repeated; both together are flagged
+//!   for the pipeline, which refuses the request (smuggling guard) and closes the connection;
+//! - heads over the buffer limit get 431, unparsable ones 400, both as JSON and with the
+//!   connection closed;
+//! - keep-alive: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `keep-alive`;
+//!   a request body that was not read to its end closes the connection after the response;
+//! - `Expect: 100-continue`: the interim response is written when the body is first read,
+//!   so a request refused before forwarding never makes the client send its body;
+//! - trailers reach the client only on a chunked response to a request with `TE: trailers`;
+//! - a WebSocket upgrade hands the raw connection (and any bytes already read) to the tunnel
+//!   once the 101 is written.
+//!
+//! Timeouts: the connection task owns one timer for its whole life. It is only ever moved
+//! earlier; a timer that fires before the real deadline is re-armed then (at most once per
+//! timeout period), so a busy keep-alive connection does no timer work per request.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderName, TE, TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{oneshot, watch};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{BoxError, ProxyBody, boxed, empty};
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::http1::{BodyDecoder, encode_chunk_header, encode_last_chunk};
+use crate::pipeline::{self, ConnInfo};
+
+/// Headers a request head may carry (hyper's default is 100).
+const MAX_HEADERS: usize = 100;
+/// Headers the pipeline may add to a request before forwarding it.
+const EXTRA_HEADERS: usize = 16;
+/// Bytes read per call while a request body streams.
+const BODY_READ_CHUNK: usize = 64 * 1024;
+/// Body frames up to this size are copied next to the head (or the chunk header) so that
+/// both leave in one write; larger ones are written from their own buffer.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Limits and timeouts of one connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    /// Largest request head accepted; a longer one gets 431.
+    pub(super) max_head_bytes: usize,
+    pub(super) header_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+}
+
+/// Serves HTTP/1.1 requests on one connection until it closes, times out, is upgraded or the
+/// gateway drains. `buf` holds bytes already read from the connection.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve<R, W>(
+    rd: R,
+    mut wr: W,
+    mut buf: BytesMut,
+    conn: Arc<ConnInfo>,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    settings: Settings,
+) where
+    R: AsyncRead + Unpin + Send + Sync + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut rd = Some(rd);
+    let mut out = BytesMut::with_capacity(4096);
+    let connected = Instant::now();
+    let timer =
+        tokio::time::sleep_until(connected + settings.header_timeout.min(settings.idle_timeout));
+    let mut timer = pin!(timer);
+    let mut shutdown_seen = *shutdown.borrow_and_update();
+    let shutdown_changed = shutdown.changed();
+    let mut shutdown_changed = pin!(shutdown_changed);
+    // When the current wait for a head started counting (see `wait_deadline`).
+    let mut idle_since = connected;
+    let mut first_request = true;
+
+    loop {
+        let Some(reader) = rd.as_mut() else { return };
+        // 1. The next head.
+        let wait = HeadWait {
+            settings,
+            first_request,
+            idle_since,
+        };
+        let head = read_head(
+            reader,
+            &mut buf,
+            wait,
+            timer.as_mut(),
+            shutdown_changed.as_mut(),
+            &mut shutdown_seen,
+        )
+        .await;
+        let head = match head {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(refusal) => {
+                let error = match refusal {
+                    HeadError::TooLarge => GatewayError::HeadersTooLarge,
+                    HeadError::Invalid(reason) => GatewayError::BadRequest(reason),
+                    HeadError::Io(error) => {
+                        tracing::debug!(%error, "Connection ended while reading a request head.");
+                        return;
+                    }
+                };
+                let _ = write_refusal(&mut wr, &mut out, error).await;
+                return;
+            }
+        };
+        first_request = false;
+
+        // 2. The request, with a body that reads from this connection when it has one.
+        let Head {
+            mut request,
+            mut keep_alive,
+            body,
+            wants_upgrade,
+            trailers_allowed,
+        } = head;
+        let method_is_head = request.method() == Method::HEAD;
+        let request_version = request.version();
+        let mut body_return = None;
+        let mut gate = None;
+        if let Some((decoder, expect_continue)) = body {
+            let (tx, rx) = oneshot::channel();
+            body_return = Some(rx);
+            let continue_gate = expect_continue.then(|| Arc::new(ContinueGate::default()));
+            gate.clone_from(&continue_gate);
+            let Some(reader) = rd.take() else { return };
+            *request.body_mut() = boxed(RequestBody {
+                reader: Some(reader),
+                buf: std::mem::take(&mut buf),
+                decoder,
+                give_back: Some(tx),
+                gate: continue_gate,
+            });
+        }
+        let mut upgrade_tx = None;
+        if wants_upgrade {
+            let (tx, rx) = oneshot::channel();
+            upgrade_tx = Some(tx);
+            let slot = Arc::new(std::sync::Mutex::new(rx));
+            request.extensions_mut().insert(ClientUpgrade(slot));
+        }
+
+        // 3. The pipeline, answering `Expect: 100-continue` when the body is first read.
+        let handling = pin!(pipeline::handle(gateway.clone(), conn.clone(), request));
+        let response = match gate {
+            None => handling.await,
+            Some(gate) => match run_with_continue(handling, &gate, &mut wr).await {
+                Ok(response) => response,
+                Err(_) => return,
+            },
+        };
+
+        // 4. The response.
+        if gateway.is_draining() {
+            keep_alive = false;
+        }
+        let status = response.status();
+        let upgrading = status == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
+        let framing = ResponseFraming {
+            method_is_head,
+            request_version,
+            trailers_allowed,
+            upgrading,
+        };
+        let written = write_response(&mut wr, &mut out, response, framing, &mut keep_alive).await;
+        if let Err(error) = written {
+            tracing::debug!(%error, "Connection ended while writing a response.");
+            return;
+        }
+
+        // 5. Upgrade, close, or take the reader back for the next request.
+        if let Some(mut rx) = body_return {
+            match rx.try_recv() {
+                Ok((reader, rest)) => {
+                    rd = Some(reader);
+                    buf = rest;
+                }
+                // The body was not read to its end: the next head would start in its middle.
+                Err(_) => return,
+            }
+        }
+        if upgrading {
+            if let (Some(tx), Some(reader)) = (upgrade_tx, rd.take()) {
+                let _ = tx.send(Upgraded {
+                    pre: buf.split().freeze(),
+                    reader: Box::new(reader),
+                    writer: Box::new(wr),
+                });
+            }
+            return;
+        }
+        if !keep_alive {
+            let _ = wr.shutdown().await;
+            return;
+        }
+        idle_since = Instant::now();
+    }
+}
+
+/// A parsed request head, ready for the pipeline.
+struct Head {
+    request: Request<ProxyBody>,
+    keep_alive: bool,
+    /// The body's framing and whether the client waits for `100 Continue`; `None` for none.
+    body: Option<(BodyDecoder, bool)>,
+    wants_upgrade: bool,
+    trailers_allowed: bool,
+}
+
+#[derive(Debug)]
+enum HeadError {
+    TooLarge,
+    Invalid(&'static str),
+    Io(io::Error),
+}
+
+/// What the wait for the next head is held to.
+#[derive(Clone, Copy)]
+struct HeadWait {
+    settings: Settings,
+    first_request: bool,
+    idle_since: Instant,
+}
+
+impl HeadWait {
+    /// With nothing of the head read yet: a new connection has header_read_timeout to start
+    /// its first request, a kept-alive one idle_timeout to start the next. Once part of a
+    /// head is in, it has header_read_timeout from then.
+    fn deadline(&self, head_started: Option<Instant>) -> Instant {
+        match head_started {
+            Some(started) => started + self.settings.header_timeout,
+            None if self.first_request => self.idle_since + self.settings.header_timeout,
+            None => self.idle_since + self.settings.idle_timeout,
+        }
+    }
+}
+
+/// Reads until `buf` holds a whole head and parses it. `Ok(None)`: the connection closed
+/// cleanly, timed out, or the gateway is draining, between requests.
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    wait: HeadWait,
+    mut timer: Pin<&mut Sleep>,
+    mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
+    shutdown_seen: &mut bool,
+) -> Result<Option<Head>, HeadError> {
+    let mut head_started = None;
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = parse_head(buf, wait.settings.max_head_bytes)? {
+                return Ok(Some(head));
+            }
+            head_started.get_or_insert_with(Instant::now);
+        } else if *shutdown_seen {
+            return Ok(None);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let deadline = wait.deadline(head_started);
+        let read = reader.read_buf(buf);
+        let mut read = pin!(read);
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = read.as_mut().poll(cx) {
+                return Poll::Ready(Event::Read(result));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            if !*shutdown_seen && shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Read(Ok(0)) if buf.is_empty() => return Ok(None),
+            Event::Read(Ok(0)) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Event::Read(Ok(_)) => {}
+            Event::Read(Err(error)) => return Err(HeadError::Io(error)),
+            Event::Timer => {
+                let now = Instant::now();
+                if now >= deadline {
+                    if buf.is_empty() {
+                        tracing::debug!("Connection idle; closing it.");
+                    } else {
+                        tracing::debug!(
+                            "Request headers not received in time; closing the connection."
+                        );
+                    }
+                    return Ok(None);
+                }
+                timer.as_mut().reset(deadline);
+            }
+            // Between requests the connection closes now; a head in progress is finished
+            // and answered with `Connection: close`.
+            Event::Shutdown => *shutdown_seen = true,
+        }
+    }
+}
+
+enum Event {
+    Read(io::Result<usize>),
+    Timer,
+    Shutdown,
+}
+
+/// Where one header's name and value sit in the head buffer.
+/// (u32: heads are far below 4 GiB; keeps the per-request array small to initialize.)
+#[derive(Clone, Copy, Default)]
+struct HeaderIndex {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Parses the head at the start of `buf`; `Ok(None)` if it is not complete yet. The head's
+/// bytes are split off `buf`; what follows (a body, a pipelined request) stays.
+fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>, HeadError> {
+    let mut headers: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut indices = [HeaderIndex::default(); MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    // Offsets into `buf`; `max_head_bytes` keeps them far below u32::MAX.
+    let offset = |slice: &[u8]| {
+        let start = slice.as_ptr() as usize - base;
+        (start as u32, slice.len() as u32)
+    };
+    let status = parsed.parse_with_uninit_headers(buf, &mut headers);
+    let head_len = match status {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > max_head_bytes {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Invalid("malformed request head")),
+    };
+    if head_len > max_head_bytes {
+        return Err(HeadError::TooLarge);
+    }
+    let method = parsed.method.unwrap_or_default();
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Invalid("invalid method"))?;
+    let path = offset(parsed.path.unwrap_or_default().as_bytes());
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let count = parsed.headers.len();
+    for (index, header) in indices.iter_mut().zip(parsed.headers.iter()) {
+        *index = HeaderIndex {
+            name: offset(header.name.as_bytes()),
+            value: offset(header.value),
+        };
+    }
+    let head = buf.split_to(head_len).freeze();
+    let slice = |(start, len): (u32, u32)| head.slice(start as usize..(start + len) as usize);
+
+    let uri = Uri::from_maybe_shared(slice(path))
+        .map_err(|_| HeadError::Invalid("invalid request target"))?;
+    // Room for the headers the pipeline adds (x-forwarded-*, x-request-id, identity), so
+    // the map never grows (a rehash and a reallocation) on the way to the upstream.
+    let mut map = HeaderMap::with_capacity(count + EXTRA_HEADERS);
+    let mut framing = RequestFraming::default();
+    for index in &indices[..count] {
+        let (start, len) = (index.name.0 as usize, index.name.1 as usize);
+        let name = HeaderName::from_bytes(&head[start..start + len])
+            .map_err(|_| HeadError::Invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(slice(index.value))
+            .map_err(|_| HeadError::Invalid("invalid header value"))?;
+        framing.note(&name, &value)?;
+        map.append(name, value);
+    }
+
+    let keep_alive = match version {
+        Version::HTTP_10 => framing.connection_keep_alive && !framing.connection_close,
+        _ => !framing.connection_close,
+    };
+    let body = framing.body(version)?;
+    let expect_continue = version == Version::HTTP_11 && framing.expect_continue;
+    let wants_upgrade =
+        version == Version::HTTP_11 && framing.connection_upgrade && map.contains_key(UPGRADE);
+    let mut request = Request::new(empty());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = map;
+    if framing.conflict {
+        request.extensions_mut().insert(FramingConflict);
+    }
+    Ok(Some(Head {
+        request,
+        keep_alive,
+        body: body.map(|decoder| (decoder, expect_continue)),
+        wants_upgrade,
+        trailers_allowed: framing.te_trailers,
+    }))
+}
+
+/// Marks a request whose head carried both Content-Length and Transfer-Encoding; the
+/// pipeline refuses it (request smuggling guard, SPEC §6).
+#[derive(Debug, Clone, Copy)]
+pub struct FramingConflict;
+
+/// What the head's framing and connection headers say.
+#[derive(Default)]
+struct RequestFraming {
+    content_length: Option<u64>,
+    chunked: bool,
+    transfer_encoding: bool,
+    conflict: bool,
+    connection_close: bool,
+    connection_keep_alive: bool,
+    connection_upgrade: bool,
+    expect_continue: bool,
+    te_trailers: bool,
+}
+
+impl RequestFraming {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), HeadError> {
+        if name == CONTENT_LENGTH {
+            let length = parse_content_length(value.as_bytes())
+                .ok_or(HeadError::Invalid("invalid Content-Length"))?;
+            if self.content_length.is_some_and(|seen| seen != length) {
+                return Err(HeadError::Invalid("conflicting Content-Length values"));
+            }
+            self.content_length = Some(length);
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            // Only the last coding matters: chunked must be last (RFC 9112 §6.1).
+            self.chunked = value
+                .as_bytes()
+                .rsplit(|&byte| byte == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONNECTION {
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.connection_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.connection_keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    self.connection_upgrade = true;
+                }
+            }
+        } else if name == EXPECT {
+            self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == TE {
+            self.te_trailers |= tokens(value).any(|token| token.eq_ignore_ascii_case(b"trailers"));
+        }
+        Ok(())
+    }
+
+    /// The body decoder, `None` for a request without a body.
+    fn body(&mut self, version: Version) -> Result<Option<BodyDecoder>, HeadError> {
+        if self.transfer_encoding {
+            if version == Version::HTTP_10 {
+                return Err(HeadError::Invalid(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
+            }
+            if !self.chunked {
+                return Err(HeadError::Invalid(
+                    "Transfer-Encoding does not end in chunked",
+                ));
+            }
+            self.conflict = self.content_length.is_some();
+            return Ok(Some(BodyDecoder::chunked()));
+        }
+        Ok(match self.content_length {
+            Some(0) | None => None,
+            Some(length) => Some(BodyDecoder::length(length)),
+        })
+    }
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+}
+
+/// A Content-Length value: digits only (no sign, no spaces inside), repeated values in one
+/// field allowed when equal, as hyper does.
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(|&byte| byte == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let parsed = part
+            .iter()
+            .fold(0_u64, |sum, digit| sum * 10 + u64::from(digit - b'0'));
+        if length.is_some_and(|seen| seen != parsed) {
+            return None;
+        }
+        length = Some(parsed);
+    }
+    length
+}
+
+/// A request body read from the connection on demand. Once read to its end it hands the
+/// reader (and any bytes after the body) back to the connection for the next request;
+/// dropped before that, the connection closes after the response.
+struct RequestBody<R> {
+    reader: Option<R>,
+    buf: BytesMut,
+    decoder: BodyDecoder,
+    give_back: Option<oneshot::Sender<(R, BytesMut)>>,
+    gate: Option<Arc<ContinueGate>>,
+}
+
+impl<R: AsyncRead + Unpin> RequestBody<R> {
+    fn finish(&mut self) {
+        if let (Some(reader), Some(tx)) = (self.reader.take(), self.give_back.take()) {
+            let _ = tx.send((reader, std::mem::take(&mut self.buf)));
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + Sync> Body for RequestBody<R> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(gate) = &this.gate {
+            if !gate.poll_sent(cx) {
+                return Poll::Pending;
+            }
+            this.gate = None;
+        }
+        loop {
+            match this.decoder.decode(&mut this.buf) {
+                Ok(Some(frame)) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) if this.decoder.is_done() => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(error) => return Poll::Ready(Some(Err(Box::new(error)))),
+            }
+            let Some(reader) = this.reader.as_mut() else {
+                return Poll::Ready(None);
+            };
+            this.buf.reserve(BODY_READ_CHUNK);
+            let read = pin!(reader.read_buf(&mut this.buf));
+            match read.poll(cx) {
+                Poll::Ready(Ok(0)) => {
+                    let error = match this.decoder.eof() {
+                        Ok(()) => BoxError::from("request body ended early"),
+                        Err(error) => Box::new(error),
+                    };
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(Box::new(error)))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.decoder.size_hint()
+    }
+}
+
+/// `Expect: 100-continue` between a request body and its connection: the body asks, the
+/// connection writes `100 Continue`, the body goes on. Only requests that expect it have one.
+#[derive(Debug, Default)]
+struct ContinueGate {
+    inner: std::sync::Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    asked: bool,
+    sent: bool,
+    body_waker: Option<Waker>,
+    conn_waker: Option<Waker>,
+}
+
+impl ContinueGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The body's side: `true` once `100 Continue` is out; asks for it otherwise.
+    fn poll_sent(&self, cx: &mut Context<'_>) -> bool {
+        let mut state = self.lock();
+        if state.sent {
+            return true;
+        }
+        state.asked = true;
+        state.body_waker = Some(cx.waker().clone());
+        if let Some(waker) = state.conn_waker.take() {
+            waker.wake();
+        }
+        false
+    }
+
+    /// The connection's side: whether the body asked (registering to hear when it does).
+    fn poll_asked(&self, cx: &mut Context<'_>) -> bool {
+        let mut state = self.lock();
+        if state.asked && !state.sent {
+            return true;
+        }
+        state.conn_waker = Some(cx.waker().clone());
+        false
+    }
+
+    fn mark_sent(&self) {
+        let mut state = self.lock();
+        state.sent = true;
+        if let Some(waker) = state.body_waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Runs the pipeline future and writes `100 Continue` when its request body first asks.
+async fn run_with_continue<F, W>(
+    mut handling: Pin<&mut F>,
+    gate: &ContinueGate,
+    wr: &mut W,
+) -> io::Result<Response<ProxyBody>>
+where
+    F: Future<Output = Response<ProxyBody>>,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let step = std::future::poll_fn(|cx| {
+            if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            if gate.poll_asked(cx) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        match step {
+            Some(response) => return Ok(response),
+            None => {
+                wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                wr.flush().await?;
+                gate.mark_sent();
+            }
+        }
+    }
+}
+
+/// The client side of a WebSocket upgrade: resolves to the raw connection once the 101 has
+/// been written. Placed in the request's extensions by the HTTP/1.1 server (extensions must
+/// be `Clone`, hence the shared slot; only one clone ever gets the connection).
+#[derive(Debug, Clone)]
+pub struct ClientUpgrade(Arc<std::sync::Mutex<oneshot::Receiver<Upgraded>>>);
+
+impl Future for ClientUpgrade {
+    type Output = io::Result<Upgraded>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut receiver = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Pin::new(&mut *receiver).poll(cx).map(|result| {
+            result.map_err(|_| io::Error::other("the client connection was not upgraded"))
+        })
+    }
+}
+
+/// An upgraded client connection: bytes the server had already read, then the socket.
+pub struct Upgraded {
+    pre: Bytes,
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("buffered", &self.pre.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+}
+
+/// What the request decides about the response's framing.
+#[derive(Clone, Copy)]
+struct ResponseFraming {
+    method_is_head: bool,
+    request_version: Version,
+    trailers_allowed: bool,
+    upgrading: bool,
+}
+
+enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 client, unknown length: the body ends when the connection closes.
+    Close,
+}
+
+/// Writes a head and, unless the request was HEAD or the status has none, the body.
+/// `keep_alive` comes back false when the connection cannot carry another request.
+async fn write_response<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    response: Response<ProxyBody>,
+    request: ResponseFraming,
+    keep_alive: &mut bool,
+) -> io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let headers = &parts.headers;
+    if headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|value| tokens(value).any(|token| token.eq_ignore_ascii_case(b"close")))
+    {
+        *keep_alive = false;
+    }
+    let bodiless = request.method_is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    out.clear();
+    write_status_line(out, status);
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| parse_content_length(value.as_bytes()));
+    for (name, value) in headers {
+        // Framing and connection headers are this connection's to set.
+        if name == CONNECTION || name == TRANSFER_ENCODING {
+            continue;
+        }
+        if name == CONTENT_LENGTH && (declared.is_none() || status.is_informational()) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if request.upgrading || status.is_informational() {
+        BodyFraming::None
+    } else if let Some(length) = declared {
+        if bodiless {
+            BodyFraming::None
+        } else {
+            BodyFraming::Length(length)
+        }
+    } else if let Some(length) = body.size_hint().exact() {
+        if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+            write_content_length(out, length);
+        }
+        if bodiless {
+            BodyFraming::None
+        } else {
+            BodyFraming::Length(length)
+        }
+    } else if bodiless {
+        BodyFraming::None
+    } else if request.request_version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        BodyFraming::Chunked
+    } else {
+        *keep_alive = false;
+        BodyFraming::Close
+    };
+    if !headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&http_date());
+        out.extend_from_slice(b"\r\n");
+    }
+    if request.upgrading {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if !*keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if request.request_version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    drop(parts);
+
+    if matches!(framing, BodyFraming::None) {
+        // HEAD, 1xx, 204, 304: no body is sent (hyper drops it unread too).
+        drop(body);
+        return write_out(wr, out).await;
+    }
+    let mut body = pin!(body);
+    let mut sent: u64 = 0;
+    loop {
+        // A frame that is ready now joins what is buffered; otherwise the buffer goes out
+        // before waiting, so a stream (SSE) reaches the client event by event.
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(match body.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => Some(frame),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        let frame = match ready {
+            Some(frame) => frame,
+            None => {
+                write_out(wr, out).await?;
+                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                // The response cannot be completed: the client must see it cut short.
+                *keep_alive = false;
+                write_out(wr, out).await?;
+                return Err(io::Error::other(error));
+            }
+            None => {
+                let trailers_allowed = request.trailers_allowed;
+                return finish_body(wr, out, &framing, sent, None, trailers_allowed, keep_alive)
+                    .await;
+            }
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                let Ok(trailers) = frame.into_trailers() else {
+                    continue;
+                };
+                let trailers_allowed = request.trailers_allowed;
+                return finish_body(
+                    wr,
+                    out,
+                    &framing,
+                    sent,
+                    Some(&trailers),
+                    trailers_allowed,
+                    keep_alive,
+                )
+                .await;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if let BodyFraming::Length(length) = framing {
+            let room = length - sent;
+            if data.len() as u64 > room {
+                // More than announced: send what was announced, then close.
+                data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+                *keep_alive = false;
+            }
+        }
+        sent += data.len() as u64;
+        let chunked = matches!(framing, BodyFraming::Chunked);
+        if chunked {
+            encode_chunk_header(data.len(), out);
+        }
+        if data.len() <= COALESCE_LIMIT {
+            out.extend_from_slice(&data);
+        } else {
+            write_out(wr, out).await?;
+            wr.write_all(&data).await?;
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if matches!(framing, BodyFraming::Length(length) if sent >= length) {
+            // Everything announced is out; the body is dropped (as hyper does).
+            return finish_body(wr, out, &framing, sent, None, false, keep_alive).await;
+        }
+    }
+}
+
+/// Ends the body: the last chunk (with trailers when the client accepts them), or a check
+/// that a length-framed body delivered what it announced.
+async fn finish_body<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    framing: &BodyFraming,
+    sent: u64,
+    trailers: Option<&HeaderMap>,
+    trailers_allowed: bool,
+    keep_alive: &mut bool,
+) -> io::Result<()> {
+    match framing {
+        BodyFraming::Chunked => {
+            encode_last_chunk(trailers.filter(|_| trailers_allowed), out);
+        }
+        BodyFraming::Length(length) if sent < *length => {
+            // The body ended short of its Content-Length: the client must not take the
+            // next bytes as a response.
+            *keep_alive = false;
+        }
+        BodyFraming::Close => *keep_alive = false,
+        BodyFraming::Length(_) | BodyFraming::None => {}
+    }
+    write_out(wr, out).await
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    wr.flush().await
+}
+
+fn write_status_line(out: &mut BytesMut, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    // A reason must be written: many parsers expect one.
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_content_length(out: &mut BytesMut, length: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A refusal written before the pipeline could run (the head itself was unusable); the
+/// connection closes after it.
+async fn write_refusal<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    error: GatewayError,
+) -> io::Result<()> {
+    let request_id = crate::headers::new_request_id();
+    let response = error.into_response(request_id.to_str().unwrap_or_default());
+    let mut keep_alive = false;
+    let framing = ResponseFraming {
+        method_is_head: false,
+        request_version: Version::HTTP_11,
+        trailers_allowed: false,
+        upgrading: false,
+    };
+    let (mut parts, body) = response.into_parts();
+    parts
+        .headers
+        .insert(&crate::headers::X_REQUEST_ID, request_id);
+    write_response(
+        wr,
+        out,
+        Response::from_parts(parts, body),
+        framing,
+        &mut keep_alive,
+    )
+    .await?;
+    wr.shutdown().await
+}
+
+/// The `Date` header value, formatted once per second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    CACHED.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        let mut text = [0; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let bytes = formatted.as_bytes();
+        let len = bytes.len().min(29);
+        text[..len].copy_from_slice(&bytes[..len]);
+        cached.set((second, text));
+        text
+    })
+}
