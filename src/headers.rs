@@ -47,8 +47,46 @@ static ROUTING_OVERRIDES: [HeaderName; 4] = [
 /// With `keep_upgrade` (a WebSocket upgrade on a route that allows it) the `Upgrade` header
 /// survives and `Connection: upgrade` is set again afterwards.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // `Connection: keep-alive` / `close` / `upgrade` name nothing the fixed list below does
-    // not already handle: only other tokens need the (allocating) removal pass.
+    strip_connection_headers(headers, keep_upgrade, false);
+}
+
+/// The response side of [`strip_hop_by_hop`]: the upstream's `Trailer` announcement stays.
+/// RFC 9110 does not make it hop-by-hop, authgate passes response trailers through, and
+/// the HTTP/1 server only sends trailers to clients that asked for them.
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip_connection_headers(headers, keep_upgrade, true);
+}
+
+fn strip_connection_headers(headers: &mut HeaderMap, keep_upgrade: bool, keep_trailer: bool) {
+    // One pass over the names present (a handful) finds which fixed hop-by-hop names occur;
+    // most messages carry none of them, or only `Connection`, and then no lookup is hashed.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present |= 1 << index;
+        }
+    }
+    if present & CONNECTION_BIT != 0 {
+        remove_connection_named(headers, keep_upgrade, keep_trailer);
+    }
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        let kept = (keep_upgrade && **name == UPGRADE) || (keep_trailer && **name == TRAILER);
+        if present & (1 << index) != 0 && !kept {
+            headers.remove(*name);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// `Connection` is first in [`HOP_BY_HOP`].
+const CONNECTION_BIT: u8 = 1;
+
+/// Removes the headers a `Connection` header names.
+fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool, keep_trailer: bool) {
+    // `Connection: keep-alive` / `close` / `upgrade` name nothing the fixed list does not
+    // already handle: only other tokens need the (allocating) removal pass.
     let names_others = headers.get_all(&CONNECTION).iter().any(|value| {
         value.to_str().map_or(true, |text| {
             text.split(',').map(str::trim).any(|token| {
@@ -59,55 +97,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             })
         })
     });
-    if names_others {
-        let named: Vec<HeaderValue> = headers.get_all(&CONNECTION).iter().cloned().collect();
-        for value in &named {
-            let Ok(text) = value.to_str() else { continue };
-            for token in text.split(',') {
-                let token = token.trim();
-                if token.is_empty() {
-                    continue;
-                }
-                let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
-                    continue;
-                };
-                // Host decides routing, and framing is rebuilt by hyper: never let a client's
-                // Connection list remove them.
-                if name == HOST || (keep_upgrade && name == UPGRADE) {
-                    continue;
-                }
-                headers.remove(&name);
+    if !names_others {
+        return;
+    }
+    let named: Vec<HeaderValue> = headers.get_all(&CONNECTION).iter().cloned().collect();
+    for value in &named {
+        let Ok(text) = value.to_str() else { continue };
+        for token in text.split(',') {
+            let token = token.trim();
+            if token.is_empty() {
+                continue;
             }
+            let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
+                continue;
+            };
+            // Host decides routing, and framing is rebuilt by the HTTP layer: never let a
+            // Connection list remove them.
+            if name == HOST
+                || (keep_upgrade && name == UPGRADE)
+                || (keep_trailer && name == TRAILER)
+            {
+                continue;
+            }
+            headers.remove(&name);
         }
-    }
-    // One pass over the names present (a handful) instead of a hashed removal per listed
-    // name: most messages carry none of them, or only `Connection`.
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(index) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
-            present |= 1 << index;
-        }
-    }
-    for (index, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << index) == 0 || (keep_upgrade && **name == UPGRADE) {
-            continue;
-        }
-        headers.remove(*name);
-    }
-    if keep_upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// The response side of [`strip_hop_by_hop`]: the upstream's `Trailer` announcement stays.
-/// RFC 9110 does not make it hop-by-hop, authgate passes response trailers through, and
-/// hyper's HTTP/1 encoder only sends the trailer fields it names.
-pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // An empty collect does not allocate: responses without `Trailer` pay nothing.
-    let trailer: Vec<HeaderValue> = headers.get_all(&TRAILER).iter().cloned().collect();
-    strip_hop_by_hop(headers, keep_upgrade);
-    for value in trailer {
-        headers.append(&TRAILER, value);
     }
 }
 

@@ -598,16 +598,14 @@ fn corpus() -> Vec<Row> {
         get("/Public/x", NO_ROUTE),
         // A long (8 KiB+) canonical path is forwarded as is.
         get(&long_path, Expect::Forward(long_path.clone())),
-        // Fragments. SPEC §3 says a `#` in the target is a 400, but the HTTP layer (the
-        // `http` crate's Uri parser, used by hyper) silently truncates the target at `#`, so
-        // authgate never sees the fragment and cannot refuse it. Documented deviation; what
-        // this pins is the safe part: the fragment never reaches the upstream and never
-        // influences routing (it cannot climb out of /public/, cannot unlock /admin/).
-        get("/public/x#/../../admin", fwd("/public/x")),
-        get("/public/x#frag?q=1", fwd("/public/x")),
-        get("/public/x?q=1#/admin", fwd("/public/x?q=1")),
-        get("/admin/x#frag", PROTECTED),
-        get("/admin/x#/../../public/x", PROTECTED),
+        // Fragments: SPEC §3 refuses a `#` anywhere in the target (the HTTP/1.1 server sees
+        // the raw request line; the URI parser alone would have dropped the fragment).
+        get("/public/x#/../../admin", BAD),
+        get("/public/x#frag?q=1", BAD),
+        get("/public/x?q=1#/admin", BAD),
+        get("/admin/x#frag", BAD),
+        get("/admin/x#/../../public/x", BAD),
+        get("/public/%23/x", fwd("/public/%23/x")),
         // Request-target forms other than origin-form.
         custom(
             "absolute-form naming the Host",

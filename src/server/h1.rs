@@ -371,7 +371,13 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
     let method = parsed.method.unwrap_or_default();
     let method =
         Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Invalid("invalid method"))?;
-    let path = offset(parsed.path.unwrap_or_default().as_bytes());
+    let target = parsed.path.unwrap_or_default().as_bytes();
+    // SPEC §3: a fragment has no business in a request target. The URI parser would drop it
+    // silently, so it is refused here, where the raw target is still visible.
+    if target.contains(&b'#') {
+        return Err(HeadError::Invalid("fragment in the request target"));
+    }
+    let path = offset(target);
     let version = match parsed.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
