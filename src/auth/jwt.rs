@@ -219,21 +219,32 @@ impl JwtValidator {
 
     /// Validates a token (already known to be JWT-shaped).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, GatewayError> {
+        let (hash, now) = match self.authenticate_cached(token) {
+            Cached::Done(result) => return result,
+            Cached::Miss { hash, now } => (hash, now),
+        };
+        // Boxed: the verification future (JWKS fetches included) is large, and every
+        // request's future would otherwise carry and copy it, cache hit or not.
+        let identity = Arc::new(Box::pin(self.verify(token, now)).await?);
+        self.cache.insert(hash, identity.clone());
+        Ok(identity)
+    }
+
+    /// The verified-token cache alone: a decision, or what verifying needs.
+    fn authenticate_cached(&self, token: &str) -> Cached {
         if token.len() > super::MAX_CREDENTIAL_BYTES {
-            return Err(GatewayError::InvalidToken);
+            return Cached::Done(Err(GatewayError::InvalidToken));
         }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Timestamp::now();
         if let Some(identity) = self.cache.get(&hash) {
             if identity.expires_at.is_some_and(|until| until <= now) {
                 self.cache.remove(&hash);
-                return Err(GatewayError::TokenExpired);
+                return Cached::Done(Err(GatewayError::TokenExpired));
             }
-            return Ok(identity);
+            return Cached::Done(Ok(identity));
         }
-        let identity = Arc::new(self.verify(token, now).await?);
-        self.cache.insert(hash, identity.clone());
-        Ok(identity)
+        Cached::Miss { hash, now }
     }
 
     /// Validates without consulting or filling the token cache (benchmarks, diagnostics).
@@ -440,6 +451,12 @@ fn identity_from_claims(
             revoked: false,
         },
     ))
+}
+
+/// What the verified-token cache says about a token.
+enum Cached {
+    Done(Result<Arc<Identity>, GatewayError>),
+    Miss { hash: [u8; 32], now: Timestamp },
 }
 
 #[cfg(test)]

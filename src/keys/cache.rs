@@ -159,27 +159,45 @@ impl KeyStore {
         self: &Arc<Self>,
         hash: KeyHash,
     ) -> Result<Arc<Identity>, GatewayError> {
-        if let Some(entry) = self.cache.get(&hash) {
-            let age = entry.validated_at.elapsed();
-            match &entry.state {
-                EntryState::Unknown if age < self.settings.negative_ttl => {
-                    self.metrics.negative.inc();
-                    return Err(GatewayError::InvalidKey);
-                }
-                EntryState::Valid(identity) if age < self.settings.cache_ttl => {
-                    self.metrics.hit.inc();
-                    return check(identity);
-                }
-                EntryState::Valid(identity) if age < self.settings.stale_if_error => {
-                    self.metrics.stale.inc();
-                    if !entry.refreshing.swap(true, Ordering::AcqRel) {
-                        self.spawn_refresh(hash, entry.clone());
-                    }
-                    return check(identity);
-                }
-                _ => {}
-            }
+        if let Some(decided) = self.authenticate_cached(hash) {
+            return decided;
         }
+        // Boxed: the lookup future (control-plane call included) is large, and every
+        // request's future would otherwise carry and copy it, cache hit or not.
+        Box::pin(self.authenticate_miss(hash)).await
+    }
+
+    /// The cache alone: a decision for a fresh (or usable stale) entry, `None` on a miss.
+    fn authenticate_cached(
+        self: &Arc<Self>,
+        hash: KeyHash,
+    ) -> Option<Result<Arc<Identity>, GatewayError>> {
+        let entry = self.cache.get(&hash)?;
+        let age = entry.validated_at.elapsed();
+        match &entry.state {
+            EntryState::Unknown if age < self.settings.negative_ttl => {
+                self.metrics.negative.inc();
+                Some(Err(GatewayError::InvalidKey))
+            }
+            EntryState::Valid(identity) if age < self.settings.cache_ttl => {
+                self.metrics.hit.inc();
+                Some(check(identity))
+            }
+            EntryState::Valid(identity) if age < self.settings.stale_if_error => {
+                self.metrics.stale.inc();
+                if !entry.refreshing.swap(true, Ordering::AcqRel) {
+                    self.spawn_refresh(hash, entry.clone());
+                }
+                Some(check(identity))
+            }
+            _ => None,
+        }
+    }
+
+    async fn authenticate_miss(
+        self: &Arc<Self>,
+        hash: KeyHash,
+    ) -> Result<Arc<Identity>, GatewayError> {
         self.metrics.miss.inc();
         match self.lookup_coalesced(hash).await {
             Ok(Some(identity)) => check(&identity),
