@@ -47,9 +47,7 @@ use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
 use crate::server::{ClientUpgrade, ConnActivity, FramingConflict};
 use crate::telemetry::Metrics;
-use crate::telemetry::{
-    AccessRecord, RequestLabels, RouteHistograms, RouteLabels, SharedLabel, method_label,
-};
+use crate::telemetry::{AccessRecord, RouteHistograms, RouteLabels, SharedLabel, method_label};
 
 /// What the pipeline knows about the connection a request came in on.
 #[derive(Debug)]
@@ -556,14 +554,7 @@ impl Drop for Finish {
         let metrics = &self.gateway.metrics;
         metrics.inflight.dec();
         self.activity.request_finished();
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: self.route.clone(),
-                method: self.method,
-                status: self.record.status,
-            })
-            .inc();
+        metrics.count_request(&self.route, self.method, self.record.status);
         let upstream_seconds = self.record.upstream_ms.map(|ms| ms / 1000.0);
         if let Some(histograms) = &self.histograms {
             histograms.request.observe(elapsed);

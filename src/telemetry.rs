@@ -2,9 +2,12 @@
 //! stdout, written by a dedicated thread so request tasks never block on stdout), and tracing
 //! setup for diagnostics on stderr.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::SystemTime;
 
@@ -67,9 +70,24 @@ pub struct RouteHistograms {
     pub upstream: Histogram,
 }
 
+/// Entries in a thread's cache of request counters before it is emptied.
+const REQUEST_COUNTER_CACHE: usize = 4096;
+
+/// (metrics instance, route label address, method label address, status).
+type RequestCounterKey = (u64, usize, usize, u16);
+
+thread_local! {
+    /// See [`Metrics::count_request`].
+    static REQUEST_COUNTERS: RefCell<
+        HashMap<RequestCounterKey, (Arc<str>, Counter), foldhash::fast::RandomState>,
+    > = RefCell::new(HashMap::default());
+}
+
 /// Every metric authgate exports.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Tells this instance's counters apart in the per-thread cache (tests run many).
+    id: u64,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: HistogramFamily<RouteLabels>,
@@ -179,7 +197,45 @@ impl Metrics {
         }
     }
 
+    /// Counts one answered request in `authgate_requests_total`.
+    ///
+    /// The family's own lookup takes a read lock and SipHashes the route name on every
+    /// request; here each thread keeps the counters it has used, keyed by pointers, so a
+    /// request costs one probe of a thread-local map. The cached entry holds the route
+    /// label's `Arc`, so its address cannot be reused by another label while cached; the
+    /// cache is emptied when it passes [`REQUEST_COUNTER_CACHE`] entries (reloads create new
+    /// labels).
+    pub fn count_request(&self, route: &SharedLabel, method: &'static str, status: u16) {
+        let key = (
+            self.id,
+            Arc::as_ptr(&route.0).cast::<u8>() as usize,
+            method.as_ptr() as usize,
+            status,
+        );
+        REQUEST_COUNTERS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((_, counter)) = cache.get(&key) {
+                counter.inc();
+                return;
+            }
+            let counter = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    method,
+                    status,
+                })
+                .clone();
+            counter.inc();
+            if cache.len() >= REQUEST_COUNTER_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, (route.0.clone(), counter));
+        });
+    }
+
     pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let mut registry = Registry::with_prefix("authgate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -299,6 +355,7 @@ impl Metrics {
             let _ = key_file_reloads.get_or_create(&ResultLabels { result });
         }
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             request_duration,
