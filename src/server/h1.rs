@@ -175,8 +175,20 @@ pub(super) async fn serve<R, W>(
             },
         };
 
-        // 4. The response.
-        if gateway.is_draining() {
+        // 4. The response. A request body that is not back, or not read to its end, means
+        //    the next head would start in its middle: the response announces the close.
+        let mut unread_body = false;
+        if let Some(mut rx) = body_return {
+            match rx.try_recv() {
+                Ok(returned) => {
+                    rd = Some(returned.reader);
+                    buf = returned.rest;
+                    unread_body = !returned.finished;
+                }
+                Err(_) => unread_body = true,
+            }
+        }
+        if gateway.is_draining() || unread_body {
             keep_alive = false;
         }
         let status = response.status();
@@ -193,17 +205,7 @@ pub(super) async fn serve<R, W>(
             return;
         }
 
-        // 5. Upgrade, close, or take the reader back for the next request.
-        if let Some(mut rx) = body_return {
-            match rx.try_recv() {
-                Ok((reader, rest)) => {
-                    rd = Some(reader);
-                    buf = rest;
-                }
-                // The body was not read to its end: the next head would start in its middle.
-                Err(_) => return,
-            }
-        }
+        // 5. Upgrade, close, or go on with the next request.
         if upgrading {
             if let (Some(tx), Some(reader)) = (upgrade_tx, rd.take()) {
                 let _ = tx.send(Upgraded {
@@ -216,10 +218,35 @@ pub(super) async fn serve<R, W>(
         }
         if !keep_alive {
             let _ = wr.shutdown().await;
+            if unread_body && let Some(reader) = rd.take() {
+                linger(reader).await;
+            }
             return;
         }
         idle_since = Instant::now();
     }
+}
+
+/// How long, and how many bytes, a closing connection keeps reading a body it did not want.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Reads and discards what the client still sends after a response that closed the
+/// connection with its request body unread (nginx's lingering close): closing with unread
+/// bytes makes the kernel reset the connection, which can destroy the response before the
+/// client has read it. Bounded in time and bytes.
+async fn linger<R: AsyncRead + Unpin>(mut reader: R) {
+    let drain = async {
+        let mut scratch = vec![0; 16 * 1024];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match reader.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// A parsed request head, ready for the pipeline.
@@ -284,6 +311,11 @@ async fn read_head<R: AsyncRead + Unpin>(
             buf.reserve(4096);
         }
         let deadline = wait.deadline(head_started);
+        // Never armed later than the deadline: a head that starts on a kept-alive
+        // connection is held to header_read_timeout, not to the idle deadline.
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
         let read = reader.read_buf(buf);
         let mut read = pin!(read);
         let event = std::future::poll_fn(|cx| {
@@ -405,6 +437,10 @@ fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>,
         let value = HeaderValue::from_maybe_shared(slice(index.value))
             .map_err(|_| HeadError::Invalid("invalid header value"))?;
         framing.note(&name, &value)?;
+        if name == CONTENT_LENGTH && framing.duplicate_length {
+            framing.duplicate_length = false;
+            continue;
+        }
         map.append(name, value);
     }
 
@@ -442,6 +478,8 @@ pub struct FramingConflict;
 #[derive(Default)]
 struct RequestFraming {
     content_length: Option<u64>,
+    /// The same Content-Length came more than once; only the first is kept.
+    duplicate_length: bool,
     chunked: bool,
     transfer_encoding: bool,
     conflict: bool,
@@ -457,10 +495,12 @@ impl RequestFraming {
         if name == CONTENT_LENGTH {
             let length = parse_content_length(value.as_bytes())
                 .ok_or(HeadError::Invalid("invalid Content-Length"))?;
-            if self.content_length.is_some_and(|seen| seen != length) {
-                return Err(HeadError::Invalid("conflicting Content-Length values"));
+            match self.content_length {
+                // Identical repeats say nothing new: one is kept (see `parse_head`).
+                Some(seen) if seen == length => self.duplicate_length = true,
+                Some(_) => return Err(HeadError::Invalid("conflicting Content-Length values")),
+                None => self.content_length = Some(length),
             }
-            self.content_length = Some(length);
         } else if name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
             // Only the last coding matters: chunked must be last (RFC 9112 §6.1).
@@ -518,24 +558,18 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .map(<[u8]>::trim_ascii)
 }
 
-/// A Content-Length value: digits only (no sign, no spaces inside), repeated values in one
-/// field allowed when equal, as hyper does.
+/// A Content-Length value: digits only, one value. A list in one field (`5, 5`) is refused
+/// as nginx does; repeated identical fields are collapsed by the caller, differing ones
+/// refused.
 fn parse_content_length(value: &[u8]) -> Option<u64> {
-    let mut length = None;
-    for part in value.split(|&byte| byte == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let parsed = part
-            .iter()
-            .fold(0_u64, |sum, digit| sum * 10 + u64::from(digit - b'0'));
-        if length.is_some_and(|seen| seen != parsed) {
-            return None;
-        }
-        length = Some(parsed);
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
     }
-    length
+    Some(
+        value
+            .iter()
+            .fold(0_u64, |sum, digit| sum * 10 + u64::from(digit - b'0')),
+    )
 }
 
 /// A request body read from the connection on demand. Once read to its end it hands the
@@ -545,15 +579,40 @@ struct RequestBody<R> {
     reader: Option<R>,
     buf: BytesMut,
     decoder: BodyDecoder,
-    give_back: Option<oneshot::Sender<(R, BytesMut)>>,
+    give_back: Option<oneshot::Sender<Returned<R>>>,
     gate: Option<Arc<ContinueGate>>,
 }
 
-impl<R: AsyncRead + Unpin> RequestBody<R> {
-    fn finish(&mut self) {
+/// The reader a request body hands back, with what follows the body and whether the body
+/// was read to its end.
+struct Returned<R> {
+    reader: R,
+    rest: BytesMut,
+    finished: bool,
+}
+
+impl<R> RequestBody<R> {
+    fn give_back(&mut self, finished: bool) {
         if let (Some(reader), Some(tx)) = (self.reader.take(), self.give_back.take()) {
-            let _ = tx.send((reader, std::mem::take(&mut self.buf)));
+            let rest = std::mem::take(&mut self.buf);
+            let _ = tx.send(Returned {
+                reader,
+                rest,
+                finished,
+            });
         }
+    }
+
+    fn finish(&mut self) {
+        self.give_back(true);
+    }
+}
+
+impl<R> Drop for RequestBody<R> {
+    /// Dropped before its end: the reader still goes back, so the connection can drain what
+    /// the client keeps sending before closing (see `linger`).
+    fn drop(&mut self) {
+        self.give_back(false);
     }
 }
 
@@ -839,7 +898,9 @@ async fn write_response<W: AsyncWrite + Unpin>(
             BodyFraming::Length(length)
         }
     } else if let Some(length) = body.size_hint().exact() {
-        if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+        // An empty body answering HEAD says nothing about the GET's length (RFC 9110 §8.6).
+        let unknown_head = request.method_is_head && length == 0;
+        if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED && !unknown_head {
             write_content_length(out, length);
         }
         if bodiless {
@@ -895,6 +956,11 @@ async fn write_response<W: AsyncWrite + Unpin>(
                 std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
             }
         };
+        // Coalescing stops at a bound: a fast upstream must not fill this buffer faster
+        // than the client reads it.
+        if out.len() >= COALESCE_LIMIT {
+            write_out(wr, out).await?;
+        }
         let frame = match frame {
             Some(Ok(frame)) => frame,
             Some(Err(error)) => {
