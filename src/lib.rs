@@ -21,6 +21,7 @@ pub mod forward;
 pub mod framing;
 pub mod gateway;
 pub mod headers;
+pub mod http1;
 pub mod keys;
 pub mod limits;
 pub mod pipeline;
