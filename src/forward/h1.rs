@@ -679,7 +679,8 @@ impl Exchange {
             // Nothing will poll a body that is already complete.
             body.finish();
         }
-        let mut response = Response::new(boxed(body));
+        // Boxed as is: its error type is already the proxy's, no adapter needed.
+        let mut response = Response::new(ProxyBody::new(body));
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
@@ -159,127 +159,99 @@ pub enum HeadError {
 /// Parses the response head at the start of `buf`, for a request with `method`. Interim
 /// 1xx responses other than 101 are consumed and skipped, as hyper's client does.
 /// `Ok(None)`: the head is not complete yet (nothing consumed); read more into `buf`.
+///
+/// The end of the head is found first, the head split off the buffer, and only then parsed,
+/// once: the field values are slices of the split-off head, so they share the read buffer
+/// without a copy, and nothing has to be carried from a parse of the unsplit buffer.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, HeadError> {
     loop {
-        let Some(parsed) = parse_head_spans(buf)? else {
+        // Empty lines before the status line are ignored (RFC 9112 §2.2), as httparse does.
+        let blank = buf
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        if blank > 0 {
+            buf.advance(blank);
+        }
+        // A head is looked for in the first MAX_RESPONSE_HEAD bytes only.
+        let Some(len) = head_len(&buf[..buf.len().min(MAX_RESPONSE_HEAD)]) else {
+            if buf.len() >= MAX_RESPONSE_HEAD {
+                return Err(HeadError::TooLarge);
+            }
             return Ok(None);
         };
-        // The spans index into the head, which now leaves the buffer without a copy: the
-        // field values below are slices of it.
-        let head = buf.split_to(parsed.len).freeze();
-        if parsed.status.is_informational() && parsed.status != StatusCode::SWITCHING_PROTOCOLS {
-            continue;
+        let head = buf.split_to(len).freeze();
+        if let Some(head) = parse_head(&head, method)? {
+            return Ok(Some(head));
         }
-        return build_head(&head, &parsed, method).map(Some);
     }
 }
 
-/// Offsets of one field's name and value in the head.
-#[derive(Debug, Clone, Copy, Default)]
-struct FieldSpan {
-    name: (u32, u32),
-    value: (u32, u32),
+/// The length of the head at the start of `buf`, through the first empty line (ended by
+/// CRLF or by a bare LF, as httparse also accepts), if that line has arrived.
+fn head_len(buf: &[u8]) -> Option<usize> {
+    for lf in memchr::memchr_iter(b'\n', buf) {
+        match buf.get(lf + 1..)? {
+            [b'\n', ..] => return Some(lf + 2),
+            [b'\r', b'\n', ..] => return Some(lf + 3),
+            [b'\r'] => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
-#[derive(Debug)]
-struct ParsedHead {
-    len: usize,
-    status: StatusCode,
-    version: Version,
-    reason: Option<(u32, u32)>,
-    fields: usize,
-    spans: [FieldSpan; MAX_RESPONSE_HEADERS],
-}
-
-/// Runs httparse over `buf` and keeps offsets instead of borrowed slices, so the head can
-/// then be split off the buffer and shared by the field values.
-fn parse_head_spans(buf: &[u8]) -> Result<Option<ParsedHead>, HeadError> {
+/// Parses a complete head; `None` for an interim response to skip.
+fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, HeadError> {
     // Uninitialized slots: httparse fills what it uses, and nothing is zeroed per response.
-    let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_RESPONSE_HEADERS] =
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_RESPONSE_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut response,
-        buf,
-        &mut fields,
+        head,
+        &mut slots,
     );
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
-            return Err(HeadError::TooLarge);
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
+        // The head ends at its first empty line for httparse too; anything else is broken.
+        Ok(_) => return Err(HeadError::Malformed(httparse::Error::NewLine)),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(error) => return Err(HeadError::Malformed(error)),
-    };
-    if len > MAX_RESPONSE_HEAD {
-        return Err(HeadError::TooLarge);
     }
     let code = response
         .code
         .ok_or(HeadError::Malformed(httparse::Error::Status))?;
     let status =
         StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(httparse::Error::Status))?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(None);
+    }
     let version = match response.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let base = buf.as_ptr() as usize;
-    // Offsets below MAX_RESPONSE_HEAD, so they fit in u32.
-    let span = |bytes: &[u8]| {
-        let start = bytes.as_ptr() as usize - base;
-        (start as u32, (start + bytes.len()) as u32)
-    };
     let reason = response
         .reason
         .filter(|reason| status.canonical_reason() != Some(*reason))
-        .map(|reason| span(reason.as_bytes()));
-    let mut spans = [FieldSpan::default(); MAX_RESPONSE_HEADERS];
-    for (slot, field) in spans.iter_mut().zip(response.headers.iter()) {
-        *slot = FieldSpan {
-            name: span(field.name.as_bytes()),
-            value: span(field.value),
-        };
-    }
-    Ok(Some(ParsedHead {
-        len,
-        status,
-        version,
-        reason,
-        fields: response.headers.len(),
-        spans,
-    }))
-}
+        .map(|reason| head.slice_ref(reason.as_bytes()));
 
-fn slice(head: &Bytes, (start, end): (u32, u32)) -> Bytes {
-    head.slice(start as usize..end as usize)
-}
-
-/// The header map and body framing of a final response (RFC 9112 §6.3).
-fn build_head(
-    head: &Bytes,
-    parsed: &ParsedHead,
-    method: &Method,
-) -> Result<ResponseHead, HeadError> {
-    let mut headers = HeaderMap::with_capacity(parsed.fields);
+    let mut headers = HeaderMap::with_capacity(response.headers.len());
     let mut length: Option<u64> = None;
     let mut length_invalid = false;
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = false;
-    for span in &parsed.spans[..parsed.fields] {
-        let (start, end) = span.name;
-        let name = HeaderName::from_bytes(&head[start as usize..end as usize])
-            .map_err(|_| HeadError::InvalidField)?;
-        let value = HeaderValue::from_maybe_shared(slice(head, span.value))
-            .map_err(|_| HeadError::InvalidField)?;
+    for field in response.headers.iter() {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::InvalidField)?;
         // The framing fields are looked at here, while the names are at hand, rather than
         // found again in the map.
         if name == CONTENT_LENGTH {
-            match (parse_length_list(value.as_bytes()), length) {
+            match (parse_length_list(field.value), length) {
                 (Some(new), None) => length = Some(new),
                 (Some(new), Some(old)) if new == old => {}
                 _ => length_invalid = true,
@@ -287,14 +259,21 @@ fn build_head(
         } else if name == TRANSFER_ENCODING {
             transfer_encoding = true;
             // Only the last coding of the last field counts: chunked must come last.
-            chunked = last_token_is(value.as_bytes(), b"chunked");
+            chunked = last_token_is(field.value, b"chunked");
         } else if name == CONNECTION {
-            close |= has_token(value.as_bytes(), b"close");
+            close |= has_token(field.value, b"close");
+            if only_tokens(field.value, &[b"close", b"keep-alive"]) {
+                // Connection management for this hop alone, consumed here: the proxy removes
+                // `Connection` before answering its client anyway. A field naming other
+                // fields is kept, so that those are removed too.
+                continue;
+            }
         }
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
+            .map_err(|_| HeadError::InvalidField)?;
         headers.append(name, value);
     }
 
-    let status = parsed.status;
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -303,11 +282,11 @@ fn build_head(
     // leaves an HTTP/1.1 connection behind.
     let tunnel = status == StatusCode::SWITCHING_PROTOCOLS
         || (method == Method::CONNECT && status.is_success());
-    let mut keep_alive = parsed.version == Version::HTTP_11 && !close && !tunnel;
+    let mut keep_alive = version == Version::HTTP_11 && !close && !tunnel;
     let body = if no_body || tunnel {
         BodyDecoder::length(0)
     } else if transfer_encoding {
-        if parsed.version == Version::HTTP_10 {
+        if version == Version::HTTP_10 {
             return Err(HeadError::TransferEncodingInHttp10);
         }
         if length.is_some() || length_invalid {
@@ -330,14 +309,14 @@ fn build_head(
         keep_alive = false;
         BodyDecoder::close_delimited()
     };
-    Ok(ResponseHead {
+    Ok(Some(ResponseHead {
         status,
-        version: parsed.version,
+        version,
         headers,
-        reason: parsed.reason.map(|reason| slice(head, reason)),
+        reason,
         body,
         keep_alive,
-    })
+    }))
 }
 
 /// The value of every `Content-Length` field of `headers`, if they all hold one and the
@@ -385,6 +364,13 @@ fn last_token_is(value: &[u8], token: &[u8]) -> bool {
         .rsplit(|&b| b == b',')
         .next()
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn only_tokens(value: &[u8], tokens: &[&[u8]]) -> bool {
+    value.split(|&b| b == b',').all(|item| {
+        let item = item.trim_ascii();
+        tokens.iter().any(|token| item.eq_ignore_ascii_case(token))
+    })
 }
 
 fn has_token(value: &[u8], token: &[u8]) -> bool {
@@ -686,6 +672,49 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn connection_management_is_consumed_but_named_fields_are_kept() {
+        let plain = head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n");
+        assert!(plain.headers.get(CONNECTION).is_none());
+        assert!(plain.keep_alive);
+        let closing = head(b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n");
+        assert!(closing.headers.get(CONNECTION).is_none());
+        assert!(!closing.keep_alive);
+        let naming = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(naming.headers[CONNECTION], "keep-alive, x-secret");
+        assert!(naming.keep_alive);
+    }
+
+    #[test]
+    fn bare_lf_heads_and_leading_empty_lines_are_accepted_like_httparse_does() {
+        let mut head = head(b"\r\n\r\nHTTP/1.1 200 OK\nContent-Length: 2\n\nok");
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(body_of(&mut head, b"ok"), b"ok");
+        let mixed = self::head(b"HTTP/1.1 204 No Content\nX-A: b\r\n\r\n");
+        assert_eq!(mixed.headers["x-a"], "b");
+        let waiting = b"HTTP/1.1 200 OK\r\nX-A: b\r\n\r";
+        let mut buf = BytesMut::from(&waiting[..]);
+        assert!(
+            parse_response_head(&mut buf, &Method::GET)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(buf.len(), waiting.len(), "nothing consumed while waiting");
+    }
+
+    #[test]
+    fn bare_lf_head_followed_by_crlf_crlf_in_the_body_keeps_the_body() {
+        let input = b"HTTP/1.1 200 OK\nContent-Length: 8\n\nab\r\n\r\ncd";
+        let mut buf = BytesMut::from(&input[..]);
+        let mut head = parse_response_head(&mut buf, &Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(body_of(&mut head, &buf), b"ab\r\n\r\ncd");
     }
 
     #[test]
