@@ -376,17 +376,25 @@ fn request_failed(
     error: &(dyn std::error::Error + 'static),
     connect_failed: bool,
 ) -> (GatewayError, bool) {
-    if caused_by_body_limit(error) {
+    if caused_by::<BodyTooLarge>(error) {
         return (GatewayError::PayloadTooLarge, false);
+    }
+    if caused_by::<crate::server::ClientBodyError>(error) {
+        tracing::debug!(error = %error_chain(error), "Request body from the client failed.");
+        return (
+            GatewayError::BadRequest("malformed or incomplete request body"),
+            false,
+        );
     }
     tracing::debug!(error = %error_chain(error), connect_failed, "Upstream request failed.");
     (GatewayError::UpstreamUnavailable, connect_failed)
 }
 
-fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `error` or one of its causes is a `T`.
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(error) = current {
-        if error.is::<BodyTooLarge>() {
+        if error.is::<T>() {
             return true;
         }
         current = error.source();

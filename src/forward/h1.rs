@@ -1,50 +1,67 @@
-//! The dedicated HTTP/1.1 path to plain-http upstreams: a small keep-alive pool of
-//! `hyper::client::conn::http1` connections per upstream authority, driven by the request
-//! that uses them rather than by a task of their own.
+//! The dedicated HTTP/1.1 path to plain-http upstreams: a small keep-alive pool of TCP
+//! connections per upstream authority, and our own client codec ([`crate::http1`]) over
+//! them, run by the request's task alone.
 //!
-//! Why not the hyper-util legacy client here: it runs every connection in its own task, so a
-//! proxied request costs several task wake-ups and channel hops (request task -> connection
-//! task -> request task, plus a task spawned per response to put the connection back into
-//! the pool), builds a connect future per request even when a pooled connection is ready,
-//! and hashes scheme and authority per request to find its pool.
+//! Why not hyper's client: its h1 dispatcher (connection state machine, the channel between
+//! request and connection, want/giver) cost about a third of all the instructions of a
+//! proxied keep-alive GET. An exchange here is:
 //!
-//! Here the request's own task polls the connection: while waiting for the response head,
-//! and while the response body streams, the connection is polled first and the response (or
-//! its body) second. A response only makes progress inside the connection's poll, so the
-//! second poll needs no waker of its own: the task is woken by the upstream socket only.
-//! A connection goes back to its pool when the response body was read to the end and hyper
-//! is ready for the next request on it; in every other case it is closed.
+//! ```text
+//! checkout (idle and still open) or connect
+//!   -> write the head (with the first body frame if it is ready): one write for a GET
+//!   -> stream the rest of the body, reading the response head meanwhile: an early answer
+//!      (413 during an upload) is returned at once and the connection is not reused
+//!   -> Response whose body reads the connection as it is polled, frames split off the
+//!      read buffer without copies
+//!   -> body read to its end on a reusable connection: back to the pool; otherwise closed
+//! ```
 //!
-//! A WebSocket upgrade runs its connection in a task (`with_upgrades`), because the tunnel
-//! outlives the request; such a connection is never pooled again.
+//! A pooled connection that fails before any byte of the response came back is the
+//! keep-alive race with the upstream's idle timeout; the request is sent again once, on a
+//! new connection, when that is safe (see [`Exchange::resendable`]).
+//!
+//! A WebSocket upgrade still goes through hyper: its connection runs in a task with
+//! upgrades on, because the tunnel outlives the request, and is never pooled again.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::UPGRADE;
-use http::uri::Authority;
-use http::{Request, Response};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 use crate::body::{BoxError, ProxyBody, boxed};
-
-type Conn = Connection<TokioIo<TcpStream>, ProxyBody>;
+use crate::http1::client::{
+    FramingError, HeadError, RequestFraming, ResponseHead, encode_request_head, parse_response_head,
+};
+use crate::http1::{
+    BodyDecoder, CHUNK_TERMINATOR, DecodeError, encode_chunk_header, encode_last_chunk,
+};
 
 /// TCP keep-alive probes on upstream connections start after this much silence.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// A new connection's read buffer. Response heads and small bodies are split off it and
+/// handed on, so one allocation serves many small responses before it is replaced.
+const READ_BUFFER: usize = 16 * 1024;
+/// Room made before each read of a response head.
+const HEAD_READ: usize = 4 * 1024;
+/// Most bytes asked for in one read of a response body.
+const BODY_READ: usize = 64 * 1024;
+/// A new connection's write buffer: a request head usually fits.
+const WRITE_BUFFER: usize = 1024;
 
 /// Why a request could not be sent.
 #[derive(Debug)]
@@ -52,7 +69,30 @@ pub(crate) enum SendError {
     /// No connection could be opened: the next upstream may be tried.
     Connect(io::Error),
     /// The exchange failed once the request was handed to a connection.
-    Http(hyper::Error),
+    Http(ExchangeError),
+}
+
+/// How an exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    #[error("the request cannot be framed")]
+    Framing(#[from] FramingError),
+    #[error("the request body is {0} than its Content-Length")]
+    BodyLength(&'static str),
+    #[error("the request body failed")]
+    RequestBody(#[source] BoxError),
+    #[error("writing the request to the upstream failed")]
+    Write(#[source] io::Error),
+    #[error("reading the response from the upstream failed")]
+    Read(#[source] io::Error),
+    #[error("the upstream closed the connection before a complete response head")]
+    Closed,
+    #[error("the upstream sent an invalid response head")]
+    Head(#[from] HeadError),
+    #[error("the upstream sent an invalid response body")]
+    Body(#[from] DecodeError),
+    #[error("the WebSocket handshake with the upstream failed")]
+    Upgrade(#[source] hyper::Error),
 }
 
 /// The per-authority pools of one client, so routes naming the same upstream share
@@ -83,15 +123,43 @@ pub(crate) struct HostPool {
 
 #[derive(Debug)]
 struct Idle {
-    conn: Pooled,
+    conn: Conn,
     since: Instant,
 }
 
-/// A connection and the handle that sends requests on it.
+/// An open connection and the bytes read from it or encoded for it that are still pending.
+/// Both buffers are empty while the connection is idle.
 #[derive(Debug)]
-struct Pooled {
-    sender: SendRequest<ProxyBody>,
-    driver: Driver,
+struct Conn {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    /// Framing bytes not written yet: the request head, a chunk-size line, the last chunk.
+    write_buf: BytesMut,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            read_buf: BytesMut::with_capacity(READ_BUFFER),
+            write_buf: BytesMut::with_capacity(WRITE_BUFFER),
+        }
+    }
+
+    /// Whether an idle connection is still open: nothing (no EOF, no stray bytes) has come
+    /// in since it was pooled. tokio answers `WouldBlock` without a syscall while the socket
+    /// has not been reported readable, which is the usual case.
+    fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads what is available into `read_buf` after making room for `room` bytes; 0 at EOF.
+    fn poll_read(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        self.read_buf.reserve(room);
+        // tokio's `read_buf` reads into the spare capacity without initializing it first.
+        std::pin::pin!(self.stream.read_buf(&mut self.read_buf)).poll(cx)
+    }
 }
 
 impl HostPool {
@@ -103,75 +171,77 @@ impl HostPool {
         }
     }
 
-    /// Sends `request` (origin-form URI, Host set) on a pooled or new connection and waits
-    /// for the response head. A pooled connection that turns out to be closed before the
-    /// request was written is replaced, as the legacy client does.
+    /// Sends `request` (origin-form URI, Host set, hop-by-hop fields removed) on a pooled or
+    /// new connection and waits for the response head.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let upgrade = request.headers().contains_key(UPGRADE);
+        if request.headers().contains_key(UPGRADE) {
+            return self.send_upgrade(request).await;
+        }
+        let (parts, mut body) = request.into_parts();
+        let framing = RequestFraming::of(
+            &parts.headers,
+            body.is_end_stream(),
+            body.size_hint().exact(),
+        )
+        .map_err(|error| SendError::Http(error.into()))?;
+        if body.is_end_stream() && framing.length().is_some_and(|length| length > 0) {
+            // Caught before a byte goes out, rather than leaving the upstream waiting.
+            return Err(SendError::Http(ExchangeError::BodyLength("shorter")));
+        }
+        let (mut conn, mut reused) = match self.checkout() {
+            Some(conn) => (conn, true),
+            None => (self.connect().await.map_err(SendError::Connect)?, false),
+        };
         loop {
-            let (pooled, reused) = match self.checkout() {
-                Some(pooled) => (pooled, true),
-                None => (self.connect().await.map_err(SendError::Connect)?, false),
-            };
-            let sent = if upgrade {
-                send_upgrade(pooled, request).await
-            } else {
-                self.exchange(pooled, request).await
-            };
-            match sent {
+            let failure = match self.exchange(conn, &parts, framing, body).await {
                 Ok(response) => return Ok(response),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(SendError::Http(error.into_error())),
-                },
+                Err(failure) => failure,
+            };
+            match failure.unsent {
+                Some(unsent) if reused => {
+                    tracing::debug!(error = %failure.error, "Pooled upstream connection failed before responding; sending again on a new one.");
+                    body = unsent;
+                    conn = self.connect().await.map_err(SendError::Connect)?;
+                    reused = false;
+                }
+                _ => return Err(SendError::Http(failure.error)),
             }
         }
     }
 
-    /// One request on `pooled`, driving the connection until the response head is in.
+    /// One request on `conn`, until the response head is in.
     async fn exchange(
         self: &Arc<Self>,
-        mut pooled: Pooled,
-        request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, TrySendError<Request<ProxyBody>>> {
-        // Unconstrained: the response is polled with a no-op waker (see `Driver::poll_with`),
-        // so it must never be the one to run out of the task's cooperative budget.
-        let response = tokio::task::unconstrained(pooled.sender.try_send_request(request));
-        let mut response = std::pin::pin!(response);
-        let response =
-            std::future::poll_fn(|cx| pooled.driver.poll_with(cx, response.as_mut())).await?;
-        let (parts, body) = response.into_parts();
-        let body = if body.is_end_stream() {
-            // hyper never polls a body that is already complete, so nothing would hand the
-            // connection back later.
-            self.release(pooled);
-            boxed(body)
-        } else {
-            boxed(PooledBody {
-                body,
-                conn: Some(pooled),
-                pool: self.clone(),
-            })
-        };
-        Ok(Response::from_parts(parts, body))
+        conn: Conn,
+        parts: &Parts,
+        framing: RequestFraming,
+        body: ProxyBody,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let mut exchange = Exchange::new(conn, parts, framing, body);
+        let head = std::future::poll_fn(|cx| exchange.poll_head(cx, &parts.method)).await;
+        match head {
+            Ok(head) => Ok(exchange.into_response(head, self.clone())),
+            Err(error) => Err(Failure {
+                unsent: exchange.resendable(&parts.method),
+                error,
+            }),
+        }
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    fn checkout(&self) -> Option<Pooled> {
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<Conn> {
         loop {
-            let mut pooled = self.pop_idle()?;
-            // Reads an EOF or error the upstream sent while the connection sat idle.
-            pooled.driver.poll(&mut Context::from_waker(Waker::noop()));
-            if pooled.driver.is_running() && pooled.sender.is_ready() {
-                return Some(pooled);
+            let conn = self.pop_idle()?;
+            if conn.is_open() {
+                return Some(conn);
             }
         }
     }
 
-    fn pop_idle(&self) -> Option<Pooled> {
+    fn pop_idle(&self) -> Option<Conn> {
         let mut idle = lock(&self.idle);
         let entry = idle.pop_back()?;
         if entry.since.elapsed() < POOL_IDLE_TIMEOUT {
@@ -184,53 +254,19 @@ impl HostPool {
         None
     }
 
-    /// Takes a connection back after its response body ended. hyper has usually already
-    /// asked for the next request by then; a connection that is not ready yet (its request
-    /// body is still being sent after an early response) finishes in a task of its own first.
-    fn release(self: &Arc<Self>, mut pooled: Pooled) {
-        if !pooled.sender.is_ready() {
-            pooled.driver.poll(&mut Context::from_waker(Waker::noop()));
-        }
-        if !pooled.driver.is_running() {
-            return;
-        }
-        if pooled.sender.is_ready() {
-            self.checkin(pooled);
-            return;
-        }
-        let pool = self.clone();
-        tokio::spawn(async move {
-            std::future::poll_fn(|cx| {
-                pooled.driver.poll(cx);
-                if pooled.driver.is_running() && !pooled.sender.is_ready() {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                }
-            })
-            .await;
-            if pooled.driver.is_running() {
-                pool.checkin(pooled);
-            }
-        });
-    }
-
-    fn checkin(self: &Arc<Self>, pooled: Pooled) {
+    fn checkin(self: &Arc<Self>, conn: Conn) {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         if idle.len() >= POOL_MAX_IDLE_PER_HOST {
             return;
         }
-        idle.push_back(Idle {
-            conn: pooled,
-            since: now,
-        });
+        idle.push_back(Idle { conn, since: now });
         drop(idle);
         self.start_reaper();
     }
 
     /// Closes connections idle past the timeout even when no request comes to notice them.
-    /// Started on the first release, which always runs inside the runtime.
+    /// Started on the first check-in, which always runs inside the runtime.
     fn start_reaper(self: &Arc<Self>) {
         if self.reaper.swap(true, Ordering::Relaxed) {
             return;
@@ -263,23 +299,13 @@ impl HostPool {
         drop(expired);
     }
 
-    /// A new connection: TCP (each resolved address in turn), then the HTTP/1 handshake,
-    /// which does no IO.
-    async fn connect(&self) -> io::Result<Pooled> {
+    /// A new connection: each resolved address in turn, within the connect timeout.
+    async fn connect(&self) -> io::Result<Conn> {
         let stream = self.connect_tcp().await?;
         stream.set_nodelay(true)?;
         socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
-        Ok(Pooled {
-            sender,
-            driver: Driver {
-                conn: Some(Box::new(conn)),
-            },
-        })
+        Ok(Conn::new(stream))
     }
 
     async fn connect_tcp(&self) -> io::Result<TcpStream> {
@@ -305,23 +331,44 @@ impl HostPool {
         }
         Err(last_error)
     }
-}
 
-/// A WebSocket handshake: the connection runs in its own task with upgrades on, so the
-/// upgraded stream reaches `hyper::upgrade::on` of the response and outlives this request.
-async fn send_upgrade(
-    mut pooled: Pooled,
-    request: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, TrySendError<Request<ProxyBody>>> {
-    if let Some(conn) = pooled.driver.conn.take() {
-        tokio::spawn(async move {
-            if let Err(error) = (*conn).with_upgrades().await {
-                tracing::debug!(%error, "Upstream connection ended with an error.");
+    /// A WebSocket handshake through hyper, with upgrades on, so the upgraded stream reaches
+    /// `hyper::upgrade::on` of the response and outlives this request. hyper reads the
+    /// socket itself, which is safe because a pooled connection's read buffer is empty.
+    async fn send_upgrade(
+        self: &Arc<Self>,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let (mut conn, mut reused) = match self.checkout() {
+            Some(conn) => (conn, true),
+            None => (self.connect().await.map_err(SendError::Connect)?, false),
+        };
+        loop {
+            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+                .handshake(TokioIo::new(conn.stream))
+                .await
+                .map_err(|error| SendError::Http(ExchangeError::Upgrade(error)))?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.with_upgrades().await {
+                    tracing::debug!(%error, "Upstream connection ended with an error.");
+                }
+            });
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(boxed)),
+                Err(mut error) => match error.take_message() {
+                    // Closed before the request went out: the keep-alive race again.
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        conn = self.connect().await.map_err(SendError::Connect)?;
+                        reused = false;
+                    }
+                    _ => {
+                        return Err(SendError::Http(ExchangeError::Upgrade(error.into_error())));
+                    }
+                },
             }
-        });
+        }
     }
-    let response = pooled.sender.try_send_request(request).await?;
-    Ok(response.map(boxed))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -329,70 +376,372 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Polls a connection from whatever task is using it; `None` once it has ended. Boxed: the
-/// connection state is large and a pooled connection moves through several futures and the
-/// idle list on every request.
-struct Driver {
-    conn: Option<Box<Conn>>,
+/// An exchange that failed before its response head, with the request body if the request
+/// may be sent again.
+struct Failure {
+    error: ExchangeError,
+    unsent: Option<ProxyBody>,
 }
 
-impl std::fmt::Debug for Driver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver")
-            .field("running", &self.is_running())
-            .finish()
-    }
+/// How the rest of the request body goes out.
+#[derive(Debug, Clone, Copy)]
+enum Upload {
+    /// Nothing to send: the body is complete and framed as empty (never polled).
+    Nothing,
+    /// Exactly this many more bytes.
+    Length(u64),
+    Chunked,
 }
 
-impl Driver {
-    fn is_running(&self) -> bool {
-        self.conn.is_some()
-    }
+/// Why sending the request stopped.
+enum SendFailure {
+    Write(io::Error),
+    Exchange(ExchangeError),
+}
 
-    /// Lets the connection make progress; drops it once it has ended (which also fails a
-    /// response still waiting on it).
-    fn poll(&mut self, cx: &mut Context<'_>) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        if let Poll::Ready(result) = Pin::new(&mut **conn).poll(cx) {
-            if let Err(error) = result {
-                tracing::debug!(%error, "Upstream connection ended with an error.");
+/// One request and its response on a connection. The future waiting for the response
+/// head drives it first, then the response body: both keep sending the request body while
+/// they read, so an upload and its response can overlap.
+#[derive(Debug)]
+struct Exchange {
+    conn: Conn,
+    /// A body frame being written, after `conn.write_buf`.
+    data: Bytes,
+    /// Framing written after `data` (the chunk's CRLF, possibly the last chunk too).
+    tail: &'static [u8],
+    /// The request body until it has ended; a complete body is kept unpolled, so the
+    /// request can be sent again.
+    body: Option<ProxyBody>,
+    upload: Upload,
+    body_polled: bool,
+    /// The body's end (and its framing) has been encoded.
+    body_ended: bool,
+    /// The whole request went out.
+    sent: bool,
+    /// Some request byte was accepted by the socket.
+    wrote: bool,
+    /// Sending failed; the response may still come, but the connection is done after it.
+    write_error: Option<io::Error>,
+    /// Some response byte came in.
+    received: bool,
+}
+
+impl Exchange {
+    fn new(mut conn: Conn, parts: &Parts, framing: RequestFraming, body: ProxyBody) -> Self {
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        conn.write_buf.clear();
+        encode_request_head(
+            &parts.method,
+            target,
+            &parts.headers,
+            framing,
+            &mut conn.write_buf,
+        );
+        let upload = match framing {
+            RequestFraming::Empty => Upload::Nothing,
+            RequestFraming::Declared(0) | RequestFraming::Sized(0) if body.is_end_stream() => {
+                Upload::Nothing
             }
-            self.conn = None;
+            RequestFraming::Declared(length) | RequestFraming::Sized(length) => {
+                Upload::Length(length)
+            }
+            RequestFraming::Chunked => Upload::Chunked,
+        };
+        Self {
+            conn,
+            data: Bytes::new(),
+            tail: b"",
+            body: Some(body),
+            upload,
+            body_polled: false,
+            body_ended: matches!(upload, Upload::Nothing),
+            sent: false,
+            wrote: false,
+            write_error: None,
+            received: false,
         }
     }
 
-    /// Polls the connection with the task's waker, then `future`, which only the
-    /// connection's poll can move forward, with a no-op one: the task is woken by the
-    /// socket, never again by the future completing during the same poll.
-    fn poll_with<F: Future>(
+    /// The request body, if the failed request may go out again on another connection:
+    /// nothing of the response came back, the body was never polled (so it is whole), and
+    /// either the method is idempotent or no byte of the request was written.
+    fn resendable(&mut self, method: &Method) -> Option<ProxyBody> {
+        let safe = !self.received && !self.body_polled && (method.is_idempotent() || !self.wrote);
+        if safe { self.body.take() } else { None }
+    }
+
+    /// Sends what it can, then reads until the final response head is in.
+    fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
-        future: Pin<&mut F>,
-    ) -> Poll<F::Output> {
-        self.poll(cx);
-        if self.is_running() {
-            future.poll(&mut Context::from_waker(Waker::noop()))
-        } else {
-            future.poll(cx)
+        method: &Method,
+    ) -> Poll<Result<ResponseHead, ExchangeError>> {
+        if let Err(error) = self.poll_upload(cx) {
+            return Poll::Ready(Err(error));
+        }
+        let mut parse = !self.conn.read_buf.is_empty();
+        loop {
+            if parse && let Some(head) = parse_response_head(&mut self.conn.read_buf, method)? {
+                return Poll::Ready(Ok(head));
+            }
+            let before = self.conn.read_buf.len();
+            let read = match ready!(self.conn.poll_read(cx, HEAD_READ)) {
+                Ok(read) => read,
+                Err(error) => return Poll::Ready(Err(self.failed_before_head(Some(error)))),
+            };
+            if read == 0 {
+                return Poll::Ready(Err(self.failed_before_head(None)));
+            }
+            self.received = true;
+            // A head can only have ended if a line did.
+            parse = self.conn.read_buf[before..].contains(&b'\n');
+        }
+    }
+
+    /// The error for a connection that ended (or failed to read) before the response head.
+    /// A failed write says more than the read that followed it.
+    fn failed_before_head(&mut self, read_error: Option<io::Error>) -> ExchangeError {
+        match (self.write_error.take(), read_error) {
+            (Some(write_error), _) => ExchangeError::Write(write_error),
+            (None, Some(read_error)) => ExchangeError::Read(read_error),
+            (None, None) => ExchangeError::Closed,
+        }
+    }
+
+    /// Moves the request forward without waiting for it. A write error does not end the
+    /// exchange: the upstream may have answered before it stopped reading (413 during an
+    /// upload), so reading goes on and the connection is not reused.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
+        if self.sent || self.write_error.is_some() {
+            return Ok(());
+        }
+        match self.poll_send(cx) {
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
+            Poll::Ready(Err(SendFailure::Write(error))) => {
+                tracing::debug!(%error, "Writing the request to the upstream failed.");
+                self.write_error = Some(error);
+                self.body = None;
+                self.data = Bytes::new();
+                self.tail = b"";
+                Ok(())
+            }
+            Poll::Ready(Err(SendFailure::Exchange(error))) => Err(error),
+        }
+    }
+
+    /// Writes the encoded bytes and pulls body frames until the request is sent or blocked.
+    /// A frame is pulled before the pending bytes are written, so the head and the first
+    /// frame go out in one write; the next frame only once the last one is written.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendFailure>> {
+        loop {
+            let mut body_pending = false;
+            if !self.body_ended && self.data.is_empty() {
+                match self.poll_body(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(error)) => {
+                        return Poll::Ready(Err(SendFailure::Exchange(error)));
+                    }
+                    Poll::Pending => body_pending = true,
+                }
+            }
+            if self.conn.write_buf.is_empty() && self.data.is_empty() && self.tail.is_empty() {
+                if self.body_ended {
+                    self.sent = true;
+                    return Poll::Ready(Ok(()));
+                }
+                if body_pending {
+                    return Poll::Pending;
+                }
+                continue;
+            }
+            ready!(self.poll_flush(cx)).map_err(SendFailure::Write)?;
+        }
+    }
+
+    /// Writes `write_buf`, `data` and `tail`, in that order, with one vectored write each
+    /// round.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let framing = self.conn.write_buf.len();
+            if framing == 0 && self.data.is_empty() && self.tail.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let stream = Pin::new(&mut self.conn.stream);
+            let written = if self.data.is_empty() && self.tail.is_empty() {
+                ready!(stream.poll_write(cx, &self.conn.write_buf))?
+            } else {
+                let slices = [
+                    IoSlice::new(&self.conn.write_buf),
+                    IoSlice::new(&self.data),
+                    IoSlice::new(self.tail),
+                ];
+                ready!(stream.poll_write_vectored(cx, &slices))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wrote = true;
+            let from_framing = written.min(framing);
+            self.conn.write_buf.advance(from_framing);
+            let rest = written - from_framing;
+            let from_data = rest.min(self.data.len());
+            self.data.advance(from_data);
+            self.tail = &self.tail[rest - from_data..];
+        }
+    }
+
+    /// Pulls one frame from the request body and encodes its framing.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        self.body_polled = true;
+        let frame = match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            None => return Poll::Ready(self.end_body(None)),
+            Some(Err(error)) => return Poll::Ready(Err(ExchangeError::RequestBody(error))),
+            Some(Ok(frame)) => frame,
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            // Trailers are the last frame. Only the chunked coding can carry them.
+            Err(frame) => return Poll::Ready(self.end_body(frame.into_trailers().ok().as_ref())),
+        };
+        let end = body.is_end_stream();
+        if !data.is_empty() {
+            match &mut self.upload {
+                Upload::Length(remaining) => {
+                    let Some(left) = remaining.checked_sub(data.len() as u64) else {
+                        return Poll::Ready(Err(ExchangeError::BodyLength("longer")));
+                    };
+                    *remaining = left;
+                }
+                Upload::Chunked => {
+                    encode_chunk_header(data.len(), &mut self.conn.write_buf);
+                    // The last chunk rides along with the last data frame.
+                    self.tail = if end {
+                        b"\r\n0\r\n\r\n"
+                    } else {
+                        CHUNK_TERMINATOR
+                    };
+                }
+                Upload::Nothing => return Poll::Ready(Err(ExchangeError::BodyLength("longer"))),
+            }
+            self.data = data;
+            if end && matches!(self.upload, Upload::Chunked) {
+                self.finish_body();
+                return Poll::Ready(Ok(()));
+            }
+        }
+        if end {
+            return Poll::Ready(self.end_body(None));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encodes the end of the body: the last chunk, or a check that the declared length
+    /// was met.
+    fn end_body(&mut self, trailers: Option<&http::HeaderMap>) -> Result<(), ExchangeError> {
+        match self.upload {
+            Upload::Length(0) | Upload::Nothing => {}
+            Upload::Length(_) => return Err(ExchangeError::BodyLength("shorter")),
+            Upload::Chunked => encode_last_chunk(trailers, &mut self.conn.write_buf),
+        }
+        self.finish_body();
+        Ok(())
+    }
+
+    fn finish_body(&mut self) {
+        self.body_ended = true;
+        self.body = None;
+    }
+
+    /// The response for `head`, whose body reads the rest of the exchange.
+    fn into_response(self, head: ResponseHead, pool: Arc<HostPool>) -> Response<ProxyBody> {
+        let ResponseHead {
+            status,
+            version,
+            headers,
+            reason,
+            body: decoder,
+            keep_alive,
+        } = head;
+        // A response that came before the whole request went out ends the connection: the
+        // upstream may not read the rest.
+        let reusable = keep_alive && self.sent;
+        let mut body = ResponseBody {
+            exchange: Some(self),
+            decoder,
+            lookahead: None,
+            reusable,
+            pool,
+        };
+        if body.decoder.is_done() {
+            // Nothing will poll a body that is already complete.
+            body.finish();
+        }
+        // Boxed as is: its error type is already the proxy's, no adapter needed.
+        let mut response = Response::new(ProxyBody::new(body));
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        if let Some(reason) = reason
+            && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason)
+        {
+            // hyper's server writes it to the client, as the hyper client kept it.
+            response.extensions_mut().insert(reason);
+        }
+        response
+    }
+}
+
+/// A response body read from its connection as it is polled. Read to its end on a
+/// reusable connection, it puts the connection back into the pool; dropped or failed
+/// before that, it closes it.
+#[derive(Debug)]
+struct ResponseBody {
+    /// The exchange, until the body has ended or failed.
+    exchange: Option<Exchange>,
+    decoder: BodyDecoder,
+    /// The frame after the one last returned, decoded from bytes already read, so the end
+    /// of a chunked body is known with its last data frame (and `is_end_stream` says so).
+    lookahead: Option<Result<Frame<Bytes>, DecodeError>>,
+    reusable: bool,
+    pool: Arc<HostPool>,
+}
+
+impl ResponseBody {
+    fn finish(&mut self) {
+        let Some(exchange) = self.exchange.take() else {
+            return;
+        };
+        // Leftover bytes would be an answer to no request: never reuse such a connection.
+        if self.reusable
+            && exchange.sent
+            && exchange.write_error.is_none()
+            && exchange.conn.read_buf.is_empty()
+        {
+            self.pool.checkin(exchange.conn);
+        }
+    }
+
+    fn fail(&mut self, error: ExchangeError) -> BoxError {
+        tracing::debug!(%error, "Upstream response body failed.");
+        self.exchange = None;
+        Box::new(error)
+    }
+
+    /// Room for the next read: what a sized body still needs, up to [`BODY_READ`].
+    fn read_room(&self) -> usize {
+        match self.decoder.size_hint().exact() {
+            Some(remaining) => {
+                usize::try_from(remaining).map_or(BODY_READ, |r| r.clamp(1, BODY_READ))
+            }
+            None => BODY_READ,
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that drives its connection while it streams and hands the
-    /// connection back to the pool once it has been read to the end. Dropped before that,
-    /// it closes the connection.
-    struct PooledBody {
-        #[pin]
-        body: Incoming,
-        conn: Option<Pooled>,
-        pool: Arc<HostPool>,
-    }
-}
-
-impl Body for PooledBody {
+impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -400,42 +749,64 @@ impl Body for PooledBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let polled = match this.conn.as_mut() {
-            Some(pooled) => pooled
-                .driver
-                .poll_with(cx, Pin::new(&mut PollFrame(this.body.as_mut()))),
-            None => this.body.as_mut().poll_frame(cx),
-        };
-        // The end: no more frames, or the last bytes of a known length (after which hyper
-        // stops polling, so there may be no `None` to see).
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
-            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
-        };
-        if ended && let Some(pooled) = this.conn.take() {
-            this.pool.release(pooled);
+        let this = self.get_mut();
+        if let Some(next) = this.lookahead.take() {
+            return Poll::Ready(Some(next.map_err(|error| this.fail(error.into()))));
         }
-        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
+        loop {
+            let room = this.read_room();
+            let Some(exchange) = this.exchange.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Err(error) = exchange.poll_upload(cx) {
+                return Poll::Ready(Some(Err(this.fail(error))));
+            }
+            match this.decoder.decode(&mut exchange.conn.read_buf) {
+                Ok(Some(frame)) => {
+                    if frame.is_data() && !this.decoder.is_done() {
+                        this.lookahead =
+                            this.decoder.decode(&mut exchange.conn.read_buf).transpose();
+                    }
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) if this.decoder.is_done() => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(error) => return Poll::Ready(Some(Err(this.fail(error.into())))),
+            }
+            match ready!(exchange.conn.poll_read(cx, room)) {
+                Ok(0) => {
+                    // EOF ends a close-delimited body and truncates any other.
+                    let ended = this.decoder.eof();
+                    this.exchange = None;
+                    return match ended {
+                        Ok(()) => Poll::Ready(None),
+                        Err(error) => Poll::Ready(Some(Err(this.fail(error.into())))),
+                    };
+                }
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Some(Err(this.fail(ExchangeError::Read(error))))),
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.lookahead.is_none() && self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// `Body::poll_frame` as a future, for [`Driver::poll_with`].
-struct PollFrame<'a>(Pin<&'a mut Incoming>);
-
-impl Future for PollFrame<'_> {
-    type Output = Option<Result<Frame<Bytes>, hyper::Error>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll_frame(cx)
+        match &self.lookahead {
+            Some(Ok(frame)) => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(frame.data_ref().map_or(0, |data| data.len() as u64));
+                hint
+            }
+            Some(Err(_)) | None => self.decoder.size_hint(),
+        }
     }
 }

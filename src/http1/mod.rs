@@ -10,6 +10,7 @@
 //! caller that reads only when `decode` returned `Ok(None)` keeps its buffer bounded too.
 
 mod chunked;
+pub mod client;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;

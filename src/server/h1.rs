@@ -583,6 +583,18 @@ struct RequestBody<R> {
     gate: Option<Arc<ContinueGate>>,
 }
 
+/// Why a request body could not be read from the client. The forwarding step answers 400
+/// for these (the client's fault), not 502.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("malformed request body")]
+    Malformed(#[source] crate::http1::DecodeError),
+    #[error("the client ended the request body early")]
+    Truncated,
+    #[error("reading the request body failed")]
+    Read(#[source] io::Error),
+}
+
 /// The reader a request body hands back, with what follows the body and whether the body
 /// was read to its end.
 struct Returned<R> {
@@ -644,7 +656,9 @@ impl<R: AsyncRead + Unpin + Send + Sync> Body for RequestBody<R> {
                     return Poll::Ready(None);
                 }
                 Ok(None) => {}
-                Err(error) => return Poll::Ready(Some(Err(Box::new(error)))),
+                Err(error) => {
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Malformed(error)))));
+                }
             }
             let Some(reader) = this.reader.as_mut() else {
                 return Poll::Ready(None);
@@ -654,13 +668,15 @@ impl<R: AsyncRead + Unpin + Send + Sync> Body for RequestBody<R> {
             match read.poll(cx) {
                 Poll::Ready(Ok(0)) => {
                     let error = match this.decoder.eof() {
-                        Ok(()) => BoxError::from("request body ended early"),
-                        Err(error) => Box::new(error),
+                        Ok(()) => ClientBodyError::Truncated,
+                        Err(error) => ClientBodyError::Malformed(error),
                     };
-                    return Poll::Ready(Some(Err(error)));
+                    return Poll::Ready(Some(Err(Box::new(error))));
                 }
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(Box::new(error)))),
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Read(error)))));
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }

@@ -19,7 +19,7 @@
 
 mod h1;
 
-pub use h1::{ClientUpgrade, FramingConflict, Upgraded};
+pub use h1::{ClientBodyError, ClientUpgrade, FramingConflict, Upgraded};
 
 use std::convert::Infallible;
 use std::io;

@@ -646,10 +646,26 @@ impl AuthgateProcess {
 }
 
 /// Two distinct free ports on 127.0.0.1 (bound, then released).
+///
+/// Picked below the kernel's ephemeral range (32768 and up): a port the kernel hands out for
+/// port 0 can also go to an outgoing connection of a parallel test in the moment between
+/// this check and the child's own bind ("Address already in use").
 pub fn free_addrs() -> (SocketAddr, SocketAddr) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = bind_below_ephemeral();
+    let b = bind_below_ephemeral();
     (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+fn bind_below_ephemeral() -> std::net::TcpListener {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u8(0);
+        let port = 10_000 + (hasher.finish() % 22_000) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener;
+        }
+    }
 }
 
 // === polling ===
