@@ -8,6 +8,10 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
+/// The allocator the `authgate` binary uses (src/main.rs), so RSS is what a gateway pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use support::rss_mb;
 
 fn main() {
