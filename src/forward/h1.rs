@@ -58,8 +58,10 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const READ_BUFFER: usize = 16 * 1024;
 /// Room made before each read of a response head.
 const HEAD_READ: usize = 4 * 1024;
-/// Most bytes asked for in one read of a response body.
-const BODY_READ: usize = 64 * 1024;
+/// Most bytes asked for in one read of a response body. Reads start at [`READ_BUFFER`] and
+/// double each time one fills the room it was given, as hyper's adaptive reads do, so
+/// small bodies keep small buffers and large ones take few syscalls.
+const MAX_BODY_READ: usize = 256 * 1024;
 /// A new connection's write buffer: a request head usually fits.
 const WRITE_BUFFER: usize = 1024;
 
@@ -135,6 +137,8 @@ struct Conn {
     read_buf: BytesMut,
     /// Framing bytes not written yet: the request head, a chunk-size line, the last chunk.
     write_buf: BytesMut,
+    /// A read asked for more room than [`READ_BUFFER`].
+    large_reads: bool,
 }
 
 impl Conn {
@@ -143,6 +147,7 @@ impl Conn {
             stream,
             read_buf: BytesMut::with_capacity(READ_BUFFER),
             write_buf: BytesMut::with_capacity(WRITE_BUFFER),
+            large_reads: false,
         }
     }
 
@@ -151,11 +156,13 @@ impl Conn {
     /// has not been reported readable, which is the usual case.
     fn is_open(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+        let probed = self.stream.try_read(&mut probe);
+        matches!(probed, Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Reads what is available into `read_buf` after making room for `room` bytes; 0 at EOF.
     fn poll_read(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        self.large_reads |= room > READ_BUFFER;
         self.read_buf.reserve(room);
         // tokio's `read_buf` reads into the spare capacity without initializing it first.
         std::pin::pin!(self.stream.read_buf(&mut self.read_buf)).poll(cx)
@@ -254,7 +261,17 @@ impl HostPool {
         None
     }
 
-    fn checkin(self: &Arc<Self>, conn: Conn) {
+    fn checkin(self: &Arc<Self>, mut conn: Conn) {
+        // An idle connection keeps no more buffer than a new one: a large response or
+        // request head grew them, and hundreds of idle connections may wait per upstream.
+        if conn.large_reads {
+            // The buffer (or the allocation its spare room belongs to) may be that large.
+            conn.read_buf = BytesMut::with_capacity(READ_BUFFER);
+            conn.large_reads = false;
+        }
+        if conn.write_buf.capacity() > 4 * WRITE_BUFFER {
+            conn.write_buf = BytesMut::with_capacity(WRITE_BUFFER);
+        }
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         if idle.len() >= POOL_MAX_IDLE_PER_HOST {
@@ -674,6 +691,7 @@ impl Exchange {
             lookahead: None,
             reusable,
             pool,
+            read_size: READ_BUFFER,
         };
         if body.decoder.is_done() {
             // Nothing will poll a body that is already complete.
@@ -707,6 +725,8 @@ struct ResponseBody {
     lookahead: Option<Result<Frame<Bytes>, DecodeError>>,
     reusable: bool,
     pool: Arc<HostPool>,
+    /// How much the next read of an unsized body asks for (see [`MAX_BODY_READ`]).
+    read_size: usize,
 }
 
 impl ResponseBody {
@@ -730,13 +750,13 @@ impl ResponseBody {
         Box::new(error)
     }
 
-    /// Room for the next read: what a sized body still needs, up to [`BODY_READ`].
+    /// Room for the next read: what a sized body still needs, up to the current read size.
     fn read_room(&self) -> usize {
         match self.decoder.size_hint().exact() {
             Some(remaining) => {
-                usize::try_from(remaining).map_or(BODY_READ, |r| r.clamp(1, BODY_READ))
+                usize::try_from(remaining).map_or(self.read_size, |r| r.clamp(1, self.read_size))
             }
-            None => BODY_READ,
+            None => self.read_size,
         }
     }
 }
@@ -789,8 +809,15 @@ impl Body for ResponseBody {
                         Err(error) => Poll::Ready(Some(Err(this.fail(error.into())))),
                     };
                 }
-                Ok(_) => {}
-                Err(error) => return Poll::Ready(Some(Err(this.fail(ExchangeError::Read(error))))),
+                Ok(read) => {
+                    if read >= room && this.read_size < MAX_BODY_READ {
+                        this.read_size *= 2;
+                    }
+                }
+                Err(error) => {
+                    let error = this.fail(ExchangeError::Read(error));
+                    return Poll::Ready(Some(Err(error)));
+                }
             }
         }
     }
