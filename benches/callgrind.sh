@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, authgate vs nginx, counted by callgrind.
+#
+# Unlike CPU time, instruction counts repeat to within a fraction of a percent whatever else
+# the machine does, so this is the figure to compare changes with on a shared machine.
+# Kernel work (system calls, TCP) is not counted: see benches/load.sh for total CPU.
+#
+#   benches/callgrind.sh                     # public route, authgate and nginx
+#   AUTHGATE_BIN=target/release/authgate TARGETS=authgate benches/callgrind.sh
+#
+# Knobs: AUTHGATE_BIN (default: cargo build --release --locked), TARGETS ("authgate nginx"),
+# DURATION (wrk seconds counted, default 10). Needs valgrind, wrk, nginx (installed with apt if
+# missing). Each proxy runs under callgrind on CPU 0, wrk and the upstream nginx on CPU 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGETS=${TARGETS:-authgate nginx}
+DURATION=${DURATION:-10}
+log() { printf '[callgrind.sh] %s\n' "$*" >&2; }
+for tool in valgrind wrk nginx curl; do
+    command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || {
+        log "installing $tool"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+    }
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ -z ${AUTHGATE_BIN:-} ]]; then
+    cargo build --release --locked >&2
+    AUTHGATE_BIN=target/release/authgate
+fi
+
+TMP=$(mktemp -d -t authgate-callgrind.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+nginx_conf() { # nginx_conf DIR SERVER_BLOCK
+    mkdir -p "$1"
+    cat >"$1/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1;
+    uwsgi_temp_path $1; scgi_temp_path $1;
+    $2
+}
+EOF
+}
+wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; log "no answer from $1"; exit 1; }
+
+UP=$(port)
+nginx_conf "$TMP/upstream" "server { listen 127.0.0.1:$UP; location / { return 200 \"ok\"; } }"
+taskset -c 1 "$NGINX" -c "$TMP/upstream/nginx.conf" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$UP/"
+
+# count NAME PORT COMMAND...: runs COMMAND under callgrind and prints instructions per request.
+count() {
+    local name=$1 port=$2 pid n total
+    shift 2
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$TMP/$name.out" "$@" \
+        >"$TMP/$name.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_http "http://127.0.0.1:$port/"
+    taskset -c 1 wrk -t1 -c8 -d3s "http://127.0.0.1:$port/" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    n=$(taskset -c 1 wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    sleep 1
+    total=$(callgrind_annotate "$TMP/$name.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    kill "$pid" 2>/dev/null || true
+    printf '| %s | %s | %s |\n' "$name" "$n" "$((total / n))"
+}
+
+echo "| proxy | requests counted | user-space instructions per request |"
+echo "|---|---:|---:|"
+for target in $TARGETS; do
+    case $target in
+    authgate)
+        AG=$(port) ADMIN=$(port)
+        cat >"$TMP/authgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$AG"
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[log]
+access_log = false
+[[routes]]
+name = "public"
+match = { path_prefix = "/" }
+upstream = "http://127.0.0.1:$UP"
+auth = "none"
+EOF
+        count authgate "$AG" "$AUTHGATE_BIN" serve --config "$TMP/authgate.toml" --threads 1
+        ;;
+    nginx)
+        PX=$(port)
+        nginx_conf "$TMP/proxy" "upstream backend { server 127.0.0.1:$UP; keepalive 64; }
+    server { listen 127.0.0.1:$PX; location / { proxy_pass http://backend; proxy_http_version 1.1;
+        proxy_set_header Connection \"\"; proxy_set_header Host \$http_host;
+        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
+        proxy_set_header X-Request-Id \$request_id; } }"
+        count nginx "$PX" "$NGINX" -c "$TMP/proxy/nginx.conf"
+        ;;
+    *) log "unknown target $target"; exit 1 ;;
+    esac
+done
