@@ -537,7 +537,10 @@ impl Exchange {
             Poll::Ready(Err(SendFailure::Write(error))) => {
                 tracing::debug!(%error, "Writing the request to the upstream failed.");
                 self.write_error = Some(error);
-                self.body = None;
+                // A body never polled stays, so the request can still be sent again.
+                if self.body_polled {
+                    self.body = None;
+                }
                 self.data = Bytes::new();
                 self.tail = b"";
                 Ok(())
@@ -834,6 +837,62 @@ impl Body for ResponseBody {
                 hint
             }
             Some(Err(_)) | None => self.decoder.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::empty;
+
+    /// A connection whose peer has reset it: any write fails.
+    async fn reset_connection() -> Conn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        // Let the reset arrive and the reactor see it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Conn::new(stream)
+    }
+
+    async fn exchange_on_reset_connection(method: Method) -> Failure {
+        let pool = Arc::new(HostPool::new(Authority::from_static("127.0.0.1:1")));
+        let (parts, body) = Request::builder()
+            .method(method)
+            .uri("/x")
+            .body(empty())
+            .unwrap()
+            .into_parts();
+        let conn = reset_connection().await;
+        match pool
+            .exchange(conn, &parts, RequestFraming::Empty, body)
+            .await
+        {
+            Ok(response) => panic!("a reset connection answered: {response:?}"),
+            Err(failure) => failure,
+        }
+    }
+
+    #[tokio::test]
+    async fn request_whose_write_failed_may_be_sent_again_whatever_its_method() {
+        for method in [Method::GET, Method::POST] {
+            let failure = exchange_on_reset_connection(method.clone()).await;
+            assert!(
+                matches!(failure.error, ExchangeError::Write(_)),
+                "{method}: {:?}",
+                failure.error
+            );
+            assert!(
+                failure.unsent.is_some(),
+                "{method}: nothing was written, so the request can go out again"
+            );
         }
     }
 }
