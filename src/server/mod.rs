@@ -4,13 +4,12 @@
 //! HTTP/1.1 connections are served by authgate's own codec ([`h1`]); HTTP/2 ones by hyper.
 //! What follows is about the HTTP/2 connections.
 //!
-//! hyper's own header-read timer also runs while a keep-alive connection waits for its next
-//! request, which would make `idle_timeout` meaningless. So each connection carries a small
-//! activity tracker fed by its IO wrapper and by the pipeline, and the connection task enforces
-//! both timeouts itself:
-//! - header_read_timeout: from the first byte of a request until the pipeline sees its head;
-//! - idle_timeout: no request in flight and no bytes either way (HTTP/2: since the last
-//!   request, as PING/WINDOW_UPDATE frames flow on idle connections).
+//! hyper's own timers do not give `idle_timeout` its meaning, so each HTTP/2 connection carries
+//! a small activity tracker fed by the pipeline, and the connection task enforces both timeouts
+//! itself:
+//! - header_read_timeout: from the connection's start until its first request;
+//! - idle_timeout: no request in flight since the last one finished (bytes say nothing here:
+//!   PING, WINDOW_UPDATE and SETTINGS frames flow on idle HTTP/2 connections).
 //!
 //! The tracker never wakes the connection task: its timer is never armed further ahead than
 //! the shorter of the two timeouts, so a deadline that appears later (a head starting, the
@@ -26,7 +25,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -49,16 +48,13 @@ use crate::telemetry::AccessLog;
 /// No head in progress.
 const NO_HEAD: u64 = u64::MAX;
 
-/// Per-connection activity, updated without locks from the IO wrapper and the pipeline.
+/// Per-connection activity, updated without locks by the pipeline.
 #[derive(Debug)]
 pub struct ConnActivity {
     epoch: Instant,
     last_activity_ms: AtomicU64,
     head_started_ms: AtomicU64,
     active_requests: AtomicU32,
-    /// HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) flow while no request is in
-    /// flight, so bytes say nothing about heads or idleness; only requests count.
-    multiplexed: AtomicBool,
 }
 
 impl ConnActivity {
@@ -70,37 +66,11 @@ impl ConnActivity {
             // a client that connects and sends nothing is held to header_read_timeout.
             head_started_ms: AtomicU64::new(0),
             active_requests: AtomicU32::new(0),
-            multiplexed: AtomicBool::new(false),
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn on_read(&self) {
-        if self.multiplexed.load(Ordering::Relaxed) {
-            return;
-        }
-        let now = self.now_ms();
-        self.last_activity_ms.store(now, Ordering::Relaxed);
-        if self.active_requests.load(Ordering::Relaxed) == 0 {
-            // Only the first read of a head starts its clock.
-            let _ = self.head_started_ms.compare_exchange(
-                NO_HEAD,
-                now,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    fn on_write(&self) {
-        if self.multiplexed.load(Ordering::Relaxed) {
-            return;
-        }
-        self.last_activity_ms
-            .store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// The pipeline has a complete request head.
@@ -145,71 +115,6 @@ enum Verdict {
     WaitUntil(Instant),
     HeaderTimeout,
     Idle,
-}
-
-pin_project_lite::pin_project! {
-    /// Reports reads and writes to the connection's [`ConnActivity`] (HTTP/2 connections).
-    struct TrackedIo<T> {
-        #[pin]
-        inner: T,
-        activity: Arc<ConnActivity>,
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let polled = this.inner.poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.on_read();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.on_write();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.on_write();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
 }
 
 /// A running gateway: its bound addresses and the means to stop it.
@@ -543,12 +448,7 @@ async fn drive<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = conn.activity.clone();
-    // Only HTTP/2 reaches hyper: bytes say nothing about idleness (see ConnActivity).
-    activity.multiplexed.store(true, Ordering::Relaxed);
-    let io = TokioIo::new(TrackedIo {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(stream);
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let gateway = gateway.clone();
         let conn = conn.clone();
