@@ -7,9 +7,12 @@
 #
 #   benches/callgrind.sh                     # public route, authgate and nginx
 #   AUTHGATE_BIN=target/release/authgate TARGETS=authgate benches/callgrind.sh
+#   TARGETS="authgate-apikey authgate-401" benches/callgrind.sh   # API-key route
 #
-# Knobs: AUTHGATE_BIN (default: cargo build --release --locked), TARGETS ("authgate nginx"),
-# DURATION (wrk seconds counted, default 10). Needs valgrind, wrk, nginx (installed with apt if
+# Knobs: AUTHGATE_BIN (default: cargo build --release --locked), TARGETS ("authgate nginx";
+# also authgate-apikey: the API-key route with a valid cached key, and authgate-401: the same
+# route with a well-formed unknown key, refused with 401),
+# DURATION (wrk seconds counted, default 10), KEEP_TMP=1 (keep the callgrind profiles). Needs valgrind, wrk, nginx (installed with apt if
 # missing). Each proxy runs under callgrind on CPU 0, wrk and the upstream nginx on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +37,7 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$TMP"
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP (callgrind_annotate $TMP/NAME.out.1)"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 
@@ -65,18 +68,21 @@ taskset -c 1 "$NGINX" -c "$TMP/upstream/nginx.conf" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP/"
 
-# count NAME PORT COMMAND...: runs COMMAND under callgrind and prints instructions per request.
+# count NAME URL AUTH COMMAND...: runs COMMAND under callgrind, loads URL (with
+# `Authorization: AUTH` unless AUTH is empty) and prints instructions per request.
 count() {
-    local name=$1 port=$2 pid n total
-    shift 2
+    local name=$1 url=$2 auth=$3 pid n total
+    local header=()
+    [[ -n $auth ]] && header=(-H "Authorization: $auth")
+    shift 3
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$TMP/$name.out" "$@" \
         >"$TMP/$name.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    wait_http "http://127.0.0.1:$port/"
-    taskset -c 1 wrk -t1 -c8 -d3s "http://127.0.0.1:$port/" >/dev/null
+    wait_http "${url%/*}/"
+    taskset -c 1 wrk -t1 -c8 -d3s "${header[@]}" "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
-    n=$(taskset -c 1 wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+    n=$(taskset -c 1 wrk -t1 -c8 -d"${DURATION}s" "${header[@]}" "$url" | awk '/requests in/ {print $1}')
     callgrind_control -d "$pid" >/dev/null 2>&1
     sleep 1
     total=$(callgrind_annotate "$TMP/$name.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
@@ -88,8 +94,10 @@ echo "| proxy | requests counted | user-space instructions per request |"
 echo "|---|---:|---:|"
 for target in $TARGETS; do
     case $target in
-    authgate)
+    authgate | authgate-apikey | authgate-401)
         AG=$(port) ADMIN=$(port)
+        [[ -f $TMP/keys.toml ]] ||
+            KEY=$("$AUTHGATE_BIN" keys add --file "$TMP/keys.toml" --tenant t1 --scope api | head -1)
         cat >"$TMP/authgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:$AG"
@@ -97,13 +105,26 @@ listen = "127.0.0.1:$AG"
 listen = "127.0.0.1:$ADMIN"
 [log]
 access_log = false
+[api_keys]
+file = "$TMP/keys.toml"
+[[routes]]
+name = "api"
+match = { path_prefix = "/api/" }
+upstream = "http://127.0.0.1:$UP"
+auth = ["api_key"]
+scopes = ["api"]
 [[routes]]
 name = "public"
 match = { path_prefix = "/" }
 upstream = "http://127.0.0.1:$UP"
 auth = "none"
 EOF
-        count authgate "$AG" "$AUTHGATE_BIN" serve --config "$TMP/authgate.toml" --threads 1
+        case $target in
+        authgate) url="http://127.0.0.1:$AG/" auth="" ;;
+        authgate-apikey) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
+        *) url="http://127.0.0.1:$AG/api/x" auth="Bearer sgk_$(printf 'x%.0s' {1..40})" ;;
+        esac
+        count "$target" "$url" "$auth" "$AUTHGATE_BIN" serve --config "$TMP/authgate.toml" --threads 1
         ;;
     nginx)
         PX=$(port)
@@ -113,7 +134,7 @@ EOF
         proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
         proxy_set_header X-Request-Id \$request_id; } }"
-        count nginx "$PX" "$NGINX" -c "$TMP/proxy/nginx.conf"
+        count nginx "http://127.0.0.1:$PX/" "" "$NGINX" -c "$TMP/proxy/nginx.conf"
         ;;
     *) log "unknown target $target"; exit 1 ;;
     esac

@@ -6,13 +6,14 @@
 //! error text or an upstream address.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::body::{ProxyBody, full};
+use crate::headers::RequestId;
 
 /// Why authgate answered a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,83 +159,159 @@ impl GatewayError {
     }
 
     /// Builds the JSON response with the headers SPEC §7 requires for this error.
-    pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
-        // Written directly: code and message are fixed texts, and the request id is either
-        // ours or a client value restricted to [A-Za-z0-9._:-], so only the message needs
-        // JSON escaping (it may quote required scopes).
-        // (No serde_json Value and format! here: on the refusal paths, 401 above all, they
-        // were a sixth of the instructions of the whole request.)
-        let message = self.message();
-        let request_id = if request_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        {
-            request_id
-        } else {
-            ""
-        };
-        let code = self.code();
-        let mut body = String::with_capacity(64 + code.len() + message.len() + request_id.len());
-        body.push_str(r#"{"error":{"code":""#);
-        body.push_str(code);
-        body.push_str(r#"","message":"#);
-        push_json_string(&mut body, &message);
-        body.push_str(r#","request_id":""#);
-        body.push_str(request_id);
-        body.push_str(r#""}}"#);
-        let mut response = Response::new(full(Bytes::from(body)));
+    pub fn into_response(self, request_id: &RequestId) -> Response<ProxyBody> {
+        let mut response = Response::new(full(Bytes::from(self.json_body(request_id))));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if self.status() == StatusCode::UNAUTHORIZED {
-            let value = if self.credential_presented() {
-                HeaderValue::from_static(r#"Bearer realm="authgate", error="invalid_token""#)
-            } else {
-                HeaderValue::from_static(r#"Bearer realm="authgate""#)
-            };
-            headers.insert(WWW_AUTHENTICATE, value);
+        if let Some((name, value)) = self.extra_header() {
+            headers.insert(name, value);
         }
-        match &self {
+        response
+    }
+
+    /// The JSON body (SPEC §7): `{"error": {"code", "message", "request_id"}}`.
+    pub fn json_body(&self, request_id: &RequestId) -> Vec<u8> {
+        // Written directly, with no serde_json Value and no format!: on the refusal paths,
+        // 401 above all, those were a sixth of the instructions of the whole request.
+        // Code and fixed messages need no JSON escaping (pinned by a test), nor does the
+        // request id (`RequestId` only holds [A-Za-z0-9._:-]); only a message built at run
+        // time (it may quote required scopes) is escaped.
+        let message = self.message();
+        let code = self.code();
+        let id = request_id.as_bytes();
+        let mut body = Vec::with_capacity(64 + code.len() + message.len() + id.len());
+        body.extend_from_slice(br#"{"error":{"code":""#);
+        body.extend_from_slice(code.as_bytes());
+        body.extend_from_slice(br#"","message":"#);
+        match &message {
+            Cow::Borrowed(fixed) => {
+                body.push(b'"');
+                body.extend_from_slice(fixed.as_bytes());
+                body.push(b'"');
+            }
+            Cow::Owned(built) => push_json_string(&mut body, built),
+        }
+        body.extend_from_slice(br#","request_id":""#);
+        body.extend_from_slice(id);
+        body.extend_from_slice(br#""}}"#);
+        body
+    }
+
+    /// The one header besides `content-type` SPEC §7 and RFC 6750 ask of this error, if any:
+    /// the `WWW-Authenticate` challenge of a 401 or an insufficient-scope 403, or the
+    /// `Retry-After` of a 429.
+    pub fn extra_header(&self) -> Option<(HeaderName, HeaderValue)> {
+        match self {
             Self::InsufficientScope(required) => {
                 let value = format!(
                     r#"Bearer realm="authgate", error="insufficient_scope", scope="{required}""#
                 );
-                if let Ok(value) = HeaderValue::from_str(&value) {
-                    headers.insert(WWW_AUTHENTICATE, value);
-                }
+                let value = HeaderValue::from_str(&value).ok()?;
+                Some((WWW_AUTHENTICATE, value))
             }
             Self::RateLimited { retry_after_secs } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                Some((RETRY_AFTER, HeaderValue::from(*retry_after_secs)))
             }
-            _ => {}
+            _ if self.status() == StatusCode::UNAUTHORIZED => {
+                let value = if self.credential_presented() {
+                    HeaderValue::from_static(r#"Bearer realm="authgate", error="invalid_token""#)
+                } else {
+                    HeaderValue::from_static(r#"Bearer realm="authgate""#)
+                };
+                Some((WWW_AUTHENTICATE, value))
+            }
+            _ => None,
         }
-        response
     }
 }
 
+/// Whether `text` may be written inside a JSON string literal as it is.
+fn needs_no_json_escaping(text: &str) -> bool {
+    !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
 /// Appends `text` as a JSON string literal (RFC 8259 escaping).
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for ch in text.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            ch if u32::from(ch) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(ch));
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    if needs_no_json_escaping(text) {
+        out.extend_from_slice(text.as_bytes());
+    } else {
+        for ch in text.chars() {
+            match ch {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '\n' => out.extend_from_slice(b"\\n"),
+                '\r' => out.extend_from_slice(b"\\r"),
+                '\t' => out.extend_from_slice(b"\\t"),
+                ch if u32::from(ch) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", u32::from(ch));
+                }
+                ch => out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
             }
-            ch => out.push(ch),
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    fn id(text: &str) -> RequestId {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_str(text).unwrap());
+        RequestId::from_client(&headers).unwrap()
+    }
+
+    fn every_variant() -> Vec<GatewayError> {
+        vec![
+            GatewayError::BadRequest("x"),
+            GatewayError::AuthMissing,
+            GatewayError::InvalidKey,
+            GatewayError::KeyRevoked,
+            GatewayError::KeyExpired,
+            GatewayError::InvalidToken,
+            GatewayError::TokenExpired,
+            GatewayError::TokenRevoked,
+            GatewayError::InsufficientScope("a \"b\"".into()),
+            GatewayError::TenantNotAllowed,
+            GatewayError::RouteNotFound,
+            GatewayError::PayloadTooLarge,
+            GatewayError::RateLimited {
+                retry_after_secs: 3,
+            },
+            GatewayError::HeadersTooLarge,
+            GatewayError::UpstreamUnavailable,
+            GatewayError::AuthBackendUnavailable,
+            GatewayError::UpstreamTimeout,
+        ]
+    }
+
+    /// `into_response` writes fixed messages unescaped: they must never need escaping.
+    #[test]
+    fn fixed_messages_need_no_json_escaping() {
+        for error in every_variant() {
+            if let Cow::Borrowed(fixed) = error.message() {
+                assert!(needs_no_json_escaping(fixed), "{error:?}");
+            }
+        }
+    }
+
+    /// Every body is valid JSON with the code, the message and the request id, escaped or not.
+    #[tokio::test]
+    async fn every_body_parses_as_the_spec_json() {
+        for error in every_variant() {
+            let (code, message) = (error.code(), error.message().into_owned());
+            let response = error.into_response(&id("a-1.b_2:c"));
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["error"]["code"], code);
+            assert_eq!(json["error"]["message"], message.as_str());
+            assert_eq!(json["error"]["request_id"], "a-1.b_2:c");
+        }
+    }
 
     /// One row per variant pins the SPEC §7 mapping.
     #[test]
@@ -285,7 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn body_is_the_spec_json_with_request_id() {
-        let response = GatewayError::RouteNotFound.into_response("req-1");
+        let response = GatewayError::RouteNotFound.into_response(&id("req-1"));
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -296,12 +373,12 @@ mod tests {
 
     #[test]
     fn unauthorized_carries_www_authenticate_with_invalid_token_only_when_presented() {
-        let missing = GatewayError::AuthMissing.into_response("r");
+        let missing = GatewayError::AuthMissing.into_response(&id("r"));
         assert_eq!(
             missing.headers()[WWW_AUTHENTICATE],
             r#"Bearer realm="authgate""#
         );
-        let invalid = GatewayError::InvalidKey.into_response("r");
+        let invalid = GatewayError::InvalidKey.into_response(&id("r"));
         assert_eq!(
             invalid.headers()[WWW_AUTHENTICATE],
             r#"Bearer realm="authgate", error="invalid_token""#
@@ -311,7 +388,7 @@ mod tests {
     #[test]
     fn insufficient_scope_and_rate_limited_headers() {
         let scope =
-            GatewayError::InsufficientScope("inference:write admin".into()).into_response("r");
+            GatewayError::InsufficientScope("inference:write admin".into()).into_response(&id("r"));
         assert_eq!(
             scope.headers()[WWW_AUTHENTICATE],
             r#"Bearer realm="authgate", error="insufficient_scope", scope="inference:write admin""#
@@ -319,16 +396,19 @@ mod tests {
         let limited = GatewayError::RateLimited {
             retry_after_secs: 7,
         }
-        .into_response("r");
+        .into_response(&id("r"));
         assert_eq!(limited.headers()[RETRY_AFTER], "7");
     }
 
     #[test]
     fn json_strings_are_escaped() {
-        let mut out = String::new();
+        let mut out = Vec::new();
         super::push_json_string(&mut out, "a\"b\\c\nd\u{1}é");
-        assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
-        let parsed: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            r#""a\"b\\c\nd\u0001é""#
+        );
+        let parsed: String = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed, "a\"b\\c\nd\u{1}é");
     }
 }

@@ -180,23 +180,56 @@ pub fn is_websocket_upgrade(method: &Method, version: Version, headers: &HeaderM
     has_token(&CONNECTION, "upgrade") && has_token(&UPGRADE, "websocket")
 }
 
-/// A client `x-request-id` kept only if it matches `[A-Za-z0-9._:-]{1,128}`.
-pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
-    let value = headers.get(&X_REQUEST_ID)?;
-    let bytes = value.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= 128
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    valid.then(|| value.clone())
-}
+/// A request's `x-request-id`: the client's value when it matches `[A-Za-z0-9._:-]{1,128}`,
+/// else a new UUID v4 (SPEC §6).
+///
+/// These two constructors are the only ones, so the bytes are always plain ASCII without
+/// quotes or backslashes: they go into a header, a JSON error body or a log line as they are,
+/// with no further check on the way out.
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
 
-/// A new random request id (UUID v4).
-pub fn new_request_id() -> HeaderValue {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+impl RequestId {
+    /// The client's `x-request-id`, kept only if it is well formed.
+    pub fn from_client(headers: &HeaderMap) -> Option<Self> {
+        let value = headers.get(&X_REQUEST_ID)?;
+        let bytes = value.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 128
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        valid.then(|| Self(value.clone()))
+    }
+
+    /// A new random id (UUID v4).
+    pub fn generate() -> Self {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+        Self(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+    }
+
+    /// The client's id if it sent a usable one, else a new one.
+    pub fn of_request(headers: &HeaderMap) -> Self {
+        Self::from_client(headers).unwrap_or_else(Self::generate)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// For log lines (the check is a formality: the bytes are ASCII by construction).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+    }
+
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    pub fn into_header_value(self) -> HeaderValue {
+        self.0
+    }
 }
 
 /// Whether `ip` is inside one of the trusted proxy networks.
@@ -365,18 +398,20 @@ mod tests {
 
     #[test]
     fn request_id_is_kept_only_when_well_formed() {
-        assert_eq!(
-            client_request_id(&map(&[("x-request-id", "abc-123_x.y:z")])).unwrap(),
-            "abc-123_x.y:z"
-        );
-        for bad in ["", "has space", "semi;colon", &"a".repeat(129)] {
+        let kept = RequestId::from_client(&map(&[("x-request-id", "abc-123_x.y:z")])).unwrap();
+        assert_eq!(kept.as_str(), "abc-123_x.y:z");
+        assert_eq!(kept.header_value(), "abc-123_x.y:z");
+        for bad in ["", "has space", "semi;colon", "quo\"te", &"a".repeat(129)] {
             assert!(
-                client_request_id(&map(&[("x-request-id", bad)])).is_none(),
+                RequestId::from_client(&map(&[("x-request-id", bad)])).is_none(),
                 "{bad}"
             );
         }
-        let fresh = new_request_id();
-        assert_eq!(fresh.len(), 36);
+        let fresh = RequestId::generate();
+        assert_eq!(fresh.as_bytes().len(), 36);
+        let uuid = uuid::Uuid::parse_str(fresh.as_str()).unwrap();
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_ne!(fresh.as_str(), RequestId::generate().as_str());
     }
 
     #[test]

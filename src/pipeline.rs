@@ -38,8 +38,8 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Runtime};
 use crate::headers::{
-    X_REQUEST_ID, client_ip, client_request_id, is_websocket_upgrade, new_request_id,
-    set_forwarded_with, strip_client_identity, strip_hop_by_hop, strip_response_hop_by_hop,
+    RequestId, X_REQUEST_ID, client_ip, is_websocket_upgrade, set_forwarded_with,
+    strip_client_identity, strip_hop_by_hop, strip_response_hop_by_hop,
 };
 use crate::limits::gcra::LimitState;
 use crate::limits::{self, Denied, usage};
@@ -56,7 +56,9 @@ pub struct ConnInfo {
     /// The peer IP as a header value, formatted once per connection.
     pub peer_header: HeaderValue,
     pub tls: bool,
-    pub activity: Arc<ConnActivity>,
+    /// HTTP/2 connections only: what the connection's timer reads to tell idle from busy.
+    /// (The HTTP/1.1 server keeps its own timeouts, one request at a time.)
+    pub activity: Option<Arc<ConnActivity>>,
     /// This connection's `max_connections` slot; a WebSocket tunnel keeps it.
     pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
     pub tunnels: Arc<crate::forward::Tunnels>,
@@ -77,16 +79,114 @@ struct Context {
 static UNMATCHED_ROUTE: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| Arc::from("(none)"));
 
+/// What the pipeline answers a request with.
+#[derive(Debug)]
+pub enum Answer {
+    /// The upstream's response (or a WebSocket switch), to stream back.
+    Response(Response<ProxyBody>),
+    /// A request authgate answers itself (401, 403, 404, 429, 502...).
+    Error(ErrorAnswer),
+}
+
+impl Answer {
+    pub fn into_response(self) -> Response<ProxyBody> {
+        match self {
+            Self::Response(response) => response,
+            Self::Error(error) => error.into_response(),
+        }
+    }
+}
+
+/// An answer authgate gives itself: the error and what its response carries, without a
+/// header map. The HTTP/1.1 server writes it straight into its output buffer (the 401 path
+/// is the one any client can drive at will, so it stays cheap); HTTP/2 makes it a `Response`.
+pub struct ErrorAnswer {
+    pub error: GatewayError,
+    pub request_id: RequestId,
+    /// The `RateLimit-*` headers, once the rate-limit step ran.
+    pub rate_limit: Option<LimitState>,
+    /// A request body we did not read may still be arriving on an HTTP/1.x connection: it
+    /// closes after the answer, never reading the next request from the middle of the body.
+    pub close: bool,
+    /// The request's metrics and access-log line, completed once the answer is sent.
+    finish: Option<Finish>,
+}
+
+impl std::fmt::Debug for ErrorAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ErrorAnswer")
+            .field("error", &self.error)
+            .field("request_id", &self.request_id)
+            .field("rate_limit", &self.rate_limit)
+            .field("close", &self.close)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ErrorAnswer {
+    /// An answer to a request head the HTTP/1.1 server refused before the pipeline (it has
+    /// no route, no metrics and closes the connection).
+    pub fn for_head(error: GatewayError) -> Self {
+        Self {
+            error,
+            request_id: RequestId::generate(),
+            rate_limit: None,
+            close: true,
+            finish: None,
+        }
+    }
+
+    /// Records the answer as sent, `bytes` of body included (access log, metrics).
+    pub fn sent(mut self, bytes: u64, complete: bool) {
+        if let Some(finish) = &mut self.finish {
+            let outcome = if complete {
+                BodyOutcome::Finished
+            } else {
+                BodyOutcome::Failed
+            };
+            finish.complete(bytes, outcome);
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut response = self.error.into_response(&self.request_id);
+        let headers = response.headers_mut();
+        if self.close {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        headers.insert(&X_REQUEST_ID, self.request_id.into_header_value());
+        if let Some(state) = self.rate_limit {
+            limits::insert_headers(headers, state);
+        }
+        match self.finish {
+            Some(finish) => {
+                let (parts, body) = response.into_parts();
+                Response::from_parts(parts, ObservedBody::new(body, finish).boxed())
+            }
+            None => response,
+        }
+    }
+}
+
 /// Handles one request end to end. Never fails: errors become their JSON response here.
 pub async fn handle(
     gateway: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     request: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
+    answer(gateway, conn, request).await.into_response()
+}
+
+/// Runs the stages and decides the answer; errors are logged and counted here, once.
+pub async fn answer(
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    request: Request<ProxyBody>,
+) -> Answer {
     // One consistent view of config, key store and JWT validator for the whole request.
     let runtime = gateway.runtime();
     let config = &runtime.config;
-    let request_id = client_request_id(request.headers()).unwrap_or_else(new_request_id);
+    let request_id = RequestId::of_request(request.headers());
     let body_pending = !request.body().is_end_stream();
     let version = request.version();
     // Only the access log reads the count: without it, no counter is allocated per request.
@@ -101,7 +201,12 @@ pub async fn handle(
     );
 
     let mut context = Context::default();
-    let request = request.map(|body| boxed(CountingBody::new(body, bytes_in)));
+    // A request without a body has nothing to count and no trailers to drop.
+    let request = if body_pending {
+        request.map(|body| boxed(CountingBody::new(body, bytes_in)))
+    } else {
+        request
+    };
 
     let result = handle_inner(
         &runtime,
@@ -112,47 +217,54 @@ pub async fn handle(
         &mut context,
     )
     .await;
-    let mut response = match result {
-        Ok(response) => response,
+    finish.upstream_ms = context.upstream_ms;
+    finish.histograms = context.histograms;
+    if let Some(route) = &context.route {
+        finish.route = SharedLabel(route.clone());
+    }
+    if let Some(log) = &mut finish.log {
+        let record = &mut log.record;
+        record.route.clone_from(&context.route);
+        if let Some(identity) = context.identity {
+            record.auth_method = Some(identity.method.as_str());
+            record.key_id = identity.key_id().map(str::to_owned);
+            record.subject = Some(identity.subject().to_owned());
+            record.tenant_id = identity.tenant_id().map(str::to_owned);
+        }
+    }
+    match result {
+        Ok(mut response) => {
+            let headers = response.headers_mut();
+            headers.insert(&X_REQUEST_ID, request_id.into_header_value());
+            if let Some(state) = context.rate_limit {
+                limits::insert_headers(headers, state);
+            }
+            finish.status = response.status().as_u16();
+            let (parts, body) = response.into_parts();
+            Answer::Response(Response::from_parts(
+                parts,
+                ObservedBody::new(body, finish).boxed(),
+            ))
+        }
         Err(error) => {
             let status = error.status();
+            let route = context.route.as_deref().unwrap_or("-");
             if status.is_server_error() {
-                tracing::warn!(request_id = request_id.to_str().unwrap_or_default(), route = context.route.as_deref().unwrap_or("-"), reason = error.reason(), %status, "Request failed.");
+                tracing::warn!(request_id = request_id.as_str(), route, reason = error.reason(), %status, "Request failed.");
             } else {
-                tracing::debug!(request_id = request_id.to_str().unwrap_or_default(), route = context.route.as_deref().unwrap_or("-"), reason = error.reason(), %status, "Request denied.");
+                tracing::debug!(request_id = request_id.as_str(), route, reason = error.reason(), %status, "Request denied.");
             }
-            finish.record.reason = Some(error.reason());
-            let mut response = error.into_response(request_id.to_str().unwrap_or_default());
-            // A body we did not read may still be arriving: never read the next request from
-            // the middle of it.
-            if body_pending && version <= Version::HTTP_11 {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
+            finish.reason = Some(error.reason());
+            finish.status = status.as_u16();
+            Answer::Error(ErrorAnswer {
+                error,
+                request_id,
+                rate_limit: context.rate_limit,
+                close: body_pending && version <= Version::HTTP_11,
+                finish: Some(finish),
+            })
         }
-    };
-    response.headers_mut().insert(&X_REQUEST_ID, request_id);
-    if let Some(state) = context.rate_limit {
-        limits::insert_headers(response.headers_mut(), state);
     }
-    finish.record.status = response.status().as_u16();
-    finish.record.upstream_ms = context.upstream_ms;
-    finish.histograms = context.histograms;
-    if let Some(route) = context.route {
-        finish.route = SharedLabel(route.clone());
-        finish.record.route = Some(route);
-    }
-    if let Some(identity) = context.identity.filter(|_| finish.access_log) {
-        let record = &mut finish.record;
-        record.auth_method = Some(identity.method.as_str());
-        record.key_id = identity.key_id().map(str::to_owned);
-        record.subject = Some(identity.subject().to_owned());
-        record.tenant_id = identity.tenant_id().map(str::to_owned);
-    }
-    let (parts, body) = response.into_parts();
-    Response::from_parts(parts, ObservedBody::new(body, finish).boxed())
 }
 
 /// The stages, in order. Each `?` is a decision that ends the request.
@@ -161,7 +273,7 @@ async fn handle_inner(
     metrics: &Metrics,
     conn: &ConnInfo,
     request: Request<ProxyBody>,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
     context: &mut Context,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let config = &runtime.config;
@@ -180,7 +292,7 @@ async fn handle_inner(
             "both Content-Length and Transfer-Encoding",
         ));
     }
-    check_framing(&mut parts)?;
+    check_framing(&mut parts.headers)?;
     check_header_size(&parts, config.server.max_header_bytes)?;
 
     // 2. Route, from the request line and Host only.
@@ -204,7 +316,7 @@ async fn handle_inner(
     let stripped = strip_client_identity(&mut parts.headers, &config.identity.header_prefix);
     if stripped > 0 {
         tracing::debug!(
-            request_id = request_id.to_str().unwrap_or_default(),
+            request_id = request_id.as_str(),
             stripped,
             "Removed client-sent identity headers."
         );
@@ -269,7 +381,9 @@ async fn handle_inner(
             parts.headers.insert(HOST, host);
         }
     }
-    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    parts
+        .headers
+        .insert(&X_REQUEST_ID, request_id.header_value().clone());
     if route.usage.is_some() {
         // We read the upstream's usage trailer; HTTP/1.1 upstreams only send trailers to a
         // client that announces it accepts them (TE is hop-by-hop: the client's was removed).
@@ -361,13 +475,9 @@ fn check_target<'a>(
         return Err(GatewayError::BadRequest("CONNECT is not supported"));
     }
     let host_header = match host_header {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .filter(|text| text.parse::<http::uri::Authority>().is_ok() && !text.contains('@'))
-                .ok_or(GatewayError::BadRequest("invalid Host header"))?,
-        ),
+        Some(value) => {
+            Some(valid_host(value).ok_or(GatewayError::BadRequest("invalid Host header"))?)
+        }
         None => None,
     };
     let authority = uri.authority().map(http::uri::Authority::as_str);
@@ -411,23 +521,55 @@ fn check_target<'a>(
     })
 }
 
+/// A Host header that is a valid authority without userinfo (`user@host` is refused).
+fn valid_host(value: &HeaderValue) -> Option<&str> {
+    let bytes = value.as_bytes();
+    if is_plain_host(bytes) {
+        // ASCII by the check above.
+        return std::str::from_utf8(bytes).ok();
+    }
+    value
+        .to_str()
+        .ok()
+        .filter(|text| text.parse::<http::uri::Authority>().is_ok() && !text.contains('@'))
+}
+
+/// `name[:port]` with a name of letters, digits, dots and hyphens (a DNS name or an IPv4
+/// address) and a port of 1 to 5 digits: the common case, which the authority grammar always
+/// accepts, checked in one pass without the full parse (which copies the value).
+fn is_plain_host(bytes: &[u8]) -> bool {
+    let (name, port) = match memchr::memchr(b':', bytes) {
+        Some(colon) => (&bytes[..colon], Some(&bytes[colon + 1..])),
+        None => (bytes, None),
+    };
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port
+            .is_none_or(|port| (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit))
+}
+
 /// Request smuggling guards hyper does not apply by itself.
-fn check_framing(parts: &mut Parts) -> Result<(), GatewayError> {
-    if parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH) {
+fn check_framing(headers: &mut http::HeaderMap) -> Result<(), GatewayError> {
+    // One lookup per header name: most requests have neither.
+    let codings = headers.get_all(TRANSFER_ENCODING);
+    let lengths = headers.get_all(CONTENT_LENGTH);
+    let (mut codings, mut lengths) = (codings.iter(), lengths.iter());
+    let (first_coding, first_length) = (codings.next(), lengths.next());
+    if first_coding.is_some() && first_length.is_some() {
         return Err(GatewayError::BadRequest(
             "both Content-Length and Transfer-Encoding",
         ));
     }
     // hyper decodes `chunked` only and accepts any coding list that ends with it: the other
     // codings (`gzip, chunked`) would reach the upstream still applied but no longer announced.
-    let mut codings = parts.headers.get_all(TRANSFER_ENCODING).iter();
-    if let Some(first) = codings.next()
+    if let Some(first) = first_coding
         && (codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked"))
     {
         return Err(GatewayError::BadRequest("unsupported Transfer-Encoding"));
     }
-    let mut lengths = parts.headers.get_all(CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next() {
+    if let Some(first) = first_length {
         let first = first.clone();
         let mut duplicated = false;
         for other in lengths {
@@ -443,7 +585,7 @@ fn check_framing(parts: &mut Parts) -> Result<(), GatewayError> {
         }
         if duplicated {
             // Identical duplicates: forward exactly one.
-            parts.headers.insert(CONTENT_LENGTH, first);
+            headers.insert(CONTENT_LENGTH, first);
         }
     }
     Ok(())
@@ -478,16 +620,26 @@ fn declared_length(parts: &Parts) -> Option<u64> {
 /// the request is abandoned (then logged with status 499, as nginx does).
 struct Finish {
     gateway: Arc<Gateway>,
-    activity: Arc<ConnActivity>,
+    activity: Option<Arc<ConnActivity>>,
     started: Instant,
     method: &'static str,
     route: SharedLabel,
     /// The matched route's histograms; `None` for a request that matched no route.
     histograms: Option<RouteHistograms>,
+    status: u16,
+    upstream_ms: Option<f64>,
+    reason: Option<&'static str>,
+    bytes_out: u64,
+    /// The access-log line, only when the access log is on. Boxed: its strings are a few
+    /// hundred bytes every request would otherwise carry and move around.
+    log: Option<Box<LogLine>>,
+}
+
+/// What only the access log needs.
+struct LogLine {
     record: AccessRecord,
     bytes_in: Option<Arc<AtomicU64>>,
-    log_format: crate::config::LogFormat,
-    access_log: bool,
+    format: crate::config::LogFormat,
 }
 
 impl Finish {
@@ -496,34 +648,33 @@ impl Finish {
         config: &Config,
         conn: &ConnInfo,
         request: &Request<ProxyBody>,
-        request_id: &HeaderValue,
+        request_id: &RequestId,
         bytes_in: Option<Arc<AtomicU64>>,
     ) -> Self {
-        conn.activity.request_started();
+        if let Some(activity) = &conn.activity {
+            activity.request_started();
+        }
         gateway.metrics.inflight.inc();
-        let access_log = config.log.access_log;
         // The record's strings are only built when there is a log line to write.
-        let record = if !access_log {
-            AccessRecord {
-                status: 499,
-                ..AccessRecord::default()
-            }
-        } else {
-            AccessRecord {
-                time: Some(SystemTime::now()),
-                request_id: request_id.to_str().unwrap_or_default().to_owned(),
-                method: request.method().as_str().to_owned(),
-                path: request.uri().path().to_owned(),
-                client_ip: client_ip(
-                    request.headers(),
-                    conn.peer.ip(),
-                    &config.server.trusted_proxies,
-                )
-                .to_string(),
-                status: 499,
-                ..AccessRecord::default()
-            }
-        };
+        let log = config.log.access_log.then(|| {
+            Box::new(LogLine {
+                record: AccessRecord {
+                    time: Some(SystemTime::now()),
+                    request_id: request_id.as_str().to_owned(),
+                    method: request.method().as_str().to_owned(),
+                    path: request.uri().path().to_owned(),
+                    client_ip: client_ip(
+                        request.headers(),
+                        conn.peer.ip(),
+                        &config.server.trusted_proxies,
+                    )
+                    .to_string(),
+                    ..AccessRecord::default()
+                },
+                bytes_in,
+                format: config.log.format,
+            })
+        });
         Self {
             gateway: gateway.clone(),
             activity: conn.activity.clone(),
@@ -531,19 +682,21 @@ impl Finish {
             method: method_label(request.method()),
             route: SharedLabel(UNMATCHED_ROUTE.clone()),
             histograms: None,
-            record,
-            bytes_in,
-            log_format: config.log.format,
-            access_log,
+            // Until an answer is decided: a request abandoned before is logged as 499.
+            status: 499,
+            upstream_ms: None,
+            reason: None,
+            bytes_out: 0,
+            log,
         }
     }
 }
 
 impl BodyCompletion for Finish {
     fn complete(&mut self, bytes_sent: u64, outcome: BodyOutcome) {
-        self.record.bytes_out = bytes_sent;
+        self.bytes_out = bytes_sent;
         if outcome == BodyOutcome::Failed {
-            self.record.reason.get_or_insert("response_stream_failed");
+            self.reason.get_or_insert("response_stream_failed");
         }
     }
 }
@@ -553,9 +706,11 @@ impl Drop for Finish {
         let elapsed = self.started.elapsed().as_secs_f64();
         let metrics = &self.gateway.metrics;
         metrics.inflight.dec();
-        self.activity.request_finished();
-        metrics.count_request(&self.route, self.method, self.record.status);
-        let upstream_seconds = self.record.upstream_ms.map(|ms| ms / 1000.0);
+        if let Some(activity) = &self.activity {
+            activity.request_finished();
+        }
+        metrics.count_request(&self.route, self.method, self.status);
+        let upstream_seconds = self.upstream_ms.map(|ms| ms / 1000.0);
         if let Some(histograms) = &self.histograms {
             histograms.request.observe(elapsed);
             if let Some(seconds) = upstream_seconds {
@@ -576,19 +731,67 @@ impl Drop for Finish {
                     .observe(seconds);
             }
         }
-        if self.access_log {
-            self.record.duration_ms = elapsed * 1000.0;
-            self.record.bytes_in = self
+        if let Some(log) = &mut self.log {
+            let record = &mut log.record;
+            record.status = self.status;
+            record.upstream_ms = self.upstream_ms;
+            record.reason = self.reason;
+            record.bytes_out = self.bytes_out;
+            record.duration_ms = elapsed * 1000.0;
+            record.bytes_in = log
                 .bytes_in
                 .as_ref()
                 .map_or(0, |bytes| bytes.load(Ordering::Relaxed));
-            if !self
-                .gateway
-                .access_log
-                .write(self.record.format(self.log_format))
-            {
+            if !self.gateway.access_log.write(record.format(log.format)) {
                 metrics.access_log_dropped.inc();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass check must only ever accept what the full authority parse accepts.
+    #[test]
+    fn plain_hosts_agree_with_the_authority_grammar() {
+        let full = |text: &str| text.parse::<http::uri::Authority>().is_ok() && !text.contains('@');
+        for host in [
+            "example.com",
+            "api.example.com:8443",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "a",
+            "a-b.c:1",
+            "x:65535",
+        ] {
+            assert!(is_plain_host(host.as_bytes()), "{host}");
+            assert!(full(host), "{host}");
+        }
+        for host in [
+            "",
+            ":80",
+            "example.com:",
+            "example.com:123456",
+            "example.com:8a",
+            "a:b:c",
+            "user@example.com",
+            "[::1]:8080",
+            "exa mple.com",
+            "ex%41mple.com",
+            "example_host",
+        ] {
+            assert!(!is_plain_host(host.as_bytes()), "{host}");
+        }
+        // What the fast path leaves to the full parse still gets its verdict.
+        let value = |text: &str| HeaderValue::from_str(text).unwrap();
+        assert_eq!(valid_host(&value("[::1]:8080")), Some("[::1]:8080"));
+        assert_eq!(valid_host(&value("user@example.com")), None);
+        assert_eq!(valid_host(&value("a:b:c")), None);
+        assert_eq!(
+            valid_host(&value("api.example.com:8443")),
+            Some("api.example.com:8443")
+        );
     }
 }

@@ -1737,9 +1737,13 @@ async fn drain_closes_idle_connections_and_finishes_in_flight_requests_with_clos
     );
     let mut gw = TestGateway::start(&config).await;
 
+    // Two requests first: the shutdown signal then arrives during a later wait for a head,
+    // when the connection only probes the signal (see `ShutdownState` in src/server/h1.rs).
     let mut idle = RawConn::connect(gw.addr).await;
-    idle.send(get("/pub/before")).await;
-    assert_eq!(idle.read_response().await.map(|r| r.status), Some(200));
+    for path in ["/pub/before", "/pub/before-again"] {
+        idle.send(get(path)).await;
+        assert_eq!(idle.read_response().await.map(|r| r.status), Some(200));
+    }
 
     let mut busy = RawConn::connect(gw.addr).await;
     busy.send(get("/slow/in-flight")).await;

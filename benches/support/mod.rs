@@ -76,7 +76,7 @@ pub fn warm(store: &Arc<KeyStore>, keys: &[String]) {
         .unwrap();
     runtime.block_on(async {
         for key in keys {
-            store.authenticate(key).await.unwrap();
+            store.authenticate(key.as_bytes()).await.unwrap();
         }
     });
 }

@@ -304,7 +304,8 @@ impl ScopeRule {
 /// A bearer credential, classified by shape only (SPEC §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
-    ApiKey(&'a str),
+    /// Raw bytes: the key store checks its format before anything else looks at it.
+    ApiKey(&'a [u8]),
     Jwt(&'a str),
 }
 
@@ -314,6 +315,8 @@ pub const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
 /// Extracts the bearer credential from the request headers.
 ///
 /// Returns `Ok(None)` when there is no Authorization header or its scheme is not Bearer.
+/// Works on bytes: header values may carry any byte but control characters, and the shape
+/// checks that follow (API-key alphabet, base64url JWT parts) admit ASCII only.
 pub fn extract_credential<'a>(
     headers: &'a HeaderMap,
     api_key_prefix: &str,
@@ -332,14 +335,11 @@ pub fn extract_credential<'a>(
     if bytes.len() < 7 || !bytes[..6].eq_ignore_ascii_case(b"bearer") || bytes[6] != b' ' {
         return Ok(None);
     }
-    let Ok(token) = std::str::from_utf8(&bytes[7..]) else {
-        return Err(GatewayError::InvalidKey);
-    };
-    let token = token.trim_matches(' ');
+    let token = trim_spaces(&bytes[7..]);
     if token.is_empty() {
         return Err(GatewayError::InvalidKey);
     }
-    if !api_key_prefix.is_empty() && token.starts_with(api_key_prefix) {
+    if !api_key_prefix.is_empty() && token.starts_with(api_key_prefix.as_bytes()) {
         if token.len() > MAX_CREDENTIAL_BYTES {
             return Err(GatewayError::InvalidKey);
         }
@@ -348,23 +348,36 @@ pub fn extract_credential<'a>(
     // An oversized JWT is still a JWT (SPEC §4): the validator refuses it without parsing,
     // with the token code on routes that accept JWTs.
     if looks_like_jwt(token) {
-        return Ok(Some(Credential::Jwt(token)));
+        // Dots and base64url only, so this is ASCII and always valid UTF-8.
+        if let Ok(token) = std::str::from_utf8(token) {
+            return Ok(Some(Credential::Jwt(token)));
+        }
     }
     Err(GatewayError::InvalidKey)
 }
 
+fn trim_spaces(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' '] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
 /// Three dot-separated base64url parts; the third may be empty (`alg: none` tokens are still
 /// JWTs by shape, and are refused by validation).
-pub fn looks_like_jwt(token: &str) -> bool {
-    let mut parts = token.split('.');
+pub fn looks_like_jwt(token: &[u8]) -> bool {
+    let mut parts = token.split(|&b| b == b'.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return false;
     };
-    let base64url = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    let base64url = |s: &[u8]| {
+        s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     !header.is_empty()
         && !payload.is_empty()
@@ -390,17 +403,19 @@ pub async fn authenticate(
         return Ok(None);
     };
     let (method, result) = match extract_credential(headers, api_key_prefix) {
-        Err(error) => ("invalid", Err(error)),
-        Ok(None) => ("none", Err(GatewayError::AuthMissing)),
-        Ok(Some(Credential::ApiKey(_))) if !api_key => ("api_key", Err(GatewayError::InvalidToken)),
-        Ok(Some(Credential::Jwt(_))) if !jwt => ("jwt", Err(GatewayError::InvalidKey)),
+        Err(error) => (Attempt::Invalid, Err(error)),
+        Ok(None) => (Attempt::None, Err(GatewayError::AuthMissing)),
+        Ok(Some(Credential::ApiKey(_))) if !api_key => {
+            (Attempt::ApiKey, Err(GatewayError::InvalidToken))
+        }
+        Ok(Some(Credential::Jwt(_))) if !jwt => (Attempt::Jwt, Err(GatewayError::InvalidKey)),
         Ok(Some(Credential::ApiKey(key))) => {
             let result = match keys {
                 Some(store) => store.authenticate(key).await,
                 // No route accepted API keys when the store was built: nothing can validate it.
                 None => Err(GatewayError::InvalidKey),
             };
-            ("api_key", result)
+            (Attempt::ApiKey, result)
         }
         Ok(Some(Credential::Jwt(token))) => {
             let result = match jwt_validator {
@@ -408,48 +423,87 @@ pub async fn authenticate(
                 // No issuer is configured: no token can be valid.
                 None => Err(GatewayError::InvalidToken),
             };
-            ("jwt", result)
+            (Attempt::Jwt, result)
         }
     };
     metrics.record(method, result.as_ref().err());
     result.map(Some)
 }
 
-/// `authgate_auth_total{method,result}` with the success counters resolved up front.
+/// The `method` label of `authgate_auth_total`: what the request presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    ApiKey,
+    Jwt,
+    /// A credential that is neither (or several Authorization headers).
+    Invalid,
+    /// No bearer credential at all.
+    None,
+}
+
+impl Attempt {
+    const ALL: [Self; 4] = [Self::ApiKey, Self::Jwt, Self::Invalid, Self::None];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::Jwt => "jwt",
+            Self::Invalid => "invalid",
+            Self::None => "none",
+        }
+    }
+}
+
+/// The `result` labels an authentication step can produce: `ok` and the auth error codes.
+/// Other errors (none today) take the family's slower labelled lookup.
+fn result_slot(error: Option<&GatewayError>) -> Option<usize> {
+    Some(match error {
+        None => 0,
+        Some(GatewayError::AuthMissing) => 1,
+        Some(GatewayError::InvalidKey) => 2,
+        Some(GatewayError::KeyRevoked) => 3,
+        Some(GatewayError::KeyExpired) => 4,
+        Some(GatewayError::InvalidToken) => 5,
+        Some(GatewayError::TokenExpired) => 6,
+        Some(GatewayError::TokenRevoked) => 7,
+        Some(GatewayError::BadRequest(_)) => 8,
+        Some(GatewayError::AuthBackendUnavailable) => 9,
+        Some(_) => return None,
+    })
+}
+
+const RESULT_SLOTS: usize = 10;
+
+/// `authgate_auth_total{method,result}`, with each series resolved once.
+///
+/// A labelled lookup in the family takes a lock and hashes both labels; refused requests
+/// (the 401 path an attacker can drive at will) pay for it on every request otherwise. Each
+/// slot is filled on first use, so the exposition only lists series that happened.
 #[derive(Debug, Clone)]
 pub struct AuthMetrics {
     family: Family<AuthLabels, Counter>,
-    api_key_ok: Counter,
-    jwt_ok: Counter,
+    series: [[std::sync::OnceLock<Counter>; RESULT_SLOTS]; Attempt::ALL.len()],
 }
 
 impl AuthMetrics {
     pub fn new(family: Family<AuthLabels, Counter>) -> Self {
-        let ok = |method| {
-            family
-                .get_or_create(&AuthLabels {
-                    method,
-                    result: "ok",
-                })
-                .clone()
-        };
         Self {
-            api_key_ok: ok("api_key"),
-            jwt_ok: ok("jwt"),
             family,
+            series: Default::default(),
         }
     }
 
-    fn record(&self, method: &'static str, error: Option<&GatewayError>) {
-        match (method, error) {
-            ("api_key", None) => self.api_key_ok.inc(),
-            ("jwt", None) => self.jwt_ok.inc(),
-            (method, error) => {
-                let result = error.map_or("ok", GatewayError::code);
-                self.family
-                    .get_or_create(&AuthLabels { method, result })
-                    .inc()
-            }
+    fn record(&self, method: Attempt, error: Option<&GatewayError>) {
+        let result = error.map_or("ok", GatewayError::code);
+        let labels = || AuthLabels {
+            method: method.as_str(),
+            result,
+        };
+        match result_slot(error) {
+            Some(slot) => self.series[method as usize][slot]
+                .get_or_init(|| self.family.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.family.get_or_create(&labels()).inc(),
         };
     }
 }
@@ -474,7 +528,7 @@ mod tests {
             let map = headers(&[format!("{scheme} {key}").as_bytes()]);
             assert_eq!(
                 extract_credential(&map, "sgk_").unwrap(),
-                Some(Credential::ApiKey(key))
+                Some(Credential::ApiKey(key.as_bytes()))
             );
         }
         let map = headers(&[b"Bearer aaa.bbb.ccc"]);
@@ -525,6 +579,18 @@ mod tests {
                 String::from_utf8_lossy(value)
             );
         }
+    }
+
+    /// Non-ASCII bytes after the key prefix are still an API key by shape; the key store's
+    /// format check refuses them before any lookup (see `keys::is_well_formed`).
+    #[test]
+    fn non_ascii_key_is_classified_as_an_api_key() {
+        let map = headers(&[b"Bearer sgk_\xff\xfeabc"]);
+        assert_eq!(
+            extract_credential(&map, "sgk_").unwrap(),
+            Some(Credential::ApiKey(b"sgk_\xff\xfeabc"))
+        );
+        assert!(!crate::keys::is_well_formed(b"sgk_\xff\xfeabc", "sgk_", 0));
     }
 
     #[test]

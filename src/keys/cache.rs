@@ -147,7 +147,7 @@ impl KeyStore {
     }
 
     /// Authenticates an API key: the identity, or the 401/503 SPEC §4.1 names.
-    pub async fn authenticate(self: &Arc<Self>, key: &str) -> Result<Arc<Identity>, GatewayError> {
+    pub async fn authenticate(self: &Arc<Self>, key: &[u8]) -> Result<Arc<Identity>, GatewayError> {
         if !is_well_formed(key, &self.settings.prefix, self.settings.min_length) {
             return Err(GatewayError::InvalidKey);
         }

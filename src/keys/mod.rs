@@ -27,8 +27,8 @@ pub use record::{KeyRecord, Timestamp};
 pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {
-    pub fn of(key: &str) -> Self {
-        Self(Sha256::digest(key.as_bytes()).into())
+    pub fn of(key: impl AsRef<[u8]>) -> Self {
+        Self(Sha256::digest(key.as_ref()).into())
     }
 
     /// Lowercase hex, as stored in key files and sent to the control plane.
@@ -81,15 +81,29 @@ impl fmt::Debug for KeyHash {
 pub const MAX_KEY_LENGTH: usize = 256;
 
 /// Prefix + `min_length..=256` characters of `[A-Za-z0-9_-]`. Checked before any lookup.
-pub fn is_well_formed(key: &str, prefix: &str, min_length: usize) -> bool {
-    let Some(rest) = key.strip_prefix(prefix) else {
+pub fn is_well_formed(key: &[u8], prefix: &str, min_length: usize) -> bool {
+    let Some(rest) = key.strip_prefix(prefix.as_bytes()) else {
         return false;
     };
+    // A table lookup per byte, folded without early exit: no branch per character on a
+    // path any client can drive (every refused key passes here).
     (min_length..=MAX_KEY_LENGTH).contains(&rest.len())
         && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .iter()
+            .fold(true, |ok, &b| ok & KEY_CHARACTERS[usize::from(b)])
 }
+
+/// `[A-Za-z0-9_-]`, indexed by byte.
+static KEY_CHARACTERS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        byte += 1;
+    }
+    table
+};
 
 /// Characters of a generated key after the prefix.
 pub const GENERATED_KEY_CHARS: usize = 40;
@@ -176,9 +190,9 @@ mod tests {
     #[test]
     fn well_formed_keys_only() {
         let good = format!("sgk_{}", "a".repeat(32));
-        assert!(is_well_formed(&good, "sgk_", 32));
+        assert!(is_well_formed(good.as_bytes(), "sgk_", 32));
         assert!(is_well_formed(
-            &format!("sgk_{}", "A-_9".repeat(64)),
+            format!("sgk_{}", "A-_9".repeat(64)).as_bytes(),
             "sgk_",
             32
         ));
@@ -190,7 +204,22 @@ mod tests {
             format!("sgk_{}é", "a".repeat(32)),
             "sgk_".to_owned(),
         ] {
-            assert!(!is_well_formed(&bad, "sgk_", 32), "{bad}");
+            assert!(!is_well_formed(bad.as_bytes(), "sgk_", 32), "{bad}");
+        }
+    }
+
+    /// The character table against its definition, for every byte value.
+    #[test]
+    fn every_byte_is_judged_by_the_key_alphabet() {
+        for byte in 0..=255u8 {
+            let mut key = b"sgk_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_vec();
+            key.push(byte);
+            let expected = byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-';
+            assert_eq!(
+                is_well_formed(&key, "sgk_", 32),
+                expected,
+                "byte {byte:#04x}"
+            );
         }
     }
 
@@ -200,7 +229,7 @@ mod tests {
         let b = generate_key("sgk_").unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 4 + GENERATED_KEY_CHARS);
-        assert!(is_well_formed(&a, "sgk_", 32));
+        assert!(is_well_formed(a.as_bytes(), "sgk_", 32));
         assert!(a[4..].bytes().all(|c| c.is_ascii_alphanumeric()));
     }
 }

@@ -550,7 +550,16 @@ fn gcra_bits(quota: Gcra) -> [u64; 2] {
 
 /// Writes the `RateLimit-*` headers (SPEC §5).
 pub fn insert_headers(headers: &mut HeaderMap, state: LimitState) {
-    headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(state.limit));
-    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(state.remaining));
-    headers.insert(&RATELIMIT_RESET, HeaderValue::from(state.reset_secs));
+    for (name, value) in header_fields(state) {
+        headers.insert(name, HeaderValue::from(value));
+    }
+}
+
+/// The `RateLimit-*` headers (SPEC §5), as names and numbers.
+pub fn header_fields(state: LimitState) -> [(&'static HeaderName, u64); 3] {
+    [
+        (&RATELIMIT_LIMIT, u64::from(state.limit)),
+        (&RATELIMIT_REMAINING, u64::from(state.remaining)),
+        (&RATELIMIT_RESET, state.reset_secs),
+    ]
 }

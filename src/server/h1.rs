@@ -47,7 +47,7 @@ use crate::body::{BoxError, ProxyBody, boxed, empty};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::http1::{BodyDecoder, encode_chunk_header, encode_last_chunk};
-use crate::pipeline::{self, ConnInfo};
+use crate::pipeline::{self, Answer, ConnInfo, ErrorAnswer};
 
 /// Headers a request head may carry (hyper's default is 100).
 const MAX_HEADERS: usize = 100;
@@ -89,7 +89,12 @@ pub(super) async fn serve<R, W>(
     let timer =
         tokio::time::sleep_until(connected + settings.header_timeout.min(settings.idle_timeout));
     let mut timer = pin!(timer);
-    let mut shutdown_seen = *shutdown.borrow_and_update();
+    let seen = *shutdown.borrow_and_update();
+    let mut shutdown_state = ShutdownState {
+        seen,
+        probe: shutdown.clone(),
+        registered: false,
+    };
     let shutdown_changed = shutdown.changed();
     let mut shutdown_changed = pin!(shutdown_changed);
     // When the current wait for a head started counting (see `wait_deadline`).
@@ -110,7 +115,7 @@ pub(super) async fn serve<R, W>(
             wait,
             timer.as_mut(),
             shutdown_changed.as_mut(),
-            &mut shutdown_seen,
+            &mut shutdown_state,
         )
         .await;
         let head = match head {
@@ -166,11 +171,11 @@ pub(super) async fn serve<R, W>(
         }
 
         // 3. The pipeline, answering `Expect: 100-continue` when the body is first read.
-        let handling = pin!(pipeline::handle(gateway.clone(), conn.clone(), request));
-        let response = match gate {
+        let handling = pin!(pipeline::answer(gateway.clone(), conn.clone(), request));
+        let answer = match gate {
             None => handling.await,
             Some(gate) => match run_with_continue(handling, &gate, &mut wr).await {
-                Ok(response) => response,
+                Ok(answer) => answer,
                 Err(_) => return,
             },
         };
@@ -191,15 +196,23 @@ pub(super) async fn serve<R, W>(
         if gateway.is_draining() || unread_body {
             keep_alive = false;
         }
-        let status = response.status();
-        let upgrading = status == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
-        let framing = ResponseFraming {
+        let mut framing = ResponseFraming {
             method_is_head,
             request_version,
             trailers_allowed,
-            upgrading,
+            upgrading: false,
         };
-        let written = write_response(&mut wr, &mut out, response, framing, &mut keep_alive).await;
+        let written = match answer {
+            Answer::Response(response) => {
+                framing.upgrading =
+                    response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
+                write_response(&mut wr, &mut out, response, framing, &mut keep_alive).await
+            }
+            Answer::Error(answer) => {
+                write_error(&mut wr, &mut out, answer, framing, &mut keep_alive).await
+            }
+        };
+        let upgrading = framing.upgrading;
         if let Err(error) = written {
             tracing::debug!(%error, "Connection ended while writing a response.");
             return;
@@ -295,7 +308,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     wait: HeadWait,
     mut timer: Pin<&mut Sleep>,
     mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
-    shutdown_seen: &mut bool,
+    shutdown_state: &mut ShutdownState,
 ) -> Result<Option<Head>, HeadError> {
     let mut head_started = None;
     loop {
@@ -304,7 +317,7 @@ async fn read_head<R: AsyncRead + Unpin>(
                 return Ok(Some(head));
             }
             head_started.get_or_insert_with(Instant::now);
-        } else if *shutdown_seen {
+        } else if shutdown_state.seen {
             return Ok(None);
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -325,9 +338,10 @@ async fn read_head<R: AsyncRead + Unpin>(
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Timer);
             }
-            if !*shutdown_seen && shutdown.as_mut().poll(cx).is_ready() {
+            if shutdown_state.should_poll() && shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
+            shutdown_state.registered = true;
             Poll::Pending
         })
         .await;
@@ -352,8 +366,27 @@ async fn read_head<R: AsyncRead + Unpin>(
             }
             // Between requests the connection closes now; a head in progress is finished
             // and answered with `Connection: close`.
-            Event::Shutdown => *shutdown_seen = true,
+            Event::Shutdown => shutdown_state.seen = true,
         }
+    }
+}
+
+/// How a connection watches the gateway's shutdown signal while it waits for a head.
+struct ShutdownState {
+    /// The signal came: close between requests.
+    seen: bool,
+    /// A second receiver, only read: `has_changed` is one atomic load.
+    probe: watch::Receiver<bool>,
+    /// The pinned `changed()` future was polled once. Its registration (with this task's
+    /// waker, which never changes) stays until the signal comes, so later waits poll it
+    /// again only once `probe` says the signal came: polling it takes the channel's lock,
+    /// on every request otherwise.
+    registered: bool,
+}
+
+impl ShutdownState {
+    fn should_poll(&self) -> bool {
+        !self.seen && (!self.registered || self.probe.has_changed().unwrap_or(true))
     }
 }
 
@@ -751,9 +784,9 @@ async fn run_with_continue<F, W>(
     mut handling: Pin<&mut F>,
     gate: &ContinueGate,
     wr: &mut W,
-) -> io::Result<Response<ProxyBody>>
+) -> io::Result<F::Output>
 where
-    F: Future<Output = Response<ProxyBody>>,
+    F: Future,
     W: AsyncWrite + Unpin,
 {
     loop {
@@ -875,35 +908,38 @@ async fn write_response<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let (parts, body) = response.into_parts();
     let status = parts.status;
-    let headers = &parts.headers;
-    if headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|value| tokens(value).any(|token| token.eq_ignore_ascii_case(b"close")))
-    {
-        *keep_alive = false;
-    }
     let bodiless = request.method_is_head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     out.clear();
     write_status_line(out, status);
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|value| parse_content_length(value.as_bytes()));
-    for (name, value) in headers {
+    // One pass over the headers: what the connection must know is noted on the way.
+    let mut declared = None;
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
         // Framing and connection headers are this connection's to set.
-        if name == CONNECTION || name == TRANSFER_ENCODING {
+        if name == CONNECTION {
+            if tokens(value).any(|token| token.eq_ignore_ascii_case(b"close")) {
+                *keep_alive = false;
+            }
             continue;
         }
-        if name == CONTENT_LENGTH && (declared.is_none() || status.is_informational()) {
+        if name == TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if name == CONTENT_LENGTH {
+            // The first valid one frames the body; no other is repeated.
+            if declared.is_some() || status.is_informational() {
+                continue;
+            }
+            match parse_content_length(value.as_bytes()) {
+                Some(length) => declared = Some(length),
+                None => continue,
+            }
+        }
+        has_date |= name == DATE;
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let framing = if request.upgrading || status.is_informational() {
         BodyFraming::None
@@ -933,19 +969,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         *keep_alive = false;
         BodyFraming::Close
     };
-    if !headers.contains_key(DATE) {
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(&http_date());
-        out.extend_from_slice(b"\r\n");
-    }
-    if request.upgrading {
-        out.extend_from_slice(b"connection: upgrade\r\n");
-    } else if !*keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if request.request_version == Version::HTTP_10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    finish_head(out, request, *keep_alive, !has_date);
     drop(parts);
 
     if matches!(framing, BodyFraming::None) {
@@ -1102,28 +1126,80 @@ async fn write_refusal<W: AsyncWrite + Unpin>(
     out: &mut BytesMut,
     error: GatewayError,
 ) -> io::Result<()> {
-    let request_id = crate::headers::new_request_id();
-    let response = error.into_response(request_id.to_str().unwrap_or_default());
-    let mut keep_alive = false;
     let framing = ResponseFraming {
         method_is_head: false,
         request_version: Version::HTTP_11,
         trailers_allowed: false,
         upgrading: false,
     };
-    let (mut parts, body) = response.into_parts();
-    parts
-        .headers
-        .insert(&crate::headers::X_REQUEST_ID, request_id);
-    write_response(
-        wr,
-        out,
-        Response::from_parts(parts, body),
-        framing,
-        &mut keep_alive,
-    )
-    .await?;
+    write_error(wr, out, ErrorAnswer::for_head(error), framing, &mut false).await?;
     wr.shutdown().await
+}
+
+/// Writes an answer authgate gives itself, head and JSON body in one write, with no header
+/// map on the way: the same headers `ErrorAnswer::into_response` puts in a `Response`.
+async fn write_error<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    answer: ErrorAnswer,
+    request: ResponseFraming,
+    keep_alive: &mut bool,
+) -> io::Result<()> {
+    if answer.close {
+        *keep_alive = false;
+    }
+    let body = answer.error.json_body(&answer.request_id);
+    out.clear();
+    write_status_line(out, answer.error.status());
+    out.extend_from_slice(b"content-type: application/json\r\n");
+    if let Some((name, value)) = answer.error.extra_header() {
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(state) = answer.rate_limit {
+        let mut number = itoa::Buffer::new();
+        for (name, value) in crate::limits::header_fields(state) {
+            write_header(
+                out,
+                name.as_str().as_bytes(),
+                number.format(value).as_bytes(),
+            );
+        }
+    }
+    write_header(out, b"x-request-id", answer.request_id.as_bytes());
+    write_content_length(out, body.len() as u64);
+    finish_head(out, request, *keep_alive, true);
+    let sent = if request.method_is_head {
+        0
+    } else {
+        out.extend_from_slice(&body);
+        body.len() as u64
+    };
+    let written = write_out(wr, out).await;
+    answer.sent(sent, written.is_ok());
+    written
+}
+
+fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last lines of every response head: `date` (unless the upstream sent one) and the
+/// connection's fate.
+fn finish_head(out: &mut BytesMut, request: ResponseFraming, keep_alive: bool, date: bool) {
+    if date {
+        write_header(out, b"date", &http_date());
+    }
+    if request.upgrading {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if request.request_version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The `Date` header value, formatted once per second per thread.

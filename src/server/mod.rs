@@ -301,14 +301,14 @@ async fn serve_connection(
             (config.server.max_header_bytes * 2).max(8192),
         )
     };
-    let conn = |tls: bool| {
+    let conn = |tls: bool, activity: Option<Arc<ConnActivity>>| {
         Arc::new(ConnInfo {
             peer,
             slot: slot.clone(),
             tunnels: gateway.tunnels.clone(),
             peer_header: crate::headers::peer_header(peer.ip()),
             tls,
-            activity: Arc::new(ConnActivity::new()),
+            activity,
         })
     };
     let timeouts = (header_timeout, idle_timeout);
@@ -322,12 +322,17 @@ async fn serve_connection(
         {
             Ok(Ok(tls_stream)) => {
                 let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                let conn = conn(true);
                 if h2 {
-                    drive(tls_stream, conn, gateway, &builder, shutdown, timeouts).await;
+                    let activity = Arc::new(ConnActivity::new());
+                    let conn = conn(true, Some(activity.clone()));
+                    drive(
+                        tls_stream, conn, activity, gateway, &builder, shutdown, timeouts,
+                    )
+                    .await;
                 } else {
                     let (rd, wr) = tokio::io::split(tls_stream);
                     let buf = BytesMut::with_capacity(READ_BUFFER);
+                    let conn = conn(true, None);
                     h1::serve(rd, wr, buf, conn, gateway, shutdown, settings).await;
                 }
             }
@@ -337,17 +342,22 @@ async fn serve_connection(
         None => {
             let mut stream = stream;
             let mut buf = BytesMut::with_capacity(READ_BUFFER);
-            let conn = conn(false);
             match tokio::time::timeout(header_timeout, sniff_h2(&mut stream, &mut buf)).await {
                 Ok(Ok(true)) => {
                     let stream = Prefixed {
                         pre: buf.freeze(),
                         inner: stream,
                     };
-                    drive(stream, conn, gateway, &builder, shutdown, timeouts).await;
+                    let activity = Arc::new(ConnActivity::new());
+                    let conn = conn(false, Some(activity.clone()));
+                    drive(
+                        stream, conn, activity, gateway, &builder, shutdown, timeouts,
+                    )
+                    .await;
                 }
                 Ok(Ok(false)) => {
                     let (rd, wr) = stream.into_split();
+                    let conn = conn(false, None);
                     h1::serve(rd, wr, buf, conn, gateway, shutdown, settings).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "Connection failed."),
@@ -440,6 +450,7 @@ impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
 async fn drive<I>(
     stream: I,
     conn: Arc<ConnInfo>,
+    activity: Arc<ConnActivity>,
     gateway: Arc<Gateway>,
     builder: &auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
@@ -447,7 +458,6 @@ async fn drive<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = conn.activity.clone();
     let io = TokioIo::new(stream);
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let gateway = gateway.clone();
