@@ -11,7 +11,8 @@
 #
 # Knobs: AUTHGATE_BIN (default: cargo build --release --locked), TARGETS ("authgate nginx";
 # also authgate-apikey: the API-key route with a valid cached key, and authgate-401: the same
-# route with a well-formed unknown key, refused with 401),
+# route with a well-formed unknown key, refused with 401; nginx-401: nginx refusing the same
+# key with a `map` check),
 # DURATION (wrk seconds counted, default 10), KEEP_TMP=1 (keep the callgrind profiles). Needs valgrind, wrk, nginx (installed with apt if
 # missing). Each proxy runs under callgrind on CPU 0, wrk and the upstream nginx on CPU 1.
 set -euo pipefail
@@ -135,6 +136,15 @@ EOF
         proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
         proxy_set_header X-Request-Id \$request_id; } }"
         count nginx "http://127.0.0.1:$PX/" "" "$NGINX" -c "$TMP/proxy/nginx.conf"
+        ;;
+    nginx-401)
+        # nginx refusing an unknown key with a `map` check, as benches/load.sh's nginx-401.
+        PX=$(port)
+        nginx_conf "$TMP/proxy401" "map \$http_authorization \$api_key_ok { default 0; \"Bearer sgk_known\" 1; }
+    server { listen 127.0.0.1:$PX; location / { return 200 \"ok\"; }
+        location /api/ { if (\$api_key_ok = 0) { return 401; } return 200 \"ok\"; } }"
+        count nginx-401 "http://127.0.0.1:$PX/api/x" "Bearer sgk_$(printf 'x%.0s' {1..40})" \
+            "$NGINX" -c "$TMP/proxy401/nginx.conf"
         ;;
     *) log "unknown target $target"; exit 1 ;;
     esac

@@ -1773,6 +1773,43 @@ async fn drain_closes_idle_connections_and_finishes_in_flight_requests_with_clos
     assert_no_gateway_panics();
 }
 
+/// A long pipelined burst spends the connection task's cooperative budget before its first
+/// wait for a head; the shutdown signal must still reach the then idle connection (it was
+/// missed once: the connection stayed open for the whole grace period).
+#[tokio::test]
+async fn drain_closes_a_connection_idle_after_a_pipelined_burst() {
+    let fast = Upstream::start().await;
+    watch_for_gateway_panics();
+    let config = format!(
+        "[server]\nshutdown_grace = \"20s\"\n{}",
+        public_route("pub", "/pub/", &fast.url()),
+    );
+    let mut gw = TestGateway::start(&config).await;
+    let mut idle = RawConn::connect(gw.addr).await;
+    let pad = format!("x-pad: {}\r\n", "a".repeat(1000));
+    let burst: String = (0..300)
+        .map(|i| request("GET", &format!("/none/{i}"), &pad, ""))
+        .collect();
+    idle.send(burst).await;
+    for _ in 0..300 {
+        assert_eq!(idle.read_response().await.map(|r| r.status), Some(404));
+    }
+    // Let the connection settle into its wait for the next head.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let handle = gw.handle.take().unwrap();
+    handle.shutdown();
+    let ended = idle.wait_closed().await;
+    assert!(
+        ended.closed(),
+        "idle connection after a pipelined burst, during drain: {ended:?}"
+    );
+    let drained = tokio::time::timeout(Duration::from_secs(10), handle.wait()).await;
+    assert!(drained.is_ok(), "the drain waited for an idle connection");
+    assert_eq!(fast.count(), 0);
+    assert_no_gateway_panics();
+}
+
 // =============================================================================================
 // 14. WebSocket hand-off
 // =============================================================================================

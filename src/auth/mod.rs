@@ -487,23 +487,37 @@ pub struct AuthMetrics {
 
 impl AuthMetrics {
     pub fn new(family: Family<AuthLabels, Counter>) -> Self {
-        Self {
+        let metrics = Self {
             family,
             series: Default::default(),
+        };
+        // The success series exist from the start (at 0), so dashboards and alerts find them
+        // before the first request.
+        for method in [Attempt::ApiKey, Attempt::Jwt] {
+            metrics.counter(method, None);
+        }
+        metrics
+    }
+
+    fn counter(&self, method: Attempt, error: Option<&GatewayError>) -> Counter {
+        let labels = AuthLabels {
+            method: method.as_str(),
+            result: error.map_or("ok", GatewayError::code),
+        };
+        match result_slot(error) {
+            Some(slot) => self.series[method as usize][slot]
+                .get_or_init(|| self.family.get_or_create(&labels).clone())
+                .clone(),
+            None => self.family.get_or_create(&labels).clone(),
         }
     }
 
     fn record(&self, method: Attempt, error: Option<&GatewayError>) {
-        let result = error.map_or("ok", GatewayError::code);
-        let labels = || AuthLabels {
-            method: method.as_str(),
-            result,
-        };
-        match result_slot(error) {
-            Some(slot) => self.series[method as usize][slot]
-                .get_or_init(|| self.family.get_or_create(&labels()).clone())
-                .inc(),
-            None => self.family.get_or_create(&labels()).inc(),
+        // The common case: the series is resolved already (a load and an increment).
+        let resolved = result_slot(error).and_then(|slot| self.series[method as usize][slot].get());
+        match resolved {
+            Some(counter) => counter.inc(),
+            None => self.counter(method, error).inc(),
         };
     }
 }
@@ -579,6 +593,38 @@ mod tests {
                 String::from_utf8_lossy(value)
             );
         }
+    }
+
+    /// Both success series are listed (at 0) before any request; refusals appear on first use
+    /// and count through the resolved table afterwards.
+    #[test]
+    fn auth_metrics_list_the_success_series_from_the_start() {
+        let family = Family::<AuthLabels, Counter>::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("authgate_auth", "test", family.clone());
+        let metrics = AuthMetrics::new(family);
+        let text = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            out
+        };
+        let exposed = text();
+        assert!(exposed.contains(r#"authgate_auth_total{method="api_key",result="ok"} 0"#));
+        assert!(exposed.contains(r#"authgate_auth_total{method="jwt",result="ok"} 0"#));
+        assert!(!exposed.contains("AUTH_INVALID_KEY"));
+        for _ in 0..3 {
+            metrics.record(Attempt::ApiKey, Some(&GatewayError::InvalidKey));
+        }
+        metrics.record(Attempt::Jwt, None);
+        metrics.record(Attempt::None, Some(&GatewayError::AuthMissing));
+        let exposed = text();
+        assert!(
+            exposed
+                .contains(r#"authgate_auth_total{method="api_key",result="AUTH_INVALID_KEY"} 3"#),
+            "{exposed}"
+        );
+        assert!(exposed.contains(r#"authgate_auth_total{method="jwt",result="ok"} 1"#));
+        assert!(exposed.contains(r#"authgate_auth_total{method="none",result="AUTH_MISSING"} 1"#));
     }
 
     /// Non-ASCII bytes after the key prefix are still an API key by shape; the key store's

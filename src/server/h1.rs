@@ -95,7 +95,10 @@ pub(super) async fn serve<R, W>(
         probe: shutdown.clone(),
         registered: false,
     };
-    let shutdown_changed = shutdown.changed();
+    // Unconstrained: with the task's cooperative budget spent (after a pipelined burst),
+    // `changed()` would return Pending without registering, and `ShutdownState` only
+    // polls it again once the signal has come; the signal would then wake nothing.
+    let shutdown_changed = tokio::task::unconstrained(shutdown.changed());
     let mut shutdown_changed = pin!(shutdown_changed);
     // When the current wait for a head started counting (see `wait_deadline`).
     let mut idle_since = connected;
