@@ -799,3 +799,108 @@ async fn reload_does_not_rebind_listeners() {
     assert!(TcpStream::connect(new_listen).await.is_err());
     assert!(TcpStream::connect(new_admin).await.is_err());
 }
+
+// === Answers authgate gives itself, HTTP/1.1 and HTTP/2 ===
+
+/// The HTTP/1.1 server writes refusals itself; HTTP/2 gets them as a `Response`
+/// (`ErrorAnswer::into_response`). Both must carry the same headers and JSON (SPEC §7).
+#[tokio::test]
+async fn refusals_carry_the_same_headers_over_http1_and_http2() {
+    let upstream = Upstream::start().await;
+    let key = authgate::keys::generate_key("sgk_").unwrap();
+    let keys = format!(
+        "[[keys]]\nhash = \"{}\"\nkey_id = \"k1\"\ntenant_id = \"t1\"\n",
+        authgate::keys::KeyHash::of(&key).to_hex()
+    );
+    let config = format!(
+        r#"[api_keys]
+file = "keys.toml"
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "{}"
+auth = ["api_key"]
+rate_limit = {{ requests_per_second = 0.001, burst = 1 }}
+"#,
+        upstream.url()
+    );
+    let gw = TestGateway::start_with_files(&config, &[("keys.toml", keys.as_bytes())]).await;
+
+    type Configure = fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder;
+    let protocols: [(Configure, Version); 2] = [
+        (|b| b.http1_only(), Version::HTTP_11),
+        (|b| b.http2_prior_knowledge(), Version::HTTP_2),
+    ];
+    let unknown = format!("sgk_{}", "x".repeat(40));
+    let mut seen: Vec<Vec<(u16, Vec<String>)>> = Vec::new();
+    for (i, (configure, version)) in protocols.into_iter().enumerate() {
+        let client = configure(reqwest::Client::builder()).build().unwrap();
+        let cases: [(&str, Option<&str>, u16, &str); 4] = [
+            ("/v1/x", None, 401, "AUTH_MISSING"),
+            ("/v1/x", Some(unknown.as_str()), 401, "AUTH_INVALID_KEY"),
+            ("/nowhere", None, 404, "ROUTE_NOT_FOUND"),
+            // The key's burst of 1 is spent by a first request in the HTTP/1.1 round; every
+            // later call, in either protocol, is refused.
+            ("/v1/x", Some(key.as_str()), 429, "RATE_LIMITED"),
+        ];
+        let mut answers = Vec::new();
+        for (path, credential, status, code) in cases {
+            if status == 429 && i == 0 {
+                let first = client
+                    .get(gw.url(path))
+                    .bearer_auth(credential.unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(first.status(), 200);
+            }
+            let mut request = client.get(gw.url(path));
+            if let Some(credential) = credential {
+                request = request.bearer_auth(credential);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.version(), version);
+            assert_eq!(response.status().as_u16(), status, "{version:?} {path}");
+            let headers = response.headers().clone();
+            assert_eq!(headers["content-type"], "application/json");
+            let request_id = headers["x-request-id"].to_str().unwrap().to_owned();
+            let json: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(json["error"]["code"], code, "{version:?} {path}");
+            assert_eq!(json["error"]["request_id"], request_id.as_str());
+            match (status, credential) {
+                (401, None) => {
+                    assert_eq!(headers["www-authenticate"], r#"Bearer realm="authgate""#)
+                }
+                (401, Some(_)) => assert_eq!(
+                    headers["www-authenticate"],
+                    r#"Bearer realm="authgate", error="invalid_token""#
+                ),
+                (429, _) => {
+                    assert!(
+                        headers["retry-after"]
+                            .to_str()
+                            .unwrap()
+                            .parse::<u64>()
+                            .unwrap()
+                            >= 1
+                    );
+                    assert_eq!(headers["ratelimit-limit"], "1");
+                    assert_eq!(headers["ratelimit-remaining"], "0");
+                }
+                _ => assert!(!headers.contains_key("www-authenticate")),
+            }
+            // Framing and connection headers are each protocol's own business.
+            let mut names: Vec<String> = headers
+                .keys()
+                .map(|name| name.as_str().to_owned())
+                .filter(|name| !matches!(name.as_str(), "date" | "connection" | "content-length"))
+                .collect();
+            names.sort();
+            answers.push((status, names));
+        }
+        seen.push(answers);
+    }
+    assert_eq!(seen[0], seen[1], "HTTP/1.1 and HTTP/2 refusals differ");
+    assert_eq!(upstream.count(), 1);
+}
