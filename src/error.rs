@@ -265,28 +265,50 @@ mod tests {
         RequestId::from_client(&headers).unwrap()
     }
 
-    fn every_variant() -> Vec<GatewayError> {
+    /// One row per variant: the SPEC §7 status and code. The scope list holds quotes, so the
+    /// body tests see a message that needs escaping.
+    fn spec_rows() -> Vec<(GatewayError, u16, &'static str)> {
         vec![
-            GatewayError::BadRequest("x"),
-            GatewayError::AuthMissing,
-            GatewayError::InvalidKey,
-            GatewayError::KeyRevoked,
-            GatewayError::KeyExpired,
-            GatewayError::InvalidToken,
-            GatewayError::TokenExpired,
-            GatewayError::TokenRevoked,
-            GatewayError::InsufficientScope("a \"b\"".into()),
-            GatewayError::TenantNotAllowed,
-            GatewayError::RouteNotFound,
-            GatewayError::PayloadTooLarge,
-            GatewayError::RateLimited {
-                retry_after_secs: 3,
-            },
-            GatewayError::HeadersTooLarge,
-            GatewayError::UpstreamUnavailable,
-            GatewayError::AuthBackendUnavailable,
-            GatewayError::UpstreamTimeout,
+            (GatewayError::BadRequest("x"), 400, "BAD_REQUEST"),
+            (GatewayError::AuthMissing, 401, "AUTH_MISSING"),
+            (GatewayError::InvalidKey, 401, "AUTH_INVALID_KEY"),
+            (GatewayError::KeyRevoked, 401, "AUTH_KEY_REVOKED"),
+            (GatewayError::KeyExpired, 401, "AUTH_KEY_EXPIRED"),
+            (GatewayError::InvalidToken, 401, "AUTH_INVALID_TOKEN"),
+            (GatewayError::TokenExpired, 401, "AUTH_TOKEN_EXPIRED"),
+            (GatewayError::TokenRevoked, 401, "AUTH_TOKEN_REVOKED"),
+            (
+                GatewayError::InsufficientScope("a \"b\"".into()),
+                403,
+                "INSUFFICIENT_SCOPE",
+            ),
+            (GatewayError::TenantNotAllowed, 403, "TENANT_NOT_ALLOWED"),
+            (GatewayError::RouteNotFound, 404, "ROUTE_NOT_FOUND"),
+            (GatewayError::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE"),
+            (
+                GatewayError::RateLimited {
+                    retry_after_secs: 3,
+                },
+                429,
+                "RATE_LIMITED",
+            ),
+            (GatewayError::HeadersTooLarge, 431, "HEADERS_TOO_LARGE"),
+            (
+                GatewayError::UpstreamUnavailable,
+                502,
+                "UPSTREAM_UNAVAILABLE",
+            ),
+            (
+                GatewayError::AuthBackendUnavailable,
+                503,
+                "AUTH_BACKEND_UNAVAILABLE",
+            ),
+            (GatewayError::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT"),
         ]
+    }
+
+    fn every_variant() -> Vec<GatewayError> {
+        spec_rows().into_iter().map(|(error, _, _)| error).collect()
     }
 
     /// `into_response` writes fixed messages unescaped: they must never need escaping.
@@ -316,43 +338,7 @@ mod tests {
     /// One row per variant pins the SPEC §7 mapping.
     #[test]
     fn every_variant_maps_to_the_spec_status_and_code() {
-        let rows: Vec<(GatewayError, u16, &str)> = vec![
-            (GatewayError::BadRequest("x"), 400, "BAD_REQUEST"),
-            (GatewayError::AuthMissing, 401, "AUTH_MISSING"),
-            (GatewayError::InvalidKey, 401, "AUTH_INVALID_KEY"),
-            (GatewayError::KeyRevoked, 401, "AUTH_KEY_REVOKED"),
-            (GatewayError::KeyExpired, 401, "AUTH_KEY_EXPIRED"),
-            (GatewayError::InvalidToken, 401, "AUTH_INVALID_TOKEN"),
-            (GatewayError::TokenExpired, 401, "AUTH_TOKEN_EXPIRED"),
-            (GatewayError::TokenRevoked, 401, "AUTH_TOKEN_REVOKED"),
-            (
-                GatewayError::InsufficientScope("a b".into()),
-                403,
-                "INSUFFICIENT_SCOPE",
-            ),
-            (GatewayError::TenantNotAllowed, 403, "TENANT_NOT_ALLOWED"),
-            (GatewayError::RouteNotFound, 404, "ROUTE_NOT_FOUND"),
-            (GatewayError::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE"),
-            (
-                GatewayError::RateLimited {
-                    retry_after_secs: 3,
-                },
-                429,
-                "RATE_LIMITED",
-            ),
-            (GatewayError::HeadersTooLarge, 431, "HEADERS_TOO_LARGE"),
-            (
-                GatewayError::UpstreamUnavailable,
-                502,
-                "UPSTREAM_UNAVAILABLE",
-            ),
-            (
-                GatewayError::AuthBackendUnavailable,
-                503,
-                "AUTH_BACKEND_UNAVAILABLE",
-            ),
-            (GatewayError::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT"),
-        ];
+        let rows = spec_rows();
         assert_eq!(rows.len(), 17);
         for (error, status, code) in rows {
             assert_eq!(error.status().as_u16(), status, "{error:?}");

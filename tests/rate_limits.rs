@@ -14,13 +14,6 @@ fn new_key() -> String {
     authgate::keys::generate_key("sgk_").unwrap()
 }
 
-fn key_block(key: &str, fields: &str) -> String {
-    format!(
-        "[[keys]]\nhash = \"{}\"\n{fields}\n",
-        authgate::keys::KeyHash::of(key).to_hex()
-    )
-}
-
 /// A gateway with one API-key route to `upstream`; `extra` goes at the top of the config and
 /// `route_extra` inside the route.
 async fn gateway(upstream: &str, extra: &str, route_extra: &str, keys: &str) -> TestGateway {
@@ -58,7 +51,7 @@ async fn burst_then_429_with_retry_after_and_ratelimit_headers() {
         &upstream.url(),
         "",
         "rate_limit = { requests_per_second = 0.5, burst = 3 }",
-        &key_block(&key, "key_id = \"k1\"\ntenant_id = \"t1\""),
+        &key_record(&key, "key_id = \"k1\"\ntenant_id = \"t1\""),
     )
     .await;
     for remaining in ["2", "1", "0"] {
@@ -98,7 +91,7 @@ async fn usage_header_is_charged_and_stripped() {
         &upstream.url(),
         "",
         "usage = { header = \"x-usage-tokens\", tokens_per_minute = 100 }",
-        &key_block(&key, "key_id = \"k1\"\ntenant_id = \"t1\""),
+        &key_record(&key, "key_id = \"k1\"\ntenant_id = \"t1\""),
     )
     .await;
     let first = call(&gw, &key).await;
@@ -126,7 +119,7 @@ async fn redis_backend_limits_with_the_same_headers_and_no_fallback() {
             "[rate_limits]\nbackend = \"redis\"\ndefault = {{ requests_per_second = 1, burst = 2 }}\n[redis]\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n"
         ),
         "",
-        &key_block(&key, "key_id = \"k1\"\ntenant_id = \"t1\""),
+        &key_record(&key, "key_id = \"k1\"\ntenant_id = \"t1\""),
     )
     .await;
     assert_eq!(call(&gw, &key).await.status, 200);
@@ -157,7 +150,7 @@ fn uuid_like() -> String {
 
 /// A key record with `key_id`, `tenant_id` and more TOML lines (`extra`).
 fn record(key: &str, key_id: &str, tenant: &str, extra: &str) -> String {
-    key_block(
+    key_record(
         key,
         &format!("key_id = \"{key_id}\"\ntenant_id = \"{tenant}\"\n{extra}"),
     )

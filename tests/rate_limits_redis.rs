@@ -27,13 +27,6 @@ fn new_key() -> String {
     authgate::keys::generate_key("sgk_").unwrap()
 }
 
-fn key_block(key: &str, fields: &str) -> String {
-    format!(
-        "[[keys]]\nhash = \"{}\"\n{fields}\n",
-        authgate::keys::KeyHash::of(key).to_hex()
-    )
-}
-
 /// A `key_prefix` no other test (or earlier run) uses.
 fn unique_prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -292,7 +285,7 @@ async fn one_shared_limit(n: usize) {
     let upstream = Upstream::start().await;
     let key = new_key();
     let prefix = unique_prefix(&format!("shared{n}"));
-    let keys = key_block(&key, "key_id = \"k1\"\ntenant_id = \"t1\"");
+    let keys = key_record(&key, "key_id = \"k1\"\ntenant_id = \"t1\"");
     let url = upstream.url();
     let limits = format!("default = {{ {SLOW}, burst = 6 }}");
     let instances = Instance::start_many(
@@ -354,7 +347,7 @@ async fn remembered_refusal_reports_the_same_reset_as_redis() {
     let upstream = Upstream::start().await;
     let key = new_key();
     let prefix = unique_prefix("remembered");
-    let keys = key_block(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
+    let keys = key_record(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
     let url = upstream.url();
     let limits = format!("default = {{ {SLOW}, burst = 6 }}");
     let gateway = Instance::start(&Setup {
@@ -397,9 +390,9 @@ async fn tenant_aggregate_is_shared_across_instances() {
     let (a, b, other) = (new_key(), new_key(), new_key());
     let prefix = unique_prefix("tenant");
     let keys = [
-        key_block(&a, "key_id = \"a\"\ntenant_id = \"acme\""),
-        key_block(&b, "key_id = \"b\"\ntenant_id = \"acme\""),
-        key_block(&other, "key_id = \"o\"\ntenant_id = \"globex\""),
+        key_record(&a, "key_id = \"a\"\ntenant_id = \"acme\""),
+        key_record(&b, "key_id = \"b\"\ntenant_id = \"acme\""),
+        key_record(&other, "key_id = \"o\"\ntenant_id = \"globex\""),
     ]
     .concat();
     let url = upstream.url();
@@ -452,7 +445,7 @@ async fn token_budget_charged_on_one_instance_refuses_on_another() {
     .await;
     let key = new_key();
     let prefix = unique_prefix("budget");
-    let keys = key_block(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
+    let keys = key_record(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
     let url = upstream.url();
     let instances = Instance::start_many(
         2,
@@ -517,7 +510,7 @@ async fn streamed_trailer_budget_is_shared_across_instances() {
     .await;
     let key = new_key();
     let prefix = unique_prefix("trailer-budget");
-    let keys = key_block(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
+    let keys = key_record(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
     let url = upstream.url();
     let instances = Instance::start_many(
         2,
@@ -581,7 +574,7 @@ async fn closed_port_local_policy_limits_locally() {
     let upstream = Upstream::start().await;
     let key = new_key();
     let prefix = unique_prefix("closed-local");
-    let keys = key_block(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
+    let keys = key_record(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
     let url = upstream.url();
     let closed = format!("redis://{}", closed_port().await);
     let limits = format!("default = {{ {SLOW}, burst = 2 }}\non_backend_error = \"local\"");
@@ -641,7 +634,7 @@ async fn closed_port_allow_policy_admits_without_headers() {
     let upstream = Upstream::start().await;
     let key = new_key();
     let prefix = unique_prefix("closed-allow");
-    let keys = key_block(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
+    let keys = key_record(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
     let url = upstream.url();
     let closed = format!("redis://{}", closed_port().await);
     let limits = format!("default = {{ {SLOW}, burst = 2 }}\non_backend_error = \"allow\"");
@@ -667,7 +660,7 @@ async fn closed_port_deny_policy_answers_503() {
     let upstream = Upstream::start().await;
     let key = new_key();
     let prefix = unique_prefix("closed-deny");
-    let keys = key_block(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
+    let keys = key_record(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
     let url = upstream.url();
     let closed = format!("redis://{}", closed_port().await);
     let limits = format!("default = {{ {SLOW}, burst = 2 }}\non_backend_error = \"deny\"");
@@ -791,7 +784,7 @@ async fn through_fake_redis(
     let upstream = Upstream::start().await;
     let key = new_key();
     let prefix = unique_prefix(test);
-    let keys = key_block(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
+    let keys = key_record(&key, "tenant_id = \"t1\"\nkey_id = \"k1\"");
     let url = upstream.url();
     let (addr, accepted) = fake_redis(fake).await;
     let redis_url = format!("redis://{addr}");
@@ -875,7 +868,7 @@ async fn a_redis_that_does_not_answer_is_counted_as_timeout() {
     let upstream = Upstream::start().await;
     let key = new_key();
     let prefix = unique_prefix("timeout-reason");
-    let keys = key_block(&key, "key_id = \"k1\"\ntenant_id = \"t1\"");
+    let keys = key_record(&key, "key_id = \"k1\"\ntenant_id = \"t1\"");
     let url = upstream.url();
     let (addr, _accepted) = fake_redis(Fake::StuckOnScripts).await;
     let redis_url = format!("redis://{addr}");
@@ -1011,13 +1004,13 @@ async fn instances_recover_when_redis_returns() {
     let upstream = Upstream::start().await;
     let (before, during, poller, after) = (new_key(), new_key(), new_key(), new_key());
     let keys = [
-        key_block(&before, "tenant_id = \"t1\"\nkey_id = \"before\""),
-        key_block(&during, "tenant_id = \"t1\"\nkey_id = \"during\""),
-        key_block(
+        key_record(&before, "tenant_id = \"t1\"\nkey_id = \"before\""),
+        key_record(&during, "tenant_id = \"t1\"\nkey_id = \"during\""),
+        key_record(
             &poller,
             "tenant_id = \"t1\"\nkey_id = \"poller\"\nrate_limit = { requests_per_second = 100, burst = 200 }",
         ),
-        key_block(&after, "tenant_id = \"t1\"\nkey_id = \"after\""),
+        key_record(&after, "tenant_id = \"t1\"\nkey_id = \"after\""),
     ]
     .concat();
     let prefix = unique_prefix("recovery");
@@ -1098,7 +1091,7 @@ async fn redis_keys_expire() {
     .await;
     let key = new_key();
     let prefix = unique_prefix("expiry");
-    let keys = key_block(&key, "key_id = \"k1\"\ntenant_id = \"t1\"");
+    let keys = key_record(&key, "key_id = \"k1\"\ntenant_id = \"t1\"");
     let url = upstream.url();
     let limits = format!("default = {{ {SLOW}, burst = 6 }}\ntenant = {{ {SLOW}, burst = 10 }}");
     let gateway = Instance::start(&Setup {

@@ -808,10 +808,7 @@ async fn reload_does_not_rebind_listeners() {
 async fn refusals_carry_the_same_headers_over_http1_and_http2() {
     let upstream = Upstream::start().await;
     let key = authgate::keys::generate_key("sgk_").unwrap();
-    let keys = format!(
-        "[[keys]]\nhash = \"{}\"\nkey_id = \"k1\"\ntenant_id = \"t1\"\n",
-        authgate::keys::KeyHash::of(&key).to_hex()
-    );
+    let keys = key_record(&key, "key_id = \"k1\"\ntenant_id = \"t1\"");
     let config = format!(
         r#"[api_keys]
 file = "keys.toml"

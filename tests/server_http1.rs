@@ -410,9 +410,9 @@ async fn exchange(addr: SocketAddr, bytes: impl AsRef<[u8]>) -> (Option<RawRespo
 async fn gateway_to(upstream: &str, server: &str) -> (TestGateway, String) {
     watch_for_gateway_panics();
     let key = authgate::keys::generate_key("sgk_").unwrap();
-    let keys = format!(
-        "[[keys]]\nhash = \"{}\"\nkey_id = \"k1\"\ntenant_id = \"acme\"\nuser_id = \"alice\"\nscopes = [\"inference:write\"]\n",
-        authgate::keys::KeyHash::of(&key).to_hex()
+    let keys = key_record(
+        &key,
+        "key_id = \"k1\"\ntenant_id = \"acme\"\nuser_id = \"alice\"\nscopes = [\"inference:write\"]",
     );
     let config = format!(
         "[server]\n{server}\n[api_keys]\nfile = \"keys.toml\"\n\n{}[[routes]]\nname = \"private\"\nmatch = {{ path_prefix = \"/private/\" }}\nupstream = \"{upstream}\"\nauth = [\"api_key\"]\n\n{}websocket = true\n",

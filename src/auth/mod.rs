@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -482,7 +482,7 @@ const RESULT_SLOTS: usize = 10;
 #[derive(Debug, Clone)]
 pub struct AuthMetrics {
     family: Family<AuthLabels, Counter>,
-    series: [[std::sync::OnceLock<Counter>; RESULT_SLOTS]; Attempt::ALL.len()],
+    series: [[OnceLock<Counter>; RESULT_SLOTS]; Attempt::ALL.len()],
 }
 
 impl AuthMetrics {
@@ -499,23 +499,26 @@ impl AuthMetrics {
         metrics
     }
 
+    /// The resolved-series cell for this pair; `None` for a result outside the table.
+    fn cell(&self, method: Attempt, error: Option<&GatewayError>) -> Option<&OnceLock<Counter>> {
+        self.series.get(method as usize)?.get(result_slot(error)?)
+    }
+
     fn counter(&self, method: Attempt, error: Option<&GatewayError>) -> Counter {
         let labels = AuthLabels {
             method: method.as_str(),
             result: error.map_or("ok", GatewayError::code),
         };
-        match result_slot(error) {
-            Some(slot) => self.series[method as usize][slot]
-                .get_or_init(|| self.family.get_or_create(&labels).clone())
-                .clone(),
-            None => self.family.get_or_create(&labels).clone(),
+        let lookup = || self.family.get_or_create(&labels).clone();
+        match self.cell(method, error) {
+            Some(cell) => cell.get_or_init(lookup).clone(),
+            None => lookup(),
         }
     }
 
     fn record(&self, method: Attempt, error: Option<&GatewayError>) {
         // The common case: the series is resolved already (a load and an increment).
-        let resolved = result_slot(error).and_then(|slot| self.series[method as usize][slot].get());
-        match resolved {
+        match self.cell(method, error).and_then(OnceLock::get) {
             Some(counter) => counter.inc(),
             None => self.counter(method, error).inc(),
         };

@@ -407,6 +407,15 @@ fn section_sets_listen(config: &str, section: &str) -> bool {
 }
 
 /// A route block for config text.
+/// One key-file record (`[[keys]]`) for `key`, stored as its hash, with `fields` (TOML lines,
+/// e.g. `key_id = "k1"`).
+pub fn key_record(key: &str, fields: &str) -> String {
+    format!(
+        "[[keys]]\nhash = \"{}\"\n{fields}\n",
+        authgate::keys::KeyHash::of(key).to_hex()
+    )
+}
+
 pub fn public_route(name: &str, prefix: &str, upstream: &str) -> String {
     format!(
         "[[routes]]\nname = \"{name}\"\nmatch = {{ path_prefix = \"{prefix}\" }}\nupstream = \"{upstream}\"\nauth = \"none\"\n"
