@@ -29,7 +29,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
-use crate::auth::{self, Identity};
+use crate::auth::{self, AuthMetrics, Identity};
 use crate::authz;
 use crate::body::{
     BodyCompletion, BodyOutcome, CountingBody, LimitedBody, ObservedBody, ProxyBody, boxed, empty,
@@ -212,6 +212,7 @@ pub async fn answer(
     let result = handle_inner(
         &runtime,
         &gateway.metrics,
+        &gateway.auth_metrics,
         &conn,
         request,
         &request_id,
@@ -272,6 +273,7 @@ pub async fn answer(
 async fn handle_inner(
     runtime: &Runtime,
     metrics: &Metrics,
+    auth_metrics: &AuthMetrics,
     conn: &ConnInfo,
     request: Request<ProxyBody>,
     request_id: &RequestId,
@@ -323,18 +325,18 @@ async fn handle_inner(
     // 4. Authenticate (default deny on protected routes), then authorize on every request,
     //    cached credential or not.
     let identity = auth::authenticate(
-        route.auth,
+        route.access.auth,
         &parts.headers,
         &config.api_keys.prefix,
         runtime.keys.as_ref(),
         runtime.jwt.as_ref(),
-        &metrics.auth,
+        auth_metrics,
     )
     .await?;
     context.identity.clone_from(&identity);
     let mut meter = None;
     if let Some(identity) = &identity {
-        authz::authorize(route, identity)?;
+        authz::authorize(&route.access, identity)?;
         // Rate limit: one atomic check-and-count; a refused request counts against nothing.
         match runtime.limits.admit(route, identity).await {
             Ok(admission) => {
@@ -610,7 +612,7 @@ struct Finish {
 struct LogLine {
     record: AccessRecord,
     bytes_in: Option<Arc<AtomicU64>>,
-    format: crate::config::LogFormat,
+    format: crate::telemetry::LogFormat,
 }
 
 impl Finish {

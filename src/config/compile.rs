@@ -11,19 +11,25 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
-use super::file::{self, FileAuth, FileConfig, FileRate, FileRoute, KeySourceKind, LogFormat};
+use super::file::{self, FileAuth, FileConfig, FileRate, FileRoute, KeySourceKind};
 use super::{
-    AdminSettings, ApiKeySettings, BackendErrorPolicy, Config, ConfigError, ConfigErrors,
-    ControlPlaneAuthSettings, ControlPlaneSettings, IdentitySettings, IssuerMatch, IssuerSettings,
-    KeySourceSettings, LimitBackend, LogSettings, Rate, RateLimitSettings, RedisSettings,
-    ServerSettings, UsageRule, line_col,
+    AdminSettings, Config, ConfigError, ConfigErrors, IdentitySettings, LogSettings,
+    ServerSettings, line_col,
 };
-use crate::auth::{AuthPolicy, ScopeRule};
+use crate::auth::issuer::{IssuerMatch, IssuerSettings};
 use crate::config::file::UpstreamProtocol;
 use crate::forward::{ClientFactory, UpstreamTarget, Upstreams};
 use crate::http1::fields::UnderscorePolicy;
+use crate::keys::settings::{
+    ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
+};
+use crate::limits::settings::{
+    BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings, RedisSettings, UsageRule,
+};
 use crate::routes::normalize::normalize_path;
+use crate::routes::policy::{AccessPolicy, AuthPolicy, ScopeRule};
 use crate::routes::{PathPattern, Route, RouteMatch, RouteTable};
+use crate::telemetry::LogFormat;
 
 /// JWT algorithms authgate verifies with JWKS keys. `none` and HMAC are never accepted.
 pub const SUPPORTED_JWT_ALGORITHMS: &[&str] = &[
@@ -961,9 +967,11 @@ fn compile_route(
             methods,
         },
         upstreams: Upstreams::new(targets, client?),
-        auth,
-        scopes,
-        tenants,
+        access: AccessPolicy {
+            auth,
+            scopes,
+            tenants,
+        },
         rate_limit,
         usage,
         strip_prefix,
@@ -1012,7 +1020,7 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
                 || "*".to_owned(),
                 |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
             );
-            let auth = match route.auth {
+            let auth = match route.access.auth {
                 AuthPolicy::Public => "none".to_owned(),
                 AuthPolicy::Required { api_key, jwt } => [(api_key, "api_key"), (jwt, "jwt")]
                     .iter()

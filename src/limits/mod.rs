@@ -16,6 +16,7 @@
 pub mod gcra;
 pub mod local;
 pub mod redis;
+pub mod settings;
 pub mod usage;
 
 use std::sync::Arc;
@@ -26,9 +27,9 @@ use self::gcra::{Budget, Gcra, LimitState, NANOS_PER_SEC, Refusal, retry_after_s
 use self::local::{LimitKey, LocalStore};
 use self::redis::{MICROS_PER_SEC, RedisBackend, RefusedBy, RemoteCheck, RemoteVerdict};
 use crate::auth::Identity;
-use crate::config::{BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings};
 use crate::routes::Route;
 use crate::telemetry::LimitMetrics;
+use settings::{BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings};
 
 pub static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -388,7 +389,7 @@ impl Limits {
             Err(error) => {
                 self.metrics.backend_error(error.label());
                 let policy = self.settings.on_backend_error;
-                self.metrics.fallback(policy);
+                self.metrics.fallback(policy.as_str());
                 return match policy {
                     BackendErrorPolicy::Local => self.admit_local(plan),
                     BackendErrorPolicy::Allow => Ok(None),
@@ -507,7 +508,7 @@ impl Limits {
                         self.metrics.charge_lost();
                         return;
                     }
-                    self.metrics.fallback(BackendErrorPolicy::Local);
+                    self.metrics.fallback(BackendErrorPolicy::Local.as_str());
                 }
             }
         }
