@@ -1037,3 +1037,158 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{Config, ConfigErrors, load_str};
+    use crate::http1::fields::UnderscorePolicy;
+    use crate::keys::settings::KeySourceSettings;
+    use crate::limits::settings::{BackendErrorPolicy, LimitBackend};
+    use crate::routes::policy::AuthPolicy;
+
+    fn compile(text: &str) -> Result<Config, ConfigErrors> {
+        load_str(Path::new("/etc/authgate/authgate.toml"), text)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        compile(text)
+            .expect_err("the config must be refused")
+            .0
+            .into_iter()
+            .map(|error| format!("{}:{}: {}", error.line, error.column, error.message))
+            .collect()
+    }
+
+    const ROUTE: &str = "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/v1/\" }\nupstream = \"http://127.0.0.1:9000\"\n";
+
+    #[test]
+    fn an_empty_file_compiles_to_the_documented_defaults() {
+        let config = compile("").unwrap();
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9901");
+        assert_eq!(config.admin.token, None);
+        assert_eq!(config.server.max_header_bytes, 16_384);
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.server.underscores_in_headers, UnderscorePolicy::Drop);
+        assert_eq!(config.identity.header_prefix, "x-auth-");
+        assert_eq!(config.api_keys.prefix, "sgk_");
+        assert_eq!(config.api_keys.cache_ttl, Duration::from_secs(60));
+        assert!(!config.api_keys.in_use, "no route takes API keys");
+        assert_eq!(
+            config.api_keys.source,
+            KeySourceSettings::File(Path::new("/etc/authgate/keys.toml").to_path_buf()),
+            "relative paths are relative to the config file's folder"
+        );
+        assert_eq!(config.rate_limits.backend, LimitBackend::Local);
+        assert_eq!(
+            config.rate_limits.on_backend_error,
+            BackendErrorPolicy::Local
+        );
+        assert!(config.routes.routes().is_empty());
+    }
+
+    #[test]
+    fn a_route_compiles_its_match_access_limits_and_forwarding() {
+        let text = format!(
+            "{ROUTE}auth = [\"api_key\"]\nscopes = [\"a\", \"b\"]\nall_scopes = [\"c\"]\ntenants = [\"acme\"]\nrate_limit = {{ requests_per_second = 5, burst = 10 }}\nstrip_prefix = \"/v1\"\ntimeout = \"2s\"\nmax_body_bytes = 1024\nusage = {{ header = \"X-Usage\", tokens_per_minute = 60 }}\n"
+        );
+        let config = compile(&text).unwrap();
+        let route = &config.routes.routes()[0];
+        assert_eq!(
+            route.access.auth,
+            AuthPolicy::Required {
+                api_key: true,
+                jwt: false
+            }
+        );
+        assert_eq!(route.access.scopes.any_of, ["a", "b"]);
+        assert_eq!(route.access.scopes.all_of, ["c"]);
+        assert_eq!(
+            route.access.tenants.as_deref(),
+            Some(&["acme".to_owned()][..])
+        );
+        let rate = route.rate_limit.unwrap();
+        assert_eq!((rate.per_second, rate.burst.get()), (5.0, 10));
+        let usage = route.usage.as_ref().unwrap();
+        assert_eq!(
+            (usage.header.as_str(), usage.tokens_per_minute),
+            ("x-usage", 60)
+        );
+        assert_eq!(route.upstream_path("/v1/models"), "/models");
+        assert_eq!(route.upstream_path("/v1"), "/");
+        assert_eq!(route.timeout, Duration::from_secs(2));
+        assert_eq!(route.max_body_bytes, Some(1024));
+        assert!(config.api_keys.in_use);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_its_place_in_one_run() {
+        let text = format!(
+            "[server]\nmax_header_bytes = 10\nunderscores_in_headers = \"maybe\"\n{ROUTE}auth = []\n"
+        );
+        // The unknown enum value stops the parse: serde errors come alone.
+        let found = errors(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("3:"), "{found:?}");
+
+        let text = format!(
+            "[server]\nmax_header_bytes = 10\n{ROUTE}auth = []\nscopes = []\n[[routes]]\nname = \"r\"\nmatch = {{ path = \"/a/../b\" }}\nupstream = \"ftp://x\"\nauth = \"none\"\ntenants = [\"t\"]\n"
+        );
+        let found = errors(&text);
+        for expected in [
+            "max_header_bytes must be between",
+            "auth must not be an empty list",
+            "scopes must not be an empty list",
+            "is used twice",
+            "must start with http:// or https://",
+            "cannot require scopes, tenants",
+        ] {
+            assert!(
+                found.iter().any(|error| error.contains(expected)),
+                "{expected:?} not in {found:#?}"
+            );
+        }
+        let lines: Vec<usize> = found
+            .iter()
+            .map(|error| error.split(':').next().unwrap().parse().unwrap())
+            .collect();
+        let mut sorted = lines.clone();
+        sorted.sort_unstable();
+        assert_eq!(lines, sorted, "errors come in file order");
+        assert_eq!(lines[0], 2, "max_header_bytes is on line 2: {found:?}");
+    }
+
+    #[test]
+    fn jwt_routes_need_an_issuer_and_issuers_need_a_match() {
+        let found = errors(&format!("{ROUTE}auth = [\"jwt\"]\n"));
+        assert!(
+            found.iter().any(|e| e.contains("no [[jwt.issuers]]")),
+            "{found:?}"
+        );
+        let found = errors("[[jwt.issuers]]\naudiences = [\"x\"]\n");
+        assert!(!found.is_empty());
+    }
+
+    #[test]
+    fn shadowed_routes_are_warnings_not_errors() {
+        let text = format!(
+            "{ROUTE}auth = \"none\"\n[[routes]]\nname = \"later\"\nmatch = {{ path_prefix = \"/v1/\" }}\nupstream = \"http://127.0.0.1:9001\"\nauth = \"none\"\n"
+        );
+        let config = compile(&text).unwrap();
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("\"later\""));
+    }
+
+    #[test]
+    fn underscores_policy_compiles() {
+        let config = compile("[server]\nunderscores_in_headers = \"allow\"\n").unwrap();
+        assert_eq!(
+            config.server.underscores_in_headers,
+            UnderscorePolicy::Allow
+        );
+    }
+}
