@@ -11,24 +11,22 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
-use super::file::{self, FileAuth, FileConfig, FileRate, FileRoute, KeySourceKind};
+use super::file::{self, FileAuth, FileConfig, FileRate, KeySourceKind};
 use super::{
     AdminSettings, Config, ConfigError, ConfigErrors, IdentitySettings, LogSettings,
     ServerSettings, line_col,
 };
 use crate::auth::issuer::{IssuerMatch, IssuerSettings};
-use crate::config::file::UpstreamProtocol;
-use crate::forward::{ClientFactory, UpstreamTarget, Upstreams};
+use crate::forward::ClientFactory;
 use crate::http1::fields::UnderscorePolicy;
 use crate::keys::settings::{
     ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
 };
 use crate::limits::settings::{
-    BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings, RedisSettings, UsageRule,
+    BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings, RedisSettings,
 };
-use crate::routes::normalize::normalize_path;
-use crate::routes::policy::{AccessPolicy, AuthPolicy, ScopeRule};
-use crate::routes::{PathPattern, Route, RouteMatch, RouteTable};
+use crate::routes::policy::AuthPolicy;
+use crate::routes::{PathPattern, RouteTable};
 use crate::telemetry::LogFormat;
 
 /// JWT algorithms authgate verifies with JWKS keys. `none` and HMAC are never accepted.
@@ -37,14 +35,14 @@ pub const SUPPORTED_JWT_ALGORITHMS: &[&str] = &[
 ];
 
 /// Collects errors with their source location.
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     file: &'a Path,
     source: &'a str,
-    list: Vec<ConfigError>,
+    pub(super) list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_col(self.source, span.start);
         self.list.push(ConfigError {
             file: self.file.to_path_buf(),
@@ -120,7 +118,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
                 ),
             );
         }
-        if let Some(route) = compile_route(
+        if let Some(route) = super::route::compile_route(
             route,
             index,
             span,
@@ -159,7 +157,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
     })
 }
 
-fn resolve(base_dir: &Path, relative: &str) -> PathBuf {
+pub(super) fn resolve(base_dir: &Path, relative: &str) -> PathBuf {
     let path = Path::new(relative);
     if path.is_absolute() {
         path.to_path_buf()
@@ -606,7 +604,7 @@ fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<IssuerSettin
     issuers
 }
 
-fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) -> Option<Rate> {
+pub(super) fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) -> Option<Rate> {
     let value = rate.get_ref();
     Rate::new(value.requests_per_second, value.burst)
         .map_err(|message| errors.at(rate.span(), message))
@@ -700,305 +698,6 @@ fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) -> RateLimitS
         tenant,
         backend,
         on_backend_error: limits.on_backend_error.unwrap_or(BackendErrorPolicy::Local),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn compile_route(
-    route: &FileRoute,
-    index: usize,
-    span: Range<usize>,
-    file: &FileConfig,
-    base_dir: &Path,
-    clients: &mut ClientFactory,
-    errors: &mut Errors<'_>,
-) -> Option<Route> {
-    let before = errors.list.len();
-    let name = route.name.as_str();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        errors.at(
-            span.clone(),
-            format!("route name {name:?} must be non-empty and use only [A-Za-z0-9_.-]"),
-        );
-    }
-
-    // Match.
-    let matcher_span = route.matcher.span();
-    let matcher = route.matcher.get_ref();
-    let path = match (&matcher.path, &matcher.path_prefix) {
-        (Some(_), Some(_)) => {
-            errors.at(
-                matcher_span.clone(),
-                "set either match.path or match.path_prefix, not both",
-            );
-            None
-        }
-        (None, None) => {
-            errors.at(matcher_span.clone(), "match needs path or path_prefix");
-            None
-        }
-        (Some(path), None) => {
-            check_route_path(path.as_str(), &matcher_span, errors).map(PathPattern::Exact)
-        }
-        (None, Some(prefix)) => {
-            check_route_path(prefix.as_str(), &matcher_span, errors).map(PathPattern::Prefix)
-        }
-    };
-    let host = matcher.host.as_ref().and_then(|host| {
-        let value = host.as_str().to_ascii_lowercase();
-        let valid = !value.is_empty()
-            && !value.contains(':')
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-        if valid {
-            Some(value)
-        } else {
-            errors.at(
-                matcher_span.clone(),
-                format!(
-                    "match.host {:?} must be a host name without port",
-                    host.as_str()
-                ),
-            );
-            None
-        }
-    });
-    let methods = matcher.methods.as_ref().map(|methods| {
-        if methods.is_empty() {
-            errors.at(
-                matcher_span.clone(),
-                "match.methods must not be empty (leave it out to match every method)",
-            );
-        }
-        methods
-            .iter()
-            .filter_map(|m| {
-                let upper = m.as_str().to_ascii_uppercase();
-                match Method::from_bytes(upper.as_bytes()) {
-                    Ok(method) if method == Method::CONNECT => {
-                        errors.at(matcher_span.clone(), "CONNECT is never proxied");
-                        None
-                    }
-                    Ok(method) => Some(method),
-                    Err(_) => {
-                        errors.at(
-                            matcher_span.clone(),
-                            format!("{:?} is not an HTTP method", m.as_str()),
-                        );
-                        None
-                    }
-                }
-            })
-            .collect::<Vec<_>>()
-    });
-
-    // Auth.
-    let auth = match route.auth.get_ref() {
-        FileAuth::None => AuthPolicy::Public,
-        FileAuth::Methods(methods) => {
-            let mut api_key = false;
-            let mut jwt = false;
-            for method in methods {
-                match method.as_str() {
-                    "api_key" => api_key = true,
-                    "jwt" => jwt = true,
-                    other => errors.at(
-                        route.auth.span(),
-                        format!(r#"unknown auth method {other:?}; use "api_key" or "jwt""#),
-                    ),
-                }
-            }
-            if methods.is_empty() {
-                errors.at(
-                    route.auth.span(),
-                    r#"auth must not be an empty list; use "none" for a public route"#,
-                );
-            }
-            if jwt && file.jwt.issuers.is_empty() {
-                errors.at(
-                    route.auth.span(),
-                    "this route accepts \"jwt\" but no [[jwt.issuers]] is configured",
-                );
-            }
-            AuthPolicy::Required { api_key, jwt }
-        }
-    };
-    let strings = |list: &Option<Vec<super::values::Text>>| -> Vec<String> {
-        list.iter()
-            .flatten()
-            .map(|s| s.as_str().to_owned())
-            .collect()
-    };
-    let scopes = ScopeRule {
-        any_of: strings(&route.scopes),
-        all_of: strings(&route.all_scopes),
-    };
-    if route.scopes.as_ref().is_some_and(Vec::is_empty) {
-        errors.at(
-            span.clone(),
-            "scopes must not be an empty list (leave it out instead)",
-        );
-    }
-    // Scopes travel in WWW-Authenticate's quoted scope="..." list: visible ASCII, no spaces,
-    // quotes or backslashes.
-    for scope in scopes.any_of.iter().chain(&scopes.all_of) {
-        let valid = !scope.is_empty()
-            && scope
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-        if !valid {
-            errors.at(
-                span.clone(),
-                format!(
-                    "scope {scope:?} must be visible ASCII without spaces, quotes or backslashes"
-                ),
-            );
-        }
-    }
-    if route.tenants.as_ref().is_some_and(Vec::is_empty) {
-        errors.at(
-            span.clone(),
-            "tenants must not be an empty list (it would refuse everyone; leave it out instead)",
-        );
-    }
-    let tenants = route.tenants.as_ref().map(|_| strings(&route.tenants));
-    if auth.is_public()
-        && (!scopes.is_empty()
-            || tenants.is_some()
-            || route.rate_limit.is_some()
-            || route.usage.is_some())
-    {
-        errors.at(
-            route.auth.span(),
-            "a route with auth = \"none\" cannot require scopes, tenants, rate limits or usage budgets (there is no identity to check)",
-        );
-    }
-    let rate_limit = route
-        .rate_limit
-        .as_ref()
-        .and_then(|rate| compile_rate(rate, errors));
-    let usage = route.usage.as_ref().and_then(|usage| {
-        let value = usage.get_ref();
-        match HeaderName::from_bytes(value.header.as_str().to_ascii_lowercase().as_bytes()) {
-            Ok(header) if value.tokens_per_minute > 0 => Some(UsageRule {
-                header,
-                tokens_per_minute: value.tokens_per_minute,
-                expose: value.expose,
-            }),
-            _ => {
-                errors.at(
-                    usage.span(),
-                    "usage needs a valid header name and tokens_per_minute >= 1",
-                );
-                None
-            }
-        }
-    });
-
-    // Forwarding.
-    let strip_prefix = route.strip_prefix.as_ref().and_then(|strip| {
-        let value = strip.get_ref().as_str();
-        if !value.starts_with('/') || value.len() < 2 {
-            errors.at(
-                strip.span(),
-                "strip_prefix must start with '/' and not be \"/\" alone",
-            );
-            return None;
-        }
-        Some(value.to_owned())
-    });
-    if let (Some(strip), Some(PathPattern::Prefix(prefix) | PathPattern::Exact(prefix))) =
-        (&strip_prefix, &path)
-        && !crate::routes::prefix_matches(strip, prefix)
-    {
-        errors.at(
-            span.clone(),
-            format!("strip_prefix {strip:?} is not a prefix of the route's path {prefix:?}"),
-        );
-    }
-    let timeout = route
-        .timeout
-        .map_or(Duration::from_secs(file::DEFAULT_ROUTE_TIMEOUT_SECS), |t| {
-            t.0
-        });
-    if timeout.is_zero() {
-        errors.at(span, "timeout must be positive");
-    }
-    let protocol = route.upstream_protocol.unwrap_or(UpstreamProtocol::Http1);
-    let extra_ca = route
-        .upstream_ca
-        .as_ref()
-        .map(|ca| (resolve(base_dir, ca.get_ref().as_str()), ca.span()));
-    let upstream_span = route.upstream.span();
-    let urls = &route.upstream.get_ref().0;
-    if urls.is_empty() {
-        errors.at(upstream_span.clone(), "upstream must not be an empty list");
-    }
-    let mut targets = Vec::with_capacity(urls.len());
-    for url in urls {
-        match UpstreamTarget::parse(url.as_str()) {
-            Ok(target) => targets.push(target),
-            Err(message) => errors.at(upstream_span.clone(), message),
-        }
-    }
-    let client = match clients.client(protocol, extra_ca.as_ref().map(|(path, _)| path.as_path())) {
-        Ok(client) => Some(client),
-        Err(message) => {
-            let at = extra_ca.map_or(upstream_span, |(_, span)| span);
-            errors.at(at, message);
-            None
-        }
-    };
-
-    if errors.list.len() != before {
-        return None;
-    }
-    Some(Route {
-        name: Arc::from(name),
-        index,
-        matcher: RouteMatch {
-            path: path?,
-            host,
-            methods,
-        },
-        upstreams: Upstreams::new(targets, client?),
-        access: AccessPolicy {
-            auth,
-            scopes,
-            tenants,
-        },
-        rate_limit,
-        usage,
-        strip_prefix,
-        forward_authorization: route.forward_authorization,
-        preserve_host: route.preserve_host,
-        timeout,
-        max_body_bytes: route.max_body_bytes,
-        websocket: route.websocket,
-        histograms: std::sync::OnceLock::new(),
-    })
-}
-
-/// A route path must already be in normalized form, or it could never match.
-fn check_route_path(path: &str, span: &Range<usize>, errors: &mut Errors<'_>) -> Option<String> {
-    match normalize_path(path) {
-        Ok(normal) if normal == path => Some(path.to_owned()),
-        Ok(normal) => {
-            errors.at(
-                span.clone(),
-                format!("path {path:?} is not normalized; requests are matched as {normal:?}, write that"),
-            );
-            None
-        }
-        Err(error) => {
-            errors.at(span.clone(), format!("path {path:?} is invalid: {error}"));
-            None
-        }
     }
 }
 

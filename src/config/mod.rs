@@ -6,6 +6,7 @@
 
 pub mod compile;
 pub mod file;
+mod route;
 pub mod values;
 
 use std::fmt;
