@@ -1,5 +1,10 @@
-//! authgate's own HTTP/1.1 server connection: request heads parsed with `httparse`, the
-//! pipeline run on the connection's task, responses written with their framing.
+//! authgate's own HTTP/1.1 server connection: request heads parsed by
+//! [`crate::http1::request`], the [`Handler`] (the gateway's pipeline) run on the
+//! connection's task, responses written with their framing.
+//!
+//! Here: the connection loop and its timers. Beside it: `body` (request bodies read on
+//! demand, `Expect: 100-continue`, lingering close), `write` (responses on the wire),
+//! `upgrade` (the WebSocket hand-off).
 //!
 //! Why not hyper's server here: per keep-alive request its dispatcher, body channel and
 //! encoder cost about a third of all the instructions a proxied request takes. This loop does
@@ -8,9 +13,7 @@
 //! write. HTTP/2 (ALPN, or prior knowledge in clear) still goes to hyper.
 //!
 //! Protocol rules kept here, in one place:
-//! - framing (RFC 9112 §6): Transfer-Encoding must end in `chunked` and is refused in
-//!   HTTP/1.0; Content-Length must be digits, equal when repeated; both together are flagged
-//!   for the pipeline, which refuses the request (smuggling guard) and closes the connection;
+//! - framing (RFC 9112 §6) is the head parser's: what it refuses never reaches the handler;
 //! - heads over the buffer limit get 431, unparsable ones 400, both as JSON and with the
 //!   connection closed;
 //! - keep-alive: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `keep-alive`;
@@ -47,10 +50,11 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{boxed, empty};
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
 use crate::http1::request::{RequestHead, RequestHeadError, RequestLimits, parse_request_head};
 use crate::http1::response::ResponseContext;
-use crate::pipeline::{self, Answer, ConnInfo};
+use crate::pipeline::{Answer, ConnInfo};
+
+use super::Handler;
 
 use body::{ContinueGate, RequestBody, linger, run_with_continue};
 use write::{ResponseTo, write_error, write_refusal, write_response};
@@ -64,20 +68,21 @@ pub(super) struct Settings {
     pub(super) idle_timeout: Duration,
 }
 
-/// Serves HTTP/1.1 requests on one connection until it closes, times out, is upgraded or the
-/// gateway drains. `buf` holds bytes already read from the connection.
+/// Serves HTTP/1.1 requests on one connection with `handler` until it closes, times out, is
+/// upgraded or the handler drains. `buf` holds bytes already read from the connection.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn serve<R, W>(
+pub(super) async fn serve<R, W, H>(
     rd: R,
     mut wr: W,
     mut buf: BytesMut,
     conn: Arc<ConnInfo>,
-    gateway: Arc<Gateway>,
+    handler: Arc<H>,
     mut shutdown: watch::Receiver<bool>,
     settings: Settings,
 ) where
     R: AsyncRead + Unpin + Send + Sync + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
     let mut rd = Some(rd);
     let mut out = BytesMut::with_capacity(4096);
@@ -179,8 +184,8 @@ pub(super) async fn serve<R, W>(
             request.extensions_mut().insert(ClientUpgrade(slot));
         }
 
-        // 3. The pipeline, answering `Expect: 100-continue` when the body is first read.
-        let handling = pin!(pipeline::answer(gateway.clone(), conn.clone(), request));
+        // 3. The handler, answering `Expect: 100-continue` when the body is first read.
+        let handling = pin!(handler.answer(&conn, request));
         let answer = match gate {
             None => handling.await,
             Some(gate) => match run_with_continue(handling, &gate, &mut wr).await {
@@ -202,7 +207,7 @@ pub(super) async fn serve<R, W>(
                 Err(_) => unread_body = true,
             }
         }
-        if gateway.is_draining() || unread_body {
+        if handler.is_draining() || unread_body {
             keep_alive = false;
         }
         let mut context = ResponseContext {
