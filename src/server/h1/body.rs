@@ -20,8 +20,8 @@ use crate::http1::BodyDecoder;
 const BODY_READ_CHUNK: usize = 64 * 1024;
 
 /// How long, and how many bytes, a closing connection keeps reading a body it did not want.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1024 * 1024;
+pub(super) const LINGER_TIME: Duration = Duration::from_secs(2);
+pub(super) const LINGER_BYTES: usize = 1024 * 1024;
 
 /// Reads and discards what the client still sends after a response that closed the
 /// connection with its request body unread (nginx's lingering close): closing with unread

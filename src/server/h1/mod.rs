@@ -4,7 +4,8 @@
 //!
 //! Here: the connection loop and its timers. Beside it: `body` (request bodies read on
 //! demand, `Expect: 100-continue`, lingering close), `write` (responses on the wire),
-//! `upgrade` (the WebSocket hand-off).
+//! `upgrade` (the WebSocket hand-off), and `tests` (the loop over an in-memory pipe, on
+//! paused time, with a scripted handler).
 //!
 //! Why not hyper's server here: per keep-alive request its dispatcher, body channel and
 //! encoder cost about a third of all the instructions a proxied request takes. This loop does
@@ -29,6 +30,8 @@
 //! timeout period), so a busy keep-alive connection does no timer work per request.
 
 mod body;
+#[cfg(test)]
+mod tests;
 mod upgrade;
 mod write;
 
