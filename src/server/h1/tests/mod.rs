@@ -251,6 +251,15 @@ impl Client {
         assert!(self.closed, "{context}: still open");
     }
 
+    /// Asserts that the connection closes without writing anything exactly `wait` from now:
+    /// still open 1 ms before (`what`: the timeout, for the messages).
+    async fn assert_closes_after(&mut self, wait: Duration, what: &str) {
+        tokio::time::advance(wait - MS).await;
+        self.assert_quiet(&format!("1 ms before {what}")).await;
+        tokio::time::advance(MS).await;
+        self.assert_closed_silently(&format!("at {what}")).await;
+    }
+
     /// The requests the handler saw.
     fn seen(&self) -> Vec<String> {
         self.script.seen.lock().unwrap().clone()

@@ -7,11 +7,8 @@ use super::*;
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_closed_at_header_read_timeout() {
     let mut client = Client::with_timeouts().await;
-    tokio::time::advance(HEADER_TIMEOUT - MS).await;
-    client.assert_quiet("before header_read_timeout").await;
-    tokio::time::advance(MS).await;
     client
-        .assert_closed_silently("at header_read_timeout")
+        .assert_closes_after(HEADER_TIMEOUT, "header_read_timeout")
         .await;
 }
 
@@ -31,11 +28,8 @@ async fn a_head_sent_one_byte_at_a_time_is_cut_at_header_read_timeout() {
         sent += step;
         client.assert_quiet("before header_read_timeout").await;
     }
-    tokio::time::advance(HEADER_TIMEOUT - sent - MS).await;
-    client.assert_quiet("1 ms before header_read_timeout").await;
-    tokio::time::advance(MS).await;
     client
-        .assert_closed_silently("at header_read_timeout")
+        .assert_closes_after(HEADER_TIMEOUT - sent, "header_read_timeout")
         .await;
     assert!(client.seen().is_empty());
 }
@@ -46,25 +40,25 @@ async fn a_kept_alive_connection_is_closed_at_idle_timeout() {
     client.send(get("/first")).await;
     assert_eq!(client.output().await, ok_bytes("hello", ""));
     // Idle timeout, not header_read_timeout (shorter), between requests.
-    tokio::time::advance(IDLE_TIMEOUT - MS).await;
-    client.assert_quiet("before idle_timeout").await;
-    tokio::time::advance(MS).await;
-    client.assert_closed_silently("at idle_timeout").await;
+    client
+        .assert_closes_after(IDLE_TIMEOUT, "idle_timeout")
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_counts_from_the_end_of_the_last_response() {
     let mut client = Client::with_timeouts().await;
-    // Requests keep the connection busy past several idle periods.
+    // Requests keep the connection busy past several idle periods: each one just in time.
     for round in 0..3 {
+        if round > 0 {
+            tokio::time::advance(IDLE_TIMEOUT - MS).await;
+            client.assert_quiet("within idle_timeout").await;
+        }
         client.send(get("/busy")).await;
         assert_eq!(client.output().await, ok_bytes("hello", ""), "{round}");
-        tokio::time::advance(IDLE_TIMEOUT - MS).await;
-        client.assert_quiet("within idle_timeout").await;
     }
-    tokio::time::advance(MS).await;
     client
-        .assert_closed_silently("idle_timeout after the last one")
+        .assert_closes_after(IDLE_TIMEOUT, "idle_timeout after the last response")
         .await;
 }
 
@@ -79,11 +73,8 @@ async fn a_head_started_late_on_a_kept_alive_connection_gets_header_read_timeout
     tokio::time::advance(HEADER_TIMEOUT * 2).await;
     client.assert_quiet("idle").await;
     client.send("GET /late HTTP/1.1\r\nHost: h1.test\r\n").await;
-    tokio::time::advance(HEADER_TIMEOUT - MS).await;
-    client.assert_quiet("before header_read_timeout").await;
-    tokio::time::advance(MS).await;
     client
-        .assert_closed_silently("header_read_timeout after the head started")
+        .assert_closes_after(HEADER_TIMEOUT, "header_read_timeout after the head started")
         .await;
     assert_eq!(client.seen(), ["GET /first"]);
 }
@@ -101,8 +92,5 @@ async fn idle_timeout_holds_after_a_slow_first_head() {
     client.assert_quiet("a head in progress").await;
     client.send("\r\n").await;
     assert_eq!(client.output().await, ok_bytes("hello", ""));
-    tokio::time::advance(idle - MS).await;
-    client.assert_quiet("before idle_timeout").await;
-    tokio::time::advance(MS).await;
-    client.assert_closed_silently("at idle_timeout").await;
+    client.assert_closes_after(idle, "idle_timeout").await;
 }
