@@ -2,11 +2,12 @@
 //! ([`super::h1`]) takes a [`Handler`] instead of calling the pipeline by name, so it can be
 //! driven (and its timers tested on paused time) with a scripted handler and no gateway.
 //!
-//! Why a trait with an `impl Future` return, and not a closure or `dyn Handler`: `serve` is
+//! Why a trait with an `impl Future` return, and not `dyn Handler` or a closure: `serve` is
 //! generic over it and monomorphized, so the per-request path is the same direct call into
 //! `pipeline::answer` it was before (no boxed future, no vtable; the 401 path is measured in
-//! instructions). A closure would need two (answer, is_draining) and a named future type
-//! that closures cannot spell without boxing; a trait states both in one place.
+//! instructions). A generic closure (`F: Fn(..) -> Fut`) would be as cheap for `answer`, but
+//! the loop also asks `is_draining` between requests: that would be a second closure passed
+//! next to the first. A trait names both in one place, and the gateway implements it as is.
 
 use std::future::Future;
 use std::sync::Arc;

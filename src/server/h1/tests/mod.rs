@@ -86,7 +86,7 @@ impl Script {
             "/401" => {
                 let mut answer = ErrorAnswer::for_head(GatewayError::AuthMissing);
                 answer.close = false;
-                answer.request_id = request_id();
+                answer.request_id = request_id(REQUEST_ID);
                 Answer::Error(answer)
             }
             "/stream" => {
@@ -134,9 +134,10 @@ fn ok(body: ProxyBody) -> Answer {
     Answer::Response(Response::new(body))
 }
 
-fn request_id() -> RequestId {
+/// `id` as a request id (the one way to make one from text is a client's header).
+fn request_id(id: &str) -> RequestId {
     let mut headers = HeaderMap::new();
-    headers.insert("x-request-id", HeaderValue::from_static(REQUEST_ID));
+    headers.insert("x-request-id", HeaderValue::from_str(id).unwrap());
     RequestId::from_client(&headers).unwrap()
 }
 
@@ -312,9 +313,7 @@ fn ok_bytes(body: &str, extra: &str) -> String {
 
 /// The bytes of an answer authgate writes itself, with `id` as its request id.
 fn error_bytes(error: &GatewayError, id: &str, extra: &str) -> String {
-    let mut headers = HeaderMap::new();
-    headers.insert("x-request-id", HeaderValue::from_str(id).unwrap());
-    let body = error.json_body(&RequestId::from_client(&headers).unwrap());
+    let body = error.json_body(&request_id(id));
     let status = error.status();
     let challenge = error
         .extra_header()
