@@ -1,7 +1,6 @@
 //! `compile()`: turns the parsed file into a `Config`, collecting every error with its location.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,20 +10,16 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
-use super::file::{self, FileAuth, FileConfig, FileRate, KeySourceKind};
-use super::{
-    AdminSettings, Config, ConfigError, ConfigErrors, IdentitySettings, LogSettings,
-    ServerSettings, line_col,
-};
+use super::file::{self, FileAuth, FileConfig, KeySourceKind};
+use super::support::{Errors, compile_rate, resolve};
+use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, ServerSettings};
 use crate::auth::issuer::{IssuerMatch, IssuerSettings};
 use crate::forward::ClientFactory;
 use crate::http1::fields::UnderscorePolicy;
 use crate::keys::settings::{
     ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
 };
-use crate::limits::settings::{
-    BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings, RedisSettings,
-};
+use crate::limits::settings::{BackendErrorPolicy, LimitBackend, RateLimitSettings, RedisSettings};
 use crate::routes::policy::AuthPolicy;
 use crate::routes::{PathPattern, RouteTable};
 use crate::telemetry::LogFormat;
@@ -34,36 +29,13 @@ pub const SUPPORTED_JWT_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
-/// Collects errors with their source location.
-pub(super) struct Errors<'a> {
-    file: &'a Path,
-    source: &'a str,
-    pub(super) list: Vec<ConfigError>,
-}
-
-impl Errors<'_> {
-    pub(super) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, column) = line_col(self.source, span.start);
-        self.list.push(ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            message: message.into(),
-        });
-    }
-}
-
 /// Compiles a parsed config file. `path` is the file's path (for errors and relative paths).
 pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, ConfigErrors> {
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let mut errors = Errors {
-        file: path,
-        source,
-        list: Vec::new(),
-    };
+    let mut errors = Errors::new(path, source);
     let whole = 0..0;
 
     let server = compile_server(&file.server, &base_dir, &mut errors);
@@ -155,15 +127,6 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         routes,
         warnings,
     })
-}
-
-pub(super) fn resolve(base_dir: &Path, relative: &str) -> PathBuf {
-    let path = Path::new(relative);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    }
 }
 
 fn compile_server(
@@ -602,13 +565,6 @@ fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<IssuerSettin
         });
     }
     issuers
-}
-
-pub(super) fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) -> Option<Rate> {
-    let value = rate.get_ref();
-    Rate::new(value.requests_per_second, value.burst)
-        .map_err(|message| errors.at(rate.span(), message))
-        .ok()
 }
 
 /// Settings this build parses but cannot enforce yet (signed identity assertions). Accepting

@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod file;
 mod route;
+mod support;
 pub mod values;
 
 use std::fmt;

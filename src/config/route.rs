@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 
-use super::compile::{Errors, compile_rate, resolve};
 use super::file::{self, FileAuth, FileConfig, FileRoute, UpstreamProtocol};
+use super::support::{Errors, compile_rate, resolve};
 use crate::forward::{ClientFactory, UpstreamTarget, Upstreams};
 use crate::limits::settings::{Rate, UsageRule};
 use crate::routes::normalize::normalize_path;
