@@ -379,7 +379,7 @@ fn request_failed(
     if caused_by::<BodyTooLarge>(error) {
         return (GatewayError::PayloadTooLarge, false);
     }
-    if caused_by::<crate::server::ClientBodyError>(error) {
+    if caused_by::<crate::connection::ClientBodyError>(error) {
         tracing::debug!(error = %error_chain(error), "Request body from the client failed.");
         return (
             GatewayError::BadRequest("malformed or incomplete request body"),
@@ -426,7 +426,7 @@ impl Tunnels {
     /// Tunnels an upgraded connection both ways until either side closes.
     pub fn spawn(
         &self,
-        client: crate::server::ClientUpgrade,
+        client: crate::connection::ClientUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
         slot: Arc<tokio::sync::OwnedSemaphorePermit>,
     ) {

@@ -16,6 +16,7 @@ pub mod body;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod forward;
 pub mod gateway;

@@ -1,5 +1,5 @@
 //! authgate's HTTP/1.1 codec without IO: every framing rule lives here, once, and both the
-//! server connection (`server/h1.rs`) and the upstream client (`forward/h1.rs`) only drive
+//! server connection (`server/h1/`) and the upstream client (`forward/h1/`) only drive
 //! sockets around it.
 //!
 //! - [`fields`]: field grammar (token lists, lengths, codings, `_`-folded names);

@@ -10,9 +10,9 @@ use http::Request;
 use super::{ConnInfo, UNMATCHED_ROUTE};
 use crate::body::{BodyCompletion, BodyOutcome, ProxyBody};
 use crate::config::Config;
+use crate::connection::ConnActivity;
 use crate::gateway::Gateway;
 use crate::headers::{RequestId, client_ip};
-use crate::server::ConnActivity;
 use crate::telemetry::{AccessRecord, RouteHistograms, RouteLabels, SharedLabel, method_label};
 
 /// Writes the access log line and the request metrics once, when the response body ends or

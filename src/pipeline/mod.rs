@@ -40,6 +40,7 @@ use crate::auth::{self, AuthMetrics, Identity};
 use crate::authz;
 use crate::body::{CountingBody, DropTrailers, ObservedBody, ProxyBody, boxed};
 use crate::config::Config;
+use crate::connection::{ClientUpgrade, ConnActivity};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Runtime};
 use crate::headers::{
@@ -49,7 +50,6 @@ use crate::limits::gcra::LimitState;
 use crate::limits::usage::UsageMeter;
 use crate::limits::{self, Denied};
 use crate::routes::Route;
-use crate::server::{ClientUpgrade, ConnActivity};
 use crate::telemetry::{Metrics, RouteHistograms, SharedLabel};
 use finish::Finish;
 

@@ -14,12 +14,12 @@ use super::{ConnInfo, Context};
 use crate::auth::Identity;
 use crate::body::{LimitedBody, ProxyBody, boxed, empty};
 use crate::config::Config;
+use crate::connection::ClientUpgrade;
 use crate::error::GatewayError;
 use crate::headers::{RequestId, X_REQUEST_ID, set_forwarded_with, strip_response_hop_by_hop};
 use crate::http1::fields::request_content_length;
 use crate::limits::usage::{self, UsageMeter};
 use crate::routes::Route;
-use crate::server::ClientUpgrade;
 
 /// Step 5: credentials stay here unless the route opts in; authgate's identity headers (the
 /// client's were stripped in step 3); forwarding headers and the request id.

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::body::BoxError;
+use crate::connection::ClientBodyError;
 use crate::http1::BodyDecoder;
 
 /// Bytes read per call while a request body streams.
@@ -50,18 +51,6 @@ pub(super) struct RequestBody<R> {
     pub(super) decoder: BodyDecoder,
     pub(super) give_back: Option<oneshot::Sender<Returned<R>>>,
     pub(super) gate: Option<Arc<ContinueGate>>,
-}
-
-/// Why a request body could not be read from the client. The forwarding step answers 400
-/// for these (the client's fault), not 502.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientBodyError {
-    #[error("malformed request body")]
-    Malformed(#[source] crate::http1::DecodeError),
-    #[error("the client ended the request body early")]
-    Truncated,
-    #[error("reading the request body failed")]
-    Read(#[source] io::Error),
 }
 
 /// The reader a request body hands back, with what follows the body and whether the body

@@ -32,11 +32,9 @@
 mod body;
 #[cfg(test)]
 mod tests;
-mod upgrade;
 mod write;
 
-pub use body::ClientBodyError;
-pub use upgrade::{ClientUpgrade, Upgraded};
+use crate::connection::{ClientUpgrade, Upgraded};
 
 use std::future::Future;
 use std::io;
@@ -183,8 +181,7 @@ pub(super) async fn serve<R, W, H>(
         if wants_upgrade {
             let (tx, rx) = oneshot::channel();
             upgrade_tx = Some(tx);
-            let slot = Arc::new(std::sync::Mutex::new(rx));
-            request.extensions_mut().insert(ClientUpgrade(slot));
+            request.extensions_mut().insert(ClientUpgrade::new(rx));
         }
 
         // 3. The handler, answering `Expect: 100-continue` when the body is first read.
@@ -241,11 +238,11 @@ pub(super) async fn serve<R, W, H>(
         // 5. Upgrade, close, or go on with the next request.
         if upgrading {
             if let (Some(tx), Some(reader)) = (upgrade_tx, rd.take()) {
-                let _ = tx.send(Upgraded {
-                    pre: buf.split().freeze(),
-                    reader: Box::new(reader),
-                    writer: Box::new(wr),
-                });
+                let _ = tx.send(Upgraded::new(
+                    buf.split().freeze(),
+                    Box::new(reader),
+                    Box::new(wr),
+                ));
             }
             return;
         }

@@ -15,7 +15,14 @@ use tokio::sync::oneshot;
 /// been written. Placed in the request's extensions by the HTTP/1.1 server (extensions must
 /// be `Clone`, hence the shared slot; only one clone ever gets the connection).
 #[derive(Debug, Clone)]
-pub struct ClientUpgrade(pub(super) Arc<std::sync::Mutex<oneshot::Receiver<Upgraded>>>);
+pub struct ClientUpgrade(Arc<std::sync::Mutex<oneshot::Receiver<Upgraded>>>);
+
+impl ClientUpgrade {
+    /// The handle for the connection `receiver` will get once the 101 is written.
+    pub fn new(receiver: oneshot::Receiver<Upgraded>) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(receiver)))
+    }
+}
 
 impl Future for ClientUpgrade {
     type Output = io::Result<Upgraded>;
@@ -33,9 +40,25 @@ impl Future for ClientUpgrade {
 
 /// An upgraded client connection: bytes the server had already read, then the socket.
 pub struct Upgraded {
-    pub(super) pre: Bytes,
-    pub(super) reader: Box<dyn AsyncRead + Unpin + Send>,
-    pub(super) writer: Box<dyn AsyncWrite + Unpin + Send>,
+    pre: Bytes,
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
+}
+
+impl Upgraded {
+    /// The connection's two halves, and `pre`: what was read past the request head, which
+    /// the tunnel reads first.
+    pub fn new(
+        pre: Bytes,
+        reader: Box<dyn AsyncRead + Unpin + Send>,
+        writer: Box<dyn AsyncWrite + Unpin + Send>,
+    ) -> Self {
+        Self {
+            pre,
+            reader,
+            writer,
+        }
+    }
 }
 
 impl std::fmt::Debug for Upgraded {
