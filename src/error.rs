@@ -163,11 +163,18 @@ impl GatewayError {
         let mut response = Response::new(full(Bytes::from(self.json_body(request_id))));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some((name, value)) = self.extra_header() {
-            headers.insert(name, value);
-        }
+        self.fields(|name, value| value.insert_into(name, headers));
         response
+    }
+
+    /// The header fields SPEC §7 requires for this error, in order, each handed to `emit`:
+    /// `content-type`, then the challenge or `Retry-After` where the status has one. The one
+    /// list both renderings (HTTP/1.1 bytes, an HTTP/2 header map) are made from.
+    pub fn fields(&self, mut emit: impl FnMut(&HeaderName, FieldValue<'_>)) {
+        emit(&CONTENT_TYPE, FieldValue::Static("application/json"));
+        if let Some((name, value)) = self.extra_header() {
+            emit(&name, FieldValue::Value(&value));
+        }
     }
 
     /// The JSON body (SPEC §7): `{"error": {"code", "message", "request_id"}}`.
@@ -223,6 +230,27 @@ impl GatewayError {
             }
             _ => None,
         }
+    }
+}
+
+/// A header field value of an answer authgate gives itself, in the form it is at hand: the
+/// HTTP/1.1 writer copies bytes and formats numbers in place, the HTTP/2 path makes values.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldValue<'a> {
+    Static(&'static str),
+    Value(&'a HeaderValue),
+    Number(u64),
+}
+
+impl FieldValue<'_> {
+    /// Adds the field to a header map (the HTTP/2 rendering).
+    pub fn insert_into(self, name: &HeaderName, headers: &mut http::HeaderMap) {
+        let value = match self {
+            Self::Static(text) => HeaderValue::from_static(text),
+            Self::Value(value) => value.clone(),
+            Self::Number(number) => HeaderValue::from(number),
+        };
+        headers.insert(name.clone(), value);
     }
 }
 

@@ -1,14 +1,14 @@
 //! What the pipeline answers with: the upstream's response, or an answer authgate gives
 //! itself ([`ErrorAnswer`]), written without a header map on HTTP/1.1.
 
-use http::HeaderValue;
-use http::Response;
-use http::header::CONNECTION;
+use bytes::Bytes;
+use http::header::{CONNECTION, HeaderName};
+use http::{HeaderValue, Response};
 use http_body_util::BodyExt;
 
 use super::finish::Finish;
-use crate::body::{BodyCompletion, BodyOutcome, ObservedBody, ProxyBody};
-use crate::error::GatewayError;
+use crate::body::{BodyCompletion, BodyOutcome, ObservedBody, ProxyBody, full};
+use crate::error::{FieldValue, GatewayError};
 use crate::headers::{RequestId, X_REQUEST_ID};
 use crate::limits::{self, gcra::LimitState};
 
@@ -81,15 +81,31 @@ impl ErrorAnswer {
         }
     }
 
+    /// Every header field of the answer, in order: the error's own (content type, challenge
+    /// or `Retry-After`), `RateLimit-*` once the rate-limit step ran, `x-request-id`. Both
+    /// renderings use this list: the HTTP/1.1 writer (bytes, no header map) and
+    /// [`into_response`](Self::into_response) (HTTP/2). Connection management is each
+    /// protocol's own.
+    pub fn fields(&self, mut emit: impl FnMut(&HeaderName, FieldValue<'_>)) {
+        self.error.fields(&mut emit);
+        if let Some(state) = self.rate_limit {
+            for (name, value) in limits::header_fields(state) {
+                emit(name, FieldValue::Number(value));
+            }
+        }
+        emit(
+            &X_REQUEST_ID,
+            FieldValue::Value(self.request_id.header_value()),
+        );
+    }
+
     pub fn into_response(self) -> Response<ProxyBody> {
-        let mut response = self.error.into_response(&self.request_id);
+        let mut response = Response::new(full(Bytes::from(self.error.json_body(&self.request_id))));
+        *response.status_mut() = self.error.status();
         let headers = response.headers_mut();
+        self.fields(|name, value| value.insert_into(name, headers));
         if self.close {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        headers.insert(&X_REQUEST_ID, self.request_id.into_header_value());
-        if let Some(state) = self.rate_limit {
-            limits::insert_headers(headers, state);
         }
         match self.finish {
             Some(finish) => {

@@ -12,7 +12,7 @@ use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::body::ProxyBody;
-use crate::error::GatewayError;
+use crate::error::{FieldValue, GatewayError};
 use crate::http1::fields::{has_token, parse_digits};
 use crate::http1::response::{BodyFraming, ResponseContext, frame_response};
 use crate::http1::{encode_chunk_header, encode_last_chunk};
@@ -258,21 +258,15 @@ pub(super) async fn write_error<W: AsyncWrite + Unpin>(
     let body = answer.error.json_body(&answer.request_id);
     out.clear();
     write_status_line(out, answer.error.status());
-    out.extend_from_slice(b"content-type: application/json\r\n");
-    if let Some((name, value)) = answer.error.extra_header() {
-        write_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if let Some(state) = answer.rate_limit {
-        let mut number = itoa::Buffer::new();
-        for (name, value) in crate::limits::header_fields(state) {
-            write_header(
-                out,
-                name.as_str().as_bytes(),
-                number.format(value).as_bytes(),
-            );
-        }
-    }
-    write_header(out, b"x-request-id", answer.request_id.as_bytes());
+    let mut number = itoa::Buffer::new();
+    answer.fields(|name, value| {
+        let value = match value {
+            FieldValue::Static(text) => text.as_bytes(),
+            FieldValue::Value(value) => value.as_bytes(),
+            FieldValue::Number(value) => number.format(value).as_bytes(),
+        };
+        write_header(out, name.as_str().as_bytes(), value);
+    });
     write_content_length(out, body.len() as u64);
     finish_head(out, request, *keep_alive, true);
     let sent = if request.method_is_head {
