@@ -1,33 +1,54 @@
 //! authgate: a reverse-proxy authentication gateway.
 //!
 //! ```text
-//! client ─h1/h2/TLS─▶ server ─▶ pipeline: route ─▶ authenticate ─▶ rewrite headers ─▶ forward ─▶ upstream
+//! client ─h1/h2/TLS─▶ server ─▶ pipeline: precheck ─▶ route ─▶ strip ─▶ authenticate ─▶ authorize
+//!                                 ─▶ rate limit ─▶ rewrite ─▶ forward ─▶ upstream (pooled h1/h2/TLS)
+//!                                         │                 │
+//!                            key store ◀──┘ JWT validator   limiter (local | Redis)
 //! ```
 //! `main.rs` only parses the command line and calls [`run`]; tests and benches drive the same
 //! code through [`server::start`] and the stage functions.
+//!
+//! Modules by layer; each imports only from its own layer or the ones below it
+//! (`scripts/import_graph.py --check` holds that there is no import circle):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | entry | `cli`, `commands` (and `run` here) |
+//! | serving | `server` (listeners, the HTTP/1.1 connection, HTTP/2 via hyper), `admin` |
+//! | request | `pipeline` (the ordered stages), `gateway` (the live state a request reads) |
+//! | configuration | `config`: file → compiled, pure values |
+//! | domain | `routes` (table, normalization, access policy), `auth` (credentials, JWTs), `authz`, `keys` (records, cache, sources), `limits` (GCRA, Redis, budgets), `forward` (upstream clients, tunnels) |
+//! | foundation | `http1` (the sans-IO codec), `connection` (what a client connection hands on), `headers`, `body`, `error`, `telemetry`, `location` |
 
 // Network-facing code never panics on input: no unwrap/expect outside tests.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod admin;
-pub mod auth;
-pub mod authz;
-pub mod body;
+// entry
 pub mod cli;
 pub mod commands;
-pub mod config;
-pub mod connection;
-pub mod error;
-pub mod forward;
+// serving
+pub mod admin;
+pub mod server;
+// request
 pub mod gateway;
-pub mod headers;
-pub mod http1;
+pub mod pipeline;
+// configuration
+pub mod config;
+// domain
+pub mod auth;
+pub mod authz;
+pub mod forward;
 pub mod keys;
 pub mod limits;
-pub mod location;
-pub mod pipeline;
 pub mod routes;
-pub mod server;
+// foundation
+pub mod body;
+pub mod connection;
+pub mod error;
+pub mod headers;
+pub mod http1;
+pub mod location;
 pub mod telemetry;
 
 use std::process::ExitCode;
