@@ -1,13 +1,15 @@
-//! The dedicated HTTP/1.1 path to plain-http upstreams: a small keep-alive pool of TCP
-//! connections per upstream authority, and our own client codec ([`crate::http1`]) over
-//! them, run by the request's task alone.
+//! The HTTP/1.1 path to upstreams, `http://` and `https://` alike, WebSocket handshakes
+//! included: a small keep-alive pool of connections per upstream (scheme, authority and
+//! trust setting), and our own client codec ([`crate::http1`]) over them, run by the
+//! request's task alone. So the same upstream bytes are framed the same way whatever the
+//! scheme.
 //!
 //! Why not hyper's client: its h1 dispatcher (connection state machine, the channel between
 //! request and connection, want/giver) cost about a third of all the instructions of a
 //! proxied keep-alive GET. An exchange here is:
 //!
 //! ```text
-//! checkout (idle and still open) or connect
+//! checkout (idle, still open, proven quiet if on probation: see pool) or connect
 //!   -> write the head (with the first body frame if it is ready): one write for a GET
 //!   -> stream the rest of the body, reading the response head meanwhile: an early answer
 //!      (413 during an upload) is returned at once and the connection is not reused
@@ -20,30 +22,30 @@
 //! keep-alive race with the upstream's idle timeout; the request is sent again once, on a
 //! new connection, when that is safe (see [`Exchange::resendable`]).
 //!
-//! A WebSocket upgrade still goes through hyper: its connection runs in a task with
-//! upgrades on, because the tunnel outlives the request, and is never pooled again.
+//! A WebSocket upgrade is an ordinary exchange: on 101 the connection, with any bytes read
+//! past the head, leaves in the response as an [`UpstreamUpgrade`] for the tunnel and is
+//! never pooled again; any other answer is an ordinary response on that connection.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+mod conn;
+mod pool;
+mod upgrade;
+
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::header::UPGRADE;
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWrite;
 
-use super::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
-use crate::body::{BoxError, ProxyBody, boxed};
+use crate::body::{BoxError, ProxyBody};
 use crate::http1::client::{
     FramingError, HeadError, RequestFraming, ResponseHead, encode_request_head, parse_response_head,
 };
@@ -51,19 +53,16 @@ use crate::http1::{
     BodyDecoder, CHUNK_TERMINATOR, DecodeError, encode_chunk_header, encode_last_chunk,
 };
 
-/// TCP keep-alive probes on upstream connections start after this much silence.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// A new connection's read buffer. Response heads and small bodies are split off it and
-/// handed on, so one allocation serves many small responses before it is replaced.
-const READ_BUFFER: usize = 16 * 1024;
+use conn::{Conn, Connector, READ_BUFFER};
+use pool::IdleConns;
+pub use upgrade::{Upgraded, UpstreamUpgrade};
+
 /// Room made before each read of a response head.
 const HEAD_READ: usize = 4 * 1024;
 /// Most bytes asked for in one read of a response body. Reads start at [`READ_BUFFER`] and
 /// double each time one fills the room it was given, as hyper's adaptive reads do, so
 /// small bodies keep small buffers and large ones take few syscalls.
 const MAX_BODY_READ: usize = 256 * 1024;
-/// A new connection's write buffer: a request head usually fits.
-const WRITE_BUFFER: usize = 1024;
 
 /// Why a request could not be sent.
 #[derive(Debug)]
@@ -93,100 +92,70 @@ pub(crate) enum ExchangeError {
     Head(#[from] HeadError),
     #[error("the upstream sent an invalid response body")]
     Body(#[from] DecodeError),
-    #[error("the WebSocket handshake with the upstream failed")]
-    Upgrade(#[source] hyper::Error),
 }
 
-/// The per-authority pools of one client, so routes naming the same upstream share
-/// connections. Looked up when a config is compiled, never per request.
+/// The pools of one client factory, so routes naming the same upstream share connections.
+/// Keyed by scheme, authority and trust setting: a TLS pool never hands out a connection
+/// verified against another CA setting. Looked up when a config is compiled, never per
+/// request.
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
-    hosts: Mutex<HashMap<Authority, Arc<HostPool>>>,
+    hosts: Mutex<HashMap<PoolKey, Arc<HostPool>>>,
+}
+
+/// `upstream_ca` of the TLS pools; always `None` for plain ones, which do not depend on it.
+type PoolKey = (Scheme, Authority, Option<PathBuf>);
+
+/// The TLS side of an HTTP/1.1 client: its trust setting and the configuration built from it.
+#[derive(Debug)]
+pub(crate) struct TlsSetting {
+    pub(crate) extra_ca: Option<PathBuf>,
+    pub(crate) config: Arc<rustls::ClientConfig>,
 }
 
 impl Pools {
-    /// The pool for `authority`, created on first use.
-    pub(crate) fn host(&self, authority: &Authority) -> Arc<HostPool> {
-        lock(&self.hosts)
-            .entry(authority.clone())
-            .or_insert_with(|| Arc::new(HostPool::new(authority.clone())))
+    /// The pool for `scheme://authority`, created on first use; https goes over `tls`.
+    pub(crate) fn host(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        tls: &TlsSetting,
+    ) -> Arc<HostPool> {
+        let https = *scheme == Scheme::HTTPS;
+        let key = (
+            scheme.clone(),
+            authority.clone(),
+            https.then(|| tls.extra_ca.clone()).flatten(),
+        );
+        pool::lock(&self.hosts)
+            .entry(key)
+            .or_insert_with(|| {
+                let tls = https.then(|| tls.config.clone());
+                Arc::new(HostPool {
+                    connector: Connector::new(authority.clone(), tls),
+                    idle: Arc::default(),
+                })
+            })
             .clone()
     }
 }
 
-/// Idle keep-alive connections to one upstream authority, most recently used last.
+/// One upstream: how to open connections to it, and its idle ones.
 #[derive(Debug)]
 pub(crate) struct HostPool {
-    authority: Authority,
-    idle: Mutex<VecDeque<Idle>>,
-    /// Whether the task that closes connections idle past [`POOL_IDLE_TIMEOUT`] runs.
-    reaper: AtomicBool,
-}
-
-#[derive(Debug)]
-struct Idle {
-    conn: Conn,
-    since: Instant,
-}
-
-/// An open connection and the bytes read from it or encoded for it that are still pending.
-/// Both buffers are empty while the connection is idle.
-#[derive(Debug)]
-struct Conn {
-    stream: TcpStream,
-    read_buf: BytesMut,
-    /// Framing bytes not written yet: the request head, a chunk-size line, the last chunk.
-    write_buf: BytesMut,
-    /// A read asked for more room than [`READ_BUFFER`].
-    large_reads: bool,
-}
-
-impl Conn {
-    fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            read_buf: BytesMut::with_capacity(READ_BUFFER),
-            write_buf: BytesMut::with_capacity(WRITE_BUFFER),
-            large_reads: false,
-        }
-    }
-
-    /// Whether an idle connection is still open: nothing (no EOF, no stray bytes) has come
-    /// in since it was pooled. tokio answers `WouldBlock` without a syscall while the socket
-    /// has not been reported readable, which is the usual case.
-    fn is_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        let probed = self.stream.try_read(&mut probe);
-        matches!(probed, Err(error) if error.kind() == io::ErrorKind::WouldBlock)
-    }
-
-    /// Reads what is available into `read_buf` after making room for `room` bytes; 0 at EOF.
-    fn poll_read(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
-        self.large_reads |= room > READ_BUFFER;
-        self.read_buf.reserve(room);
-        // tokio's `read_buf` reads into the spare capacity without initializing it first.
-        std::pin::pin!(self.stream.read_buf(&mut self.read_buf)).poll(cx)
-    }
+    connector: Connector,
+    idle: Arc<IdleConns>,
 }
 
 impl HostPool {
-    fn new(authority: Authority) -> Self {
-        Self {
-            authority,
-            idle: Mutex::new(VecDeque::new()),
-            reaper: AtomicBool::new(false),
-        }
-    }
-
     /// Sends `request` (origin-form URI, Host set, hop-by-hop fields removed) on a pooled or
     /// new connection and waits for the response head.
     pub(crate) async fn send(
         self: &Arc<Self>,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        if request.headers().contains_key(UPGRADE) {
-            return self.send_upgrade(request).await;
-        }
+        // Only a WebSocket handshake keeps Upgrade (the pipeline removes it otherwise).
+        let upgrade = request.headers().contains_key(UPGRADE);
         let (parts, mut body) = request.into_parts();
         let framing = RequestFraming::of(
             &parts.headers,
@@ -198,12 +167,12 @@ impl HostPool {
             // Caught before a byte goes out, rather than leaving the upstream waiting.
             return Err(SendError::Http(ExchangeError::BodyLength("shorter")));
         }
-        let (mut conn, mut reused) = match self.checkout() {
+        let (mut conn, mut reused) = match self.idle.checkout().await {
             Some(conn) => (conn, true),
-            None => (self.connect().await.map_err(SendError::Connect)?, false),
+            None => (self.connect().await?, false),
         };
         loop {
-            let failure = match self.exchange(conn, &parts, framing, body).await {
+            let failure = match self.exchange(conn, &parts, framing, body, upgrade).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -211,7 +180,7 @@ impl HostPool {
                 Some(unsent) if reused => {
                     tracing::debug!(error = %failure.error, "Pooled upstream connection failed before responding; sending again on a new one.");
                     body = unsent;
-                    conn = self.connect().await.map_err(SendError::Connect)?;
+                    conn = self.connect().await?;
                     reused = false;
                 }
                 _ => return Err(SendError::Http(failure.error)),
@@ -226,11 +195,12 @@ impl HostPool {
         parts: &Parts,
         framing: RequestFraming,
         body: ProxyBody,
+        upgrade: bool,
     ) -> Result<Response<ProxyBody>, Failure> {
         let mut exchange = Exchange::new(conn, parts, framing, body);
         let head = std::future::poll_fn(|cx| exchange.poll_head(cx, &parts.method)).await;
         match head {
-            Ok(head) => Ok(exchange.into_response(head, self.clone())),
+            Ok(head) => Ok(exchange.into_response(head, self.clone(), upgrade)),
             Err(error) => Err(Failure {
                 unsent: exchange.resendable(&parts.method),
                 error,
@@ -238,159 +208,9 @@ impl HostPool {
         }
     }
 
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<Conn> {
-        loop {
-            let conn = self.pop_idle()?;
-            if conn.is_open() {
-                return Some(conn);
-            }
-        }
+    async fn connect(&self) -> Result<Conn, SendError> {
+        self.connector.connect().await.map_err(SendError::Connect)
     }
-
-    fn pop_idle(&self) -> Option<Conn> {
-        let mut idle = lock(&self.idle);
-        let entry = idle.pop_back()?;
-        if entry.since.elapsed() < POOL_IDLE_TIMEOUT {
-            return Some(entry.conn);
-        }
-        // The newest is past the idle timeout, so every older one is too.
-        let expired = std::mem::take(&mut *idle);
-        drop(idle);
-        drop(expired);
-        None
-    }
-
-    fn checkin(self: &Arc<Self>, mut conn: Conn) {
-        // An idle connection keeps no more buffer than a new one: a large response or
-        // request head grew them, and hundreds of idle connections may wait per upstream.
-        if conn.large_reads {
-            // The buffer (or the allocation its spare room belongs to) may be that large.
-            conn.read_buf = BytesMut::with_capacity(READ_BUFFER);
-            conn.large_reads = false;
-        }
-        if conn.write_buf.capacity() > 4 * WRITE_BUFFER {
-            conn.write_buf = BytesMut::with_capacity(WRITE_BUFFER);
-        }
-        let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        if idle.len() >= POOL_MAX_IDLE_PER_HOST {
-            return;
-        }
-        idle.push_back(Idle { conn, since: now });
-        drop(idle);
-        self.start_reaper();
-    }
-
-    /// Closes connections idle past the timeout even when no request comes to notice them.
-    /// Started on the first check-in, which always runs inside the runtime.
-    fn start_reaper(self: &Arc<Self>) {
-        if self.reaper.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.reaper.store(false, Ordering::Relaxed);
-            return;
-        };
-        let pool: Weak<Self> = Arc::downgrade(self);
-        runtime.spawn(async move {
-            let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 3);
-            loop {
-                tick.tick().await;
-                match pool.upgrade() {
-                    Some(pool) => pool.reap(),
-                    None => return,
-                }
-            }
-        });
-    }
-
-    fn reap(&self) {
-        let mut idle = lock(&self.idle);
-        let fresh = idle
-            .iter()
-            .position(|entry| entry.since.elapsed() < POOL_IDLE_TIMEOUT)
-            .unwrap_or(idle.len());
-        let expired: Vec<Idle> = idle.drain(..fresh).collect();
-        drop(idle);
-        drop(expired);
-    }
-
-    /// A new connection: each resolved address in turn, within the connect timeout.
-    async fn connect(&self) -> io::Result<Conn> {
-        let stream = self.connect_tcp().await?;
-        stream.set_nodelay(true)?;
-        socket2::SockRef::from(&stream)
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
-        Ok(Conn::new(stream))
-    }
-
-    async fn connect_tcp(&self) -> io::Result<TcpStream> {
-        // An IPv6 literal keeps its brackets in the authority.
-        let host = self
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = self.authority.port_u16().unwrap_or(80);
-        let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
-        // Like hyper-util's connector: the connect timeout is shared among the addresses.
-        let per_address = CONNECT_TIMEOUT / u32::try_from(addrs.len().max(1)).unwrap_or(1);
-        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address for the host");
-        for addr in addrs {
-            match tokio::time::timeout(per_address, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(error)) => last_error = error,
-                Err(_) => {
-                    last_error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-                }
-            }
-        }
-        Err(last_error)
-    }
-
-    /// A WebSocket handshake through hyper, with upgrades on, so the upgraded stream reaches
-    /// `hyper::upgrade::on` of the response and outlives this request. hyper reads the
-    /// socket itself, which is safe because a pooled connection's read buffer is empty.
-    async fn send_upgrade(
-        self: &Arc<Self>,
-        mut request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, SendError> {
-        let (mut conn, mut reused) = match self.checkout() {
-            Some(conn) => (conn, true),
-            None => (self.connect().await.map_err(SendError::Connect)?, false),
-        };
-        loop {
-            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-                .handshake(TokioIo::new(conn.stream))
-                .await
-                .map_err(|error| SendError::Http(ExchangeError::Upgrade(error)))?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.with_upgrades().await {
-                    tracing::debug!(%error, "Upstream connection ended with an error.");
-                }
-            });
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(boxed)),
-                Err(mut error) => match error.take_message() {
-                    // Closed before the request went out: the keep-alive race again.
-                    Some(unsent) if reused => {
-                        request = unsent;
-                        conn = self.connect().await.map_err(SendError::Connect)?;
-                        reused = false;
-                    }
-                    _ => {
-                        return Err(SendError::Http(ExchangeError::Upgrade(error.into_error())));
-                    }
-                },
-            }
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded data stays consistent across a panic (plain pushes and pops).
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An exchange that failed before its response head, with the request body if the request
@@ -584,7 +404,8 @@ impl Exchange {
         loop {
             let framing = self.conn.write_buf.len();
             if framing == 0 && self.data.is_empty() && self.tail.is_empty() {
-                return Poll::Ready(Ok(()));
+                // A no-op on a plain socket; pushes out what a TLS session still holds.
+                return Pin::new(&mut self.conn.stream).poll_flush(cx);
             }
             let stream = Pin::new(&mut self.conn.stream);
             let written = if self.data.is_empty() && self.tail.is_empty() {
@@ -675,8 +496,14 @@ impl Exchange {
         self.body = None;
     }
 
-    /// The response for `head`, whose body reads the rest of the exchange.
-    fn into_response(self, head: ResponseHead, pool: Arc<HostPool>) -> Response<ProxyBody> {
+    /// The response for `head`, whose body reads the rest of the exchange. A 101 to a
+    /// WebSocket handshake carries the connection instead (see [`UpstreamUpgrade`]).
+    fn into_response(
+        self,
+        head: ResponseHead,
+        pool: Arc<HostPool>,
+        upgrade: bool,
+    ) -> Response<ProxyBody> {
         let ResponseHead {
             status,
             version,
@@ -684,15 +511,31 @@ impl Exchange {
             reason,
             body: decoder,
             keep_alive,
+            no_body,
+            interim,
         } = head;
+        let mut upgraded = None;
+        let exchange = if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The whole request went out (a handshake has no body), nothing failed: the
+            // connection now belongs to the tunnel. Otherwise it is closed.
+            if upgrade && self.sent && self.write_error.is_none() {
+                upgraded = Some(UpstreamUpgrade::new(Upgraded::new(self.conn)));
+            }
+            None
+        } else {
+            Some(self)
+        };
         // A response that came before the whole request went out ends the connection: the
         // upstream may not read the rest.
-        let reusable = keep_alive && self.sent;
+        let reusable = keep_alive && exchange.as_ref().is_some_and(|exchange| exchange.sent);
         let mut body = ResponseBody {
-            exchange: Some(self),
+            exchange,
             decoder,
             lookahead: None,
             reusable,
+            // Bytes after a response that has no body, or after interim responses, are
+            // likelier than after any other: see the pool's probation.
+            probation: no_body || interim,
             pool,
             read_size: READ_BUFFER,
         };
@@ -702,6 +545,9 @@ impl Exchange {
         }
         // Boxed as is: its error type is already the proxy's, no adapter needed.
         let mut response = Response::new(ProxyBody::new(body));
+        if let Some(upgraded) = upgraded {
+            response.extensions_mut().insert(upgraded);
+        }
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;
@@ -727,6 +573,8 @@ struct ResponseBody {
     /// of a chunked body is known with its last data frame (and `is_end_stream` says so).
     lookahead: Option<Result<Frame<Bytes>, DecodeError>>,
     reusable: bool,
+    /// Reused only once proven quiet (see the pool).
+    probation: bool,
     pool: Arc<HostPool>,
     /// How much the next read of an unsized body asks for (see [`MAX_BODY_READ`]).
     read_size: usize,
@@ -737,13 +585,10 @@ impl ResponseBody {
         let Some(exchange) = self.exchange.take() else {
             return;
         };
-        // Leftover bytes would be an answer to no request: never reuse such a connection.
-        if self.reusable
-            && exchange.sent
-            && exchange.write_error.is_none()
-            && exchange.conn.read_buf.is_empty()
-        {
-            self.pool.checkin(exchange.conn);
+        // Leftover bytes would be an answer to no request: never reuse such a connection
+        // (check-in refuses one with bytes buffered or waiting).
+        if self.reusable && exchange.sent && exchange.write_error.is_none() {
+            self.pool.idle.checkin(exchange.conn, self.probation);
         }
     }
 
@@ -845,6 +690,8 @@ impl Body for ResponseBody {
 mod tests {
     use super::*;
     use crate::body::empty;
+    use std::time::Duration;
+    use tokio::net::TcpStream;
 
     /// A connection whose peer has reset it: any write fails.
     async fn reset_connection() -> Conn {
@@ -859,11 +706,14 @@ mod tests {
         drop(peer);
         // Let the reset arrive and the reactor see it.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        Conn::new(stream)
+        conn::plain(stream)
     }
 
     async fn exchange_on_reset_connection(method: Method) -> Failure {
-        let pool = Arc::new(HostPool::new(Authority::from_static("127.0.0.1:1")));
+        let pool = Arc::new(HostPool {
+            connector: Connector::new(Authority::from_static("127.0.0.1:1"), None),
+            idle: Arc::default(),
+        });
         let (parts, body) = Request::builder()
             .method(method)
             .uri("/x")
@@ -872,7 +722,7 @@ mod tests {
             .into_parts();
         let conn = reset_connection().await;
         match pool
-            .exchange(conn, &parts, RequestFraming::Empty, body)
+            .exchange(conn, &parts, RequestFraming::Empty, body, false)
             .await
         {
             Ok(response) => panic!("a reset connection answered: {response:?}"),
