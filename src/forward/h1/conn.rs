@@ -272,3 +272,10 @@ fn host_of(authority: &Authority) -> &str {
 pub(super) fn plain(stream: TcpStream) -> Conn {
     Conn::new(Stream::Plain(stream))
 }
+
+#[cfg(test)]
+impl Conn {
+    pub(super) fn stream_local_port(&self) -> u16 {
+        self.stream.tcp().local_addr().map_or(0, |addr| addr.port())
+    }
+}

@@ -246,3 +246,65 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent across a panic (plain pushes and pops).
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A pooled-to-be connection and the upstream's end of it.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        (super::super::conn::plain(stream), peer)
+    }
+
+    fn idle_count(pool: &IdleConns) -> usize {
+        lock(&pool.idle).len()
+    }
+
+    #[tokio::test]
+    async fn connection_with_input_waiting_is_not_checked_in() {
+        let pool = Arc::new(IdleConns::default());
+        let (conn, mut peer) = pair().await;
+        peer.write_all(b"stray").await.unwrap();
+        conn.readable().await;
+        pool.checkin(conn, false);
+        assert_eq!(idle_count(&pool), 0);
+
+        let (mut conn, _peer) = pair().await;
+        conn.read_buf.extend_from_slice(b"unread");
+        pool.checkin(conn, false);
+        assert_eq!(idle_count(&pool), 0);
+    }
+
+    #[tokio::test]
+    async fn connection_on_probation_is_reused_only_if_it_stayed_quiet() {
+        let pool = Arc::new(IdleConns::default());
+        let (quiet, _quiet_peer) = pair().await;
+        pool.checkin(quiet, true);
+        assert!(pool.checkout().await.is_some(), "silent through its period");
+
+        let (noisy, mut noisy_peer) = pair().await;
+        pool.checkin(noisy, true);
+        noisy_peer.write_all(b"late body").await.unwrap();
+        assert!(pool.checkout().await.is_none(), "input during its period");
+    }
+
+    #[tokio::test]
+    async fn checkout_prefers_a_connection_not_on_probation() {
+        let pool = Arc::new(IdleConns::default());
+        let (older, _older_peer) = pair().await;
+        let (newer, _newer_peer) = pair().await;
+        let older_port = older.stream_local_port();
+        pool.checkin(older, false);
+        pool.checkin(newer, true);
+        let conn = pool.checkout().await.unwrap();
+        assert_eq!(conn.stream_local_port(), older_port);
+        assert_eq!(idle_count(&pool), 1, "the one on probation stays");
+    }
+}
