@@ -783,10 +783,8 @@ async fn websocket_or_403(mut peer: Peer) {
         )
         .await;
         while let Some(Ok(message)) = ws.next().await {
-            if message.is_text() || message.is_binary() {
-                if ws.send(message).await.is_err() {
-                    return;
-                }
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                return;
             }
         }
         return;

@@ -38,10 +38,13 @@ use super::conn::{Conn, READ_BUFFER, WRITE_BUFFER};
 
 /// How long a connection on probation must stay silent before it is reused. A body sent
 /// where none belongs is written by the same handler right after the head, so it trails the
-/// head by the handler's next write plus network jitter: 10 ms covers a sender descheduled
-/// for a few scheduler time slices and a LAN's jitter, while a client's HEAD followed at once
-/// by another request on the only connection waits at most that long.
-pub(super) const QUIET_PERIOD: Duration = Duration::from_millis(10);
+/// head by the handler's next write plus the sender's scheduling delay and network jitter.
+/// 20 ms covers a sender descheduled for a few time slices on a busy host (Linux aims to
+/// run every runnable task within 6 to 24 ms) and a LAN's jitter; with 10 ms, bodies sent
+/// 5 ms after the head still got through in 1 to 2 trials of 60 on a loaded 2-core VM
+/// (docs/performance.md). The cost: a request that can only reuse such a connection waits
+/// at most this long, once per bodiless response.
+pub(super) const QUIET_PERIOD: Duration = Duration::from_millis(20);
 
 /// Idle connections, most recently used last.
 #[derive(Debug)]
@@ -93,7 +96,11 @@ impl IdleConns {
     /// An idle connection that is still open and, if it was on probation, proven quiet.
     pub(super) async fn checkout(&self) -> Option<Conn> {
         loop {
-            let (mut conn, quiet_at) = self.pop()?;
+            let (mut conn, quiet_at, since) = self.pop()?;
+            if since.elapsed() >= POOL_IDLE_TIMEOUT {
+                // Passed over for a newer one on probation until it expired.
+                continue;
+            }
             let usable = match quiet_at {
                 None => conn.is_open(),
                 Some(at) => Self::prove_quiet(&conn, at).await,
@@ -106,7 +113,7 @@ impl IdleConns {
 
     /// The most recently used connection not waiting out its probation, else the most
     /// recent one on probation.
-    fn pop(&self) -> Option<(Conn, Option<Instant>)> {
+    fn pop(&self) -> Option<(Conn, Option<Instant>, Instant)> {
         let mut idle = lock(&self.idle);
         let newest = idle.back()?;
         if newest.since.elapsed() >= POOL_IDLE_TIMEOUT {
@@ -123,7 +130,7 @@ impl IdleConns {
             .rposition(|entry| entry.quiet_at.is_none_or(|at| at <= now))
             .unwrap_or(idle.len() - 1);
         let entry = idle.remove(index)?;
-        Some((entry.conn, entry.quiet_at))
+        Some((entry.conn, entry.quiet_at, entry.since))
     }
 
     /// Waits until `at` unless input arrives first, then asks the kernel.
