@@ -669,19 +669,23 @@ async fn request_framing_on_the_wire_matches_the_client_body() {
 
 // === TLS upstreams on the own client ===
 
-/// Answers every request with its own target as the body (`200`, Content-Length).
+/// `200` with the request's own target as the body, so every answer is told apart.
+fn target_answer(head: &str) -> String {
+    let target = head.split_whitespace().nth(1).unwrap_or("");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
+        target.len()
+    )
+}
+
+/// Answers every request with [`target_answer`].
 async fn answer_with_target(mut peer: Peer) {
     while let Some(head) = peer.head().await {
-        let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
-            target.len()
-        );
-        peer.send(reply.as_bytes()).await;
+        peer.send(target_answer(&head).as_bytes()).await;
     }
 }
 
-/// A route to `url` trusting the PEM CA in the gateway's `ca.pem` when `with_ca`.
+/// A public route to `url` with `extra` lines (`upstream_ca = ...`).
 fn route_with_ca(name: &str, prefix: &str, url: &str, extra: &str) -> String {
     format!("{}{extra}", public_route(name, prefix, url))
 }
@@ -893,12 +897,7 @@ async fn misbehaving(answer: &'static [u8], stray: &'static [u8], together: bool
     RawUpstream::start(move |mut peer| async move {
         while let Some(head) = peer.head().await {
             if !head.contains(" /provoke") {
-                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
-                    target.len()
-                );
-                peer.send(reply.as_bytes()).await;
+                peer.send(target_answer(&head).as_bytes()).await;
             } else if together {
                 peer.send(&[answer, stray].concat()).await;
             } else {
@@ -988,12 +987,7 @@ async fn idle_connection_receiving_bytes_is_closed_without_waiting_for_a_request
             let Some(head) = peer.head().await else {
                 return;
             };
-            let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
-                target.len()
-            );
-            peer.send(reply.as_bytes()).await;
+            peer.send(target_answer(&head).as_bytes()).await;
             if peer.conn == 0 {
                 // Long after the response was relayed, while the connection is idle.
                 late.notified().await;
