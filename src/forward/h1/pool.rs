@@ -18,12 +18,17 @@
 //!   probation is idle it waits out the rest of its period (ending early, and opening a new
 //!   connection, if input arrives). These responses are rare, so the extra syscall and
 //!   timer stay off the fast path.
-//! - **The fast path is unchanged.** After an ordinary response with a length, the checkout
-//!   probe asks tokio whether the socket was reported readable (no syscall). Bytes that the
-//!   upstream writes after the reactor last polled, or after the next request was written,
-//!   can still be read as that request's answer: closing that window entirely would mean a
-//!   syscall, or a wait, before every reuse. The window is the time between the upstream's
-//!   last body byte and the next request being written, minus the reactor's latency.
+//! - **The fast path keeps its syscalls.** After an ordinary response with a length, check-in
+//!   adds only the readiness poll above (a lock and a waker store), and the checkout probe
+//!   asks tokio whether the socket was reported readable: no syscall, no allocation, no
+//!   task wake-up. What remains is a window: bytes that arrive after the next request was
+//!   written on the connection, or before it but not yet seen by the reactor, are read as
+//!   that request's answer. Closing it would cost a syscall, or a wait, before every reuse;
+//!   bytes that arrive while the connection is idle close it instead.
+//!
+//! A TLS connection is probed through its session, so a record without application data
+//! (a session ticket) does not close it; the kernel's peek cannot tell records apart, so
+//! on probation any incoming record ends the connection, which costs only a reconnection.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
