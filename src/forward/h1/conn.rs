@@ -135,11 +135,32 @@ impl Conn {
     /// TLS record that carries no application data (a session ticket) is consumed and the
     /// connection stays.
     pub(super) fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut probe = [0u8; 1];
-        let mut probe = ReadBuf::new(&mut probe);
-        match Pin::new(&mut self.stream).poll_read(cx, &mut probe) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(()),
+        match &mut self.stream {
+            // The readiness alone, cheaper than a read through a `ReadBuf`: this runs at
+            // every check-in.
+            Stream::Plain(tcp) => loop {
+                match tcp.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Ready(Ok(())) => {
+                        // Reported readable: the report may predate the last read.
+                        let mut probe = [0u8; 1];
+                        match tcp.try_read(&mut probe) {
+                            // The stale report is cleared; the next round registers `cx`.
+                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                            _ => return Poll::Ready(()),
+                        }
+                    }
+                }
+            },
+            Stream::Tls(tls) => {
+                let mut probe = [0u8; 1];
+                let mut probe = ReadBuf::new(&mut probe);
+                match Pin::new(tls.as_mut()).poll_read(cx, &mut probe) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(()),
+                }
+            }
         }
     }
 

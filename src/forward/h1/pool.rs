@@ -101,11 +101,7 @@ impl IdleConns {
     /// An idle connection that is still open and, if it was on probation, proven quiet.
     pub(super) async fn checkout(&self) -> Option<Conn> {
         loop {
-            let (mut conn, quiet_at, since) = self.pop()?;
-            if since.elapsed() >= POOL_IDLE_TIMEOUT {
-                // Passed over for a newer one on probation until it expired.
-                continue;
-            }
+            let (mut conn, quiet_at) = self.pop()?;
             let usable = match quiet_at {
                 None => conn.is_open(),
                 Some(at) => Self::prove_quiet(&conn, at).await,
@@ -117,25 +113,32 @@ impl IdleConns {
     }
 
     /// The most recently used connection not waiting out its probation, else the most
-    /// recent one on probation.
-    fn pop(&self) -> Option<(Conn, Option<Instant>, Instant)> {
+    /// recent one on probation. One clock read, as before probation existed: the list is
+    /// searched only when the newest is on probation.
+    fn pop(&self) -> Option<(Conn, Option<Instant>)> {
         let mut idle = lock(&self.idle);
         let newest = idle.back()?;
-        if newest.since.elapsed() >= POOL_IDLE_TIMEOUT {
+        let now = Instant::now();
+        if now.duration_since(newest.since) >= POOL_IDLE_TIMEOUT {
             // The newest is past the idle timeout, so every older one is too.
             let expired = std::mem::take(&mut *idle);
             drop(idle);
             drop(expired);
             return None;
         }
-        // Usually the newest: probation is rare.
-        let now = Instant::now();
-        let index = idle
-            .iter()
-            .rposition(|entry| entry.quiet_at.is_none_or(|at| at <= now))
-            .unwrap_or(idle.len() - 1);
+        let newest_index = idle.len() - 1;
+        let ready = |entry: &Idle| entry.quiet_at.is_none_or(|at| at <= now);
+        let index = if ready(newest) {
+            newest_index
+        } else {
+            idle.iter()
+                .rposition(|entry| {
+                    ready(entry) && now.duration_since(entry.since) < POOL_IDLE_TIMEOUT
+                })
+                .unwrap_or(newest_index)
+        };
         let entry = idle.remove(index)?;
-        Some((entry.conn, entry.quiet_at, entry.since))
+        Some((entry.conn, entry.quiet_at))
     }
 
     /// Waits until `at` unless input arrives first, then asks the kernel.
