@@ -2,10 +2,11 @@
 //! over a route's upstream list with failover on connect errors, a timeout on the response
 //! headers only, and the WebSocket tunnel.
 //!
-//! Plain-http HTTP/1.1 upstreams take the dedicated path in [`h1`]; TLS and HTTP/2 upstreams
-//! use hyper-util's pooled client.
+//! HTTP/1.1 upstreams, `http://` and `https://`, WebSocket handshakes included, take
+//! authgate's own client in [`h1`]; HTTP/2 upstreams use hyper-util's pooled client.
 
 mod h1;
+mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,9 +20,7 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::body::{BodyTooLarge, ProxyBody, ReclaimableBody};
@@ -38,20 +37,29 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
 /// The hyper client type authgate uses for every outgoing HTTP call.
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
+pub use h1::{Upgraded as UpstreamUpgraded, UpstreamUpgrade};
+
 /// A pooled client for one protocol and trust setting, shared by the routes that use them.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    inner: HttpsClient,
     protocol: UpstreamProtocol,
-    /// HTTP/1.1 only: the dedicated pools for plain-http upstreams.
-    h1: Option<Arc<h1::Pools>>,
+    /// HTTP/2 only: hyper-util's pooled client.
+    inner: Option<HttpsClient>,
+    /// HTTP/1.1 only: the own client's pools and the trust its TLS connections use.
+    h1: Option<H1Client>,
+}
+
+#[derive(Clone, Debug)]
+struct H1Client {
+    pools: Arc<h1::Pools>,
+    tls: Arc<h1::TlsSetting>,
 }
 
 /// Builds each distinct client once per config.
 #[derive(Debug, Default)]
 pub struct ClientFactory {
     built: HashMap<(UpstreamProtocol, Option<PathBuf>), UpstreamClient>,
-    /// Plain-http connections do not depend on the CA setting: one set of pools for all.
+    /// Shared by every HTTP/1.1 client; the pools are keyed by trust setting themselves.
     h1: Arc<h1::Pools>,
 }
 
@@ -66,32 +74,42 @@ impl ClientFactory {
         if let Some(client) = self.built.get(&key) {
             return Ok(client.clone());
         }
-        let mut client = build_client(protocol, extra_ca)?;
-        if protocol == UpstreamProtocol::Http1 {
-            client.h1 = Some(self.h1.clone());
-        }
+        let client = match protocol {
+            UpstreamProtocol::Http1 => {
+                let mut config = tls::client_config(extra_ca)?;
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                UpstreamClient {
+                    protocol,
+                    inner: None,
+                    h1: Some(H1Client {
+                        pools: self.h1.clone(),
+                        tls: Arc::new(h1::TlsSetting {
+                            extra_ca: extra_ca.map(Path::to_path_buf),
+                            config: Arc::new(config),
+                        }),
+                    }),
+                }
+            }
+            UpstreamProtocol::Http2 => build_h2_client(extra_ca)?,
+        };
         self.built.insert(key, client.clone());
         Ok(client)
     }
 }
 
-fn build_client(
-    protocol: UpstreamProtocol,
-    extra_ca: Option<&Path>,
-) -> Result<UpstreamClient, String> {
+fn build_h2_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, String> {
+    let protocol = UpstreamProtocol::Http2;
     let connector = https_connector(protocol, extra_ca)?;
     let mut client = Client::builder(TokioExecutor::new());
     client
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if protocol == UpstreamProtocol::Http2 {
-        client.http2_only(true);
-    }
+        .timer(TokioTimer::new())
+        .http2_only(true);
     Ok(UpstreamClient {
-        inner: client.build(connector),
         protocol,
+        inner: Some(client.build(connector)),
         h1: None,
     })
 }
@@ -111,33 +129,7 @@ fn https_connector(
     protocol: UpstreamProtocol,
     extra_ca: Option<&Path>,
 ) -> Result<HttpsConnector<HttpConnector>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "upstream_ca {}: no certificate in the file",
-                path.display()
-            ));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
-        }
-    }
-    // The provider is chosen explicitly so a second crypto backend pulled in elsewhere can
-    // never make rustls panic at start-up.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = tls::client_config(extra_ca)?;
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -162,7 +154,7 @@ pub struct UpstreamTarget {
     /// Without a trailing slash; empty for none.
     base_path: String,
     host_header: HeaderValue,
-    /// Set for a plain-http target of an HTTP/1.1 route: its connection pool.
+    /// Set for a target of an HTTP/1.1 route: its connection pool.
     h1: Option<Arc<h1::HostPool>>,
 }
 
@@ -243,9 +235,9 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(mut targets: Vec<UpstreamTarget>, client: UpstreamClient) -> Self {
-        if let Some(pools) = &client.h1 {
-            for target in targets.iter_mut().filter(|t| t.scheme == Scheme::HTTP) {
-                target.h1 = Some(pools.host(&target.authority));
+        if let Some(h1) = &client.h1 {
+            for target in &mut targets {
+                target.h1 = Some(h1.pools.host(&target.scheme, &target.authority, &h1.tls));
             }
         }
         Self {
@@ -361,7 +353,11 @@ impl Upstreams {
                 Ok(Err(h1::SendError::Http(error))) => Err(request_failed(&error, false)),
             },
             None => {
-                match tokio::time::timeout_at(deadline, self.client.inner.request(request)).await {
+                // Every target of an HTTP/1.1 client has a pool, so this is HTTP/2.
+                let Some(client) = &self.client.inner else {
+                    return Err((GatewayError::UpstreamUnavailable, false));
+                };
+                match tokio::time::timeout_at(deadline, client.request(request)).await {
                     Err(_elapsed) => Err((GatewayError::UpstreamTimeout, false)),
                     Ok(Ok(response)) => Ok(response.map(crate::body::boxed)),
                     Ok(Err(error)) => Err(request_failed(&error, error.is_connect())),
@@ -427,7 +423,7 @@ impl Tunnels {
     pub fn spawn(
         &self,
         client: crate::connection::ClientUpgrade,
-        upstream: hyper::upgrade::OnUpgrade,
+        upstream: UpstreamUpgrade,
         slot: Arc<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let Ok(mut tasks) = self.tasks.lock() else {
@@ -436,15 +432,17 @@ impl Tunnels {
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
             let _slot = slot;
-            let upstream = async { upstream.await.map_err(std::io::Error::other) };
-            let (mut client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(pair) => pair,
+            let Some(mut upstream) = upstream.take() else {
+                tracing::debug!("WebSocket upgrade without an upstream connection.");
+                return;
+            };
+            let mut client = match client.await {
+                Ok(client) => client,
                 Err(error) => {
                     tracing::debug!(%error, "WebSocket upgrade did not complete.");
                     return;
                 }
             };
-            let mut upstream = TokioIo::new(upstream);
             if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 tracing::debug!(%error, "WebSocket tunnel closed with an error.");
             }

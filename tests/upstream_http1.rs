@@ -1,7 +1,8 @@
 //! authgate's own HTTP/1.1 client against raw-socket upstreams that misbehave: odd chunk
 //! splits with trailers, interim responses, wrong or conflicting lengths, oversized heads,
-//! connections closed while pooled, early answers to uploads, HTTP/1.0 and HEAD. Each test
-//! asserts what the client and the upstream saw.
+//! connections closed while pooled, early answers to uploads, HTTP/1.0 and HEAD, bytes
+//! written after a complete response, transfer codings that cannot be relayed; over TLS
+//! and for WebSocket handshakes too. Each test asserts what the client and the upstream saw.
 mod common;
 use common::*;
 
@@ -13,10 +14,12 @@ use std::time::Duration;
 
 use authgate::http1::BodyDecoder;
 use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Nothing here should take long; a hang fails the test instead of stalling it.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -35,6 +38,24 @@ impl RawUpstream {
         F: Fn(Peer) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        Self::start_with(None, serve).await
+    }
+
+    /// Speaks TLS (certificate for localhost from `pki`) before HTTP/1.1.
+    async fn start_tls<F, Fut>(pki: &TestPki, serve: F) -> Self
+    where
+        F: Fn(Peer) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
+        Self::start_with(Some(acceptor), serve).await
+    }
+
+    async fn start_with<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, serve: F) -> Self
+    where
+        F: Fn(Peer) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let heads: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
@@ -44,13 +65,25 @@ impl RawUpstream {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 stream.set_nodelay(true).unwrap();
-                let peer = Peer {
-                    stream,
-                    buf: BytesMut::new(),
-                    conn: count.fetch_add(1, Ordering::SeqCst),
-                    heads: seen.clone(),
-                };
-                tokio::spawn(serve(peer));
+                let conn = count.fetch_add(1, Ordering::SeqCst);
+                let (tls, seen, serve) = (tls.clone(), seen.clone(), serve.clone());
+                tokio::spawn(async move {
+                    let stream: Box<dyn Io> = match tls {
+                        None => Box::new(stream),
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => Box::new(stream),
+                            // A client that does not trust the certificate gives up here.
+                            Err(_) => return,
+                        },
+                    };
+                    let peer = Peer {
+                        stream,
+                        buf: BytesMut::new(),
+                        conn,
+                        heads: seen,
+                    };
+                    serve(peer).await;
+                });
             }
         });
         Self {
@@ -64,6 +97,10 @@ impl RawUpstream {
         format!("http://{}", self.addr)
     }
 
+    fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
@@ -73,9 +110,13 @@ impl RawUpstream {
     }
 }
 
+/// A plain or TLS upstream connection.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// One upstream connection.
 struct Peer {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
     conn: usize,
     heads: Arc<Mutex<Vec<(usize, String)>>>,
@@ -624,4 +665,382 @@ async fn request_framing_on_the_wire_matches_the_client_body() {
         1,
         "all three on one pooled connection"
     );
+}
+
+// === TLS upstreams on the own client ===
+
+/// `200` with the request's own target as the body, so every answer is told apart.
+fn target_answer(head: &str) -> String {
+    let target = head.split_whitespace().nth(1).unwrap_or("");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
+        target.len()
+    )
+}
+
+/// Answers every request with [`target_answer`].
+async fn answer_with_target(mut peer: Peer) {
+    while let Some(head) = peer.head().await {
+        peer.send(target_answer(&head).as_bytes()).await;
+    }
+}
+
+/// A public route to `url` with `extra` lines (`upstream_ca = ...`).
+fn route_with_ca(name: &str, prefix: &str, url: &str, extra: &str) -> String {
+    format!("{}{extra}", public_route(name, prefix, url))
+}
+
+#[tokio::test]
+async fn https_upstream_goes_through_the_own_client_and_keeps_its_connection() {
+    let pki = TestPki::new();
+    let upstream = RawUpstream::start_tls(&pki, answer_with_target).await;
+    let config = route_with_ca(
+        "tls",
+        "/",
+        &upstream.https_url(),
+        "upstream_ca = \"ca.pem\"\n",
+    );
+    let gw = TestGateway::start_with_files(&config, &[("ca.pem", pki.ca_pem.as_bytes())]).await;
+
+    for path in ["/one", "/two?q=1", "/three"] {
+        let answer = get(&gw, path).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.body, path);
+    }
+    assert_eq!(upstream.connections(), 1, "one TLS connection, kept alive");
+    let heads = upstream.heads();
+    assert_eq!(heads.len(), 3);
+    let first = &heads[0].1;
+    assert!(first.starts_with("GET /one HTTP/1.1\r\n"), "{first}");
+    assert_eq!(
+        header_of(first, "host"),
+        Some(format!("localhost:{}", upstream.addr.port()).as_str())
+    );
+}
+
+#[tokio::test]
+async fn https_upstream_signed_by_another_ca_is_502_even_with_a_trusted_connection_pooled() {
+    let pki = TestPki::new();
+    let other = TestPki::new();
+    let upstream = RawUpstream::start_tls(&pki, answer_with_target).await;
+    let url = upstream.https_url();
+    let config = format!(
+        "{}{}{}",
+        route_with_ca("right", "/right/", &url, "upstream_ca = \"ca.pem\"\n"),
+        route_with_ca("wrong", "/wrong/", &url, "upstream_ca = \"other.pem\"\n"),
+        route_with_ca("none", "/none/", &url, ""),
+    );
+    let gw = TestGateway::start_with_files(
+        &config,
+        &[
+            ("ca.pem", pki.ca_pem.as_bytes()),
+            ("other.pem", other.ca_pem.as_bytes()),
+        ],
+    )
+    .await;
+
+    // A connection verified against the right CA is idle in its pool now.
+    assert_eq!(get(&gw, "/right/x").await.body, "/right/x");
+    for path in ["/wrong/x", "/none/x"] {
+        let answer = get(&gw, path).await;
+        answer.assert_error(502, "UPSTREAM_UNAVAILABLE", path);
+    }
+    let heads = upstream.heads();
+    assert_eq!(heads.len(), 1, "nothing forwarded without trust: {heads:?}");
+    assert_eq!(get(&gw, "/right/y").await.body, "/right/y");
+    assert_eq!(
+        upstream.heads().last().unwrap().0,
+        0,
+        "the trusted connection reused"
+    );
+}
+
+// === WebSocket handshakes on the own client ===
+
+/// Answers an upgrade with 101 and, in the same write, a first server message `hello`, then
+/// echoes messages. Anything else gets `403 nope`, and the connection goes on.
+async fn websocket_or_403(mut peer: Peer) {
+    while let Some(head) = peer.head().await {
+        let Some(key) = header_of(&head, "sec-websocket-key") else {
+            peer.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
+                .await;
+            continue;
+        };
+        if head.contains("/refuse") {
+            peer.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope")
+                .await;
+            continue;
+        }
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut reply = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        // An unmasked server text frame: it reaches the gateway with the 101 head.
+        reply.extend_from_slice(b"\x81\x05hello");
+        peer.send(&reply).await;
+        assert!(peer.buf.is_empty(), "the client waits for the 101");
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            peer.stream,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                return;
+            }
+        }
+        return;
+    }
+}
+
+type ClientWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn next_message(ws: &mut ClientWs) -> Message {
+    tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .expect("a message within the patience")
+        .expect("the tunnel is open")
+        .expect("a valid message")
+}
+
+async fn websocket_round_trip(gw: &TestGateway) {
+    let (mut ws, response) = tokio::time::timeout(
+        PATIENCE,
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/chat", gw.addr)),
+    )
+    .await
+    .expect("the handshake ends")
+    .expect("the handshake succeeds");
+    assert_eq!(response.status(), 101);
+    let first = next_message(&mut ws).await;
+    assert_eq!(
+        first,
+        Message::text("hello"),
+        "bytes read past the 101 head"
+    );
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("ping"));
+    let big = "w".repeat(100_000);
+    ws.send(Message::text(big.clone())).await.unwrap();
+    let echoed = next_message(&mut ws).await;
+    assert_eq!(echoed.into_text().unwrap().as_str(), big);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_through_a_plain_upstream_keeps_bytes_sent_with_the_101() {
+    let upstream = RawUpstream::start(websocket_or_403).await;
+    let gw = TestGateway::start(&format!(
+        "{}websocket = true\n",
+        public_route("ws", "/ws/", &upstream.url())
+    ))
+    .await;
+    websocket_round_trip(&gw).await;
+    let head = &upstream.heads()[0].1;
+    assert!(head.starts_with("GET /ws/chat HTTP/1.1\r\n"), "{head}");
+    assert_eq!(header_of(head, "upgrade"), Some("websocket"));
+}
+
+#[tokio::test]
+async fn websocket_through_an_https_upstream() {
+    let pki = TestPki::new();
+    let upstream = RawUpstream::start_tls(&pki, websocket_or_403).await;
+    let config = format!(
+        "{}websocket = true\n",
+        route_with_ca(
+            "ws",
+            "/ws/",
+            &upstream.https_url(),
+            "upstream_ca = \"ca.pem\"\n"
+        )
+    );
+    let gw = TestGateway::start_with_files(&config, &[("ca.pem", pki.ca_pem.as_bytes())]).await;
+    websocket_round_trip(&gw).await;
+    // The tunnelled connection is never pooled: a new handshake opens a new connection.
+    websocket_round_trip(&gw).await;
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test]
+async fn upgrade_answered_without_101_is_an_ordinary_response_on_a_kept_connection() {
+    let upstream = RawUpstream::start(websocket_or_403).await;
+    let gw = TestGateway::start(&format!(
+        "{}websocket = true\n",
+        public_route("ws", "/ws/", &upstream.url())
+    ))
+    .await;
+    let request = format!(
+        "GET /ws/refuse HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        gw.addr
+    );
+    let text = raw_exchange(gw.addr, request.as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(status_of(&text), 403, "{text}");
+    assert!(text.ends_with("\r\n\r\nnope"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{text}"
+    );
+    // The 403 was read to its end: the connection is pooled and serves the next request.
+    let answer = get(&gw, "/ws/plain").await;
+    assert_eq!((answer.status, answer.body.as_str()), (403, "nope"));
+    assert_eq!(upstream.connections(), 1);
+}
+
+// === Bytes written after a complete response ===
+
+/// An upstream that answers `/provoke` with `answer`, then writes `stray` (a complete
+/// response of its own) in a separate write, or in the same one when `together`; every
+/// other request gets its own target as the body.
+async fn misbehaving(answer: &'static [u8], stray: &'static [u8], together: bool) -> RawUpstream {
+    RawUpstream::start(move |mut peer| async move {
+        while let Some(head) = peer.head().await {
+            if !head.contains(" /provoke") {
+                peer.send(target_answer(&head).as_bytes()).await;
+            } else if together {
+                peer.send(&[answer, stray].concat()).await;
+            } else {
+                peer.send(answer).await;
+                peer.send(stray).await;
+            }
+        }
+    })
+    .await
+}
+
+const STRAY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTRAY";
+
+#[tokio::test]
+async fn bytes_after_a_complete_response_never_answer_another_clients_request() {
+    let cases: [(&str, http::Method, &[u8], bool); 6] = [
+        (
+            "HEAD answered with a body",
+            http::Method::HEAD,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 43\r\n\r\n",
+            false,
+        ),
+        (
+            "204 and a body",
+            http::Method::GET,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            false,
+        ),
+        (
+            "304 and a body",
+            http::Method::GET,
+            b"HTTP/1.1 304 Not Modified\r\n\r\n",
+            false,
+        ),
+        (
+            "interim responses, then more bytes",
+            http::Method::GET,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
+        (
+            "a Content-Length body and junk in one write",
+            http::Method::GET,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            true,
+        ),
+        (
+            "a bodiless answer and its body in one write",
+            http::Method::GET,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            true,
+        ),
+    ];
+    for (case, method, answer, together) in cases {
+        let upstream = misbehaving(answer, STRAY, together).await;
+        let gw = gateway_to(&upstream).await;
+        for round in 0..3 {
+            let provoked = tokio::time::timeout(
+                PATIENCE,
+                client().request(method.clone(), gw.url("/provoke")).send(),
+            )
+            .await
+            .expect("the gateway answers")
+            .unwrap();
+            assert!(provoked.status().as_u16() < 400, "{case}: {provoked:?}");
+            let _ = provoked.bytes().await;
+            // Another client, on a connection of its own.
+            let path = format!("/next/{round}");
+            let answer = get(&gw, &path).await;
+            assert_eq!(
+                (answer.status, answer.body.as_str()),
+                (200, path.as_str()),
+                "{case}, round {round}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_connection_receiving_bytes_is_closed_without_waiting_for_a_request() {
+    let late = Arc::new(Notify::new());
+    let closed = Arc::new(Notify::new());
+    let (late_rx, closed_tx) = (late.clone(), closed.clone());
+    let upstream = RawUpstream::start(move |mut peer| {
+        let (late, closed) = (late_rx.clone(), closed_tx.clone());
+        async move {
+            let Some(head) = peer.head().await else {
+                return;
+            };
+            peer.send(target_answer(&head).as_bytes()).await;
+            if peer.conn == 0 {
+                // Long after the response was relayed, while the connection is idle.
+                late.notified().await;
+                peer.send(STRAY).await;
+                let extra = peer.drain().await;
+                assert_eq!(extra, 0, "no request came on the connection");
+                closed.notify_one();
+            } else {
+                answer_with_target(peer).await;
+            }
+        }
+    })
+    .await;
+    let gw = gateway_to(&upstream).await;
+    assert_eq!(get(&gw, "/first").await.body, "/first");
+    late.notify_one();
+    tokio::time::timeout(PATIENCE, closed.notified())
+        .await
+        .expect("the gateway closes the idle connection that received bytes");
+    assert_eq!(get(&gw, "/second").await.body, "/second");
+    assert_eq!(upstream.connections(), 2);
+}
+
+// === Transfer codings that cannot be relayed ===
+
+#[tokio::test]
+async fn response_transfer_coding_other_than_chunked_alone_is_502_with_nothing_relayed() {
+    for coding in ["x-custom", "gzip, chunked", "chunked, chunked", "gzip"] {
+        let closed = Arc::new(Notify::new());
+        let closed_tx = closed.clone();
+        let upstream = RawUpstream::start(move |mut peer| {
+            let closed = closed_tx.clone();
+            async move {
+                if peer.head().await.is_none() {
+                    return;
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\nX-Leak: yes\r\n\r\n5\r\nSECRT\r\n0\r\n\r\n"
+                );
+                peer.send(reply.as_bytes()).await;
+                // The gateway closes the connection: nothing more is read from it.
+                peer.drain().await;
+                closed.notify_one();
+            }
+        })
+        .await;
+        let gw = gateway_to(&upstream).await;
+        let answer = get(&gw, "/coded").await;
+        answer.assert_error(502, "UPSTREAM_UNAVAILABLE", coding);
+        assert!(answer.header("x-leak").is_none(), "{coding}: {answer:?}");
+        assert!(!answer.body.contains("SECRT"), "{coding}: {answer:?}");
+        tokio::time::timeout(PATIENCE, closed.notified())
+            .await
+            .expect("the upstream connection is closed");
+    }
 }

@@ -1,13 +1,15 @@
-//! The dedicated HTTP/1.1 path to plain-http upstreams: a small keep-alive pool of TCP
-//! connections per upstream authority, and our own client codec ([`crate::http1`]) over
-//! them, run by the request's task alone.
+//! The HTTP/1.1 path to upstreams, `http://` and `https://` alike, WebSocket handshakes
+//! included: a small keep-alive pool of connections per upstream (scheme, authority and
+//! trust setting), and our own client codec ([`crate::http1`]) over them, run by the
+//! request's task alone. So the same upstream bytes are framed the same way whatever the
+//! scheme.
 //!
 //! Why not hyper's client: its h1 dispatcher (connection state machine, the channel between
 //! request and connection, want/giver) cost about a third of all the instructions of a
 //! proxied keep-alive GET. An exchange here is:
 //!
 //! ```text
-//! checkout (idle and still open) or connect
+//! checkout (idle, still open, proven quiet if on probation: see pool) or connect
 //!   -> write the head (with the first body frame if it is ready): one write for a GET
 //!   -> stream the rest of the body, reading the response head meanwhile: an early answer
 //!      (413 during an upload) is returned at once and the connection is not reused
@@ -20,50 +22,43 @@
 //! keep-alive race with the upstream's idle timeout; the request is sent again once, on a
 //! new connection, when that is safe (see [`Exchange::resendable`]).
 //!
-//! A WebSocket upgrade still goes through hyper: its connection runs in a task with
-//! upgrades on, because the tunnel outlives the request, and is never pooled again.
+//! A WebSocket upgrade is an ordinary exchange: on 101 the connection, with any bytes read
+//! past the head, leaves in the response as an [`UpstreamUpgrade`] for the tunnel and is
+//! never pooled again; any other answer is an ordinary response on that connection.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+mod body;
+mod conn;
+mod pool;
+mod upgrade;
+
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::header::UPGRADE;
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use tokio::io::AsyncWrite;
 
-use super::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
-use crate::body::{BoxError, ProxyBody, boxed};
+use crate::body::{BoxError, ProxyBody};
 use crate::http1::client::{
     FramingError, HeadError, RequestFraming, ResponseHead, encode_request_head, parse_response_head,
 };
-use crate::http1::{
-    BodyDecoder, CHUNK_TERMINATOR, DecodeError, encode_chunk_header, encode_last_chunk,
-};
+use crate::http1::{CHUNK_TERMINATOR, DecodeError, encode_chunk_header, encode_last_chunk};
 
-/// TCP keep-alive probes on upstream connections start after this much silence.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// A new connection's read buffer. Response heads and small bodies are split off it and
-/// handed on, so one allocation serves many small responses before it is replaced.
-const READ_BUFFER: usize = 16 * 1024;
+use body::ResponseBody;
+use conn::{Conn, Connector};
+use pool::IdleConns;
+pub use upgrade::{Upgraded, UpstreamUpgrade};
+
 /// Room made before each read of a response head.
 const HEAD_READ: usize = 4 * 1024;
-/// Most bytes asked for in one read of a response body. Reads start at [`READ_BUFFER`] and
-/// double each time one fills the room it was given, as hyper's adaptive reads do, so
-/// small bodies keep small buffers and large ones take few syscalls.
-const MAX_BODY_READ: usize = 256 * 1024;
-/// A new connection's write buffer: a request head usually fits.
-const WRITE_BUFFER: usize = 1024;
 
 /// Why a request could not be sent.
 #[derive(Debug)]
@@ -93,100 +88,70 @@ pub(crate) enum ExchangeError {
     Head(#[from] HeadError),
     #[error("the upstream sent an invalid response body")]
     Body(#[from] DecodeError),
-    #[error("the WebSocket handshake with the upstream failed")]
-    Upgrade(#[source] hyper::Error),
 }
 
-/// The per-authority pools of one client, so routes naming the same upstream share
-/// connections. Looked up when a config is compiled, never per request.
+/// The pools of one client factory, so routes naming the same upstream share connections.
+/// Keyed by scheme, authority and trust setting: a TLS pool never hands out a connection
+/// verified against another CA setting. Looked up when a config is compiled, never per
+/// request.
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
-    hosts: Mutex<HashMap<Authority, Arc<HostPool>>>,
+    hosts: Mutex<HashMap<PoolKey, Arc<HostPool>>>,
+}
+
+/// `upstream_ca` of the TLS pools; always `None` for plain ones, which do not depend on it.
+type PoolKey = (Scheme, Authority, Option<PathBuf>);
+
+/// The TLS side of an HTTP/1.1 client: its trust setting and the configuration built from it.
+#[derive(Debug)]
+pub(crate) struct TlsSetting {
+    pub(crate) extra_ca: Option<PathBuf>,
+    pub(crate) config: Arc<rustls::ClientConfig>,
 }
 
 impl Pools {
-    /// The pool for `authority`, created on first use.
-    pub(crate) fn host(&self, authority: &Authority) -> Arc<HostPool> {
-        lock(&self.hosts)
-            .entry(authority.clone())
-            .or_insert_with(|| Arc::new(HostPool::new(authority.clone())))
+    /// The pool for `scheme://authority`, created on first use; https goes over `tls`.
+    pub(crate) fn host(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        tls: &TlsSetting,
+    ) -> Arc<HostPool> {
+        let https = *scheme == Scheme::HTTPS;
+        let key = (
+            scheme.clone(),
+            authority.clone(),
+            https.then(|| tls.extra_ca.clone()).flatten(),
+        );
+        pool::lock(&self.hosts)
+            .entry(key)
+            .or_insert_with(|| {
+                let tls = https.then(|| tls.config.clone());
+                Arc::new(HostPool {
+                    connector: Connector::new(authority.clone(), tls),
+                    idle: Arc::default(),
+                })
+            })
             .clone()
     }
 }
 
-/// Idle keep-alive connections to one upstream authority, most recently used last.
+/// One upstream: how to open connections to it, and its idle ones.
 #[derive(Debug)]
 pub(crate) struct HostPool {
-    authority: Authority,
-    idle: Mutex<VecDeque<Idle>>,
-    /// Whether the task that closes connections idle past [`POOL_IDLE_TIMEOUT`] runs.
-    reaper: AtomicBool,
-}
-
-#[derive(Debug)]
-struct Idle {
-    conn: Conn,
-    since: Instant,
-}
-
-/// An open connection and the bytes read from it or encoded for it that are still pending.
-/// Both buffers are empty while the connection is idle.
-#[derive(Debug)]
-struct Conn {
-    stream: TcpStream,
-    read_buf: BytesMut,
-    /// Framing bytes not written yet: the request head, a chunk-size line, the last chunk.
-    write_buf: BytesMut,
-    /// A read asked for more room than [`READ_BUFFER`].
-    large_reads: bool,
-}
-
-impl Conn {
-    fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            read_buf: BytesMut::with_capacity(READ_BUFFER),
-            write_buf: BytesMut::with_capacity(WRITE_BUFFER),
-            large_reads: false,
-        }
-    }
-
-    /// Whether an idle connection is still open: nothing (no EOF, no stray bytes) has come
-    /// in since it was pooled. tokio answers `WouldBlock` without a syscall while the socket
-    /// has not been reported readable, which is the usual case.
-    fn is_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        let probed = self.stream.try_read(&mut probe);
-        matches!(probed, Err(error) if error.kind() == io::ErrorKind::WouldBlock)
-    }
-
-    /// Reads what is available into `read_buf` after making room for `room` bytes; 0 at EOF.
-    fn poll_read(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
-        self.large_reads |= room > READ_BUFFER;
-        self.read_buf.reserve(room);
-        // tokio's `read_buf` reads into the spare capacity without initializing it first.
-        std::pin::pin!(self.stream.read_buf(&mut self.read_buf)).poll(cx)
-    }
+    connector: Connector,
+    idle: Arc<IdleConns>,
 }
 
 impl HostPool {
-    fn new(authority: Authority) -> Self {
-        Self {
-            authority,
-            idle: Mutex::new(VecDeque::new()),
-            reaper: AtomicBool::new(false),
-        }
-    }
-
     /// Sends `request` (origin-form URI, Host set, hop-by-hop fields removed) on a pooled or
     /// new connection and waits for the response head.
     pub(crate) async fn send(
         self: &Arc<Self>,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        if request.headers().contains_key(UPGRADE) {
-            return self.send_upgrade(request).await;
-        }
+        // Only a WebSocket handshake keeps Upgrade (the pipeline removes it otherwise).
+        let upgrade = request.headers().contains_key(UPGRADE);
         let (parts, mut body) = request.into_parts();
         let framing = RequestFraming::of(
             &parts.headers,
@@ -198,12 +163,12 @@ impl HostPool {
             // Caught before a byte goes out, rather than leaving the upstream waiting.
             return Err(SendError::Http(ExchangeError::BodyLength("shorter")));
         }
-        let (mut conn, mut reused) = match self.checkout() {
+        let (mut conn, mut reused) = match self.idle.checkout().await {
             Some(conn) => (conn, true),
-            None => (self.connect().await.map_err(SendError::Connect)?, false),
+            None => (self.connect().await?, false),
         };
         loop {
-            let failure = match self.exchange(conn, &parts, framing, body).await {
+            let failure = match self.exchange(conn, &parts, framing, body, upgrade).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -211,7 +176,7 @@ impl HostPool {
                 Some(unsent) if reused => {
                     tracing::debug!(error = %failure.error, "Pooled upstream connection failed before responding; sending again on a new one.");
                     body = unsent;
-                    conn = self.connect().await.map_err(SendError::Connect)?;
+                    conn = self.connect().await?;
                     reused = false;
                 }
                 _ => return Err(SendError::Http(failure.error)),
@@ -226,11 +191,12 @@ impl HostPool {
         parts: &Parts,
         framing: RequestFraming,
         body: ProxyBody,
+        upgrade: bool,
     ) -> Result<Response<ProxyBody>, Failure> {
         let mut exchange = Exchange::new(conn, parts, framing, body);
         let head = std::future::poll_fn(|cx| exchange.poll_head(cx, &parts.method)).await;
         match head {
-            Ok(head) => Ok(exchange.into_response(head, self.clone())),
+            Ok(head) => Ok(exchange.into_response(head, self.clone(), upgrade)),
             Err(error) => Err(Failure {
                 unsent: exchange.resendable(&parts.method),
                 error,
@@ -238,159 +204,9 @@ impl HostPool {
         }
     }
 
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<Conn> {
-        loop {
-            let conn = self.pop_idle()?;
-            if conn.is_open() {
-                return Some(conn);
-            }
-        }
+    async fn connect(&self) -> Result<Conn, SendError> {
+        self.connector.connect().await.map_err(SendError::Connect)
     }
-
-    fn pop_idle(&self) -> Option<Conn> {
-        let mut idle = lock(&self.idle);
-        let entry = idle.pop_back()?;
-        if entry.since.elapsed() < POOL_IDLE_TIMEOUT {
-            return Some(entry.conn);
-        }
-        // The newest is past the idle timeout, so every older one is too.
-        let expired = std::mem::take(&mut *idle);
-        drop(idle);
-        drop(expired);
-        None
-    }
-
-    fn checkin(self: &Arc<Self>, mut conn: Conn) {
-        // An idle connection keeps no more buffer than a new one: a large response or
-        // request head grew them, and hundreds of idle connections may wait per upstream.
-        if conn.large_reads {
-            // The buffer (or the allocation its spare room belongs to) may be that large.
-            conn.read_buf = BytesMut::with_capacity(READ_BUFFER);
-            conn.large_reads = false;
-        }
-        if conn.write_buf.capacity() > 4 * WRITE_BUFFER {
-            conn.write_buf = BytesMut::with_capacity(WRITE_BUFFER);
-        }
-        let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        if idle.len() >= POOL_MAX_IDLE_PER_HOST {
-            return;
-        }
-        idle.push_back(Idle { conn, since: now });
-        drop(idle);
-        self.start_reaper();
-    }
-
-    /// Closes connections idle past the timeout even when no request comes to notice them.
-    /// Started on the first check-in, which always runs inside the runtime.
-    fn start_reaper(self: &Arc<Self>) {
-        if self.reaper.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.reaper.store(false, Ordering::Relaxed);
-            return;
-        };
-        let pool: Weak<Self> = Arc::downgrade(self);
-        runtime.spawn(async move {
-            let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 3);
-            loop {
-                tick.tick().await;
-                match pool.upgrade() {
-                    Some(pool) => pool.reap(),
-                    None => return,
-                }
-            }
-        });
-    }
-
-    fn reap(&self) {
-        let mut idle = lock(&self.idle);
-        let fresh = idle
-            .iter()
-            .position(|entry| entry.since.elapsed() < POOL_IDLE_TIMEOUT)
-            .unwrap_or(idle.len());
-        let expired: Vec<Idle> = idle.drain(..fresh).collect();
-        drop(idle);
-        drop(expired);
-    }
-
-    /// A new connection: each resolved address in turn, within the connect timeout.
-    async fn connect(&self) -> io::Result<Conn> {
-        let stream = self.connect_tcp().await?;
-        stream.set_nodelay(true)?;
-        socket2::SockRef::from(&stream)
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
-        Ok(Conn::new(stream))
-    }
-
-    async fn connect_tcp(&self) -> io::Result<TcpStream> {
-        // An IPv6 literal keeps its brackets in the authority.
-        let host = self
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = self.authority.port_u16().unwrap_or(80);
-        let addrs: Vec<_> = tokio::net::lookup_host((host, port)).await?.collect();
-        // Like hyper-util's connector: the connect timeout is shared among the addresses.
-        let per_address = CONNECT_TIMEOUT / u32::try_from(addrs.len().max(1)).unwrap_or(1);
-        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address for the host");
-        for addr in addrs {
-            match tokio::time::timeout(per_address, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(error)) => last_error = error,
-                Err(_) => {
-                    last_error = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-                }
-            }
-        }
-        Err(last_error)
-    }
-
-    /// A WebSocket handshake through hyper, with upgrades on, so the upgraded stream reaches
-    /// `hyper::upgrade::on` of the response and outlives this request. hyper reads the
-    /// socket itself, which is safe because a pooled connection's read buffer is empty.
-    async fn send_upgrade(
-        self: &Arc<Self>,
-        mut request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, SendError> {
-        let (mut conn, mut reused) = match self.checkout() {
-            Some(conn) => (conn, true),
-            None => (self.connect().await.map_err(SendError::Connect)?, false),
-        };
-        loop {
-            let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-                .handshake(TokioIo::new(conn.stream))
-                .await
-                .map_err(|error| SendError::Http(ExchangeError::Upgrade(error)))?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.with_upgrades().await {
-                    tracing::debug!(%error, "Upstream connection ended with an error.");
-                }
-            });
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(boxed)),
-                Err(mut error) => match error.take_message() {
-                    // Closed before the request went out: the keep-alive race again.
-                    Some(unsent) if reused => {
-                        request = unsent;
-                        conn = self.connect().await.map_err(SendError::Connect)?;
-                        reused = false;
-                    }
-                    _ => {
-                        return Err(SendError::Http(ExchangeError::Upgrade(error.into_error())));
-                    }
-                },
-            }
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded data stays consistent across a panic (plain pushes and pops).
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An exchange that failed before its response head, with the request body if the request
@@ -584,7 +400,8 @@ impl Exchange {
         loop {
             let framing = self.conn.write_buf.len();
             if framing == 0 && self.data.is_empty() && self.tail.is_empty() {
-                return Poll::Ready(Ok(()));
+                // A no-op on a plain socket; pushes out what a TLS session still holds.
+                return Pin::new(&mut self.conn.stream).poll_flush(cx);
             }
             let stream = Pin::new(&mut self.conn.stream);
             let written = if self.data.is_empty() && self.tail.is_empty() {
@@ -675,8 +492,14 @@ impl Exchange {
         self.body = None;
     }
 
-    /// The response for `head`, whose body reads the rest of the exchange.
-    fn into_response(self, head: ResponseHead, pool: Arc<HostPool>) -> Response<ProxyBody> {
+    /// The response for `head`, whose body reads the rest of the exchange. A 101 to a
+    /// WebSocket handshake carries the connection instead (see [`UpstreamUpgrade`]).
+    fn into_response(
+        self,
+        head: ResponseHead,
+        pool: Arc<HostPool>,
+        upgrade: bool,
+    ) -> Response<ProxyBody> {
         let ResponseHead {
             status,
             version,
@@ -684,24 +507,31 @@ impl Exchange {
             reason,
             body: decoder,
             keep_alive,
+            no_body,
+            interim,
         } = head;
+        let mut upgraded = None;
+        let exchange = if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The whole request went out (a handshake has no body), nothing failed: the
+            // connection now belongs to the tunnel. Otherwise it is closed.
+            if upgrade && self.sent && self.write_error.is_none() {
+                upgraded = Some(UpstreamUpgrade::new(Upgraded::new(self.conn)));
+            }
+            None
+        } else {
+            Some(self)
+        };
         // A response that came before the whole request went out ends the connection: the
         // upstream may not read the rest.
-        let reusable = keep_alive && self.sent;
-        let mut body = ResponseBody {
-            exchange: Some(self),
-            decoder,
-            lookahead: None,
-            reusable,
-            pool,
-            read_size: READ_BUFFER,
-        };
-        if body.decoder.is_done() {
-            // Nothing will poll a body that is already complete.
-            body.finish();
-        }
+        let reusable = keep_alive && exchange.as_ref().is_some_and(|exchange| exchange.sent);
+        // Bytes after a response that has no body, or after interim responses, are likelier
+        // than after any other: see the pool's probation.
+        let body = ResponseBody::new(exchange, decoder, reusable, no_body || interim, pool);
         // Boxed as is: its error type is already the proxy's, no adapter needed.
         let mut response = Response::new(ProxyBody::new(body));
+        if let Some(upgraded) = upgraded {
+            response.extensions_mut().insert(upgraded);
+        }
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;
@@ -715,136 +545,12 @@ impl Exchange {
     }
 }
 
-/// A response body read from its connection as it is polled. Read to its end on a
-/// reusable connection, it puts the connection back into the pool; dropped or failed
-/// before that, it closes it.
-#[derive(Debug)]
-struct ResponseBody {
-    /// The exchange, until the body has ended or failed.
-    exchange: Option<Exchange>,
-    decoder: BodyDecoder,
-    /// The frame after the one last returned, decoded from bytes already read, so the end
-    /// of a chunked body is known with its last data frame (and `is_end_stream` says so).
-    lookahead: Option<Result<Frame<Bytes>, DecodeError>>,
-    reusable: bool,
-    pool: Arc<HostPool>,
-    /// How much the next read of an unsized body asks for (see [`MAX_BODY_READ`]).
-    read_size: usize,
-}
-
-impl ResponseBody {
-    fn finish(&mut self) {
-        let Some(exchange) = self.exchange.take() else {
-            return;
-        };
-        // Leftover bytes would be an answer to no request: never reuse such a connection.
-        if self.reusable
-            && exchange.sent
-            && exchange.write_error.is_none()
-            && exchange.conn.read_buf.is_empty()
-        {
-            self.pool.checkin(exchange.conn);
-        }
-    }
-
-    fn fail(&mut self, error: ExchangeError) -> BoxError {
-        tracing::debug!(%error, "Upstream response body failed.");
-        self.exchange = None;
-        Box::new(error)
-    }
-
-    /// Room for the next read: what a sized body still needs, up to the current read size.
-    fn read_room(&self) -> usize {
-        match self.decoder.size_hint().exact() {
-            Some(remaining) => {
-                usize::try_from(remaining).map_or(self.read_size, |r| r.clamp(1, self.read_size))
-            }
-            None => self.read_size,
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(next) = this.lookahead.take() {
-            return Poll::Ready(Some(next.map_err(|error| this.fail(error.into()))));
-        }
-        loop {
-            let room = this.read_room();
-            let Some(exchange) = this.exchange.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if let Err(error) = exchange.poll_upload(cx) {
-                return Poll::Ready(Some(Err(this.fail(error))));
-            }
-            match this.decoder.decode(&mut exchange.conn.read_buf) {
-                Ok(Some(frame)) => {
-                    if frame.is_data() && !this.decoder.is_done() {
-                        this.lookahead =
-                            this.decoder.decode(&mut exchange.conn.read_buf).transpose();
-                    }
-                    if this.decoder.is_done() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Ok(None) if this.decoder.is_done() => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(None) => {}
-                Err(error) => return Poll::Ready(Some(Err(this.fail(error.into())))),
-            }
-            match ready!(exchange.conn.poll_read(cx, room)) {
-                Ok(0) => {
-                    // EOF ends a close-delimited body and truncates any other.
-                    let ended = this.decoder.eof();
-                    this.exchange = None;
-                    return match ended {
-                        Ok(()) => Poll::Ready(None),
-                        Err(error) => Poll::Ready(Some(Err(this.fail(error.into())))),
-                    };
-                }
-                Ok(read) => {
-                    if read >= room && this.read_size < MAX_BODY_READ {
-                        this.read_size *= 2;
-                    }
-                }
-                Err(error) => {
-                    let error = this.fail(ExchangeError::Read(error));
-                    return Poll::Ready(Some(Err(error)));
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.lookahead.is_none() && self.decoder.is_done()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.lookahead {
-            Some(Ok(frame)) => {
-                let mut hint = SizeHint::new();
-                hint.set_lower(frame.data_ref().map_or(0, |data| data.len() as u64));
-                hint
-            }
-            Some(Err(_)) | None => self.decoder.size_hint(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::body::empty;
+    use std::time::Duration;
+    use tokio::net::TcpStream;
 
     /// A connection whose peer has reset it: any write fails.
     async fn reset_connection() -> Conn {
@@ -859,11 +565,14 @@ mod tests {
         drop(peer);
         // Let the reset arrive and the reactor see it.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        Conn::new(stream)
+        conn::plain(stream)
     }
 
     async fn exchange_on_reset_connection(method: Method) -> Failure {
-        let pool = Arc::new(HostPool::new(Authority::from_static("127.0.0.1:1")));
+        let pool = Arc::new(HostPool {
+            connector: Connector::new(Authority::from_static("127.0.0.1:1"), None),
+            idle: Arc::default(),
+        });
         let (parts, body) = Request::builder()
             .method(method)
             .uri("/x")
@@ -872,7 +581,7 @@ mod tests {
             .into_parts();
         let conn = reset_connection().await;
         match pool
-            .exchange(conn, &parts, RequestFraming::Empty, body)
+            .exchange(conn, &parts, RequestFraming::Empty, body, false)
             .await
         {
             Ok(response) => panic!("a reset connection answered: {response:?}"),

@@ -137,6 +137,12 @@ pub struct ResponseHead {
     /// end: HTTP/1.1, no `Connection: close`, and a body that does not end with the
     /// connection.
     pub keep_alive: bool,
+    /// The response has no body by definition (a 1xx, 204 or 304 status, or an answer to
+    /// HEAD, RFC 9110 §6.4.1): a body the peer sends anyway would be read as the next
+    /// response, which the caller may want to guard against.
+    pub no_body: bool,
+    /// Interim (1xx) responses were skipped before this one.
+    pub interim: bool,
 }
 
 /// Why a response head was refused. The connection cannot be used any further.
@@ -154,6 +160,8 @@ pub enum HeadError {
     InvalidContentLength,
     #[error("Transfer-Encoding in an HTTP/1.0 response")]
     TransferEncodingInHttp10,
+    #[error("response transfer coding other than chunked alone")]
+    UnsupportedTransferCoding,
 }
 
 /// Parses the response head at the start of `buf`, for a request with `method`. Interim
@@ -167,6 +175,7 @@ pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
 ) -> Result<Option<ResponseHead>, HeadError> {
+    let mut interim = false;
     loop {
         // Empty lines before the status line are ignored (RFC 9112 §2.2), as httparse does.
         let blank = buf
@@ -184,9 +193,11 @@ pub fn parse_response_head(
             return Ok(None);
         };
         let head = buf.split_to(len).freeze();
-        if let Some(head) = parse_head(&head, method)? {
+        if let Some(mut head) = parse_head(&head, method)? {
+            head.interim = interim;
             return Ok(Some(head));
         }
+        interim = true;
     }
 }
 
@@ -243,6 +254,9 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
     let mut length: Option<u64> = None;
     let mut length_invalid = false;
     let mut transfer_encoding = false;
+    // Codings listed over every Transfer-Encoding field, in order (RFC 9110 §5.3: several
+    // fields make one list); only a list of exactly `chunked` is relayed.
+    let mut codings = 0usize;
     let mut chunked = false;
     let mut close = false;
     for field in response.headers.iter() {
@@ -258,8 +272,14 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
             }
         } else if name == TRANSFER_ENCODING {
             transfer_encoding = true;
-            // Only the last coding of the last field counts: chunked must come last.
-            chunked = last_token_is(field.value, b"chunked");
+            for coding in field.value.split(|&b| b == b',') {
+                let coding = coding.trim_ascii();
+                // Empty list elements do not count (RFC 9110 §5.6.1.2).
+                if !coding.is_empty() {
+                    codings += 1;
+                    chunked = coding.eq_ignore_ascii_case(b"chunked");
+                }
+            }
         } else if name == CONNECTION {
             close |= has_token(field.value, b"close");
             if only_tokens(field.value, &[b"close", b"keep-alive"]) {
@@ -295,12 +315,18 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
             headers.remove(CONTENT_LENGTH);
             keep_alive = false;
         }
-        if chunked {
-            BodyDecoder::chunked()
-        } else {
-            keep_alive = false;
-            BodyDecoder::close_delimited()
+        // Any other coding list cannot be relayed faithfully: authgate decodes chunked
+        // and frames the body again for its client, so a coding applied under chunked
+        // (`gzip, chunked`) would reach the client without the field that names it, and a
+        // body whose last coding is not chunked is delimited by the close (RFC 9112
+        // §6.3, rule 4) in a coding authgate does not know (RFC 9112 §7: a recipient
+        // must not process a coding it does not understand). A repeated chunked is
+        // invalid (RFC 9112 §7.1: chunked is applied at most once). Refused, the client
+        // gets 502 and the connection is closed.
+        if !(chunked && codings == 1) {
+            return Err(HeadError::UnsupportedTransferCoding);
         }
+        BodyDecoder::chunked()
     } else if length_invalid {
         return Err(HeadError::InvalidContentLength);
     } else if let Some(length) = length {
@@ -316,6 +342,8 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
         reason,
         body,
         keep_alive,
+        no_body,
+        interim: false,
     }))
 }
 
@@ -357,13 +385,6 @@ fn parse_digits(digits: &[u8]) -> Option<u64> {
         }
         value.checked_mul(10)?.checked_add(u64::from(b - b'0'))
     })
-}
-
-fn last_token_is(value: &[u8], token: &[u8]) -> bool {
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 fn only_tokens(value: &[u8], tokens: &[&[u8]]) -> bool {
@@ -573,14 +594,10 @@ mod tests {
 
     #[test]
     fn chunked_and_close_delimited_framing() {
-        let mut chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        let mut chunked = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked \r\n\r\n");
         assert!(chunked.keep_alive);
         assert_eq!(body_of(&mut chunked, b"2\r\nhi\r\n0\r\n\r\n"), b"hi");
         assert!(chunked.body.is_done());
-
-        let not_last = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
-        assert!(!not_last.keep_alive, "read until EOF");
-        assert!(!not_last.body.is_done());
 
         let no_length = head(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
         assert!(!no_length.keep_alive);
@@ -721,12 +738,65 @@ mod tests {
     fn token_lists() {
         assert!(has_token(b"keep-alive, close", b"close"));
         assert!(!has_token(b"closed", b"close"));
-        assert!(last_token_is(b"gzip ,  Chunked ", b"chunked"));
-        assert!(!last_token_is(b"chunked, gzip", b"chunked"));
         let mut headers = HeaderMap::new();
         assert_eq!(content_length(&headers), None);
         headers.append(CONTENT_LENGTH, HeaderValue::from_static("10"));
         headers.append(CONTENT_LENGTH, HeaderValue::from_static(" 10 ,10"));
         assert_eq!(content_length(&headers), Some(10));
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_alone_are_refused() {
+        for codings in [
+            &b"Transfer-Encoding: gzip\r\n"[..],
+            b"Transfer-Encoding: gzip, chunked\r\n",
+            b"Transfer-Encoding: chunked, gzip\r\n",
+            b"Transfer-Encoding: chunked, chunked\r\n",
+            b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: x-unknown\r\n",
+            b"Transfer-Encoding: chunked;ext=1\r\n",
+            b"Transfer-Encoding: \r\n",
+            b"Transfer-Encoding: identity\r\nContent-Length: 2\r\n",
+        ] {
+            let mut input = b"HTTP/1.1 200 OK\r\n".to_vec();
+            input.extend_from_slice(codings);
+            input.extend_from_slice(b"\r\n2\r\nhi\r\n0\r\n\r\n");
+            let mut buf = BytesMut::from(&input[..]);
+            assert_eq!(
+                parse_response_head(&mut buf, &Method::GET).unwrap_err(),
+                HeadError::UnsupportedTransferCoding,
+                "{}",
+                String::from_utf8_lossy(codings)
+            );
+        }
+        // Empty list elements do not count; chunked alone, in any case, is relayed.
+        let head = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , CHUNKED,\r\n\r\n");
+        assert!(head.keep_alive);
+        // A response without a body has nothing to re-frame: its framing fields are ignored.
+        let bodiless = parse(
+            b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(bodiless.body.is_done());
+    }
+
+    #[test]
+    fn bodiless_and_interim_responses_are_flagged() {
+        assert!(!head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").no_body);
+        let no_content = head(b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert!(no_content.no_body && !no_content.interim);
+        let answer_to_head = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            &Method::HEAD,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(answer_to_head.no_body);
+        let after_interim =
+            head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(after_interim.interim && !after_interim.no_body);
     }
 }

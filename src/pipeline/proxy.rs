@@ -129,7 +129,7 @@ pub(super) fn respond(
             // An upstream may not switch protocols on a request that did not ask for it.
             return Err(GatewayError::UpstreamUnavailable);
         };
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let upstream_upgrade = crate::forward::UpstreamUpgrade::from_response(&mut response);
         conn.tunnels
             .spawn(client_upgrade, upstream_upgrade, conn.slot.clone());
         strip_response_hop_by_hop(response.headers_mut(), true);

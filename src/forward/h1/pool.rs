@@ -1,0 +1,325 @@
+//! Idle keep-alive connections to one upstream, and the guard that keeps bytes an upstream
+//! wrote after a complete response from answering the next request.
+//!
+//! A connection goes back to the pool only with an empty read buffer and a socket that is
+//! not readable at check-in. Beyond that:
+//!
+//! - **Watched while idle.** Check-in registers one pool-wide waker on the socket's read
+//!   readiness (a poll of the socket that, without a pending event, is an atomic load and a
+//!   waker store: no syscall, no allocation). When stray bytes or EOF reach an idle
+//!   connection the reactor wakes the pool's watcher task, which closes every idle
+//!   connection that has input. The same task closes connections idle past the timeout.
+//! - **Proven quiet after a bodiless response.** After a response that has no body by
+//!   definition (HEAD, 204, 304) or that came after skipped 1xx responses, a misbehaving
+//!   upstream may still write the body it should not have (or more interim responses).
+//!   Such a connection is on probation: it is handed out only after [`QUIET_PERIOD`] without
+//!   input, checked with a `recv(MSG_PEEK)` syscall that does not depend on when the reactor
+//!   last polled. A checkout prefers a connection that is not on probation; if only one on
+//!   probation is idle it waits out the rest of its period (ending early, and opening a new
+//!   connection, if input arrives). These responses are rare, so the extra syscall and
+//!   timer stay off the fast path.
+//! - **The fast path keeps its syscalls.** After an ordinary response with a length, check-in
+//!   adds only the readiness poll above (a lock and a waker store), and the checkout probe
+//!   asks tokio whether the socket was reported readable: no syscall, no allocation, no
+//!   task wake-up. What remains is a window: bytes that arrive after the next request was
+//!   written on the connection, or before it but not yet seen by the reactor, are read as
+//!   that request's answer. Closing it would cost a syscall, or a wait, before every reuse;
+//!   bytes that arrive while the connection is idle close it instead.
+//!
+//! A TLS connection is probed through its session, so a record without application data
+//! (a session ticket) does not close it; the kernel's peek cannot tell records apart, so
+//! on probation any incoming record ends the connection, which costs only a reconnection.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::super::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
+use super::conn::{Conn, READ_BUFFER, WRITE_BUFFER};
+
+/// How long a connection on probation must stay silent before it is reused. A body sent
+/// where none belongs is written by the same handler right after the head, so it trails the
+/// head by the handler's next write plus the sender's scheduling delay and network jitter.
+/// 20 ms covers a sender descheduled for a few time slices on a busy host (Linux aims to
+/// run every runnable task within 6 to 24 ms) and a LAN's jitter; with 10 ms, bodies sent
+/// 5 ms after the head still got through in 1 to 2 trials of 60 on a loaded 2-core VM
+/// (docs/performance.md). The cost: a request that can only reuse such a connection waits
+/// at most this long, once per bodiless response.
+pub(super) const QUIET_PERIOD: Duration = Duration::from_millis(20);
+
+/// Idle connections, most recently used last.
+#[derive(Debug)]
+pub(super) struct IdleConns {
+    idle: Mutex<VecDeque<Idle>>,
+    /// Registered on the read readiness of every idle socket; wakes the watcher.
+    waker: Waker,
+    signal: Arc<Signal>,
+    /// Whether the watcher task runs.
+    watching: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    since: Instant,
+    /// On probation: not reused before this instant, and only if proven quiet then.
+    quiet_at: Option<Instant>,
+}
+
+/// The waker idle sockets hold: it wakes the watcher task through a `Notify`, which keeps a
+/// permit when the watcher is busy, so no event is lost.
+#[derive(Debug, Default)]
+struct Signal(Notify);
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
+}
+
+impl Default for IdleConns {
+    fn default() -> Self {
+        let signal = Arc::new(Signal::default());
+        Self {
+            idle: Mutex::new(VecDeque::new()),
+            waker: Waker::from(signal.clone()),
+            signal,
+            watching: AtomicBool::new(false),
+        }
+    }
+}
+
+impl IdleConns {
+    /// An idle connection that is still open and, if it was on probation, proven quiet.
+    pub(super) async fn checkout(&self) -> Option<Conn> {
+        loop {
+            let (mut conn, quiet_at) = self.pop()?;
+            let usable = match quiet_at {
+                None => conn.is_open(),
+                Some(at) => Self::prove_quiet(&conn, at).await,
+            };
+            if usable {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// The most recently used connection not waiting out its probation, else the most
+    /// recent one on probation. One clock read, as before probation existed: the list is
+    /// searched only when the newest is on probation.
+    fn pop(&self) -> Option<(Conn, Option<Instant>)> {
+        let mut idle = lock(&self.idle);
+        let newest = idle.back()?;
+        let now = Instant::now();
+        if now.duration_since(newest.since) >= POOL_IDLE_TIMEOUT {
+            // The newest is past the idle timeout, so every older one is too.
+            let expired = std::mem::take(&mut *idle);
+            drop(idle);
+            drop(expired);
+            return None;
+        }
+        let newest_index = idle.len() - 1;
+        let ready = |entry: &Idle| entry.quiet_at.is_none_or(|at| at <= now);
+        let index = if ready(newest) {
+            newest_index
+        } else {
+            idle.iter()
+                .rposition(|entry| {
+                    ready(entry) && now.duration_since(entry.since) < POOL_IDLE_TIMEOUT
+                })
+                .unwrap_or(newest_index)
+        };
+        let entry = idle.remove(index)?;
+        Some((entry.conn, entry.quiet_at))
+    }
+
+    /// Waits until `at` unless input arrives first, then asks the kernel.
+    async fn prove_quiet(conn: &Conn, at: Instant) -> bool {
+        let at = tokio::time::Instant::from_std(at);
+        if at > tokio::time::Instant::now() {
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = conn.readable() => return false,
+            }
+        }
+        conn.is_quiet()
+    }
+
+    /// Puts `conn` back, on probation if `probation`. It must have read its response to the
+    /// end; one with unread bytes or input waiting is closed instead.
+    pub(super) fn checkin(self: &Arc<Self>, mut conn: Conn, probation: bool) {
+        if !conn.read_buf.is_empty() {
+            return;
+        }
+        // Also registers the watcher's waker for input that arrives while idle.
+        if conn
+            .poll_idle(&mut Context::from_waker(&self.waker))
+            .is_ready()
+        {
+            return;
+        }
+        // An idle connection keeps no more buffer than a new one: a large response or
+        // request head grew them, and hundreds of idle connections may wait per upstream.
+        if conn.large_reads {
+            // The buffer (or the allocation its spare room belongs to) may be that large.
+            conn.read_buf = bytes::BytesMut::with_capacity(READ_BUFFER);
+            conn.large_reads = false;
+        }
+        if conn.write_buf.capacity() > 4 * WRITE_BUFFER {
+            conn.write_buf = bytes::BytesMut::with_capacity(WRITE_BUFFER);
+        }
+        let since = Instant::now();
+        let quiet_at = probation.then(|| since + QUIET_PERIOD);
+        let mut idle = lock(&self.idle);
+        if idle.len() >= POOL_MAX_IDLE_PER_HOST {
+            return;
+        }
+        idle.push_back(Idle {
+            conn,
+            since,
+            quiet_at,
+        });
+        drop(idle);
+        self.start_watcher();
+    }
+
+    /// Started on the first check-in, which always runs inside the runtime; ends with the
+    /// pool.
+    fn start_watcher(self: &Arc<Self>) {
+        if self.watching.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.watching.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool: Weak<Self> = Arc::downgrade(self);
+        let signal = self.signal.clone();
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 3);
+            loop {
+                let input = tokio::select! {
+                    () = signal.0.notified() => true,
+                    _ = tick.tick() => false,
+                };
+                let Some(pool) = pool.upgrade() else { return };
+                if input {
+                    pool.close_readable();
+                } else {
+                    pool.reap();
+                }
+            }
+        });
+    }
+
+    /// Closes the idle connections with input waiting; registers the waker on the others
+    /// again. Runs only when an idle socket became readable.
+    fn close_readable(&self) {
+        let mut cx = Context::from_waker(&self.waker);
+        let mut idle = lock(&self.idle);
+        let mut closed = Vec::new();
+        let mut kept = VecDeque::with_capacity(idle.len());
+        for mut entry in idle.drain(..) {
+            if entry.conn.poll_idle(&mut cx).is_ready() {
+                closed.push(entry);
+            } else {
+                kept.push_back(entry);
+            }
+        }
+        *idle = kept;
+        drop(idle);
+        if !closed.is_empty() {
+            tracing::debug!(
+                count = closed.len(),
+                "Idle upstream connections received input; closed."
+            );
+        }
+    }
+
+    /// Closes connections idle past the timeout even when no request comes to notice them.
+    fn reap(&self) {
+        let mut idle = lock(&self.idle);
+        let fresh = idle
+            .iter()
+            .position(|entry| entry.since.elapsed() < POOL_IDLE_TIMEOUT)
+            .unwrap_or(idle.len());
+        let expired: Vec<Idle> = idle.drain(..fresh).collect();
+        drop(idle);
+        drop(expired);
+    }
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent across a panic (plain pushes and pops).
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A pooled-to-be connection and the upstream's end of it.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        (super::super::conn::plain(stream), peer)
+    }
+
+    fn idle_count(pool: &IdleConns) -> usize {
+        lock(&pool.idle).len()
+    }
+
+    #[tokio::test]
+    async fn connection_with_input_waiting_is_not_checked_in() {
+        let pool = Arc::new(IdleConns::default());
+        let (conn, mut peer) = pair().await;
+        peer.write_all(b"stray").await.unwrap();
+        conn.readable().await;
+        pool.checkin(conn, false);
+        assert_eq!(idle_count(&pool), 0);
+
+        let (mut conn, _peer) = pair().await;
+        conn.read_buf.extend_from_slice(b"unread");
+        pool.checkin(conn, false);
+        assert_eq!(idle_count(&pool), 0);
+    }
+
+    #[tokio::test]
+    async fn connection_on_probation_is_reused_only_if_it_stayed_quiet() {
+        let pool = Arc::new(IdleConns::default());
+        let (quiet, _quiet_peer) = pair().await;
+        pool.checkin(quiet, true);
+        assert!(pool.checkout().await.is_some(), "silent through its period");
+
+        let (noisy, mut noisy_peer) = pair().await;
+        pool.checkin(noisy, true);
+        noisy_peer.write_all(b"late body").await.unwrap();
+        assert!(pool.checkout().await.is_none(), "input during its period");
+    }
+
+    #[tokio::test]
+    async fn checkout_prefers_a_connection_not_on_probation() {
+        let pool = Arc::new(IdleConns::default());
+        let (older, _older_peer) = pair().await;
+        let (newer, _newer_peer) = pair().await;
+        let older_port = older.stream_local_port();
+        pool.checkin(older, false);
+        pool.checkin(newer, true);
+        let conn = pool.checkout().await.unwrap();
+        assert_eq!(conn.stream_local_port(), older_port);
+        assert_eq!(idle_count(&pool), 1, "the one on probation stays");
+    }
+}

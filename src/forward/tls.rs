@@ -1,0 +1,40 @@
+//! The trust every TLS connection to an upstream starts from: the web PKI roots plus the PEM
+//! CAs of `upstream_ca`, with the crypto provider chosen explicitly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+/// A client configuration trusting the web PKI roots plus the PEM CAs in `extra_ca`, with
+/// no ALPN protocol set (each client sets its own).
+pub(super) fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "upstream_ca {}: no certificate in the file",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
+        }
+    }
+    // The provider is chosen explicitly so a second crypto backend pulled in elsewhere can
+    // never make rustls panic at start-up.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
