@@ -119,7 +119,7 @@ fn bench_jwt(c: &mut Criterion) {
         jwks_min_refresh_interval: Duration::from_secs(30),
     };
     let validator: Arc<JwtValidator> = runtime.block_on(async {
-        let client = authgate::forward::service_client(None).unwrap();
+        let client = authgate::outbound::OutboundClient::new(None).unwrap();
         let validator = JwtValidator::start(&[settings], client, Default::default());
         let first = token(&signers[0], &issuer);
         for _ in 0..200 {

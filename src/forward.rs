@@ -6,7 +6,6 @@
 //! authgate's own client in [`h1`]; HTTP/2 upstreams use hyper-util's pooled client.
 
 mod h1;
-mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,8 +33,8 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle pooled connections kept per upstream host.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
 
-/// The hyper client type authgate uses for every outgoing HTTP call.
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+/// hyper-util's pooled client, for HTTP/2 upstreams.
+type H2Client = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 pub use h1::{Upgraded as UpstreamUpgraded, UpstreamUpgrade};
 
@@ -44,7 +43,7 @@ pub use h1::{Upgraded as UpstreamUpgraded, UpstreamUpgrade};
 pub struct UpstreamClient {
     protocol: UpstreamProtocol,
     /// HTTP/2 only: hyper-util's pooled client.
-    inner: Option<HttpsClient>,
+    inner: Option<H2Client>,
     /// HTTP/1.1 only: the own client's pools and the trust its TLS connections use.
     h1: Option<H1Client>,
 }
@@ -76,7 +75,7 @@ impl ClientFactory {
         }
         let client = match protocol {
             UpstreamProtocol::Http1 => {
-                let mut config = tls::client_config(extra_ca)?;
+                let mut config = crate::tls::client_config(extra_ca)?;
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];
                 UpstreamClient {
                     protocol,
@@ -99,7 +98,7 @@ impl ClientFactory {
 
 fn build_h2_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, String> {
     let protocol = UpstreamProtocol::Http2;
-    let connector = https_connector(protocol, extra_ca)?;
+    let connector = h2_connector(extra_ca)?;
     let mut client = Client::builder(TokioExecutor::new());
     client
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -114,22 +113,8 @@ fn build_h2_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, String> {
     })
 }
 
-/// A pooled HTTP/1.1 client for authgate's own calls (control plane, token endpoint, JWKS):
-/// http or https, web PKI roots plus the PEM CAs in `extra_ca`.
-pub fn service_client(extra_ca: Option<&Path>) -> Result<HttpsClient, String> {
-    let connector = https_connector(UpstreamProtocol::Http1, extra_ca)?;
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector))
-}
-
-fn https_connector(
-    protocol: UpstreamProtocol,
-    extra_ca: Option<&Path>,
-) -> Result<HttpsConnector<HttpConnector>, String> {
-    let tls = tls::client_config(extra_ca)?;
+fn h2_connector(extra_ca: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, String> {
+    let tls = crate::tls::client_config(extra_ca)?;
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -137,13 +122,11 @@ fn https_connector(
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
-    let builder = HttpsConnectorBuilder::new()
+    Ok(HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http();
-    Ok(match protocol {
-        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-    })
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(http))
 }
 
 /// One upstream URL: scheme, authority and an optional base path prepended to every request.
@@ -347,7 +330,7 @@ impl Upstreams {
                 Err(_elapsed) => Err((GatewayError::UpstreamTimeout, false)),
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(h1::SendError::Connect(error))) => {
-                    tracing::debug!(error = %error_chain(&error), connect_failed = true, "Upstream request failed.");
+                    tracing::debug!(error = %crate::error::error_chain(&error), connect_failed = true, "Upstream request failed.");
                     Err((GatewayError::UpstreamUnavailable, true))
                 }
                 Ok(Err(h1::SendError::Http(error))) => Err(request_failed(&error, false)),
@@ -376,13 +359,13 @@ fn request_failed(
         return (GatewayError::PayloadTooLarge, false);
     }
     if caused_by::<crate::connection::ClientBodyError>(error) {
-        tracing::debug!(error = %error_chain(error), "Request body from the client failed.");
+        tracing::debug!(error = %crate::error::error_chain(error), "Request body from the client failed.");
         return (
             GatewayError::BadRequest("malformed or incomplete request body"),
             false,
         );
     }
-    tracing::debug!(error = %error_chain(error), connect_failed, "Upstream request failed.");
+    tracing::debug!(error = %crate::error::error_chain(error), connect_failed, "Upstream request failed.");
     (GatewayError::UpstreamUnavailable, connect_failed)
 }
 
@@ -396,18 +379,6 @@ fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         current = error.source();
     }
     false
-}
-
-/// The error and its causes on one line, for diagnostics.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(cause) = current {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        current = cause.source();
-    }
-    text
 }
 
 /// The WebSocket tunnels in progress. A tunnel outlives the HTTP exchange that opened it,

@@ -256,7 +256,7 @@ fn build_jwt_validator(
     if config.jwt_issuers.is_empty() {
         return Ok(None);
     }
-    let client = crate::forward::service_client(None)?;
+    let client = crate::outbound::OutboundClient::new(None)?;
     Ok(Some(JwtValidator::start(
         &config.jwt_issuers,
         client,
@@ -299,7 +299,7 @@ fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyS
                     scope.clone(),
                 )?,
             };
-            let client = crate::forward::service_client(None)?;
+            let client = crate::outbound::OutboundClient::new(None)?;
             KeySource::ControlPlane(Box::new(ControlPlane::new(
                 &control_plane.url,
                 control_plane.timeout,

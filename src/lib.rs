@@ -49,7 +49,9 @@ pub mod error;
 pub mod headers;
 pub mod http1;
 pub mod location;
+pub mod outbound;
 pub mod telemetry;
+pub mod tls;
 
 use std::process::ExitCode;
 

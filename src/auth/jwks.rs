@@ -14,7 +14,6 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::ACCEPT;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
 };
@@ -25,7 +24,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::body::full;
-use crate::forward::HttpsClient;
+use crate::outbound::{OutboundClient, OutboundError};
 use crate::telemetry::{JwksLabels, SharedLabel};
 
 /// Largest JWKS or discovery document read.
@@ -175,7 +174,7 @@ pub struct JwksSource {
     keys: ArcSwapOption<KeySet>,
     fetch: Mutex<FetchState>,
     min_interval: Duration,
-    client: HttpsClient,
+    client: OutboundClient,
     refreshes: Family<JwksLabels, Counter>,
     label: SharedLabel,
 }
@@ -185,7 +184,7 @@ impl JwksSource {
         jwks_uri: Option<String>,
         issuer: String,
         min_interval: Duration,
-        client: HttpsClient,
+        client: OutboundClient,
         refreshes: Family<JwksLabels, Counter>,
         label: SharedLabel,
     ) -> Arc<Self> {
@@ -335,32 +334,30 @@ impl JwksSource {
             .header(ACCEPT, "application/json")
             .body(full(Bytes::new()))
             .map_err(|e| FetchError::Failed(format!("{url}: {e}")))?;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                FetchError::Failed(format!("{url}: {}", crate::forward::error_chain(&e)))
-            })?;
-            let status = response.status();
-            if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
-                return Err(FetchError::NotFound(format!("{url} answered {status}")));
-            }
-            if status != StatusCode::OK {
-                return Err(FetchError::Failed(format!("{url} answered {status}")));
-            }
-            Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
-                .collect()
-                .await
-                .map(|body| body.to_bytes())
-                .map_err(|e| {
-                    FetchError::Failed(format!(
-                        "{url}: unreadable or over {MAX_DOCUMENT_BYTES} bytes: {e}"
-                    ))
-                })
-        };
-        tokio::time::timeout(FETCH_TIMEOUT, exchange)
+        let (status, body) = self
+            .client
+            .send(request, FETCH_TIMEOUT, |status| {
+                (status == StatusCode::OK).then_some(MAX_DOCUMENT_BYTES)
+            })
             .await
-            .map_err(|_| {
-                FetchError::Failed(format!("{url} did not answer within {FETCH_TIMEOUT:?}"))
-            })?
+            .map_err(|error| {
+                FetchError::Failed(match error {
+                    OutboundError::Unreachable(cause) => format!("{url}: {cause}"),
+                    OutboundError::Timeout(after) => {
+                        format!("{url} did not answer within {after:?}")
+                    }
+                    OutboundError::Body { limit, detail } => {
+                        format!("{url}: unreadable or over {limit} bytes: {detail}")
+                    }
+                })
+            })?;
+        if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+            return Err(FetchError::NotFound(format!("{url} answered {status}")));
+        }
+        if status != StatusCode::OK {
+            return Err(FetchError::Failed(format!("{url} answered {status}")));
+        }
+        Ok(body)
     }
 
     /// Fetches now and then every `every`, while `alive` holds. Stops with the validator.

@@ -26,8 +26,8 @@ use super::issuer::{IssuerMatch, IssuerSettings};
 use super::jwks::{JwksSource, KeyError};
 use super::{AuthMethod, Identity, IdentityFields};
 use crate::error::GatewayError;
-use crate::forward::HttpsClient;
 use crate::keys::Timestamp;
+use crate::outbound::OutboundClient;
 use crate::telemetry::{JwksLabels, SharedLabel};
 
 /// Verified tokens kept at most (each until its `exp`).
@@ -146,7 +146,7 @@ pub struct JwtValidator {
     issuers: Vec<Issuer>,
     exact: HashMap<String, usize>,
     cache: quick_cache::sync::Cache<[u8; 32], Arc<Identity>>,
-    client: HttpsClient,
+    client: OutboundClient,
     refreshes: Family<JwksLabels, Counter>,
 }
 
@@ -155,7 +155,7 @@ impl JwtValidator {
     /// (start-up never fails because an IdP is down).
     pub fn start(
         settings: &[IssuerSettings],
-        client: HttpsClient,
+        client: OutboundClient,
         refreshes: Family<JwksLabels, Counter>,
     ) -> Arc<Self> {
         let mut validator = Self {

@@ -11,13 +11,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{KeyHash, KeyRecord, SourceError};
 use crate::body::full;
-use crate::forward::HttpsClient;
+use crate::outbound::{OutboundClient, OutboundError};
 
 /// Largest answer read from the control plane or the token endpoint.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -63,7 +62,7 @@ pub struct ControlPlane {
     base_url: String,
     timeout: Duration,
     auth: ControlPlaneAuth,
-    client: HttpsClient,
+    client: OutboundClient,
     /// Held across a token request, so at most one runs at a time.
     token: Mutex<TokenState>,
 }
@@ -73,7 +72,7 @@ impl ControlPlane {
         base_url: &str,
         timeout: Duration,
         auth: ControlPlaneAuth,
-        client: HttpsClient,
+        client: OutboundClient,
     ) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
@@ -165,29 +164,22 @@ impl ControlPlane {
         &self,
         request: Request<crate::body::ProxyBody>,
     ) -> Result<(StatusCode, Bytes), SourceError> {
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                SourceError(format!(
-                    "control plane unreachable: {}",
-                    crate::forward::error_chain(&e)
-                ))
-            })?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| SourceError(format!("control plane answer unreadable or larger than {MAX_ANSWER_BYTES} bytes: {e}")))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(self.timeout, exchange)
+        self.client
+            .send(request, self.timeout, |_| Some(MAX_ANSWER_BYTES))
             .await
-            .map_err(|_| {
-                SourceError(format!(
-                    "control plane did not answer within {:?}",
-                    self.timeout
-                ))
-            })?
+            .map_err(|error| {
+                SourceError(match error {
+                    OutboundError::Unreachable(cause) => {
+                        format!("control plane unreachable: {cause}")
+                    }
+                    OutboundError::Timeout(after) => {
+                        format!("control plane did not answer within {after:?}")
+                    }
+                    OutboundError::Body { limit, detail } => format!(
+                        "control plane answer unreadable or larger than {limit} bytes: {detail}"
+                    ),
+                })
+            })
     }
 
     /// The Authorization header for the next call, fetching a token if needed.

@@ -1,5 +1,6 @@
-//! The trust every TLS connection to an upstream starts from: the web PKI roots plus the PEM
-//! CAs of `upstream_ca`, with the crypto provider chosen explicitly.
+//! The trust every outgoing TLS connection starts from (upstreams, and authgate's own calls to
+//! IdPs and the control plane): the web PKI roots plus optional PEM CAs, with the crypto
+//! provider chosen explicitly.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use rustls_pki_types::pem::PemObject;
 
 /// A client configuration trusting the web PKI roots plus the PEM CAs in `extra_ca`, with
 /// no ALPN protocol set (each client sets its own).
-pub(super) fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
