@@ -14,6 +14,8 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Version};
 
+use crate::http1::fields::{folded_starts_with, is_underscored_response_control};
+
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -52,9 +54,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// The response side of [`strip_hop_by_hop`]: the upstream's `Trailer` announcement stays.
 /// RFC 9110 does not make it hop-by-hop, authgate passes response trailers through, and
-/// the HTTP/1 server only sends trailers to clients that asked for them.
+/// the HTTP/1 server only sends trailers to clients that asked for them. Fields spelled with
+/// `_` that a client folding `_` into `-` would read as framing or hop-by-hop fields
+/// (`Content_Length`, `Transfer_Encoding`, `Connection_`...) go too: authgate re-frames the
+/// response, and a second framing must not ride along.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     strip_connection_headers(headers, keep_upgrade, true);
+    if headers.keys().any(is_underscored_response_control) {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| is_underscored_response_control(name))
+            .cloned()
+            .collect();
+        for name in &doomed {
+            headers.remove(name);
+        }
+    }
 }
 
 fn strip_connection_headers(headers: &mut HeaderMap, keep_upgrade: bool, keep_trailer: bool) {
@@ -127,15 +142,7 @@ fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool, keep_tra
 /// True when `name`, read case-insensitively and with `_` as `-`, starts with `prefix`.
 /// `prefix` is lowercase ASCII.
 pub fn name_has_prefix(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len()
-        && name.bytes().zip(prefix.bytes()).all(|(n, p)| {
-            let n = if n == b'_' {
-                b'-'
-            } else {
-                n.to_ascii_lowercase()
-            };
-            n == p
-        })
+    folded_starts_with(name.as_bytes(), prefix.as_bytes())
 }
 
 /// Whether `name` is a routing-override header, read like the identity prefix (`_` as `-`):

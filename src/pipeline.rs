@@ -41,11 +41,12 @@ use crate::headers::{
     RequestId, X_REQUEST_ID, client_ip, is_websocket_upgrade, set_forwarded_with,
     strip_client_identity, strip_hop_by_hop, strip_response_hop_by_hop,
 };
+use crate::http1::fields::{UnderscorePolicy, apply_underscore_rule, request_content_length};
 use crate::limits::gcra::LimitState;
 use crate::limits::{self, Denied, usage};
 use crate::routes::host_without_port;
 use crate::routes::normalize::normalize_path;
-use crate::server::{ClientUpgrade, ConnActivity, FramingConflict};
+use crate::server::{ClientUpgrade, ConnActivity};
 use crate::telemetry::Metrics;
 use crate::telemetry::{AccessRecord, RouteHistograms, RouteLabels, SharedLabel, method_label};
 
@@ -285,14 +286,11 @@ async fn handle_inner(
     let uri = parts.uri.clone();
     let host_header = single_host(&parts.headers)?;
     let target = check_target(&parts.method, parts.version, &uri, host_header.as_ref())?;
-    // The HTTP/1.1 server flags a head with both Content-Length and Transfer-Encoding
-    // (request smuggling guard, SPEC §6).
-    if parts.extensions.get::<FramingConflict>().is_some() {
-        return Err(GatewayError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
+    // The HTTP/1.1 parser enforced every framing rule already; an HTTP/2 request is held to
+    // the same field rules before it can be forwarded over HTTP/1.1.
+    if parts.version == Version::HTTP_2 {
+        check_h2_fields(&mut parts.headers, config.server.underscores_in_headers)?;
     }
-    check_framing(&mut parts.headers)?;
     check_header_size(&parts, config.server.max_header_bytes)?;
 
     // 2. Route, from the request line and Host only.
@@ -396,7 +394,9 @@ async fn handle_inner(
     //    streamed body is cut when it passes the limit.
     let body = match route.max_body_bytes {
         Some(limit) => {
-            if declared_length(&parts).is_some_and(|length| length > limit) {
+            // The length was validated by the HTTP/1.1 parser or `check_h2_fields`.
+            let declared = request_content_length(&parts.headers).ok().flatten();
+            if declared.is_some_and(|length| length > limit) {
                 return Err(GatewayError::PayloadTooLarge);
             }
             boxed(LimitedBody::new(body, limit))
@@ -550,43 +550,24 @@ fn is_plain_host(bytes: &[u8]) -> bool {
             .is_none_or(|port| (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit))
 }
 
-/// Request smuggling guards hyper does not apply by itself.
-fn check_framing(headers: &mut http::HeaderMap) -> Result<(), GatewayError> {
-    // One lookup per header name: most requests have neither.
-    let codings = headers.get_all(TRANSFER_ENCODING);
-    let lengths = headers.get_all(CONTENT_LENGTH);
-    let (mut codings, mut lengths) = (codings.iter(), lengths.iter());
-    let (first_coding, first_length) = (codings.next(), lengths.next());
-    if first_coding.is_some() && first_length.is_some() {
+/// The HTTP/1.1 field rules for a request that came over HTTP/2, whose fields are forwarded
+/// to HTTP/1.1 upstreams: hyper's h2 refuses connection-specific fields and checks a
+/// `Content-Length` against the data, but passes repeated or `_`-spelled ones through.
+fn check_h2_fields(
+    headers: &mut http::HeaderMap,
+    underscores: UnderscorePolicy,
+) -> Result<(), GatewayError> {
+    apply_underscore_rule(headers, underscores).map_err(GatewayError::BadRequest)?;
+    if headers.contains_key(TRANSFER_ENCODING) {
         return Err(GatewayError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
+            "Transfer-Encoding in an HTTP/2 request",
         ));
     }
-    // hyper decodes `chunked` only and accepts any coding list that ends with it: the other
-    // codings (`gzip, chunked`) would reach the upstream still applied but no longer announced.
-    if let Some(first) = first_coding
-        && (codings.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    if let Some(length) = request_content_length(headers).map_err(GatewayError::BadRequest)?
+        && headers.get_all(CONTENT_LENGTH).iter().nth(1).is_some()
     {
-        return Err(GatewayError::BadRequest("unsupported Transfer-Encoding"));
-    }
-    if let Some(first) = first_length {
-        let first = first.clone();
-        let mut duplicated = false;
-        for other in lengths {
-            if other != first {
-                return Err(GatewayError::BadRequest(
-                    "conflicting Content-Length headers",
-                ));
-            }
-            duplicated = true;
-        }
-        if !first.as_bytes().iter().all(u8::is_ascii_digit) || first.is_empty() {
-            return Err(GatewayError::BadRequest("malformed Content-Length"));
-        }
-        if duplicated {
-            // Identical duplicates: forward exactly one.
-            headers.insert(CONTENT_LENGTH, first);
-        }
+        // Identical duplicates: forward exactly one.
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
     Ok(())
 }
@@ -604,16 +585,6 @@ fn check_header_size(parts: &Parts, limit: usize) -> Result<(), GatewayError> {
         }
     }
     Ok(())
-}
-
-fn declared_length(parts: &Parts) -> Option<u64> {
-    parts
-        .headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// Writes the access log line and the request metrics once, when the response body ends or

@@ -1263,3 +1263,315 @@ async fn concurrent_streams_are_counted_exactly() {
     }
     assert_eq!(in_flight.load(Ordering::SeqCst), 8);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fields spelled with `_` (a backend that folds `_` into `-`)
+// ---------------------------------------------------------------------------------------------
+
+/// A keep-alive backend that reads header names the way CGI/WSGI/Rack servers do: lowercased,
+/// `_` read as `-`, the last of two folded duplicates winning (one environment variable).
+/// It frames each body from those folded names and records the path of every request it
+/// parses, so a second request hidden in a body shows up as an extra path.
+async fn folding_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let seen = paths.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(at) = find(&buf, b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    buf.drain(..head_end);
+                    let mut lines = head.split("\r\n");
+                    let path = lines
+                        .next()
+                        .and_then(|line| line.split(' ').nth(1))
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.lock().unwrap().push(path);
+                    let (mut length, mut chunked) = (0usize, false);
+                    for (name, value) in lines.filter_map(|line| line.split_once(':')) {
+                        let folded = name.trim().to_ascii_lowercase().replace('_', "-");
+                        match folded.as_str() {
+                            "content-length" => length = value.trim().parse().unwrap_or(0),
+                            "transfer-encoding" => chunked = value.contains("chunked"),
+                            _ => {}
+                        }
+                    }
+                    if chunked {
+                        // Just enough chunked decoding for the tests: sizes, data, last chunk.
+                        loop {
+                            let Some(line) = find(&buf, b"\r\n") else {
+                                return;
+                            };
+                            let size = usize::from_str_radix(
+                                String::from_utf8_lossy(&buf[..line]).trim(),
+                                16,
+                            )
+                            .unwrap_or(0);
+                            if buf.len() < line + 2 + size + 2 {
+                                return;
+                            }
+                            buf.drain(..line + 2 + size + 2);
+                            if size == 0 {
+                                break;
+                            }
+                        }
+                    } else {
+                        if buf.len() < length {
+                            return;
+                        }
+                        buf.drain(..length);
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, paths)
+}
+
+/// Issue: a `Transfer_Encoding` or `Content_Length` field next to the real framing was
+/// forwarded verbatim, so a folding backend framed the body differently and ran a request
+/// hidden in the body of a request to a public route against a protected path. Now such a
+/// request is refused (400) whatever `underscores_in_headers` says, and nothing is forwarded.
+#[tokio::test]
+async fn underscored_framing_fields_cannot_smuggle_past_a_folding_backend() {
+    for policy in ["drop", "allow"] {
+        let (backend, paths) = folding_backend().await;
+        let config = format!(
+            "[server]\nunderscores_in_headers = \"{policy}\"\n{}",
+            public_route("pub", "/pub/", &format!("http://{backend}"))
+        );
+        let gw = TestGateway::start(&config).await;
+        let host = format!("Host: {}\r\n", gw.addr);
+        let hidden = format!("GET /admin/secret HTTP/1.1\r\n{host}\r\n");
+        let chunked_hidden = format!("0\r\n\r\n{hidden}");
+        let attacks = [
+            (
+                "Transfer_Encoding beside Content-Length",
+                format!(
+                    "POST /pub/x HTTP/1.1\r\n{host}Content-Length: {}\r\nTransfer_Encoding: chunked\r\n\r\n{chunked_hidden}",
+                    chunked_hidden.len()
+                ),
+            ),
+            (
+                "Content_Length after Content-Length",
+                format!(
+                    "POST /pub/x HTTP/1.1\r\n{host}Content-Length: {}\r\nContent_Length: 0\r\n\r\n{hidden}",
+                    hidden.len()
+                ),
+            ),
+            (
+                "Content_Length alone",
+                format!(
+                    "POST /pub/x HTTP/1.1\r\n{host}Content_Length: {}\r\n\r\n{hidden}",
+                    hidden.len()
+                ),
+            ),
+            (
+                "transfer_encoding beside chunked",
+                format!(
+                    "POST /pub/x HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\ntransfer_encoding: identity\r\n\r\n{chunked_hidden}"
+                ),
+            ),
+        ];
+        for (name, attack) in &attacks {
+            let mut conn = RawConn::connect(gw.addr).await;
+            conn.send(attack.as_bytes()).await;
+            let response = conn.read_response().await;
+            let status = response.as_ref().map_or(0, |r| r.status);
+            assert_eq!(status, 400, "{policy}/{name}: {response:?}");
+            assert_eq!(
+                conn.wait_closed().await,
+                Ended::Eof,
+                "{policy}/{name}: the connection must close after a framing refusal"
+            );
+        }
+        assert!(
+            paths.lock().unwrap().is_empty(),
+            "{policy}: forwarded {:?}",
+            paths.lock().unwrap()
+        );
+
+        // The same backend serves honest requests, one request per request.
+        let (status, _) = raw_request(
+            gw.addr,
+            format!(
+                "POST /pub/ok HTTP/1.1\r\n{host}Content-Length: 2\r\nConnection: close\r\n\r\nhi"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{policy}");
+        assert_eq!(*paths.lock().unwrap(), ["/pub/ok"], "{policy}");
+    }
+}
+
+/// Fields authgate controls never pass in a `_` spelling, whatever the policy; other `_`
+/// fields follow `server.underscores_in_headers` (default: dropped, as nginx does).
+#[tokio::test]
+async fn underscored_fields_follow_the_policy_and_controlled_ones_never_pass() {
+    for (policy, custom_passes) in [("", false), ("drop", false), ("allow", true)] {
+        let upstream = Upstream::start().await;
+        let server = if policy.is_empty() {
+            String::new()
+        } else {
+            format!("[server]\nunderscores_in_headers = \"{policy}\"\n")
+        };
+        let gw = TestGateway::start(&format!(
+            "{server}{}",
+            public_route("pub", "/pub/", &upstream.url())
+        ))
+        .await;
+        let request = format!(
+            "GET /pub/x HTTP/1.1\r\nHost: {}\r\nX_Forwarded_For: 6.6.6.6\r\nx_forwarded_host: evil\r\nX_Real_IP: 6.6.6.6\r\nX_Request_Id: forged\r\nKeep_Alive: 1\r\nProxy_Authorization: x\r\nX_Auth_Tenant_Id: evil\r\nX_Custom: yes\r\nConnection: close\r\n\r\n",
+            gw.addr
+        );
+        let (status, text) = raw_request(gw.addr, request.as_bytes()).await;
+        assert_eq!(status, 200, "{policy}: {text}");
+        let seen = upstream.last();
+        let underscored: Vec<String> = seen
+            .headers
+            .keys()
+            .map(|name| name.as_str().to_owned())
+            .filter(|name| name.contains('_'))
+            .collect();
+        let expected: Vec<String> = if custom_passes {
+            vec!["x_custom".to_owned()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(underscored, expected, "{policy}");
+        assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+        assert_ne!(seen.header("x-request-id").as_deref(), Some("forged"));
+    }
+}
+
+/// HTTP/2 requests are forwarded over HTTP/1.1, so the same field rules hold for them.
+#[tokio::test]
+async fn underscored_fields_over_http2_follow_the_same_rules() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    for name in ["content_length", "transfer_encoding"] {
+        let response = h2
+            .post(gw.url("/pub/h2"))
+            .header(name, "0")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), Version::HTTP_2);
+        assert_eq!(response.status(), 400, "{name}");
+    }
+    assert_eq!(upstream.count(), 0, "forwarded: {:?}", upstream.recorded());
+
+    let response = h2
+        .get(gw.url("/pub/h2"))
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("x_custom", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert!(
+        seen.headers.keys().all(|name| !name.as_str().contains('_')),
+        "{:?}",
+        seen.headers
+    );
+}
+
+/// A raw upstream that answers every request on a connection with `response`.
+async fn raw_answering_upstream(response: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while find(&buf, b"\r\n\r\n").is_none() {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    if stream.write_all(response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// RFC 9110 §8.6: a 204 never carries Content-Length, even when the upstream sent one; a
+/// response's `_`-spelled framing fields are not relayed to a client that might fold them.
+#[tokio::test]
+async fn relayed_responses_carry_no_framing_the_rfc_forbids() {
+    let no_content =
+        raw_answering_upstream(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nx-a: 1\r\n\r\n")
+            .await;
+    let underscored = raw_answering_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent_Length: 40\r\nTransfer_Encoding: chunked\r\nKeep_Alive: x\r\nx_other: 1\r\n\r\nok",
+    )
+    .await;
+    let config = format!(
+        "{}{}",
+        public_route("empty", "/empty/", &format!("http://{no_content}")),
+        public_route("folded", "/folded/", &format!("http://{underscored}"))
+    );
+    let gw = TestGateway::start(&config).await;
+    let mut conn = RawConn::connect(gw.addr).await;
+    let host = format!("Host: {}\r\n", gw.addr);
+    conn.send(format!("GET /empty/x HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await;
+    let response = conn.read_response().await.unwrap();
+    assert_eq!(response.status, 204);
+    assert_eq!(response.header("content-length"), None, "{response:?}");
+    assert_eq!(response.header("x-a"), Some("1"));
+
+    // The connection still frames correctly: the next response on it is whole.
+    conn.send(format!("GET /folded/x HTTP/1.1\r\n{host}\r\n").as_bytes())
+        .await;
+    let response = conn.read_response().await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"ok");
+    let names: Vec<&str> = response.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| ["content_length", "transfer_encoding", "keep_alive"].contains(n)),
+        "{names:?}"
+    );
+    assert!(names.contains(&"x_other"), "{names:?}");
+}

@@ -21,6 +21,7 @@ use super::{
 use crate::auth::{AuthPolicy, ScopeRule};
 use crate::config::file::UpstreamProtocol;
 use crate::forward::{ClientFactory, UpstreamTarget, Upstreams};
+use crate::http1::fields::UnderscorePolicy;
 use crate::routes::normalize::normalize_path;
 use crate::routes::{PathPattern, Route, RouteMatch, RouteTable};
 
@@ -230,6 +231,10 @@ fn compile_server(
         max_header_bytes,
         shutdown_grace: positive(server.shutdown_grace, file::DEFAULT_SHUTDOWN_GRACE_SECS),
         trusted_proxies: server.trusted_proxies.iter().map(|cidr| cidr.0).collect(),
+        underscores_in_headers: match server.underscores_in_headers {
+            None | Some(file::FileUnderscores::Drop) => UnderscorePolicy::Drop,
+            Some(file::FileUnderscores::Allow) => UnderscorePolicy::Allow,
+        },
     }
 }
 

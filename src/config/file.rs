@@ -80,6 +80,16 @@ pub struct FileServer {
     /// Peers whose X-Forwarded-For is extended instead of replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// Request fields spelled with `_` that authgate does not control: dropped or forwarded.
+    pub underscores_in_headers: Option<FileUnderscores>,
+}
+
+/// `server.underscores_in_headers`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileUnderscores {
+    Drop,
+    Allow,
 }
 
 /// `server.tls`.

@@ -53,6 +53,7 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub underscores_in_headers: crate::http1::fields::UnderscorePolicy,
 }
 
 /// `[admin]`, compiled.

@@ -266,21 +266,23 @@ pub fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut BytesMut) {
 }
 
 fn is_allowed_trailer(name: &HeaderName) -> bool {
-    !matches!(
-        *name,
-        AUTHORIZATION
-            | CACHE_CONTROL
-            | CONTENT_ENCODING
-            | CONTENT_LENGTH
-            | CONTENT_RANGE
-            | CONTENT_TYPE
-            | HOST
-            | MAX_FORWARDS
-            | SET_COOKIE
-            | TRAILER
-            | TRANSFER_ENCODING
-            | TE
-    )
+    // A `_` spelling of a framing or hop-by-hop field is no more allowed than the field.
+    !super::fields::is_underscored_response_control(name)
+        && !matches!(
+            *name,
+            AUTHORIZATION
+                | CACHE_CONTROL
+                | CONTENT_ENCODING
+                | CONTENT_LENGTH
+                | CONTENT_RANGE
+                | CONTENT_TYPE
+                | HOST
+                | MAX_FORWARDS
+                | SET_COOKIE
+                | TRAILER
+                | TRANSFER_ENCODING
+                | TE
+        )
 }
 
 #[cfg(test)]
@@ -705,6 +707,8 @@ mod tests {
             ("x-usage-tokens", "42"),
             ("content-length", "5"),
             ("transfer-encoding", "chunked"),
+            ("content_length", "5"),
+            ("transfer_encoding", "chunked"),
             ("x-usage-tokens", "43"),
         ]);
         let mut out = BytesMut::new();

@@ -1,6 +1,15 @@
-//! Sans-IO HTTP/1.1 message bodies, shared by the upstream client and the server codecs:
-//! decoding a body framed by Content-Length, chunked coding or the end of the connection,
-//! and the chunked encoding.
+//! authgate's HTTP/1.1 codec without IO: every framing rule lives here, once, and both the
+//! server connection (`server/h1.rs`) and the upstream client (`forward/h1.rs`) only drive
+//! sockets around it.
+//!
+//! - [`fields`]: field grammar (token lists, lengths, codings, `_`-folded names);
+//! - [`request`]: a request head and its framing (server side);
+//! - [`response`]: how a response to a client is framed (server side);
+//! - [`client`]: the request head going out and the response head coming back;
+//! - this module: message bodies, decoded from Content-Length, chunked coding or the end of
+//!   the connection, and the chunked encoding.
+//!
+//! `docs/http1.md` lists each rule with its RFC section and where it is enforced.
 //!
 //! Nothing here touches a socket. The caller reads into a `BytesMut` and hands it to
 //! [`BodyDecoder::decode`], which takes what belongs to the body; payload frames are split
@@ -11,6 +20,9 @@
 
 mod chunked;
 pub mod client;
+pub mod fields;
+pub mod request;
+pub mod response;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;

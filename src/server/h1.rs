@@ -27,17 +27,14 @@
 
 use std::future::Future;
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderName, TE, TRANSFER_ENCODING, UPGRADE,
-};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
@@ -46,13 +43,12 @@ use tokio::time::{Instant, Sleep};
 use crate::body::{BoxError, ProxyBody, boxed, empty};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::http1::fields::{has_token, parse_digits};
+use crate::http1::request::{RequestHead, RequestHeadError, RequestLimits, parse_request_head};
+use crate::http1::response::{BodyFraming, ResponseContext, frame_response};
 use crate::http1::{BodyDecoder, encode_chunk_header, encode_last_chunk};
 use crate::pipeline::{self, Answer, ConnInfo, ErrorAnswer};
 
-/// Headers a request head may carry (hyper's default is 100).
-const MAX_HEADERS: usize = 100;
-/// Headers the pipeline may add to a request before forwarding it.
-const EXTRA_HEADERS: usize = 16;
 /// Bytes read per call while a request body streams.
 const BODY_READ_CHUNK: usize = 64 * 1024;
 /// Body frames up to this size are copied next to the head (or the chunk header) so that
@@ -62,8 +58,8 @@ const COALESCE_LIMIT: usize = 16 * 1024;
 /// Limits and timeouts of one connection.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Settings {
-    /// Largest request head accepted; a longer one gets 431.
-    pub(super) max_head_bytes: usize,
+    /// What a request head is held to (size, `_` in field names).
+    pub(super) limits: RequestLimits,
     pub(super) header_timeout: Duration,
     pub(super) idle_timeout: Duration,
 }
@@ -126,8 +122,10 @@ pub(super) async fn serve<R, W>(
             Ok(None) => return,
             Err(refusal) => {
                 let error = match refusal {
-                    HeadError::TooLarge => GatewayError::HeadersTooLarge,
-                    HeadError::Invalid(reason) => GatewayError::BadRequest(reason),
+                    HeadError::Refused(RequestHeadError::TooLarge) => GatewayError::HeadersTooLarge,
+                    HeadError::Refused(RequestHeadError::Invalid(reason)) => {
+                        GatewayError::BadRequest(reason)
+                    }
                     HeadError::Io(error) => {
                         tracing::debug!(%error, "Connection ended while reading a request head.");
                         return;
@@ -140,18 +138,26 @@ pub(super) async fn serve<R, W>(
         first_request = false;
 
         // 2. The request, with a body that reads from this connection when it has one.
-        let Head {
-            mut request,
+        let RequestHead {
+            method,
+            uri,
+            version: request_version,
+            headers,
             mut keep_alive,
             body,
+            expect_continue,
             wants_upgrade,
             trailers_allowed,
         } = head;
-        let method_is_head = request.method() == Method::HEAD;
-        let request_version = request.version();
+        let method_is_head = method == Method::HEAD;
+        let mut request = Request::new(empty());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = request_version;
+        *request.headers_mut() = headers;
         let mut body_return = None;
         let mut gate = None;
-        if let Some((decoder, expect_continue)) = body {
+        if let Some(decoder) = body {
             let (tx, rx) = oneshot::channel();
             body_return = Some(rx);
             let continue_gate = expect_continue.then(|| Arc::new(ContinueGate::default()));
@@ -199,23 +205,26 @@ pub(super) async fn serve<R, W>(
         if gateway.is_draining() || unread_body {
             keep_alive = false;
         }
-        let mut framing = ResponseFraming {
+        let mut context = ResponseContext {
             method_is_head,
             request_version,
-            trailers_allowed,
             upgrading: false,
         };
         let written = match answer {
             Answer::Response(response) => {
-                framing.upgrading =
+                context.upgrading =
                     response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
-                write_response(&mut wr, &mut out, response, framing, &mut keep_alive).await
+                let response_to = ResponseTo {
+                    context,
+                    trailers_allowed,
+                };
+                write_response(&mut wr, &mut out, response, response_to, &mut keep_alive).await
             }
             Answer::Error(answer) => {
-                write_error(&mut wr, &mut out, answer, framing, &mut keep_alive).await
+                write_error(&mut wr, &mut out, answer, context, &mut keep_alive).await
             }
         };
-        let upgrading = framing.upgrading;
+        let upgrading = context.upgrading;
         if let Err(error) = written {
             tracing::debug!(%error, "Connection ended while writing a response.");
             return;
@@ -265,21 +274,17 @@ async fn linger<R: AsyncRead + Unpin>(mut reader: R) {
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
-/// A parsed request head, ready for the pipeline.
-struct Head {
-    request: Request<ProxyBody>,
-    keep_alive: bool,
-    /// The body's framing and whether the client waits for `100 Continue`; `None` for none.
-    body: Option<(BodyDecoder, bool)>,
-    wants_upgrade: bool,
-    trailers_allowed: bool,
-}
-
+/// Why no request head came: a refusal to answer, or the connection failed.
 #[derive(Debug)]
 enum HeadError {
-    TooLarge,
-    Invalid(&'static str),
+    Refused(RequestHeadError),
     Io(io::Error),
+}
+
+impl From<RequestHeadError> for HeadError {
+    fn from(error: RequestHeadError) -> Self {
+        Self::Refused(error)
+    }
 }
 
 /// What the wait for the next head is held to.
@@ -312,11 +317,11 @@ async fn read_head<R: AsyncRead + Unpin>(
     mut timer: Pin<&mut Sleep>,
     mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
     shutdown_state: &mut ShutdownState,
-) -> Result<Option<Head>, HeadError> {
+) -> Result<Option<RequestHead>, HeadError> {
     let mut head_started = None;
     loop {
         if !buf.is_empty() {
-            if let Some(head) = parse_head(buf, wait.settings.max_head_bytes)? {
+            if let Some(head) = parse_request_head(buf, &wait.settings.limits)? {
                 return Ok(Some(head));
             }
             head_started.get_or_insert_with(Instant::now);
@@ -397,215 +402,6 @@ enum Event {
     Read(io::Result<usize>),
     Timer,
     Shutdown,
-}
-
-/// Where one header's name and value sit in the head buffer.
-/// (u32: heads are far below 4 GiB; keeps the per-request array small to initialize.)
-#[derive(Clone, Copy, Default)]
-struct HeaderIndex {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
-/// Parses the head at the start of `buf`; `Ok(None)` if it is not complete yet. The head's
-/// bytes are split off `buf`; what follows (a body, a pipelined request) stays.
-fn parse_head(buf: &mut BytesMut, max_head_bytes: usize) -> Result<Option<Head>, HeadError> {
-    let mut headers: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
-        [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut indices = [HeaderIndex::default(); MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    let base = buf.as_ptr() as usize;
-    // Offsets into `buf`; `max_head_bytes` keeps them far below u32::MAX.
-    let offset = |slice: &[u8]| {
-        let start = slice.as_ptr() as usize - base;
-        (start as u32, slice.len() as u32)
-    };
-    let status = parsed.parse_with_uninit_headers(buf, &mut headers);
-    let head_len = match status {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > max_head_bytes {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Invalid("malformed request head")),
-    };
-    if head_len > max_head_bytes {
-        return Err(HeadError::TooLarge);
-    }
-    let method = parsed.method.unwrap_or_default();
-    let method =
-        Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Invalid("invalid method"))?;
-    let target = parsed.path.unwrap_or_default().as_bytes();
-    // SPEC §3: a fragment has no business in a request target. The URI parser would drop it
-    // silently, so it is refused here, where the raw target is still visible.
-    if target.contains(&b'#') {
-        return Err(HeadError::Invalid("fragment in the request target"));
-    }
-    let path = offset(target);
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let count = parsed.headers.len();
-    for (index, header) in indices.iter_mut().zip(parsed.headers.iter()) {
-        *index = HeaderIndex {
-            name: offset(header.name.as_bytes()),
-            value: offset(header.value),
-        };
-    }
-    let head = buf.split_to(head_len).freeze();
-    let slice = |(start, len): (u32, u32)| head.slice(start as usize..(start + len) as usize);
-
-    let uri = Uri::from_maybe_shared(slice(path))
-        .map_err(|_| HeadError::Invalid("invalid request target"))?;
-    // Room for the headers the pipeline adds (x-forwarded-*, x-request-id, identity), so
-    // the map never grows (a rehash and a reallocation) on the way to the upstream.
-    let mut map = HeaderMap::with_capacity(count + EXTRA_HEADERS);
-    let mut framing = RequestFraming::default();
-    for index in &indices[..count] {
-        let (start, len) = (index.name.0 as usize, index.name.1 as usize);
-        let name = HeaderName::from_bytes(&head[start..start + len])
-            .map_err(|_| HeadError::Invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(slice(index.value))
-            .map_err(|_| HeadError::Invalid("invalid header value"))?;
-        framing.note(&name, &value)?;
-        if name == CONTENT_LENGTH && framing.duplicate_length {
-            framing.duplicate_length = false;
-            continue;
-        }
-        map.append(name, value);
-    }
-
-    let keep_alive = match version {
-        Version::HTTP_10 => framing.connection_keep_alive && !framing.connection_close,
-        _ => !framing.connection_close,
-    };
-    let body = framing.body(version)?;
-    let expect_continue = version == Version::HTTP_11 && framing.expect_continue;
-    let wants_upgrade =
-        version == Version::HTTP_11 && framing.connection_upgrade && map.contains_key(UPGRADE);
-    let mut request = Request::new(empty());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = map;
-    if framing.conflict {
-        request.extensions_mut().insert(FramingConflict);
-    }
-    Ok(Some(Head {
-        request,
-        keep_alive,
-        body: body.map(|decoder| (decoder, expect_continue)),
-        wants_upgrade,
-        trailers_allowed: framing.te_trailers,
-    }))
-}
-
-/// Marks a request whose head carried both Content-Length and Transfer-Encoding; the
-/// pipeline refuses it (request smuggling guard, SPEC §6).
-#[derive(Debug, Clone, Copy)]
-pub struct FramingConflict;
-
-/// What the head's framing and connection headers say.
-#[derive(Default)]
-struct RequestFraming {
-    content_length: Option<u64>,
-    /// The same Content-Length came more than once; only the first is kept.
-    duplicate_length: bool,
-    chunked: bool,
-    transfer_encoding: bool,
-    conflict: bool,
-    connection_close: bool,
-    connection_keep_alive: bool,
-    connection_upgrade: bool,
-    expect_continue: bool,
-    te_trailers: bool,
-}
-
-impl RequestFraming {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), HeadError> {
-        if name == CONTENT_LENGTH {
-            let length = parse_content_length(value.as_bytes())
-                .ok_or(HeadError::Invalid("invalid Content-Length"))?;
-            match self.content_length {
-                // Identical repeats say nothing new: one is kept (see `parse_head`).
-                Some(seen) if seen == length => self.duplicate_length = true,
-                Some(_) => return Err(HeadError::Invalid("conflicting Content-Length values")),
-                None => self.content_length = Some(length),
-            }
-        } else if name == TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-            // Only the last coding matters: chunked must be last (RFC 9112 §6.1).
-            self.chunked = value
-                .as_bytes()
-                .rsplit(|&byte| byte == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == CONNECTION {
-            for token in tokens(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.connection_close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.connection_keep_alive = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    self.connection_upgrade = true;
-                }
-            }
-        } else if name == EXPECT {
-            self.expect_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        } else if name == TE {
-            self.te_trailers |= tokens(value).any(|token| token.eq_ignore_ascii_case(b"trailers"));
-        }
-        Ok(())
-    }
-
-    /// The body decoder, `None` for a request without a body.
-    fn body(&mut self, version: Version) -> Result<Option<BodyDecoder>, HeadError> {
-        if self.transfer_encoding {
-            if version == Version::HTTP_10 {
-                return Err(HeadError::Invalid(
-                    "Transfer-Encoding in an HTTP/1.0 request",
-                ));
-            }
-            if !self.chunked {
-                return Err(HeadError::Invalid(
-                    "Transfer-Encoding does not end in chunked",
-                ));
-            }
-            self.conflict = self.content_length.is_some();
-            return Ok(Some(BodyDecoder::chunked()));
-        }
-        Ok(match self.content_length {
-            Some(0) | None => None,
-            Some(length) => Some(BodyDecoder::length(length)),
-        })
-    }
-}
-
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&byte| byte == b',')
-        .map(<[u8]>::trim_ascii)
-}
-
-/// A Content-Length value: digits only, one value. A list in one field (`5, 5`) is refused
-/// as nginx does; repeated identical fields are collapsed by the caller, differing ones
-/// refused.
-fn parse_content_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        value
-            .iter()
-            .fold(0_u64, |sum, digit| sum * 10 + u64::from(digit - b'0')),
-    )
 }
 
 /// A request body read from the connection on demand. Once read to its end it hands the
@@ -883,21 +679,11 @@ impl AsyncWrite for Upgraded {
     }
 }
 
-/// What the request decides about the response's framing.
+/// What the request decides about its response: framing, and whether trailers may follow.
 #[derive(Clone, Copy)]
-struct ResponseFraming {
-    method_is_head: bool,
-    request_version: Version,
+struct ResponseTo {
+    context: ResponseContext,
     trailers_allowed: bool,
-    upgrading: bool,
-}
-
-enum BodyFraming {
-    None,
-    Length(u64),
-    Chunked,
-    /// HTTP/1.0 client, unknown length: the body ends when the connection closes.
-    Close,
 }
 
 /// Writes a head and, unless the request was HEAD or the status has none, the body.
@@ -906,24 +692,20 @@ async fn write_response<W: AsyncWrite + Unpin>(
     wr: &mut W,
     out: &mut BytesMut,
     response: Response<ProxyBody>,
-    request: ResponseFraming,
+    request: ResponseTo,
     keep_alive: &mut bool,
 ) -> io::Result<()> {
     let (parts, body) = response.into_parts();
     let status = parts.status;
-    let bodiless = request.method_is_head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
     out.clear();
     write_status_line(out, status);
     // One pass over the headers: what the connection must know is noted on the way.
     let mut declared = None;
     let mut has_date = false;
     for (name, value) in &parts.headers {
-        // Framing and connection headers are this connection's to set.
+        // Framing and connection fields are this connection's to set (`frame_response`).
         if name == CONNECTION {
-            if tokens(value).any(|token| token.eq_ignore_ascii_case(b"close")) {
+            if has_token(value.as_bytes(), b"close") {
                 *keep_alive = false;
             }
             continue;
@@ -932,47 +714,27 @@ async fn write_response<W: AsyncWrite + Unpin>(
             continue;
         }
         if name == CONTENT_LENGTH {
-            // The first valid one frames the body; no other is repeated.
-            if declared.is_some() || status.is_informational() {
-                continue;
+            // The first valid one is the upstream's length; none is repeated as it came.
+            if declared.is_none() {
+                declared = parse_digits(value.as_bytes());
             }
-            match parse_content_length(value.as_bytes()) {
-                Some(length) => declared = Some(length),
-                None => continue,
-            }
+            continue;
         }
         has_date |= name == DATE;
         write_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    let framing = if request.upgrading || status.is_informational() {
-        BodyFraming::None
-    } else if let Some(length) = declared {
-        if bodiless {
-            BodyFraming::None
-        } else {
-            BodyFraming::Length(length)
-        }
-    } else if let Some(length) = body.size_hint().exact() {
-        // An empty body answering HEAD says nothing about the GET's length (RFC 9110 §8.6).
-        let unknown_head = request.method_is_head && length == 0;
-        if status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED && !unknown_head {
-            write_content_length(out, length);
-        }
-        if bodiless {
-            BodyFraming::None
-        } else {
-            BodyFraming::Length(length)
-        }
-    } else if bodiless {
-        BodyFraming::None
-    } else if request.request_version == Version::HTTP_11 {
+    let framing = frame_response(&request.context, status, declared, body.size_hint().exact());
+    if let Some(length) = framing.content_length {
+        write_content_length(out, length);
+    }
+    if framing.body == BodyFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        BodyFraming::Chunked
-    } else {
+    }
+    if framing.closes() {
         *keep_alive = false;
-        BodyFraming::Close
-    };
-    finish_head(out, request, *keep_alive, !has_date);
+    }
+    let framing = framing.body;
+    finish_head(out, request.context, *keep_alive, !has_date);
     drop(parts);
 
     if matches!(framing, BodyFraming::None) {
@@ -1129,13 +891,12 @@ async fn write_refusal<W: AsyncWrite + Unpin>(
     out: &mut BytesMut,
     error: GatewayError,
 ) -> io::Result<()> {
-    let framing = ResponseFraming {
+    let context = ResponseContext {
         method_is_head: false,
         request_version: Version::HTTP_11,
-        trailers_allowed: false,
         upgrading: false,
     };
-    write_error(wr, out, ErrorAnswer::for_head(error), framing, &mut false).await?;
+    write_error(wr, out, ErrorAnswer::for_head(error), context, &mut false).await?;
     wr.shutdown().await
 }
 
@@ -1145,7 +906,7 @@ async fn write_error<W: AsyncWrite + Unpin>(
     wr: &mut W,
     out: &mut BytesMut,
     answer: ErrorAnswer,
-    request: ResponseFraming,
+    request: ResponseContext,
     keep_alive: &mut bool,
 ) -> io::Result<()> {
     if answer.close {
@@ -1191,7 +952,7 @@ fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 
 /// The last lines of every response head: `date` (unless the upstream sent one) and the
 /// connection's fate.
-fn finish_head(out: &mut BytesMut, request: ResponseFraming, keep_alive: bool, date: bool) {
+fn finish_head(out: &mut BytesMut, request: ResponseContext, keep_alive: bool, date: bool) {
     if date {
         write_header(out, b"date", &http_date());
     }

@@ -18,7 +18,7 @@
 
 mod h1;
 
-pub use h1::{ClientBodyError, ClientUpgrade, FramingConflict, Upgraded};
+pub use h1::{ClientBodyError, ClientUpgrade, Upgraded};
 
 use std::convert::Infallible;
 use std::io;
@@ -291,7 +291,7 @@ async fn serve_connection(
     slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (header_timeout, idle_timeout, max_head_bytes) = {
+    let (header_timeout, idle_timeout, max_head_bytes, underscores) = {
         let config = gateway.config();
         (
             config.server.header_read_timeout,
@@ -299,6 +299,7 @@ async fn serve_connection(
             // Heads up to max_header_bytes reach the pipeline, which answers its own 431 with
             // the route's context; the connection refuses what is far over it.
             (config.server.max_header_bytes * 2).max(8192),
+            config.server.underscores_in_headers,
         )
     };
     let conn = |tls: bool, activity: Option<Arc<ConnActivity>>| {
@@ -313,7 +314,10 @@ async fn serve_connection(
     };
     let timeouts = (header_timeout, idle_timeout);
     let settings = h1::Settings {
-        max_head_bytes,
+        limits: crate::http1::request::RequestLimits {
+            max_head_bytes,
+            underscores,
+        },
         header_timeout,
         idle_timeout,
     };
