@@ -11,7 +11,7 @@ use authgate::http1::{
     encode_chunk_header, encode_last_chunk,
 };
 use bytes::BytesMut;
-use http::{HeaderMap, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 
 /// What a body decoder made of one input, fed in pieces.
 #[derive(Debug, PartialEq)]
@@ -379,5 +379,275 @@ pub fn check_credential(value: &[u8], api_key_prefix: &str) {
     assert!(
         extract_credential(&headers, api_key_prefix).is_err(),
         "two Authorization fields accepted"
+    );
+}
+
+/// How a request's body is framed, as the parser decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    NoBody,
+    Length(u64),
+    Chunked,
+}
+
+impl Framing {
+    fn of(decoder: Option<&BodyDecoder>) -> Self {
+        match decoder.map(|decoder| decoder.size_hint().exact()) {
+            None => Self::NoBody,
+            Some(Some(length)) => Self::Length(length),
+            // Only a chunked decoder starts without a known length (requests are never
+            // close-delimited).
+            Some(None) => Self::Chunked,
+        }
+    }
+}
+
+/// A request head and its body as authgate read them, for comparing two reads.
+#[derive(Debug, PartialEq)]
+pub struct ReadRequest {
+    pub method: Method,
+    /// The request target as parsed.
+    pub target: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub wants_upgrade: bool,
+    pub trailers_allowed: bool,
+    pub framing: Framing,
+    /// The body, decoded from what followed the head; `rest` is the next request.
+    pub body: Decoded,
+}
+
+/// The limits the request checks run with: the server's defaults.
+pub fn request_limits() -> authgate::http1::request::RequestLimits {
+    authgate::http1::request::RequestLimits::default()
+}
+
+/// Reads one request from `input` split at `cuts`, as the server connection does: parse the
+/// head after each read until it is complete, then decode its body from what follows.
+/// `Ok(None)`: the input ended inside the head.
+pub fn read_request(
+    input: &[u8],
+    cuts: &[usize],
+    limits: &authgate::http1::request::RequestLimits,
+) -> Result<Option<ReadRequest>, authgate::http1::request::RequestHeadError> {
+    use authgate::http1::request::parse_request_head;
+    let mut buf = BytesMut::new();
+    let mut start = 0;
+    for end in piece_ends(input.len(), cuts) {
+        buf.extend_from_slice(&input[start..end]);
+        start = end;
+        let before = buf.len();
+        let Some(head) = parse_request_head(&mut buf, limits)? else {
+            assert_eq!(buf.len(), before, "an incomplete head consumed bytes");
+            assert!(
+                buf.len() <= limits.max_head_bytes,
+                "waiting for a request head with {} bytes buffered",
+                buf.len()
+            );
+            continue;
+        };
+        let mut rest = buf.to_vec();
+        rest.extend_from_slice(&input[start..]);
+        let framing = Framing::of(head.body.as_ref());
+        let decoder = head.body.unwrap_or_else(|| BodyDecoder::length(0));
+        return Ok(Some(ReadRequest {
+            method: head.method,
+            target: head.uri.to_string(),
+            version: head.version,
+            headers: head.headers,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            wants_upgrade: head.wants_upgrade,
+            trailers_allowed: head.trailers_allowed,
+            framing,
+            body: decode_body(decoder, &rest, &[]),
+        }));
+    }
+    Ok(None)
+}
+
+/// Cut offsets taken from a request stream itself, so that a corpus file is just the raw
+/// request (readable, and shared with the differential test) and still gets split.
+pub fn cuts_within(input: &[u8]) -> Vec<usize> {
+    let sum = input.iter().fold(0usize, |sum, &b| {
+        sum.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    vec![input.len() / 2, sum % (input.len() + 1)]
+}
+
+/// Request heads: the same read however the input is split, bounded buffering, and one
+/// unambiguous framing for every request accepted (RFC 9112 §6): the framing field that
+/// decided it is the only one passed on, and where the body ends follows from it alone.
+pub fn check_request(input: &[u8], cuts: &[usize]) -> Option<ReadRequest> {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+    let limits = request_limits();
+    let whole = read_request(input, &[], &limits);
+    let split = read_request(input, cuts, &limits);
+    assert_eq!(split, whole, "request split at {cuts:?}");
+    let request = whole.ok()??;
+    let lengths: Vec<_> = request.headers.get_all(CONTENT_LENGTH).iter().collect();
+    let te = request.headers.contains_key(TRANSFER_ENCODING);
+    assert!(
+        lengths.len() <= 1,
+        "Content-Length passed on {} times",
+        lengths.len()
+    );
+    match request.framing {
+        Framing::Chunked => {
+            assert!(
+                te && lengths.is_empty(),
+                "chunked body without its one framing field"
+            );
+            assert_eq!(
+                request.version,
+                Version::HTTP_11,
+                "chunked HTTP/1.0 request"
+            );
+        }
+        Framing::Length(length) => {
+            assert!(!te, "Transfer-Encoding beside a length");
+            assert!(length > 0, "a zero-length body is no body");
+            // The value is passed on as sent (`005` stays `005`): the same number to any reader.
+            let passed_on = lengths
+                .first()
+                .and_then(|v| authgate::http1::fields::parse_digits(v.as_bytes()));
+            assert_eq!(
+                passed_on,
+                Some(length),
+                "Content-Length passed on is not the length read"
+            );
+        }
+        Framing::NoBody => {
+            assert!(!te, "Transfer-Encoding on a request without a body");
+            let zero =
+                |v: &&HeaderValue| authgate::http1::fields::parse_digits(v.as_bytes()) == Some(0);
+            assert!(
+                lengths.iter().all(zero),
+                "a length on a request without a body"
+            );
+        }
+    }
+    for name in request.headers.keys() {
+        let folded = name.as_str().replace('_', "-");
+        assert!(
+            !(name.as_str().contains('_')
+                && (folded == "content-length" || folded == "transfer-encoding")),
+            "framing field spelled {name} passed on"
+        );
+    }
+    assert!(
+        !request.target.contains('#'),
+        "fragment in {:?}",
+        request.target
+    );
+    if request.expect_continue || request.wants_upgrade {
+        assert_eq!(request.version, Version::HTTP_11);
+    }
+    if request.wants_upgrade {
+        assert!(request.headers.contains_key(UPGRADE));
+    }
+    if request.version == Version::HTTP_10 && request.keep_alive {
+        assert!(request.headers.contains_key(http::header::CONNECTION));
+    }
+    Some(request)
+}
+
+/// The head authgate sends upstream for `request`, the way the forwarder writes it:
+/// hop-by-hop fields stripped (the pipeline's step), framing from the fields and the body's
+/// state, origin-form target; then the body in that framing.
+pub fn forwarded_bytes(
+    request: &ReadRequest,
+) -> (Vec<u8>, Option<authgate::http1::client::RequestFraming>) {
+    use authgate::http1::client::{RequestFraming, encode_request_head};
+    let mut headers = request.headers.clone();
+    authgate::headers::strip_hop_by_hop(&mut headers, false);
+    let (end_stream, exact) = match request.framing {
+        Framing::NoBody => (true, Some(0)),
+        Framing::Length(length) => (false, Some(length)),
+        Framing::Chunked => (false, None),
+    };
+    let Ok(framing) = RequestFraming::of(&headers, end_stream, exact) else {
+        return (Vec::new(), None);
+    };
+    let uri: http::Uri = request.target.parse().expect("the target parsed before");
+    let target = uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let mut out = BytesMut::new();
+    encode_request_head(&request.method, target, &headers, framing, &mut out);
+    match framing {
+        RequestFraming::Chunked => {
+            let data: [&[u8]; 1] = [&request.body.data];
+            out.extend_from_slice(&encode_chunked(&data, request.body.trailers.as_ref()));
+        }
+        _ => out.extend_from_slice(&request.body.data),
+    }
+    (out.to_vec(), Some(framing))
+}
+
+/// What authgate forwards is read by the next hop exactly as authgate read it: re-encoding
+/// an accepted request the forwarder's way and parsing it again gives the same method,
+/// target, fields and framing, and the body ends exactly where the bytes do.
+pub fn check_roundtrip(input: &[u8]) {
+    use authgate::http1::client::RequestFraming;
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let Some(request) = check_request(input, &[]) else {
+        return;
+    };
+    if !(request.body.complete() && request.body.done) {
+        // A body that breaks off is never forwarded whole; nothing to compare.
+        return;
+    }
+    let (wire, framing) = forwarded_bytes(&request);
+    let framing = framing.expect("the parser let through a Content-Length the forwarder refuses");
+    let limits = authgate::http1::request::RequestLimits {
+        // The forwarder does not check the head's size; the next hop's limit is its own.
+        max_head_bytes: usize::MAX,
+        ..request_limits()
+    };
+    let again = match read_request(&wire, &[], &limits) {
+        Ok(Some(again)) => again,
+        other => panic!(
+            "authgate forwards {:?}, which it reads as {other:?}",
+            String::from_utf8_lossy(&wire)
+        ),
+    };
+    assert_eq!(again.method, request.method);
+    let uri: http::Uri = request.target.parse().expect("parsed before");
+    assert_eq!(
+        again.target,
+        uri.path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+    );
+    let mut expected = request.headers.clone();
+    authgate::headers::strip_hop_by_hop(&mut expected, false);
+    match framing {
+        RequestFraming::Chunked => {
+            expected.append(TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+        }
+        RequestFraming::Sized(length) => {
+            expected.append(CONTENT_LENGTH, length.into());
+        }
+        RequestFraming::Empty | RequestFraming::Declared(_) => {}
+    }
+    assert_eq!(
+        again.headers,
+        expected,
+        "fields changed on the way: {:?}",
+        String::from_utf8_lossy(&wire)
+    );
+    assert_eq!(
+        again.framing, request.framing,
+        "the framing changed on the way"
+    );
+    assert_eq!(
+        again.body.data, request.body.data,
+        "the body changed on the way"
+    );
+    assert!(
+        again.body.done && again.body.rest.is_empty(),
+        "the forwarded body does not end where its bytes do"
     );
 }
