@@ -172,3 +172,83 @@ fn a_head_response_never_has_a_body() {
     assert!(read.body.done && read.body.data.is_empty());
     assert_eq!(read.body.rest, b"HTTP/1.1 200 OK\r\n\r\n");
 }
+
+const REQUEST_LINES: &[&[u8]] = &[
+    b"GET / HTTP/1.1\r\n",
+    b"POST /a?b=c HTTP/1.1\r\n",
+    b"PUT http://h/x HTTP/1.1\r\n",
+    b"OPTIONS * HTTP/1.1\r\n",
+    b"HEAD /x HTTP/1.0\r\n",
+    b"\r\nGET /x HTTP/1.1\r\n",
+];
+
+const REQUEST_FIELDS: &[&[u8]] = &[
+    b"Host: h\r\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 0\r\n",
+    b"Content-Length: 005\r\n",
+    b"Content-Length: 5, 5\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Transfer_Encoding: chunked\r\n",
+    b"Content_Length: 5\r\n",
+    b"X_Custom: 1\r\n",
+    b"Connection: close\r\n",
+    b"Connection: keep-alive, x-a\r\n",
+    b"Connection: upgrade\r\n",
+    b"Upgrade: websocket\r\n",
+    b"Expect: 100-continue\r\n",
+    b"TE: trailers\r\n",
+    b"Trailer: x-sum\r\n",
+    b"X-A: b\r\n",
+    b"X-A:  spaced \r\n",
+    b" folded\r\n",
+    b"X-Bad : x\r\n",
+    b"Keep-Alive: timeout=5\r\n",
+];
+
+const REQUEST_BODIES: &[&[u8]] = &[
+    b"",
+    b"hello",
+    b"5\r\nhello\r\n0\r\n\r\n",
+    b"0\r\nx-sum: 5\r\n\r\n",
+    b"5\nhello\r\n0\r\n\r\n",
+    b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n",
+];
+
+/// A request stream: a request line, fields from the list above, the empty line, then body
+/// pieces (some of them a next request).
+fn request_stream() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::sample::select(REQUEST_LINES),
+        prop::collection::vec(prop::sample::select(REQUEST_FIELDS), 0..6),
+        prop::bool::weighted(0.95),
+        prop::collection::vec(prop::sample::select(REQUEST_BODIES), 0..3),
+    )
+        .prop_map(|(line, fields, ended, bodies)| {
+            let mut stream = line.to_vec();
+            stream.extend(fields.concat());
+            if ended {
+                stream.extend_from_slice(b"\r\n");
+            }
+            stream.extend(bodies.concat());
+            stream
+        })
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    #[test]
+    fn request_heads_read_the_same_however_they_are_split(
+        stream in request_stream(),
+        cuts in cuts(),
+    ) {
+        inv::check_request(&stream, &cuts);
+    }
+
+    #[test]
+    fn forwarded_requests_parse_back_to_what_was_read(stream in request_stream()) {
+        inv::check_roundtrip(&stream);
+    }
+}
