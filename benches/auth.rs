@@ -13,8 +13,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use authgate::auth::{AuthPolicy, authenticate};
+use authgate::auth::authenticate;
 use authgate::keys::KeyStore;
+use authgate::routes::policy::AuthPolicy;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
 use support::{poll_once, synthetic_store, warm};

@@ -98,7 +98,7 @@ for target in $TARGETS; do
     authgate | authgate-apikey | authgate-401)
         AG=$(port) ADMIN=$(port)
         [[ -f $TMP/keys.toml ]] ||
-            KEY=$("$AUTHGATE_BIN" keys add --file "$TMP/keys.toml" --tenant t1 --scope api | head -1)
+            KEY=$("$AUTHGATE_BIN" keys add --file "$TMP/keys.toml" --tenant t1 --scope api | sed -n 1p)
         cat >"$TMP/authgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:$AG"

@@ -11,8 +11,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use authgate::auth::issuer::{IssuerMatch, IssuerSettings};
 use authgate::auth::jwt::JwtValidator;
-use authgate::config::{IssuerMatch, IssuerSettings};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::Full;

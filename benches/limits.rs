@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authgate::auth::{AuthMethod, Identity, IdentityFields};
-use authgate::config::Rate;
 use authgate::limits::Limits;
 use authgate::limits::gcra::{Gcra, NANOS_PER_SEC};
 use authgate::limits::local::{LimitKey, LocalStore};
+use authgate::limits::settings::Rate;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::Method;
 use support::poll_once;

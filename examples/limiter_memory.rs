@@ -17,9 +17,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use authgate::config::Rate;
 use authgate::limits::gcra::{Gcra, NANOS_PER_SEC};
 use authgate::limits::local::LocalStore;
+use authgate::limits::settings::Rate;
 use support::rss_mb;
 
 fn main() {

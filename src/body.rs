@@ -105,8 +105,7 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// Counts the bytes of a request body as they stream through (for `bytes_in`, when there
-    /// is a counter) and drops client request trailers.
+    /// Counts the bytes of a request body as they stream through (for `bytes_in`).
     #[derive(Debug)]
     pub struct CountingBody<B> {
         #[pin]
@@ -133,20 +132,63 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(counter)) = (frame.data_ref(), this.counter.as_ref()) {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body without its trailers (the pipeline's strip step): header rules
+    /// (identity stripping, hop-by-hop) cannot vouch for them, and an HTTP/2 upstream would
+    /// receive them as headers such as `x-auth-tenant-id`.
+    #[derive(Debug)]
+    pub struct DropTrailers<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> DropTrailers<B> {
+    pub fn new(inner: B) -> Self {
+        Self { inner }
+    }
+}
+
+impl<B> Body for DropTrailers<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         loop {
             return match this.inner.as_mut().poll_frame(cx) {
-                // Client request trailers are dropped: header rules (identity stripping,
-                // hop-by-hop) cannot vouch for them, and an HTTP/2 upstream would receive
-                // them as headers such as `x-auth-tenant-id`.
                 Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let (Some(data), Some(counter)) = (frame.data_ref(), this.counter.as_ref()) {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(Some(result)) => Poll::Ready(Some(result.map_err(Into::into))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             };
@@ -381,10 +423,11 @@ mod tests {
             Ok(Frame::trailers(trailers)),
         ];
         let counter = Arc::new(AtomicU64::new(0));
-        let body = CountingBody::new(
+        // As the pipeline stacks them: counted as received, trailers dropped by the strip step.
+        let body = DropTrailers::new(CountingBody::new(
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
             Some(counter.clone()),
-        );
+        ));
         let collected = body.collect().await.unwrap();
         assert!(
             collected.trailers().is_none(),

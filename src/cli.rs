@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::LogFormat;
+use crate::telemetry::LogFormat;
 
 /// authgate: reverse-proxy authentication gateway.
 #[derive(Debug, Parser)]

@@ -180,7 +180,7 @@ fn list(file: &Path) -> ExitCode {
 
 /// `authgate demo`: an echo upstream plus a gateway with one in-memory key.
 pub fn demo(args: &DemoArgs) -> ExitCode {
-    crate::telemetry::init_tracing(crate::config::LogFormat::Pretty, Some("warn"));
+    crate::telemetry::init_tracing(crate::telemetry::LogFormat::Pretty, Some("warn"));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the async runtime: {error}")),
@@ -254,7 +254,11 @@ auth = "none"
     let settings = config.api_keys.clone();
     let access_log = crate::telemetry::AccessLog::stdout();
     let gateway = match crate::gateway::Gateway::with_key_store(config, access_log, |metrics| {
-        KeyStore::new(settings, KeySource::Memory(keys), metrics.key_metrics())
+        KeyStore::new(
+            settings,
+            KeySource::Memory(keys),
+            crate::keys::cache::KeyMetrics::of(metrics),
+        )
     }) {
         Ok(gateway) => gateway,
         Err(error) => return fail(error),

@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 
+use crate::auth::AuthMetrics;
 use crate::auth::jwt::JwtValidator;
-use crate::config::{
-    self, Config, ConfigError, ConfigErrors, ControlPlaneAuthSettings, KeySourceSettings,
-};
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::keys::cache::KeyMetrics;
 use crate::keys::control_plane::{ControlPlane, ControlPlaneAuth};
-use crate::keys::file_source::FileKeys;
+use crate::keys::file_source::{FileKeys, KeyFileErrors};
+use crate::keys::settings::{ControlPlaneAuthSettings, KeySourceSettings};
 use crate::keys::{KeySource, KeyStore};
 use crate::limits::Limits;
 use crate::limits::local::{LocalStore, spawn_housekeeping};
@@ -47,6 +48,8 @@ pub struct Gateway {
     draining: AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
     pub tunnels: Arc<crate::forward::Tunnels>,
+    /// `authgate_auth_total`, each series resolved once.
+    pub auth_metrics: AuthMetrics,
     /// Local limiter state, shared by every snapshot so reloads keep it.
     limit_store: Arc<LocalStore>,
 }
@@ -107,6 +110,7 @@ impl Gateway {
                 jwt,
                 limits,
             }),
+            auth_metrics: AuthMetrics::new(metrics.auth.clone()),
             metrics,
             access_log,
             ready: AtomicBool::new(false),
@@ -269,7 +273,7 @@ fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyS
     let source = match &config.api_keys.source {
         KeySourceSettings::File(path) => {
             let file = FileKeys::open(path, metrics.key_file_reloads.clone())
-                .map_err(|errors| ConfigErrors(errors).to_string())?;
+                .map_err(|errors| KeyFileErrors(errors).to_string())?;
             KeySource::File(file)
         }
         KeySourceSettings::ControlPlane(control_plane) => {
@@ -304,7 +308,7 @@ fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyS
             )))
         }
     };
-    let store = KeyStore::new(settings, source, metrics.key_metrics());
+    let store = KeyStore::new(settings, source, KeyMetrics::of(metrics));
     if let KeySource::File(file) = store.source() {
         file.spawn_watcher(Arc::downgrade(&store));
     }

@@ -23,6 +23,7 @@ pub mod headers;
 pub mod http1;
 pub mod keys;
 pub mod limits;
+pub mod location;
 pub mod pipeline;
 pub mod routes;
 pub mod server;
@@ -63,7 +64,7 @@ fn check(args: &ConfigArg) -> ExitCode {
     match config::load(&path) {
         Ok(config) => {
             if config.api_keys.in_use
-                && let config::KeySourceSettings::File(key_file) = &config.api_keys.source
+                && let keys::settings::KeySourceSettings::File(key_file) = &config.api_keys.source
             {
                 match keys::file_source::load_key_file(key_file) {
                     Ok(keys) => println!("{}: OK, {} key(s)", key_file.display(), keys.len()),

@@ -18,7 +18,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::config::LogFormat;
+/// `log.format` and `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
 
 /// A label value shared without copying (route names).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -95,7 +101,8 @@ pub struct Metrics {
     pub inflight: Gauge,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub access_log_dropped: Counter,
-    pub auth: crate::auth::AuthMetrics,
+    /// `authgate_auth_total`; the authentication step keeps its resolved series.
+    pub auth: Family<AuthLabels, Counter>,
     pub key_cache: Family<ResultLabels, Counter>,
     pub key_source: Family<ResultLabels, Counter>,
     pub key_file_reloads: Family<ResultLabels, Counter>,
@@ -137,12 +144,8 @@ impl LimitMetrics {
             .inc();
     }
 
-    pub fn fallback(&self, policy: crate::config::BackendErrorPolicy) {
-        let policy = match policy {
-            crate::config::BackendErrorPolicy::Local => "local",
-            crate::config::BackendErrorPolicy::Allow => "allow",
-            crate::config::BackendErrorPolicy::Deny => "deny",
-        };
+    /// `policy` is the `on_backend_error` spelling (`BackendErrorPolicy::as_str`).
+    pub fn fallback(&self, policy: &'static str) {
         self.fallbacks.get_or_create(&PolicyLabels { policy }).inc();
     }
 
@@ -363,18 +366,13 @@ impl Metrics {
             inflight,
             config_reloads,
             access_log_dropped,
-            auth: crate::auth::AuthMetrics::new(auth),
+            auth,
             key_cache,
             key_source,
             key_file_reloads,
             jwks_refresh,
             limits,
         }
-    }
-
-    /// Handles for the key store.
-    pub fn key_metrics(&self) -> crate::keys::cache::KeyMetrics {
-        crate::keys::cache::KeyMetrics::from_families(&self.key_cache, &self.key_source)
     }
 
     /// Prometheus text exposition.

@@ -1,5 +1,7 @@
-//! authgate's own HTTP/1.1 server connection (src/server/h1.rs), byte for byte: raw-socket
-//! clients against a real gateway on 127.0.0.1:0 and recording upstreams. Malformed heads,
+//! authgate's own HTTP/1.1 server connection (src/server/h1/), byte for byte: raw-socket
+//! clients against a real gateway on 127.0.0.1:0 and recording upstreams. (The connection
+//! loop's own timing, keep-alive and drain rules are also tested without sockets, on paused
+//! time: src/server/h1/tests/; here is the wiring end to end.) Malformed heads,
 //! head limits, request framing, chunked bodies, keep-alive and pipelining,
 //! `Expect: 100-continue`, HEAD, response framing for HTTP/1.1 and HTTP/1.0 clients,
 //! trailers, timeouts, h2c next to h1, graceful drain, WebSocket hand-off and h1 over TLS.
@@ -10,7 +12,7 @@ use common::*;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Once, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -365,12 +367,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
             ended.closed(),
             "{context}: the gateway did not close the connection: {ended:?}"
         );
-    }
-
-    /// Asserts that nothing arrives for `quiet` and the connection is still open.
-    async fn assert_quiet(&mut self, quiet: Duration, context: &str) {
-        let ended = self.wait_closed_within(quiet).await;
-        assert_eq!(ended, Ended::StillOpen, "{context}");
     }
 }
 
@@ -1019,8 +1015,6 @@ async fn keep_alive_connection_serves_get_post_get() {
             Some(expected.len().to_string().as_str())
         );
     }
-    conn.assert_quiet(Duration::from_millis(100), "kept alive")
-        .await;
     assert_eq!(upstream.count(), 3);
 }
 
@@ -1064,8 +1058,6 @@ async fn pipelined_requests_in_one_write_are_answered_in_order() {
     assert_eq!(answers[5].1, "GET /pub/5 ");
     let targets: Vec<String> = upstream.recorded().iter().map(Recorded::target).collect();
     assert_eq!(targets, ["/pub/1", "/pub/2", "/pub/3", "/pub/4", "/pub/5"]);
-    conn.assert_quiet(Duration::from_millis(100), "kept alive")
-        .await;
 }
 
 #[tokio::test]
@@ -1329,8 +1321,6 @@ async fn head_response_carries_the_upstream_headers_and_no_body() {
         .await
         .expect("no response after HEAD 404");
     assert_eq!(next.text(), "upstream ok", "{next:?}");
-    conn.assert_quiet(Duration::from_millis(100), "kept alive")
-        .await;
     let methods: Vec<String> = upstream
         .recorded()
         .iter()
@@ -1516,137 +1506,46 @@ async fn response_trailers_reach_only_clients_that_accept_them() {
 // 11. Timeouts
 // =============================================================================================
 
+/// header_read_timeout and idle_timeout reach the connections from the config (both far
+/// below their defaults here): a silent connection (held by the HTTP/2 sniffing read), a half
+/// head and an idle keep-alive connection are all closed. When, to the millisecond, is the
+/// subject of the paused-time tests in src/server/h1/tests/timers.rs; no bound on elapsed
+/// time here, only a generous one on the wait.
 #[tokio::test]
-async fn silent_half_sent_trickled_and_idle_connections_are_closed_in_time() {
+async fn timeouts_from_the_config_close_silent_half_sent_and_idle_connections() {
     let upstream = Upstream::start().await;
     let (gw, _key) = gateway_to(
         &upstream.url(),
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"900ms\"",
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"",
     )
     .await;
     let addr = gw.addr;
 
     let silent = async {
         let mut conn = RawConn::connect(addr).await;
-        let started = Instant::now();
-        let ended = conn.wait_closed().await;
-        (ended, started.elapsed())
+        conn.wait_closed().await
     };
     let half = async {
         let mut conn = RawConn::connect(addr).await;
         conn.send(format!("GET /pub/half HTTP/1.1\r\nHost: {HOST}\r\n"))
             .await;
-        let started = Instant::now();
-        let ended = conn.wait_closed().await;
-        (ended, started.elapsed())
-    };
-    let trickle = async {
-        // One byte every 50 ms: the head never completes within header_read_timeout.
-        let mut conn = RawConn::connect(addr).await;
-        let started = Instant::now();
-        let text = get("/pub/trickle");
-        let mut ended = Ended::StillOpen;
-        for byte in text.as_bytes() {
-            conn.send([*byte]).await;
-            if let Filled::Eof | Filled::Reset = conn.fill_within(Duration::from_millis(50)).await {
-                ended = Ended::Eof;
-                break;
-            }
-            if started.elapsed() > CLOSE_TIMEOUT {
-                break;
-            }
-        }
-        (ended, started.elapsed())
+        conn.wait_closed().await
     };
     let idle = async {
         let mut conn = RawConn::connect(addr).await;
         conn.send(get("/pub/idle")).await;
         let response = conn.read_response().await.expect("no response");
         assert_eq!(response.status, 200);
-        let started = Instant::now();
-        let ended = conn.wait_closed_within(Duration::from_secs(4)).await;
-        (ended, started.elapsed())
+        conn.wait_closed().await
     };
-    let (silent, half, trickle, idle) = tokio::join!(silent, half, trickle, idle);
-    let floor = Duration::from_millis(250);
-    for (name, (ended, elapsed)) in [
-        ("silent", silent),
-        ("half head", half),
-        ("trickle", trickle),
-    ] {
-        assert!(ended.closed(), "{name}: {ended:?} after {elapsed:?}");
-        assert!(
-            elapsed >= floor,
-            "{name}: closed before header_read_timeout: {elapsed:?}"
-        );
+    let (silent, half, idle) = tokio::join!(silent, half, idle);
+    for (name, ended) in [("silent", silent), ("half head", half), ("idle", idle)] {
+        assert!(ended.closed(), "{name}: {ended:?}");
     }
-    let (ended, elapsed) = idle;
-    assert!(
-        ended.closed(),
-        "idle keep-alive: {ended:?} after {elapsed:?}"
-    );
-    assert!(
-        elapsed >= Duration::from_millis(800),
-        "idle keep-alive closed before idle_timeout: {elapsed:?}"
-    );
     settle().await;
     let targets: Vec<String> = upstream.recorded().iter().map(Recorded::target).collect();
     assert_eq!(targets, ["/pub/idle"]);
     assert_still_serving(addr, "after timeouts").await;
-}
-
-/// header_read_timeout holds for every head, also one that starts on a keep-alive connection
-/// after it has been idle for longer than header_read_timeout (but less than idle_timeout):
-/// a slowloris client must not get idle_timeout to finish its head.
-#[tokio::test]
-async fn a_head_started_late_on_a_kept_alive_connection_gets_header_read_timeout() {
-    let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(
-        &upstream.url(),
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"10s\"",
-    )
-    .await;
-    let mut conn = RawConn::connect(gw.addr).await;
-    conn.send(get("/pub/first")).await;
-    assert_eq!(conn.read_response().await.map(|r| r.status), Some(200));
-    // Idle past header_read_timeout, well within idle_timeout.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    conn.send(format!("GET /pub/late HTTP/1.1\r\nHost: {HOST}\r\n"))
-        .await;
-    let started = Instant::now();
-    let ended = conn.wait_closed_within(Duration::from_secs(3)).await;
-    assert!(
-        ended.closed(),
-        "a half head was still open {:?} after it started (header_read_timeout 300ms): {ended:?}",
-        started.elapsed()
-    );
-    assert_eq!(upstream.count(), 1);
-}
-
-/// The other direction of the same timer: idle_timeout holds after a first head that took
-/// longer than idle_timeout to arrive (header_read_timeout is the longer one here).
-#[tokio::test]
-async fn idle_timeout_holds_after_a_slow_first_head() {
-    let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(
-        &upstream.url(),
-        "header_read_timeout = \"5s\"\nidle_timeout = \"300ms\"",
-    )
-    .await;
-    let mut conn = RawConn::connect(gw.addr).await;
-    conn.send(format!("GET /pub/slow-head HTTP/1.1\r\nHost: {HOST}\r\n"))
-        .await;
-    // Longer than idle_timeout, well within header_read_timeout.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    conn.send("\r\n").await;
-    assert_eq!(conn.read_response().await.map(|r| r.status), Some(200));
-    let started = Instant::now();
-    let ended = conn.wait_closed_within(Duration::from_secs(2)).await;
-    assert!(
-        ended.closed(),
-        "an idle keep-alive connection was still open {:?} after its response (idle_timeout 300ms): {ended:?}",
-        started.elapsed()
-    );
 }
 
 // =============================================================================================
@@ -1738,7 +1637,7 @@ async fn drain_closes_idle_connections_and_finishes_in_flight_requests_with_clos
     let mut gw = TestGateway::start(&config).await;
 
     // Two requests first: the shutdown signal then arrives during a later wait for a head,
-    // when the connection only probes the signal (see `ShutdownState` in src/server/h1.rs).
+    // when the connection only probes the signal (see `ShutdownState` in src/server/h1/mod.rs).
     let mut idle = RawConn::connect(gw.addr).await;
     for path in ["/pub/before", "/pub/before-again"] {
         idle.send(get(path)).await;
@@ -1770,43 +1669,6 @@ async fn drain_closes_idle_connections_and_finishes_in_flight_requests_with_clos
 
     let drained = tokio::time::timeout(Duration::from_secs(5), handle.wait()).await;
     assert!(drained.is_ok(), "the drain did not finish");
-    assert_no_gateway_panics();
-}
-
-/// A long pipelined burst spends the connection task's cooperative budget before its first
-/// wait for a head; the shutdown signal must still reach the then idle connection (it was
-/// missed once: the connection stayed open for the whole grace period).
-#[tokio::test]
-async fn drain_closes_a_connection_idle_after_a_pipelined_burst() {
-    let fast = Upstream::start().await;
-    watch_for_gateway_panics();
-    let config = format!(
-        "[server]\nshutdown_grace = \"20s\"\n{}",
-        public_route("pub", "/pub/", &fast.url()),
-    );
-    let mut gw = TestGateway::start(&config).await;
-    let mut idle = RawConn::connect(gw.addr).await;
-    let pad = format!("x-pad: {}\r\n", "a".repeat(1000));
-    let burst: String = (0..300)
-        .map(|i| request("GET", &format!("/none/{i}"), &pad, ""))
-        .collect();
-    idle.send(burst).await;
-    for _ in 0..300 {
-        assert_eq!(idle.read_response().await.map(|r| r.status), Some(404));
-    }
-    // Let the connection settle into its wait for the next head.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
-    let handle = gw.handle.take().unwrap();
-    handle.shutdown();
-    let ended = idle.wait_closed().await;
-    assert!(
-        ended.closed(),
-        "idle connection after a pipelined burst, during drain: {ended:?}"
-    );
-    let drained = tokio::time::timeout(Duration::from_secs(10), handle.wait()).await;
-    assert!(drained.is_ok(), "the drain waited for an idle connection");
-    assert_eq!(fast.count(), 0);
     assert_no_gateway_panics();
 }
 

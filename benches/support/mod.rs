@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use authgate::config::ApiKeySettings;
-use authgate::config::KeySourceSettings;
 use authgate::keys::cache::KeyMetrics;
+use authgate::keys::settings::{ApiKeySettings, KeySourceSettings};
 use authgate::keys::{KeyHash, KeyMap, KeyRecord, KeySource, KeyStore};
 
 /// Resident memory of this process in MB (VmRSS from /proc/self/status; 0 if unreadable).

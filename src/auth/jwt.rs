@@ -22,9 +22,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use super::issuer::{IssuerMatch, IssuerSettings};
 use super::jwks::{JwksSource, KeyError};
 use super::{AuthMethod, Identity, IdentityFields};
-use crate::config::{IssuerMatch, IssuerSettings};
 use crate::error::GatewayError;
 use crate::forward::HttpsClient;
 use crate::keys::Timestamp;

@@ -5,6 +5,7 @@
 //! "no credential", and anything that is neither an API key nor a JWT by shape is refused
 //! before any lookup.
 
+pub mod issuer;
 pub mod jwks;
 pub mod jwt;
 
@@ -17,9 +18,10 @@ use std::sync::{Arc, OnceLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::config::Rate;
 use crate::error::GatewayError;
 use crate::keys::{KeyStore, Timestamp};
+use crate::limits::settings::Rate;
+use crate::routes::policy::AuthPolicy;
 use crate::telemetry::AuthLabels;
 
 /// How the caller authenticated.
@@ -268,36 +270,6 @@ impl Identity {
                 headers.insert(name, value);
             }
         }
-    }
-}
-
-/// Which credential kinds a route accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthPolicy {
-    /// `auth = "none"`: forwarded without identity (client identity headers still stripped).
-    Public,
-    /// `auth = [...]`: at least one kind is accepted.
-    Required { api_key: bool, jwt: bool },
-}
-
-impl AuthPolicy {
-    pub fn is_public(self) -> bool {
-        matches!(self, Self::Public)
-    }
-}
-
-/// The scopes a route requires.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScopeRule {
-    /// `scopes`: the caller needs at least one of these (when non-empty).
-    pub any_of: Vec<String>,
-    /// `all_scopes`: the caller needs every one of these.
-    pub all_of: Vec<String>,
-}
-
-impl ScopeRule {
-    pub fn is_empty(&self) -> bool {
-        self.any_of.is_empty() && self.all_of.is_empty()
     }
 }
 

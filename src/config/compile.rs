@@ -1,7 +1,6 @@
 //! `compile()`: turns the parsed file into a `Config`, collecting every error with its location.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,43 +10,24 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
-use super::file::{self, FileAuth, FileConfig, FileRate, FileRoute, KeySourceKind, LogFormat};
-use super::{
-    AdminSettings, ApiKeySettings, BackendErrorPolicy, Config, ConfigError, ConfigErrors,
-    ControlPlaneAuthSettings, ControlPlaneSettings, IdentitySettings, IssuerMatch, IssuerSettings,
-    KeySourceSettings, LimitBackend, LogSettings, Rate, RateLimitSettings, RedisSettings,
-    ServerSettings, UsageRule, line_col,
-};
-use crate::auth::{AuthPolicy, ScopeRule};
-use crate::config::file::UpstreamProtocol;
-use crate::forward::{ClientFactory, UpstreamTarget, Upstreams};
+use super::file::{self, FileAuth, FileConfig, KeySourceKind};
+use super::support::{Errors, compile_rate, resolve};
+use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, ServerSettings};
+use crate::auth::issuer::{IssuerMatch, IssuerSettings};
+use crate::forward::ClientFactory;
 use crate::http1::fields::UnderscorePolicy;
-use crate::routes::normalize::normalize_path;
-use crate::routes::{PathPattern, Route, RouteMatch, RouteTable};
+use crate::keys::settings::{
+    ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
+};
+use crate::limits::settings::{BackendErrorPolicy, LimitBackend, RateLimitSettings, RedisSettings};
+use crate::routes::policy::AuthPolicy;
+use crate::routes::{PathPattern, RouteTable};
+use crate::telemetry::LogFormat;
 
 /// JWT algorithms authgate verifies with JWKS keys. `none` and HMAC are never accepted.
 pub const SUPPORTED_JWT_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
-
-/// Collects errors with their source location.
-struct Errors<'a> {
-    file: &'a Path,
-    source: &'a str,
-    list: Vec<ConfigError>,
-}
-
-impl Errors<'_> {
-    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, column) = line_col(self.source, span.start);
-        self.list.push(ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            message: message.into(),
-        });
-    }
-}
 
 /// Compiles a parsed config file. `path` is the file's path (for errors and relative paths).
 pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, ConfigErrors> {
@@ -55,11 +35,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let mut errors = Errors {
-        file: path,
-        source,
-        list: Vec::new(),
-    };
+    let mut errors = Errors::new(path, source);
     let whole = 0..0;
 
     let server = compile_server(&file.server, &base_dir, &mut errors);
@@ -114,7 +90,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
                 ),
             );
         }
-        if let Some(route) = compile_route(
+        if let Some(route) = super::route::compile_route(
             route,
             index,
             span,
@@ -151,15 +127,6 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         routes,
         warnings,
     })
-}
-
-fn resolve(base_dir: &Path, relative: &str) -> PathBuf {
-    let path = Path::new(relative);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    }
 }
 
 fn compile_server(
@@ -600,13 +567,6 @@ fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<IssuerSettin
     issuers
 }
 
-fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) -> Option<Rate> {
-    let value = rate.get_ref();
-    Rate::new(value.requests_per_second, value.burst)
-        .map_err(|message| errors.at(rate.span(), message))
-        .ok()
-}
-
 /// Settings this build parses but cannot enforce yet (signed identity assertions). Accepting
 /// them silently would leave an operator believing a security control is active, so they are
 /// refused until implemented.
@@ -697,303 +657,6 @@ fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) -> RateLimitS
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn compile_route(
-    route: &FileRoute,
-    index: usize,
-    span: Range<usize>,
-    file: &FileConfig,
-    base_dir: &Path,
-    clients: &mut ClientFactory,
-    errors: &mut Errors<'_>,
-) -> Option<Route> {
-    let before = errors.list.len();
-    let name = route.name.as_str();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    {
-        errors.at(
-            span.clone(),
-            format!("route name {name:?} must be non-empty and use only [A-Za-z0-9_.-]"),
-        );
-    }
-
-    // Match.
-    let matcher_span = route.matcher.span();
-    let matcher = route.matcher.get_ref();
-    let path = match (&matcher.path, &matcher.path_prefix) {
-        (Some(_), Some(_)) => {
-            errors.at(
-                matcher_span.clone(),
-                "set either match.path or match.path_prefix, not both",
-            );
-            None
-        }
-        (None, None) => {
-            errors.at(matcher_span.clone(), "match needs path or path_prefix");
-            None
-        }
-        (Some(path), None) => {
-            check_route_path(path.as_str(), &matcher_span, errors).map(PathPattern::Exact)
-        }
-        (None, Some(prefix)) => {
-            check_route_path(prefix.as_str(), &matcher_span, errors).map(PathPattern::Prefix)
-        }
-    };
-    let host = matcher.host.as_ref().and_then(|host| {
-        let value = host.as_str().to_ascii_lowercase();
-        let valid = !value.is_empty()
-            && !value.contains(':')
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-        if valid {
-            Some(value)
-        } else {
-            errors.at(
-                matcher_span.clone(),
-                format!(
-                    "match.host {:?} must be a host name without port",
-                    host.as_str()
-                ),
-            );
-            None
-        }
-    });
-    let methods = matcher.methods.as_ref().map(|methods| {
-        if methods.is_empty() {
-            errors.at(
-                matcher_span.clone(),
-                "match.methods must not be empty (leave it out to match every method)",
-            );
-        }
-        methods
-            .iter()
-            .filter_map(|m| {
-                let upper = m.as_str().to_ascii_uppercase();
-                match Method::from_bytes(upper.as_bytes()) {
-                    Ok(method) if method == Method::CONNECT => {
-                        errors.at(matcher_span.clone(), "CONNECT is never proxied");
-                        None
-                    }
-                    Ok(method) => Some(method),
-                    Err(_) => {
-                        errors.at(
-                            matcher_span.clone(),
-                            format!("{:?} is not an HTTP method", m.as_str()),
-                        );
-                        None
-                    }
-                }
-            })
-            .collect::<Vec<_>>()
-    });
-
-    // Auth.
-    let auth = match route.auth.get_ref() {
-        FileAuth::None => AuthPolicy::Public,
-        FileAuth::Methods(methods) => {
-            let mut api_key = false;
-            let mut jwt = false;
-            for method in methods {
-                match method.as_str() {
-                    "api_key" => api_key = true,
-                    "jwt" => jwt = true,
-                    other => errors.at(
-                        route.auth.span(),
-                        format!(r#"unknown auth method {other:?}; use "api_key" or "jwt""#),
-                    ),
-                }
-            }
-            if methods.is_empty() {
-                errors.at(
-                    route.auth.span(),
-                    r#"auth must not be an empty list; use "none" for a public route"#,
-                );
-            }
-            if jwt && file.jwt.issuers.is_empty() {
-                errors.at(
-                    route.auth.span(),
-                    "this route accepts \"jwt\" but no [[jwt.issuers]] is configured",
-                );
-            }
-            AuthPolicy::Required { api_key, jwt }
-        }
-    };
-    let strings = |list: &Option<Vec<super::values::Text>>| -> Vec<String> {
-        list.iter()
-            .flatten()
-            .map(|s| s.as_str().to_owned())
-            .collect()
-    };
-    let scopes = ScopeRule {
-        any_of: strings(&route.scopes),
-        all_of: strings(&route.all_scopes),
-    };
-    if route.scopes.as_ref().is_some_and(Vec::is_empty) {
-        errors.at(
-            span.clone(),
-            "scopes must not be an empty list (leave it out instead)",
-        );
-    }
-    // Scopes travel in WWW-Authenticate's quoted scope="..." list: visible ASCII, no spaces,
-    // quotes or backslashes.
-    for scope in scopes.any_of.iter().chain(&scopes.all_of) {
-        let valid = !scope.is_empty()
-            && scope
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-        if !valid {
-            errors.at(
-                span.clone(),
-                format!(
-                    "scope {scope:?} must be visible ASCII without spaces, quotes or backslashes"
-                ),
-            );
-        }
-    }
-    if route.tenants.as_ref().is_some_and(Vec::is_empty) {
-        errors.at(
-            span.clone(),
-            "tenants must not be an empty list (it would refuse everyone; leave it out instead)",
-        );
-    }
-    let tenants = route.tenants.as_ref().map(|_| strings(&route.tenants));
-    if auth.is_public()
-        && (!scopes.is_empty()
-            || tenants.is_some()
-            || route.rate_limit.is_some()
-            || route.usage.is_some())
-    {
-        errors.at(
-            route.auth.span(),
-            "a route with auth = \"none\" cannot require scopes, tenants, rate limits or usage budgets (there is no identity to check)",
-        );
-    }
-    let rate_limit = route
-        .rate_limit
-        .as_ref()
-        .and_then(|rate| compile_rate(rate, errors));
-    let usage = route.usage.as_ref().and_then(|usage| {
-        let value = usage.get_ref();
-        match HeaderName::from_bytes(value.header.as_str().to_ascii_lowercase().as_bytes()) {
-            Ok(header) if value.tokens_per_minute > 0 => Some(UsageRule {
-                header,
-                tokens_per_minute: value.tokens_per_minute,
-                expose: value.expose,
-            }),
-            _ => {
-                errors.at(
-                    usage.span(),
-                    "usage needs a valid header name and tokens_per_minute >= 1",
-                );
-                None
-            }
-        }
-    });
-
-    // Forwarding.
-    let strip_prefix = route.strip_prefix.as_ref().and_then(|strip| {
-        let value = strip.get_ref().as_str();
-        if !value.starts_with('/') || value.len() < 2 {
-            errors.at(
-                strip.span(),
-                "strip_prefix must start with '/' and not be \"/\" alone",
-            );
-            return None;
-        }
-        Some(value.to_owned())
-    });
-    if let (Some(strip), Some(PathPattern::Prefix(prefix) | PathPattern::Exact(prefix))) =
-        (&strip_prefix, &path)
-        && !crate::routes::prefix_matches(strip, prefix)
-    {
-        errors.at(
-            span.clone(),
-            format!("strip_prefix {strip:?} is not a prefix of the route's path {prefix:?}"),
-        );
-    }
-    let timeout = route
-        .timeout
-        .map_or(Duration::from_secs(file::DEFAULT_ROUTE_TIMEOUT_SECS), |t| {
-            t.0
-        });
-    if timeout.is_zero() {
-        errors.at(span, "timeout must be positive");
-    }
-    let protocol = route.upstream_protocol.unwrap_or(UpstreamProtocol::Http1);
-    let extra_ca = route
-        .upstream_ca
-        .as_ref()
-        .map(|ca| (resolve(base_dir, ca.get_ref().as_str()), ca.span()));
-    let upstream_span = route.upstream.span();
-    let urls = &route.upstream.get_ref().0;
-    if urls.is_empty() {
-        errors.at(upstream_span.clone(), "upstream must not be an empty list");
-    }
-    let mut targets = Vec::with_capacity(urls.len());
-    for url in urls {
-        match UpstreamTarget::parse(url.as_str()) {
-            Ok(target) => targets.push(target),
-            Err(message) => errors.at(upstream_span.clone(), message),
-        }
-    }
-    let client = match clients.client(protocol, extra_ca.as_ref().map(|(path, _)| path.as_path())) {
-        Ok(client) => Some(client),
-        Err(message) => {
-            let at = extra_ca.map_or(upstream_span, |(_, span)| span);
-            errors.at(at, message);
-            None
-        }
-    };
-
-    if errors.list.len() != before {
-        return None;
-    }
-    Some(Route {
-        name: Arc::from(name),
-        index,
-        matcher: RouteMatch {
-            path: path?,
-            host,
-            methods,
-        },
-        upstreams: Upstreams::new(targets, client?),
-        auth,
-        scopes,
-        tenants,
-        rate_limit,
-        usage,
-        strip_prefix,
-        forward_authorization: route.forward_authorization,
-        preserve_host: route.preserve_host,
-        timeout,
-        max_body_bytes: route.max_body_bytes,
-        websocket: route.websocket,
-        histograms: std::sync::OnceLock::new(),
-    })
-}
-
-/// A route path must already be in normalized form, or it could never match.
-fn check_route_path(path: &str, span: &Range<usize>, errors: &mut Errors<'_>) -> Option<String> {
-    match normalize_path(path) {
-        Ok(normal) if normal == path => Some(path.to_owned()),
-        Ok(normal) => {
-            errors.at(
-                span.clone(),
-                format!("path {path:?} is not normalized; requests are matched as {normal:?}, write that"),
-            );
-            None
-        }
-        Err(error) => {
-            errors.at(span.clone(), format!("path {path:?} is invalid: {error}"));
-            None
-        }
-    }
-}
-
 /// For `check` output: one line per route.
 pub fn describe_routes(config: &Config) -> Vec<String> {
     let mut by_name: HashMap<&str, usize> = HashMap::new();
@@ -1012,7 +675,7 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
                 || "*".to_owned(),
                 |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
             );
-            let auth = match route.auth {
+            let auth = match route.access.auth {
                 AuthPolicy::Public => "none".to_owned(),
                 AuthPolicy::Required { api_key, jwt } => [(api_key, "api_key"), (jwt, "jwt")]
                     .iter()
@@ -1028,4 +691,159 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{Config, ConfigErrors, load_str};
+    use crate::http1::fields::UnderscorePolicy;
+    use crate::keys::settings::KeySourceSettings;
+    use crate::limits::settings::{BackendErrorPolicy, LimitBackend};
+    use crate::routes::policy::AuthPolicy;
+
+    fn compile(text: &str) -> Result<Config, ConfigErrors> {
+        load_str(Path::new("/etc/authgate/authgate.toml"), text)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        compile(text)
+            .expect_err("the config must be refused")
+            .0
+            .into_iter()
+            .map(|error| format!("{}:{}: {}", error.line, error.column, error.message))
+            .collect()
+    }
+
+    const ROUTE: &str = "[[routes]]\nname = \"r\"\nmatch = { path_prefix = \"/v1/\" }\nupstream = \"http://127.0.0.1:9000\"\n";
+
+    #[test]
+    fn an_empty_file_compiles_to_the_documented_defaults() {
+        let config = compile("").unwrap();
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9901");
+        assert_eq!(config.admin.token, None);
+        assert_eq!(config.server.max_header_bytes, 16_384);
+        assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.server.underscores_in_headers, UnderscorePolicy::Drop);
+        assert_eq!(config.identity.header_prefix, "x-auth-");
+        assert_eq!(config.api_keys.prefix, "sgk_");
+        assert_eq!(config.api_keys.cache_ttl, Duration::from_secs(60));
+        assert!(!config.api_keys.in_use, "no route takes API keys");
+        assert_eq!(
+            config.api_keys.source,
+            KeySourceSettings::File(Path::new("/etc/authgate/keys.toml").to_path_buf()),
+            "relative paths are relative to the config file's folder"
+        );
+        assert_eq!(config.rate_limits.backend, LimitBackend::Local);
+        assert_eq!(
+            config.rate_limits.on_backend_error,
+            BackendErrorPolicy::Local
+        );
+        assert!(config.routes.routes().is_empty());
+    }
+
+    #[test]
+    fn a_route_compiles_its_match_access_limits_and_forwarding() {
+        let text = format!(
+            "{ROUTE}auth = [\"api_key\"]\nscopes = [\"a\", \"b\"]\nall_scopes = [\"c\"]\ntenants = [\"acme\"]\nrate_limit = {{ requests_per_second = 5, burst = 10 }}\nstrip_prefix = \"/v1\"\ntimeout = \"2s\"\nmax_body_bytes = 1024\nusage = {{ header = \"X-Usage\", tokens_per_minute = 60 }}\n"
+        );
+        let config = compile(&text).unwrap();
+        let route = &config.routes.routes()[0];
+        assert_eq!(
+            route.access.auth,
+            AuthPolicy::Required {
+                api_key: true,
+                jwt: false
+            }
+        );
+        assert_eq!(route.access.scopes.any_of, ["a", "b"]);
+        assert_eq!(route.access.scopes.all_of, ["c"]);
+        assert_eq!(
+            route.access.tenants.as_deref(),
+            Some(&["acme".to_owned()][..])
+        );
+        let rate = route.rate_limit.unwrap();
+        assert_eq!((rate.per_second, rate.burst.get()), (5.0, 10));
+        let usage = route.usage.as_ref().unwrap();
+        assert_eq!(
+            (usage.header.as_str(), usage.tokens_per_minute),
+            ("x-usage", 60)
+        );
+        assert_eq!(route.upstream_path("/v1/models"), "/models");
+        assert_eq!(route.upstream_path("/v1"), "/");
+        assert_eq!(route.timeout, Duration::from_secs(2));
+        assert_eq!(route.max_body_bytes, Some(1024));
+        assert!(config.api_keys.in_use);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_its_place_in_one_run() {
+        let text = format!(
+            "[server]\nmax_header_bytes = 10\nunderscores_in_headers = \"maybe\"\n{ROUTE}auth = []\n"
+        );
+        // The unknown enum value stops the parse: serde errors come alone.
+        let found = errors(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("3:"), "{found:?}");
+
+        let text = format!(
+            "[server]\nmax_header_bytes = 10\n{ROUTE}auth = []\nscopes = []\n[[routes]]\nname = \"r\"\nmatch = {{ path = \"/a/../b\" }}\nupstream = \"ftp://x\"\nauth = \"none\"\ntenants = [\"t\"]\n"
+        );
+        let found = errors(&text);
+        for expected in [
+            "max_header_bytes must be between",
+            "auth must not be an empty list",
+            "scopes must not be an empty list",
+            "is used twice",
+            "must start with http:// or https://",
+            "cannot require scopes, tenants",
+        ] {
+            assert!(
+                found.iter().any(|error| error.contains(expected)),
+                "{expected:?} not in {found:#?}"
+            );
+        }
+        let lines: Vec<usize> = found
+            .iter()
+            .map(|error| error.split(':').next().unwrap().parse().unwrap())
+            .collect();
+        let mut sorted = lines.clone();
+        sorted.sort_unstable();
+        assert_eq!(lines, sorted, "errors come in file order");
+        assert_eq!(lines[0], 2, "max_header_bytes is on line 2: {found:?}");
+    }
+
+    #[test]
+    fn jwt_routes_need_an_issuer_and_issuers_need_a_match() {
+        let found = errors(&format!("{ROUTE}auth = [\"jwt\"]\n"));
+        assert!(
+            found.iter().any(|e| e.contains("no [[jwt.issuers]]")),
+            "{found:?}"
+        );
+        let found = errors("[[jwt.issuers]]\naudiences = [\"x\"]\n");
+        assert!(!found.is_empty());
+    }
+
+    #[test]
+    fn shadowed_routes_are_warnings_not_errors() {
+        let text = format!(
+            "{ROUTE}auth = \"none\"\n[[routes]]\nname = \"later\"\nmatch = {{ path_prefix = \"/v1/\" }}\nupstream = \"http://127.0.0.1:9001\"\nauth = \"none\"\n"
+        );
+        let config = compile(&text).unwrap();
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.warnings[0].contains("\"later\""));
+    }
+
+    #[test]
+    fn underscores_policy_compiles() {
+        let config = compile("[server]\nunderscores_in_headers = \"allow\"\n").unwrap();
+        assert_eq!(
+            config.server.underscores_in_headers,
+            UnderscorePolicy::Allow
+        );
+    }
 }

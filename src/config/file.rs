@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
+
+use crate::limits::settings::BackendErrorPolicy;
+use crate::telemetry::LogFormat;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use toml::Spanned;
 
@@ -221,15 +224,6 @@ pub enum LimitBackendKind {
     Redis,
 }
 
-/// `rate_limits.on_backend_error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendErrorPolicy {
-    Local,
-    Allow,
-    Deny,
-}
-
 /// A GCRA quota: sustained rate plus burst.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,14 +248,6 @@ pub struct FileRedis {
 pub struct FileLog {
     pub format: Option<LogFormat>,
     pub access_log: Option<bool>,
-}
-
-/// `log.format` and `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    Json,
-    Pretty,
 }
 
 /// `[[routes]]`.

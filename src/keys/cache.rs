@@ -24,11 +24,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 
+use super::settings::ApiKeySettings;
 use super::{KeyHash, KeyRecord, KeySource, SourceError, Timestamp, is_well_formed};
 use crate::auth::{AuthMethod, Identity, IdentityFields};
-use crate::config::{ApiKeySettings, Rate};
 use crate::error::GatewayError;
-use crate::telemetry::ResultLabels;
+use crate::limits::settings::Rate;
+use crate::telemetry::{Metrics, ResultLabels};
 
 /// Counters the store updates, resolved once so the hot path only does an atomic add.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +46,12 @@ pub struct KeyMetrics {
 }
 
 impl KeyMetrics {
+    /// The key store's handles on `authgate_key_cache_total` and
+    /// `authgate_key_source_requests_total`.
+    pub fn of(metrics: &Metrics) -> Self {
+        Self::from_families(&metrics.key_cache, &metrics.key_source)
+    }
+
     /// Resolves the labelled counters of the two families.
     pub fn from_families(
         cache: &Family<ResultLabels, Counter>,

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{KeyHash, KeyMap, KeyRecord, KeyStore};
-use crate::config::{ConfigError, ConfigErrors, line_col};
+use crate::location::line_col;
 use crate::telemetry::ResultLabels;
 
 /// How often the key file is checked for changes (SPEC: changes apply within 2 s).
@@ -30,9 +30,37 @@ struct KeyFileDoc {
     keys: Vec<Spanned<toml::Table>>,
 }
 
-fn error_at(path: &Path, source: &str, offset: usize, message: impl Into<String>) -> ConfigError {
+/// One problem in a key file, located as `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", file.display())]
+pub struct KeyFileError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every problem found in one key file, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFileErrors(pub Vec<KeyFileError>);
+
+impl std::fmt::Display for KeyFileErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for KeyFileErrors {}
+
+fn error_at(path: &Path, source: &str, offset: usize, message: impl Into<String>) -> KeyFileError {
     let (line, column) = line_col(source, offset);
-    ConfigError {
+    KeyFileError {
         file: path.to_path_buf(),
         line,
         column,
@@ -41,7 +69,7 @@ fn error_at(path: &Path, source: &str, offset: usize, message: impl Into<String>
 }
 
 /// Parses key-file text into a key set; every problem is reported with its location.
-pub fn parse_key_file(path: &Path, source: &str) -> Result<KeyMap, Vec<ConfigError>> {
+pub fn parse_key_file(path: &Path, source: &str) -> Result<KeyMap, Vec<KeyFileError>> {
     let doc: KeyFileDoc = toml::from_str(source).map_err(|error| {
         let offset = error.span().map_or(0, |span| span.start);
         vec![error_at(path, source, offset, error.message().trim())]
@@ -121,9 +149,9 @@ pub fn parse_key_file(path: &Path, source: &str) -> Result<KeyMap, Vec<ConfigErr
 }
 
 /// Reads and parses a key file.
-pub fn load_key_file(path: &Path) -> Result<KeyMap, Vec<ConfigError>> {
+pub fn load_key_file(path: &Path) -> Result<KeyMap, Vec<KeyFileError>> {
     let source = std::fs::read_to_string(path).map_err(|error| {
-        vec![ConfigError {
+        vec![KeyFileError {
             file: path.to_path_buf(),
             line: 1,
             column: 1,
@@ -168,7 +196,7 @@ impl FileKeys {
     pub fn open(
         path: &Path,
         reloads: Family<ResultLabels, Counter>,
-    ) -> Result<Arc<Self>, Vec<ConfigError>> {
+    ) -> Result<Arc<Self>, Vec<KeyFileError>> {
         let seen = fingerprint(path);
         let keys = load_key_file(path)?;
         Ok(Arc::new(Self {
@@ -407,7 +435,7 @@ pub fn revoke_record(path: &Path, key_id: &str) -> Result<(), String> {
 }
 
 fn load_key_file_text_ok(path: &Path, text: &str) -> Result<KeyMap, String> {
-    parse_key_file(path, text).map_err(|errors| ConfigErrors(errors).to_string())
+    parse_key_file(path, text).map_err(|errors| KeyFileErrors(errors).to_string())
 }
 
 #[cfg(test)]
@@ -459,7 +487,7 @@ mod tests {
         ];
         for (text, expected) in cases {
             let errors = parse_key_file(Path::new("keys.toml"), text).unwrap_err();
-            let joined = ConfigErrors(errors).to_string();
+            let joined = KeyFileErrors(errors).to_string();
             assert!(
                 joined.to_lowercase().contains(&expected.to_lowercase()),
                 "{joined}"

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod control_plane;
 pub mod file_source;
 pub mod record;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::config::Rate;
+use crate::limits::settings::Rate;
 
 /// Longest accepted value for ids, tenant, scopes, claims and descriptions.
 pub const MAX_FIELD_LEN: usize = 1024;

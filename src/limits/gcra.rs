@@ -15,7 +15,7 @@
 //! Times are plain integers in one unit (nanoseconds locally, microseconds in Redis), so the
 //! same functions serve both.
 
-use crate::config::Rate;
+use super::settings::Rate;
 
 /// Nanoseconds per second, the local unit.
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;

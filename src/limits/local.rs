@@ -183,8 +183,8 @@ mod tests {
     use governor::clock::FakeRelativeClock;
 
     use super::*;
-    use crate::config::Rate;
     use crate::limits::gcra::NANOS_PER_SEC;
+    use crate::limits::settings::Rate;
 
     fn quota(per_second: f64, burst: u32) -> Gcra {
         Gcra::new(

@@ -16,6 +16,7 @@
 pub mod gcra;
 pub mod local;
 pub mod redis;
+pub mod settings;
 pub mod usage;
 
 use std::sync::Arc;
@@ -26,9 +27,9 @@ use self::gcra::{Budget, Gcra, LimitState, NANOS_PER_SEC, Refusal, retry_after_s
 use self::local::{LimitKey, LocalStore};
 use self::redis::{MICROS_PER_SEC, RedisBackend, RefusedBy, RemoteCheck, RemoteVerdict};
 use crate::auth::Identity;
-use crate::config::{BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings};
 use crate::routes::Route;
 use crate::telemetry::LimitMetrics;
+use settings::{BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings};
 
 pub static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -388,7 +389,7 @@ impl Limits {
             Err(error) => {
                 self.metrics.backend_error(error.label());
                 let policy = self.settings.on_backend_error;
-                self.metrics.fallback(policy);
+                self.metrics.fallback(policy.as_str());
                 return match policy {
                     BackendErrorPolicy::Local => self.admit_local(plan),
                     BackendErrorPolicy::Allow => Ok(None),
@@ -507,7 +508,7 @@ impl Limits {
                         self.metrics.charge_lost();
                         return;
                     }
-                    self.metrics.fallback(BackendErrorPolicy::Local);
+                    self.metrics.fallback(BackendErrorPolicy::Local.as_str());
                 }
             }
         }
@@ -562,4 +563,166 @@ pub fn header_fields(state: LimitState) -> [(&'static HeaderName, u64); 3] {
         (&RATELIMIT_REMAINING, u64::from(state.remaining)),
         (&RATELIMIT_RESET, state.reset_secs),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::auth::{AuthMethod, IdentityFields};
+    use crate::config::{Config, load_str};
+
+    /// A config with a route that sets its own rate (`/own/`), one that does not (`/plain/`)
+    /// and one with a token budget (`/llm/`), plus the `[rate_limits]` text given.
+    fn config(rate_limits: &str) -> Config {
+        let text = format!(
+            "[rate_limits]\n{rate_limits}\n[api_keys]\nfile = \"keys.toml\"\n\
+             [[routes]]\nname = \"own\"\nmatch = {{ path_prefix = \"/own/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\nrate_limit = {{ requests_per_second = 0.001, burst = 3 }}\n\
+             [[routes]]\nname = \"plain\"\nmatch = {{ path_prefix = \"/plain/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\n\
+             [[routes]]\nname = \"llm\"\nmatch = {{ path_prefix = \"/llm/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\nusage = {{ header = \"x-usage\", tokens_per_minute = 600 }}\n"
+        );
+        load_str(Path::new("authgate.toml"), &text).unwrap()
+    }
+
+    fn route<'c>(config: &'c Config, name: &str) -> &'c Route {
+        config
+            .routes
+            .routes()
+            .iter()
+            .find(|route| &*route.name == name)
+            .unwrap()
+    }
+
+    fn key(key_id: &str, tenant: &str, rate: Option<Rate>, tokens: Option<u64>) -> Arc<Identity> {
+        Arc::new(Identity::new(
+            AuthMethod::ApiKey,
+            &IdentityFields {
+                subject: key_id,
+                key_id: Some(key_id),
+                tenant_id: Some(tenant),
+                rate_limit: rate,
+                tokens_per_minute: tokens,
+                ..IdentityFields::default()
+            },
+        ))
+    }
+
+    fn limits(config: &Config) -> Arc<Limits> {
+        Arc::new(
+            Limits::new(
+                &config.rate_limits,
+                Arc::new(LocalStore::default()),
+                None,
+                crate::telemetry::Metrics::new().limits,
+            )
+            .unwrap(),
+        )
+    }
+
+    /// A rate slow enough that nothing refills during a test.
+    fn slow(burst: u32) -> Rate {
+        Rate::new(0.001, burst).unwrap()
+    }
+
+    #[test]
+    fn the_key_record_beats_the_route_which_beats_the_default() {
+        let config = config("default = { requests_per_second = 0.001, burst = 7 }");
+        let limits = limits(&config);
+        let burst = |plan: &Plan| plan.principal.as_ref().map(|limit| limit.rate.burst.get());
+        let own = route(&config, "own");
+        let plain = route(&config, "plain");
+        assert_eq!(
+            burst(&limits.plan(own, &key("k", "t", Some(slow(2)), None))),
+            Some(2)
+        );
+        assert_eq!(
+            burst(&limits.plan(own, &key("k", "t", None, None))),
+            Some(3)
+        );
+        assert_eq!(
+            burst(&limits.plan(plain, &key("k", "t", None, None))),
+            Some(7)
+        );
+        let unlimited = self::config("");
+        assert!(
+            self::limits(&unlimited)
+                .plan(route(&unlimited, "plain"), &key("k", "t", None, None))
+                .is_empty(),
+            "no limit from key, route or default: not limited"
+        );
+    }
+
+    #[test]
+    fn a_key_budget_replaces_the_routes() {
+        let config = config("");
+        let limits = limits(&config);
+        let llm = route(&config, "llm");
+        let tokens = |plan: &Plan| plan.budget.as_ref().map(|budget| budget.tokens_per_minute);
+        assert_eq!(
+            tokens(&limits.plan(llm, &key("k", "t", None, None))),
+            Some(600)
+        );
+        assert_eq!(
+            tokens(&limits.plan(llm, &key("k", "t", None, Some(60)))),
+            Some(60)
+        );
+        assert_eq!(
+            tokens(&limits.plan(route(&config, "own"), &key("k", "t", None, Some(60)))),
+            None,
+            "a budget applies on usage routes only"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_burst_passes_then_refusals_cost_nothing() {
+        let config = config("");
+        let limits = limits(&config);
+        let own = route(&config, "own");
+        let caller = key("k", "t", None, None);
+        for remaining in [2, 1, 0] {
+            let admitted = limits.admit(own, &caller).await.unwrap();
+            assert_eq!(admitted.state.unwrap().remaining, remaining);
+        }
+        for _ in 0..3 {
+            let Err(Denied::Limited(refusal)) = limits.admit(own, &caller).await else {
+                panic!("over the burst must be refused");
+            };
+            assert!(refusal.retry_after_secs >= 1);
+            assert_eq!(refusal.state.unwrap().remaining, 0);
+        }
+        // Another principal has its own allowance.
+        let other = key("k2", "t", None, None);
+        assert!(limits.admit(own, &other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_tenant_aggregate_holds_across_its_keys() {
+        let config = config("tenant = { requests_per_second = 0.001, burst = 2 }");
+        let limits = limits(&config);
+        let own = route(&config, "own");
+        assert!(
+            limits
+                .admit(own, &key("a", "acme", None, None))
+                .await
+                .is_ok()
+        );
+        assert!(
+            limits
+                .admit(own, &key("b", "acme", None, None))
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            limits.admit(own, &key("c", "acme", None, None)).await,
+            Err(Denied::Limited(_))
+        ));
+        assert!(
+            limits
+                .admit(own, &key("d", "other", None, None))
+                .await
+                .is_ok(),
+            "another tenant is not held to acme's aggregate"
+        );
+    }
 }

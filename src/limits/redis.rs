@@ -22,7 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::gcra::{Budget, Gcra};
 use super::local::{HOUSEKEEPING_INTERVAL, LimitKey, LocalStore};
-use crate::config::RedisSettings;
+use super::settings::RedisSettings;
 
 /// Time units of the script: microseconds (Lua numbers are doubles; microseconds since the
 /// epoch stay exact, nanoseconds would not).

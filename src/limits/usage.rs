@@ -13,8 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::Limits;
 use super::local::LimitKey;
+use super::settings::UsageRule;
 use crate::body::{BoxError, ProxyBody, boxed};
-use crate::config::UsageRule;
 
 /// Where one admitted request's usage is charged.
 #[derive(Debug)]

@@ -6,6 +6,7 @@
 //! whatever the number of routes.
 
 pub mod normalize;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +14,9 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::auth::{AuthPolicy, ScopeRule};
-use crate::config::{Rate, UsageRule};
 use crate::forward::Upstreams;
+use crate::limits::settings::{Rate, UsageRule};
+use policy::AccessPolicy;
 
 /// How a route matches the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,9 +75,8 @@ pub struct Route {
     pub index: usize,
     pub matcher: RouteMatch,
     pub upstreams: Upstreams,
-    pub auth: AuthPolicy,
-    pub scopes: ScopeRule,
-    pub tenants: Option<Vec<String>>,
+    /// Accepted credentials, required scopes and tenants.
+    pub access: AccessPolicy,
     pub rate_limit: Option<Rate>,
     pub usage: Option<UsageRule>,
     pub strip_prefix: Option<String>,

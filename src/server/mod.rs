@@ -17,8 +17,10 @@
 //! the timer fires, at most once per that period, instead of once or twice per request.
 
 mod h1;
+mod handler;
 
 pub use h1::{ClientBodyError, ClientUpgrade, Upgraded};
+pub(crate) use handler::Handler;
 
 use std::convert::Infallible;
 use std::io;

@@ -1,0 +1,40 @@
+//! What a configured JWT issuer is: how its `iss` is matched, where its keys are, which
+//! audiences, algorithms and claims apply. Pure data, compiled from `[[jwt.issuers]]`.
+
+use std::time::Duration;
+
+/// `[[jwt.issuers]]`, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerSettings {
+    pub matcher: IssuerMatch,
+    /// May contain `{tenant}`; `None` means OIDC discovery.
+    pub jwks_uri: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub tenant_claim: String,
+    pub forward_claims: Vec<String>,
+    pub jwks_refresh: Duration,
+    pub jwks_min_refresh_interval: Duration,
+}
+
+/// How a token's `iss` is matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerMatch {
+    Exact(String),
+    /// `raw` = `prefix` + `{tenant}` + `suffix`.
+    Pattern {
+        raw: String,
+        prefix: String,
+        suffix: String,
+    },
+}
+
+impl IssuerMatch {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Exact(issuer) => issuer,
+            Self::Pattern { raw, .. } => raw,
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! One `[[routes]]` entry compiled, concern by concern: what it matches, who may use it, how
+//! it is limited, and where and how it forwards. Each part reports its own errors; the
+//! route exists only if none did.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+use super::file::{self, FileAuth, FileConfig, FileRoute, UpstreamProtocol};
+use super::support::{Errors, compile_rate, resolve};
+use crate::forward::{ClientFactory, UpstreamTarget, Upstreams};
+use crate::limits::settings::{Rate, UsageRule};
+use crate::routes::normalize::normalize_path;
+use crate::routes::policy::{AccessPolicy, AuthPolicy, ScopeRule};
+use crate::routes::{PathPattern, Route, RouteMatch};
+
+/// What the route's forwarding settings compile to.
+struct Forwarding {
+    upstreams: Upstreams,
+    strip_prefix: Option<String>,
+    timeout: Duration,
+}
+
+pub(super) fn compile_route(
+    route: &FileRoute,
+    index: usize,
+    span: Range<usize>,
+    file: &FileConfig,
+    base_dir: &Path,
+    clients: &mut ClientFactory,
+    errors: &mut Errors<'_>,
+) -> Option<Route> {
+    let before = errors.list.len();
+    let name = route.name.as_str();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        errors.at(
+            span.clone(),
+            format!("route name {name:?} must be non-empty and use only [A-Za-z0-9_.-]"),
+        );
+    }
+
+    let matcher = compile_match(route, errors);
+    let access = compile_access(route, &span, file, errors);
+    let (rate_limit, usage) = compile_limits(route, errors);
+    let forwarding = compile_forwarding(
+        route,
+        &span,
+        matcher.as_ref().map(|matcher| &matcher.path),
+        base_dir,
+        clients,
+        errors,
+    );
+    if errors.list.len() != before {
+        return None;
+    }
+    let forwarding = forwarding?;
+    Some(Route {
+        name: Arc::from(name),
+        index,
+        matcher: matcher?,
+        upstreams: forwarding.upstreams,
+        access,
+        rate_limit,
+        usage,
+        strip_prefix: forwarding.strip_prefix,
+        forward_authorization: route.forward_authorization,
+        preserve_host: route.preserve_host,
+        timeout: forwarding.timeout,
+        max_body_bytes: route.max_body_bytes,
+        websocket: route.websocket,
+        histograms: std::sync::OnceLock::new(),
+    })
+}
+
+/// `match`: path (exact or prefix, already normalized), host, methods.
+fn compile_match(route: &FileRoute, errors: &mut Errors<'_>) -> Option<RouteMatch> {
+    let matcher_span = route.matcher.span();
+    let matcher = route.matcher.get_ref();
+    let path = match (&matcher.path, &matcher.path_prefix) {
+        (Some(_), Some(_)) => {
+            errors.at(
+                matcher_span.clone(),
+                "set either match.path or match.path_prefix, not both",
+            );
+            None
+        }
+        (None, None) => {
+            errors.at(matcher_span.clone(), "match needs path or path_prefix");
+            None
+        }
+        (Some(path), None) => {
+            check_route_path(path.as_str(), &matcher_span, errors).map(PathPattern::Exact)
+        }
+        (None, Some(prefix)) => {
+            check_route_path(prefix.as_str(), &matcher_span, errors).map(PathPattern::Prefix)
+        }
+    };
+    let host = matcher.host.as_ref().and_then(|host| {
+        let value = host.as_str().to_ascii_lowercase();
+        let valid = !value.is_empty()
+            && !value.contains(':')
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if valid {
+            Some(value)
+        } else {
+            errors.at(
+                matcher_span.clone(),
+                format!(
+                    "match.host {:?} must be a host name without port",
+                    host.as_str()
+                ),
+            );
+            None
+        }
+    });
+    let methods = matcher.methods.as_ref().map(|methods| {
+        if methods.is_empty() {
+            errors.at(
+                matcher_span.clone(),
+                "match.methods must not be empty (leave it out to match every method)",
+            );
+        }
+        methods
+            .iter()
+            .filter_map(|m| {
+                let upper = m.as_str().to_ascii_uppercase();
+                match Method::from_bytes(upper.as_bytes()) {
+                    Ok(method) if method == Method::CONNECT => {
+                        errors.at(matcher_span.clone(), "CONNECT is never proxied");
+                        None
+                    }
+                    Ok(method) => Some(method),
+                    Err(_) => {
+                        errors.at(
+                            matcher_span.clone(),
+                            format!("{:?} is not an HTTP method", m.as_str()),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+
+    Some(RouteMatch {
+        path: path?,
+        host,
+        methods,
+    })
+}
+
+/// `auth`, `scopes`, `all_scopes`, `tenants`: who may use the route.
+fn compile_access(
+    route: &FileRoute,
+    span: &Range<usize>,
+    file: &FileConfig,
+    errors: &mut Errors<'_>,
+) -> AccessPolicy {
+    let auth = match route.auth.get_ref() {
+        FileAuth::None => AuthPolicy::Public,
+        FileAuth::Methods(methods) => {
+            let mut api_key = false;
+            let mut jwt = false;
+            for method in methods {
+                match method.as_str() {
+                    "api_key" => api_key = true,
+                    "jwt" => jwt = true,
+                    other => errors.at(
+                        route.auth.span(),
+                        format!(r#"unknown auth method {other:?}; use "api_key" or "jwt""#),
+                    ),
+                }
+            }
+            if methods.is_empty() {
+                errors.at(
+                    route.auth.span(),
+                    r#"auth must not be an empty list; use "none" for a public route"#,
+                );
+            }
+            if jwt && file.jwt.issuers.is_empty() {
+                errors.at(
+                    route.auth.span(),
+                    "this route accepts \"jwt\" but no [[jwt.issuers]] is configured",
+                );
+            }
+            AuthPolicy::Required { api_key, jwt }
+        }
+    };
+    let strings = |list: &Option<Vec<super::values::Text>>| -> Vec<String> {
+        list.iter()
+            .flatten()
+            .map(|s| s.as_str().to_owned())
+            .collect()
+    };
+    let scopes = ScopeRule {
+        any_of: strings(&route.scopes),
+        all_of: strings(&route.all_scopes),
+    };
+    if route.scopes.as_ref().is_some_and(Vec::is_empty) {
+        errors.at(
+            span.clone(),
+            "scopes must not be an empty list (leave it out instead)",
+        );
+    }
+    // Scopes travel in WWW-Authenticate's quoted scope="..." list: visible ASCII, no spaces,
+    // quotes or backslashes.
+    for scope in scopes.any_of.iter().chain(&scopes.all_of) {
+        let valid = !scope.is_empty()
+            && scope
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !valid {
+            errors.at(
+                span.clone(),
+                format!(
+                    "scope {scope:?} must be visible ASCII without spaces, quotes or backslashes"
+                ),
+            );
+        }
+    }
+    if route.tenants.as_ref().is_some_and(Vec::is_empty) {
+        errors.at(
+            span.clone(),
+            "tenants must not be an empty list (it would refuse everyone; leave it out instead)",
+        );
+    }
+    let tenants = route.tenants.as_ref().map(|_| strings(&route.tenants));
+    if auth.is_public()
+        && (!scopes.is_empty()
+            || tenants.is_some()
+            || route.rate_limit.is_some()
+            || route.usage.is_some())
+    {
+        errors.at(
+            route.auth.span(),
+            "a route with auth = \"none\" cannot require scopes, tenants, rate limits or usage budgets (there is no identity to check)",
+        );
+    }
+    AccessPolicy {
+        auth,
+        scopes,
+        tenants,
+    }
+}
+
+/// `rate_limit` and `usage`: the route's own request rate and token budget.
+fn compile_limits(route: &FileRoute, errors: &mut Errors<'_>) -> (Option<Rate>, Option<UsageRule>) {
+    let rate_limit = route
+        .rate_limit
+        .as_ref()
+        .and_then(|rate| compile_rate(rate, errors));
+    let usage = route.usage.as_ref().and_then(|usage| {
+        let value = usage.get_ref();
+        match HeaderName::from_bytes(value.header.as_str().to_ascii_lowercase().as_bytes()) {
+            Ok(header) if value.tokens_per_minute > 0 => Some(UsageRule {
+                header,
+                tokens_per_minute: value.tokens_per_minute,
+                expose: value.expose,
+            }),
+            _ => {
+                errors.at(
+                    usage.span(),
+                    "usage needs a valid header name and tokens_per_minute >= 1",
+                );
+                None
+            }
+        }
+    });
+
+    (rate_limit, usage)
+}
+
+/// `upstream`, `upstream_protocol`, `upstream_ca`, `strip_prefix`, `timeout`.
+fn compile_forwarding(
+    route: &FileRoute,
+    span: &Range<usize>,
+    path: Option<&PathPattern>,
+    base_dir: &Path,
+    clients: &mut ClientFactory,
+    errors: &mut Errors<'_>,
+) -> Option<Forwarding> {
+    let strip_prefix = route.strip_prefix.as_ref().and_then(|strip| {
+        let value = strip.get_ref().as_str();
+        if !value.starts_with('/') || value.len() < 2 {
+            errors.at(
+                strip.span(),
+                "strip_prefix must start with '/' and not be \"/\" alone",
+            );
+            return None;
+        }
+        Some(value.to_owned())
+    });
+    if let (Some(strip), Some(PathPattern::Prefix(prefix) | PathPattern::Exact(prefix))) =
+        (&strip_prefix, &path)
+        && !crate::routes::prefix_matches(strip, prefix)
+    {
+        errors.at(
+            span.clone(),
+            format!("strip_prefix {strip:?} is not a prefix of the route's path {prefix:?}"),
+        );
+    }
+    let timeout = route
+        .timeout
+        .map_or(Duration::from_secs(file::DEFAULT_ROUTE_TIMEOUT_SECS), |t| {
+            t.0
+        });
+    if timeout.is_zero() {
+        errors.at(span.clone(), "timeout must be positive");
+    }
+    let protocol = route.upstream_protocol.unwrap_or(UpstreamProtocol::Http1);
+    let extra_ca = route
+        .upstream_ca
+        .as_ref()
+        .map(|ca| (resolve(base_dir, ca.get_ref().as_str()), ca.span()));
+    let upstream_span = route.upstream.span();
+    let urls = &route.upstream.get_ref().0;
+    if urls.is_empty() {
+        errors.at(upstream_span.clone(), "upstream must not be an empty list");
+    }
+    let mut targets = Vec::with_capacity(urls.len());
+    for url in urls {
+        match UpstreamTarget::parse(url.as_str()) {
+            Ok(target) => targets.push(target),
+            Err(message) => errors.at(upstream_span.clone(), message),
+        }
+    }
+    let client = match clients.client(protocol, extra_ca.as_ref().map(|(path, _)| path.as_path())) {
+        Ok(client) => Some(client),
+        Err(message) => {
+            let at = extra_ca.map_or(upstream_span, |(_, span)| span);
+            errors.at(at, message);
+            None
+        }
+    };
+
+    Some(Forwarding {
+        upstreams: Upstreams::new(targets, client?),
+        strip_prefix,
+        timeout,
+    })
+}
+
+/// A route path must already be in normalized form, or it could never match.
+fn check_route_path(path: &str, span: &Range<usize>, errors: &mut Errors<'_>) -> Option<String> {
+    match normalize_path(path) {
+        Ok(normal) if normal == path => Some(path.to_owned()),
+        Ok(normal) => {
+            errors.at(
+                span.clone(),
+                format!("path {path:?} is not normalized; requests are matched as {normal:?}, write that"),
+            );
+            None
+        }
+        Err(error) => {
+            errors.at(span.clone(), format!("path {path:?} is invalid: {error}"));
+            None
+        }
+    }
+}

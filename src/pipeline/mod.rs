@@ -1,0 +1,335 @@
+//! The request pipeline: one readable sequence, default deny.
+//!
+//! ```text
+//! handle()            never fails: maps the error once, logs once, echoes x-request-id
+//!   handle_inner()
+//!     1 precheck      request target, Host, framing, header size      -> 400 / 431
+//!     2 route         normalized path + host + method                  -> 404 ROUTE_NOT_FOUND
+//!     3 strip         hop-by-hop, Connection-named, client identity headers, request trailers
+//!     4 authenticate  bearer credential per the route's `auth`         -> 401 / 400 / 503
+//!       authorize     route scopes / tenants                           -> 403
+//!       rate limit    principal, tenant, token budget (one atomic step) -> 429 / 503
+//!     5 rewrite       credentials dropped, x-forwarded-*, x-request-id
+//!     6 body limit    declared or streamed size over max_body_bytes    -> 413
+//!     7 forward       upstream with timeout on headers only            -> 502 / 504
+//!     8 respond       hop-by-hop removed; a WebSocket switch becomes a tunnel; the
+//!                     upstream's token report charged to the budget
+//! ```
+//! `precheck.rs` holds step 1, `proxy.rs` steps 5 to 8, `finish.rs` what every request
+//! leaves behind (metrics, the access-log line), `answer.rs` what the HTTP layer writes.
+//! Every stage runs before anything reaches an upstream; a stage that refuses ends the request
+//! with nothing forwarded.
+
+mod answer;
+mod finish;
+mod precheck;
+mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+
+pub use answer::{Answer, ErrorAnswer};
+
+use crate::auth::{self, AuthMetrics, Identity};
+use crate::authz;
+use crate::body::{CountingBody, DropTrailers, ObservedBody, ProxyBody, boxed};
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, Runtime};
+use crate::headers::{
+    RequestId, X_REQUEST_ID, is_websocket_upgrade, strip_client_identity, strip_hop_by_hop,
+};
+use crate::limits::gcra::LimitState;
+use crate::limits::usage::UsageMeter;
+use crate::limits::{self, Denied};
+use crate::routes::Route;
+use crate::server::{ClientUpgrade, ConnActivity};
+use crate::telemetry::{Metrics, RouteHistograms, SharedLabel};
+use finish::Finish;
+
+/// What the pipeline knows about the connection a request came in on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer IP as a header value, formatted once per connection.
+    pub peer_header: HeaderValue,
+    pub tls: bool,
+    /// HTTP/2 connections only: what the connection's timer reads to tell idle from busy.
+    /// (The HTTP/1.1 server keeps its own timeouts, one request at a time.)
+    pub activity: Option<Arc<ConnActivity>>,
+    /// This connection's `max_connections` slot; a WebSocket tunnel keeps it.
+    pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    pub tunnels: Arc<crate::forward::Tunnels>,
+}
+
+/// Facts gathered while the request moves through the stages, for the log line.
+#[derive(Debug, Default)]
+struct Context {
+    route: Option<Arc<str>>,
+    identity: Option<Arc<Identity>>,
+    upstream_ms: Option<f64>,
+    /// Set once the rate-limit step ran: the `RateLimit-*` headers of the response.
+    rate_limit: Option<LimitState>,
+    histograms: Option<RouteHistograms>,
+}
+
+/// Label used for requests that matched no route (shared: no allocation per request).
+static UNMATCHED_ROUTE: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("(none)"));
+
+/// Handles one request end to end. Never fails: errors become their JSON response here.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    request: Request<ProxyBody>,
+) -> Response<ProxyBody> {
+    answer(gateway, conn, request).await.into_response()
+}
+
+/// Runs the stages and decides the answer; errors are logged and counted here, once.
+pub async fn answer(
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    request: Request<ProxyBody>,
+) -> Answer {
+    // One consistent view of config, key store and JWT validator for the whole request.
+    let runtime = gateway.runtime();
+    let config = &runtime.config;
+    let request_id = RequestId::of_request(request.headers());
+    let body_pending = !request.body().is_end_stream();
+    let version = request.version();
+    // Only the access log reads the count: without it, no counter is allocated per request.
+    let bytes_in = config.log.access_log.then(|| Arc::new(AtomicU64::new(0)));
+    let mut finish = Finish::start(
+        &gateway,
+        config,
+        &conn,
+        &request,
+        &request_id,
+        bytes_in.clone(),
+    );
+
+    let mut context = Context::default();
+    // A request without a body has nothing to count and no trailers to drop.
+    let request = match (&bytes_in, body_pending) {
+        (Some(counter), true) => {
+            let counter = Some(counter.clone());
+            request.map(|body| boxed(CountingBody::new(body, counter)))
+        }
+        _ => request,
+    };
+
+    let result = handle_inner(
+        &runtime,
+        &gateway.metrics,
+        &gateway.auth_metrics,
+        &conn,
+        request,
+        &request_id,
+        &mut context,
+    )
+    .await;
+    finish.upstream_ms = context.upstream_ms;
+    finish.histograms = context.histograms;
+    if let Some(route) = &context.route {
+        finish.route = SharedLabel(route.clone());
+    }
+    if let Some(log) = &mut finish.log {
+        let record = &mut log.record;
+        record.route.clone_from(&context.route);
+        if let Some(identity) = context.identity {
+            record.auth_method = Some(identity.method.as_str());
+            record.key_id = identity.key_id().map(str::to_owned);
+            record.subject = Some(identity.subject().to_owned());
+            record.tenant_id = identity.tenant_id().map(str::to_owned);
+        }
+    }
+    match result {
+        Ok(mut response) => {
+            let headers = response.headers_mut();
+            headers.insert(&X_REQUEST_ID, request_id.into_header_value());
+            if let Some(state) = context.rate_limit {
+                limits::insert_headers(headers, state);
+            }
+            finish.status = response.status().as_u16();
+            let (parts, body) = response.into_parts();
+            Answer::Response(Response::from_parts(
+                parts,
+                ObservedBody::new(body, finish).boxed(),
+            ))
+        }
+        Err(error) => {
+            let status = error.status();
+            let route = context.route.as_deref().unwrap_or("-");
+            if status.is_server_error() {
+                tracing::warn!(request_id = request_id.as_str(), route, reason = error.reason(), %status, "Request failed.");
+            } else {
+                tracing::debug!(request_id = request_id.as_str(), route, reason = error.reason(), %status, "Request denied.");
+            }
+            finish.reason = Some(error.reason());
+            finish.status = status.as_u16();
+            Answer::Error(ErrorAnswer {
+                error,
+                request_id,
+                rate_limit: context.rate_limit,
+                close: body_pending && version <= Version::HTTP_11,
+                finish: Some(finish),
+            })
+        }
+    }
+}
+
+/// The stages, in order. Each `?` is a decision that ends the request with nothing
+/// forwarded.
+async fn handle_inner(
+    runtime: &Runtime,
+    metrics: &Metrics,
+    auth_metrics: &AuthMetrics,
+    conn: &ConnInfo,
+    request: Request<ProxyBody>,
+    request_id: &RequestId,
+    context: &mut Context,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let config = &runtime.config;
+    let (mut parts, body) = request.into_parts();
+
+    // 1. Precheck: what the HTTP parser let through but a gateway must not. The target
+    //    borrows from these cheap (reference-counted) copies, so the headers stay free to be
+    //    rewritten below.
+    let uri = parts.uri.clone();
+    let host_header = precheck::single_host(&parts.headers)?;
+    let target = precheck::check_target(&parts.method, parts.version, &uri, host_header.as_ref())?;
+    if parts.version == Version::HTTP_2 {
+        // The HTTP/1.1 parser enforced every field rule already; an HTTP/2 request is held to
+        // the same rules before it can be forwarded over HTTP/1.1.
+        precheck::check_h2_fields(&mut parts.headers, config.server.underscores_in_headers)?;
+    }
+    precheck::check_header_size(&parts, config.server.max_header_bytes)?;
+
+    // 2. Route, from the request line and Host only.
+    let route = find_route(config, metrics, &target, &parts, context)?;
+    let websocket =
+        route.websocket && is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
+
+    // 3. Strip before anything is set.
+    let body = strip(&mut parts, body, websocket, config, request_id);
+
+    // 4. Authenticate (default deny on protected routes), authorize on every request (cached
+    //    credential or not), rate limit.
+    let identity = auth::authenticate(
+        route.access.auth,
+        &parts.headers,
+        &config.api_keys.prefix,
+        runtime.keys.as_ref(),
+        runtime.jwt.as_ref(),
+        auth_metrics,
+    )
+    .await?;
+    context.identity.clone_from(&identity);
+    let meter = match &identity {
+        Some(identity) => {
+            authz::authorize(&route.access, identity)?;
+            admit(runtime, route, identity, context).await?
+        }
+        None => None,
+    };
+
+    // 5. Rewrite: credentials dropped, our identity headers, forwarding headers.
+    proxy::rewrite(
+        &mut parts,
+        route,
+        identity.as_deref(),
+        config,
+        conn,
+        request_id,
+    );
+
+    // 6. Body limit.
+    let body = proxy::limit_body(&parts, body, route)?;
+
+    // 7. Forward, waiting for the response head only. A WebSocket upgrade keeps the client's
+    //    connection for the tunnel.
+    let client_upgrade = websocket
+        .then(|| parts.extensions.remove::<ClientUpgrade>())
+        .flatten();
+    let response = proxy::forward(route, parts, body, &target, context).await?;
+
+    // 8. The response back to the client.
+    proxy::respond(response, route, client_upgrade, conn, meter)
+}
+
+/// Step 2: the route for the normalized path, host and method; its metric handles.
+fn find_route<'c>(
+    config: &'c Config,
+    metrics: &Metrics,
+    target: &precheck::Target<'_>,
+    parts: &Parts,
+    context: &mut Context,
+) -> Result<&'c Route, GatewayError> {
+    let route = config
+        .routes
+        .find(target.host, &parts.method, &target.path)
+        .ok_or(GatewayError::RouteNotFound)?;
+    context.route = Some(route.name.clone());
+    context.histograms = Some(
+        route
+            .histograms
+            .get_or_init(|| metrics.route_histograms(&SharedLabel(route.name.clone())))
+            .clone(),
+    );
+    Ok(route)
+}
+
+/// Step 3: hop-by-hop (and Connection-named) fields first, then every client field under the
+/// identity prefix and the routing overrides, and the request's trailers: field rules cannot
+/// vouch for them, and an HTTP/2 upstream would read them as headers (`x-auth-tenant-id`).
+fn strip(
+    parts: &mut Parts,
+    body: ProxyBody,
+    websocket: bool,
+    config: &Config,
+    request_id: &RequestId,
+) -> ProxyBody {
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    let stripped = strip_client_identity(&mut parts.headers, &config.identity.header_prefix);
+    if stripped > 0 {
+        tracing::debug!(
+            request_id = request_id.as_str(),
+            stripped,
+            "Removed client-sent identity headers."
+        );
+    }
+    if body.is_end_stream() {
+        body
+    } else {
+        boxed(DropTrailers::new(body))
+    }
+}
+
+/// Step 4's rate limit: one atomic check-and-count; a refused request counts against nothing.
+async fn admit(
+    runtime: &Runtime,
+    route: &Route,
+    identity: &Arc<Identity>,
+    context: &mut Context,
+) -> Result<Option<UsageMeter>, GatewayError> {
+    match runtime.limits.admit(route, identity).await {
+        Ok(admission) => {
+            context.rate_limit = admission.state;
+            Ok(admission.meter)
+        }
+        Err(Denied::Limited(refusal)) => {
+            context.rate_limit = refusal.state;
+            Err(GatewayError::RateLimited {
+                retry_after_secs: refusal.retry_after_secs,
+            })
+        }
+        Err(Denied::BackendUnavailable) => Err(GatewayError::AuthBackendUnavailable),
+    }
+}

@@ -1,0 +1,143 @@
+//! Steps 5 to 8 of the pipeline: the request rewritten for the upstream (credentials out,
+//! identity and forwarding headers in), its body limited, sent, and the response prepared for
+//! the client (hop-by-hop fields out, a WebSocket switch handed to the tunnel, usage metered).
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use http::header::{AUTHORIZATION, HOST, TE};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode};
+
+use super::precheck::Target;
+use super::{ConnInfo, Context};
+use crate::auth::Identity;
+use crate::body::{LimitedBody, ProxyBody, boxed, empty};
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::headers::{RequestId, X_REQUEST_ID, set_forwarded_with, strip_response_hop_by_hop};
+use crate::http1::fields::request_content_length;
+use crate::limits::usage::{self, UsageMeter};
+use crate::routes::Route;
+use crate::server::ClientUpgrade;
+
+/// Step 5: credentials stay here unless the route opts in; authgate's identity headers (the
+/// client's were stripped in step 3); forwarding headers and the request id.
+pub(super) fn rewrite(
+    parts: &mut Parts,
+    route: &Route,
+    identity: Option<&Identity>,
+    config: &Config,
+    conn: &ConnInfo,
+    request_id: &RequestId,
+) {
+    if !route.forward_authorization {
+        parts.headers.remove(AUTHORIZATION);
+    }
+    if let Some(identity) = identity {
+        identity.insert_headers(&config.identity.names, &mut parts.headers);
+    }
+    let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    });
+    set_forwarded_with(
+        &mut parts.headers,
+        conn.peer.ip(),
+        &conn.peer_header,
+        &config.server.trusted_proxies,
+        conn.tls,
+        original_host.as_ref(),
+    );
+    if route.preserve_host && !parts.headers.contains_key(HOST) {
+        // An h2 request carries its host in :authority; an h1 upstream needs it as Host.
+        if let Some(host) = original_host {
+            parts.headers.insert(HOST, host);
+        }
+    }
+    parts
+        .headers
+        .insert(&X_REQUEST_ID, request_id.header_value().clone());
+    if route.usage.is_some() {
+        // We read the upstream's usage trailer; HTTP/1.1 upstreams only send trailers to a
+        // client that announces it accepts them (TE is hop-by-hop: the client's was removed).
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Step 6: a declared length over `max_body_bytes` is refused before forwarding; a streamed
+/// body is cut when it passes the limit.
+pub(super) fn limit_body(
+    parts: &Parts,
+    body: ProxyBody,
+    route: &Route,
+) -> Result<ProxyBody, GatewayError> {
+    let Some(limit) = route.max_body_bytes else {
+        return Ok(body);
+    };
+    // The length was validated by the HTTP/1.1 parser or `precheck::check_h2_fields`.
+    let declared = request_content_length(&parts.headers).ok().flatten();
+    if declared.is_some_and(|length| length > limit) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    Ok(boxed(LimitedBody::new(body, limit)))
+}
+
+/// Step 7: sends the request to the route's upstreams and waits for the response head, no
+/// longer than the route's timeout.
+pub(super) async fn forward(
+    route: &Route,
+    parts: Parts,
+    body: ProxyBody,
+    target: &Target<'_>,
+    context: &mut Context,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    let upstream_path = route.upstream_path(&target.path);
+    let path_and_query: Cow<'_, str> = match target.query {
+        Some(query) => Cow::Owned(format!("{upstream_path}?{query}")),
+        None => Cow::Borrowed(upstream_path),
+    };
+    let started = Instant::now();
+    let sent = route
+        .upstreams
+        .send(
+            Request::from_parts(parts, body),
+            &path_and_query,
+            route.preserve_host,
+            route.timeout,
+        )
+        .await;
+    context.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    sent
+}
+
+/// Step 8: the upstream's response on its way to the client. `client_upgrade` is the
+/// client's connection, for a WebSocket upgrade on a route that allows it.
+pub(super) fn respond(
+    mut response: Response<ProxyBody>,
+    route: &Route,
+    client_upgrade: Option<ClientUpgrade>,
+    conn: &ConnInfo,
+    meter: Option<UsageMeter>,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            // An upstream may not switch protocols on a request that did not ask for it.
+            return Err(GatewayError::UpstreamUnavailable);
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        conn.tunnels
+            .spawn(client_upgrade, upstream_upgrade, conn.slot.clone());
+        strip_response_hop_by_hop(response.headers_mut(), true);
+        return Ok(response.map(|_| empty()));
+    }
+    strip_response_hop_by_hop(response.headers_mut(), false);
+    Ok(match (&route.usage, meter) {
+        (Some(rule), Some(meter)) => usage::meter_response(response, rule, meter),
+        _ => response,
+    })
+}

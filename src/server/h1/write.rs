@@ -1,0 +1,336 @@
+//! Responses on the wire: heads with their framing, bodies coalesced or chunked, trailers,
+//! authgate's own JSON answers and refusals, and the cached `Date`.
+
+use std::io;
+use std::pin::pin;
+use std::task::Poll;
+
+use bytes::BytesMut;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, Response, StatusCode, Version};
+use http_body::Body;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::body::ProxyBody;
+use crate::error::GatewayError;
+use crate::http1::fields::{has_token, parse_digits};
+use crate::http1::response::{BodyFraming, ResponseContext, frame_response};
+use crate::http1::{encode_chunk_header, encode_last_chunk};
+use crate::pipeline::ErrorAnswer;
+
+/// Body frames up to this size are copied next to the head (or the chunk header) so that
+/// both leave in one write; larger ones are written from their own buffer.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// What the request decides about its response: framing, and whether trailers may follow.
+#[derive(Clone, Copy)]
+pub(super) struct ResponseTo {
+    pub(super) context: ResponseContext,
+    pub(super) trailers_allowed: bool,
+}
+
+/// Writes a head and, unless the request was HEAD or the status has none, the body.
+/// `keep_alive` comes back false when the connection cannot carry another request.
+pub(super) async fn write_response<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    response: Response<ProxyBody>,
+    request: ResponseTo,
+    keep_alive: &mut bool,
+) -> io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    out.clear();
+    write_status_line(out, status);
+    // One pass over the headers: what the connection must know is noted on the way.
+    let mut declared = None;
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        // Framing and connection fields are this connection's to set (`frame_response`).
+        if name == CONNECTION {
+            if has_token(value.as_bytes(), b"close") {
+                *keep_alive = false;
+            }
+            continue;
+        }
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        if name == CONTENT_LENGTH {
+            // The first valid one is the upstream's length; none is repeated as it came.
+            if declared.is_none() {
+                declared = parse_digits(value.as_bytes());
+            }
+            continue;
+        }
+        has_date |= name == DATE;
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let framing = frame_response(&request.context, status, declared, body.size_hint().exact());
+    if let Some(length) = framing.content_length {
+        write_content_length(out, length);
+    }
+    if framing.body == BodyFraming::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if framing.closes() {
+        *keep_alive = false;
+    }
+    let framing = framing.body;
+    finish_head(out, request.context, *keep_alive, !has_date);
+    drop(parts);
+
+    if matches!(framing, BodyFraming::None) {
+        // HEAD, 1xx, 204, 304: no body is sent (hyper drops it unread too).
+        drop(body);
+        return write_out(wr, out).await;
+    }
+    let mut body = pin!(body);
+    let mut sent: u64 = 0;
+    loop {
+        // A frame that is ready now joins what is buffered; otherwise the buffer goes out
+        // before waiting, so a stream (SSE) reaches the client event by event.
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(match body.as_mut().poll_frame(cx) {
+                Poll::Ready(frame) => Some(frame),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        let frame = match ready {
+            Some(frame) => frame,
+            None => {
+                write_out(wr, out).await?;
+                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        // Coalescing stops at a bound: a fast upstream must not fill this buffer faster
+        // than the client reads it.
+        if out.len() >= COALESCE_LIMIT {
+            write_out(wr, out).await?;
+        }
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                // The response cannot be completed: the client must see it cut short.
+                *keep_alive = false;
+                write_out(wr, out).await?;
+                return Err(io::Error::other(error));
+            }
+            None => {
+                let trailers_allowed = request.trailers_allowed;
+                return finish_body(wr, out, &framing, sent, None, trailers_allowed, keep_alive)
+                    .await;
+            }
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                let Ok(trailers) = frame.into_trailers() else {
+                    continue;
+                };
+                let trailers_allowed = request.trailers_allowed;
+                return finish_body(
+                    wr,
+                    out,
+                    &framing,
+                    sent,
+                    Some(&trailers),
+                    trailers_allowed,
+                    keep_alive,
+                )
+                .await;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if let BodyFraming::Length(length) = framing {
+            let room = length - sent;
+            if data.len() as u64 > room {
+                // More than announced: send what was announced, then close.
+                data.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+                *keep_alive = false;
+            }
+        }
+        sent += data.len() as u64;
+        let chunked = matches!(framing, BodyFraming::Chunked);
+        if chunked {
+            encode_chunk_header(data.len(), out);
+        }
+        if data.len() <= COALESCE_LIMIT {
+            out.extend_from_slice(&data);
+        } else {
+            write_out(wr, out).await?;
+            wr.write_all(&data).await?;
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if matches!(framing, BodyFraming::Length(length) if sent >= length) {
+            // Everything announced is out; the body is dropped (as hyper does).
+            return finish_body(wr, out, &framing, sent, None, false, keep_alive).await;
+        }
+    }
+}
+
+/// Ends the body: the last chunk (with trailers when the client accepts them), or a check
+/// that a length-framed body delivered what it announced.
+async fn finish_body<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    framing: &BodyFraming,
+    sent: u64,
+    trailers: Option<&HeaderMap>,
+    trailers_allowed: bool,
+    keep_alive: &mut bool,
+) -> io::Result<()> {
+    match framing {
+        BodyFraming::Chunked => {
+            encode_last_chunk(trailers.filter(|_| trailers_allowed), out);
+        }
+        BodyFraming::Length(length) if sent < *length => {
+            // The body ended short of its Content-Length: the client must not take the
+            // next bytes as a response.
+            *keep_alive = false;
+        }
+        BodyFraming::Close => *keep_alive = false,
+        BodyFraming::Length(_) | BodyFraming::None => {}
+    }
+    write_out(wr, out).await
+}
+
+async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    wr.flush().await
+}
+
+fn write_status_line(out: &mut BytesMut, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    // A reason must be written: many parsers expect one.
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_content_length(out: &mut BytesMut, length: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A refusal written before the pipeline could run (the head itself was unusable); the
+/// connection closes after it.
+pub(super) async fn write_refusal<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    error: GatewayError,
+) -> io::Result<()> {
+    let context = ResponseContext {
+        method_is_head: false,
+        request_version: Version::HTTP_11,
+        upgrading: false,
+    };
+    write_error(wr, out, ErrorAnswer::for_head(error), context, &mut false).await?;
+    wr.shutdown().await
+}
+
+/// Writes an answer authgate gives itself, head and JSON body in one write, with no header
+/// map on the way: the same headers `ErrorAnswer::into_response` puts in a `Response`.
+pub(super) async fn write_error<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    answer: ErrorAnswer,
+    request: ResponseContext,
+    keep_alive: &mut bool,
+) -> io::Result<()> {
+    if answer.close {
+        *keep_alive = false;
+    }
+    let body = answer.error.json_body(&answer.request_id);
+    out.clear();
+    write_status_line(out, answer.error.status());
+    out.extend_from_slice(b"content-type: application/json\r\n");
+    if let Some((name, value)) = answer.error.extra_header() {
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(state) = answer.rate_limit {
+        let mut number = itoa::Buffer::new();
+        for (name, value) in crate::limits::header_fields(state) {
+            write_header(
+                out,
+                name.as_str().as_bytes(),
+                number.format(value).as_bytes(),
+            );
+        }
+    }
+    write_header(out, b"x-request-id", answer.request_id.as_bytes());
+    write_content_length(out, body.len() as u64);
+    finish_head(out, request, *keep_alive, true);
+    let sent = if request.method_is_head {
+        0
+    } else {
+        out.extend_from_slice(&body);
+        body.len() as u64
+    };
+    let written = write_out(wr, out).await;
+    answer.sent(sent, written.is_ok());
+    written
+}
+
+fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last lines of every response head: `date` (unless the upstream sent one) and the
+/// connection's fate.
+fn finish_head(out: &mut BytesMut, request: ResponseContext, keep_alive: bool, date: bool) {
+    if date {
+        write_header(out, b"date", &http_date());
+    }
+    if request.upgrading {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if request.request_version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Date` header value, formatted once per second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    CACHED.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        let mut text = [0; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let bytes = formatted.as_bytes();
+        let len = bytes.len().min(29);
+        text[..len].copy_from_slice(&bytes[..len]);
+        cached.set((second, text));
+        text
+    })
+}
