@@ -8,6 +8,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 use super::BodyDecoder;
+use super::fields::{has_token, only_tokens, parse_length_list, tokens};
 
 /// Longest response head (status line, fields, empty line). Longer is an error, not a wait.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -272,8 +273,7 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
             }
         } else if name == TRANSFER_ENCODING {
             transfer_encoding = true;
-            for coding in field.value.split(|&b| b == b',') {
-                let coding = coding.trim_ascii();
+            for coding in tokens(field.value) {
                 // Empty list elements do not count (RFC 9110 §5.6.1.2).
                 if !coding.is_empty() {
                     codings += 1;
@@ -359,45 +359,6 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         length = Some(this);
     }
     length
-}
-
-/// `1*DIGIT` or a comma-separated list of identical ones, with optional whitespace.
-fn parse_length_list(value: &[u8]) -> Option<u64> {
-    let mut length = None;
-    for item in value.split(|&b| b == b',') {
-        let this = parse_digits(item.trim_ascii())?;
-        if length.is_some_and(|length| length != this) {
-            return None;
-        }
-        length = Some(this);
-    }
-    length
-}
-
-/// Decimal digits only: no sign, no whitespace, no overflow.
-fn parse_digits(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |value, &b| {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        value.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-    })
-}
-
-fn only_tokens(value: &[u8], tokens: &[&[u8]]) -> bool {
-    value.split(|&b| b == b',').all(|item| {
-        let item = item.trim_ascii();
-        tokens.iter().any(|token| item.eq_ignore_ascii_case(token))
-    })
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
