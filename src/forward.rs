@@ -23,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::body::{BodyTooLarge, ProxyBody, ReclaimableBody};
-use crate::config::file::UpstreamProtocol;
 use crate::error::GatewayError;
 
 /// Connection attempts to one upstream give up after this (the route timeout still applies).
@@ -37,6 +36,35 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
 type H2Client = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 pub use h1::{Upgraded as UpstreamUpgraded, UpstreamUpgrade};
+
+/// `routes.upstream_protocol`: what a route speaks to its upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+/// What a route forwards to, as its config says: pure data, compiled once and checked then
+/// (URLs parsed, the CA file readable). The gateway turns it into live [`Upstreams`] through
+/// its [`UpstreamClients`], which outlive reloads.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub targets: Vec<UpstreamTarget>,
+    pub protocol: UpstreamProtocol,
+    /// Extra PEM CAs trusted for https upstreams.
+    pub ca: Option<PathBuf>,
+}
+
+impl UpstreamSpec {
+    pub fn describe(&self) -> String {
+        self.targets
+            .iter()
+            .map(UpstreamTarget::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
 
 /// A pooled client for one protocol and trust setting, shared by the routes that use them.
 #[derive(Clone, Debug)]
@@ -54,24 +82,48 @@ struct H1Client {
     tls: Arc<h1::TlsSetting>,
 }
 
-/// Builds each distinct client once per config.
+/// Every upstream client the gateway has built, each kept for as long as some config uses it:
+/// a reload builds the routes' [`Upstreams`] from here, so connection pools of upstreams that
+/// did not change survive it. A CA file whose content changed gets a new client.
 #[derive(Debug, Default)]
-pub struct ClientFactory {
-    built: HashMap<(UpstreamProtocol, Option<PathBuf>), UpstreamClient>,
+pub struct UpstreamClients {
+    built: HashMap<(UpstreamProtocol, Option<PathBuf>), BuiltClient>,
     /// Shared by every HTTP/1.1 client; the pools are keyed by trust setting themselves.
     h1: Arc<h1::Pools>,
 }
 
-impl ClientFactory {
+/// A client, with the content of the CA file it was built from (a reload that finds the file
+/// changed builds a new one).
+#[derive(Debug)]
+struct BuiltClient {
+    client: UpstreamClient,
+    ca_content: Option<Vec<u8>>,
+}
+
+impl UpstreamClients {
+    /// The live upstreams of a route.
+    pub fn upstreams(&mut self, spec: &UpstreamSpec) -> Result<Upstreams, String> {
+        let client = self.client(spec.protocol, spec.ca.as_deref())?;
+        Ok(Upstreams::new(spec.targets.clone(), client))
+    }
+
     /// The client for `protocol`, trusting the web PKI roots plus the PEM CAs in `extra_ca`.
-    pub fn client(
+    fn client(
         &mut self,
         protocol: UpstreamProtocol,
         extra_ca: Option<&Path>,
     ) -> Result<UpstreamClient, String> {
         let key = (protocol, extra_ca.map(Path::to_path_buf));
-        if let Some(client) = self.built.get(&key) {
-            return Ok(client.clone());
+        let ca_content = match extra_ca {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|e| format!("upstream_ca {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        if let Some(built) = self.built.get(&key)
+            && built.ca_content == ca_content
+        {
+            return Ok(built.client.clone());
         }
         let client = match protocol {
             UpstreamProtocol::Http1 => {
@@ -91,7 +143,13 @@ impl ClientFactory {
             }
             UpstreamProtocol::Http2 => build_h2_client(extra_ca)?,
         };
-        self.built.insert(key, client.clone());
+        self.built.insert(
+            key,
+            BuiltClient {
+                client: client.clone(),
+                ca_content,
+            },
+        );
         Ok(client)
     }
 }

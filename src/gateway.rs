@@ -6,14 +6,15 @@
 //! survives reloads that do not change the key settings.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::auth::AuthMetrics;
 use crate::auth::jwt::JwtValidator;
 use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::forward::{UpstreamClients, Upstreams};
 use crate::keys::cache::KeyMetrics;
 use crate::keys::control_plane::{ControlPlane, ControlPlaneAuth};
 use crate::keys::file_source::{FileKeys, KeyFileErrors};
@@ -21,6 +22,7 @@ use crate::keys::settings::{ControlPlaneAuthSettings, KeySourceSettings};
 use crate::keys::{KeySource, KeyStore};
 use crate::limits::Limits;
 use crate::limits::local::{LocalStore, spawn_housekeeping};
+use crate::routes::Route;
 use crate::telemetry::{AccessLog, Metrics, ResultLabels};
 
 /// What requests decide with; replaced as a whole on reload.
@@ -33,6 +35,15 @@ pub struct Runtime {
     pub jwt: Option<Arc<JwtValidator>>,
     /// Rate limits and budgets; their state outlives the snapshot.
     pub limits: Arc<Limits>,
+    /// Each route's live upstreams, by route index; their pools outlive the snapshot.
+    upstreams: Vec<Upstreams>,
+}
+
+impl Runtime {
+    /// The live upstreams of one of this snapshot's routes.
+    pub fn upstreams(&self, route: &Route) -> &Upstreams {
+        &self.upstreams[route.index]
+    }
 }
 
 /// Shared by the listeners, every connection and the admin API.
@@ -52,6 +63,9 @@ pub struct Gateway {
     pub auth_metrics: AuthMetrics,
     /// Local limiter state, shared by every snapshot so reloads keep it.
     limit_store: Arc<LocalStore>,
+    /// Upstream clients and their connection pools, shared by every snapshot so reloads
+    /// keep the connections of upstreams that did not change.
+    clients: Mutex<UpstreamClients>,
 }
 
 impl Gateway {
@@ -102,6 +116,8 @@ impl Gateway {
             None,
             metrics.limits.clone(),
         )?);
+        let mut clients = UpstreamClients::default();
+        let upstreams = build_upstreams(&config, &mut clients)?;
         Ok(Self {
             config_path: config.path.clone(),
             runtime: ArcSwap::from_pointee(Runtime {
@@ -109,7 +125,9 @@ impl Gateway {
                 keys,
                 jwt,
                 limits,
+                upstreams,
             }),
+            clients: Mutex::new(clients),
             auth_metrics: AuthMetrics::new(metrics.auth.clone()),
             metrics,
             access_log,
@@ -192,10 +210,12 @@ impl Gateway {
                 self.metrics.limits.clone(),
             )
             .map_err(|m| self.reload_error(m))?;
-            Ok((new, store, keep_store, jwt, limits))
+            let upstreams = build_upstreams(&new, &mut lock(&self.clients))
+                .map_err(|m| self.reload_error(m))?;
+            Ok((new, store, keep_store, jwt, limits, upstreams))
         });
         match result {
-            Ok((new, store, kept, jwt, limits)) => {
+            Ok((new, store, kept, jwt, limits, upstreams)) => {
                 let old = &running.config;
                 if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
                     tracing::warn!(
@@ -210,6 +230,7 @@ impl Gateway {
                     keys: store,
                     jwt,
                     limits: Arc::new(limits),
+                    upstreams,
                 }));
                 self.metrics
                     .config_reloads
@@ -245,6 +266,26 @@ impl Gateway {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.is_draining()
     }
+}
+
+/// Each route's live upstreams, by route index, from the gateway's clients.
+fn build_upstreams(
+    config: &Config,
+    clients: &mut UpstreamClients,
+) -> Result<Vec<Upstreams>, String> {
+    config
+        .routes
+        .routes()
+        .iter()
+        .map(|route| clients.upstreams(&route.upstream))
+        .collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only reloads take it, one at a time; a panic inside leaves the map consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Builds the JWT validator when issuers are configured (key sets are fetched in the

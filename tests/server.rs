@@ -6,6 +6,7 @@ use common::*;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Version;
@@ -499,6 +500,81 @@ async fn sighup_reloads_the_config() {
     assert!(
         metrics.contains(r#"authgate_config_reloads_total{result="success"} 1"#),
         "{metrics}"
+    );
+    gateway.signal("TERM");
+    assert!(gateway.wait_exit(Duration::from_secs(20)).await.success());
+}
+
+/// A keep-alive upstream that counts the connections it accepts and answers every request
+/// with a small 200.
+async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A reload keeps the connection pools of upstreams it did not change: the request after a
+/// SIGHUP reuses the keep-alive connection the one before it opened.
+#[tokio::test]
+async fn sighup_keeps_upstream_keep_alive_connections() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = counting_upstream().await;
+    let url = format!("http://{upstream}");
+    let Served {
+        mut gateway,
+        listen,
+        admin,
+        config,
+        dir: _dir,
+    } = serve_ready("", &public_route("pub", "/pub/", &url)).await;
+    let client = client();
+    let get = |path: &str| client.get(format!("http://{listen}{path}")).send();
+    assert_eq!(get("/pub/a").await.unwrap().status(), 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&public_route("new", "/new/", &url));
+    std::fs::write(&config, text).unwrap();
+    gateway.signal("HUP");
+    let new_url = format!("http://{listen}/new/x");
+    let status = poll_status(&new_url, 200, Duration::from_millis(25), 200).await;
+    assert_eq!(status, 200, "SIGHUP did not load the new route");
+    let metrics = get_text(&format!("http://{admin}/metrics")).await;
+    assert!(
+        metrics.contains(r#"authgate_config_reloads_total{result="success"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(get("/pub/b").await.unwrap().status(), 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the reload started the upstream pool afresh"
     );
     gateway.signal("TERM");
     assert!(gateway.wait_exit(Duration::from_secs(20)).await.success());

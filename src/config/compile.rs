@@ -14,7 +14,6 @@ use super::file::{self, FileAuth, FileConfig, KeySourceKind};
 use super::support::{Errors, compile_rate, resolve};
 use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, ServerSettings};
 use crate::auth::issuer::{IssuerMatch, IssuerSettings};
-use crate::forward::ClientFactory;
 use crate::http1::fields::UnderscorePolicy;
 use crate::keys::settings::{
     ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
@@ -75,7 +74,6 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         access_log: file.log.access_log.unwrap_or(true),
     };
 
-    let mut clients = ClientFactory::default();
     let mut routes = Vec::with_capacity(file.routes.len());
     let mut names = HashSet::new();
     for (index, spanned) in file.routes.iter().enumerate() {
@@ -90,15 +88,9 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
                 ),
             );
         }
-        if let Some(route) = super::route::compile_route(
-            route,
-            index,
-            span,
-            &file,
-            &base_dir,
-            &mut clients,
-            &mut errors,
-        ) {
+        if let Some(route) =
+            super::route::compile_route(route, index, span, &file, &base_dir, &mut errors)
+        {
             routes.push(route);
         }
     }
@@ -687,7 +679,7 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
             format!(
                 "{:<20} host={host} methods={methods} {pattern} auth={auth} -> {}",
                 route.name,
-                route.upstreams.describe()
+                route.upstream.describe()
             )
         })
         .collect()

@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::forward::UpstreamProtocol;
 use crate::limits::settings::BackendErrorPolicy;
 use crate::telemetry::LogFormat;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -288,14 +289,6 @@ pub struct FileMatch {
     pub path_prefix: Option<Text>,
     pub host: Option<Text>,
     pub methods: Option<Vec<Text>>,
-}
-
-/// `routes.upstream_protocol`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpstreamProtocol {
-    Http1,
-    Http2,
 }
 
 /// `routes.usage`: token budgets reported by the upstream.

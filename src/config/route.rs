@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 
-use super::file::{self, FileAuth, FileConfig, FileRoute, UpstreamProtocol};
+use super::file::{self, FileAuth, FileConfig, FileRoute};
 use super::support::{Errors, compile_rate, resolve};
-use crate::forward::{ClientFactory, UpstreamTarget, Upstreams};
+use crate::forward::{UpstreamProtocol, UpstreamSpec, UpstreamTarget};
 use crate::limits::settings::{Rate, UsageRule};
 use crate::routes::normalize::normalize_path;
 use crate::routes::policy::{AccessPolicy, AuthPolicy, ScopeRule};
@@ -19,7 +19,7 @@ use crate::routes::{PathPattern, Route, RouteMatch};
 
 /// What the route's forwarding settings compile to.
 struct Forwarding {
-    upstreams: Upstreams,
+    upstream: UpstreamSpec,
     strip_prefix: Option<String>,
     timeout: Duration,
 }
@@ -30,7 +30,6 @@ pub(super) fn compile_route(
     span: Range<usize>,
     file: &FileConfig,
     base_dir: &Path,
-    clients: &mut ClientFactory,
     errors: &mut Errors<'_>,
 ) -> Option<Route> {
     let before = errors.list.len();
@@ -54,7 +53,6 @@ pub(super) fn compile_route(
         &span,
         matcher.as_ref().map(|matcher| &matcher.path),
         base_dir,
-        clients,
         errors,
     );
     if errors.list.len() != before {
@@ -65,7 +63,7 @@ pub(super) fn compile_route(
         name: Arc::from(name),
         index,
         matcher: matcher?,
-        upstreams: forwarding.upstreams,
+        upstream: forwarding.upstream,
         access,
         rate_limit,
         usage,
@@ -285,7 +283,6 @@ fn compile_forwarding(
     span: &Range<usize>,
     path: Option<&PathPattern>,
     base_dir: &Path,
-    clients: &mut ClientFactory,
     errors: &mut Errors<'_>,
 ) -> Option<Forwarding> {
     let strip_prefix = route.strip_prefix.as_ref().and_then(|strip| {
@@ -333,17 +330,20 @@ fn compile_forwarding(
             Err(message) => errors.at(upstream_span.clone(), message),
         }
     }
-    let client = match clients.client(protocol, extra_ca.as_ref().map(|(path, _)| path.as_path())) {
-        Ok(client) => Some(client),
-        Err(message) => {
-            let at = extra_ca.map_or(upstream_span, |(_, span)| span);
-            errors.at(at, message);
-            None
-        }
-    };
+    // The CA is loaded once here so that a bad file is reported at its line; the gateway
+    // builds the client from it.
+    if let Some((path, span)) = &extra_ca
+        && let Err(message) = crate::tls::client_config(Some(path))
+    {
+        errors.at(span.clone(), message);
+    }
 
     Some(Forwarding {
-        upstreams: Upstreams::new(targets, client?),
+        upstream: UpstreamSpec {
+            targets,
+            protocol,
+            ca: extra_ca.map(|(path, _)| path),
+        },
         strip_prefix,
         timeout,
     })

@@ -258,7 +258,8 @@ async fn handle_inner(
     let client_upgrade = websocket
         .then(|| parts.extensions.remove::<ClientUpgrade>())
         .flatten();
-    let response = proxy::forward(route, parts, body, &target, context).await?;
+    let upstreams = runtime.upstreams(route);
+    let response = proxy::forward(route, upstreams, parts, body, &target, context).await?;
 
     // 8. The response back to the client.
     proxy::respond(response, route, client_upgrade, conn, meter)

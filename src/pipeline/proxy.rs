@@ -16,6 +16,7 @@ use crate::body::{LimitedBody, ProxyBody, boxed, empty};
 use crate::config::Config;
 use crate::connection::ClientUpgrade;
 use crate::error::GatewayError;
+use crate::forward::Upstreams;
 use crate::headers::{RequestId, X_REQUEST_ID, set_forwarded_with, strip_response_hop_by_hop};
 use crate::http1::fields::request_content_length;
 use crate::limits::usage::{self, UsageMeter};
@@ -91,6 +92,7 @@ pub(super) fn limit_body(
 /// longer than the route's timeout.
 pub(super) async fn forward(
     route: &Route,
+    upstreams: &Upstreams,
     parts: Parts,
     body: ProxyBody,
     target: &Target<'_>,
@@ -102,8 +104,7 @@ pub(super) async fn forward(
         None => Cow::Borrowed(upstream_path),
     };
     let started = Instant::now();
-    let sent = route
-        .upstreams
+    let sent = upstreams
         .send(
             Request::from_parts(parts, body),
             &path_and_query,

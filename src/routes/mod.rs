@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::forward::Upstreams;
+use crate::forward::UpstreamSpec;
 use crate::limits::settings::{Rate, UsageRule};
 use policy::AccessPolicy;
 
@@ -74,7 +74,8 @@ pub struct Route {
     /// Position in the file (0-based), the last tie-breaker.
     pub index: usize,
     pub matcher: RouteMatch,
-    pub upstreams: Upstreams,
+    /// Where requests go, as configured; the gateway holds the live clients for it.
+    pub upstream: UpstreamSpec,
     /// Accepted credentials, required scopes and tenants.
     pub access: AccessPolicy,
     pub rate_limit: Option<Rate>,
