@@ -13,7 +13,6 @@ use toml::Spanned;
 use super::file::{self, FileAuth, FileConfig, KeySourceKind};
 use super::support::{Errors, compile_rate, resolve};
 use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, ServerSettings};
-use crate::auth::issuer::{IssuerMatch, IssuerSettings};
 use crate::http1::fields::UnderscorePolicy;
 use crate::keys::settings::{
     ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
@@ -66,7 +65,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
 
     let identity = compile_identity(&file.identity, &mut errors);
     let api_keys = compile_api_keys(&file, &base_dir, &mut errors);
-    let jwt_issuers = compile_jwt(&file.jwt, &mut errors);
+    let jwt_issuers = super::jwt::compile_jwt(&file.jwt, &mut errors);
     let rate_limits = compile_rate_limits(&file, &mut errors);
 
     let log = LogSettings {
@@ -402,161 +401,6 @@ fn check_http_url(url: &Spanned<super::values::Text>, what: &str, errors: &mut E
             format!("{what} must be an http:// or https:// URL"),
         );
     }
-}
-
-fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<IssuerSettings> {
-    let mut issuers = Vec::with_capacity(jwt.issuers.len());
-    let mut seen = HashSet::new();
-    for spanned in &jwt.issuers {
-        let span = spanned.span();
-        let issuer = spanned.get_ref();
-        let matcher = match (&issuer.issuer, &issuer.issuer_pattern) {
-            (Some(_), Some(_)) => {
-                errors.at(
-                    span.clone(),
-                    "set either issuer or issuer_pattern, not both",
-                );
-                continue;
-            }
-            (None, None) => {
-                errors.at(
-                    span.clone(),
-                    "each [[jwt.issuers]] needs issuer or issuer_pattern",
-                );
-                continue;
-            }
-            (Some(exact), None) if exact.as_str().is_empty() => {
-                errors.at(span.clone(), "issuer must not be empty");
-                continue;
-            }
-            (Some(exact), None) => IssuerMatch::Exact(exact.as_str().to_owned()),
-            (None, Some(pattern)) => {
-                let raw = pattern.as_str();
-                match raw.split_once("{tenant}") {
-                    Some((prefix, suffix))
-                        if !suffix.contains("{tenant}") && !prefix.is_empty() =>
-                    {
-                        IssuerMatch::Pattern {
-                            raw: raw.to_owned(),
-                            prefix: prefix.to_owned(),
-                            suffix: suffix.to_owned(),
-                        }
-                    }
-                    _ => {
-                        errors.at(
-                            span.clone(),
-                            "issuer_pattern must contain {tenant} exactly once, after a fixed prefix",
-                        );
-                        continue;
-                    }
-                }
-            }
-        };
-        if !seen.insert(matcher.as_str().to_owned()) {
-            errors.at(
-                span.clone(),
-                format!("issuer {:?} is configured twice", matcher.as_str()),
-            );
-        }
-        let jwks_uri = issuer.jwks_uri.as_ref().map(|uri| uri.as_str().to_owned());
-        if let Some(uri) = &jwks_uri {
-            let probe = uri.replace("{tenant}", "tenant");
-            let valid = probe.parse::<Uri>().ok().is_some_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
-            });
-            if !valid {
-                errors.at(
-                    span.clone(),
-                    format!("jwks_uri {uri:?} must be an http:// or https:// URL"),
-                );
-            }
-            if uri.contains("{tenant}") && matches!(matcher, IssuerMatch::Exact(_)) {
-                errors.at(
-                    span.clone(),
-                    "jwks_uri uses {tenant} but the issuer has no issuer_pattern",
-                );
-            }
-        }
-        if matches!(matcher, IssuerMatch::Exact(_)) && jwks_uri.is_none() {
-            let valid = matcher
-                .as_str()
-                .parse::<Uri>()
-                .ok()
-                .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")));
-            if !valid {
-                errors.at(
-                    span.clone(),
-                    "without jwks_uri the issuer must be an http(s) URL for OIDC discovery",
-                );
-            }
-        }
-        let mut algorithms = Vec::new();
-        match &issuer.algorithms {
-            None => algorithms.push(jsonwebtoken::Algorithm::RS256),
-            Some(list) if list.is_empty() => {
-                errors.at(span.clone(), "algorithms must not be empty")
-            }
-            Some(list) => {
-                for algorithm in list {
-                    let name = algorithm.get_ref().as_str();
-                    match name.parse::<jsonwebtoken::Algorithm>() {
-                        Ok(parsed) if SUPPORTED_JWT_ALGORITHMS.contains(&name) => {
-                            algorithms.push(parsed)
-                        }
-                        _ => errors.at(
-                            algorithm.span(),
-                            format!(
-                                "algorithm {name:?} is not allowed; use one of {}",
-                                SUPPORTED_JWT_ALGORITHMS.join(", ")
-                            ),
-                        ),
-                    }
-                }
-            }
-        }
-        let duration = |value: Option<super::values::DurationValue>, default: u64| {
-            value.map_or(Duration::from_secs(default), |d| d.0)
-        };
-        let jwks_refresh = duration(issuer.jwks_refresh, file::DEFAULT_JWKS_REFRESH_SECS);
-        if jwks_refresh < Duration::from_secs(1) {
-            errors.at(span.clone(), "jwks_refresh must be at least 1s");
-        }
-        issuers.push(IssuerSettings {
-            matcher,
-            jwks_uri,
-            audiences: issuer
-                .audiences
-                .iter()
-                .map(|a| a.as_str().to_owned())
-                .collect(),
-            algorithms,
-            leeway: duration(issuer.leeway, file::DEFAULT_JWT_LEEWAY_SECS),
-            tenant_claim: issuer
-                .tenant_claim
-                .as_ref()
-                .map_or_else(|| "tenant_id".to_owned(), |c| c.as_str().to_owned()),
-            forward_claims: issuer
-                .forward_claims
-                .iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
-            jwks_refresh,
-            jwks_min_refresh_interval: {
-                let interval = duration(
-                    issuer.jwks_min_refresh_interval,
-                    file::DEFAULT_JWKS_MIN_REFRESH_SECS,
-                );
-                if interval < Duration::from_secs(1) {
-                    errors.at(
-                        span.clone(),
-                        "jwks_min_refresh_interval must be at least 1s (it protects the IdP)",
-                    );
-                }
-                interval
-            },
-        });
-    }
-    issuers
 }
 
 /// Settings this build parses but cannot enforce yet (signed identity assertions). Accepting

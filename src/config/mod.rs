@@ -6,6 +6,7 @@
 
 pub mod compile;
 pub mod file;
+mod jwt;
 mod route;
 mod support;
 pub mod values;

@@ -48,7 +48,8 @@ use tokio::io::AsyncWrite;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::http1::client::{
-    FramingError, HeadError, RequestFraming, ResponseHead, encode_request_head, parse_response_head,
+    FramingError, RequestFraming, ResponseHead, ResponseHeadError, encode_request_head,
+    parse_response_head,
 };
 use crate::http1::{CHUNK_TERMINATOR, DecodeError, encode_chunk_header, encode_last_chunk};
 
@@ -85,7 +86,7 @@ pub(crate) enum ExchangeError {
     #[error("the upstream closed the connection before a complete response head")]
     Closed,
     #[error("the upstream sent an invalid response head")]
-    Head(#[from] HeadError),
+    Head(#[from] ResponseHeadError),
     #[error("the upstream sent an invalid response body")]
     Body(#[from] DecodeError),
 }

@@ -148,7 +148,7 @@ pub struct ResponseHead {
 
 /// Why a response head was refused. The connection cannot be used any further.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HeadError {
+pub enum ResponseHeadError {
     #[error("response head longer than {MAX_RESPONSE_HEAD} bytes")]
     TooLarge,
     #[error("more than {MAX_RESPONSE_HEADERS} response header fields")]
@@ -175,7 +175,7 @@ pub enum HeadError {
 pub fn parse_response_head(
     buf: &mut BytesMut,
     method: &Method,
-) -> Result<Option<ResponseHead>, HeadError> {
+) -> Result<Option<ResponseHead>, ResponseHeadError> {
     let mut interim = false;
     loop {
         // Empty lines before the status line are ignored (RFC 9112 §2.2), as httparse does.
@@ -189,7 +189,7 @@ pub fn parse_response_head(
         // A head is looked for in the first MAX_RESPONSE_HEAD bytes only.
         let Some(len) = head_len(&buf[..buf.len().min(MAX_RESPONSE_HEAD)]) else {
             if buf.len() >= MAX_RESPONSE_HEAD {
-                return Err(HeadError::TooLarge);
+                return Err(ResponseHeadError::TooLarge);
             }
             return Ok(None);
         };
@@ -217,7 +217,7 @@ fn head_len(buf: &[u8]) -> Option<usize> {
 }
 
 /// Parses a complete head; `None` for an interim response to skip.
-fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, HeadError> {
+fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, ResponseHeadError> {
     // Uninitialized slots: httparse fills what it uses, and nothing is zeroed per response.
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_RESPONSE_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS];
@@ -230,15 +230,15 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
     match parsed {
         Ok(httparse::Status::Complete(len)) if len == head.len() => {}
         // The head ends at its first empty line for httparse too; anything else is broken.
-        Ok(_) => return Err(HeadError::Malformed(httparse::Error::NewLine)),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(error) => return Err(HeadError::Malformed(error)),
+        Ok(_) => return Err(ResponseHeadError::Malformed(httparse::Error::NewLine)),
+        Err(httparse::Error::TooManyHeaders) => return Err(ResponseHeadError::TooManyHeaders),
+        Err(error) => return Err(ResponseHeadError::Malformed(error)),
     }
     let code = response
         .code
-        .ok_or(HeadError::Malformed(httparse::Error::Status))?;
-    let status =
-        StatusCode::from_u16(code).map_err(|_| HeadError::Malformed(httparse::Error::Status))?;
+        .ok_or(ResponseHeadError::Malformed(httparse::Error::Status))?;
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| ResponseHeadError::Malformed(httparse::Error::Status))?;
     if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(None);
     }
@@ -261,8 +261,8 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
     let mut chunked = false;
     let mut close = false;
     for field in response.headers.iter() {
-        let name =
-            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| HeadError::InvalidField)?;
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| ResponseHeadError::InvalidField)?;
         // The framing fields are looked at here, while the names are at hand, rather than
         // found again in the map.
         if name == CONTENT_LENGTH {
@@ -290,7 +290,7 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
             }
         }
         let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value))
-            .map_err(|_| HeadError::InvalidField)?;
+            .map_err(|_| ResponseHeadError::InvalidField)?;
         headers.append(name, value);
     }
 
@@ -307,7 +307,7 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
         BodyDecoder::length(0)
     } else if transfer_encoding {
         if version == Version::HTTP_10 {
-            return Err(HeadError::TransferEncodingInHttp10);
+            return Err(ResponseHeadError::TransferEncodingInHttp10);
         }
         if length.is_some() || length_invalid {
             // Both framings: Transfer-Encoding wins, the Content-Length must not be passed
@@ -324,11 +324,11 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Hea
         // invalid (RFC 9112 §7.1: chunked is applied at most once). Refused, the client
         // gets 502 and the connection is closed.
         if !(chunked && codings == 1) {
-            return Err(HeadError::UnsupportedTransferCoding);
+            return Err(ResponseHeadError::UnsupportedTransferCoding);
         }
         BodyDecoder::chunked()
     } else if length_invalid {
-        return Err(HeadError::InvalidContentLength);
+        return Err(ResponseHeadError::InvalidContentLength);
     } else if let Some(length) = length {
         BodyDecoder::length(length)
     } else {
@@ -366,7 +366,7 @@ mod tests {
     use super::*;
     use http::header::HOST;
 
-    fn parse(input: &[u8], method: &Method) -> Result<Option<ResponseHead>, HeadError> {
+    fn parse(input: &[u8], method: &Method) -> Result<Option<ResponseHead>, ResponseHeadError> {
         let mut buf = BytesMut::from(input);
         parse_response_head(&mut buf, method)
     }
@@ -585,7 +585,7 @@ mod tests {
                 &Method::GET
             )
             .unwrap_err(),
-            HeadError::TransferEncodingInHttp10
+            ResponseHeadError::TransferEncodingInHttp10
         );
     }
 
@@ -603,7 +603,7 @@ mod tests {
         ] {
             assert_eq!(
                 parse(input, &Method::GET).unwrap_err(),
-                HeadError::InvalidContentLength,
+                ResponseHeadError::InvalidContentLength,
                 "{}",
                 String::from_utf8_lossy(input)
             );
@@ -614,14 +614,20 @@ mod tests {
     fn heads_are_bounded() {
         let mut big = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
         big.resize(MAX_RESPONSE_HEAD, b'a');
-        assert_eq!(parse(&big, &Method::GET).unwrap_err(), HeadError::TooLarge);
+        assert_eq!(
+            parse(&big, &Method::GET).unwrap_err(),
+            ResponseHeadError::TooLarge
+        );
         big.truncate(MAX_RESPONSE_HEAD - 1);
         assert!(
             parse(&big, &Method::GET).unwrap().is_none(),
             "still waiting"
         );
         big.extend_from_slice(b"\r\n\r\n");
-        assert_eq!(parse(&big, &Method::GET).unwrap_err(), HeadError::TooLarge);
+        assert_eq!(
+            parse(&big, &Method::GET).unwrap_err(),
+            ResponseHeadError::TooLarge
+        );
 
         let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
         for i in 0..=MAX_RESPONSE_HEADERS {
@@ -630,7 +636,7 @@ mod tests {
         many.extend_from_slice(b"\r\n");
         assert_eq!(
             parse(&many, &Method::GET).unwrap_err(),
-            HeadError::TooManyHeaders
+            ResponseHeadError::TooManyHeaders
         );
     }
 
@@ -645,7 +651,10 @@ mod tests {
             b"garbage\r\n\r\n",
         ] {
             assert!(
-                matches!(parse(input, &Method::GET), Err(HeadError::Malformed(_))),
+                matches!(
+                    parse(input, &Method::GET),
+                    Err(ResponseHeadError::Malformed(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(input)
             );
@@ -726,7 +735,7 @@ mod tests {
             let mut buf = BytesMut::from(&input[..]);
             assert_eq!(
                 parse_response_head(&mut buf, &Method::GET).unwrap_err(),
-                HeadError::UnsupportedTransferCoding,
+                ResponseHeadError::UnsupportedTransferCoding,
                 "{}",
                 String::from_utf8_lossy(codings)
             );

@@ -5,7 +5,7 @@
 //! what both a fuzzer and a test harness report.
 #![allow(dead_code, unreachable_pub)]
 
-use authgate::http1::client::{HeadError, MAX_RESPONSE_HEAD, parse_response_head};
+use authgate::http1::client::{MAX_RESPONSE_HEAD, ResponseHeadError, parse_response_head};
 use authgate::http1::{
     BodyDecoder, CHUNK_TERMINATOR, DecodeError, MAX_CHUNK_LINE, MAX_TRAILER_SECTION,
     encode_chunk_header, encode_last_chunk,
@@ -186,7 +186,7 @@ pub fn read_response(
     input: &[u8],
     method: &Method,
     cuts: &[usize],
-) -> Result<Option<ReadResponse>, HeadError> {
+) -> Result<Option<ReadResponse>, ResponseHeadError> {
     let mut buf = BytesMut::new();
     let mut start = 0;
     for end in piece_ends(input.len(), cuts) {

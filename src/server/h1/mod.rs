@@ -128,11 +128,11 @@ pub(super) async fn serve<R, W, H>(
             Ok(None) => return,
             Err(refusal) => {
                 let error = match refusal {
-                    HeadError::Refused(RequestHeadError::TooLarge) => GatewayError::HeadersTooLarge,
-                    HeadError::Refused(RequestHeadError::Invalid(reason)) => {
+                    NoHead::Refused(RequestHeadError::TooLarge) => GatewayError::HeadersTooLarge,
+                    NoHead::Refused(RequestHeadError::Invalid(reason)) => {
                         GatewayError::BadRequest(reason)
                     }
-                    HeadError::Io(error) => {
+                    NoHead::Io(error) => {
                         tracing::debug!(%error, "Connection ended while reading a request head.");
                         return;
                     }
@@ -259,12 +259,12 @@ pub(super) async fn serve<R, W, H>(
 
 /// Why no request head came: a refusal to answer, or the connection failed.
 #[derive(Debug)]
-enum HeadError {
+enum NoHead {
     Refused(RequestHeadError),
     Io(io::Error),
 }
 
-impl From<RequestHeadError> for HeadError {
+impl From<RequestHeadError> for NoHead {
     fn from(error: RequestHeadError) -> Self {
         Self::Refused(error)
     }
@@ -300,7 +300,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     mut timer: Pin<&mut Sleep>,
     mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
     shutdown_state: &mut ShutdownState,
-) -> Result<Option<RequestHead>, HeadError> {
+) -> Result<Option<RequestHead>, NoHead> {
     let mut head_started = None;
     loop {
         if !buf.is_empty() {
@@ -338,9 +338,9 @@ async fn read_head<R: AsyncRead + Unpin>(
         .await;
         match event {
             Event::Read(Ok(0)) if buf.is_empty() => return Ok(None),
-            Event::Read(Ok(0)) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Event::Read(Ok(0)) => return Err(NoHead::Io(io::ErrorKind::UnexpectedEof.into())),
             Event::Read(Ok(_)) => {}
-            Event::Read(Err(error)) => return Err(HeadError::Io(error)),
+            Event::Read(Err(error)) => return Err(NoHead::Io(error)),
             Event::Timer => {
                 let now = Instant::now();
                 if now >= deadline {
