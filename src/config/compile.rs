@@ -22,11 +22,6 @@ use crate::routes::policy::AuthPolicy;
 use crate::routes::{PathPattern, RouteTable};
 use crate::telemetry::LogFormat;
 
-/// JWT algorithms authgate verifies with JWKS keys. `none` and HMAC are never accepted.
-pub const SUPPORTED_JWT_ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
-
 /// Compiles a parsed config file. `path` is the file's path (for errors and relative paths).
 pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, ConfigErrors> {
     let base_dir = path

@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::compile::SUPPORTED_JWT_ALGORITHMS;
 use super::file::{self, FileIssuer};
 use super::support::Errors;
 use super::values::DurationValue;
 use crate::auth::issuer::{IssuerMatch, IssuerSettings};
+
+/// JWT algorithms authgate verifies with JWKS keys. `none` and HMAC are never accepted.
+pub(super) const SUPPORTED_JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 pub(super) fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<IssuerSettings> {
     let mut issuers = Vec::with_capacity(jwt.issuers.len());
