@@ -485,3 +485,150 @@ impl Tunnels {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::{empty, full};
+
+    fn spec(urls: &[&str], protocol: UpstreamProtocol) -> UpstreamSpec {
+        UpstreamSpec {
+            targets: urls
+                .iter()
+                .map(|url| UpstreamTarget::parse(url).unwrap())
+                .collect(),
+            protocol,
+            ca: None,
+        }
+    }
+
+    fn request(host: Option<&str>) -> Request<ProxyBody> {
+        let mut request = Request::new(empty());
+        if let Some(host) = host {
+            request
+                .headers_mut()
+                .insert(HOST, HeaderValue::from_str(host).unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn upstream_urls_are_checked_and_never_echo_a_password() {
+        assert!(UpstreamTarget::parse("ftp://x").is_err());
+        assert!(UpstreamTarget::parse("http://").is_err());
+        assert!(UpstreamTarget::parse("http://x/?q=1").is_err());
+        let error = UpstreamTarget::parse("http://user:secret@x").unwrap_err();
+        assert!(!error.contains("secret"), "{error}");
+        let target = UpstreamTarget::parse("https://api.example:8443/base/").unwrap();
+        assert_eq!(target.describe(), "https://api.example:8443/base");
+    }
+
+    /// HTTP/1.1 upstreams get origin-form under the base path and Host = the upstream unless
+    /// the route preserves the client's; HTTP/2 upstreams get the absolute URI.
+    #[tokio::test]
+    async fn prepare_sets_the_target_and_host_for_each_protocol() {
+        let mut clients = UpstreamClients::default();
+        let h1 = clients
+            .upstreams(&spec(&["http://up:9000/base"], UpstreamProtocol::Http1))
+            .unwrap();
+        let target = &h1.targets[0];
+        let mut plain = request(Some("client.example"));
+        h1.prepare(&mut plain, target, "/v1/x?q=1", false).unwrap();
+        assert_eq!(plain.uri().to_string(), "/base/v1/x?q=1");
+        assert_eq!(plain.headers()[HOST], "up:9000");
+        let mut kept = request(Some("client.example"));
+        h1.prepare(&mut kept, target, "/v1/x", true).unwrap();
+        assert_eq!(kept.headers()[HOST], "client.example");
+        let mut missing = request(None);
+        h1.prepare(&mut missing, target, "/v1/x", true).unwrap();
+        assert_eq!(missing.headers()[HOST], "up:9000", "a missing Host is set");
+
+        let h2 = clients
+            .upstreams(&spec(&["https://up2"], UpstreamProtocol::Http2))
+            .unwrap();
+        let mut absolute = request(Some("client.example"));
+        h2.prepare(&mut absolute, &h2.targets[0], "/v1/x", false)
+            .unwrap();
+        assert_eq!(absolute.uri().to_string(), "https://up2/v1/x");
+        assert_eq!(absolute.headers()[HOST], "up2");
+    }
+
+    /// The same upstream in two specs (two routes, or the same route after a reload) shares
+    /// one pool; another trust setting does not.
+    #[tokio::test]
+    async fn clients_are_shared_by_protocol_and_trust() {
+        let mut clients = UpstreamClients::default();
+        let a = clients
+            .upstreams(&spec(&["http://up:1"], UpstreamProtocol::Http1))
+            .unwrap();
+        let b = clients
+            .upstreams(&spec(&["http://up:1"], UpstreamProtocol::Http1))
+            .unwrap();
+        let (Some(pa), Some(pb)) = (&a.targets[0].h1, &b.targets[0].h1) else {
+            panic!("HTTP/1.1 targets have a pool");
+        };
+        assert!(Arc::ptr_eq(pa, pb));
+        assert_eq!(clients.built.len(), 1);
+        clients
+            .upstreams(&spec(&["https://up:2"], UpstreamProtocol::Http2))
+            .unwrap();
+        assert_eq!(clients.built.len(), 2);
+    }
+
+    /// A refused connection moves on to the next upstream with the body intact (round robin
+    /// starts on each in turn); with every upstream refusing, the answer is 502.
+    #[tokio::test]
+    async fn failover_skips_refusing_upstreams_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let closed = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !seen.ends_with(b"hello") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                });
+            }
+        });
+        let mut clients = UpstreamClients::default();
+        let upstreams = clients
+            .upstreams(&spec(
+                &[&format!("http://{closed}"), &format!("http://{live}")],
+                UpstreamProtocol::Http1,
+            ))
+            .unwrap();
+        for _ in 0..2 {
+            let mut post = Request::new(full("hello"));
+            *post.method_mut() = http::Method::POST;
+            let response = upstreams
+                .send(post, "/x", false, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let only_closed = clients
+            .upstreams(&spec(
+                &[&format!("http://{closed}")],
+                UpstreamProtocol::Http1,
+            ))
+            .unwrap();
+        let refused = only_closed
+            .send(request(None), "/x", false, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, GatewayError::UpstreamUnavailable));
+    }
+}
