@@ -54,12 +54,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// The response side of [`strip_hop_by_hop`]: the upstream's `Trailer` announcement stays.
 /// RFC 9110 does not make it hop-by-hop, authgate passes response trailers through, and
-/// the HTTP/1 server only sends trailers to clients that asked for them. Fields spelled with
-/// `_` that a client folding `_` into `-` would read as framing or hop-by-hop fields
-/// (`Content_Length`, `Transfer_Encoding`, `Connection_`...) go too: authgate re-frames the
-/// response, and a second framing must not ride along.
+/// the HTTP/1 server only sends trailers to clients that asked for them.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     strip_connection_headers(headers, keep_upgrade, true);
+}
+
+/// Removes response fields spelled with `_` that a client folding `_` into `-` would read as
+/// framing or hop-by-hop fields (`Content_Length`, `Transfer_Encoding`, `Keep_Alive`...):
+/// authgate re-frames the response, and a second framing must not ride along. The HTTP/1.1
+/// response parser already leaves them out; this is for responses from HTTP/2 upstreams.
+pub fn strip_underscored_response_controls(headers: &mut HeaderMap) {
     if headers.keys().any(is_underscored_response_control) {
         let doomed: Vec<HeaderName> = headers
             .keys()

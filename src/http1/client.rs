@@ -8,7 +8,9 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 use super::BodyDecoder;
-use super::fields::{has_token, only_tokens, parse_length_list, tokens};
+use super::fields::{
+    has_token, is_underscored_response_control_name, only_tokens, parse_length_list, tokens,
+};
 
 /// Longest response head (status line, fields, empty line). Longer is an error, not a wait.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -261,6 +263,11 @@ fn parse_head(head: &Bytes, method: &Method) -> Result<Option<ResponseHead>, Res
     let mut chunked = false;
     let mut close = false;
     for field in response.headers.iter() {
+        // A `_` spelling of a framing or hop-by-hop field is not relayed: authgate re-frames
+        // the response, and a client that folds `_` into `-` must not see a second framing.
+        if is_underscored_response_control_name(field.name.as_bytes()) {
+            continue;
+        }
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| ResponseHeadError::InvalidField)?;
         // The framing fields are looked at here, while the names are at hand, rather than

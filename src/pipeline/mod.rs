@@ -28,6 +28,7 @@ mod proxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, Version};
@@ -258,8 +259,20 @@ async fn handle_inner(
     let client_upgrade = websocket
         .then(|| parts.extensions.remove::<ClientUpgrade>())
         .flatten();
-    let upstreams = runtime.upstreams(route);
-    let response = proxy::forward(route, upstreams, parts, body, &target, context).await?;
+    //    (Awaited here rather than in a stage function: one async layer less per request.)
+    let path_and_query = proxy::upstream_target(route, &target);
+    let started = Instant::now();
+    let sent = runtime
+        .upstreams(route)
+        .send(
+            Request::from_parts(parts, body),
+            &path_and_query,
+            route.preserve_host,
+            route.timeout,
+        )
+        .await;
+    context.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let response = sent?;
 
     // 8. The response back to the client.
     proxy::respond(response, route, client_upgrade, conn, meter)

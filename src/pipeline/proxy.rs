@@ -3,21 +3,22 @@
 //! the client (hop-by-hop fields out, a WebSocket switch handed to the tunnel, usage metered).
 
 use std::borrow::Cow;
-use std::time::Instant;
 
 use http::header::{AUTHORIZATION, HOST, TE};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode, Version};
 
+use super::ConnInfo;
 use super::precheck::Target;
-use super::{ConnInfo, Context};
 use crate::auth::Identity;
 use crate::body::{LimitedBody, ProxyBody, boxed, empty};
 use crate::config::Config;
 use crate::connection::ClientUpgrade;
 use crate::error::GatewayError;
-use crate::forward::Upstreams;
-use crate::headers::{RequestId, X_REQUEST_ID, set_forwarded_with, strip_response_hop_by_hop};
+use crate::headers::{
+    RequestId, X_REQUEST_ID, set_forwarded_with, strip_response_hop_by_hop,
+    strip_underscored_response_controls,
+};
 use crate::http1::fields::request_content_length;
 use crate::limits::usage::{self, UsageMeter};
 use crate::routes::Route;
@@ -88,32 +89,14 @@ pub(super) fn limit_body(
     Ok(boxed(LimitedBody::new(body, limit)))
 }
 
-/// Step 7: sends the request to the route's upstreams and waits for the response head, no
-/// longer than the route's timeout.
-pub(super) async fn forward(
-    route: &Route,
-    upstreams: &Upstreams,
-    parts: Parts,
-    body: ProxyBody,
-    target: &Target<'_>,
-    context: &mut Context,
-) -> Result<Response<ProxyBody>, GatewayError> {
+/// Step 7's request target: the route's upstream path (`strip_prefix` applied) and the query
+/// as the client sent it.
+pub(super) fn upstream_target<'t>(route: &Route, target: &'t Target<'_>) -> Cow<'t, str> {
     let upstream_path = route.upstream_path(&target.path);
-    let path_and_query: Cow<'_, str> = match target.query {
+    match target.query {
         Some(query) => Cow::Owned(format!("{upstream_path}?{query}")),
         None => Cow::Borrowed(upstream_path),
-    };
-    let started = Instant::now();
-    let sent = upstreams
-        .send(
-            Request::from_parts(parts, body),
-            &path_and_query,
-            route.preserve_host,
-            route.timeout,
-        )
-        .await;
-    context.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    sent
+    }
 }
 
 /// Step 8: the upstream's response on its way to the client. `client_upgrade` is the
@@ -137,6 +120,9 @@ pub(super) fn respond(
         return Ok(response.map(|_| empty()));
     }
     strip_response_hop_by_hop(response.headers_mut(), false);
+    if response.version() == Version::HTTP_2 {
+        strip_underscored_response_controls(response.headers_mut());
+    }
     Ok(match (&route.usage, meter) {
         (Some(rule), Some(meter)) => usage::meter_response(response, rule, meter),
         _ => response,

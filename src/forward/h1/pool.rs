@@ -137,7 +137,12 @@ impl IdleConns {
                 })
                 .unwrap_or(newest_index)
         };
-        let entry = idle.remove(index)?;
+        // The newest is the usual pick: taken off the back, with no shifting of the rest.
+        let entry = if index == newest_index {
+            idle.pop_back()?
+        } else {
+            idle.remove(index)?
+        };
         Some((entry.conn, entry.quiet_at))
     }
 

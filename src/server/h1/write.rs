@@ -59,16 +59,27 @@ pub(super) async fn write_response<W: AsyncWrite + Unpin>(
         if name == CONTENT_LENGTH {
             // The first valid one is the upstream's length; none is repeated as it came.
             if declared.is_none() {
-                declared = parse_digits(value.as_bytes());
+                declared = parse_digits(value.as_bytes()).map(|length| (length, value));
             }
             continue;
         }
         has_date |= name == DATE;
         write_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    let framing = frame_response(&request.context, status, declared, body.size_hint().exact());
-    if let Some(length) = framing.content_length {
-        write_content_length(out, length);
+    let declared_length = declared.map(|(length, _)| length);
+    let framing = frame_response(
+        &request.context,
+        status,
+        declared_length,
+        body.size_hint().exact(),
+    );
+    match (framing.content_length, declared) {
+        // The upstream's own digits when they are what is announced: no reformatting.
+        (Some(length), Some((declared, value))) if length == declared => {
+            write_header(out, b"content-length", value.as_bytes());
+        }
+        (Some(length), _) => write_content_length(out, length),
+        (None, _) => {}
     }
     if framing.body == BodyFraming::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
