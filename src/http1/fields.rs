@@ -225,7 +225,14 @@ pub fn is_underscored_response_control(name: &HeaderName) -> bool {
 /// [`is_underscored_response_control`] on a raw field name (any case), for the response
 /// parser, which has the bytes at hand before it builds the `HeaderName`.
 pub fn is_underscored_response_control_name(name: &[u8]) -> bool {
-    has_underscore(name)
+    // Only a name as long as a controlled one, or starting like `proxy-`, can be one, so most
+    // response fields are passed over without a scan.
+    let candidate = matches!(name.len(), 2 | 7 | 10 | 14 | 17)
+        || name
+            .first()
+            .is_some_and(|first| first.eq_ignore_ascii_case(&b'p'));
+    candidate
+        && has_underscore(name)
         && (FRAMING.iter().any(|target| folded_eq(name, target))
             || [
                 b"connection".as_slice(),
