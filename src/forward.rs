@@ -288,14 +288,6 @@ impl Upstreams {
         }
     }
 
-    pub fn describe(&self) -> String {
-        self.targets
-            .iter()
-            .map(UpstreamTarget::describe)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     /// Sends the request (its URI is replaced per target) and waits for the response headers
     /// until `timeout`. Tries the next upstream, in round-robin order, when one refuses the
     /// connection; the body is reclaimed for that only if it was never started.
