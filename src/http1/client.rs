@@ -647,6 +647,19 @@ mod tests {
         );
     }
 
+    /// `_` spellings of framing and hop-by-hop fields are left out of relayed responses (a
+    /// client folding `_` into `-` would read a second framing); other `_` fields pass, and
+    /// the real framing still frames the body.
+    #[test]
+    fn underscored_control_fields_are_left_out() {
+        let mut parsed = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent_Length: 40\r\nTRANSFER_ENCODING: chunked\r\nKeep_Alive: x\r\nProxy_Authenticate: y\r\nx_other: 1\r\n\r\n",
+        );
+        let names: Vec<&str> = parsed.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-length", "x_other"]);
+        assert_eq!(body_of(&mut parsed, b"okSTRAY"), b"ok");
+    }
+
     #[test]
     fn malformed_heads_are_refused() {
         for input in [

@@ -158,6 +158,46 @@ pub(super) fn check_header_size(parts: &Parts, limit: usize) -> Result<(), Gatew
 mod tests {
     use super::*;
 
+    /// HTTP/2 requests are held to the HTTP/1.1 field rules before they are forwarded over
+    /// HTTP/1.1: no `Transfer-Encoding`, one strict length (identical repeats collapse), the
+    /// `_` rule.
+    #[test]
+    fn h2_fields_follow_the_http1_rules() {
+        let map = |fields: &[(&str, &str)]| {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in fields {
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            headers
+        };
+        let drop = UnderscorePolicy::Drop;
+        for refused in [
+            &[("transfer-encoding", "chunked")][..],
+            &[("content-length", "5"), ("content-length", "6")],
+            &[("content-length", "+5")],
+            &[("content-length", "5, 5")],
+            &[("content_length", "5")],
+        ] {
+            assert!(
+                check_h2_fields(&mut map(refused), drop).is_err(),
+                "{refused:?}"
+            );
+        }
+        let mut repeated = map(&[("content-length", "5"), ("content-length", "5")]);
+        check_h2_fields(&mut repeated, drop).unwrap();
+        assert_eq!(repeated.get_all(CONTENT_LENGTH).iter().count(), 1);
+        let mut underscored = map(&[("x_custom", "1"), ("x_forwarded_for", "6.6.6.6")]);
+        check_h2_fields(&mut underscored, drop).unwrap();
+        assert!(underscored.is_empty());
+        let mut allowed = map(&[("x_custom", "1"), ("x_forwarded_for", "6.6.6.6")]);
+        check_h2_fields(&mut allowed, UnderscorePolicy::Allow).unwrap();
+        assert_eq!(allowed.len(), 1);
+        assert!(allowed.contains_key("x_custom"));
+    }
+
     /// The one-pass check must only ever accept what the full authority parse accepts.
     #[test]
     fn plain_hosts_agree_with_the_authority_grammar() {
