@@ -35,7 +35,7 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
 /// hyper-util's pooled client, for HTTP/2 upstreams.
 type H2Client = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
-pub use h1::{Upgraded as UpstreamUpgraded, UpstreamUpgrade};
+pub use h1::UpstreamUpgrade;
 
 /// `routes.upstream_protocol`: what a route speaks to its upstreams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]

@@ -4,12 +4,14 @@
 //! consume them without knowing the server.
 
 mod activity;
+mod prefixed;
 mod upgrade;
 
 use std::io;
 
 pub use activity::ConnActivity;
 pub(crate) use activity::Verdict;
+pub use prefixed::Prefixed;
 pub use upgrade::{ClientUpgrade, Upgraded};
 
 /// Why a request body could not be read from the client. The forwarding step answers 400

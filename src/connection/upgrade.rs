@@ -7,9 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
+
+use super::Prefixed;
 
 /// The client side of a WebSocket upgrade: resolves to the raw connection once the 101 has
 /// been written. Placed in the request's extensions by the HTTP/1.1 server (extensions must
@@ -40,8 +42,7 @@ impl Future for ClientUpgrade {
 
 /// An upgraded client connection: bytes the server had already read, then the socket.
 pub struct Upgraded {
-    pre: Bytes,
-    reader: Box<dyn AsyncRead + Unpin + Send>,
+    reader: Prefixed<Box<dyn AsyncRead + Unpin + Send>>,
     writer: Box<dyn AsyncWrite + Unpin + Send>,
 }
 
@@ -54,8 +55,7 @@ impl Upgraded {
         writer: Box<dyn AsyncWrite + Unpin + Send>,
     ) -> Self {
         Self {
-            pre,
-            reader,
+            reader: Prefixed::new(pre, reader),
             writer,
         }
     }
@@ -64,7 +64,7 @@ impl Upgraded {
 impl std::fmt::Debug for Upgraded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upgraded")
-            .field("buffered", &self.pre.len())
+            .field("buffered", &self.reader.buffered())
             .finish_non_exhaustive()
     }
 }
@@ -75,12 +75,6 @@ impl AsyncRead for Upgraded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.pre.is_empty() {
-            let n = self.pre.len().min(buf.remaining());
-            buf.put_slice(&self.pre[..n]);
-            self.pre.advance(n);
-            return Poll::Ready(Ok(()));
-        }
         Pin::new(&mut self.reader).poll_read(cx, buf)
     }
 }

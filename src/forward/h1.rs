@@ -56,7 +56,7 @@ use crate::http1::{CHUNK_TERMINATOR, DecodeError, encode_chunk_header, encode_la
 use body::ResponseBody;
 use conn::{Conn, Connector};
 use pool::IdleConns;
-pub use upgrade::{Upgraded, UpstreamUpgrade};
+pub use upgrade::UpstreamUpgrade;
 
 /// Room made before each read of a response head.
 const HEAD_READ: usize = 4 * 1024;
@@ -516,7 +516,7 @@ impl Exchange {
             // The whole request went out (a handshake has no body), nothing failed: the
             // connection now belongs to the tunnel. Otherwise it is closed.
             if upgrade && self.sent && self.write_error.is_none() {
-                upgraded = Some(UpstreamUpgrade::new(Upgraded::new(self.conn)));
+                upgraded = Some(UpstreamUpgrade::new(upgrade::upgraded(self.conn)));
             }
             None
         } else {

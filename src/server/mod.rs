@@ -24,16 +24,15 @@ pub(crate) use handler::Handler;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -41,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::admin;
 use crate::config::Config;
-use crate::connection::{ConnActivity, Verdict};
+use crate::connection::{ConnActivity, Prefixed, Verdict};
 use crate::gateway::Gateway;
 use crate::pipeline::{self, ConnInfo};
 use crate::telemetry::AccessLog;
@@ -277,10 +276,7 @@ async fn serve_connection(
             let mut buf = BytesMut::with_capacity(READ_BUFFER);
             match tokio::time::timeout(header_timeout, sniff_h2(&mut stream, &mut buf)).await {
                 Ok(Ok(true)) => {
-                    let stream = Prefixed {
-                        pre: buf.freeze(),
-                        inner: stream,
-                    };
+                    let stream = Prefixed::new(buf.freeze(), stream);
                     let activity = Arc::new(ConnActivity::new());
                     let conn = conn(false, Some(activity.clone()));
                     drive(
@@ -322,61 +318,6 @@ async fn sniff_h2(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<bool
         if stream.read_buf(buf).await? == 0 {
             return Ok(false);
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A stream whose first bytes were already read: they are replayed before the rest.
-    struct Prefixed<S> {
-        pre: bytes::Bytes,
-        #[pin]
-        inner: S,
-    }
-}
-
-impl<S: AsyncRead> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if !this.pre.is_empty() {
-            let n = this.pre.len().min(buf.remaining());
-            buf.put_slice(&this.pre.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        this.inner.poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
     }
 }
 
