@@ -47,7 +47,7 @@ impl ResponseFraming {
 }
 
 /// Whether a response with `status` to this request carries no body (RFC 9110 §6.4.1).
-pub fn is_bodiless(context: &ResponseContext, status: StatusCode) -> bool {
+fn is_bodiless(context: &ResponseContext, status: StatusCode) -> bool {
     context.method_is_head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
