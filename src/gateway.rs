@@ -22,6 +22,7 @@ use crate::keys::settings::{ControlPlaneAuthSettings, KeySourceSettings};
 use crate::keys::{KeySource, KeyStore};
 use crate::limits::Limits;
 use crate::limits::local::{LocalStore, spawn_housekeeping};
+use crate::revocation::{self, ApplyError, Outcome, Revocation, Revocations, Target};
 use crate::routes::Route;
 use crate::telemetry::{AccessLog, Metrics, ResultLabels};
 
@@ -37,6 +38,8 @@ pub struct Runtime {
     pub limits: Arc<Limits>,
     /// Each route's live upstreams, by route index; their pools outlive the snapshot.
     upstreams: Vec<Upstreams>,
+    /// The same list in every snapshot: revocations outlive reloads and key-file changes.
+    pub revocations: Arc<Revocations>,
 }
 
 impl Runtime {
@@ -66,6 +69,8 @@ pub struct Gateway {
     /// Upstream clients and their connection pools, shared by every snapshot so reloads
     /// keep the connections of upstreams that did not change.
     clients: Mutex<UpstreamClients>,
+    /// Revoked credentials and the requests in flight (survive every reload).
+    pub revocations: Arc<Revocations>,
 }
 
 impl Gateway {
@@ -118,6 +123,11 @@ impl Gateway {
         )?);
         let mut clients = UpstreamClients::default();
         let upstreams = build_upstreams(&config, &mut clients)?;
+        let revocations = Arc::new(Revocations::new(
+            config.revocation,
+            metrics.revocations.clone(),
+        ));
+        revocation::spawn_housekeeping(&revocations);
         Ok(Self {
             config_path: config.path.clone(),
             runtime: ArcSwap::from_pointee(Runtime {
@@ -126,7 +136,9 @@ impl Gateway {
                 jwt,
                 limits,
                 upstreams,
+                revocations: revocations.clone(),
             }),
+            revocations,
             clients: Mutex::new(clients),
             auth_metrics: AuthMetrics::new(metrics.auth.clone()),
             metrics,
@@ -231,7 +243,9 @@ impl Gateway {
                     jwt,
                     limits: Arc::new(limits),
                     upstreams,
+                    revocations: self.revocations.clone(),
                 }));
+                self.revocations.set_settings(self.config().revocation);
                 self.metrics
                     .config_reloads
                     .get_or_create(&ResultLabels { result: "success" })
@@ -250,6 +264,25 @@ impl Gateway {
         }
     }
 
+    /// Revokes a credential on this instance (in force when this returns, running requests
+    /// with it cut) and shares it with the cluster when `[redis]` is configured.
+    pub async fn revoke(&self, target: Target) -> Result<Revoked, ApplyError> {
+        let outcome = self.revocations.revoke(target)?;
+        Ok(Revoked {
+            outcome,
+            cluster: "none",
+        })
+    }
+
+    /// Lifts a revocation on this instance and in the cluster.
+    pub async fn lift_revocation(&self, id: &str) -> Option<Lifted> {
+        let revocation = self.revocations.lift(id)?;
+        Some(Lifted {
+            revocation,
+            cluster: "none",
+        })
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
     }
@@ -266,6 +299,23 @@ impl Gateway {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.is_draining()
     }
+}
+
+/// What [`Gateway::revoke`] did.
+#[derive(Debug)]
+pub struct Revoked {
+    pub outcome: Outcome,
+    /// `none` (no `[redis]`), `published` (stored and announced to every instance) or
+    /// `failed` (in force here only; logged and counted).
+    pub cluster: &'static str,
+}
+
+/// What [`Gateway::lift_revocation`] did.
+#[derive(Debug)]
+pub struct Lifted {
+    pub revocation: Arc<Revocation>,
+    /// As [`Revoked::cluster`].
+    pub cluster: &'static str,
 }
 
 /// Each route's live upstreams, by route index, from the gateway's clients.

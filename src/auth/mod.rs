@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::error::GatewayError;
-use crate::keys::{KeyStore, Timestamp};
+use crate::keys::{KeyHash, KeyStore, Timestamp};
 use crate::limits::settings::Rate;
 use crate::routes::policy::AuthPolicy;
 use crate::telemetry::AuthLabels;
@@ -107,6 +107,10 @@ pub struct IdentityFields<'a> {
     pub tokens_per_minute: Option<u64>,
     pub expires_at: Option<Timestamp>,
     pub revoked: bool,
+    /// JWT `jti`, so a revocation by token id can find the token.
+    pub jwt_id: Option<&'a str>,
+    /// The API key's hash, so a revocation by hash can find the key.
+    pub key_hash: Option<KeyHash>,
 }
 
 /// Who is calling, as established by authentication. Built once when a credential is
@@ -133,6 +137,10 @@ pub struct Identity {
     /// Checked on every request, cached or not.
     pub expires_at: Option<Timestamp>,
     pub revoked: bool,
+    /// JWT `jti`.
+    jwt_id: Span,
+    /// API keys: the hash of the key presented (a revocation may name the key by it).
+    pub key_hash: Option<KeyHash>,
 }
 
 impl Identity {
@@ -156,6 +164,7 @@ impl Identity {
         let tenant_id = fields.tenant_id.map_or(Span::NONE, &mut push);
         let user_id = fields.user_id.map_or(Span::NONE, &mut push);
         let issuer = fields.issuer.map_or(Span::NONE, &mut push);
+        let jwt_id = fields.jwt_id.map_or(Span::NONE, &mut push);
         let scopes = push(&fields.scopes.join(" "));
         let mut claims = Vec::new();
         for (name, value) in fields.claims {
@@ -182,6 +191,8 @@ impl Identity {
             tokens_per_minute: fields.tokens_per_minute,
             expires_at: fields.expires_at,
             revoked: fields.revoked,
+            jwt_id,
+            key_hash: fields.key_hash,
         }
     }
 
@@ -215,6 +226,11 @@ impl Identity {
     /// JWT `iss`.
     pub fn issuer(&self) -> Option<&str> {
         self.str(self.issuer)
+    }
+
+    /// JWT `jti`.
+    pub fn jwt_id(&self) -> Option<&str> {
+        self.str(self.jwt_id)
     }
 
     pub fn scopes(&self) -> impl Iterator<Item = &str> {

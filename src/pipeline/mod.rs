@@ -50,6 +50,8 @@ use crate::headers::{
 use crate::limits::gcra::LimitState;
 use crate::limits::usage::UsageMeter;
 use crate::limits::{self, Denied};
+use crate::revocation::Tracked;
+use crate::revocation::inflight::{CutBody, CutFuture};
 use crate::routes::Route;
 use crate::telemetry::{Metrics, RouteHistograms, SharedLabel};
 use finish::Finish;
@@ -78,6 +80,9 @@ struct Context {
     /// Set once the rate-limit step ran: the `RateLimit-*` headers of the response.
     rate_limit: Option<LimitState>,
     histograms: Option<RouteHistograms>,
+    /// An authenticated request's registration in flight: a revocation of its credential
+    /// cuts it. The response body (or the WebSocket tunnel) keeps it until it ends.
+    tracked: Option<Tracked>,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -160,10 +165,13 @@ pub async fn answer(
             }
             finish.status = response.status().as_u16();
             let (parts, body) = response.into_parts();
-            Answer::Response(Response::from_parts(
-                parts,
-                ObservedBody::new(body, finish).boxed(),
-            ))
+            let body = ObservedBody::new(body, finish);
+            // One box either way: the cut wraps the observed body when there is a credential.
+            let body = match context.tracked {
+                Some(tracked) => CutBody::response(body, tracked).boxed(),
+                None => body.boxed(),
+            };
+            Answer::Response(Response::from_parts(parts, body))
         }
         Err(error) => {
             let status = error.status();
@@ -235,6 +243,9 @@ async fn handle_inner(
     context.identity.clone_from(&identity);
     let meter = match &identity {
         Some(identity) => {
+            //    Revoked here whatever the key source or the token said; from now on a
+            //    revocation of this credential cuts the request.
+            context.tracked = Some(runtime.revocations.admit(identity)?);
             authz::authorize(&route.access, identity)?;
             admit(runtime, route, identity, context).await?
         }
@@ -251,8 +262,14 @@ async fn handle_inner(
         request_id,
     );
 
-    // 6. Body limit.
+    // 6. Body limit; a revocation stops the upload too.
     let body = proxy::limit_body(&parts, body, route)?;
+    let body = match &context.tracked {
+        Some(tracked) if !body.is_end_stream() => {
+            boxed(CutBody::request(body, tracked.cut().clone()))
+        }
+        _ => body,
+    };
 
     // 7. Forward, waiting for the response head only. A WebSocket upgrade keeps the client's
     //    connection for the tunnel.
@@ -262,20 +279,39 @@ async fn handle_inner(
     //    (Awaited here rather than in a stage function: one async layer less per request.)
     let path_and_query = proxy::upstream_target(route, &target);
     let started = Instant::now();
-    let sent = runtime
-        .upstreams(route)
-        .send(
-            Request::from_parts(parts, body),
-            &path_and_query,
-            route.preserve_host,
-            route.timeout,
-        )
-        .await;
+    let send = runtime.upstreams(route).send(
+        Request::from_parts(parts, body),
+        &path_and_query,
+        route.preserve_host,
+        route.timeout,
+    );
+    let sent = match &context.tracked {
+        // A revocation while waiting for the response head ends the wait.
+        Some(tracked) => CutFuture::new(send, tracked.cut())
+            .await
+            .unwrap_or_else(|| Err(revoked(tracked.cut().identity()))),
+        None => send.await,
+    };
     context.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let response = sent?;
 
     // 8. The response back to the client.
-    proxy::respond(response, route, client_upgrade, conn, meter)
+    proxy::respond(
+        response,
+        route,
+        client_upgrade,
+        conn,
+        meter,
+        &mut context.tracked,
+    )
+}
+
+/// The refusal for a request whose credential was revoked while it ran.
+fn revoked(identity: &Identity) -> GatewayError {
+    match identity.method {
+        auth::AuthMethod::ApiKey => GatewayError::KeyRevoked,
+        auth::AuthMethod::Jwt => GatewayError::TokenRevoked,
+    }
 }
 
 /// Step 2: the route for the normalized path, host and method; its metric handles.
