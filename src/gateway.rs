@@ -22,6 +22,7 @@ use crate::keys::settings::{ControlPlaneAuthSettings, KeySourceSettings};
 use crate::keys::{KeySource, KeyStore};
 use crate::limits::Limits;
 use crate::limits::local::{LocalStore, spawn_housekeeping};
+use crate::revocation::redis::ClusterSync;
 use crate::revocation::{self, ApplyError, Outcome, Revocation, Revocations, Target};
 use crate::routes::Route;
 use crate::telemetry::{AccessLog, Metrics, ResultLabels};
@@ -71,6 +72,8 @@ pub struct Gateway {
     clients: Mutex<UpstreamClients>,
     /// Revoked credentials and the requests in flight (survive every reload).
     pub revocations: Arc<Revocations>,
+    /// With `[redis]` (read at start): revocations shared with every instance.
+    cluster: Option<Arc<ClusterSync>>,
 }
 
 impl Gateway {
@@ -128,6 +131,11 @@ impl Gateway {
             metrics.revocations.clone(),
         ));
         revocation::spawn_housekeeping(&revocations);
+        let cluster = config
+            .redis
+            .as_ref()
+            .map(|redis| ClusterSync::start(redis, revocations.clone()))
+            .transpose()?;
         Ok(Self {
             config_path: config.path.clone(),
             runtime: ArcSwap::from_pointee(Runtime {
@@ -139,6 +147,7 @@ impl Gateway {
                 revocations: revocations.clone(),
             }),
             revocations,
+            cluster,
             clients: Mutex::new(clients),
             auth_metrics: AuthMetrics::new(metrics.auth.clone()),
             metrics,
@@ -229,6 +238,11 @@ impl Gateway {
         match result {
             Ok((new, store, kept, jwt, limits, upstreams)) => {
                 let old = &running.config;
+                if new.redis != old.redis {
+                    tracing::warn!(
+                        "[redis] changed in the config; the revocation channel follows on restart."
+                    );
+                }
                 if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
                     tracing::warn!(
                         "Listener addresses changed in the config; they take effect on restart."
@@ -268,18 +282,25 @@ impl Gateway {
     /// with it cut) and shares it with the cluster when `[redis]` is configured.
     pub async fn revoke(&self, target: Target) -> Result<Revoked, ApplyError> {
         let outcome = self.revocations.revoke(target)?;
-        Ok(Revoked {
-            outcome,
-            cluster: "none",
-        })
+        let cluster = match &self.cluster {
+            None => "none",
+            Some(sync) if sync.publish(&outcome.revocation).await => "published",
+            Some(_) => "failed",
+        };
+        Ok(Revoked { outcome, cluster })
     }
 
     /// Lifts a revocation on this instance and in the cluster.
     pub async fn lift_revocation(&self, id: &str) -> Option<Lifted> {
         let revocation = self.revocations.lift(id)?;
+        let cluster = match &self.cluster {
+            None => "none",
+            Some(sync) if sync.publish_lift(&revocation).await => "published",
+            Some(_) => "failed",
+        };
         Some(Lifted {
             revocation,
-            cluster: "none",
+            cluster,
         })
     }
 
@@ -295,9 +316,15 @@ impl Gateway {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Ready once listeners are bound, and not while draining.
+    /// Ready once listeners are bound and (with `[redis]`) the cluster's revocations are
+    /// loaded, and not while draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.is_draining()
+        self.ready.load(Ordering::SeqCst) && !self.is_draining() && self.revocations_synced()
+    }
+
+    /// `false` until an instance with `[redis]` has loaded the stored revocations once.
+    pub fn revocations_synced(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|sync| sync.is_synced())
     }
 }
 

@@ -75,7 +75,13 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<P
             } else {
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": if gateway.is_draining() { "draining" } else { "starting" }}),
+                    serde_json::json!({"status": if gateway.is_draining() {
+                        "draining"
+                    } else if !gateway.revocations_synced() {
+                        "syncing revocations"
+                    } else {
+                        "starting"
+                    }}),
                 )
             }
         }

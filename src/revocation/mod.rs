@@ -14,6 +14,7 @@
 
 pub mod inflight;
 pub mod list;
+pub mod redis;
 pub mod wire;
 
 use std::sync::Arc;
@@ -244,6 +245,20 @@ impl Revocations {
     /// The revocations in force, oldest first, `limit` at a time.
     pub fn page(&self, after: Option<&str>, limit: usize) -> Page {
         self.list.page(after, limit)
+    }
+
+    /// Every revocation in force (the Redis write-back).
+    pub fn all(&self) -> Vec<Arc<Revocation>> {
+        self.list.page(None, usize::MAX).revocations
+    }
+
+    /// Revocations in force.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
     }
 
     /// One revocation in force, by id.
