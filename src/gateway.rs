@@ -316,15 +316,16 @@ impl Gateway {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Ready once listeners are bound and (with `[redis]`) the cluster's revocations are
-    /// loaded, and not while draining.
+    /// Ready once listeners are bound and (with `[redis]`) the first attempt to load the
+    /// cluster's revocations has ended, and not while draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.is_draining() && self.revocations_synced()
+        self.ready.load(Ordering::SeqCst) && !self.is_draining() && self.revocations_settled()
     }
 
-    /// `false` until an instance with `[redis]` has loaded the stored revocations once.
-    pub fn revocations_synced(&self) -> bool {
-        self.cluster.as_ref().is_none_or(|sync| sync.is_synced())
+    /// `false` while an instance with `[redis]` makes its first attempt to load the stored
+    /// revocations (each step bounded; a failed attempt logs, counts and keeps retrying).
+    pub fn revocations_settled(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|sync| sync.is_settled())
     }
 }
 

@@ -389,11 +389,16 @@ impl Metrics {
         );
         registry.register(
             "revocation_sync_errors",
-            "Revocations not shared with or not read from Redis, by reason: publish, subscribe, load, full",
+            "Revocations not shared with or not read from Redis, by reason: publish, subscribe, load, full (the list had no room), malformed (a message that is not a revocation)",
             revocations.sync_errors.clone(),
         );
         for source in ["api", "redis"] {
             let _ = revocations.applied.get_or_create(&SourceLabels { source });
+        }
+        for reason in ["publish", "subscribe", "load", "full", "malformed"] {
+            let _ = revocations
+                .sync_errors
+                .get_or_create(&ReasonLabels { reason });
         }
         // Both outcomes exist from the start, so a dashboard sees 0 rather than no series.
         for result in ["success", "error"] {

@@ -827,6 +827,30 @@ async fn admin_reload_needs_the_token_applies_new_routes_and_keeps_the_old_confi
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_during_a_reload_finishes_on_the_config_it_started_with() {
+    // Long enough that the reload lands while the request waits for its response.
+    let upstream = slow_upstream(Duration::from_secs(2)).await;
+    let gw = start_with(
+        "[admin]\ntoken = \"s3cret\"",
+        &public_route("slow", "/slow/", &upstream.url()),
+    )
+    .await;
+    let request = in_flight(gw.url("/slow/x"), &upstream).await;
+
+    // The route is gone from the new config: new requests no longer match it ...
+    let original = std::fs::read_to_string(&gw.config_path).unwrap();
+    let without_route = original.split("[[routes]]").next().unwrap().to_owned();
+    std::fs::write(&gw.config_path, &without_route).unwrap();
+    assert_eq!(admin_reload(&gw, Some("s3cret")).await.status(), 200);
+    assert_eq!(status_of_get(&client(), &gw.url("/slow/y")).await, 404);
+
+    // ... while the request that started before the reload completes through it.
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.count(), 1, "the second request was not forwarded");
+}
+
 #[tokio::test]
 async fn reload_does_not_rebind_listeners() {
     let (upstream, gw) = upstream_and_gateway("[admin]\ntoken = \"s3cret\"", "pub", "/pub/").await;

@@ -77,7 +77,7 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<P
                     StatusCode::SERVICE_UNAVAILABLE,
                     serde_json::json!({"status": if gateway.is_draining() {
                         "draining"
-                    } else if !gateway.revocations_synced() {
+                    } else if !gateway.revocations_settled() {
                         "syncing revocations"
                     } else {
                         "starting"
@@ -118,6 +118,17 @@ async fn admin_api(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respon
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         match (&method, path.as_str()) {
             (&Method::POST, "/admin/reload") => reload(gateway, &mut audit).await,
+            (_, "/admin/reload") => {
+                let mut response = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "METHOD_NOT_ALLOWED",
+                    "Use POST on /admin/reload.",
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+                response
+            }
             (_, path)
                 if path == "/admin/revocations" || path.starts_with("/admin/revocations/") =>
             {

@@ -377,16 +377,19 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
 /// Decides who is calling: `Ok(None)` on a public route, the identity on a protected one.
 ///
 /// The route's `auth` list decides which credential kinds count: a JWT on an API-key-only
-/// route is `AUTH_INVALID_KEY`, an API key on a JWT-only route `AUTH_INVALID_TOKEN`. Every
-/// decision on a protected route is counted in `authgate_auth_total{method,result}`.
-pub async fn authenticate(
+/// route is `AUTH_INVALID_KEY`, an API key on a JWT-only route `AUTH_INVALID_TOKEN`. A valid
+/// credential then meets `admit` (the revocation list), whose refusal is this decision's
+/// outcome. Every decision on a protected route is counted in
+/// `authgate_auth_total{method,result}`.
+pub async fn authenticate<T>(
     policy: AuthPolicy,
     headers: &HeaderMap,
     api_key_prefix: &str,
     keys: Option<&Arc<KeyStore>>,
     jwt_validator: Option<&Arc<jwt::JwtValidator>>,
     metrics: &AuthMetrics,
-) -> Result<Option<Arc<Identity>>, GatewayError> {
+    admit: impl FnOnce(&Arc<Identity>) -> Result<T, GatewayError>,
+) -> Result<Option<(Arc<Identity>, T)>, GatewayError> {
     let AuthPolicy::Required { api_key, jwt } = policy else {
         return Ok(None);
     };
@@ -414,6 +417,7 @@ pub async fn authenticate(
             (Attempt::Jwt, result)
         }
     };
+    let result = result.and_then(|identity| admit(&identity).map(|admitted| (identity, admitted)));
     metrics.record(method, result.as_ref().err());
     result.map(Some)
 }

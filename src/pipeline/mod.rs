@@ -6,7 +6,8 @@
 //!     1 precheck      request target, Host, framing, header size      -> 400 / 431
 //!     2 route         normalized path + host + method                  -> 404 ROUTE_NOT_FOUND
 //!     3 strip         hop-by-hop, Connection-named, client identity headers, request trailers
-//!     4 authenticate  bearer credential per the route's `auth`         -> 401 / 400 / 503
+//!     4 authenticate  bearer credential per the route's `auth`, then the
+//!                     revocation list (the request is tracked from here) -> 401 / 400 / 503
 //!       authorize     route scopes / tenants                           -> 403
 //!       rate limit    principal, tenant, token budget (one atomic step) -> 429 / 503
 //!     5 rewrite       credentials dropped, x-forwarded-*, x-request-id
@@ -231,21 +232,28 @@ async fn handle_inner(
 
     // 4. Authenticate (default deny on protected routes), authorize on every request (cached
     //    credential or not), rate limit.
-    let identity = auth::authenticate(
+    let authenticated = auth::authenticate(
         route.access.auth,
         &parts.headers,
         &config.api_keys.prefix,
         runtime.keys.as_ref(),
         runtime.jwt.as_ref(),
         auth_metrics,
+        //  A valid credential is refused here if revoked, whatever the key source or the
+        //  token said (the log line still names it); from now on a revocation of it cuts
+        //  the request.
+        |identity| {
+            context.identity = Some(identity.clone());
+            runtime.revocations.admit(identity)
+        },
     )
     .await?;
-    context.identity.clone_from(&identity);
+    let identity = authenticated.map(|(identity, tracked)| {
+        context.tracked = Some(tracked);
+        identity
+    });
     let meter = match &identity {
         Some(identity) => {
-            //    Revoked here whatever the key source or the token said; from now on a
-            //    revocation of this credential cuts the request.
-            context.tracked = Some(runtime.revocations.admit(identity)?);
             authz::authorize(&route.access, identity)?;
             admit(runtime, route, identity, context).await?
         }

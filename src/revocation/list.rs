@@ -87,14 +87,34 @@ impl Index {
     }
 }
 
+/// Other ids one entry answers to, at most: two instances (or another system) that revoke
+/// the same credential each name it by their own id, and a lift by any of them must lift it.
+const MAX_ALIASES: usize = 16;
+
 /// The writers' view: every revocation by insertion order and by id, and by target (a
-/// credential is revoked once; revoking it again extends the first revocation).
+/// credential is revoked once; revoking it again extends the first revocation and makes the
+/// new id an alias of it).
 #[derive(Debug, Default)]
 struct State {
     next_seq: u64,
     by_seq: BTreeMap<u64, Arc<Revocation>>,
+    /// Every id an entry answers to: its own and its aliases.
     seq_by_id: HashMap<Box<str>, u64>,
     seq_by_target: HashMap<Target, u64>,
+    aliases: HashMap<u64, Vec<Box<str>>>,
+}
+
+impl State {
+    /// Removes an entry and every id it answers to.
+    fn forget(&mut self, seq: u64) -> Option<Arc<Revocation>> {
+        let removed = self.by_seq.remove(&seq)?;
+        self.seq_by_id.remove(&removed.id);
+        for alias in self.aliases.remove(&seq).unwrap_or_default() {
+            self.seq_by_id.remove(&alias);
+        }
+        self.seq_by_target.remove(&removed.target);
+        Some(removed)
+    }
 }
 
 /// One page of [`RevocationList::page`].
@@ -160,6 +180,14 @@ impl RevocationList {
         let mut state = self.lock();
         if let Some(&seq) = state.seq_by_target.get(&revocation.target) {
             let existing = state.by_seq[&seq].clone();
+            let aliases = state.aliases.entry(seq).or_default();
+            if revocation.id != existing.id
+                && aliases.len() < MAX_ALIASES
+                && !aliases.contains(&revocation.id)
+            {
+                aliases.push(revocation.id.clone());
+                state.seq_by_id.insert(revocation.id.clone(), seq);
+            }
             if existing.expires_at >= revocation.expires_at {
                 return Ok(existing);
             }
@@ -191,17 +219,21 @@ impl RevocationList {
 
     pub fn remove(&self, id: &str) -> Option<Arc<Revocation>> {
         let mut state = self.lock();
-        let seq = state.seq_by_id.remove(id)?;
-        let removed = state.by_seq.remove(&seq)?;
-        state.seq_by_target.remove(&removed.target);
+        let seq = *state.seq_by_id.get(id)?;
+        let removed = state.forget(seq)?;
         self.publish(&state);
         Some(removed)
     }
 
+    /// The revocation in force with this id (or alias); an expired one is gone already.
     pub fn get(&self, id: &str) -> Option<Arc<Revocation>> {
         let state = self.lock();
         let seq = state.seq_by_id.get(id)?;
-        state.by_seq.get(seq).cloned()
+        state
+            .by_seq
+            .get(seq)
+            .filter(|revocation| !revocation.is_expired(Timestamp::now()))
+            .cloned()
     }
 
     /// Up to `limit` revocations in force, in the order they were entered, starting after the
@@ -249,11 +281,8 @@ impl RevocationList {
             .filter(|(_, revocation)| revocation.is_expired(now))
             .map(|(&seq, _)| seq)
             .collect();
-        for seq in &expired {
-            if let Some(revocation) = state.by_seq.remove(seq) {
-                state.seq_by_id.remove(&revocation.id);
-                state.seq_by_target.remove(&revocation.target);
-            }
+        for &seq in &expired {
+            state.forget(seq);
         }
         expired.len()
     }
@@ -389,8 +418,11 @@ mod tests {
         assert_eq!(&*kept.id, "1");
         assert_eq!(kept.expires_at.0, first.expires_at.0 + 60);
         assert_eq!(list.len(), 1);
-        assert!(list.remove("2").is_none());
-        assert!(list.remove("1").is_some());
+        // The second id is an alias: lifting by it lifts the credential, and both ids go.
+        assert_eq!(&*list.get("2").unwrap().id, "1");
+        assert!(list.remove("2").is_some());
+        assert!(list.remove("1").is_none());
+        assert!(list.get("2").is_none());
         assert!(!list.is_revoked(&api_key("key_a", "sgk_a")));
     }
 

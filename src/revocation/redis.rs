@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -32,6 +32,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnection backoff of the subscriber.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Lifts remembered while Redis is down, at most.
+const MAX_PENDING_LIFTS: usize = 10_000;
 /// How often an idle subscriber checks that its gateway still exists.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
@@ -81,8 +83,16 @@ pub struct ClusterSync {
     connection: ConnectionManager,
     hash: String,
     channel: String,
-    /// The first load completed: `/ready` waits for it.
+    /// The first load completed.
     synced: AtomicBool,
+    /// The first attempt to load ended, loaded or not: `/ready` waits for this (a Redis that
+    /// cannot be reached must not keep the instance out of service; it keeps retrying).
+    settled: AtomicBool,
+    /// Successful loads so far (a reconnect after one starts its backoff afresh).
+    loads: std::sync::atomic::AtomicU64,
+    /// Lifts Redis did not take: written (before the hash is read again) on reconnect, so
+    /// the reload does not bring the lifted revocation back.
+    pending_lifts: Mutex<Vec<Arc<Revocation>>>,
 }
 
 impl std::fmt::Debug for ClusterSync {
@@ -116,15 +126,23 @@ impl ClusterSync {
             hash: format!("{}revocations:all", settings.key_prefix),
             channel: format!("{}revocations", settings.key_prefix),
             synced: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
+            loads: std::sync::atomic::AtomicU64::new(0),
+            pending_lifts: Mutex::default(),
         });
         let weak = Arc::downgrade(&sync);
         tokio::spawn(async move { subscribe_loop(weak).await });
         Ok(sync)
     }
 
-    /// Whether the stored revocations have been loaded once (readiness).
+    /// Whether the stored revocations have been loaded once.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// Whether the first attempt to load them has ended (readiness waits for this).
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
     }
 
     /// Stores and announces a revocation made here; `false` when Redis did not take it (it is
@@ -134,10 +152,38 @@ impl ClusterSync {
         self.write(&revocation.id, text).await
     }
 
-    /// Stores and announces a lift.
-    pub async fn publish_lift(&self, revocation: &Revocation) -> bool {
-        self.write(&revocation.id, tombstone(revocation).to_string())
-            .await
+    /// Stores and announces a lift; one Redis did not take is written on reconnect.
+    pub async fn publish_lift(&self, revocation: &Arc<Revocation>) -> bool {
+        let written = self
+            .write(&revocation.id, tombstone(revocation).to_string())
+            .await;
+        if !written {
+            let mut pending = self.pending_lifts();
+            if pending.len() < MAX_PENDING_LIFTS {
+                pending.push(revocation.clone());
+            } else {
+                tracing::error!("Too many lifts waiting for Redis; this one stays local.");
+            }
+        }
+        written
+    }
+
+    fn pending_lifts(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Revocation>>> {
+        self.pending_lifts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One transaction: the value stored under its id (instances started later read it) and
+    /// announced (running instances apply it now).
+    fn store_and_announce(&self, id: &str, text: &str) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(&self.hash, id, text)
+            .ignore()
+            .publish(&self.channel, text)
+            .ignore();
+        pipe
     }
 
     async fn write(&self, id: &str, text: String) -> bool {
@@ -233,13 +279,9 @@ impl ClusterSync {
         for revocation in self.revocations.all() {
             if revocation.source == Source::Api && !stored.contains_key(&*revocation.id) {
                 let text = wire::to_json(&revocation).to_string();
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .hset(&self.hash, &*revocation.id, &text)
-                    .ignore()
-                    .publish(&self.channel, &text)
-                    .ignore();
-                pipe.query_async::<()>(connection).await?;
+                self.store_and_announce(&revocation.id, &text)
+                    .query_async::<()>(connection)
+                    .await?;
                 tracing::info!(
                     id = &*revocation.id,
                     "Wrote back a revocation Redis did not have."
@@ -258,11 +300,29 @@ impl ClusterSync {
     }
 }
 
+/// One step of a session, bounded: a Redis that accepts connections and never answers must
+/// not hold the instance's readiness or its catch-up.
+async fn bounded<T>(
+    step: &'static str,
+    future: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, (&'static str, redis::RedisError)> {
+    match tokio::time::timeout(WRITE_TIMEOUT, future).await {
+        Ok(result) => result.map_err(|error| (step, error)),
+        Err(_) => Err((
+            step,
+            redis::RedisError::from((redis::ErrorKind::Io, "Redis did not answer in time")),
+        )),
+    }
+}
+
 /// Subscribe, load, apply announcements; on any failure, again after a backoff. Ends when the
 /// gateway is gone.
 async fn subscribe_loop(weak: Weak<ClusterSync>) {
     let mut backoff = MIN_BACKOFF;
     loop {
+        let loads_before = weak
+            .upgrade()
+            .map_or(0, |sync| sync.loads.load(Ordering::Acquire));
         match session(&weak).await {
             Ok(()) => return,
             Err((reason, error)) => {
@@ -270,7 +330,14 @@ async fn subscribe_loop(weak: Weak<ClusterSync>) {
                     return;
                 };
                 sync.sync_error(reason);
-                tracing::warn!(%error, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "Revocation sync with Redis lost; everything already known stays in force.");
+                if sync.loads.load(Ordering::Acquire) != loads_before {
+                    backoff = MIN_BACKOFF;
+                }
+                if sync.settled.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(%error, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "Revocation sync with Redis lost; everything already known stays in force.");
+                } else {
+                    tracing::error!(%error, "Cannot load the cluster's revocations from Redis; serving without them and retrying.");
+                }
             }
         }
         tokio::time::sleep(backoff).await;
@@ -287,23 +354,16 @@ async fn session(weak: &Weak<ClusterSync>) -> Result<(), (&'static str, redis::R
     else {
         return Ok(());
     };
-    let mut pubsub = client
-        .get_async_pubsub()
-        .await
-        .map_err(|e| ("subscribe", e))?;
-    pubsub
-        .subscribe(&channel)
-        .await
-        .map_err(|e| ("subscribe", e))?;
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| ("load", e))?;
+    let mut pubsub = bounded("subscribe", client.get_async_pubsub()).await?;
+    bounded("subscribe", pubsub.subscribe(&channel)).await?;
+    let mut connection = bounded("load", client.get_multiplexed_async_connection()).await?;
     {
         let Some(sync) = weak.upgrade() else {
             return Ok(());
         };
-        sync.load(&mut connection).await.map_err(|e| ("load", e))?;
+        bounded("load", sync.load(&mut connection)).await?;
+        sync.loads.fetch_add(1, Ordering::AcqRel);
+        sync.settled.store(true, Ordering::Release);
         if !sync.synced.swap(true, Ordering::AcqRel) {
             tracing::info!(
                 active = sync.revocations.len(),
