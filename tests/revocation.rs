@@ -952,13 +952,23 @@ async fn an_expired_revocation_no_longer_refuses_nor_lists() {
     let answer = s.revoke(json!({"key_id": "k-alice"})).await;
     assert_revocation(&answer["revoked"], "key_id", "k-alice", None, 3);
     s.assert_revoked(&s.alice, "alice within the ttl").await;
+    let id = answer["revoked"]["id"].as_str().unwrap();
 
     let until = Instant::now() + Duration::from_secs(15);
     while s.get(&s.alice, "later").await.status != 200 {
         assert!(Instant::now() < until, "the revocation never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Gone from the list and from reads by id, though housekeeping has not run yet.
     assert!(s.list_all().await.is_empty());
+    let read = s
+        .admin(Method::GET, &format!("/admin/revocations/{id}"), None)
+        .await;
+    assert_eq!(
+        read.status, 404,
+        "an expired revocation read by id: {read:?}"
+    );
+    assert_eq!(read.code(), "NOT_FOUND");
 }
 
 // === requests in flight ===

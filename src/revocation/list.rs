@@ -198,10 +198,17 @@ impl RevocationList {
         Some(removed)
     }
 
+    /// One revocation in force: an expired one is not, even before housekeeping forgets it
+    /// (as in [`Self::page`]).
     pub fn get(&self, id: &str) -> Option<Arc<Revocation>> {
+        let now = Timestamp::now();
         let state = self.lock();
         let seq = state.seq_by_id.get(id)?;
-        state.by_seq.get(seq).cloned()
+        state
+            .by_seq
+            .get(seq)
+            .filter(|revocation| !revocation.is_expired(now))
+            .cloned()
     }
 
     /// Up to `limit` revocations in force, in the order they were entered, starting after the
