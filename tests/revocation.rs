@@ -11,15 +11,20 @@
 mod common;
 use common::*;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Method, Request};
-use http_body_util::{BodyExt as _, Empty};
+use http_body::Frame;
+use http_body_util::{BodyExt as _, Empty, StreamBody};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -37,6 +42,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// `[admin] token` of every gateway here that has the admin API.
 const ADMIN_TOKEN: &str = "revocation-tests-admin-token-5f1c9a";
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Bound on every wait for something to happen; never a measure of how fast it happens.
 const DEADLINE: Duration = Duration::from_secs(10);
 /// The default `[revocation] ttl`.
@@ -117,12 +124,17 @@ impl Setup {
 
     /// `sections` goes first in the config (`[admin]`, `[revocation]`...).
     async fn start_with(sections: &str) -> Self {
+        Self::start_full(sections, "").await
+    }
+
+    /// `extra_routes` goes after the `plain` and `live` routes.
+    async fn start_full(sections: &str, extra_routes: &str) -> Self {
         let upstream = Upstream::start().await;
         let scripted = Scripted::start().await;
         let alice = TestKey::new("k-alice");
         let bob = TestKey::new("k-bob");
         let config = format!(
-            "{sections}\n[api_keys]\nfile = \"keys.toml\"\n\n{}",
+            "{sections}\n[api_keys]\nfile = \"keys.toml\"\n\n{}\n{extra_routes}",
             routes(&upstream.url(), &scripted.url())
         );
         let keys = format!("{}\n{}", alice.record(""), bob.record(""));
@@ -191,6 +203,17 @@ impl Setup {
     /// `POST /admin/revocations` with `body`; asserts 200 and returns the answer's JSON.
     async fn revoke(&self, body: Value) -> Value {
         revoke(&self.client, &self.gw, body).await
+    }
+
+    /// `DELETE /admin/revocations/{id}`; asserts 200 and returns the lifted revocation.
+    async fn lift(&self, id: &str) -> Value {
+        let answer = self
+            .admin(Method::DELETE, &format!("/admin/revocations/{id}"), None)
+            .await;
+        assert_eq!(answer.status, 200, "lifting {id}: {answer:?}");
+        let value = json_of(&answer);
+        assert_eq!(value["cluster"], "none", "{value}");
+        value["lifted"].clone()
     }
 
     async fn list_all(&self) -> Vec<Value> {
@@ -663,12 +686,7 @@ async fn a_cached_key_revoked_by_key_id_is_refused_at_once_and_works_again_once_
     assert_eq!(s.list_all().await, vec![revoked.clone()]);
 
     // Lifted: the key works again, from the cache.
-    let lifted = s
-        .admin(Method::DELETE, &format!("/admin/revocations/{id}"), None)
-        .await;
-    assert_eq!(lifted.status, 200, "{lifted:?}");
-    let lifted = json_of(&lifted);
-    assert_eq!(&lifted["lifted"], revoked, "{lifted}");
+    assert_eq!(&s.lift(&id).await, revoked);
     s.assert_passes(&s.alice, "alice once lifted").await;
     assert!(s.list_all().await.is_empty());
 
@@ -712,11 +730,7 @@ async fn a_key_revoked_by_its_hash_is_refused_and_other_kinds_do_not_reach_api_k
     assert_eq!(again["revoked"]["id"], answer["revoked"]["id"]);
     assert_eq!(s.list_all().await.len(), 3);
 
-    let id = answer["revoked"]["id"].as_str().unwrap();
-    let lifted = s
-        .admin(Method::DELETE, &format!("/admin/revocations/{id}"), None)
-        .await;
-    assert_eq!(lifted.status, 200, "{lifted:?}");
+    s.lift(answer["revoked"]["id"].as_str().unwrap()).await;
     s.assert_passes(&s.alice, "alice once lifted").await;
 }
 
@@ -852,11 +866,7 @@ async fn revocations_list_page_by_page_in_the_order_made() {
 
     // Lifting one in the middle leaves the others in order.
     let middle = made.remove(3);
-    let id = middle["id"].as_str().unwrap();
-    let lifted = s
-        .admin(Method::DELETE, &format!("/admin/revocations/{id}"), None)
-        .await;
-    assert_eq!(lifted.status, 200, "{lifted:?}");
+    assert_eq!(s.lift(middle["id"].as_str().unwrap()).await, middle);
     assert_eq!(s.list_all().await, made);
 
     // Bad parameters and methods.
@@ -914,8 +924,7 @@ async fn the_configured_ttl_and_max_entries_bound_revocations() {
 
     // A lift makes room.
     let id = first["revoked"]["id"].as_str().unwrap();
-    s.admin(Method::DELETE, &format!("/admin/revocations/{id}"), None)
-        .await;
+    s.lift(id).await;
     s.revoke(json!({"key_id": "k-bob"})).await;
     s.assert_revoked(&s.bob, "bob now").await;
 
@@ -935,8 +944,7 @@ async fn the_configured_ttl_and_max_entries_bound_revocations() {
         .as_str()
         .unwrap()
         .to_owned();
-    s.admin(Method::DELETE, &format!("/admin/revocations/{id}"), None)
-        .await;
+    s.lift(&id).await;
     let later = s.revoke(json!({"subject": "dave"})).await;
     assert_revocation(&later["revoked"], "subject", "dave", None, 7200);
     assert_revocation(&bob_revocation, "key_id", "k-bob", None, 3600);
@@ -1046,6 +1054,105 @@ async fn a_cut_http2_stream_leaves_the_other_streams_of_its_connection_running()
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"]["code"], "AUTH_KEY_REVOKED");
+}
+
+/// The sending ends of the event streams an HTTP/2 upstream is serving, by `x-auth-key-id`.
+type OpenStreams = Arc<Mutex<HashMap<String, mpsc::Sender<Result<Frame<Bytes>, BoxError>>>>>;
+
+/// An HTTP/2 (h2c) upstream on 127.0.0.1:0 answering each request with an event stream whose
+/// first event is `data: first`; the test sends the next ones through `streams`, and sees a
+/// stream closed when its sender reports the body gone. Returns its URL and a count of the
+/// connections it accepted.
+async fn streaming_h2_upstream(streams: OpenStreams) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let streams = streams.clone();
+            let service = service_fn(move |request: Request<Incoming>| {
+                let streams = streams.clone();
+                async move {
+                    let key_id = request.headers()["x-auth-key-id"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    let (sender, receiver) = mpsc::channel(8);
+                    sender
+                        .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+                        .await
+                        .unwrap();
+                    streams.lock().unwrap().insert(key_id, sender);
+                    let events =
+                        futures_util::stream::unfold(receiver, |mut receiver| async move {
+                            receiver.recv().await.map(|event| (event, receiver))
+                        });
+                    http::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(StreamBody::new(events))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn a_cut_stream_to_an_http2_upstream_resets_that_stream_only() {
+    let streams = OpenStreams::default();
+    let (upstream, connections) = streaming_h2_upstream(streams.clone()).await;
+    let s = Setup::start_full(
+        &format!("[admin]\ntoken = \"{ADMIN_TOKEN}\"\n"),
+        &format!(
+            "[[routes]]\nname = \"h2\"\nmatch = {{ path_prefix = \"/h2/\" }}\nupstream = \"{upstream}\"\nauth = [\"api_key\"]\nupstream_protocol = \"http2\"\n"
+        ),
+    )
+    .await;
+    let addr = s.gw.addr;
+    let open = |key: &str| {
+        let request = get_request(addr, "/h2/events", key, false);
+        async move {
+            let mut conn = h1_client(addr).await;
+            let response = timeout_at(deadline(), conn.send_request(request))
+                .await
+                .expect("no response head")
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let mut stream = ClientStream {
+                body: response.into_body(),
+                seen: String::new(),
+            };
+            stream.expect("data: first\n\n").await;
+            stream
+        }
+    };
+    let mut alice = open(&s.alice.key).await;
+    let mut bob = open(&s.bob.key).await;
+    let sender = |key_id: &str| streams.lock().unwrap()[key_id].clone();
+    let (alice_up, bob_up) = (sender("k-alice"), sender("k-bob"));
+    s.wait_in_flight(2).await;
+
+    let answer = s.revoke(json!({"key_id": "k-alice"})).await;
+    assert_eq!(answer["aborted_requests"], 1, "{answer}");
+    alice.expect_cut().await;
+    // The upstream sees alice's stream go (its body is dropped), and bob's stream goes on,
+    // on the one connection they share.
+    timeout_at(deadline(), alice_up.closed())
+        .await
+        .expect("the upstream still serves the cut stream");
+    assert!(!bob_up.is_closed());
+    bob_up
+        .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
+        .await
+        .unwrap();
+    bob.expect("data: second\n\n").await;
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
 /// Opens a WebSocket through the gateway with `key`; the scripted upstream accepts it.
@@ -1851,8 +1958,7 @@ async fn metrics_count_revocations_in_force_and_cut_requests_without_naming_cred
 
     // A lift: one fewer in force, the counters stay.
     let id = first["revoked"]["id"].as_str().unwrap();
-    s.admin(Method::DELETE, &format!("/admin/revocations/{id}"), None)
-        .await;
+    s.lift(id).await;
     assert_eq!(revocation_metrics(&s.gw).await, (4.0, 3.0, 1.0));
 
     let text = metrics_text(&s.gw).await;
