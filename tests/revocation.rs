@@ -369,31 +369,15 @@ async fn revocation_metrics(gw: &TestGateway) -> (f64, f64, f64) {
     )
 }
 
-/// The audit lines written so far.
+/// The audit lines of every admin call answered so far: an admin call queues its line before
+/// it answers, and the flush returns once every queued line is written.
 fn audit_lines(gw: &TestGateway) -> Vec<Value> {
+    gw.gateway().access_log.flush(DEADLINE);
     gw.log
         .lines()
         .into_iter()
         .filter(|line| line["audit"] == true)
         .collect()
-}
-
-/// Waits until at least `n` audit lines are written (a writer thread writes them).
-async fn wait_audit_lines(gw: &TestGateway, n: usize) -> Vec<Value> {
-    let until = deadline();
-    loop {
-        let lines = audit_lines(gw);
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(
-            Instant::now() < until,
-            "{} audit lines, expected {n}:\n{}",
-            lines.len(),
-            gw.log.text()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// `token:` and the first 8 hex characters of the token's SHA-256.
@@ -1713,7 +1697,8 @@ async fn without_the_admin_token_nothing_is_revoked() {
         .await;
     assert!(s.list_all().await.is_empty());
     assert_eq!(revocation_metrics(&s.gw).await, (0.0, 0.0, 0.0));
-    let lines = wait_audit_lines(&s.gw, calls + 1).await;
+    let lines = audit_lines(&s.gw);
+    assert_eq!(lines.len(), calls + 1, "audit lines: {lines:#?}");
     for line in &lines[..calls] {
         assert_eq!(line["actor"], "unauthenticated", "{line}");
         assert_eq!(line["result"], "refused", "{line}");
@@ -1852,7 +1837,8 @@ async fn malformed_revocation_bodies_are_refused_with_400_without_echoing_them()
     s.assert_passes(&s.alice, "alice after").await;
     assert!(s.list_all().await.is_empty());
     assert_eq!(revocation_metrics(&s.gw).await, (0.0, 0.0, 0.0));
-    let lines = wait_audit_lines(&s.gw, cases.len() + 2).await;
+    let lines = audit_lines(&s.gw);
+    assert_eq!(lines.len(), cases.len() + 2, "audit lines: {lines:#?}");
     for line in &lines[..=cases.len()] {
         assert_eq!(line["action"], "revocation.create", "{line}");
         assert_eq!(line["result"], "refused", "{line}");
@@ -2081,8 +2067,8 @@ async fn every_admin_call_leaves_one_audit_line_naming_the_token_by_fingerprint_
     }
     let calls: Vec<&AuditedCall> = std::iter::once(&create).chain(&calls).collect();
 
-    let lines = wait_audit_lines(&s.gw, calls.len()).await;
-    assert_eq!(lines.len(), calls.len(), "one line per call");
+    let lines = audit_lines(&s.gw);
+    assert_eq!(lines.len(), calls.len(), "one line per call: {lines:#?}");
     for ((call, answer), line) in calls.iter().zip(&answers).zip(&lines) {
         let context = format!("{} {}: {line}", call.method, call.path);
         assert_eq!(answer.status, call.status, "{context} {answer:?}");
@@ -2128,6 +2114,28 @@ async fn every_admin_call_leaves_one_audit_line_naming_the_token_by_fingerprint_
         .await
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "audit-check-42");
-    let lines = wait_audit_lines(&s.gw, calls.len() + 1).await;
+    let lines = audit_lines(&s.gw);
+    assert_eq!(lines.len(), calls.len() + 1);
     assert_eq!(lines.last().unwrap()["request_id"], "audit-check-42");
+}
+
+#[tokio::test]
+async fn audit_lines_are_written_with_the_access_log_off() {
+    let s = Setup::start_with(&format!(
+        "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n[log]\naccess_log = false\n"
+    ))
+    .await;
+    s.assert_passes(&s.alice, "alice").await;
+    s.revoke(json!({"key_id": "k-alice"})).await;
+    s.assert_revoked(&s.alice, "alice").await;
+    s.list_all().await;
+    let lines = audit_lines(&s.gw);
+    assert_eq!(lines.len(), 2, "audit lines: {lines:#?}");
+    assert_eq!(lines[0]["action"], "revocation.create", "{}", lines[0]);
+    assert_eq!(lines[1]["action"], "revocation.list", "{}", lines[1]);
+    assert_eq!(
+        s.gw.log.lines(),
+        lines,
+        "access-log lines with the access log off"
+    );
 }
