@@ -1705,7 +1705,9 @@ async fn without_the_admin_token_nothing_is_revoked() {
         assert_eq!(line["status"], 401, "{line}");
     }
     let log = s.gw.log.text();
-    assert!(!log.contains(ADMIN_TOKEN) && !log.contains("wrong-token"));
+    for token in wrong_tokens.iter().filter(|token| !token.is_empty()) {
+        assert!(!log.contains(token), "{token:?} is logged");
+    }
 }
 
 #[tokio::test]
@@ -1751,8 +1753,7 @@ async fn malformed_revocation_bodies_are_refused_with_400_without_echoing_them()
     let long = "v".repeat(1025);
     let hex63 = "a".repeat(63);
     let hex65 = "a".repeat(65);
-    let cases: Vec<(&str, String)> =
-        vec![
+    let cases = [
         ("empty body", String::new()),
         ("not JSON", "key_id=secret-value-1".to_owned()),
         ("invalid JSON", r#"{"key_id": "secret-value-2""#.to_owned()),
@@ -1778,7 +1779,10 @@ async fn malformed_revocation_bodies_are_refused_with_400_without_echoing_them()
         ),
         ("a number", json!({"key_id": 12345}).to_string()),
         ("null value", json!({"key_id": null}).to_string()),
-        ("an array", json!({"subject": ["secret-value-11"]}).to_string()),
+        (
+            "an array",
+            json!({"subject": ["secret-value-11"]}).to_string(),
+        ),
         (
             "an object",
             json!({"jwt_id": {"v": "secret-value-12"}}).to_string(),
@@ -1822,16 +1826,20 @@ async fn malformed_revocation_bodies_are_refused_with_400_without_echoing_them()
         let answer = s
             .admin(Method::POST, "/admin/revocations", Some(body))
             .await;
-        assert_bad_request(&answer, case, &[&s.alice.key, "secret", &long, &hex63]);
+        assert_bad_request(
+            &answer,
+            case,
+            &[&s.alice.key, &s.alice.hash(), "secret", &long, &hex63],
+        );
     }
 
-    // 1 MB: refused without reading it all.
-    let megabyte = format!(r#"{{"key_id": "{}"}}"#, "x".repeat(1 << 20));
+    // 1 MB: a valid revocation of alice padded with whitespace, refused for its size.
+    let megabyte = format!(r#"{{"key_id": "k-alice"}}{}"#, " ".repeat(1 << 20));
     let (status, text) = raw_admin_post(s.gw.admin_addr, megabyte.as_bytes()).await;
     assert_eq!(status, 400, "{text}");
     let answer = json_body(&text).unwrap();
     assert_eq!(answer["error"]["code"], "BAD_REQUEST");
-    assert!(!text.contains("xxxxxxxx"));
+    assert!(!text.contains("k-alice"), "{text}");
 
     // Nothing revoked; each attempt audited as refused.
     s.assert_passes(&s.alice, "alice after").await;
