@@ -178,6 +178,12 @@ impl RevocationList {
             return Err(ApplyError::Expired);
         }
         let mut state = self.lock();
+        // An expired entry for the target is gone already: the new revocation starts afresh.
+        if let Some(&seq) = state.seq_by_target.get(&revocation.target)
+            && state.by_seq[&seq].is_expired(now)
+        {
+            state.forget(seq);
+        }
         if let Some(&seq) = state.seq_by_target.get(&revocation.target) {
             let existing = state.by_seq[&seq].clone();
             let aliases = state.aliases.entry(seq).or_default();
@@ -222,17 +228,20 @@ impl RevocationList {
         let seq = *state.seq_by_id.get(id)?;
         let removed = state.forget(seq)?;
         self.publish(&state);
-        Some(removed)
+        // An expired revocation was no longer in force: nothing was lifted.
+        (!removed.is_expired(Timestamp::now())).then_some(removed)
     }
 
-    /// The revocation in force with this id (or alias); an expired one is gone already.
+    /// The revocation in force with this id (or alias): an expired one is not, even before
+    /// housekeeping forgets it (as in [`Self::page`]).
     pub fn get(&self, id: &str) -> Option<Arc<Revocation>> {
+        let now = Timestamp::now();
         let state = self.lock();
         let seq = state.seq_by_id.get(id)?;
         state
             .by_seq
             .get(seq)
-            .filter(|revocation| !revocation.is_expired(Timestamp::now()))
+            .filter(|revocation| !revocation.is_expired(now))
             .cloned()
     }
 

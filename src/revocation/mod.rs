@@ -300,11 +300,12 @@ impl Revocations {
     }
 }
 
-/// Runs [`Revocations::purge_expired`] every minute while the revocations are alive.
+/// Runs [`Revocations::purge_expired`] every 10 s while the revocations are alive (the
+/// request path ignores expired entries already; this keeps the list and the gauge true).
 pub fn spawn_housekeeping(revocations: &Arc<Revocations>) {
     let weak = Arc::downgrade(revocations);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
