@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -32,8 +32,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnection backoff of the subscriber.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often an idle subscriber checks that its gateway still exists.
+/// How often an idle subscriber checks that its gateway still exists (and whether a write
+/// failed and must be written back).
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// How long a write-back within a connected stretch may take before the subscriber gives up
+/// on the connection and starts again.
+const WRITE_BACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A lift, as stored and announced: the revocation's id, and when the tombstone may go.
 fn tombstone(revocation: &Revocation) -> Value {
@@ -83,6 +87,12 @@ pub struct ClusterSync {
     channel: String,
     /// The first load completed: `/ready` waits for it.
     synced: AtomicBool,
+    /// A write failed: the subscriber loads and writes back at its next wake, even when its
+    /// own connection never dropped (otherwise only a reconnection would write back).
+    write_back_due: AtomicBool,
+    /// Lifts made here that Redis did not take: their tombstones are written back, and the
+    /// revocations they lift are not taken back from the hash meanwhile.
+    unwritten_lifts: Mutex<HashMap<Box<str>, Arc<Revocation>>>,
 }
 
 impl std::fmt::Debug for ClusterSync {
@@ -116,6 +126,8 @@ impl ClusterSync {
             hash: format!("{}revocations:all", settings.key_prefix),
             channel: format!("{}revocations", settings.key_prefix),
             synced: AtomicBool::new(false),
+            write_back_due: AtomicBool::new(false),
+            unwritten_lifts: Mutex::default(),
         });
         let weak = Arc::downgrade(&sync);
         tokio::spawn(async move { subscribe_loop(weak).await });
@@ -134,10 +146,16 @@ impl ClusterSync {
         self.write(&revocation.id, text).await
     }
 
-    /// Stores and announces a lift.
-    pub async fn publish_lift(&self, revocation: &Revocation) -> bool {
-        self.write(&revocation.id, tombstone(revocation).to_string())
-            .await
+    /// Stores and announces a lift; `false` when Redis did not take it (its tombstone is
+    /// written back later, and the lifted revocation is not taken back from Redis meanwhile).
+    pub async fn publish_lift(&self, revocation: &Arc<Revocation>) -> bool {
+        let written = self
+            .write(&revocation.id, tombstone(revocation).to_string())
+            .await;
+        if !written {
+            lock(&self.unwritten_lifts).insert(revocation.id.clone(), revocation.clone());
+        }
+        written
     }
 
     async fn write(&self, id: &str, text: String) -> bool {
@@ -148,8 +166,21 @@ impl ClusterSync {
             .ignore()
             .publish(&self.channel, &text)
             .ignore();
-        let written =
-            tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(&mut connection)).await;
+        let attempts = async {
+            match pipe.query_async::<()>(&mut connection).await {
+                // The first command after Redis returns fails on the connection that failed
+                // while it was away; the manager reconnects on that error: once more. (Writing
+                // the same revocation twice is harmless.)
+                Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                    pipe.query_async::<()>(&mut connection).await
+                }
+                done => done,
+            }
+        };
+        let written = tokio::time::timeout(WRITE_TIMEOUT, attempts).await;
+        if !matches!(written, Ok(Ok(()))) {
+            self.write_back_due.store(true, Ordering::Release);
+        }
         match written {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
@@ -175,7 +206,9 @@ impl ClusterSync {
                 if revocation.is_expired(Timestamp::now()) {
                     return;
                 }
-                if self.revocations.get(&revocation.id).is_some() {
+                if self.revocations.get(&revocation.id).is_some()
+                    || lock(&self.unwritten_lifts).contains_key(&revocation.id)
+                {
                     return;
                 }
                 match self.revocations.apply(revocation) {
@@ -246,6 +279,20 @@ impl ClusterSync {
                 );
             }
         }
+        let unwritten_lifts: Vec<Arc<Revocation>> =
+            lock(&self.unwritten_lifts).values().cloned().collect();
+        for lifted in unwritten_lifts {
+            let text = tombstone(&lifted).to_string();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .hset(&self.hash, &*lifted.id, &text)
+                .ignore()
+                .publish(&self.channel, &text)
+                .ignore();
+            pipe.query_async::<()>(connection).await?;
+            lock(&self.unwritten_lifts).remove(&lifted.id);
+            tracing::info!(id = &*lifted.id, "Wrote back a lift Redis did not have.");
+        }
         Ok(())
     }
 
@@ -256,6 +303,13 @@ impl ClusterSync {
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Held for a map operation only; a panic inside leaves the map consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Subscribe, load, apply announcements; on any failure, again after a backoff. Ends when the
@@ -311,14 +365,27 @@ async fn session(weak: &Weak<ClusterSync>) -> Result<(), (&'static str, redis::R
             );
         }
     }
-    drop(connection);
     let mut messages = pubsub.into_on_message();
     loop {
-        // Woken now and then to notice a gateway that is gone.
+        // Woken now and then to notice a gateway that is gone, or a write that failed.
         let next = tokio::time::timeout(LIVENESS_CHECK, messages.next()).await;
         let Some(sync) = weak.upgrade() else {
             return Ok(());
         };
+        if sync.write_back_due.swap(false, Ordering::AcqRel) {
+            let loaded = tokio::time::timeout(WRITE_BACK_TIMEOUT, sync.load(&mut connection))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "write-back timed out",
+                    )))
+                });
+            if let Err(error) = loaded {
+                // Reconnecting loads and writes back again.
+                return Err(("load", error));
+            }
+        }
         match next {
             Ok(Some(message)) => sync.receive(message.get_payload_bytes()),
             Ok(None) => {
