@@ -41,6 +41,9 @@ pub enum Side {
 struct Signal {
     cut: AtomicBool,
     wakers: [AtomicWaker; 2],
+    /// A waker was registered: cleared before the signal is recycled (a plain flag, so a
+    /// request that never waited pays no atomic read-modify-write for it).
+    waited: AtomicBool,
 }
 
 /// A handle on one request's cut signal.
@@ -56,6 +59,9 @@ impl Cut {
     pub fn poll_cut(&self, side: Side, cx: &mut Context<'_>) -> Poll<()> {
         if self.is_cut() {
             return Poll::Ready(());
+        }
+        if !self.0.waited.load(Ordering::Relaxed) {
+            self.0.waited.store(true, Ordering::Relaxed);
         }
         self.0.wakers[side as usize].register(cx.waker());
         // Checked again: a cut between the first check and the registration woke no one.
@@ -103,22 +109,27 @@ impl Future for Cancelled {
     }
 }
 
-/// A registered request: who it runs as, and its signal.
-type Entry = (Arc<Identity>, Arc<Signal>);
+/// A registered request: the registry it belongs to (several gateways may share a process),
+/// who it runs as, and its signal.
+type Entry = (u64, Arc<Identity>, Arc<Signal>);
+
+/// One registry per process: a request's guard then needs no reference to it (no reference
+/// count to move per request); each gateway's entries carry its [`InFlight`] id.
+static SHARD_TABLE: std::sync::LazyLock<Box<[Mutex<Shard>]>> =
+    std::sync::LazyLock::new(|| (0..SHARDS).map(|_| Mutex::default()).collect());
 
 #[derive(Debug, Default)]
 struct Shard {
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
-    len: usize,
     /// Signals of requests that ended uncut, reset, for the next registrations.
     spare: Vec<Arc<Signal>>,
 }
 
-/// The registry of requests in flight.
+/// A gateway's view of the registry of requests in flight.
 #[derive(Debug)]
 pub struct InFlight {
-    shards: Arc<[Mutex<Shard>]>,
+    id: u64,
 }
 
 impl Default for InFlight {
@@ -129,8 +140,9 @@ impl Default for InFlight {
 
 impl InFlight {
     pub fn new() -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -138,10 +150,9 @@ impl InFlight {
     pub fn register(&self, identity: &Arc<Identity>) -> Tracked {
         let shard = shard_of_this_thread();
         let (slot, signal) = {
-            let mut guard = lock(&self.shards[shard]);
+            let mut guard = lock(&SHARD_TABLE[shard]);
             let signal = guard.spare.pop().unwrap_or_default();
-            let entry = Some((identity.clone(), signal.clone()));
-            guard.len += 1;
+            let entry = Some((self.id, identity.clone(), signal.clone()));
             let slot = match guard.free.pop() {
                 Some(slot) => {
                     guard.slots[slot as usize] = entry;
@@ -156,7 +167,6 @@ impl InFlight {
         };
         Tracked {
             cut: Cut(signal),
-            shards: self.shards.clone(),
             shard,
             slot,
         }
@@ -166,10 +176,10 @@ impl InFlight {
     /// (requests cut before are not counted again).
     pub fn cut_matching(&self, matches: impl Fn(&Identity) -> bool) -> usize {
         let mut cut = 0;
-        for shard in self.shards.iter() {
+        for shard in SHARD_TABLE.iter() {
             let guard = lock(shard);
-            for (identity, signal) in guard.slots.iter().flatten() {
-                if matches(identity) && Cut(signal.clone()).cut() {
+            for (owner, identity, signal) in guard.slots.iter().flatten() {
+                if *owner == self.id && matches(identity) && Cut(signal.clone()).cut() {
                     cut += 1;
                 }
             }
@@ -179,7 +189,18 @@ impl InFlight {
 
     /// Requests registered now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| lock(shard).len).sum()
+        SHARD_TABLE
+            .iter()
+            .map(|shard| {
+                let guard = lock(shard);
+                guard
+                    .slots
+                    .iter()
+                    .flatten()
+                    .filter(|(owner, ..)| *owner == self.id)
+                    .count()
+            })
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -191,7 +212,6 @@ impl InFlight {
 #[derive(Debug)]
 pub struct Tracked {
     cut: Cut,
-    shards: Arc<[Mutex<Shard>]>,
     shard: usize,
     slot: u32,
 }
@@ -214,15 +234,14 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        let mut guard = lock(&self.shards[self.shard]);
-        let Some((_, signal)) = guard
+        let mut guard = lock(&SHARD_TABLE[self.shard]);
+        let Some((_, _, signal)) = guard
             .slots
             .get_mut(self.slot as usize)
             .and_then(Option::take)
         else {
             return;
         };
-        guard.len -= 1;
         guard.free.push(self.slot);
         // Reused only when nothing else holds it (this guard and the entry just taken): a
         // request body may still hold a clone, and a cut signal is never reset.
@@ -230,8 +249,11 @@ impl Drop for Tracked {
             && !signal.cut.load(Ordering::Acquire)
             && guard.spare.len() < SPARE_SIGNALS
         {
-            for waker in &signal.wakers {
-                drop(waker.take());
+            if signal.waited.load(Ordering::Relaxed) {
+                for waker in &signal.wakers {
+                    drop(waker.take());
+                }
+                signal.waited.store(false, Ordering::Relaxed);
             }
             guard.spare.push(signal);
         }
@@ -390,14 +412,20 @@ mod tests {
         let a = inflight.register(&identity("a"));
         let b = inflight.register(&identity("b"));
         assert_eq!(inflight.len(), 2);
+        let (a_shard, a_slot) = (a.shard, a.slot);
         drop(a);
         assert_eq!(inflight.len(), 1);
         let c = inflight.register(&identity("c"));
+        assert_eq!(
+            (c.shard, c.slot),
+            (a_shard, a_slot),
+            "a freed slot is reused"
+        );
         assert_eq!(inflight.len(), 2);
+        // Another gateway's registry in the same process sees none of them.
+        assert!(InFlight::new().is_empty());
         drop((b, c));
         assert!(inflight.is_empty());
-        let shard = lock(&inflight.shards[shard_of_this_thread()]);
-        assert_eq!(shard.slots.len(), 2, "freed slots are reused");
     }
 
     #[test]

@@ -18,13 +18,17 @@ use crate::keys::{KeyHash, Timestamp};
 /// A subject's revocations: each with its issuer (`None` = any) and expiry.
 type SubjectRules = Vec<(Option<Box<str>>, Timestamp)>;
 
+/// The request path's maps: a fast hasher with a per-process random seed (the keys are
+/// chosen by admins, and a seeded hash keeps them from being aimed at one bucket).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What the request path looks up: each revoked value with its expiry.
 #[derive(Debug, Default)]
 struct Index {
-    key_ids: HashMap<Box<str>, Timestamp>,
-    key_hashes: HashMap<KeyHash, Timestamp>,
-    subjects: HashMap<Box<str>, SubjectRules>,
-    jwt_ids: HashMap<Box<str>, Timestamp>,
+    key_ids: FastMap<Box<str>, Timestamp>,
+    key_hashes: FastMap<KeyHash, Timestamp>,
+    subjects: FastMap<Box<str>, SubjectRules>,
+    jwt_ids: FastMap<Box<str>, Timestamp>,
 }
 
 impl Index {
@@ -59,14 +63,16 @@ impl Index {
         let live = |expires: &Timestamp| *expires > now();
         match identity.method {
             AuthMethod::ApiKey => {
-                identity
-                    .key_id()
-                    .and_then(|id| self.key_ids.get(id))
-                    .is_some_and(live)
-                    || identity
-                        .key_hash
-                        .and_then(|hash| self.key_hashes.get(&hash))
-                        .is_some_and(live)
+                (!self.key_ids.is_empty()
+                    && identity
+                        .key_id()
+                        .and_then(|id| self.key_ids.get(id))
+                        .is_some_and(live))
+                    || (!self.key_hashes.is_empty()
+                        && identity
+                            .key_hash
+                            .and_then(|hash| self.key_hashes.get(&hash))
+                            .is_some_and(live))
             }
             AuthMethod::Jwt => {
                 let by_subject = self.subjects.get(identity.subject()).is_some_and(|rules| {
