@@ -83,6 +83,14 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<P
             );
             response
         }
+        (&Method::GET, "/.well-known/jwks.json") => match &gateway.runtime().assertion {
+            Some(signer) => json(StatusCode::OK, signer.jwks()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "No signed identity assertion is configured (identity.assertion).",
+            ),
+        },
         (method, path) if path.starts_with("/admin/") => {
             let config = gateway.config();
             let Some(token) = config.admin.token.as_deref() else {

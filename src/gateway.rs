@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::auth::AuthMetrics;
+use crate::auth::assertion::AssertionSigner;
 use crate::auth::jwt::JwtValidator;
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::forward::{UpstreamClients, Upstreams};
@@ -37,6 +38,8 @@ pub struct Runtime {
     pub limits: Arc<Limits>,
     /// Each route's live upstreams, by route index; their pools outlive the snapshot.
     upstreams: Vec<Upstreams>,
+    /// `None` without `identity.assertion`; kept across reloads while key and ttl stay.
+    pub assertion: Option<Arc<AssertionSigner>>,
 }
 
 impl Runtime {
@@ -118,6 +121,7 @@ impl Gateway {
         )?);
         let mut clients = UpstreamClients::default();
         let upstreams = build_upstreams(&config, &mut clients)?;
+        let assertion = build_assertion(&config, None)?;
         Ok(Self {
             config_path: config.path.clone(),
             runtime: ArcSwap::from_pointee(Runtime {
@@ -126,6 +130,7 @@ impl Gateway {
                 jwt,
                 limits,
                 upstreams,
+                assertion,
             }),
             clients: Mutex::new(clients),
             auth_metrics: AuthMetrics::new(metrics.auth.clone()),
@@ -212,10 +217,12 @@ impl Gateway {
             .map_err(|m| self.reload_error(m))?;
             let upstreams = build_upstreams(&new, &mut lock(&self.clients))
                 .map_err(|m| self.reload_error(m))?;
-            Ok((new, store, keep_store, jwt, limits, upstreams))
+            let assertion = build_assertion(&new, running.assertion.as_ref())
+                .map_err(|m| self.reload_error(m))?;
+            Ok((new, store, keep_store, jwt, limits, upstreams, assertion))
         });
         match result {
-            Ok((new, store, kept, jwt, limits, upstreams)) => {
+            Ok((new, store, kept, jwt, limits, upstreams, assertion)) => {
                 let old = &running.config;
                 if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
                     tracing::warn!(
@@ -231,6 +238,7 @@ impl Gateway {
                     jwt,
                     limits: Arc::new(limits),
                     upstreams,
+                    assertion,
                 }));
                 self.metrics
                     .config_reloads
@@ -286,6 +294,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The assertion signer when `identity.assertion` is set: the running one while its key and
+/// settings stay, a rotated one (old public key still published) when the key file changed.
+fn build_assertion(
+    config: &Config,
+    running: Option<&Arc<AssertionSigner>>,
+) -> Result<Option<Arc<AssertionSigner>>, String> {
+    config
+        .identity
+        .assertion
+        .as_ref()
+        .map(|settings| AssertionSigner::build(settings, running))
+        .transpose()
 }
 
 /// Builds the JWT validator when issuers are configured (key sets are fetched in the
