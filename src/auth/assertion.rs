@@ -31,7 +31,7 @@ use rustls_pki_types::pem::{self, PemObject as _};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{AuthMethod, Identity};
+use super::{AuthMethod, Identity, Span};
 
 /// The `iss` of every assertion: upstreams check it to tell our tokens from any other JWT.
 pub const ASSERTION_ISSUER: &str = "authgate";
@@ -231,139 +231,76 @@ struct Claims<'a> {
 
 // === the cache key ===
 
-/// What an assertion says, owned: the cache is keyed by content, so two credentials with the
-/// same identity share an assertion and a reloaded key store (new `Arc`s) still hits.
-#[derive(Debug)]
+/// What an assertion says, held as the identity holds it: its one string buffer (shared, not
+/// copied) and where each claimed field sits in it. Equal buffers with equal field positions
+/// mean equal claims, so the cache is keyed by content: two credentials with the same identity
+/// share an assertion, and a rebuilt key store (new `Arc`s) still hits. Comparing the buffer
+/// as bytes spares the lookup a UTF-8 check and a hash per field, which more than doubled its
+/// cost (docs/performance.md); fields the assertion does not carry (custom claims) only make
+/// the key stricter.
+#[derive(Debug, PartialEq, Eq)]
 struct CacheKey {
     method: AuthMethod,
     route: Box<str>,
-    subject: Box<str>,
-    tenant_id: Option<Box<str>>,
-    user_id: Option<Box<str>>,
-    key_id: Option<Box<str>>,
-    issuer: Option<Box<str>>,
-    scopes: Box<[Box<str>]>,
+    text: Bytes,
+    fields: [Span; 6],
 }
 
-/// The same fields, borrowed from the request's identity: a lookup allocates nothing.
+/// The claimed fields' positions in `Identity::text`.
+fn claimed_fields(identity: &Identity) -> [Span; 6] {
+    [
+        identity.subject,
+        identity.tenant_id,
+        identity.user_id,
+        identity.key_id,
+        identity.issuer,
+        identity.scopes,
+    ]
+}
+
+/// The same key borrowed from the request's identity: a lookup allocates nothing.
 #[derive(Debug, Clone, Copy)]
 struct Lookup<'a> {
     identity: &'a Identity,
     route: &'a str,
 }
 
-/// One hashing routine for both forms, so a `Lookup` finds its `CacheKey`.
-fn hash_fields<'a, H: Hasher>(
-    state: &mut H,
-    method: AuthMethod,
-    route: &str,
-    subject: &str,
-    optional: [Option<&str>; 4],
-    scopes: impl Iterator<Item = &'a str>,
-) {
-    state.write(method.as_str().as_bytes());
+/// One hashing routine for both forms, so a `Lookup` finds its `CacheKey`. Field positions
+/// are left to the equality check: identities that differ only there are rare.
+fn hash_key<H: Hasher>(state: &mut H, method: AuthMethod, route: &str, text: &[u8]) {
+    state.write_u8(method as u8);
     route.hash(state);
-    subject.hash(state);
-    for field in optional {
-        // `str` hashing ends each value with a marker, so fields cannot run into each other.
-        match field {
-            Some(value) => {
-                state.write_u8(1);
-                value.hash(state);
-            }
-            None => state.write_u8(0),
-        }
-    }
-    let mut count = 0usize;
-    for scope in scopes {
-        scope.hash(state);
-        count += 1;
-    }
-    state.write_usize(count);
+    state.write(text);
 }
 
 impl Hash for CacheKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_fields(
-            state,
-            self.method,
-            &self.route,
-            &self.subject,
-            [
-                self.tenant_id.as_deref(),
-                self.user_id.as_deref(),
-                self.key_id.as_deref(),
-                self.issuer.as_deref(),
-            ],
-            self.scopes.iter().map(|scope| &**scope),
-        );
+        hash_key(state, self.method, &self.route, &self.text);
     }
 }
-
-impl PartialEq for CacheKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.method == other.method
-            && self.route == other.route
-            && self.subject == other.subject
-            && self.tenant_id == other.tenant_id
-            && self.user_id == other.user_id
-            && self.key_id == other.key_id
-            && self.issuer == other.issuer
-            && self.scopes == other.scopes
-    }
-}
-
-impl Eq for CacheKey {}
 
 impl Hash for Lookup<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let identity = self.identity;
-        hash_fields(
-            state,
-            identity.method,
-            self.route,
-            identity.subject(),
-            [
-                identity.tenant_id(),
-                identity.user_id(),
-                identity.key_id(),
-                identity.issuer(),
-            ],
-            identity.scopes(),
-        );
+        hash_key(state, self.identity.method, self.route, &self.identity.text);
     }
 }
 
 impl Equivalent<CacheKey> for Lookup<'_> {
     fn equivalent(&self, key: &CacheKey) -> bool {
-        let identity = self.identity;
-        key.method == identity.method
+        key.method == self.identity.method
+            && key.fields == claimed_fields(self.identity)
             && *key.route == *self.route
-            && *key.subject == *identity.subject()
-            && key.tenant_id.as_deref() == identity.tenant_id()
-            && key.user_id.as_deref() == identity.user_id()
-            && key.key_id.as_deref() == identity.key_id()
-            && key.issuer.as_deref() == identity.issuer()
-            && key
-                .scopes
-                .iter()
-                .map(|scope| &**scope)
-                .eq(identity.scopes())
+            && key.text == self.identity.text
     }
 }
 
 impl Lookup<'_> {
     fn to_key(self) -> CacheKey {
-        let identity = self.identity;
         CacheKey {
-            method: identity.method,
+            method: self.identity.method,
             route: self.route.into(),
-            subject: identity.subject().into(),
-            tenant_id: identity.tenant_id().map(Into::into),
-            user_id: identity.user_id().map(Into::into),
-            key_id: identity.key_id().map(Into::into),
-            issuer: identity.issuer().map(Into::into),
-            scopes: identity.scopes().map(Into::into).collect(),
+            text: self.identity.text.clone(),
+            fields: claimed_fields(self.identity),
         }
     }
 }
@@ -750,6 +687,23 @@ mod tests {
                 .unwrap();
             assert_ne!(first, other, "{tenant} {scopes:?} {route}");
         }
+        // The same bytes split into other fields are other claims.
+        let split = |tenant: &str, user: Option<&str>| {
+            Identity::new(
+                AuthMethod::ApiKey,
+                &IdentityFields {
+                    subject: "s",
+                    tenant_id: Some(tenant),
+                    user_id: user,
+                    ..IdentityFields::default()
+                },
+            )
+        };
+        let (whole, parts) = (split("ab", None), split("a", Some("b")));
+        assert_eq!(whole.text, parts.text);
+        let whole = signer.assertion(&whole, "api", start).unwrap();
+        let parts = signer.assertion(&parts, "api", start).unwrap();
+        assert_ne!(whole, parts);
         // 60 s ttl: reused for 45 s, then replaced.
         let later = signer
             .assertion(
