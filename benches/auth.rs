@@ -61,6 +61,7 @@ fn bench_authenticate(c: &mut Criterion) {
                     Some(&store),
                     None,
                     &metrics,
+                    |_| Ok(()),
                 ));
                 black_box(identity.unwrap());
             });

@@ -440,12 +440,14 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
-    /// Tunnels an upgraded connection both ways until either side closes.
+    /// Tunnels an upgraded connection both ways until either side closes or `stop` resolves
+    /// (the credential it was opened with is revoked): then both connections are closed.
     pub fn spawn(
         &self,
         client: crate::connection::ClientUpgrade,
         upstream: UpstreamUpgrade,
         slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let Ok(mut tasks) = self.tasks.lock() else {
             return;
@@ -464,8 +466,13 @@ impl Tunnels {
                     return;
                 }
             };
-            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(%error, "WebSocket tunnel closed with an error.");
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(error) = copied {
+                        tracing::debug!(%error, "WebSocket tunnel closed with an error.");
+                    }
+                }
+                () = stop => tracing::debug!("WebSocket tunnel cut: its credential was revoked."),
             }
         });
     }

@@ -23,6 +23,8 @@ use crate::keys::settings::{ControlPlaneAuthSettings, KeySourceSettings};
 use crate::keys::{KeySource, KeyStore};
 use crate::limits::Limits;
 use crate::limits::local::{LocalStore, spawn_housekeeping};
+use crate::revocation::redis::ClusterSync;
+use crate::revocation::{self, ApplyError, Outcome, Revocation, Revocations, Target};
 use crate::routes::Route;
 use crate::telemetry::{AccessLog, Metrics, ResultLabels};
 
@@ -38,6 +40,8 @@ pub struct Runtime {
     pub limits: Arc<Limits>,
     /// Each route's live upstreams, by route index; their pools outlive the snapshot.
     upstreams: Vec<Upstreams>,
+    /// The same list in every snapshot: revocations outlive reloads and key-file changes.
+    pub revocations: Arc<Revocations>,
     /// `None` without `identity.assertion`; kept across reloads while key and ttl stay.
     pub assertion: Option<Arc<AssertionSigner>>,
 }
@@ -69,6 +73,10 @@ pub struct Gateway {
     /// Upstream clients and their connection pools, shared by every snapshot so reloads
     /// keep the connections of upstreams that did not change.
     clients: Mutex<UpstreamClients>,
+    /// Revoked credentials and the requests in flight (survive every reload).
+    pub revocations: Arc<Revocations>,
+    /// With `[redis]` (read at start): revocations shared with every instance.
+    cluster: Option<Arc<ClusterSync>>,
 }
 
 impl Gateway {
@@ -121,6 +129,16 @@ impl Gateway {
         )?);
         let mut clients = UpstreamClients::default();
         let upstreams = build_upstreams(&config, &mut clients)?;
+        let revocations = Arc::new(Revocations::new(
+            config.revocation,
+            metrics.revocations.clone(),
+        ));
+        revocation::spawn_housekeeping(&revocations);
+        let cluster = config
+            .redis
+            .as_ref()
+            .map(|redis| ClusterSync::start(redis, revocations.clone()))
+            .transpose()?;
         let assertion = build_assertion(&config, None)?;
         Ok(Self {
             config_path: config.path.clone(),
@@ -130,8 +148,11 @@ impl Gateway {
                 jwt,
                 limits,
                 upstreams,
+                revocations: revocations.clone(),
                 assertion,
             }),
+            revocations,
+            cluster,
             clients: Mutex::new(clients),
             auth_metrics: AuthMetrics::new(metrics.auth.clone()),
             metrics,
@@ -224,6 +245,11 @@ impl Gateway {
         match result {
             Ok((new, store, kept, jwt, limits, upstreams, assertion)) => {
                 let old = &running.config;
+                if new.redis != old.redis {
+                    tracing::warn!(
+                        "[redis] changed in the config; the revocation channel follows on restart."
+                    );
+                }
                 if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
                     tracing::warn!(
                         "Listener addresses changed in the config; they take effect on restart."
@@ -238,8 +264,10 @@ impl Gateway {
                     jwt,
                     limits: Arc::new(limits),
                     upstreams,
+                    revocations: self.revocations.clone(),
                     assertion,
                 }));
+                self.revocations.set_settings(self.config().revocation);
                 self.metrics
                     .config_reloads
                     .get_or_create(&ResultLabels { result: "success" })
@@ -258,6 +286,32 @@ impl Gateway {
         }
     }
 
+    /// Revokes a credential on this instance (in force when this returns, running requests
+    /// with it cut) and shares it with the cluster when `[redis]` is configured.
+    pub async fn revoke(&self, target: Target) -> Result<Revoked, ApplyError> {
+        let outcome = self.revocations.revoke(target)?;
+        let cluster = match &self.cluster {
+            None => "none",
+            Some(sync) if sync.publish(&outcome.revocation).await => "published",
+            Some(_) => "failed",
+        };
+        Ok(Revoked { outcome, cluster })
+    }
+
+    /// Lifts a revocation on this instance and in the cluster.
+    pub async fn lift_revocation(&self, id: &str) -> Option<Lifted> {
+        let revocation = self.revocations.lift(id)?;
+        let cluster = match &self.cluster {
+            None => "none",
+            Some(sync) if sync.publish_lift(&revocation).await => "published",
+            Some(_) => "failed",
+        };
+        Some(Lifted {
+            revocation,
+            cluster,
+        })
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
     }
@@ -270,10 +324,34 @@ impl Gateway {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Ready once listeners are bound, and not while draining.
+    /// Ready once listeners are bound and (with `[redis]`) the first attempt to load the
+    /// cluster's revocations has ended, and not while draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.is_draining()
+        self.ready.load(Ordering::SeqCst) && !self.is_draining() && self.revocations_settled()
     }
+
+    /// `false` while an instance with `[redis]` makes its first attempt to load the stored
+    /// revocations (each step bounded; a failed attempt logs, counts and keeps retrying).
+    pub fn revocations_settled(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|sync| sync.is_settled())
+    }
+}
+
+/// What [`Gateway::revoke`] did.
+#[derive(Debug)]
+pub struct Revoked {
+    pub outcome: Outcome,
+    /// `none` (no `[redis]`), `published` (stored and announced to every instance) or
+    /// `failed` (in force here only; logged and counted).
+    pub cluster: &'static str,
+}
+
+/// What [`Gateway::lift_revocation`] did.
+#[derive(Debug)]
+pub struct Lifted {
+    pub revocation: Arc<Revocation>,
+    /// As [`Revoked::cluster`].
+    pub cluster: &'static str,
 }
 
 /// Each route's live upstreams, by route index, from the gateway's clients.

@@ -108,6 +108,25 @@ pub struct Metrics {
     pub key_file_reloads: Family<ResultLabels, Counter>,
     pub jwks_refresh: Family<JwksLabels, Counter>,
     pub limits: LimitMetrics,
+    pub revocations: RevocationMetrics,
+}
+
+/// `authgate_revocations_*`: recorded by the revocation list, read by dashboards and alerts.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationMetrics {
+    /// Revocations applied, by where they came from (`api`, `redis`).
+    pub applied: Family<SourceLabels, Counter>,
+    /// Revocations in force now.
+    pub active: Gauge,
+    /// Requests, streams and tunnels cut because their credential was revoked.
+    pub aborted_requests: Counter,
+    /// Revocations that could not be shared with or read from the cluster, by reason.
+    pub sync_errors: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -352,6 +371,35 @@ impl Metrics {
             "Rate-limit states held in this process (idle principals are forgotten)",
             limits.principals.clone(),
         );
+        let revocations = RevocationMetrics::default();
+        registry.register(
+            "revocations",
+            "Revocations applied, by source: api (this instance's admin API), redis (another instance or system)",
+            revocations.applied.clone(),
+        );
+        registry.register(
+            "revocations_active",
+            "Revocations in force on this instance",
+            revocations.active.clone(),
+        );
+        registry.register(
+            "revocation_aborted_requests",
+            "Requests, streams and WebSocket tunnels cut because their credential was revoked",
+            revocations.aborted_requests.clone(),
+        );
+        registry.register(
+            "revocation_sync_errors",
+            "Revocations not shared with or not read from Redis, by reason: publish, subscribe, load, full (the list had no room), malformed (a message that is not a revocation)",
+            revocations.sync_errors.clone(),
+        );
+        for source in ["api", "redis"] {
+            let _ = revocations.applied.get_or_create(&SourceLabels { source });
+        }
+        for reason in ["publish", "subscribe", "load", "full", "malformed"] {
+            let _ = revocations
+                .sync_errors
+                .get_or_create(&ReasonLabels { reason });
+        }
         // Both outcomes exist from the start, so a dashboard sees 0 rather than no series.
         for result in ["success", "error"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
@@ -372,6 +420,7 @@ impl Metrics {
             key_file_reloads,
             jwks_refresh,
             limits,
+            revocations,
         }
     }
 

@@ -23,6 +23,7 @@ const PROBES: &[(&str, &str)] = &[
     ("rate_limits", "[rate_limits]\nzz_probe = 1\n"),
     ("rate", "[rate_limits]\ndefault = { zz_probe = 1 }\n"),
     ("redis", "[redis]\nzz_probe = 1\n"),
+    ("revocation", "[revocation]\nzz_probe = 1\n"),
     ("log", "[log]\nzz_probe = 1\n"),
     ("routes", "[[routes]]\nzz_probe = 1\n"),
     ("routes.match", "[[routes]]\nmatch = { zz_probe = 1 }\n"),

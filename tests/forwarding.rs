@@ -1,8 +1,8 @@
 //! Forwarding (SPEC §6, §7): streaming both ways (SSE, 64 MB bodies, WebSockets), upstream failures and timeouts, round robin with failover, body/header limits, framing, connection reuse, h2c and path/query round trips.
 mod common;
+use common::raw::*;
 use common::*;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +16,6 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -25,8 +23,6 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -85,170 +81,6 @@ fn vm_rss_kib() -> u64 {
 
 fn error_code(json: &serde_json::Value) -> &str {
     json["error"]["code"].as_str().unwrap_or_default()
-}
-
-/// One parsed HTTP/1.1 response read from a raw connection.
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Option<serde_json::Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-}
-
-/// How a connection ended when we waited for it to close.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    Eof,
-    Reset,
-    StillOpen,
-    MoreData(usize),
-}
-
-/// A raw client connection that can read several responses (keep-alive) and watch for close.
-struct RawConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawConn {
-    async fn connect(addr: SocketAddr) -> Self {
-        Self {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Writes, ignoring errors (the server may close early on purpose).
-    async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    /// Reads more bytes into the buffer; false on EOF, error or timeout.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout(READ_TIMEOUT, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => false,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// Reads one response (Content-Length, chunked, or until EOF); None if no head came.
-    async fn read_response(&mut self) -> Option<RawResponse> {
-        let head_end = loop {
-            if let Some(at) = find(&self.buf, b"\r\n\r\n") {
-                break at;
-            }
-            if !self.fill().await {
-                return None;
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status = status_of(lines.next().unwrap_or_default());
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut response = RawResponse {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        if let Some(length) = response
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            while self.buf.len() < length {
-                if !self.fill().await {
-                    break;
-                }
-            }
-            let take = length.min(self.buf.len());
-            response.body = self.buf.drain(..take).collect();
-        } else if response
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            response.body = self.read_chunked().await;
-        } else if status == 101 || status == 204 || status == 304 {
-        } else {
-            while self.fill().await {}
-            response.body = std::mem::take(&mut self.buf);
-        }
-        Some(response)
-    }
-
-    async fn read_chunked(&mut self) -> Vec<u8> {
-        let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(at) = find(&self.buf, b"\r\n") {
-                    break at;
-                }
-                if !self.fill().await {
-                    return body;
-                }
-            };
-            let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-            let size =
-                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
-            self.buf.drain(..line_end + 2);
-            while self.buf.len() < size + 2 {
-                if !self.fill().await {
-                    return body;
-                }
-            }
-            body.extend_from_slice(&self.buf[..size]);
-            self.buf.drain(..size + 2);
-            if size == 0 {
-                return body;
-            }
-        }
-    }
-
-    /// Waits for the server to close the connection.
-    async fn wait_closed(&mut self) -> Ended {
-        if !self.buf.is_empty() {
-            return Ended::MoreData(self.buf.len());
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(READ_TIMEOUT, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) => Ended::Eof,
-            Ok(Ok(n)) => Ended::MoreData(n),
-            Ok(Err(_)) => Ended::Reset,
-            Err(_) => Ended::StillOpen,
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-/// One request on a fresh connection.
-async fn raw_once(addr: SocketAddr, request: &[u8]) -> Option<RawResponse> {
-    let mut conn = RawConn::connect(addr).await;
-    conn.send(request).await;
-    conn.read_response().await
 }
 
 fn route_with(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
@@ -1010,7 +842,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
             Some("close".to_owned()),
             "{name}: {response:?}"
         );
-        let ended = conn.wait_closed().await;
+        let ended = conn.wait_closed_within(READ_TIMEOUT).await;
         assert!(
             matches!(ended, Ended::Eof | Ended::Reset),
             "{name}: {ended:?}"
@@ -1125,7 +957,9 @@ async fn early_answer_with_an_unread_body_closes_the_connection() {
             Some("close".to_owned()),
             "{path}: {response:?}"
         );
-        let ended = conn.wait_closed().await;
+        // A read's bound, not a close's: the gateway first lingers (up to 2 s) for the rest
+        // of the body it did not read.
+        let ended = conn.wait_closed_within(READ_TIMEOUT).await;
         assert!(
             matches!(ended, Ended::Eof | Ended::Reset),
             "{path}: the connection was not closed: {ended:?}"
@@ -1298,84 +1132,31 @@ async fn concurrent_streams_are_counted_exactly() {
 
 /// A keep-alive backend that reads header names the way CGI/WSGI/Rack servers do: lowercased,
 /// `_` read as `-`, the last of two folded duplicates winning (one environment variable).
-/// It frames each body from those folded names and records the path of every request it
-/// parses, so a second request hidden in a body shows up as an extra path.
-async fn folding_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let paths = Arc::new(Mutex::new(Vec::new()));
-    let seen = paths.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let head_end = loop {
-                        if let Some(at) = find(&buf, b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-                    buf.drain(..head_end);
-                    let mut lines = head.split("\r\n");
-                    let path = lines
-                        .next()
-                        .and_then(|line| line.split(' ').nth(1))
-                        .unwrap_or_default()
-                        .to_owned();
-                    seen.lock().unwrap().push(path);
-                    let (mut length, mut chunked) = (0usize, false);
-                    for (name, value) in lines.filter_map(|line| line.split_once(':')) {
-                        let folded = name.trim().to_ascii_lowercase().replace('_', "-");
-                        match folded.as_str() {
-                            "content-length" => length = value.trim().parse().unwrap_or(0),
-                            "transfer-encoding" => chunked = value.contains("chunked"),
-                            _ => {}
-                        }
-                    }
-                    if chunked {
-                        // Just enough chunked decoding for the tests: sizes, data, last chunk.
-                        loop {
-                            let Some(line) = find(&buf, b"\r\n") else {
-                                return;
-                            };
-                            let size = usize::from_str_radix(
-                                String::from_utf8_lossy(&buf[..line]).trim(),
-                                16,
-                            )
-                            .unwrap_or(0);
-                            if buf.len() < line + 2 + size + 2 {
-                                return;
-                            }
-                            buf.drain(..line + 2 + size + 2);
-                            if size == 0 {
-                                break;
-                            }
-                        }
-                    } else {
-                        if buf.len() < length {
-                            return;
-                        }
-                        buf.drain(..length);
-                    }
-                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(reply).await.is_err() {
-                        return;
-                    }
+/// It frames each body from those folded names, so a second request hidden in a body shows
+/// up as an extra head in its record.
+async fn folding_backend() -> RawUpstream {
+    RawUpstream::start(|mut peer| async move {
+        while let Some(head) = peer.head().await {
+            let (mut length, mut chunked) = (0usize, false);
+            let fields = head.split("\r\n").skip(1);
+            for (name, value) in fields.filter_map(|line| line.split_once(':')) {
+                let folded = name.trim().to_ascii_lowercase().replace('_', "-");
+                match folded.as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = value.contains("chunked"),
+                    _ => {}
                 }
-            });
+            }
+            if chunked {
+                peer.chunked_body().await;
+            } else {
+                peer.body(length).await;
+            }
+            peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
         }
-    });
-    (addr, paths)
+    })
+    .await
 }
 
 /// Issue: a `Transfer_Encoding` or `Content_Length` field next to the real framing was
@@ -1385,10 +1166,10 @@ async fn folding_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn underscored_framing_fields_cannot_smuggle_past_a_folding_backend() {
     for policy in ["drop", "allow"] {
-        let (backend, paths) = folding_backend().await;
+        let backend = folding_backend().await;
         let config = format!(
             "[server]\nunderscores_in_headers = \"{policy}\"\n{}",
-            public_route("pub", "/pub/", &format!("http://{backend}"))
+            public_route("pub", "/pub/", &backend.url())
         );
         let gw = TestGateway::start(&config).await;
         let host = format!("Host: {}\r\n", gw.addr);
@@ -1430,15 +1211,15 @@ async fn underscored_framing_fields_cannot_smuggle_past_a_folding_backend() {
             let status = response.as_ref().map_or(0, |r| r.status);
             assert_eq!(status, 400, "{policy}/{name}: {response:?}");
             assert_eq!(
-                conn.wait_closed().await,
+                conn.wait_closed_within(READ_TIMEOUT).await,
                 Ended::Eof,
                 "{policy}/{name}: the connection must close after a framing refusal"
             );
         }
         assert!(
-            paths.lock().unwrap().is_empty(),
+            backend.targets().is_empty(),
             "{policy}: forwarded {:?}",
-            paths.lock().unwrap()
+            backend.targets()
         );
 
         // The same backend serves honest requests, one request per request.
@@ -1451,7 +1232,7 @@ async fn underscored_framing_fields_cannot_smuggle_past_a_folding_backend() {
         )
         .await;
         assert_eq!(status, 200, "{policy}");
-        assert_eq!(*paths.lock().unwrap(), ["/pub/ok"], "{policy}");
+        assert_eq!(backend.targets(), ["/pub/ok"], "{policy}");
     }
 }
 
@@ -1535,31 +1316,8 @@ async fn underscored_fields_over_http2_follow_the_same_rules() {
 }
 
 /// A raw upstream that answers every request on a connection with `response`.
-async fn raw_answering_upstream(response: &'static [u8]) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    while find(&buf, b"\r\n\r\n").is_none() {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = find(&buf, b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
-                    if stream.write_all(response).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+async fn raw_answering_upstream(response: &'static [u8]) -> RawUpstream {
+    RawUpstream::answering(move |_| response.to_vec()).await
 }
 
 /// RFC 9110 §8.6: a 204 never carries Content-Length, even when the upstream sent one; a
@@ -1575,8 +1333,8 @@ async fn relayed_responses_carry_no_framing_the_rfc_forbids() {
     .await;
     let config = format!(
         "{}{}",
-        public_route("empty", "/empty/", &format!("http://{no_content}")),
-        public_route("folded", "/folded/", &format!("http://{underscored}"))
+        public_route("empty", "/empty/", &no_content.url()),
+        public_route("folded", "/folded/", &underscored.url())
     );
     let gw = TestGateway::start(&config).await;
     let mut conn = RawConn::connect(gw.addr).await;

@@ -2,11 +2,11 @@
 //! drain (in-process and on SIGTERM), header-read/idle timeouts, the connection limit, and the
 //! admin listener (health, readiness, metrics, reload).
 mod common;
+use common::raw::RawUpstream;
 use common::*;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Version;
@@ -507,45 +507,16 @@ async fn sighup_reloads_the_config() {
 
 /// A keep-alive upstream that counts the connections it accepts and answers every request
 /// with a small 200.
-async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
-                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
+async fn counting_upstream() -> RawUpstream {
+    RawUpstream::answering(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await
 }
 
 /// A reload keeps the connection pools of upstreams it did not change: the request after a
 /// SIGHUP reuses the keep-alive connection the one before it opened.
 #[tokio::test]
 async fn sighup_keeps_upstream_keep_alive_connections() {
-    use std::sync::atomic::Ordering;
-    let (upstream, accepted) = counting_upstream().await;
-    let url = format!("http://{upstream}");
+    let upstream = counting_upstream().await;
+    let url = upstream.url();
     let Served {
         mut gateway,
         listen,
@@ -556,7 +527,7 @@ async fn sighup_keeps_upstream_keep_alive_connections() {
     let client = client();
     let get = |path: &str| client.get(format!("http://{listen}{path}")).send();
     assert_eq!(get("/pub/a").await.unwrap().status(), 200);
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.connections(), 1);
 
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&public_route("new", "/new/", &url));
@@ -572,7 +543,7 @@ async fn sighup_keeps_upstream_keep_alive_connections() {
     );
     assert_eq!(get("/pub/b").await.unwrap().status(), 200);
     assert_eq!(
-        accepted.load(Ordering::SeqCst),
+        upstream.connections(),
         1,
         "the reload started the upstream pool afresh"
     );
@@ -854,6 +825,30 @@ async fn admin_reload_needs_the_token_applies_new_routes_and_keeps_the_old_confi
         text.contains(r#"authgate_config_reloads_total{result="success"} 2"#),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_during_a_reload_finishes_on_the_config_it_started_with() {
+    // Long enough that the reload lands while the request waits for its response.
+    let upstream = slow_upstream(Duration::from_secs(2)).await;
+    let gw = start_with(
+        "[admin]\ntoken = \"s3cret\"",
+        &public_route("slow", "/slow/", &upstream.url()),
+    )
+    .await;
+    let request = in_flight(gw.url("/slow/x"), &upstream).await;
+
+    // The route is gone from the new config: new requests no longer match it ...
+    let original = std::fs::read_to_string(&gw.config_path).unwrap();
+    let without_route = original.split("[[routes]]").next().unwrap().to_owned();
+    std::fs::write(&gw.config_path, &without_route).unwrap();
+    assert_eq!(admin_reload(&gw, Some("s3cret")).await.status(), 200);
+    assert_eq!(status_of_get(&client(), &gw.url("/slow/y")).await, 404);
+
+    // ... while the request that started before the reload completes through it.
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.count(), 1, "the second request was not forwarded");
 }
 
 #[tokio::test]

@@ -8,10 +8,11 @@
 //! Every hostile case is followed by a normal request (the gateway must keep serving), and a
 //! panic hook catches any panic outside the test code (the gateway runs in this process).
 mod common;
+use common::raw::*;
 use common::*;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,364 +22,14 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Bound on any single wait for bytes from the gateway.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on waiting for the gateway to close a connection it should close.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The Host every raw request carries.
 const HOST: &str = "h1.test";
-
-// =============================================================================================
-// Panics anywhere but in the test code
-// =============================================================================================
-
-static GATEWAY_PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-static PANIC_HOOK: Once = Once::new();
-
-/// Records every panic whose location is outside `tests/` (the gateway's code or a library
-/// it calls); connection tasks swallow panics, so this is the only way to see them.
-fn watch_for_gateway_panics() {
-    PANIC_HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let in_tests = info
-                .location()
-                .is_some_and(|location| location.file().contains("tests/"));
-            if !in_tests {
-                GATEWAY_PANICS
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(info.to_string());
-            }
-            default(info);
-        }));
-    });
-}
-
-#[track_caller]
-fn assert_no_gateway_panics() {
-    let panics = GATEWAY_PANICS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    assert!(panics.is_empty(), "the gateway panicked: {panics:#?}");
-}
-
-// =============================================================================================
-// Raw client
-// =============================================================================================
-
-/// One response as read off the wire.
-#[derive(Debug, Default)]
-struct RawResponse {
-    status: u16,
-    /// The status line and header lines, as sent.
-    head: String,
-    /// Header names lowercased, values trimmed, in wire order.
-    headers: Vec<(String, String)>,
-    /// The decoded body (chunked framing removed).
-    body: Vec<u8>,
-    /// Trailer fields of a chunked body.
-    trailers: Vec<(String, String)>,
-    /// The body had no length and no chunking: it ended with the connection.
-    close_delimited: bool,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n == name).count()
-    }
-
-    fn trailer(&self, name: &str) -> Option<&str> {
-        self.trailers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn connection_close(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    }
-
-    /// `error.code` of a JSON error body ("" otherwise).
-    fn code(&self) -> String {
-        serde_json::from_slice::<serde_json::Value>(&self.body)
-            .ok()
-            .and_then(|json| json["error"]["code"].as_str().map(str::to_owned))
-            .unwrap_or_default()
-    }
-
-    /// Asserts a gateway error: status, JSON content type, `error.code`, a request id and a
-    /// Date header.
-    #[track_caller]
-    fn assert_error(&self, status: u16, code: &str, context: &str) {
-        assert_eq!(self.status, status, "{context}: {self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{context}: {self:?}"
-        );
-        assert_eq!(self.code(), code, "{context}: {self:?}");
-        assert!(self.header("x-request-id").is_some(), "{context}: {self:?}");
-        assert_date(self, context);
-    }
-}
-
-#[track_caller]
-fn assert_date(response: &RawResponse, context: &str) {
-    assert_eq!(response.header_count("date"), 1, "{context}: {response:?}");
-    let date = response.header("date").unwrap();
-    assert!(
-        httpdate::parse_http_date(date).is_ok(),
-        "{context}: not an HTTP date: {date:?}"
-    );
-}
-
-/// How a connection ended when we waited for the gateway to close it.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    Eof,
-    Reset,
-    StillOpen,
-    MoreData(Vec<u8>),
-}
-
-impl Ended {
-    fn closed(&self) -> bool {
-        matches!(self, Self::Eof | Self::Reset)
-    }
-}
-
-enum Filled {
-    Data,
-    Eof,
-    Reset,
-    Timeout,
-}
-
-/// A raw client connection: writes bytes, reads responses (several, for keep-alive), and
-/// watches for the close.
-struct RawConn<S = TcpStream> {
-    stream: S,
-    /// Bytes read but not yet consumed by a parsed response.
-    buf: Vec<u8>,
-    /// Every byte ever read, for scans (e.g. "no 100 Continue was ever sent").
-    received: Vec<u8>,
-}
-
-impl RawConn<TcpStream> {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self::over(stream)
-    }
-
-    /// Half-closes the write side (the client says it sends nothing more).
-    async fn finish_writing(&mut self) {
-        let _ = self.stream.shutdown().await;
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
-    fn over(stream: S) -> Self {
-        Self {
-            stream,
-            buf: Vec::new(),
-            received: Vec::new(),
-        }
-    }
-
-    /// Writes, ignoring errors (the gateway may close early on purpose).
-    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        let _ = self.stream.write_all(bytes.as_ref()).await;
-        let _ = self.stream.flush().await;
-    }
-
-    async fn fill_within(&mut self, limit: Duration) -> Filled {
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) => Filled::Eof,
-            Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                self.received.extend_from_slice(&chunk[..n]);
-                Filled::Data
-            }
-            // tokio-rustls reports a close without close_notify as an error too.
-            Ok(Err(_)) => Filled::Reset,
-            Err(_) => Filled::Timeout,
-        }
-    }
-
-    async fn fill(&mut self) -> bool {
-        matches!(self.fill_within(READ_TIMEOUT).await, Filled::Data)
-    }
-
-    /// Reads one response; `None` if no complete head came.
-    async fn read_response(&mut self) -> Option<RawResponse> {
-        self.read_response_inner(false).await
-    }
-
-    /// Reads the response to a HEAD request: whatever its headers say, no body follows.
-    async fn read_head_response(&mut self) -> Option<RawResponse> {
-        self.read_response_inner(true).await
-    }
-
-    async fn read_response_inner(&mut self, to_head: bool) -> Option<RawResponse> {
-        let head_end = loop {
-            if let Some(at) = find(&self.buf, b"\r\n\r\n") {
-                break at;
-            }
-            if !self.fill().await {
-                return None;
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status = status_of(lines.next().unwrap_or_default());
-        let headers = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut response = RawResponse {
-            status,
-            head,
-            headers,
-            ..RawResponse::default()
-        };
-        let bodiless = to_head || (100..200).contains(&status) || status == 204 || status == 304;
-        if bodiless {
-            return Some(response);
-        }
-        if response
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
-            let (body, trailers) = self.read_chunked().await;
-            response.body = body;
-            response.trailers = trailers;
-        } else if let Some(length) = response
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            while self.buf.len() < length {
-                if !self.fill().await {
-                    break;
-                }
-            }
-            let take = length.min(self.buf.len());
-            response.body = self.buf.drain(..take).collect();
-        } else {
-            while self.fill().await {}
-            response.body = std::mem::take(&mut self.buf);
-            response.close_delimited = true;
-        }
-        Some(response)
-    }
-
-    /// The next CRLF-terminated line (without its CRLF); `None` on EOF.
-    async fn line(&mut self) -> Option<String> {
-        loop {
-            if let Some(at) = find(&self.buf, b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..at]).into_owned();
-                self.buf.drain(..at + 2);
-                return Some(line);
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    async fn read_chunked(&mut self) -> (Vec<u8>, Vec<(String, String)>) {
-        let mut body = Vec::new();
-        loop {
-            let Some(line) = self.line().await else {
-                return (body, Vec::new());
-            };
-            let size_text = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size_text, 16)
-                .unwrap_or_else(|_| panic!("bad chunk size line from the gateway: {line:?}"));
-            if size == 0 {
-                let mut trailers = Vec::new();
-                while let Some(line) = self.line().await {
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = line.split_once(':') {
-                        trailers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-                    }
-                }
-                return (body, trailers);
-            }
-            while self.buf.len() < size + 2 {
-                if !self.fill().await {
-                    return (body, Vec::new());
-                }
-            }
-            body.extend_from_slice(&self.buf[..size]);
-            assert_eq!(
-                &self.buf[size..size + 2],
-                b"\r\n",
-                "chunk data not followed by CRLF"
-            );
-            self.buf.drain(..size + 2);
-        }
-    }
-
-    /// Waits up to `limit` for the gateway to close the connection.
-    async fn wait_closed_within(&mut self, limit: Duration) -> Ended {
-        if !self.buf.is_empty() {
-            return Ended::MoreData(std::mem::take(&mut self.buf));
-        }
-        match self.fill_within(limit).await {
-            Filled::Eof => Ended::Eof,
-            Filled::Reset => Ended::Reset,
-            Filled::Timeout => Ended::StillOpen,
-            Filled::Data => Ended::MoreData(std::mem::take(&mut self.buf)),
-        }
-    }
-
-    async fn wait_closed(&mut self) -> Ended {
-        self.wait_closed_within(CLOSE_TIMEOUT).await
-    }
-
-    async fn assert_closed(&mut self, context: &str) {
-        let ended = self.wait_closed().await;
-        assert!(
-            ended.closed(),
-            "{context}: the gateway did not close the connection: {ended:?}"
-        );
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
-}
 
 /// A request head (HTTP/1.1, our Host) with `extra` header lines, then `body` verbatim.
 fn request(method: &str, target: &str, extra: &str, body: &str) -> String {
@@ -389,35 +40,9 @@ fn get(target: &str) -> String {
     request("GET", target, "", "")
 }
 
-/// One request on a fresh connection; the response and the connection.
-async fn exchange(addr: SocketAddr, bytes: impl AsRef<[u8]>) -> (Option<RawResponse>, RawConn) {
-    let mut conn = RawConn::connect(addr).await;
-    conn.send(bytes).await;
-    let response = conn.read_response().await;
-    (response, conn)
-}
-
 // =============================================================================================
 // Gateways and upstreams
 // =============================================================================================
-
-/// A gateway with `/pub/` (public), `/private/` (API key) and `/ws/` (public, WebSocket)
-/// routes to `upstream`, and `[server]` lines from `server`. Returns it with a valid key.
-async fn gateway_to(upstream: &str, server: &str) -> (TestGateway, String) {
-    watch_for_gateway_panics();
-    let key = authgate::keys::generate_key("sgk_").unwrap();
-    let keys = key_record(
-        &key,
-        "key_id = \"k1\"\ntenant_id = \"acme\"\nuser_id = \"alice\"\nscopes = [\"inference:write\"]",
-    );
-    let config = format!(
-        "[server]\n{server}\n[api_keys]\nfile = \"keys.toml\"\n\n{}[[routes]]\nname = \"private\"\nmatch = {{ path_prefix = \"/private/\" }}\nupstream = \"{upstream}\"\nauth = [\"api_key\"]\n\n{}websocket = true\n",
-        public_route("pub", "/pub/", upstream),
-        public_route("ws", "/ws/", upstream),
-    );
-    let gw = TestGateway::start_with_files(&config, &[("keys.toml", keys.as_bytes())]).await;
-    (gw, key)
-}
 
 /// An upstream that records every request and answers 200 with `METHOD target body`.
 async fn echo_upstream() -> Upstream {
@@ -435,7 +60,7 @@ async fn echo_upstream() -> Upstream {
 
 /// A normal request still works, and nothing panicked.
 async fn assert_still_serving(addr: SocketAddr, context: &str) {
-    let (response, _conn) = exchange(addr, get("/pub/alive")).await;
+    let (response, _conn) = RawConn::exchange(addr, get("/pub/alive")).await;
     assert_eq!(
         response.as_ref().map(|r| r.status),
         Some(200),
@@ -494,54 +119,6 @@ async fn body_logging_upstream() -> (Upstream, BodyLog) {
     (upstream, log)
 }
 
-/// A hand-written HTTP/1.1 upstream: reads request heads (bodiless requests only) on
-/// keep-alive connections and answers each with `respond(head)` verbatim.
-struct RawUpstream {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl RawUpstream {
-    async fn start(respond: fn(&str) -> Vec<u8>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
-        let store = heads.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while let Some(end) = find(&buf, b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                            buf.drain(..end + 4);
-                            store.lock().unwrap().push(head.clone());
-                            if stream.write_all(&respond(&head)).await.is_err() {
-                                return;
-                            }
-                        }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                });
-            }
-        });
-        Self { addr, heads }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
-}
-
 // =============================================================================================
 // 1. Malformed heads
 // =============================================================================================
@@ -549,7 +126,7 @@ impl RawUpstream {
 #[tokio::test]
 async fn malformed_request_heads_are_400_json_and_close_the_connection() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let host = format!("Host: {HOST}\r\n");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage line", b"this is not http at all\r\n\r\n".to_vec()),
@@ -625,7 +202,7 @@ async fn malformed_request_heads_are_400_json_and_close_the_connection() {
         ),
     ];
     for (name, bytes) in &cases {
-        let (response, mut conn) = exchange(gw.addr, bytes).await;
+        let (response, mut conn) = RawConn::exchange(gw.addr, bytes).await;
         let response = response.unwrap_or_else(|| panic!("{name}: no response"));
         response.assert_error(400, "BAD_REQUEST", name);
         assert!(response.connection_close(), "{name}: {response:?}");
@@ -641,10 +218,10 @@ async fn malformed_request_heads_are_400_json_and_close_the_connection() {
 #[tokio::test]
 async fn obs_text_header_values_are_accepted_and_forwarded_byte_for_byte() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let mut bytes = format!("GET /pub/latin HTTP/1.1\r\nHost: {HOST}\r\nX-Latin: caf").into_bytes();
     bytes.extend_from_slice(b"\xe9 \xff\xfe\r\nConnection: close\r\n\r\n");
-    let (response, mut conn) = exchange(gw.addr, &bytes).await;
+    let (response, mut conn) = RawConn::exchange(gw.addr, &bytes).await;
     let response = response.expect("no response");
     assert_eq!(response.status, 200, "{response:?}");
     conn.assert_closed("Connection: close").await;
@@ -669,9 +246,8 @@ fn plain_ok(_head: &str) -> Vec<u8> {
 /// The request targets a raw upstream received, without the `/pub/alive` probes.
 fn raw_targets(upstream: &RawUpstream) -> Vec<String> {
     upstream
-        .heads()
-        .iter()
-        .filter_map(|head| head.split_whitespace().nth(1).map(str::to_owned))
+        .targets()
+        .into_iter()
         .filter(|target| target != "/pub/alive")
         .collect()
 }
@@ -680,10 +256,10 @@ fn raw_targets(upstream: &RawUpstream) -> Vec<String> {
 async fn heads_over_the_connection_limit_are_431_json_and_close_the_connection() {
     // A hand-written upstream: hyper's would refuse the 100-field head itself once the
     // gateway has added its x-forwarded-* and x-request-id fields.
-    let upstream = RawUpstream::start(plain_ok).await;
+    let upstream = RawUpstream::answering(plain_ok).await;
     // max_header_bytes 4096: heads up to 8192 bytes reach the pipeline; longer ones are
     // refused by the connection itself.
-    let (gw, _key) = gateway_to(&upstream.url(), "max_header_bytes = 4096").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "max_header_bytes = 4096").await;
 
     let mut many = format!("GET /pub/many HTTP/1.1\r\nHost: {HOST}\r\n");
     for i in 0..100 {
@@ -710,7 +286,7 @@ async fn heads_over_the_connection_limit_are_431_json_and_close_the_connection()
         ),
     ];
     for (name, text) in &cases {
-        let (response, mut conn) = exchange(gw.addr, text).await;
+        let (response, mut conn) = RawConn::exchange(gw.addr, text).await;
         let response = response.unwrap_or_else(|| panic!("{name}: no response"));
         response.assert_error(431, "HEADERS_TOO_LARGE", name);
         assert!(response.connection_close(), "{name}: {response:?}");
@@ -724,10 +300,10 @@ async fn heads_over_the_connection_limit_are_431_json_and_close_the_connection()
     let value = "u".repeat(3900);
     let text = request("GET", "/pub/under", &format!("x-under: {value}\r\n"), "");
     assert!(text.len() < 4096, "{}", text.len());
-    let (response, _conn) = exchange(gw.addr, &text).await;
+    let (response, _conn) = RawConn::exchange(gw.addr, &text).await;
     assert_eq!(response.map(|r| r.status), Some(200));
     let heads = upstream.heads();
-    let seen = heads.last().unwrap();
+    let (_, seen) = heads.last().unwrap();
     assert!(seen.starts_with("GET /pub/under "), "{seen}");
     assert!(
         seen.contains(&format!("\r\nx-under: {value}\r\n")),
@@ -740,10 +316,10 @@ async fn heads_over_the_connection_limit_are_431_json_and_close_the_connection()
         hundred.push_str(&format!("x-h{i}: v\r\n"));
     }
     hundred.push_str("\r\n");
-    let (response, _conn) = exchange(gw.addr, &hundred).await;
+    let (response, _conn) = RawConn::exchange(gw.addr, &hundred).await;
     assert_eq!(response.map(|r| r.status), Some(200));
     let heads = upstream.heads();
-    let seen = heads.last().unwrap();
+    let (_, seen) = heads.last().unwrap();
     assert!(seen.starts_with("GET /pub/hundred "), "{seen}");
     assert_eq!(seen.matches("\r\nx-h").count(), 99, "{seen}");
 
@@ -754,7 +330,7 @@ async fn heads_over_the_connection_limit_are_431_json_and_close_the_connection()
         &format!("x-mid: {}\r\n", "m".repeat(6000)),
         "",
     );
-    let (response, _conn) = exchange(gw.addr, &text).await;
+    let (response, _conn) = RawConn::exchange(gw.addr, &text).await;
     let response = response.expect("no response");
     response.assert_error(431, "HEADERS_TOO_LARGE", "6 KB head");
     settle().await;
@@ -768,7 +344,7 @@ async fn heads_over_the_connection_limit_are_431_json_and_close_the_connection()
 #[tokio::test]
 async fn ambiguous_or_unsupported_framing_is_400_closes_and_forwards_nothing() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let smuggled = get("/pub/smuggled");
     let post = |version: &str, headers: &str, body: &str| {
         format!("POST /pub/x HTTP/{version}\r\nHost: {HOST}\r\n{headers}\r\n{body}{smuggled}")
@@ -859,7 +435,7 @@ async fn ambiguous_or_unsupported_framing_is_400_closes_and_forwards_nothing() {
         ),
     ];
     for (name, text) in &cases {
-        let (response, mut conn) = exchange(gw.addr, text).await;
+        let (response, mut conn) = RawConn::exchange(gw.addr, text).await;
         let response = response.unwrap_or_else(|| panic!("{name}: no response"));
         response.assert_error(400, "BAD_REQUEST", name);
         assert!(response.connection_close(), "{name}: {response:?}");
@@ -877,7 +453,7 @@ async fn ambiguous_or_unsupported_framing_is_400_closes_and_forwards_nothing() {
 #[tokio::test]
 async fn chunked_request_body_with_extensions_and_trailers_is_forwarded_whole() {
     let upstream = echo_upstream().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let body = "5;name=value\r\nhello\r\n6;quoted=\"a b\";flag\r\n world\r\n0;last=1\r\nX-Sum: 11\r\nX-Other: y\r\n\r\n";
     let head = request(
         "POST",
@@ -925,7 +501,7 @@ async fn chunked_request_body_with_extensions_and_trailers_is_forwarded_whole() 
 #[tokio::test]
 async fn malformed_chunked_bodies_fail_without_completing_a_request_upstream() {
     let (upstream, log) = body_logging_upstream().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let cases: [(&str, &str, bool); 6] = [
         (
             "bad hex size",
@@ -994,7 +570,7 @@ async fn malformed_chunked_bodies_fail_without_completing_a_request_upstream() {
 #[tokio::test]
 async fn keep_alive_connection_serves_get_post_get() {
     let upstream = echo_upstream().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let mut conn = RawConn::connect(gw.addr).await;
     let steps = [
         (get("/pub/one"), "GET /pub/one "),
@@ -1021,7 +597,7 @@ async fn keep_alive_connection_serves_get_post_get() {
 #[tokio::test]
 async fn pipelined_requests_in_one_write_are_answered_in_order() {
     let upstream = echo_upstream().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let mut conn = RawConn::connect(gw.addr).await;
     let all = [
         get("/pub/1"),
@@ -1063,7 +639,7 @@ async fn pipelined_requests_in_one_write_are_answered_in_order() {
 #[tokio::test]
 async fn connection_close_is_answered_with_close_and_later_requests_are_dropped() {
     let upstream = echo_upstream().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let mut conn = RawConn::connect(gw.addr).await;
     conn.send(format!(
         "{}{}",
@@ -1083,7 +659,7 @@ async fn connection_close_is_answered_with_close_and_later_requests_are_dropped(
 #[tokio::test]
 async fn http10_closes_unless_keep_alive_is_asked_for() {
     let upstream = echo_upstream().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
 
     let mut conn = RawConn::connect(gw.addr).await;
     conn.send(format!("GET /pub/a HTTP/1.0\r\nHost: {HOST}\r\n\r\n"))
@@ -1140,7 +716,7 @@ async fn http10_closes_unless_keep_alive_is_asked_for() {
 #[tokio::test]
 async fn unauthenticated_post_with_a_body_is_401_with_close_and_forwards_nothing() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let bodies = [
         ("Content-Length", "Content-Length: 11\r\n", "hello world"),
         (
@@ -1155,7 +731,7 @@ async fn unauthenticated_post_with_a_body_is_401_with_close_and_forwards_nothing
             request("POST", "/private/x", framing, body),
             get("/pub/smuggled")
         );
-        let (response, mut conn) = exchange(gw.addr, text).await;
+        let (response, mut conn) = RawConn::exchange(gw.addr, text).await;
         let response = response.unwrap_or_else(|| panic!("{name}: no response"));
         response.assert_error(401, "AUTH_MISSING", name);
         assert!(response.connection_close(), "{name}: {response:?}");
@@ -1168,7 +744,7 @@ async fn unauthenticated_post_with_a_body_is_401_with_close_and_forwards_nothing
 #[tokio::test]
 async fn expect_100_continue_is_never_sent_for_a_refused_request() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let bogus = format!("Authorization: Bearer sgk_{}\r\n", "x".repeat(40));
     let cases = [
         ("no credential", String::new(), 401, "AUTH_MISSING"),
@@ -1212,7 +788,7 @@ async fn expect_100_continue_is_never_sent_for_a_refused_request() {
 #[tokio::test]
 async fn expect_100_continue_is_sent_before_the_body_of_a_forwarded_request() {
     let upstream = echo_upstream().await;
-    let (gw, key) = gateway_to(&upstream.url(), "").await;
+    let (gw, key) = gateway_with_key_to(&upstream.url(), "").await;
     let cases = [
         ("public route", "/pub/upload".to_owned(), String::new()),
         (
@@ -1265,7 +841,7 @@ async fn an_upstream_answer_before_the_body_ends_announces_the_close() {
         http_response(403, "text/plain", "not reading that")
     })
     .await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let mut conn = RawConn::connect(gw.addr).await;
     // 1000 of the 100000 announced bytes; the rest is held back.
     conn.send(request(
@@ -1293,7 +869,7 @@ async fn an_upstream_answer_before_the_body_ends_announces_the_close() {
 #[tokio::test]
 async fn head_response_carries_the_upstream_headers_and_no_body() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let mut conn = RawConn::connect(gw.addr).await;
     conn.send(request("HEAD", "/pub/h", "", "")).await;
     let head = conn.read_head_response().await.expect("no response");
@@ -1342,7 +918,7 @@ async fn head_of_a_streamed_resource_does_not_claim_a_zero_length() {
             .unwrap()
     })
     .await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let mut conn = RawConn::connect(gw.addr).await;
     conn.send(get("/pub/stream")).await;
     let full = conn.read_response().await.expect("no GET response");
@@ -1368,7 +944,7 @@ async fn streamed_upstream_response_is_chunked_for_http11_and_close_delimited_fo
             .unwrap()
     })
     .await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
 
     let mut conn = RawConn::connect(gw.addr).await;
     for round in 0..2 {
@@ -1392,7 +968,7 @@ async fn streamed_upstream_response_is_chunked_for_http11_and_close_delimited_fo
             "Connection: keep-alive\r\n",
         ),
     ] {
-        let (response, mut conn) = exchange(
+        let (response, mut conn) = RawConn::exchange(
             gw.addr,
             format!("GET /pub/s HTTP/1.0\r\nHost: {HOST}\r\n{extra}\r\n"),
         )
@@ -1417,7 +993,7 @@ async fn streamed_upstream_response_is_chunked_for_http11_and_close_delimited_fo
 #[tokio::test]
 async fn every_response_carries_one_date_header() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let cases = [
         ("404", get("/nowhere"), 404),
         ("401", get("/private/x"), 401),
@@ -1429,10 +1005,10 @@ async fn every_response_carries_one_date_header() {
         ("proxied 200", get("/pub/x"), 200),
     ];
     for (name, text, status) in &cases {
-        let (response, _conn) = exchange(gw.addr, text).await;
+        let (response, _conn) = RawConn::exchange(gw.addr, text).await;
         let response = response.unwrap_or_else(|| panic!("{name}: no response"));
         assert_eq!(response.status, *status, "{name}: {response:?}");
-        assert_date(&response, name);
+        response.assert_date(name);
     }
 }
 
@@ -1447,8 +1023,8 @@ fn chunked_with_trailers(_head: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn response_trailers_reach_only_clients_that_accept_them() {
-    let upstream = RawUpstream::start(chunked_with_trailers).await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let upstream = RawUpstream::answering(chunked_with_trailers).await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let mut conn = RawConn::connect(gw.addr).await;
     let cases = [
         ("TE: trailers", "TE: trailers\r\n", true),
@@ -1486,13 +1062,13 @@ async fn response_trailers_reach_only_clients_that_accept_them() {
         upstream
             .heads()
             .iter()
-            .all(|head| !head.to_ascii_lowercase().contains("\r\nte:")),
+            .all(|(_, head)| !head.to_ascii_lowercase().contains("\r\nte:")),
         "{:?}",
         upstream.heads()
     );
 
     // HTTP/1.0: close-delimited, so nowhere to put trailers.
-    let (response, _conn) = exchange(
+    let (response, _conn) = RawConn::exchange(
         gw.addr,
         format!("GET /pub/t HTTP/1.0\r\nHost: {HOST}\r\nTE: trailers\r\n\r\n"),
     )
@@ -1514,7 +1090,7 @@ async fn response_trailers_reach_only_clients_that_accept_them() {
 #[tokio::test]
 async fn timeouts_from_the_config_close_silent_half_sent_and_idle_connections() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(
+    let (gw, _key) = gateway_with_key_to(
         &upstream.url(),
         "header_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"",
     )
@@ -1555,7 +1131,7 @@ async fn timeouts_from_the_config_close_silent_half_sent_and_idle_connections() 
 #[tokio::test]
 async fn h2c_prior_knowledge_works_and_broken_prefaces_are_refused() {
     let upstream = Upstream::start().await;
-    let (gw, _key) = gateway_to(&upstream.url(), "header_read_timeout = \"300ms\"").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "header_read_timeout = \"300ms\"").await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .no_proxy()
@@ -1575,7 +1151,8 @@ async fn h2c_prior_knowledge_works_and_broken_prefaces_are_refused() {
     assert_eq!(&upstream.last().body[..], b"h2 body");
 
     // The preface diverging after its request line: an HTTP/1 head with version HTTP/2.0.
-    let (response, mut conn) = exchange(gw.addr, b"PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n").await;
+    let (response, mut conn) =
+        RawConn::exchange(gw.addr, b"PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n").await;
     let response = response.expect("no response to a broken preface");
     response.assert_error(400, "BAD_REQUEST", "broken preface");
     conn.assert_closed("broken preface").await;
@@ -1728,7 +1305,7 @@ async fn websocket_bytes_sent_with_the_upgrade_request_reach_the_upstream_after_
         }
     })
     .await;
-    let (gw, _key) = gateway_to(&upstream.url(), "").await;
+    let (gw, _key) = gateway_with_key_to(&upstream.url(), "").await;
     let frame = client_text_frame(b"hello");
     assert_eq!(frame.len(), 11);
     let mut bytes = request(

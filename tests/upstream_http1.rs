@@ -4,189 +4,23 @@
 //! written after a complete response, transfer codings that cannot be relayed; over TLS
 //! and for WebSocket handshakes too. Each test asserts what the client and the upstream saw.
 mod common;
+use common::raw::*;
 use common::*;
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use authgate::http1::BodyDecoder;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Nothing here should take long; a hang fails the test instead of stalling it.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// An upstream speaking HTTP/1.1 by hand: `serve` runs for each accepted connection.
-struct RawUpstream {
-    addr: SocketAddr,
-    /// Every request head read, with the number of the connection it came on (0 first).
-    heads: Arc<Mutex<Vec<(usize, String)>>>,
-    connections: Arc<AtomicUsize>,
-}
-
-impl RawUpstream {
-    async fn start<F, Fut>(serve: F) -> Self
-    where
-        F: Fn(Peer) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Self::start_with(None, serve).await
-    }
-
-    /// Speaks TLS (certificate for localhost from `pki`) before HTTP/1.1.
-    async fn start_tls<F, Fut>(pki: &TestPki, serve: F) -> Self
-    where
-        F: Fn(Peer) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
-        Self::start_with(Some(acceptor), serve).await
-    }
-
-    async fn start_with<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, serve: F) -> Self
-    where
-        F: Fn(Peer) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let heads: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let serve = Arc::new(serve);
-        let (seen, count) = (heads.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                stream.set_nodelay(true).unwrap();
-                let conn = count.fetch_add(1, Ordering::SeqCst);
-                let (tls, seen, serve) = (tls.clone(), seen.clone(), serve.clone());
-                tokio::spawn(async move {
-                    let stream: Box<dyn Io> = match tls {
-                        None => Box::new(stream),
-                        Some(tls) => match tls.accept(stream).await {
-                            Ok(stream) => Box::new(stream),
-                            // A client that does not trust the certificate gives up here.
-                            Err(_) => return,
-                        },
-                    };
-                    let peer = Peer {
-                        stream,
-                        buf: BytesMut::new(),
-                        conn,
-                        heads: seen,
-                    };
-                    serve(peer).await;
-                });
-            }
-        });
-        Self {
-            addr,
-            heads,
-            connections,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn https_url(&self) -> String {
-        format!("https://localhost:{}", self.addr.port())
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    fn heads(&self) -> Vec<(usize, String)> {
-        self.heads.lock().unwrap().clone()
-    }
-}
-
-/// A plain or TLS upstream connection.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// One upstream connection.
-struct Peer {
-    stream: Box<dyn Io>,
-    buf: BytesMut,
-    conn: usize,
-    heads: Arc<Mutex<Vec<(usize, String)>>>,
-}
-
-impl Peer {
-    /// The next request head (recorded), or `None` once the gateway closed the connection.
-    async fn head(&mut self) -> Option<String> {
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = self.buf.split_to(end + 4);
-                let head = String::from_utf8(head.to_vec()).unwrap();
-                self.heads.lock().unwrap().push((self.conn, head.clone()));
-                return Some(head);
-            }
-            if self.stream.read_buf(&mut self.buf).await.ok()? == 0 {
-                return None;
-            }
-        }
-    }
-
-    /// Exactly `len` body bytes.
-    async fn body(&mut self, len: usize) -> Vec<u8> {
-        while self.buf.len() < len {
-            assert!(self.stream.read_buf(&mut self.buf).await.unwrap() > 0);
-        }
-        self.buf.split_to(len).to_vec()
-    }
-
-    /// A chunked request body, decoded with authgate's own decoder.
-    async fn chunked_body(&mut self) -> Vec<u8> {
-        let mut decoder = BodyDecoder::chunked();
-        let mut body = Vec::new();
-        loop {
-            while let Some(frame) = decoder.decode(&mut self.buf).unwrap() {
-                body.extend_from_slice(&frame.into_data().unwrap());
-            }
-            if decoder.is_done() {
-                return body;
-            }
-            assert!(self.stream.read_buf(&mut self.buf).await.unwrap() > 0);
-        }
-    }
-
-    /// Writes, ignoring a gateway that already went away.
-    async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    /// Reads and discards everything until the gateway closes; returns the byte count.
-    async fn drain(&mut self) -> usize {
-        let mut total = self.buf.len();
-        let mut scratch = vec![0u8; 64 * 1024];
-        while let Ok(read @ 1..) = self.stream.read(&mut scratch).await {
-            total += read;
-        }
-        total
-    }
-}
-
-fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|line| {
-        let (field, value) = line.split_once(':')?;
-        field.eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
-
-async fn gateway_to(upstream: &RawUpstream) -> TestGateway {
-    TestGateway::start(&public_route("raw", "/", &upstream.url())).await
-}
 
 /// A GET through the gateway over HTTP/1.1 with `TE: trailers`, on a new connection.
 async fn get_with_trailers(gw: &TestGateway, path: &str) -> (u16, Bytes, Option<http::HeaderMap>) {
@@ -239,7 +73,7 @@ async fn chunked_response_split_in_odd_pieces_keeps_data_and_trailers_and_the_co
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     for round in 0..2 {
         let (status, body, trailers) = get_with_trailers(&gw, "/chunks").await;
@@ -287,7 +121,7 @@ async fn interim_responses_are_skipped_and_the_final_one_is_forwarded() {
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     let response = client()
         .post(gw.url("/submit"))
@@ -316,7 +150,7 @@ async fn body_shorter_than_its_content_length_aborts_the_client_body_without_a_h
         // The connection closes here, 7 bytes short.
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     // Depending on timing the head reaches the client or not (hyper's server may abort the
     // connection before flushing it); either way the client sees a failure, not 10 bytes.
@@ -344,7 +178,7 @@ async fn conflicting_content_lengths_are_502() {
         peer.drain().await;
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     get(&gw, "/twice")
         .await
@@ -364,7 +198,7 @@ async fn response_head_over_64_kib_is_502() {
         peer.drain().await;
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     get(&gw, "/big-head")
         .await
@@ -388,7 +222,7 @@ async fn upstream_closing_an_idle_pooled_connection_costs_nothing() {
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     assert_eq!(get(&gw, "/one").await.body, "ok");
     closed.notified().await;
@@ -420,7 +254,7 @@ fn closing_on_second_request()
 #[tokio::test]
 async fn idempotent_request_on_a_pooled_connection_closed_under_it_is_sent_again() {
     let upstream = RawUpstream::start(closing_on_second_request()).await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     assert_eq!(get(&gw, "/a").await.body, "first");
     let again = get(&gw, "/b").await;
@@ -444,7 +278,7 @@ async fn idempotent_request_on_a_pooled_connection_closed_under_it_is_sent_again
 #[tokio::test]
 async fn post_on_a_pooled_connection_closed_under_it_is_not_sent_twice() {
     let upstream = RawUpstream::start(closing_on_second_request()).await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     assert_eq!(get(&gw, "/a").await.body, "first");
     let response = client()
@@ -487,7 +321,7 @@ async fn early_413_during_a_large_upload_reaches_the_client_and_ends_the_connect
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     let client_conn = TcpStream::connect(gw.addr).await.unwrap();
     let (mut reader, mut writer) = client_conn.into_split();
@@ -544,7 +378,7 @@ async fn http10_close_delimited_body_is_delivered_intact() {
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     for _ in 0..2 {
         let response = client().get(gw.url("/old")).send().await.unwrap();
@@ -568,7 +402,7 @@ async fn http10_response_with_a_length_is_never_reused() {
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     for _ in 0..3 {
         assert_eq!(get(&gw, "/old").await.body, "ok");
@@ -590,7 +424,7 @@ async fn head_response_with_content_length_has_no_body_and_keeps_the_connection(
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     let response = tokio::time::timeout(PATIENCE, client().head(gw.url("/doc")).send())
         .await
@@ -624,7 +458,7 @@ async fn request_framing_on_the_wire_matches_the_client_body() {
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
 
     // A body of unknown length from the client: chunked to the upstream.
     let (status, text) = raw_request(
@@ -953,7 +787,7 @@ async fn bytes_after_a_complete_response_never_answer_another_clients_request() 
     ];
     for (case, method, answer, together) in cases {
         let upstream = misbehaving(answer, STRAY, together).await;
-        let gw = gateway_to(&upstream).await;
+        let gw = gateway_to_root(&upstream.url()).await;
         for round in 0..3 {
             let provoked = tokio::time::timeout(
                 PATIENCE,
@@ -1001,7 +835,7 @@ async fn idle_connection_receiving_bytes_is_closed_without_waiting_for_a_request
         }
     })
     .await;
-    let gw = gateway_to(&upstream).await;
+    let gw = gateway_to_root(&upstream.url()).await;
     assert_eq!(get(&gw, "/first").await.body, "/first");
     late.notify_one();
     tokio::time::timeout(PATIENCE, closed.notified())
@@ -1034,7 +868,7 @@ async fn response_transfer_coding_other_than_chunked_alone_is_502_with_nothing_r
             }
         })
         .await;
-        let gw = gateway_to(&upstream).await;
+        let gw = gateway_to_root(&upstream.url()).await;
         let answer = get(&gw, "/coded").await;
         answer.assert_error(502, "UPSTREAM_UNAVAILABLE", coding);
         assert!(answer.header("x-leak").is_none(), "{coding}: {answer:?}");

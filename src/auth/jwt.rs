@@ -449,6 +449,8 @@ fn identity_from_claims(
             // Cached until exp + leeway, checked on every hit.
             expires_at: Some(Timestamp(exp.saturating_add(leeway))),
             revoked: false,
+            jwt_id: claims.get("jti").and_then(Value::as_str),
+            key_hash: None,
         },
     ))
 }

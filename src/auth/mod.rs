@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::error::GatewayError;
-use crate::keys::{KeyStore, Timestamp};
+use crate::keys::{KeyHash, KeyStore, Timestamp};
 use crate::limits::settings::Rate;
 use crate::routes::policy::AuthPolicy;
 use crate::telemetry::AuthLabels;
@@ -108,6 +108,10 @@ pub struct IdentityFields<'a> {
     pub tokens_per_minute: Option<u64>,
     pub expires_at: Option<Timestamp>,
     pub revoked: bool,
+    /// JWT `jti`, so a revocation by token id can find the token.
+    pub jwt_id: Option<&'a str>,
+    /// The API key's hash, so a revocation by hash can find the key.
+    pub key_hash: Option<KeyHash>,
 }
 
 /// Who is calling, as established by authentication. Built once when a credential is
@@ -134,6 +138,10 @@ pub struct Identity {
     /// Checked on every request, cached or not.
     pub expires_at: Option<Timestamp>,
     pub revoked: bool,
+    /// JWT `jti`.
+    jwt_id: Span,
+    /// API keys: the hash of the key presented (a revocation may name the key by it).
+    pub key_hash: Option<KeyHash>,
 }
 
 impl Identity {
@@ -157,6 +165,7 @@ impl Identity {
         let tenant_id = fields.tenant_id.map_or(Span::NONE, &mut push);
         let user_id = fields.user_id.map_or(Span::NONE, &mut push);
         let issuer = fields.issuer.map_or(Span::NONE, &mut push);
+        let jwt_id = fields.jwt_id.map_or(Span::NONE, &mut push);
         let scopes = push(&fields.scopes.join(" "));
         let mut claims = Vec::new();
         for (name, value) in fields.claims {
@@ -183,6 +192,8 @@ impl Identity {
             tokens_per_minute: fields.tokens_per_minute,
             expires_at: fields.expires_at,
             revoked: fields.revoked,
+            jwt_id,
+            key_hash: fields.key_hash,
         }
     }
 
@@ -216,6 +227,11 @@ impl Identity {
     /// JWT `iss`.
     pub fn issuer(&self) -> Option<&str> {
         self.str(self.issuer)
+    }
+
+    /// JWT `jti`.
+    pub fn jwt_id(&self) -> Option<&str> {
+        self.str(self.jwt_id)
     }
 
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
@@ -362,16 +378,19 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
 /// Decides who is calling: `Ok(None)` on a public route, the identity on a protected one.
 ///
 /// The route's `auth` list decides which credential kinds count: a JWT on an API-key-only
-/// route is `AUTH_INVALID_KEY`, an API key on a JWT-only route `AUTH_INVALID_TOKEN`. Every
-/// decision on a protected route is counted in `authgate_auth_total{method,result}`.
-pub async fn authenticate(
+/// route is `AUTH_INVALID_KEY`, an API key on a JWT-only route `AUTH_INVALID_TOKEN`. A valid
+/// credential then meets `admit` (the revocation list), whose refusal is this decision's
+/// outcome. Every decision on a protected route is counted in
+/// `authgate_auth_total{method,result}`.
+pub async fn authenticate<T>(
     policy: AuthPolicy,
     headers: &HeaderMap,
     api_key_prefix: &str,
     keys: Option<&Arc<KeyStore>>,
     jwt_validator: Option<&Arc<jwt::JwtValidator>>,
     metrics: &AuthMetrics,
-) -> Result<Option<Arc<Identity>>, GatewayError> {
+    admit: impl FnOnce(&Arc<Identity>) -> Result<T, GatewayError>,
+) -> Result<Option<(Arc<Identity>, T)>, GatewayError> {
     let AuthPolicy::Required { api_key, jwt } = policy else {
         return Ok(None);
     };
@@ -399,6 +418,7 @@ pub async fn authenticate(
             (Attempt::Jwt, result)
         }
     };
+    let result = result.and_then(|identity| admit(&identity).map(|admitted| (identity, admitted)));
     metrics.record(method, result.as_ref().err());
     result.map(Some)
 }

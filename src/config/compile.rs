@@ -19,6 +19,7 @@ use crate::keys::settings::{
     ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
 };
 use crate::limits::settings::{BackendErrorPolicy, LimitBackend, RateLimitSettings, RedisSettings};
+use crate::revocation::RevocationSettings;
 use crate::routes::policy::AuthPolicy;
 use crate::routes::{PathPattern, RouteTable};
 use crate::telemetry::LogFormat;
@@ -63,7 +64,9 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
     let identity = compile_identity(&file.identity, &base_dir, &mut errors, &mut warnings);
     let api_keys = compile_api_keys(&file, &base_dir, &mut errors);
     let jwt_issuers = super::jwt::compile_jwt(&file.jwt, &mut errors);
-    let rate_limits = compile_rate_limits(&file, &mut errors);
+    let redis = compile_redis(&file, &mut errors);
+    let rate_limits = compile_rate_limits(&file, redis.as_ref(), &mut errors);
+    let revocation = compile_revocation(&file, &mut errors);
 
     let log = LogSettings {
         format: file.log.format.unwrap_or(LogFormat::Json),
@@ -107,6 +110,8 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         api_keys,
         jwt_issuers,
         rate_limits,
+        redis,
+        revocation,
         log,
         routes,
         warnings,
@@ -517,17 +522,9 @@ fn check_http_url(url: &Spanned<super::values::Text>, what: &str, errors: &mut E
 /// same-zone round trip is well under a millisecond, so this only trips on a sick Redis.
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 
-fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) -> RateLimitSettings {
-    let limits = &file.rate_limits;
-    let default = limits
-        .default
-        .as_ref()
-        .and_then(|rate| compile_rate(rate, errors));
-    let tenant = limits
-        .tenant
-        .as_ref()
-        .and_then(|rate| compile_rate(rate, errors));
-    let redis = file.redis.as_ref().and_then(|redis| {
+/// `[redis]`: shared by cluster rate limits and revocations.
+fn compile_redis(file: &FileConfig, errors: &mut Errors<'_>) -> Option<RedisSettings> {
+    file.redis.as_ref().and_then(|redis| {
         let url = match &redis.url {
             Some(url) => {
                 let text = &url.get_ref().0;
@@ -569,7 +566,46 @@ fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) -> RateLimitS
                 .map_or_else(|| "authgate:".to_owned(), |prefix| prefix.as_str().to_owned()),
             timeout,
         })
-    });
+    })
+}
+
+/// `[revocation]`.
+fn compile_revocation(file: &FileConfig, errors: &mut Errors<'_>) -> RevocationSettings {
+    let mut settings = RevocationSettings::default();
+    let Some(revocation) = &file.revocation else {
+        return settings;
+    };
+    if let Some(ttl) = &revocation.ttl {
+        if ttl.get_ref().0 < Duration::from_secs(1) {
+            errors.at(ttl.span(), "revocation.ttl must be at least 1s");
+        } else {
+            settings.ttl = ttl.get_ref().0;
+        }
+    }
+    if let Some(max) = &revocation.max_entries {
+        if *max.get_ref() == 0 {
+            errors.at(max.span(), "revocation.max_entries must be greater than 0");
+        } else {
+            settings.max_entries = *max.get_ref();
+        }
+    }
+    settings
+}
+
+fn compile_rate_limits(
+    file: &FileConfig,
+    redis: Option<&RedisSettings>,
+    errors: &mut Errors<'_>,
+) -> RateLimitSettings {
+    let limits = &file.rate_limits;
+    let default = limits
+        .default
+        .as_ref()
+        .and_then(|rate| compile_rate(rate, errors));
+    let tenant = limits
+        .tenant
+        .as_ref()
+        .and_then(|rate| compile_rate(rate, errors));
     let backend_span = limits.backend.as_ref().map_or(0..0, Spanned::span);
     let backend_kind = limits
         .backend
@@ -578,7 +614,7 @@ fn compile_rate_limits(file: &FileConfig, errors: &mut Errors<'_>) -> RateLimitS
     let backend = match backend_kind {
         file::LimitBackendKind::Local => LimitBackend::Local,
         file::LimitBackendKind::Redis => match redis {
-            Some(redis) => LimitBackend::Redis(redis),
+            Some(redis) => LimitBackend::Redis(redis.clone()),
             None => {
                 if file.redis.is_none() {
                     errors.at(

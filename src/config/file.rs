@@ -57,6 +57,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub rate_limits: FileRateLimits,
     pub redis: Option<FileRedis>,
+    pub revocation: Option<FileRevocation>,
     #[serde(default)]
     pub log: FileLog,
     #[serde(default)]
@@ -244,6 +245,16 @@ pub struct FileRedis {
     pub key_prefix: Option<Text>,
     /// How long a rate-limit call may wait for Redis before `on_backend_error` applies.
     pub timeout: Option<Spanned<DurationValue>>,
+}
+
+/// `[revocation]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRevocation {
+    /// How long a revocation is held, whatever the key source says.
+    pub ttl: Option<Spanned<DurationValue>>,
+    /// Revocations in force at most (bounds memory; expired ones make room).
+    pub max_entries: Option<Spanned<usize>>,
 }
 
 /// `[log]`.

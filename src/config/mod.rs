@@ -40,6 +40,9 @@ pub struct Config {
     pub api_keys: ApiKeySettings,
     pub jwt_issuers: Vec<IssuerSettings>,
     pub rate_limits: RateLimitSettings,
+    /// `[redis]`: cluster rate limits (when `rate_limits.backend = "redis"`) and revocations.
+    pub redis: Option<crate::limits::settings::RedisSettings>,
+    pub revocation: crate::revocation::RevocationSettings,
     pub log: LogSettings,
     pub routes: RouteTable,
     /// Non-fatal findings (shadowed routes), printed by `authgate check` and logged at start.

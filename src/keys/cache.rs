@@ -268,7 +268,7 @@ impl KeyStore {
         match answer {
             Ok(Some(record)) => {
                 self.metrics.found.inc();
-                let identity = Arc::new(identity_from_record(&record));
+                let identity = Arc::new(identity_from_record(&record, hash));
                 self.cache
                     .insert(hash, CacheEntry::new(EntryState::Valid(identity.clone())));
                 Ok(Some(identity))
@@ -312,7 +312,7 @@ fn check(identity: &Arc<Identity>) -> Result<Arc<Identity>, GatewayError> {
 }
 
 /// The identity an API-key record grants.
-pub fn identity_from_record(record: &KeyRecord) -> Identity {
+pub fn identity_from_record(record: &KeyRecord, hash: KeyHash) -> Identity {
     let claims: Vec<(&str, &str)> = record
         .custom_claims
         .iter()
@@ -335,6 +335,8 @@ pub fn identity_from_record(record: &KeyRecord) -> Identity {
             tokens_per_minute: record.tokens_per_minute,
             expires_at: record.expires_at,
             revoked: record.revoked,
+            jwt_id: None,
+            key_hash: Some(hash),
         },
     )
 }

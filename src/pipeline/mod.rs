@@ -6,7 +6,8 @@
 //!     1 precheck      request target, Host, framing, header size      -> 400 / 431
 //!     2 route         normalized path + host + method                  -> 404 ROUTE_NOT_FOUND
 //!     3 strip         hop-by-hop, Connection-named, client identity headers, request trailers
-//!     4 authenticate  bearer credential per the route's `auth`         -> 401 / 400 / 503
+//!     4 authenticate  bearer credential per the route's `auth`, then the
+//!                     revocation list (the request is tracked from here) -> 401 / 400 / 503
 //!       authorize     route scopes / tenants                           -> 403
 //!       rate limit    principal, tenant, token budget (one atomic step) -> 429 / 503
 //!     5 rewrite       credentials dropped, x-forwarded-*, x-request-id
@@ -50,6 +51,8 @@ use crate::headers::{
 use crate::limits::gcra::LimitState;
 use crate::limits::usage::UsageMeter;
 use crate::limits::{self, Denied};
+use crate::revocation::Tracked;
+use crate::revocation::inflight::{CutBody, CutFuture};
 use crate::routes::Route;
 use crate::telemetry::{Metrics, RouteHistograms, SharedLabel};
 use finish::Finish;
@@ -78,6 +81,9 @@ struct Context {
     /// Set once the rate-limit step ran: the `RateLimit-*` headers of the response.
     rate_limit: Option<LimitState>,
     histograms: Option<RouteHistograms>,
+    /// An authenticated request's registration in flight: a revocation of its credential
+    /// cuts it. The response body (or the WebSocket tunnel) keeps it until it ends.
+    tracked: Option<Tracked>,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -160,10 +166,13 @@ pub async fn answer(
             }
             finish.status = response.status().as_u16();
             let (parts, body) = response.into_parts();
-            Answer::Response(Response::from_parts(
-                parts,
-                ObservedBody::new(body, finish).boxed(),
-            ))
+            let body = ObservedBody::new(body, finish);
+            // One box either way: the cut wraps the observed body when there is a credential.
+            let body = match context.tracked {
+                Some(tracked) => CutBody::response(body, tracked).boxed(),
+                None => body.boxed(),
+            };
+            Answer::Response(Response::from_parts(parts, body))
         }
         Err(error) => {
             let status = error.status();
@@ -223,16 +232,26 @@ async fn handle_inner(
 
     // 4. Authenticate (default deny on protected routes), authorize on every request (cached
     //    credential or not), rate limit.
-    let identity = auth::authenticate(
+    let authenticated = auth::authenticate(
         route.access.auth,
         &parts.headers,
         &config.api_keys.prefix,
         runtime.keys.as_ref(),
         runtime.jwt.as_ref(),
         auth_metrics,
+        //  A valid credential is refused here if revoked, whatever the key source or the
+        //  token said (the log line still names it); from now on a revocation of it cuts
+        //  the request.
+        |identity| {
+            context.identity = Some(identity.clone());
+            runtime.revocations.admit(identity)
+        },
     )
     .await?;
-    context.identity.clone_from(&identity);
+    let identity = authenticated.map(|(identity, tracked)| {
+        context.tracked = Some(tracked);
+        identity
+    });
     let meter = match &identity {
         Some(identity) => {
             authz::authorize(&route.access, identity)?;
@@ -252,8 +271,14 @@ async fn handle_inner(
         request_id,
     );
 
-    // 6. Body limit.
+    // 6. Body limit; a revocation stops the upload too.
     let body = proxy::limit_body(&parts, body, route)?;
+    let body = match &context.tracked {
+        Some(tracked) if !body.is_end_stream() => {
+            boxed(CutBody::request(body, tracked.cut().clone()))
+        }
+        _ => body,
+    };
 
     // 7. Forward, waiting for the response head only. A WebSocket upgrade keeps the client's
     //    connection for the tunnel.
@@ -263,20 +288,39 @@ async fn handle_inner(
     //    (Awaited here rather than in a stage function: one async layer less per request.)
     let path_and_query = proxy::upstream_target(route, &target);
     let started = Instant::now();
-    let sent = runtime
-        .upstreams(route)
-        .send(
-            Request::from_parts(parts, body),
-            &path_and_query,
-            route.preserve_host,
-            route.timeout,
-        )
-        .await;
+    let send = runtime.upstreams(route).send(
+        Request::from_parts(parts, body),
+        &path_and_query,
+        route.preserve_host,
+        route.timeout,
+    );
+    let sent = match &context.tracked {
+        // A revocation while waiting for the response head ends the wait.
+        Some(tracked) => CutFuture::new(send, tracked.cut())
+            .await
+            .unwrap_or_else(|| Err(revoked(tracked.cut().identity()))),
+        None => send.await,
+    };
     context.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     let response = sent?;
 
     // 8. The response back to the client.
-    proxy::respond(response, route, client_upgrade, conn, meter)
+    proxy::respond(
+        response,
+        route,
+        client_upgrade,
+        conn,
+        meter,
+        &mut context.tracked,
+    )
+}
+
+/// The refusal for a request whose credential was revoked while it ran.
+fn revoked(identity: &Identity) -> GatewayError {
+    match identity.method {
+        auth::AuthMethod::ApiKey => GatewayError::KeyRevoked,
+        auth::AuthMethod::Jwt => GatewayError::TokenRevoked,
+    }
 }
 
 /// Step 2: the route for the normalized path, host and method; its metric handles.

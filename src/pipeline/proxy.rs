@@ -22,6 +22,7 @@ use crate::headers::{
 };
 use crate::http1::fields::request_content_length;
 use crate::limits::usage::{self, UsageMeter};
+use crate::revocation::Tracked;
 use crate::routes::Route;
 
 /// Step 5: credentials stay here unless the route opts in; authgate's identity headers and
@@ -114,6 +115,7 @@ pub(super) fn respond(
     client_upgrade: Option<ClientUpgrade>,
     conn: &ConnInfo,
     meter: Option<UsageMeter>,
+    tracked: &mut Option<Tracked>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -121,8 +123,22 @@ pub(super) fn respond(
             return Err(GatewayError::UpstreamUnavailable);
         };
         let upstream_upgrade = crate::forward::UpstreamUpgrade::from_response(&mut response);
-        conn.tunnels
-            .spawn(client_upgrade, upstream_upgrade, conn.slot.clone());
+        // The tunnel outlives this exchange: it takes the registration, and a revocation of
+        // the credential closes it.
+        match tracked.take() {
+            Some(tracked) => conn.tunnels.spawn(
+                client_upgrade,
+                upstream_upgrade,
+                conn.slot.clone(),
+                tracked.cancelled(),
+            ),
+            None => conn.tunnels.spawn(
+                client_upgrade,
+                upstream_upgrade,
+                conn.slot.clone(),
+                std::future::pending(),
+            ),
+        }
         strip_response_hop_by_hop(response.headers_mut(), true);
         return Ok(response.map(|_| empty()));
     }

@@ -1,7 +1,9 @@
 //! Shared test harness: a real gateway on 127.0.0.1:0, a recording upstream, raw-socket and
 //! HTTP clients, generated TLS certificates. Tests assert on what the upstream and the client
-//! see on the wire.
+//! see on the wire. The byte-level client and upstream are in `raw`.
 #![allow(dead_code, unreachable_pub)]
+
+pub mod raw;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,5 +1,9 @@
-//! The admin listener (SPEC §8): `/health`, `/ready`, `/metrics`, and the token-protected
-//! `/admin/*` API. It runs on its own address so it can stay on loopback.
+//! The admin listener: `/health`, `/ready`, `/metrics`, and the token-protected `/admin/*`
+//! API (reload, revocations). It runs on its own address so it can stay on loopback. Every
+//! `/admin/*` call leaves one audit line (`audit.rs`).
+
+mod audit;
+mod revocations;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +19,8 @@ use tokio::net::TcpListener;
 
 use crate::body::{ProxyBody, full};
 use crate::gateway::Gateway;
+use crate::headers::{RequestId, X_REQUEST_ID};
+use audit::Audit;
 
 /// Serves the admin endpoints until shutdown.
 /// It keeps answering during the drain (so `/ready` can say 503) and is stopped by the
@@ -69,7 +75,13 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<P
             } else {
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": if gateway.is_draining() { "draining" } else { "starting" }}),
+                    serde_json::json!({"status": if gateway.is_draining() {
+                        "draining"
+                    } else if !gateway.revocations_settled() {
+                        "syncing revocations"
+                    } else {
+                        "starting"
+                    }}),
                 )
             }
         }
@@ -91,49 +103,88 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<P
                 "No signed identity assertion is configured (identity.assertion).",
             ),
         },
-        (method, path) if path.starts_with("/admin/") => {
-            let config = gateway.config();
-            let Some(token) = config.admin.token.as_deref() else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "NOT_FOUND",
-                    "The admin API is disabled (admin.token is empty).",
-                );
-            };
-            if !bearer_matches(&request, token) {
-                let mut response = error(
-                    StatusCode::UNAUTHORIZED,
-                    "AUTH_MISSING",
-                    "A valid admin bearer token is required.",
-                );
-                response.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer realm="authgate-admin""#),
-                );
-                return response;
-            }
-            match (method, path) {
-                (&Method::POST, "/admin/reload") => match gateway.reload_off_runtime().await {
-                    Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "reloaded"})),
-                    Err(errors) => json(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({
-                            "error": {
-                                "code": "BAD_REQUEST",
-                                "message": "The config has errors; the running config stays in force.",
-                                "errors": errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                            }
-                        }),
-                    ),
-                },
-                _ => error(
-                    StatusCode::NOT_FOUND,
-                    "NOT_FOUND",
-                    "No such admin endpoint.",
-                ),
-            }
-        }
+        (_, path) if path.starts_with("/admin/") => admin_api(gateway, request).await,
         _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", "No such endpoint."),
+    }
+}
+
+/// `/admin/*`: 404 while no token is configured, 401 without the right bearer token; then
+/// the action, and one audit line whatever the outcome.
+async fn admin_api(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<ProxyBody> {
+    let request_id = RequestId::of_request(request.headers());
+    let config = gateway.config();
+    let Some(token) = config.admin.token.as_deref() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The admin API is disabled (admin.token is empty).",
+        );
+    };
+    let mut audit = Audit::new(&gateway.access_log, &request, &request_id);
+    let mut response = if bearer_matches(&request, token) {
+        audit.actor = audit::fingerprint(token);
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        match (&method, path.as_str()) {
+            (&Method::POST, "/admin/reload") => reload(gateway, &mut audit).await,
+            (_, "/admin/reload") => {
+                let mut response = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "METHOD_NOT_ALLOWED",
+                    "Use POST on /admin/reload.",
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+                response
+            }
+            (_, path)
+                if path == "/admin/revocations" || path.starts_with("/admin/revocations/") =>
+            {
+                revocations::handle(gateway, request, &mut audit).await
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "No such admin endpoint.",
+            ),
+        }
+    } else {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "AUTH_MISSING",
+            "A valid admin bearer token is required.",
+        );
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="authgate-admin""#),
+        );
+        response
+    };
+    audit.finish(response.status());
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, request_id.into_header_value());
+    response
+}
+
+/// `POST /admin/reload`: the config and the key file, validated before anything changes.
+async fn reload(gateway: &Arc<Gateway>, audit: &mut Audit<'_>) -> Response<ProxyBody> {
+    audit.action = "config.reload";
+    match gateway.reload_off_runtime().await {
+        Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "reloaded"})),
+        Err(errors) => {
+            audit.detail = Some(format!("{} error(s) in the config", errors.0.len()));
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": {
+                        "code": "BAD_REQUEST",
+                        "message": "The config has errors; the running config stays in force.",
+                        "errors": errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    }
+                }),
+            )
+        }
     }
 }
 

@@ -1,0 +1,458 @@
+//! What is running with which credential, and how it is cut.
+//!
+//! Every authenticated request registers its identity here for as long as it runs (waiting for
+//! the upstream, streaming its response, tunnelling a WebSocket). A revocation scans the
+//! registry and cuts the requests whose identity it names: each holder of the request's
+//! [`Cut`] (the response body, the request body, the wait for response headers, the tunnel)
+//! sees it at its next poll and is woken now if it waits.
+//!
+//! The registry is sharded by worker thread, so registering costs one uncontended lock, never a
+//! global one; only a revocation visits every shard.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::auth::Identity;
+use crate::body::BoxError;
+
+/// Shards of the registry: enough that worker threads rarely share one.
+const SHARDS: usize = 64;
+
+/// Who waits on a cut: the response side (header wait, response body, tunnel: one after the
+/// other) and the request body, which streams at the same time.
+#[derive(Debug, Clone, Copy)]
+pub enum Side {
+    Response = 0,
+    Request = 1,
+}
+
+/// One request's cut signal, shared by its registry entry and whatever moves its bytes.
+#[derive(Debug)]
+struct Signal {
+    identity: Arc<Identity>,
+    cut: AtomicBool,
+    wakers: [AtomicWaker; 2],
+}
+
+/// A handle on one request's cut signal.
+#[derive(Debug, Clone)]
+pub struct Cut(Arc<Signal>);
+
+impl Cut {
+    pub fn is_cut(&self) -> bool {
+        self.0.cut.load(Ordering::Acquire)
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.0.identity
+    }
+
+    /// `Ready` once cut; otherwise registers the waker of `side` and stays `Pending`.
+    pub fn poll_cut(&self, side: Side, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_cut() {
+            return Poll::Ready(());
+        }
+        self.0.wakers[side as usize].register(cx.waker());
+        // Checked again: a cut between the first check and the registration woke no one.
+        if self.is_cut() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Resolves when the request is cut.
+    pub fn cancelled(self, side: Side) -> Cancelled {
+        Cancelled {
+            cut: self,
+            side,
+            _tracked: None,
+        }
+    }
+
+    fn cut(&self) -> bool {
+        if self.0.cut.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        for waker in &self.0.wakers {
+            waker.wake();
+        }
+        true
+    }
+}
+
+/// The future of [`Cut::cancelled`] and [`Tracked::cancelled`].
+#[derive(Debug)]
+pub struct Cancelled {
+    cut: Cut,
+    side: Side,
+    /// Keeps the request registered while something (a tunnel) waits on it.
+    _tracked: Option<Tracked>,
+}
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.cut.poll_cut(self.side, cx)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    slots: Vec<Option<Arc<Signal>>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+/// The registry of requests in flight.
+#[derive(Debug)]
+pub struct InFlight {
+    shards: Arc<[Mutex<Shard>]>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InFlight {
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Registers a request until the returned guard is dropped.
+    pub fn register(&self, identity: &Arc<Identity>) -> Tracked {
+        let signal = Arc::new(Signal {
+            identity: identity.clone(),
+            cut: AtomicBool::new(false),
+            wakers: [AtomicWaker::new(), AtomicWaker::new()],
+        });
+        let shard = shard_of_this_thread();
+        let slot = {
+            let mut guard = lock(&self.shards[shard]);
+            guard.len += 1;
+            match guard.free.pop() {
+                Some(slot) => {
+                    guard.slots[slot as usize] = Some(signal.clone());
+                    slot
+                }
+                None => {
+                    guard.slots.push(Some(signal.clone()));
+                    u32::try_from(guard.slots.len() - 1).unwrap_or(u32::MAX)
+                }
+            }
+        };
+        Tracked {
+            cut: Cut(signal),
+            shards: self.shards.clone(),
+            shard,
+            slot,
+        }
+    }
+
+    /// Cuts every registered request whose identity `matches`; returns how many were cut now
+    /// (requests cut before are not counted again).
+    pub fn cut_matching(&self, matches: impl Fn(&Identity) -> bool) -> usize {
+        let mut cut = 0;
+        for shard in self.shards.iter() {
+            let guard = lock(shard);
+            for signal in guard.slots.iter().flatten() {
+                if matches(&signal.identity) && Cut(signal.clone()).cut() {
+                    cut += 1;
+                }
+            }
+        }
+        cut
+    }
+
+    /// Requests registered now.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request's registration: its [`Cut`], and its entry, removed on drop.
+#[derive(Debug)]
+pub struct Tracked {
+    cut: Cut,
+    shards: Arc<[Mutex<Shard>]>,
+    shard: usize,
+    slot: u32,
+}
+
+impl Tracked {
+    pub fn cut(&self) -> &Cut {
+        &self.cut
+    }
+
+    /// Resolves when the request is cut, keeping it registered until then or until dropped:
+    /// what a WebSocket tunnel, which outlives its HTTP exchange, selects on.
+    pub fn cancelled(self) -> Cancelled {
+        Cancelled {
+            cut: self.cut.clone(),
+            side: Side::Response,
+            _tracked: Some(self),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut guard = lock(&self.shards[self.shard]);
+        if let Some(entry) = guard.slots.get_mut(self.slot as usize)
+            && entry.take().is_some()
+        {
+            guard.len -= 1;
+            guard.free.push(self.slot);
+        }
+    }
+}
+
+fn shard_of_this_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|shard| *shard)
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // Every change to a shard is complete before anything in it can panic.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The error a cut body ends with: the server closes the client connection (a client sees its
+/// stream end early), and dropping the upstream side closes the upstream connection.
+#[derive(Debug, thiserror::Error)]
+#[error("the request's credential was revoked")]
+pub struct Revoked;
+
+pin_project_lite::pin_project! {
+    /// A body that ends with [`Revoked`] once its request is cut, checked before every frame
+    /// and woken while it waits. `tracked` (the response side) keeps the registration alive
+    /// until the body is done.
+    pub struct CutBody<B> {
+        #[pin]
+        inner: B,
+        cut: Cut,
+        side: Side,
+        tracked: Option<Tracked>,
+    }
+}
+
+impl<B> CutBody<B> {
+    /// The response body: it holds the registration until it ends.
+    pub fn response(inner: B, tracked: Tracked) -> Self {
+        Self {
+            inner,
+            cut: tracked.cut.clone(),
+            side: Side::Response,
+            tracked: Some(tracked),
+        }
+    }
+
+    /// The request body on its way upstream.
+    pub fn request(inner: B, cut: Cut) -> Self {
+        Self {
+            inner,
+            cut,
+            side: Side::Request,
+            tracked: None,
+        }
+    }
+}
+
+impl<B> Body for CutBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if this.cut.is_cut() {
+            return Poll::Ready(Some(Err(Box::new(Revoked))));
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => match this.cut.poll_cut(*this.side, cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Revoked)))),
+                Poll::Pending => Poll::Pending,
+            },
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => {
+                // Done: the request no longer runs with the credential.
+                this.tracked.take();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future (the wait for the upstream's response headers) that gives up once its request
+    /// is cut.
+    pub struct CutFuture<'c, F> {
+        #[pin]
+        inner: F,
+        cut: &'c Cut,
+    }
+}
+
+impl<'c, F> CutFuture<'c, F> {
+    pub fn new(inner: F, cut: &'c Cut) -> Self {
+        Self { inner, cut }
+    }
+}
+
+impl<F: Future> Future for CutFuture<'_, F> {
+    /// `None` when cut.
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.cut.is_cut() {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending => match this.cut.poll_cut(Side::Response, cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthMethod, IdentityFields};
+    use http_body_util::BodyExt;
+
+    fn identity(key_id: &str) -> Arc<Identity> {
+        Arc::new(Identity::new(
+            AuthMethod::ApiKey,
+            &IdentityFields {
+                subject: key_id,
+                key_id: Some(key_id),
+                ..IdentityFields::default()
+            },
+        ))
+    }
+
+    #[test]
+    fn registrations_come_and_go_and_slots_are_reused() {
+        let inflight = InFlight::new();
+        let a = inflight.register(&identity("a"));
+        let b = inflight.register(&identity("b"));
+        assert_eq!(inflight.len(), 2);
+        drop(a);
+        assert_eq!(inflight.len(), 1);
+        let c = inflight.register(&identity("c"));
+        assert_eq!(inflight.len(), 2);
+        drop((b, c));
+        assert!(inflight.is_empty());
+        let shard = lock(&inflight.shards[shard_of_this_thread()]);
+        assert_eq!(shard.slots.len(), 2, "freed slots are reused");
+    }
+
+    #[test]
+    fn a_cut_reaches_matching_requests_once() {
+        let inflight = InFlight::new();
+        let a1 = inflight.register(&identity("a"));
+        let a2 = inflight.register(&identity("a"));
+        let b = inflight.register(&identity("b"));
+        let matches_a = |identity: &Identity| identity.key_id() == Some("a");
+        assert_eq!(inflight.cut_matching(matches_a), 2);
+        assert!(a1.cut().is_cut() && a2.cut().is_cut());
+        assert!(!b.cut().is_cut());
+        assert_eq!(inflight.cut_matching(matches_a), 0, "counted once");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_body_is_woken_and_ends_with_an_error() {
+        let inflight = InFlight::new();
+        let tracked = inflight.register(&identity("a"));
+        let mut body = CutBody::response(OneFrameThenSilence(false), tracked);
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "first");
+        let waiting = tokio::spawn(async move { body.frame().await });
+        tokio::task::yield_now().await;
+        assert_eq!(inflight.cut_matching(|_| true), 1);
+        let ended = waiting.await.unwrap().unwrap();
+        assert!(ended.unwrap_err().is::<Revoked>());
+        assert!(
+            inflight.is_empty(),
+            "dropping the body released the registration"
+        );
+    }
+
+    /// An upstream that sends one frame and then nothing, never waking its reader.
+    struct OneFrameThenSilence(bool);
+
+    impl Body for OneFrameThenSilence {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if self.0 {
+                return Poll::Pending;
+            }
+            self.0 = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_ends_the_wait_for_headers_and_a_tunnel_task() {
+        let inflight = InFlight::new();
+        let tracked = inflight.register(&identity("a"));
+        let cut = tracked.cut().clone();
+        let wait =
+            tokio::spawn(async move { CutFuture::new(std::future::pending::<()>(), &cut).await });
+        tokio::task::yield_now().await;
+        assert_eq!(inflight.cut_matching(|_| true), 1);
+        assert_eq!(wait.await.unwrap(), None);
+
+        // A tunnel holds the registration for as long as it runs.
+        let tunnel = tokio::spawn(inflight.register(&identity("b")).cancelled());
+        tokio::task::yield_now().await;
+        assert_eq!(inflight.len(), 2);
+        assert_eq!(inflight.cut_matching(|id| id.key_id() == Some("b")), 1);
+        tunnel.await.unwrap();
+        drop(tracked);
+        assert!(inflight.is_empty());
+    }
+}
