@@ -298,7 +298,7 @@ async fn handle_inner(
         // A revocation while waiting for the response head ends the wait.
         Some(tracked) => CutFuture::new(send, tracked.cut())
             .await
-            .unwrap_or_else(|| Err(revoked(tracked.cut().identity()))),
+            .unwrap_or_else(|| Err(revoked(identity.as_deref()))),
         None => send.await,
     };
     context.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
@@ -316,11 +316,10 @@ async fn handle_inner(
 }
 
 /// The refusal for a request whose credential was revoked while it ran.
-fn revoked(identity: &Identity) -> GatewayError {
-    match identity.method {
-        auth::AuthMethod::ApiKey => GatewayError::KeyRevoked,
-        auth::AuthMethod::Jwt => GatewayError::TokenRevoked,
-    }
+fn revoked(identity: Option<&Identity>) -> GatewayError {
+    identity.map_or(GatewayError::KeyRevoked, |identity| {
+        crate::revocation::refusal(identity.method)
+    })
 }
 
 /// Step 2: the route for the normalized path, host and method; its metric handles.

@@ -7,7 +7,8 @@
 //! sees it at its next poll and is woken now if it waits.
 //!
 //! The registry is sharded by worker thread, so registering costs one uncontended lock, never a
-//! global one; only a revocation visits every shard.
+//! global one; only a revocation visits every shard. Cut signals are recycled within a shard,
+//! so a request that ends without being cut costs no allocation.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +25,8 @@ use crate::body::BoxError;
 
 /// Shards of the registry: enough that worker threads rarely share one.
 const SHARDS: usize = 64;
+/// Unused cut signals kept per shard for the next requests.
+const SPARE_SIGNALS: usize = 256;
 
 /// Who waits on a cut: the response side (header wait, response body, tunnel: one after the
 /// other) and the request body, which streams at the same time.
@@ -34,9 +37,8 @@ pub enum Side {
 }
 
 /// One request's cut signal, shared by its registry entry and whatever moves its bytes.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Signal {
-    identity: Arc<Identity>,
     cut: AtomicBool,
     wakers: [AtomicWaker; 2],
 }
@@ -48,10 +50,6 @@ pub struct Cut(Arc<Signal>);
 impl Cut {
     pub fn is_cut(&self) -> bool {
         self.0.cut.load(Ordering::Acquire)
-    }
-
-    pub fn identity(&self) -> &Arc<Identity> {
-        &self.0.identity
     }
 
     /// `Ready` once cut; otherwise registers the waker of `side` and stays `Pending`.
@@ -105,11 +103,16 @@ impl Future for Cancelled {
     }
 }
 
+/// A registered request: who it runs as, and its signal.
+type Entry = (Arc<Identity>, Arc<Signal>);
+
 #[derive(Debug, Default)]
 struct Shard {
-    slots: Vec<Option<Arc<Signal>>>,
+    slots: Vec<Option<Entry>>,
     free: Vec<u32>,
     len: usize,
+    /// Signals of requests that ended uncut, reset, for the next registrations.
+    spare: Vec<Arc<Signal>>,
 }
 
 /// The registry of requests in flight.
@@ -133,25 +136,23 @@ impl InFlight {
 
     /// Registers a request until the returned guard is dropped.
     pub fn register(&self, identity: &Arc<Identity>) -> Tracked {
-        let signal = Arc::new(Signal {
-            identity: identity.clone(),
-            cut: AtomicBool::new(false),
-            wakers: [AtomicWaker::new(), AtomicWaker::new()],
-        });
         let shard = shard_of_this_thread();
-        let slot = {
+        let (slot, signal) = {
             let mut guard = lock(&self.shards[shard]);
+            let signal = guard.spare.pop().unwrap_or_default();
+            let entry = Some((identity.clone(), signal.clone()));
             guard.len += 1;
-            match guard.free.pop() {
+            let slot = match guard.free.pop() {
                 Some(slot) => {
-                    guard.slots[slot as usize] = Some(signal.clone());
+                    guard.slots[slot as usize] = entry;
                     slot
                 }
                 None => {
-                    guard.slots.push(Some(signal.clone()));
+                    guard.slots.push(entry);
                     u32::try_from(guard.slots.len() - 1).unwrap_or(u32::MAX)
                 }
-            }
+            };
+            (slot, signal)
         };
         Tracked {
             cut: Cut(signal),
@@ -167,8 +168,8 @@ impl InFlight {
         let mut cut = 0;
         for shard in self.shards.iter() {
             let guard = lock(shard);
-            for signal in guard.slots.iter().flatten() {
-                if matches(&signal.identity) && Cut(signal.clone()).cut() {
+            for (identity, signal) in guard.slots.iter().flatten() {
+                if matches(identity) && Cut(signal.clone()).cut() {
                     cut += 1;
                 }
             }
@@ -214,11 +215,25 @@ impl Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         let mut guard = lock(&self.shards[self.shard]);
-        if let Some(entry) = guard.slots.get_mut(self.slot as usize)
-            && entry.take().is_some()
+        let Some((_, signal)) = guard
+            .slots
+            .get_mut(self.slot as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        guard.len -= 1;
+        guard.free.push(self.slot);
+        // Reused only when nothing else holds it (this guard and the entry just taken): a
+        // request body may still hold a clone, and a cut signal is never reset.
+        if Arc::strong_count(&signal) == 2
+            && !signal.cut.load(Ordering::Acquire)
+            && guard.spare.len() < SPARE_SIGNALS
         {
-            guard.len -= 1;
-            guard.free.push(self.slot);
+            for waker in &signal.wakers {
+                drop(waker.take());
+            }
+            guard.spare.push(signal);
         }
     }
 }

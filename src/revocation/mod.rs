@@ -190,10 +190,7 @@ impl Revocations {
     pub fn admit(&self, identity: &Arc<Identity>) -> Result<Tracked, GatewayError> {
         let tracked = self.inflight.register(identity);
         if self.list.is_revoked(identity) {
-            return Err(match identity.method {
-                AuthMethod::ApiKey => GatewayError::KeyRevoked,
-                AuthMethod::Jwt => GatewayError::TokenRevoked,
-            });
+            return Err(refusal(identity.method));
         }
         Ok(tracked)
     }
@@ -297,6 +294,14 @@ impl Revocations {
         self.metrics
             .active
             .set(i64::try_from(self.list.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// What a client presenting a revoked credential is answered.
+pub fn refusal(method: AuthMethod) -> GatewayError {
+    match method {
+        AuthMethod::ApiKey => GatewayError::KeyRevoked,
+        AuthMethod::Jwt => GatewayError::TokenRevoked,
     }
 }
 

@@ -32,10 +32,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnection backoff of the subscriber.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Lifts remembered while Redis is down, at most.
-const MAX_PENDING_LIFTS: usize = 10_000;
-/// How often an idle subscriber checks that its gateway still exists.
+/// Lifts remembered while Redis does not take them, at most.
+const MAX_UNWRITTEN_LIFTS: usize = 10_000;
+/// How often an idle subscriber checks that its gateway still exists (and whether a write
+/// failed and must be written back).
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// How long a write-back within a connected stretch may take before the subscriber gives up
+/// on the connection and starts again.
+const WRITE_BACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A lift, as stored and announced: the revocation's id, and when the tombstone may go.
 fn tombstone(revocation: &Revocation) -> Value {
@@ -90,9 +94,12 @@ pub struct ClusterSync {
     settled: AtomicBool,
     /// Successful loads so far (a reconnect after one starts its backoff afresh).
     loads: std::sync::atomic::AtomicU64,
-    /// Lifts Redis did not take: written (before the hash is read again) on reconnect, so
-    /// the reload does not bring the lifted revocation back.
-    pending_lifts: Mutex<Vec<Arc<Revocation>>>,
+    /// A write failed: the subscriber loads and writes back at its next wake, even when its
+    /// own connection never dropped (otherwise only a reconnection would write back).
+    write_back_due: AtomicBool,
+    /// Lifts made here that Redis did not take: their tombstones are written back, and the
+    /// revocations they lift are not taken back from the hash meanwhile.
+    unwritten_lifts: Mutex<HashMap<Box<str>, Arc<Revocation>>>,
 }
 
 impl std::fmt::Debug for ClusterSync {
@@ -128,14 +135,15 @@ impl ClusterSync {
             synced: AtomicBool::new(false),
             settled: AtomicBool::new(false),
             loads: std::sync::atomic::AtomicU64::new(0),
-            pending_lifts: Mutex::default(),
+            write_back_due: AtomicBool::new(false),
+            unwritten_lifts: Mutex::default(),
         });
         let weak = Arc::downgrade(&sync);
         tokio::spawn(async move { subscribe_loop(weak).await });
         Ok(sync)
     }
 
-    /// Whether the stored revocations have been loaded once.
+    /// Whether the stored revocations have been loaded once (readiness).
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
@@ -152,26 +160,23 @@ impl ClusterSync {
         self.write(&revocation.id, text).await
     }
 
-    /// Stores and announces a lift; one Redis did not take is written on reconnect.
+    /// Stores and announces a lift; `false` when Redis did not take it (its tombstone is
+    /// written back later, and the lifted revocation is not taken back from Redis meanwhile).
     pub async fn publish_lift(&self, revocation: &Arc<Revocation>) -> bool {
         let written = self
             .write(&revocation.id, tombstone(revocation).to_string())
             .await;
         if !written {
-            let mut pending = self.pending_lifts();
-            if pending.len() < MAX_PENDING_LIFTS {
-                pending.push(revocation.clone());
+            let mut unwritten = lock(&self.unwritten_lifts);
+            if unwritten.len() < MAX_UNWRITTEN_LIFTS {
+                unwritten.insert(revocation.id.clone(), revocation.clone());
             } else {
-                tracing::error!("Too many lifts waiting for Redis; this one stays local.");
+                tracing::error!(
+                    "Too many lifts waiting for Redis; this one stays on this instance."
+                );
             }
         }
         written
-    }
-
-    fn pending_lifts(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Revocation>>> {
-        self.pending_lifts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One transaction: the value stored under its id (instances started later read it) and
@@ -188,14 +193,22 @@ impl ClusterSync {
 
     async fn write(&self, id: &str, text: String) -> bool {
         let mut connection = self.connection.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(&self.hash, id, &text)
-            .ignore()
-            .publish(&self.channel, &text)
-            .ignore();
-        let written =
-            tokio::time::timeout(WRITE_TIMEOUT, pipe.query_async::<()>(&mut connection)).await;
+        let pipe = self.store_and_announce(id, &text);
+        let attempts = async {
+            match pipe.query_async::<()>(&mut connection).await {
+                // The first command after Redis returns fails on the connection that failed
+                // while it was away; the manager reconnects on that error: once more. (Writing
+                // the same revocation twice is harmless.)
+                Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                    pipe.query_async::<()>(&mut connection).await
+                }
+                done => done,
+            }
+        };
+        let written = tokio::time::timeout(WRITE_TIMEOUT, attempts).await;
+        if !matches!(written, Ok(Ok(()))) {
+            self.write_back_due.store(true, Ordering::Release);
+        }
         match written {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
@@ -221,7 +234,9 @@ impl ClusterSync {
                 if revocation.is_expired(Timestamp::now()) {
                     return;
                 }
-                if self.revocations.get(&revocation.id).is_some() {
+                if self.revocations.get(&revocation.id).is_some()
+                    || lock(&self.unwritten_lifts).contains_key(&revocation.id)
+                {
                     return;
                 }
                 match self.revocations.apply(revocation) {
@@ -288,6 +303,16 @@ impl ClusterSync {
                 );
             }
         }
+        let unwritten_lifts: Vec<Arc<Revocation>> =
+            lock(&self.unwritten_lifts).values().cloned().collect();
+        for lifted in unwritten_lifts {
+            let text = tombstone(&lifted).to_string();
+            self.store_and_announce(&lifted.id, &text)
+                .query_async::<()>(connection)
+                .await?;
+            lock(&self.unwritten_lifts).remove(&lifted.id);
+            tracing::info!(id = &*lifted.id, "Wrote back a lift Redis did not have.");
+        }
         Ok(())
     }
 
@@ -300,13 +325,21 @@ impl ClusterSync {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Held for a map operation only; a panic inside leaves the map consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One step of a session, bounded: a Redis that accepts connections and never answers must
 /// not hold the instance's readiness or its catch-up.
 async fn bounded<T>(
     step: &'static str,
+    limit: Duration,
     future: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, (&'static str, redis::RedisError)> {
-    match tokio::time::timeout(WRITE_TIMEOUT, future).await {
+    match tokio::time::timeout(limit, future).await {
         Ok(result) => result.map_err(|error| (step, error)),
         Err(_) => Err((
             step,
@@ -354,14 +387,19 @@ async fn session(weak: &Weak<ClusterSync>) -> Result<(), (&'static str, redis::R
     else {
         return Ok(());
     };
-    let mut pubsub = bounded("subscribe", client.get_async_pubsub()).await?;
-    bounded("subscribe", pubsub.subscribe(&channel)).await?;
-    let mut connection = bounded("load", client.get_multiplexed_async_connection()).await?;
+    let mut pubsub = bounded("subscribe", WRITE_TIMEOUT, client.get_async_pubsub()).await?;
+    bounded("subscribe", WRITE_TIMEOUT, pubsub.subscribe(&channel)).await?;
+    let mut connection = bounded(
+        "load",
+        WRITE_TIMEOUT,
+        client.get_multiplexed_async_connection(),
+    )
+    .await?;
     {
         let Some(sync) = weak.upgrade() else {
             return Ok(());
         };
-        bounded("load", sync.load(&mut connection)).await?;
+        bounded("load", WRITE_BACK_TIMEOUT, sync.load(&mut connection)).await?;
         sync.loads.fetch_add(1, Ordering::AcqRel);
         sync.settled.store(true, Ordering::Release);
         if !sync.synced.swap(true, Ordering::AcqRel) {
@@ -371,14 +409,27 @@ async fn session(weak: &Weak<ClusterSync>) -> Result<(), (&'static str, redis::R
             );
         }
     }
-    drop(connection);
     let mut messages = pubsub.into_on_message();
     loop {
-        // Woken now and then to notice a gateway that is gone.
+        // Woken now and then to notice a gateway that is gone, or a write that failed.
         let next = tokio::time::timeout(LIVENESS_CHECK, messages.next()).await;
         let Some(sync) = weak.upgrade() else {
             return Ok(());
         };
+        if sync.write_back_due.swap(false, Ordering::AcqRel) {
+            let loaded = tokio::time::timeout(WRITE_BACK_TIMEOUT, sync.load(&mut connection))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "write-back timed out",
+                    )))
+                });
+            if let Err(error) = loaded {
+                // Reconnecting loads and writes back again.
+                return Err(("load", error));
+            }
+        }
         match next {
             Ok(Some(message)) => sync.receive(message.get_payload_bytes()),
             Ok(None) => {
