@@ -8,11 +8,13 @@
 #   benches/callgrind.sh                     # public route, authgate and nginx
 #   AUTHGATE_BIN=target/release/authgate TARGETS=authgate benches/callgrind.sh
 #   TARGETS="authgate-apikey authgate-401" benches/callgrind.sh   # API-key route
+#   TARGETS="authgate-apikey authgate-apikey-assert" benches/callgrind.sh   # signed assertion cost
 #
 # Knobs: AUTHGATE_BIN (default: cargo build --release --locked), TARGETS ("authgate nginx";
 # also authgate-apikey: the API-key route with a valid cached key, and authgate-401: the same
 # route with a well-formed unknown key, refused with 401; nginx-401: nginx refusing the same
-# key with a `map` check),
+# key with a `map` check; authgate-apikey-assert: authgate-apikey with identity.assertion on,
+# so each request carries the identity's cached signed assertion),
 # DURATION (wrk seconds counted, default 10), KEEP_TMP=1 (keep the callgrind profiles). Needs valgrind, wrk, nginx (installed with apt if
 # missing). Each proxy runs under callgrind on CPU 0, wrk and the upstream nginx on CPU 1.
 set -euo pipefail
@@ -95,7 +97,7 @@ echo "| proxy | requests counted | user-space instructions per request |"
 echo "|---|---:|---:|"
 for target in $TARGETS; do
     case $target in
-    authgate | authgate-apikey | authgate-401)
+    authgate | authgate-apikey | authgate-apikey-assert | authgate-401)
         AG=$(port) ADMIN=$(port)
         [[ -f $TMP/keys.toml ]] ||
             KEY=$("$AUTHGATE_BIN" keys add --file "$TMP/keys.toml" --tenant t1 --scope api | sed -n 1p)
@@ -120,9 +122,12 @@ match = { path_prefix = "/" }
 upstream = "http://127.0.0.1:$UP"
 auth = "none"
 EOF
+        # The signing key is generated at the first start (absent file) and reused after.
+        [[ $target == authgate-apikey-assert ]] &&
+            printf '[identity]\nassertion = { key = "%s/assertion.pem" }\n' "$TMP" >>"$TMP/authgate.toml"
         case $target in
         authgate) url="http://127.0.0.1:$AG/" auth="" ;;
-        authgate-apikey) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
+        authgate-apikey | authgate-apikey-assert) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
         *) url="http://127.0.0.1:$AG/api/x" auth="Bearer sgk_$(printf 'x%.0s' {1..40})" ;;
         esac
         count "$target" "$url" "$auth" "$AUTHGATE_BIN" serve --config "$TMP/authgate.toml" --threads 1

@@ -16,4 +16,9 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   done
 fi
 
+# PyJWT for the upstream-verification example that tests/assertion.rs runs (docs/assertion.md).
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  python3 -m pip install --quiet pyjwt cryptography
+fi
+
 cargo test --locked --all-targets "$@"

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::auth::AuthMetrics;
+use crate::auth::assertion::AssertionSigner;
 use crate::auth::jwt::JwtValidator;
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::forward::{UpstreamClients, Upstreams};
@@ -41,6 +42,8 @@ pub struct Runtime {
     upstreams: Vec<Upstreams>,
     /// The same list in every snapshot: revocations outlive reloads and key-file changes.
     pub revocations: Arc<Revocations>,
+    /// `None` without `identity.assertion`; kept across reloads while key and ttl stay.
+    pub assertion: Option<Arc<AssertionSigner>>,
 }
 
 impl Runtime {
@@ -136,6 +139,7 @@ impl Gateway {
             .as_ref()
             .map(|redis| ClusterSync::start(redis, revocations.clone()))
             .transpose()?;
+        let assertion = build_assertion(&config, None)?;
         Ok(Self {
             config_path: config.path.clone(),
             runtime: ArcSwap::from_pointee(Runtime {
@@ -145,6 +149,7 @@ impl Gateway {
                 limits,
                 upstreams,
                 revocations: revocations.clone(),
+                assertion,
             }),
             revocations,
             cluster,
@@ -233,10 +238,12 @@ impl Gateway {
             .map_err(|m| self.reload_error(m))?;
             let upstreams = build_upstreams(&new, &mut lock(&self.clients))
                 .map_err(|m| self.reload_error(m))?;
-            Ok((new, store, keep_store, jwt, limits, upstreams))
+            let assertion = build_assertion(&new, running.assertion.as_ref())
+                .map_err(|m| self.reload_error(m))?;
+            Ok((new, store, keep_store, jwt, limits, upstreams, assertion))
         });
         match result {
-            Ok((new, store, kept, jwt, limits, upstreams)) => {
+            Ok((new, store, kept, jwt, limits, upstreams, assertion)) => {
                 let old = &running.config;
                 if new.redis != old.redis {
                     tracing::warn!(
@@ -258,6 +265,7 @@ impl Gateway {
                     limits: Arc::new(limits),
                     upstreams,
                     revocations: self.revocations.clone(),
+                    assertion,
                 }));
                 self.revocations.set_settings(self.config().revocation);
                 self.metrics
@@ -364,6 +372,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The assertion signer when `identity.assertion` is set: the running one while its key and
+/// settings stay, a rotated one (old public key still published) when the key file changed.
+fn build_assertion(
+    config: &Config,
+    running: Option<&Arc<AssertionSigner>>,
+) -> Result<Option<Arc<AssertionSigner>>, String> {
+    config
+        .identity
+        .assertion
+        .as_ref()
+        .map(|settings| AssertionSigner::build(settings, running))
+        .transpose()
 }
 
 /// Builds the JWT validator when issuers are configured (key sets are fetched in the

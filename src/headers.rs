@@ -172,6 +172,24 @@ pub fn strip_client_identity(headers: &mut HeaderMap, prefix: &str) -> usize {
     doomed.len()
 }
 
+/// Removes every client copy of `name` (lowercase), in its `_` spellings too, as the prefix
+/// rule does: for a header authgate sets outside the identity prefix. Returns how many
+/// distinct names were removed.
+pub fn strip_field(headers: &mut HeaderMap, name: &HeaderName) -> usize {
+    let target = name.as_str();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|sent| {
+            sent.as_str().len() == target.len() && name_has_prefix(sent.as_str(), target)
+        })
+        .cloned()
+        .collect();
+    for sent in &doomed {
+        headers.remove(sent);
+    }
+    doomed.len()
+}
+
 /// Whether this is an HTTP/1.1 WebSocket upgrade request.
 pub fn is_websocket_upgrade(method: &Method, version: Version, headers: &HeaderMap) -> bool {
     if method != Method::GET || version != Version::HTTP_11 {

@@ -109,28 +109,3 @@ fn every_shipped_config_file_compiles() {
     }
     assert!(checked > 0, "no config file found in config/");
 }
-
-/// Signed assertions are parsed but not enforced yet: a config using them must be refused,
-/// never silently accepted.
-#[test]
-fn settings_not_enforced_yet_are_refused_with_their_location() {
-    let cases = [(
-        "[identity]\nassertion = { key = \"k.pem\" }\n".to_owned(),
-        "identity.assertion",
-        2,
-    )];
-    for (text, name, line) in cases {
-        let error = authgate::config::load_str(Path::new("c.toml"), &text)
-            .map(|_| ())
-            .expect_err(name)
-            .to_string();
-        assert!(
-            error.contains(&format!("{name} is not enforced")),
-            "{name}: {error}"
-        );
-        assert!(
-            error.contains(&format!("c.toml:{line}:")),
-            "{name}: {error}"
-        );
-    }
-}

@@ -95,6 +95,14 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<P
             );
             response
         }
+        (&Method::GET, "/.well-known/jwks.json") => match &gateway.runtime().assertion {
+            Some(signer) => json(StatusCode::OK, signer.jwks()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "No signed identity assertion is configured (identity.assertion).",
+            ),
+        },
         (_, path) if path.starts_with("/admin/") => admin_api(gateway, request).await,
         _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", "No such endpoint."),
     }

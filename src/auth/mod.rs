@@ -5,6 +5,7 @@
 //! "no credential", and anything that is neither an API key nor a JWT by shape is refused
 //! before any lookup.
 
+pub mod assertion;
 pub mod issuer;
 pub mod jwks;
 pub mod jwt;

@@ -13,6 +13,7 @@ use toml::Spanned;
 use super::file::{self, FileAuth, FileConfig, KeySourceKind};
 use super::support::{Errors, compile_rate, resolve};
 use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, ServerSettings};
+use crate::auth::assertion::{AssertionSettings, SigningKey};
 use crate::http1::fields::UnderscorePolicy;
 use crate::keys::settings::{
     ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
@@ -59,7 +60,8 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         );
     }
 
-    let identity = compile_identity(&file.identity, &mut errors);
+    let mut warnings = Vec::new();
+    let identity = compile_identity(&file.identity, &base_dir, &mut errors, &mut warnings);
     let api_keys = compile_api_keys(&file, &base_dir, &mut errors);
     let jwt_issuers = super::jwt::compile_jwt(&file.jwt, &mut errors);
     let redis = compile_redis(&file, &mut errors);
@@ -92,13 +94,9 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         }
     }
     let routes = RouteTable::new(routes);
-    let warnings = routes
-        .shadowed()
-        .into_iter()
-        .map(|(shadowed, by)| {
-            format!("route {shadowed:?} is shadowed by route {by:?} and can never match")
-        })
-        .collect();
+    warnings.extend(routes.shadowed().into_iter().map(|(shadowed, by)| {
+        format!("route {shadowed:?} is shadowed by route {by:?} and can never match")
+    }));
 
     if !errors.list.is_empty() {
         errors.list.sort_by_key(|e| (e.line, e.column));
@@ -221,7 +219,12 @@ pub fn load_server_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, 
     Ok(config)
 }
 
-fn compile_identity(identity: &file::FileIdentity, errors: &mut Errors<'_>) -> IdentitySettings {
+fn compile_identity(
+    identity: &file::FileIdentity,
+    base_dir: &Path,
+    errors: &mut Errors<'_>,
+    warnings: &mut Vec<String>,
+) -> IdentitySettings {
     let header_prefix = match &identity.header_prefix {
         Some(prefix) => {
             let value = prefix.get_ref().as_str().to_ascii_lowercase();
@@ -238,20 +241,132 @@ fn compile_identity(identity: &file::FileIdentity, errors: &mut Errors<'_>) -> I
         }
         None => file::DEFAULT_HEADER_PREFIX.to_owned(),
     };
-    if let Some(assertion) = &identity.assertion {
-        errors.at(
-            assertion.span(),
-            format!("identity.assertion {NOT_ENFORCED_YET}"),
-        );
-        let ttl = assertion.get_ref().ttl.map(|t| t.0);
-        if ttl.is_some_and(|t| t.is_zero()) {
-            errors.at(assertion.span(), "identity.assertion.ttl must be positive");
-        }
-    }
+    let assertion = identity.assertion.as_ref().map(|assertion| {
+        compile_assertion(
+            assertion.get_ref(),
+            &header_prefix,
+            base_dir,
+            errors,
+            warnings,
+        )
+    });
+    // Outside the prefix the strip step would not remove a client's copy: name it there.
+    let strip_also = assertion
+        .as_ref()
+        .map(|assertion| assertion.header.clone())
+        .filter(|header| !crate::headers::name_has_prefix(header.as_str(), &header_prefix));
     IdentitySettings {
         names: crate::auth::IdentityHeaderNames::new(&header_prefix),
         header_prefix,
+        assertion,
+        strip_also,
     }
+}
+
+/// Headers authgate sets, removes or reads itself: an assertion under one of these names
+/// would be overwritten, dropped, or mistaken for something else.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "forwarded",
+    "host",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+/// authgate's identity headers under the prefix (SPEC §6), plus `claim-*`.
+const IDENTITY_HEADER_SUFFIXES: &[&str] = &[
+    "method",
+    "subject",
+    "tenant-id",
+    "user-id",
+    "key-id",
+    "scopes",
+    "issuer",
+];
+
+/// `identity.assertion`: the key file is read here (so `check`, start and reload all refuse
+/// a bad one, and a reload keeps the running config), but only the path is kept; the
+/// gateway loads the key, or generates it when the file is absent.
+fn compile_assertion(
+    assertion: &file::FileAssertion,
+    header_prefix: &str,
+    base_dir: &Path,
+    errors: &mut Errors<'_>,
+    warnings: &mut Vec<String>,
+) -> AssertionSettings {
+    let key = resolve(base_dir, assertion.key.get_ref().as_str());
+    if assertion.key.get_ref().as_str().is_empty() {
+        errors.at(
+            assertion.key.span(),
+            "identity.assertion.key must name a PEM file",
+        );
+    } else {
+        match SigningKey::read(&key) {
+            Ok(Some(_)) => {}
+            Ok(None) => warnings.push(format!(
+                "identity.assertion.key {} does not exist: a new P-256 key is generated and saved there at start",
+                key.display()
+            )),
+            Err(message) => errors.at(
+                assertion.key.span(),
+                format!("identity.assertion.key {}: {message}", key.display()),
+            ),
+        }
+    }
+    let ttl = match &assertion.ttl {
+        Some(ttl) => {
+            let value = ttl.get_ref().0;
+            if value.as_secs() == 0 || value.subsec_nanos() != 0 {
+                errors.at(
+                    ttl.span(),
+                    "identity.assertion.ttl must be a whole number of seconds, at least \"1s\" (JWT times are in seconds)",
+                );
+            }
+            value
+        }
+        None => Duration::from_secs(file::DEFAULT_ASSERTION_TTL_SECS),
+    };
+    let header = match &assertion.header {
+        Some(header) => {
+            let value = header.get_ref().as_str().to_ascii_lowercase();
+            let reserved = RESERVED_HEADERS.contains(&value.as_str())
+                || value.strip_prefix(header_prefix).is_some_and(|suffix| {
+                    IDENTITY_HEADER_SUFFIXES.contains(&suffix) || suffix.starts_with("claim-")
+                });
+            match HeaderName::from_bytes(value.as_bytes()) {
+                Ok(name) if !value.contains('_') && !reserved => name,
+                Ok(_) if reserved => {
+                    errors.at(
+                        header.span(),
+                        format!("identity.assertion.header {value:?} is a header authgate sets, removes or reads itself; choose another name"),
+                    );
+                    HeaderName::from_static(file::DEFAULT_ASSERTION_HEADER)
+                }
+                _ => {
+                    errors.at(
+                        header.span(),
+                        "identity.assertion.header must be a header name without '_', e.g. \"x-auth-assertion\"",
+                    );
+                    HeaderName::from_static(file::DEFAULT_ASSERTION_HEADER)
+                }
+            }
+        }
+        None => HeaderName::from_static(file::DEFAULT_ASSERTION_HEADER),
+    };
+    AssertionSettings { key, ttl, header }
 }
 
 fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>) -> ApiKeySettings {
@@ -402,11 +517,6 @@ fn check_http_url(url: &Spanned<super::values::Text>, what: &str, errors: &mut E
         );
     }
 }
-
-/// Settings this build parses but cannot enforce yet (signed identity assertions). Accepting
-/// them silently would leave an operator believing a security control is active, so they are
-/// refused until implemented.
-pub const NOT_ENFORCED_YET: &str = "is not enforced by this build of authgate yet; it is refused rather than silently ignored (remove it for now)";
 
 /// Redis calls wait this long by default before `on_backend_error` applies: a loopback or
 /// same-zone round trip is well under a millisecond, so this only trips on a sick Redis.
@@ -703,6 +813,68 @@ mod tests {
         let config = compile(&text).unwrap();
         assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
         assert!(config.warnings[0].contains("\"later\""));
+    }
+
+    #[test]
+    fn an_assertion_compiles_to_a_resolved_path_and_the_defaults() {
+        let config = compile("[identity]\nassertion = { key = \"keys/a.pem\" }\n").unwrap();
+        let assertion = config.identity.assertion.unwrap();
+        assert_eq!(assertion.key, Path::new("/etc/authgate/keys/a.pem"));
+        assert_eq!(assertion.ttl, Duration::from_secs(60));
+        assert_eq!(assertion.header, "x-auth-assertion");
+        assert!(
+            config.identity.strip_also.is_none(),
+            "under the prefix: stripped already"
+        );
+        assert!(
+            config.warnings[0].contains("a new P-256 key is generated"),
+            "{:?}",
+            config.warnings
+        );
+
+        let config = compile(
+            "[identity]\nassertion = { key = \"a.pem\", ttl = \"5m\", header = \"X-Identity-JWT\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.identity.assertion.unwrap().ttl,
+            Duration::from_secs(300)
+        );
+        assert_eq!(config.identity.strip_also.unwrap(), "x-identity-jwt");
+    }
+
+    #[test]
+    fn assertion_errors_name_the_field_at_its_place() {
+        for (text, expected) in [
+            (
+                "ttl = \"0s\"",
+                "3:36: identity.assertion.ttl must be a whole number",
+            ),
+            (
+                "ttl = \"1500ms\"",
+                "3:36: identity.assertion.ttl must be a whole number",
+            ),
+            (
+                "header = \"x_a\"",
+                "3:39: identity.assertion.header must be a header name",
+            ),
+            (
+                "header = \"Authorization\"",
+                "3:39: identity.assertion.header \"authorization\" is a header authgate",
+            ),
+            (
+                "header = \"x-auth-tenant-id\"",
+                "3:39: identity.assertion.header \"x-auth-tenant-id\" is a header",
+            ),
+        ] {
+            let text =
+                format!("[identity]\n# the key\nassertion = {{ key = \"a.pem\", {text} }}\n");
+            let found = errors(&text);
+            assert!(
+                found.iter().any(|e| e.starts_with(expected)),
+                "{expected:?} not in {found:?}"
+            );
+        }
     }
 
     #[test]

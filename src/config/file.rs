@@ -128,9 +128,12 @@ pub struct FileIdentity {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAssertion {
-    pub key: Text,
-    pub ttl: Option<DurationValue>,
-    pub header: Option<Text>,
+    /// PEM file of the P-256 signing key; generated there when absent.
+    pub key: Spanned<Text>,
+    /// Lifetime of each assertion, whole seconds.
+    pub ttl: Option<Spanned<DurationValue>>,
+    /// Request header carrying the assertion.
+    pub header: Option<Spanned<Text>>,
 }
 
 /// `[api_keys]`.

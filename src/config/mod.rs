@@ -87,6 +87,11 @@ pub struct IdentitySettings {
     pub header_prefix: String,
     /// authgate's own identity headers under that prefix.
     pub names: crate::auth::IdentityHeaderNames,
+    /// `identity.assertion`: `None` when no signed assertion is configured.
+    pub assertion: Option<crate::auth::assertion::AssertionSettings>,
+    /// The assertion header when it lies outside the prefix: removed from client requests
+    /// too, like everything under the prefix.
+    pub strip_also: Option<http::HeaderName>,
 }
 
 /// `[log]`, compiled.

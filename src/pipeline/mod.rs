@@ -265,6 +265,7 @@ async fn handle_inner(
         &mut parts,
         route,
         identity.as_deref(),
+        runtime.assertion.as_deref(),
         config,
         conn,
         request_id,
@@ -354,7 +355,10 @@ fn strip(
     request_id: &RequestId,
 ) -> ProxyBody {
     strip_hop_by_hop(&mut parts.headers, websocket);
-    let stripped = strip_client_identity(&mut parts.headers, &config.identity.header_prefix);
+    let mut stripped = strip_client_identity(&mut parts.headers, &config.identity.header_prefix);
+    if let Some(name) = &config.identity.strip_also {
+        stripped += crate::headers::strip_field(&mut parts.headers, name);
+    }
     if stripped > 0 {
         tracing::debug!(
             request_id = request_id.as_str(),

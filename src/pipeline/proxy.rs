@@ -11,6 +11,7 @@ use http::{HeaderValue, Response, StatusCode, Version};
 use super::ConnInfo;
 use super::precheck::Target;
 use crate::auth::Identity;
+use crate::auth::assertion::AssertionSigner;
 use crate::body::{LimitedBody, ProxyBody, boxed, empty};
 use crate::config::Config;
 use crate::connection::ClientUpgrade;
@@ -24,12 +25,14 @@ use crate::limits::usage::{self, UsageMeter};
 use crate::revocation::Tracked;
 use crate::routes::Route;
 
-/// Step 5: credentials stay here unless the route opts in; authgate's identity headers (the
-/// client's were stripped in step 3); forwarding headers and the request id.
+/// Step 5: credentials stay here unless the route opts in; authgate's identity headers and
+/// signed assertion (the client's were stripped in step 3); forwarding headers and the
+/// request id.
 pub(super) fn rewrite(
     parts: &mut Parts,
     route: &Route,
     identity: Option<&Identity>,
+    assertion: Option<&AssertionSigner>,
     config: &Config,
     conn: &ConnInfo,
     request_id: &RequestId,
@@ -39,6 +42,10 @@ pub(super) fn rewrite(
     }
     if let Some(identity) = identity {
         identity.insert_headers(&config.identity.names, &mut parts.headers);
+        // The same identity, signed, for upstreams that verify instead of trusting the network.
+        if let Some(signer) = assertion {
+            signer.insert(identity, &route.name, &mut parts.headers);
+        }
     }
     let original_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
