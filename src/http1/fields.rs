@@ -224,26 +224,33 @@ pub fn is_underscored_response_control(name: &HeaderName) -> bool {
 
 /// [`is_underscored_response_control`] on a raw field name (any case), for the response
 /// parser, which has the bytes at hand before it builds the `HeaderName`.
+#[inline]
 pub fn is_underscored_response_control_name(name: &[u8]) -> bool {
     // Only a name as long as a controlled one, or starting like `proxy-`, can be one, so most
-    // response fields are passed over without a scan.
+    // response fields are passed over without a scan; this test is inlined into the parsers'
+    // loops, the comparison is not (it runs only for a name with `_`, which is rare).
     let candidate = matches!(name.len(), 2 | 7 | 10 | 14 | 17)
         || name
             .first()
             .is_some_and(|first| first.eq_ignore_ascii_case(&b'p'));
-    candidate
-        && has_underscore(name)
-        && (FRAMING.iter().any(|target| folded_eq(name, target))
-            || [
-                b"connection".as_slice(),
-                b"keep-alive",
-                b"te",
-                b"upgrade",
-                b"trailer",
-            ]
-            .iter()
-            .any(|target| folded_eq(name, target))
-            || folded_starts_with(name, b"proxy-"))
+    candidate && has_underscore(name) && is_folded_control(name)
+}
+
+/// The names [`is_underscored_response_control_name`] removes, compared with `_` read as `-`.
+#[cold]
+#[inline(never)]
+fn is_folded_control(name: &[u8]) -> bool {
+    FRAMING.iter().any(|target| folded_eq(name, target))
+        || [
+            b"connection".as_slice(),
+            b"keep-alive",
+            b"te",
+            b"upgrade",
+            b"trailer",
+        ]
+        .iter()
+        .any(|target| folded_eq(name, target))
+        || folded_starts_with(name, b"proxy-")
 }
 
 #[cfg(test)]
