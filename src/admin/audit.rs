@@ -10,21 +10,16 @@ use std::time::SystemTime;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::headers::RequestId;
+use crate::keys::KeyHash;
 use crate::telemetry::AccessLog;
 
-/// `token:` and the first 8 hex characters of the token's SHA-256: enough to tell tokens
-/// apart in an investigation (compute it with `printf %s "$TOKEN" | sha256sum`), useless to an
-/// attacker.
+/// `token:` and the first 8 hex characters of the token's SHA-256, shortened as key hashes are
+/// in every log line: enough to tell tokens apart in an investigation (compute it with
+/// `printf %s "$TOKEN" | sha256sum`), useless to an attacker.
 pub(super) fn fingerprint(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut out = String::from("token:");
-    for byte in &digest[..4] {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+    format!("token:{}", KeyHash::of(token).short())
 }
 
 /// One admin call's audit record, filled in as the call is handled.

@@ -12,6 +12,7 @@ use super::audit::Audit;
 use super::{error, json};
 use crate::body::ProxyBody;
 use crate::gateway::Gateway;
+use crate::keys::KeyHash;
 use crate::revocation::{self, ApplyError, Kind, Revocation, wire};
 
 /// A revocation body is a few hundred bytes; anything this big is refused unread.
@@ -176,11 +177,10 @@ async fn lift(
 /// A revocation as the audit line shows it: a key hash shortened like everywhere in logs.
 fn audit_target(revocation: &Revocation) -> serde_json::Value {
     let mut value = wire::to_json(revocation);
-    if revocation.target.kind == Kind::KeyHash {
-        value["value"] = json!(format!(
-            "{}…",
-            revocation.target.value.get(..8).unwrap_or_default()
-        ));
+    if revocation.target.kind == Kind::KeyHash
+        && let Some(hash) = KeyHash::from_hex(&revocation.target.value)
+    {
+        value["value"] = json!(format!("{}…", hash.short()));
     }
     value
 }

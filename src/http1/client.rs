@@ -660,6 +660,40 @@ mod tests {
         assert_eq!(body_of(&mut parsed, b"okSTRAY"), b"ok");
     }
 
+    /// Byte level, the split check (a length test in the loop, the comparison out of line):
+    /// every controlled name spelled with `_` is left out whatever its case, and `_` names of
+    /// the same lengths that control nothing pass.
+    #[test]
+    fn underscored_controls_of_every_length_are_left_out_and_lookalikes_pass() {
+        let mut input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+        for dropped in [
+            "content_length",
+            "Transfer_Encoding",
+            "KEEP_ALIVE",
+            "Proxy_Authorization",
+            "proxy_anything",
+        ] {
+            input.extend_from_slice(format!("{dropped}: 1\r\n").as_bytes());
+        }
+        // Same lengths as controlled names (10, 14, 17), and a `p` start that is not `proxy-`.
+        for kept in ["x_a_b_c_de", "content_lengtx", "transfer_encodinx", "p_ath"] {
+            input.extend_from_slice(format!("{kept}: 1\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"\r\n");
+        let parsed = head(&input);
+        let names: Vec<&str> = parsed.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "content-length",
+                "x_a_b_c_de",
+                "content_lengtx",
+                "transfer_encodinx",
+                "p_ath"
+            ]
+        );
+    }
+
     #[test]
     fn malformed_heads_are_refused() {
         for input in [

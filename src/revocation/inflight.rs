@@ -459,6 +459,25 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_waiting_upload_is_woken_and_ends_while_the_registration_stays() {
+        let inflight = InFlight::new();
+        let tracked = inflight.register(&identity("a"));
+        let mut upload = CutBody::request(OneFrameThenSilence(false), tracked.cut().clone());
+        assert_eq!(
+            upload.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "first"
+        );
+        let waiting = tokio::spawn(async move { upload.frame().await });
+        tokio::task::yield_now().await;
+        assert_eq!(inflight.cut_matching(|_| true), 1);
+        assert!(waiting.await.unwrap().unwrap().unwrap_err().is::<Revoked>());
+        // The request body holds no registration: the response side (here `tracked`) does.
+        assert_eq!(inflight.len(), 1);
+        drop(tracked);
+        assert!(inflight.is_empty());
+    }
+
     /// An upstream that sends one frame and then nothing, never waking its reader.
     struct OneFrameThenSilence(bool);
 
