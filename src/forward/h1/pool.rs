@@ -65,7 +65,9 @@ pub(super) struct IdleConns {
 #[derive(Debug)]
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// When it is past the idle timeout: computed at check-in, so taking one out compares
+    /// instants instead of subtracting them.
+    expires: Instant,
     /// On probation: not reused before this instant, and only if proven quiet then.
     quiet_at: Option<Instant>,
 }
@@ -119,7 +121,7 @@ impl IdleConns {
         let mut idle = lock(&self.idle);
         let newest = idle.back()?;
         let now = Instant::now();
-        if now.duration_since(newest.since) >= POOL_IDLE_TIMEOUT {
+        if now >= newest.expires {
             // The newest is past the idle timeout, so every older one is too.
             let expired = std::mem::take(&mut *idle);
             drop(idle);
@@ -133,7 +135,7 @@ impl IdleConns {
         } else {
             idle.iter()
                 .rposition(|entry| {
-                    ready(entry) && now.duration_since(entry.since) < POOL_IDLE_TIMEOUT
+                    ready(entry) && now < entry.expires
                 })
                 .unwrap_or(newest_index)
         };
@@ -182,6 +184,7 @@ impl IdleConns {
             conn.write_buf = bytes::BytesMut::with_capacity(WRITE_BUFFER);
         }
         let since = Instant::now();
+        let expires = since + POOL_IDLE_TIMEOUT;
         let quiet_at = probation.then(|| since + QUIET_PERIOD);
         let mut idle = lock(&self.idle);
         if idle.len() >= POOL_MAX_IDLE_PER_HOST {
@@ -189,7 +192,7 @@ impl IdleConns {
         }
         idle.push_back(Idle {
             conn,
-            since,
+            expires,
             quiet_at,
         });
         drop(idle);
@@ -251,10 +254,11 @@ impl IdleConns {
 
     /// Closes connections idle past the timeout even when no request comes to notice them.
     fn reap(&self) {
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
         let fresh = idle
             .iter()
-            .position(|entry| entry.since.elapsed() < POOL_IDLE_TIMEOUT)
+            .position(|entry| now < entry.expires)
             .unwrap_or(idle.len());
         let expired: Vec<Idle> = idle.drain(..fresh).collect();
         drop(idle);
