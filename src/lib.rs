@@ -18,7 +18,7 @@
 //! | serving | `server` (listeners, the HTTP/1.1 connection, HTTP/2 via hyper), `admin` |
 //! | request | `pipeline` (the ordered stages), `gateway` (the live state a request reads) |
 //! | configuration | `config`: file → compiled, pure values |
-//! | domain | `routes` (table, normalization, access policy), `auth` (credentials, JWTs), `authz`, `keys` (records, cache, sources), `limits` (GCRA, Redis, budgets), `revocation` (revoked credentials, in-flight cuts), `forward` (upstream clients, tunnels) |
+//! | domain | `routes` (table, normalization, access policy), `auth` (credentials, JWTs), `authz`, `keys` (records, cache, sources), `key_service` (the built-in key database and its management API), `limits` (GCRA, Redis, budgets), `revocation` (revoked credentials, in-flight cuts), `forward` (upstream clients, tunnels) |
 //! | foundation | `http1` (the sans-IO codec), `connection` (what a client connection hands on), `headers`, `body`, `error`, `telemetry`, `location` |
 
 // Network-facing code never panics on input: no unwrap/expect outside tests.
@@ -39,6 +39,7 @@ pub mod config;
 pub mod auth;
 pub mod authz;
 pub mod forward;
+pub mod key_service;
 pub mod keys;
 pub mod limits;
 pub mod revocation;
