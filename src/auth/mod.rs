@@ -93,6 +93,13 @@ impl IdentityHeaderNames {
     }
 }
 
+/// Whether `value` may be sent as an identity header: visible ASCII (and tab) only. A value
+/// that is not is dropped, never passed through; `HeaderValue` alone would also accept obs-text
+/// (bytes >= 0x80), which `to_str` refuses.
+fn is_header_text(value: &str) -> bool {
+    HeaderValue::from_str(value).is_ok_and(|value| value.to_str().is_ok())
+}
+
 /// The fields an identity is built from.
 #[derive(Debug, Default)]
 pub struct IdentityFields<'a> {
@@ -175,7 +182,7 @@ impl Identity {
         for (name, value) in fields.claims {
             let lower = name.to_ascii_lowercase();
             let valid = HeaderName::from_bytes(format!("x-claim-{lower}").as_bytes()).is_ok()
-                && HeaderValue::from_str(value).is_ok();
+                && is_header_text(value);
             if valid {
                 claims.push((push(&lower), push(value)));
             }
@@ -201,11 +208,7 @@ impl Identity {
             header_text: 0,
         };
         for (bit, span) in identity.header_fields().into_iter().enumerate() {
-            // `to_str` refuses obs-text (bytes >= 0x80), which `HeaderValue` itself accepts:
-            // such a value is dropped, never passed through.
-            if identity.str(span).is_some_and(|value| {
-                HeaderValue::from_str(value).is_ok_and(|value| value.to_str().is_ok())
-            }) {
+            if identity.str(span).is_some_and(is_header_text) {
                 identity.header_text |= 1 << bit;
             }
         }
@@ -266,6 +269,14 @@ impl Identity {
             .unwrap_or_default()
             .split(' ')
             .filter(|scope| !scope.is_empty())
+    }
+
+    /// The claims forwarded as `<prefix>claim-<name>` (names lowercased): an API key's
+    /// custom claims, a JWT's `forward_claims`.
+    pub fn claims(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.claims
+            .iter()
+            .filter_map(|&(name, value)| Some((self.str(name)?, self.str(value)?)))
     }
 
     pub fn has_scope(&self, scope: &str) -> bool {
