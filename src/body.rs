@@ -25,6 +25,17 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// A JSON answer authgate gives itself (errors, the admin API, the key service).
+pub fn json_response(status: http::StatusCode, body: &serde_json::Value) -> http::Response<ProxyBody> {
+    let mut response = http::Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// An empty body.
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()

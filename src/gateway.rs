@@ -24,7 +24,7 @@ use crate::keys::{KeySource, KeyStore};
 use crate::limits::Limits;
 use crate::limits::local::{LocalStore, spawn_housekeeping};
 use crate::revocation::redis::ClusterSync;
-use crate::revocation::{self, ApplyError, Outcome, Revocation, Revocations, Target};
+use crate::revocation::{self, ApplyError, Lifted, Revocations, Revoked, Revoker, Target};
 use crate::routes::Route;
 use crate::telemetry::{AccessLog, Metrics, ResultLabels};
 
@@ -75,8 +75,8 @@ pub struct Gateway {
     clients: Mutex<UpstreamClients>,
     /// Revoked credentials and the requests in flight (survive every reload).
     pub revocations: Arc<Revocations>,
-    /// With `[redis]` (read at start): revocations shared with every instance.
-    cluster: Option<Arc<ClusterSync>>,
+    /// Revokes here and, with `[redis]` (read at start), on every instance.
+    revoker: Revoker,
 }
 
 impl Gateway {
@@ -151,8 +151,8 @@ impl Gateway {
                 revocations: revocations.clone(),
                 assertion,
             }),
+            revoker: Revoker::new(revocations.clone(), cluster),
             revocations,
-            cluster,
             clients: Mutex::new(clients),
             auth_metrics: AuthMetrics::new(metrics.auth.clone()),
             metrics,
@@ -289,27 +289,12 @@ impl Gateway {
     /// Revokes a credential on this instance (in force when this returns, running requests
     /// with it cut) and shares it with the cluster when `[redis]` is configured.
     pub async fn revoke(&self, target: Target) -> Result<Revoked, ApplyError> {
-        let outcome = self.revocations.revoke(target)?;
-        let cluster = match &self.cluster {
-            None => "none",
-            Some(sync) if sync.publish(&outcome.revocation).await => "published",
-            Some(_) => "failed",
-        };
-        Ok(Revoked { outcome, cluster })
+        self.revoker.revoke(target).await
     }
 
     /// Lifts a revocation on this instance and in the cluster.
     pub async fn lift_revocation(&self, id: &str) -> Option<Lifted> {
-        let revocation = self.revocations.lift(id)?;
-        let cluster = match &self.cluster {
-            None => "none",
-            Some(sync) if sync.publish_lift(&revocation).await => "published",
-            Some(_) => "failed",
-        };
-        Some(Lifted {
-            revocation,
-            cluster,
-        })
+        self.revoker.lift(id).await
     }
 
     pub fn set_ready(&self) {
@@ -333,25 +318,10 @@ impl Gateway {
     /// `false` while an instance with `[redis]` makes its first attempt to load the stored
     /// revocations (each step bounded; a failed attempt logs, counts and keeps retrying).
     pub fn revocations_settled(&self) -> bool {
-        self.cluster.as_ref().is_none_or(|sync| sync.is_settled())
+        self.revoker
+            .cluster()
+            .is_none_or(|sync| sync.is_settled())
     }
-}
-
-/// What [`Gateway::revoke`] did.
-#[derive(Debug)]
-pub struct Revoked {
-    pub outcome: Outcome,
-    /// `none` (no `[redis]`), `published` (stored and announced to every instance) or
-    /// `failed` (in force here only; logged and counted).
-    pub cluster: &'static str,
-}
-
-/// What [`Gateway::lift_revocation`] did.
-#[derive(Debug)]
-pub struct Lifted {
-    pub revocation: Arc<Revocation>,
-    /// As [`Revoked::cluster`].
-    pub cluster: &'static str,
 }
 
 /// Each route's live upstreams, by route index, from the gateway's clients.

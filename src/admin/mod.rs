@@ -8,7 +8,6 @@ mod revocations;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -51,12 +50,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<ProxyBody> {
-    let mut response = Response::new(full(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    crate::body::json_response(status, &body)
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {

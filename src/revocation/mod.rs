@@ -15,6 +15,7 @@
 pub mod inflight;
 pub mod list;
 pub mod redis;
+pub mod revoker;
 pub mod wire;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::telemetry::{RevocationMetrics, SourceLabels};
 
 pub use inflight::{Cut, InFlight, Tracked};
 pub use list::{Page, RevocationList};
+pub use revoker::{Lifted, Revoked, Revoker};
 pub use wire::{RequestError, parse_request};
 
 /// `[revocation] ttl` default: a revocation is held this long whatever the key source says.
