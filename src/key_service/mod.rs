@@ -4,4 +4,6 @@
 //!
 //! `model.rs` is what is stored and shown.
 
+pub mod database;
 pub mod model;
+pub mod settings;
