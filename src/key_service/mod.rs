@@ -4,5 +4,7 @@
 //!
 //! `model.rs` is what is stored and shown, `policy.rs` who may do what.
 
+pub mod database;
 pub mod model;
 pub mod policy;
+pub mod settings;

@@ -3,6 +3,7 @@
 //! see on the wire. The byte-level client and upstream are in `raw`.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod database;
 pub mod raw;
 
 use std::convert::Infallible;

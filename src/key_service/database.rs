@@ -1,0 +1,891 @@
+//! The key service's database: one pool over SQLite or PostgreSQL (sqlx's `Any` driver, so
+//! each query has one text for both engines), the embedded migrations, and every read and
+//! write of keys, audit events and usage.
+//!
+//! Values always travel as bound parameters, never spliced into SQL text. Every call is
+//! bounded in time (pool acquire, statement timeout, and an outer deadline), and every row read
+//! back is checked, so a hung database is `Unavailable` and a damaged row is `Corrupt`, never
+//! a hang or a panic.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Once;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migrate as _, MigrateError, Migration, MigrationType, Migrator};
+use sqlx::{Any, AnyPool, ConnectOptions as _, Executor as _, Row as _, Transaction};
+
+use super::model::{AuditEvent, KeyFilter, StoredKey, UsageBucket, UsageDelta};
+use super::settings::{DatabaseSettings, DatabaseUrl, redact_url};
+use crate::keys::record::{KeyRecord, RecordRate};
+use crate::keys::{KeyHash, Timestamp};
+
+/// How long a caller waits for a pooled connection before the database counts as down.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest one statement may run on PostgreSQL (server-side `statement_timeout`).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest SQLite waits for another writer's lock before giving up.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outer deadline of any one call, whatever the driver does: a hung database never hangs a
+/// caller forever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest page of `list_keys` and `list_audit`, whatever the caller asks.
+pub const MAX_PAGE: u32 = 1000;
+/// Most hourly buckets one `usage` call returns (a bit over a year).
+pub const MAX_USAGE_BUCKETS: u32 = 24 * 400;
+/// Longest migration applied at connect time; the schema is small, so this is generous.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Which database engine a URL named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connect, I/O, pool or statement timeout, lock wait: the database is down or overloaded.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint said no: a duplicate key id or hash, or a key already rotated.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A row that cannot be read back (bad JSON, bad hash, invalid record), or a value that
+    /// cannot be stored as it is.
+    #[error("corrupt key data: {0}")]
+    Corrupt(String),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+/// The key service's store. Cloning is cheap: it shares one pool.
+#[derive(Clone)]
+pub struct KeyDatabase {
+    pool: AnyPool,
+    engine: Engine,
+    /// The URL with its password hidden, for messages.
+    display_url: String,
+}
+
+impl std::fmt::Debug for KeyDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyDatabase")
+            .field("engine", &self.engine)
+            .field("url", &self.display_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The columns of `api_keys`, in the order `key_row` reads and `insert_key` binds them.
+const KEY_COLUMNS: &str = "key_id, hash, tenant_id, user_id, name, scopes, rate_limit, \
+     tokens_per_minute, expires_at, revoked, custom_claims, description, created_at, created_by, \
+     revoked_at, last_used_at, rotated_from, rotated_to";
+
+const INSERT_KEY: &str = "INSERT INTO api_keys (key_id, hash, tenant_id, user_id, name, scopes, \
+     rate_limit, tokens_per_minute, expires_at, revoked, custom_claims, description, created_at, \
+     created_by, revoked_at, last_used_at, rotated_from, rotated_to) VALUES ($1, $2, $3, $4, $5, \
+     $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
+/// Everything but the key id and the hash, which never change.
+const UPDATE_KEY: &str = "UPDATE api_keys SET tenant_id = $2, user_id = $3, name = $4, \
+     scopes = $5, rate_limit = $6, tokens_per_minute = $7, expires_at = $8, revoked = $9, \
+     custom_claims = $10, description = $11, created_at = $12, created_by = $13, \
+     revoked_at = $14, last_used_at = $15, rotated_from = $16, rotated_to = $17 \
+     WHERE key_id = $1";
+
+/// Adds one hour's counts to a key's bucket; a delta for a key the store does not hold is
+/// dropped (the `WHERE EXISTS`), so one stray key id cannot fail a whole batch.
+const UPSERT_USAGE: &str = "INSERT INTO key_usage (key_id, hour, requests, refused, tokens) \
+     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM api_keys WHERE key_id = $1) \
+     ON CONFLICT (key_id, hour) DO UPDATE SET requests = key_usage.requests + excluded.requests, \
+     refused = key_usage.refused + excluded.refused, tokens = key_usage.tokens + excluded.tokens";
+
+const TOUCH_KEY: &str = "UPDATE api_keys SET last_used_at = $2 \
+     WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
+
+static DRIVERS: Once = Once::new();
+
+impl KeyDatabase {
+    /// A pool for `settings.url`. Connections are opened on first use, so the gateway can
+    /// start while the database is down (requests then fail closed); a malformed URL fails
+    /// here.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbError> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let display_url = redact_url(&settings.url);
+        let location = DatabaseUrl::parse(&settings.url).map_err(DbError::Unavailable)?;
+        let max_connections = settings.max_connections.clamp(1, 1000);
+        let (engine, options, max_connections, keep_open) = match &location {
+            DatabaseUrl::SqliteFile(path) => {
+                let path = std::path::absolute(path).map_err(|error| {
+                    DbError::Unavailable(format!("{}: {error}", path.display()))
+                })?;
+                let text = path.to_str().ok_or_else(|| {
+                    DbError::Unavailable(format!("{} is not UTF-8", path.display()))
+                })?;
+                // `mode=rwc`: create the file when it is missing.
+                let url = format!("sqlite://{}?mode=rwc", encode_path(text));
+                (Engine::Sqlite, any_options(&url)?, max_connections, false)
+            }
+            // Each connection to `:memory:` is a database of its own: one connection, kept
+            // open for the pool's life, so every call sees the same data.
+            DatabaseUrl::SqliteMemory => (Engine::Sqlite, any_options("sqlite::memory:")?, 1, true),
+            DatabaseUrl::Postgres(url) => {
+                let options: AnyConnectOptions = url.parse().map_err(|error| {
+                    DbError::Unavailable(format!("bad database URL {display_url}: {error}"))
+                })?;
+                (Engine::Postgres, options, max_connections, false)
+            }
+        };
+        let options = options.disable_statement_logging();
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    match engine {
+                        Engine::Sqlite => {
+                            // WAL: readers (the request path) never wait for the writer.
+                            connection.execute("PRAGMA journal_mode = WAL").await?;
+                            connection
+                                .execute(
+                                    format!(
+                                        "PRAGMA busy_timeout = {}",
+                                        SQLITE_BUSY_TIMEOUT.as_millis()
+                                    )
+                                    .as_str(),
+                                )
+                                .await?;
+                            connection.execute("PRAGMA foreign_keys = ON").await?;
+                            connection.execute("PRAGMA synchronous = NORMAL").await?;
+                        }
+                        Engine::Postgres => {
+                            connection
+                                .execute(
+                                    format!(
+                                        "SET statement_timeout = {}",
+                                        STATEMENT_TIMEOUT.as_millis()
+                                    )
+                                    .as_str(),
+                                )
+                                .await?;
+                        }
+                    }
+                    Ok(())
+                })
+            });
+        if keep_open {
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = pool.connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            engine,
+            display_url,
+        })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The URL, password hidden.
+    pub fn display_url(&self) -> &str {
+        &self.display_url
+    }
+
+    /// Brings the schema up to date; returns the descriptions of the migrations applied now
+    /// (empty when it already was). A database migrated by a newer authgate, or one whose
+    /// applied migrations were edited, is refused.
+    pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
+        let migrator = migrator(self.engine);
+        let work = async {
+            let mut connection = self.pool.acquire().await.map_err(map_error)?;
+            connection
+                .ensure_migrations_table()
+                .await
+                .map_err(map_migrate_error)?;
+            let applied = connection
+                .list_applied_migrations()
+                .await
+                .map_err(map_migrate_error)?;
+            drop(connection);
+            migrator.run(&self.pool).await.map_err(map_migrate_error)?;
+            Ok(migrator
+                .iter()
+                .filter(|migration| !applied.iter().any(|a| a.version == migration.version))
+                .map(|migration| format!("{} {}", migration.version, migration.description))
+                .collect())
+        };
+        match tokio::time::timeout(MIGRATE_TIMEOUT, work).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::Unavailable(format!(
+                "migrating took longer than {}s",
+                MIGRATE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Stores a new key. A duplicate key id or hash is `Conflict`, and nothing is written.
+    pub async fn insert_key(&self, key: &StoredKey) -> Result<(), DbError> {
+        let row = KeyRow::from_key(key)?;
+        bounded(async {
+            row.bind_insert(sqlx::query(INSERT_KEY))
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The request path's lookup of an unknown-to-the-cache key: one query on the unique
+    /// hash index.
+    pub async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<StoredKey>, DbError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = $1");
+        let row = bounded(async {
+            sqlx::query(&sql)
+                .bind(hash.to_hex())
+                .fetch_optional(&self.pool)
+                .await
+        })
+        .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    pub async fn key_by_id(&self, key_id: &str) -> Result<Option<StoredKey>, DbError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1");
+        let row = bounded(async {
+            sqlx::query(&sql)
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await
+        })
+        .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// One keyset page: keys after `after_key_id` in key id order, at most `limit` (capped
+    /// at [`MAX_PAGE`]). Key ids sort by creation, so a page stays stable while keys are
+    /// created, and each page costs the same at any depth.
+    pub async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        after_key_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredKey>, DbError> {
+        let mut conditions = Vec::new();
+        let mut values: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("tenant_id", filter.tenant_id.as_deref()),
+            ("user_id", filter.user_id.as_deref()),
+        ] {
+            if let Some(value) = value {
+                values.push(value);
+                conditions.push(format!("{column} = ${}", values.len()));
+            }
+        }
+        if let Some(after) = after_key_id {
+            values.push(after);
+            conditions.push(format!("key_id > ${}", values.len()));
+        }
+        let filter_sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys{filter_sql} ORDER BY key_id LIMIT ${}",
+            values.len() + 1
+        );
+        let limit = i64::from(limit.clamp(1, MAX_PAGE));
+        let rows = bounded(async {
+            let mut query = sqlx::query(&sql);
+            for value in &values {
+                query = query.bind(*value);
+            }
+            query.bind(limit).fetch_all(&self.pool).await
+        })
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Keys of one user that are neither revoked nor expired at `now`.
+    pub async fn count_active_user_keys(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        now: Timestamp,
+    ) -> Result<u64, DbError> {
+        let count: i64 = bounded(async {
+            sqlx::query(
+                "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND user_id = $2 \
+                 AND revoked = 0 AND (expires_at IS NULL OR expires_at > $3)",
+            )
+            .bind(tenant_id)
+            .bind(user_id)
+            .bind(now.0)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)
+        })
+        .await?;
+        u64::try_from(count).map_err(|_| DbError::Corrupt(format!("negative count {count}")))
+    }
+
+    /// Writes the whole row of `key.key_id()` but its hash; false when there is no such key.
+    pub async fn update_key(&self, key: &StoredKey) -> Result<bool, DbError> {
+        let row = KeyRow::from_key(key)?;
+        bounded(async {
+            let done = row
+                .bind_update(sqlx::query(UPDATE_KEY))
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    /// In one transaction: writes `old` (its `rotated_to` and `expires_at` already set by the
+    /// caller) and inserts `new`. `old` must still be unrotated in the store, so two
+    /// concurrent rotations of one key cannot both win: the loser gets `Conflict` and nothing
+    /// of it is written.
+    pub async fn rotate(&self, old: &StoredKey, new: &StoredKey) -> Result<(), DbError> {
+        let old_row = KeyRow::from_key(old)?;
+        let new_row = KeyRow::from_key(new)?;
+        let old_id = old.key_id().to_owned();
+        let outcome = bounded(async {
+            let mut transaction: Transaction<'_, Any> = self.pool.begin().await?;
+            let updated = old_row
+                .bind_update(sqlx::query(&format!("{UPDATE_KEY} AND rotated_to IS NULL")))
+                .execute(&mut *transaction)
+                .await?;
+            if updated.rows_affected() == 0 {
+                transaction.rollback().await?;
+                return Ok(false);
+            }
+            new_row
+                .bind_insert(sqlx::query(INSERT_KEY))
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+            Ok(true)
+        })
+        .await?;
+        if outcome {
+            Ok(())
+        } else {
+            Err(DbError::Conflict(format!(
+                "key {old_id} does not exist or was already rotated"
+            )))
+        }
+    }
+
+    /// Appends one event; returns its sequence number (the audit log's order).
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<i64, DbError> {
+        bounded(async {
+            sqlx::query(
+                "INSERT INTO audit_log (time, tenant_id, actor, action, target, result, \
+                 request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+            )
+            .bind(event.time.0)
+            .bind(event.tenant_id.as_deref())
+            .bind(event.actor.as_str())
+            .bind(event.action.as_str())
+            .bind(event.target.as_str())
+            .bind(event.result.as_str())
+            .bind(event.request_id.as_deref())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)
+        })
+        .await
+    }
+
+    /// Events after `after_seq` in sequence order, at most `limit` (capped at [`MAX_PAGE`]);
+    /// one tenant's, or every event when `tenant_id` is `None`.
+    pub async fn list_audit(
+        &self,
+        tenant_id: Option<&str>,
+        after_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, DbError> {
+        let after = after_seq.unwrap_or(i64::MIN);
+        let limit = i64::from(limit.clamp(1, MAX_PAGE));
+        let columns = "seq, time, tenant_id, actor, action, target, result, request_id";
+        let rows = bounded(async {
+            match tenant_id {
+                Some(tenant) => {
+                    sqlx::query(&format!(
+                        "SELECT {columns} FROM audit_log WHERE tenant_id = $1 AND seq > $2 \
+                         ORDER BY seq LIMIT $3"
+                    ))
+                    .bind(tenant)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                }
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {columns} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+                    ))
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                }
+            }
+        })
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEvent {
+                    seq: row.try_get(0)?,
+                    time: Timestamp(row.try_get(1)?),
+                    tenant_id: row.try_get(2)?,
+                    actor: row.try_get(3)?,
+                    action: row.try_get(4)?,
+                    target: row.try_get(5)?,
+                    result: row.try_get(6)?,
+                    request_id: row.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|error| DbError::Corrupt(format!("audit row: {error}")))
+    }
+
+    /// Adds a batch of hourly counts (in one transaction: all of it or none) and moves each
+    /// key's `last_used_at` forward, never back. Deltas for keys the store does not hold are
+    /// dropped.
+    pub async fn add_usage(&self, batch: &[UsageDelta]) -> Result<(), DbError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        bounded(async {
+            let mut transaction: Transaction<'_, Any> = self.pool.begin().await?;
+            for delta in batch {
+                sqlx::query(UPSERT_USAGE)
+                    .bind(delta.key_id.as_str())
+                    .bind(delta.hour)
+                    .bind(saturating_i64(delta.counts.requests))
+                    .bind(saturating_i64(delta.counts.refused))
+                    .bind(saturating_i64(delta.counts.tokens))
+                    .execute(&mut *transaction)
+                    .await?;
+                sqlx::query(TOUCH_KEY)
+                    .bind(delta.key_id.as_str())
+                    .bind(delta.last_used_at.0)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            transaction.commit().await
+        })
+        .await
+    }
+
+    /// A key's hourly buckets with `from <= start < to`, oldest first (at most
+    /// [`MAX_USAGE_BUCKETS`]).
+    pub async fn usage(
+        &self,
+        key_id: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<UsageBucket>, DbError> {
+        let rows = bounded(async {
+            sqlx::query(
+                "SELECT hour, requests, refused, tokens FROM key_usage \
+                 WHERE key_id = $1 AND hour >= $2 AND hour < $3 ORDER BY hour LIMIT $4",
+            )
+            .bind(key_id)
+            .bind(from.0)
+            .bind(to.0)
+            .bind(i64::from(MAX_USAGE_BUCKETS))
+            .fetch_all(&self.pool)
+            .await
+        })
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let count = |index: usize| -> Result<u64, DbError> {
+                    let value: i64 = row.try_get(index).map_err(corrupt("usage row"))?;
+                    u64::try_from(value)
+                        .map_err(|_| DbError::Corrupt(format!("negative usage count {value}")))
+                };
+                Ok(UsageBucket {
+                    start: Timestamp(row.try_get(0).map_err(corrupt("usage row"))?),
+                    requests: count(1)?,
+                    refused: count(2)?,
+                    tokens: count(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        bounded(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Closes the pool's connections (the CLI, before it exits).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The pool, for tests and tools that need raw SQL (e.g. bulk fills).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+fn any_options(url: &str) -> Result<AnyConnectOptions, DbError> {
+    url.parse()
+        .map_err(|error| DbError::Unavailable(format!("bad SQLite path: {error}")))
+}
+
+/// Percent-encodes a file path for a `sqlite://` URL (the driver decodes it), so spaces,
+/// `?`, `#` and `%` in a folder name reach SQLite as they are. Built here rather than with the
+/// driver's own URL writer, which panics on some inputs.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The embedded migrations of `engine`; their checksums are kept by sqlx in
+/// `_sqlx_migrations`, so an edited, already-applied migration is refused.
+fn migrator(engine: Engine) -> Migrator {
+    let migrations = match engine {
+        Engine::Sqlite => [(
+            1,
+            "key service",
+            include_str!("../../migrations/sqlite/0001_key_service.sql"),
+        )],
+        Engine::Postgres => [(
+            1,
+            "key service",
+            include_str!("../../migrations/postgres/0001_key_service.sql"),
+        )],
+    };
+    // Built by hand rather than with `sqlx::migrate!`: the macro would compile sqlx's
+    // proc-macro crate with both drivers (SQLite's C library a second time in release
+    // builds) for what is a list of two files.
+    Migrator {
+        migrations: Cow::Owned(
+            migrations
+                .into_iter()
+                .map(|(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn map_migrate_error(error: MigrateError) -> DbError {
+    match error {
+        MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _) => {
+            match map_error(error) {
+                DbError::Unavailable(message) if !is_connection_message(&message) => {
+                    DbError::Migration(message)
+                }
+                other => other,
+            }
+        }
+        MigrateError::VersionMissing(version) => DbError::Migration(format!(
+            "the database has migration {version} applied, which this authgate does not \
+             know: it was migrated by a newer authgate, or by another program"
+        )),
+        MigrateError::VersionMismatch(version) => DbError::Migration(format!(
+            "migration {version} was applied with different contents than this authgate's"
+        )),
+        MigrateError::Dirty(version) => DbError::Migration(format!(
+            "migration {version} was left half-applied; repair the database by hand"
+        )),
+        other => DbError::Migration(other.to_string()),
+    }
+}
+
+fn is_connection_message(message: &str) -> bool {
+    message.starts_with("connect") || message.starts_with("timed out")
+}
+
+/// Runs one call under [`CALL_TIMEOUT`] and maps its error.
+async fn bounded<T>(work: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, DbError> {
+    match tokio::time::timeout(CALL_TIMEOUT, work).await {
+        Ok(result) => result.map_err(map_error),
+        Err(_) => Err(DbError::Unavailable(format!(
+            "timed out: no answer within {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn map_error(error: sqlx::Error) -> DbError {
+    match error {
+        sqlx::Error::Database(database) => {
+            if database.is_unique_violation() {
+                DbError::Conflict(unique_message(database.message()))
+            } else if database.is_foreign_key_violation() || database.is_check_violation() {
+                DbError::Corrupt(database.message().to_owned())
+            } else {
+                // Lock waits past busy_timeout, statement timeouts, a missing table (not
+                // migrated), a read-only or full disk: the store cannot serve the call.
+                DbError::Unavailable(database.message().to_owned())
+            }
+        }
+        sqlx::Error::PoolTimedOut => DbError::Unavailable(format!(
+            "timed out: no connection within {}s",
+            ACQUIRE_TIMEOUT.as_secs()
+        )),
+        sqlx::Error::Io(error) => DbError::Unavailable(format!("connect: {error}")),
+        sqlx::Error::Tls(error) => DbError::Unavailable(format!("connect: TLS: {error}")),
+        sqlx::Error::PoolClosed => DbError::Unavailable("the pool is closed".into()),
+        sqlx::Error::WorkerCrashed => DbError::Unavailable("the database worker stopped".into()),
+        sqlx::Error::Configuration(error) => {
+            DbError::Unavailable(format!("connect: bad configuration: {error}"))
+        }
+        error @ (sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. }) => DbError::Corrupt(error.to_string()),
+        other => DbError::Unavailable(other.to_string()),
+    }
+}
+
+/// Which unique index said no, in words; the driver's message names the index or column.
+fn unique_message(message: &str) -> String {
+    if message.contains("hash") {
+        "a key with this hash already exists".into()
+    } else if message.contains("key_id") || message.contains("pkey") {
+        "a key with this key_id already exists".into()
+    } else {
+        format!("duplicate value: {message}")
+    }
+}
+
+fn corrupt(what: &'static str) -> impl Fn(sqlx::Error) -> DbError {
+    move |error| DbError::Corrupt(format!("{what}: {error}"))
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A key as its column values.
+struct KeyRow {
+    key_id: String,
+    hash: String,
+    tenant_id: String,
+    user_id: Option<String>,
+    name: String,
+    scopes: String,
+    rate_limit: Option<String>,
+    tokens_per_minute: Option<i64>,
+    expires_at: Option<i64>,
+    revoked: i64,
+    custom_claims: String,
+    description: Option<String>,
+    created_at: i64,
+    created_by: String,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+    rotated_from: Option<String>,
+    rotated_to: Option<String>,
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+impl KeyRow {
+    /// Refuses what could not be read back: an invalid record, or a count too large for a
+    /// BIGINT.
+    fn from_key(key: &StoredKey) -> Result<Self, DbError> {
+        let record = &key.record;
+        record
+            .validate()
+            .map_err(|message| DbError::Corrupt(format!("refusing to store the key: {message}")))?;
+        // PostgreSQL's TEXT cannot hold NUL; refusing it on both engines keeps them alike.
+        // (Scopes and claims travel as JSON, where NUL is escaped.)
+        let texts = [
+            Some(record.key_id.as_str()),
+            Some(record.tenant_id.as_str()),
+            record.user_id.as_deref(),
+            Some(key.name.as_str()),
+            record.description.as_deref(),
+            Some(key.created_by.as_str()),
+            key.rotated_from.as_deref(),
+            key.rotated_to.as_deref(),
+        ];
+        if texts.into_iter().flatten().any(|text| text.contains('\0')) {
+            return Err(DbError::Corrupt(
+                "refusing to store the key: a text field contains a NUL character".into(),
+            ));
+        }
+        let json = |value: Result<String, serde_json::Error>| {
+            value.map_err(|error| DbError::Corrupt(format!("cannot encode the key: {error}")))
+        };
+        let tokens_per_minute = record
+            .tokens_per_minute
+            .map(|tokens| {
+                i64::try_from(tokens)
+                    .map_err(|_| DbError::Corrupt("tokens_per_minute is too large to store".into()))
+            })
+            .transpose()?;
+        Ok(Self {
+            key_id: record.key_id.clone(),
+            hash: key.hash.to_hex(),
+            tenant_id: record.tenant_id.clone(),
+            user_id: record.user_id.clone(),
+            name: key.name.clone(),
+            scopes: json(serde_json::to_string(&record.scopes))?,
+            rate_limit: record
+                .rate_limit
+                .map(|rate| json(serde_json::to_string(&rate)))
+                .transpose()?,
+            tokens_per_minute,
+            expires_at: record.expires_at.map(|at| at.0),
+            revoked: i64::from(record.revoked),
+            custom_claims: json(serde_json::to_string(&record.custom_claims))?,
+            description: record.description.clone(),
+            created_at: key.created_at.0,
+            created_by: key.created_by.clone(),
+            revoked_at: key.revoked_at.map(|at| at.0),
+            last_used_at: key.last_used_at.map(|at| at.0),
+            rotated_from: key.rotated_from.clone(),
+            rotated_to: key.rotated_to.clone(),
+        })
+    }
+
+    /// Binds `$1`…`$18` of [`INSERT_KEY`].
+    fn bind_insert<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        query
+            .bind(self.key_id.as_str())
+            .bind(self.hash.as_str())
+            .bind(self.tenant_id.as_str())
+            .bind(self.user_id.as_deref())
+            .bind(self.name.as_str())
+            .bind(self.scopes.as_str())
+            .bind(self.rate_limit.as_deref())
+            .bind(self.tokens_per_minute)
+            .bind(self.expires_at)
+            .bind(self.revoked)
+            .bind(self.custom_claims.as_str())
+            .bind(self.description.as_deref())
+            .bind(self.created_at)
+            .bind(self.created_by.as_str())
+            .bind(self.revoked_at)
+            .bind(self.last_used_at)
+            .bind(self.rotated_from.as_deref())
+            .bind(self.rotated_to.as_deref())
+    }
+
+    /// Binds `$1`…`$17` of [`UPDATE_KEY`] (the hash is not among them).
+    fn bind_update<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        query
+            .bind(self.key_id.as_str())
+            .bind(self.tenant_id.as_str())
+            .bind(self.user_id.as_deref())
+            .bind(self.name.as_str())
+            .bind(self.scopes.as_str())
+            .bind(self.rate_limit.as_deref())
+            .bind(self.tokens_per_minute)
+            .bind(self.expires_at)
+            .bind(self.revoked)
+            .bind(self.custom_claims.as_str())
+            .bind(self.description.as_deref())
+            .bind(self.created_at)
+            .bind(self.created_by.as_str())
+            .bind(self.revoked_at)
+            .bind(self.last_used_at)
+            .bind(self.rotated_from.as_deref())
+            .bind(self.rotated_to.as_deref())
+    }
+}
+
+/// Reads a row of [`KEY_COLUMNS`] back into a key, checking everything a hand-edited or
+/// damaged row could get wrong.
+fn key_from_row(row: &AnyRow) -> Result<StoredKey, DbError> {
+    let key_id: String = row.try_get(0).map_err(corrupt("key row"))?;
+    let bad = |what: &str| DbError::Corrupt(format!("key {key_id:?}: {what}"));
+    let get_text = |index: usize| -> Result<String, DbError> {
+        row.try_get(index).map_err(|error| bad(&error.to_string()))
+    };
+    let get_opt_text = |index: usize| -> Result<Option<String>, DbError> {
+        row.try_get(index).map_err(|error| bad(&error.to_string()))
+    };
+    let get_int = |index: usize| -> Result<i64, DbError> {
+        row.try_get(index).map_err(|error| bad(&error.to_string()))
+    };
+    let get_opt_int = |index: usize| -> Result<Option<i64>, DbError> {
+        row.try_get(index).map_err(|error| bad(&error.to_string()))
+    };
+    let hash_text = get_text(1)?;
+    let hash = KeyHash::from_hex(&hash_text)
+        .filter(|hash| hash.to_hex() == hash_text)
+        .ok_or_else(|| bad("the stored hash is not 64 lowercase hex characters"))?;
+    let scopes: Vec<String> =
+        serde_json::from_str(&get_text(5)?).map_err(|error| bad(&format!("scopes: {error}")))?;
+    let rate_limit: Option<RecordRate> = get_opt_text(6)?
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|error| bad(&format!("rate_limit: {error}")))?;
+    let tokens_per_minute = get_opt_int(7)?
+        .map(u64::try_from)
+        .transpose()
+        .map_err(|_| bad("negative tokens_per_minute"))?;
+    let revoked = match get_int(9)? {
+        0 => false,
+        1 => true,
+        other => return Err(bad(&format!("revoked is {other}, not 0 or 1"))),
+    };
+    let custom_claims: BTreeMap<String, String> = serde_json::from_str(&get_text(10)?)
+        .map_err(|error| bad(&format!("custom_claims: {error}")))?;
+    let record = KeyRecord {
+        key_id: key_id.clone(),
+        tenant_id: get_text(2)?,
+        user_id: get_opt_text(3)?,
+        scopes,
+        rate_limit,
+        tokens_per_minute,
+        expires_at: get_opt_int(8)?.map(Timestamp),
+        revoked,
+        custom_claims,
+        description: get_opt_text(11)?,
+    };
+    record.validate().map_err(|message| bad(&message))?;
+    Ok(StoredKey {
+        record,
+        hash,
+        name: get_text(4)?,
+        created_at: Timestamp(get_int(12)?),
+        created_by: get_text(13)?,
+        revoked_at: get_opt_int(14)?.map(Timestamp),
+        last_used_at: get_opt_int(15)?.map(Timestamp),
+        rotated_from: get_opt_text(16)?,
+        rotated_to: get_opt_text(17)?,
+    })
+}
