@@ -26,7 +26,10 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 }
 
 /// A JSON answer authgate gives itself (errors, the admin API, the key service).
-pub fn json_response(status: http::StatusCode, body: &serde_json::Value) -> http::Response<ProxyBody> {
+pub fn json_response(
+    status: http::StatusCode,
+    body: &serde_json::Value,
+) -> http::Response<ProxyBody> {
     let mut response = http::Response::new(full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(

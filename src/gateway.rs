@@ -10,17 +10,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use tokio::sync::broadcast;
 
 use crate::auth::AuthMetrics;
 use crate::auth::assertion::AssertionSigner;
 use crate::auth::jwt::JwtValidator;
 use crate::config::{self, Config, ConfigError, ConfigErrors};
 use crate::forward::{UpstreamClients, Upstreams};
+use crate::key_service::database::{DbError, KeyDatabase};
+use crate::key_service::service::KeyService;
+use crate::key_service::settings::DatabaseSettings;
+use crate::key_service::sync::{self, KeyChanges};
+use crate::key_service::usage::UsageRecorder;
 use crate::keys::cache::KeyMetrics;
 use crate::keys::control_plane::{ControlPlane, ControlPlaneAuth};
 use crate::keys::file_source::{FileKeys, KeyFileErrors};
 use crate::keys::settings::{ControlPlaneAuthSettings, KeySourceSettings};
-use crate::keys::{KeySource, KeyStore};
+use crate::keys::{KeyHash, KeySource, KeyStore};
 use crate::limits::Limits;
 use crate::limits::local::{LocalStore, spawn_housekeeping};
 use crate::revocation::redis::ClusterSync;
@@ -44,6 +50,10 @@ pub struct Runtime {
     pub revocations: Arc<Revocations>,
     /// `None` without `identity.assertion`; kept across reloads while key and ttl stay.
     pub assertion: Option<Arc<AssertionSigner>>,
+    /// With `[database]` (read at start): the key service, the same in every snapshot.
+    pub key_service: Option<Arc<KeyService>>,
+    /// Per-key usage counting: with the key service as the key source only.
+    pub usage: Option<Arc<UsageRecorder>>,
 }
 
 impl Runtime {
@@ -77,14 +87,52 @@ pub struct Gateway {
     pub revocations: Arc<Revocations>,
     /// Revokes here and, with `[redis]` (read at start), on every instance.
     revoker: Revoker,
+    /// Changed keys, announced by the key service and the cluster: every key store of this
+    /// instance drops its cached answer.
+    key_changes: broadcast::Sender<KeyHash>,
+    /// With `[database]`: the key service (its database is opened once, at start).
+    key_service: Option<Arc<KeyService>>,
 }
 
 impl Gateway {
     /// Builds the state, opening the key source the config names (must run inside tokio).
+    /// With `[database]`, the database is opened and migrated first; a database that cannot
+    /// be reached does not stop the start (keys fail closed until it answers), a migration
+    /// that fails does.
+    pub async fn open(config: Config, access_log: AccessLog) -> Result<Self, String> {
+        let database = match &config.database {
+            Some(settings) => Some(open_database(settings).await?),
+            None => None,
+        };
+        Self::new_with_database(config, access_log, database)
+    }
+
+    /// [`Gateway::open`] without a database (`[database]` must be absent).
     pub fn new(config: Config, access_log: AccessLog) -> Result<Self, String> {
+        if config.database.is_some() {
+            return Err("[database] needs Gateway::open".to_owned());
+        }
+        Self::new_with_database(config, access_log, None)
+    }
+
+    fn new_with_database(
+        config: Config,
+        access_log: AccessLog,
+        database: Option<KeyDatabase>,
+    ) -> Result<Self, String> {
         let metrics = Metrics::new();
-        let keys = build_key_store(&config, &metrics)?;
-        Self::assemble(config, keys, metrics, access_log)
+        let (key_changes, _) = broadcast::channel(sync::LOCAL_BACKLOG);
+        let keys = build_key_store(&config, &metrics, database.as_ref(), &key_changes)?;
+        let jwt = build_jwt_validator(&config, &metrics)?;
+        Self::from_parts(
+            config,
+            keys,
+            jwt,
+            metrics,
+            access_log,
+            database,
+            key_changes,
+        )
     }
 
     /// Builds the state around a ready key store (`authgate demo` keeps its keys in memory).
@@ -96,17 +144,8 @@ impl Gateway {
         let metrics = Metrics::new();
         let keys = Some(make_store(&metrics));
         let jwt = build_jwt_validator(&config, &metrics).unwrap_or_default();
-        Self::from_parts(config, keys, jwt, metrics, access_log)
-    }
-
-    fn assemble(
-        config: Config,
-        keys: Option<Arc<KeyStore>>,
-        metrics: Metrics,
-        access_log: AccessLog,
-    ) -> Result<Self, String> {
-        let jwt = build_jwt_validator(&config, &metrics)?;
-        Self::from_parts(config, keys, jwt, metrics, access_log)
+        let (key_changes, _) = broadcast::channel(sync::LOCAL_BACKLOG);
+        Self::from_parts(config, keys, jwt, metrics, access_log, None, key_changes)
     }
 
     fn from_parts(
@@ -115,6 +154,8 @@ impl Gateway {
         jwt: Option<Arc<JwtValidator>>,
         metrics: Metrics,
         access_log: AccessLog,
+        database: Option<KeyDatabase>,
+        key_changes: broadcast::Sender<KeyHash>,
     ) -> Result<Self, String> {
         let limit_store = Arc::new(LocalStore::default());
         let principals = metrics.limits.principals.clone();
@@ -137,8 +178,26 @@ impl Gateway {
         let cluster = config
             .redis
             .as_ref()
-            .map(|redis| ClusterSync::start(redis, revocations.clone()))
+            .map(|redis| ClusterSync::start(redis, revocations.clone(), key_changes.clone()))
             .transpose()?;
+        let revoker = Revoker::new(revocations.clone(), cluster.clone());
+        let key_service = database.map(|database| {
+            let usage = UsageRecorder::new(
+                metrics.key_usage_dropped.clone(),
+                metrics.key_usage_flushes.clone(),
+            );
+            if let Some(settings) = &config.database {
+                usage.spawn_flusher(database.clone(), settings.usage_flush);
+            }
+            let url = config
+                .database
+                .as_ref()
+                .map_or("", |settings| settings.url.as_str());
+            let changes = KeyChanges::new(key_changes.clone(), cluster.clone(), &database, url);
+            changes.spawn_listener(&revocations);
+            Arc::new(KeyService::new(database, revoker.clone(), usage, changes))
+        });
+        let usage = usage_recorder(&config, key_service.as_ref());
         let assertion = build_assertion(&config, None)?;
         Ok(Self {
             config_path: config.path.clone(),
@@ -150,8 +209,12 @@ impl Gateway {
                 upstreams,
                 revocations: revocations.clone(),
                 assertion,
+                key_service: key_service.clone(),
+                usage,
             }),
-            revoker: Revoker::new(revocations.clone(), cluster),
+            revoker,
+            key_changes,
+            key_service,
             revocations,
             clients: Mutex::new(clients),
             auth_metrics: AuthMetrics::new(metrics.auth.clone()),
@@ -168,6 +231,11 @@ impl Gateway {
     /// The config in force now.
     pub fn config(&self) -> Arc<Config> {
         self.runtime.load().config.clone()
+    }
+
+    /// The key service, with `[database]`.
+    pub fn key_service(&self) -> Option<&Arc<KeyService>> {
+        self.key_service.as_ref()
     }
 
     /// The API-key store in force now (`None` when no route accepts API keys).
@@ -220,7 +288,9 @@ impl Gateway {
             let store = if keep_store {
                 current
             } else {
-                build_key_store(&new, &self.metrics).map_err(|m| self.reload_error(m))?
+                let database = self.key_service.as_ref().map(|service| service.database());
+                build_key_store(&new, &self.metrics, database, &self.key_changes)
+                    .map_err(|m| self.reload_error(m))?
             };
             // Issuers unchanged: keep the validator, its key sets and its token cache.
             let keep_jwt = running.config.jwt_issuers == new.jwt_issuers;
@@ -245,6 +315,11 @@ impl Gateway {
         match result {
             Ok((new, store, kept, jwt, limits, upstreams, assertion)) => {
                 let old = &running.config;
+                if new.database != old.database {
+                    tracing::warn!(
+                        "[database] changed in the config; the key service follows on restart."
+                    );
+                }
                 if new.redis != old.redis {
                     tracing::warn!(
                         "[redis] changed in the config; the revocation channel follows on restart."
@@ -258,6 +333,7 @@ impl Gateway {
                 for warning in &new.warnings {
                     tracing::warn!(warning = %warning, "Config warning.");
                 }
+                let usage = usage_recorder(&new, self.key_service.as_ref());
                 self.runtime.store(Arc::new(Runtime {
                     config: Arc::new(new),
                     keys: store,
@@ -266,6 +342,8 @@ impl Gateway {
                     upstreams,
                     revocations: self.revocations.clone(),
                     assertion,
+                    key_service: self.key_service.clone(),
+                    usage,
                 }));
                 self.revocations.set_settings(self.config().revocation);
                 self.metrics
@@ -318,9 +396,7 @@ impl Gateway {
     /// `false` while an instance with `[redis]` makes its first attempt to load the stored
     /// revocations (each step bounded; a failed attempt logs, counts and keeps retrying).
     pub fn revocations_settled(&self) -> bool {
-        self.revoker
-            .cluster()
-            .is_none_or(|sync| sync.is_settled())
+        self.revoker.cluster().is_none_or(|sync| sync.is_settled())
     }
 }
 
@@ -375,8 +451,62 @@ fn build_jwt_validator(
     )))
 }
 
+/// Opens the key database and applies its migrations. An unreachable database is retried in
+/// the background (the gateway starts, keys fail closed meanwhile); a failed migration is an
+/// error: the schema is not what this version needs.
+async fn open_database(settings: &DatabaseSettings) -> Result<KeyDatabase, String> {
+    let database = KeyDatabase::connect(settings)
+        .await
+        .map_err(|error| format!("[database]: {error}"))?;
+    match database.migrate().await {
+        Ok(applied) => {
+            for migration in applied {
+                tracing::info!(%migration, "Key database migration applied.");
+            }
+        }
+        Err(DbError::Unavailable(error)) => {
+            tracing::error!(%error, "The key database is unreachable; API keys fail closed until it answers. Retrying.");
+            let retry = database.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    match retry.migrate().await {
+                        Ok(_) => {
+                            tracing::info!("The key database answers; migrations are applied.");
+                            return;
+                        }
+                        Err(DbError::Unavailable(_)) => {}
+                        Err(error) => {
+                            tracing::error!(%error, "Key database migration failed.");
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Err(error) => return Err(format!("[database] migration failed: {error}")),
+    }
+    Ok(database)
+}
+
+/// The usage counters requests add to: with the key service as the key source.
+fn usage_recorder(
+    config: &Config,
+    service: Option<&Arc<KeyService>>,
+) -> Option<Arc<UsageRecorder>> {
+    match config.api_keys.source {
+        KeySourceSettings::Database => service.map(|service| service.usage().clone()),
+        KeySourceSettings::File(_) | KeySourceSettings::ControlPlane(_) => None,
+    }
+}
+
 /// Opens the key source and builds the store, when any route accepts API keys.
-fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyStore>>, String> {
+fn build_key_store(
+    config: &Config,
+    metrics: &Metrics,
+    database: Option<&KeyDatabase>,
+    key_changes: &broadcast::Sender<KeyHash>,
+) -> Result<Option<Arc<KeyStore>>, String> {
     if !config.api_keys.in_use {
         return Ok(None);
     }
@@ -387,6 +517,10 @@ fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyS
                 .map_err(|errors| KeyFileErrors(errors).to_string())?;
             KeySource::File(file)
         }
+        KeySourceSettings::Database => match database {
+            Some(database) => KeySource::Store(Arc::new(database.clone())),
+            None => return Err("api_keys.source = \"database\" needs [database]".to_owned()),
+        },
         KeySourceSettings::ControlPlane(control_plane) => {
             let auth = match &control_plane.auth {
                 ControlPlaneAuthSettings::None => ControlPlaneAuth::None,
@@ -423,5 +557,6 @@ fn build_key_store(config: &Config, metrics: &Metrics) -> Result<Option<Arc<KeyS
     if let KeySource::File(file) = store.source() {
         file.spawn_watcher(Arc::downgrade(&store));
     }
+    store.follow_changes(key_changes.subscribe());
     Ok(Some(store))
 }

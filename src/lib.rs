@@ -163,7 +163,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         let access_log = telemetry::AccessLog::stdout();
-        let gateway = match gateway::Gateway::new(config, access_log.clone()) {
+        let gateway = match gateway::Gateway::open(config, access_log.clone()).await {
             Ok(gateway) => std::sync::Arc::new(gateway),
             Err(error) => {
                 eprintln!("cannot start: {error}");

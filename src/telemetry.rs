@@ -109,6 +109,10 @@ pub struct Metrics {
     pub jwks_refresh: Family<JwksLabels, Counter>,
     pub limits: LimitMetrics,
     pub revocations: RevocationMetrics,
+    /// `authgate_key_usage_flushes_total{result}`: the key service's usage batches written.
+    pub key_usage_flushes: Family<ResultLabels, Counter>,
+    /// `authgate_key_usage_dropped_total`: usage counts lost to the memory bounds.
+    pub key_usage_dropped: Counter,
 }
 
 /// `authgate_revocations_*`: recorded by the revocation list, read by dashboards and alerts.
@@ -321,6 +325,18 @@ impl Metrics {
             "Key file reloads by result: success, error (the previous key set stays in force)",
             key_file_reloads.clone(),
         );
+        let key_usage_flushes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "key_usage_flushes",
+            "Per-key usage batches written to the key database, by result: success, error (kept and retried)",
+            key_usage_flushes.clone(),
+        );
+        let key_usage_dropped = Counter::default();
+        registry.register(
+            "key_usage_dropped",
+            "Per-key usage counts dropped: more distinct keys in one interval, or more unwritten batches, than the bounds allow",
+            key_usage_dropped.clone(),
+        );
         let jwks_refresh = Family::<JwksLabels, Counter>::default();
         registry.register(
             "jwks_refresh",
@@ -392,7 +408,7 @@ impl Metrics {
             "Revocations not shared with or not read from Redis, by reason: publish, subscribe, load, full (the list had no room), malformed (a message that is not a revocation)",
             revocations.sync_errors.clone(),
         );
-        for source in ["api", "redis"] {
+        for source in ["api", "redis", "database"] {
             let _ = revocations.applied.get_or_create(&SourceLabels { source });
         }
         for reason in ["publish", "subscribe", "load", "full", "malformed"] {
@@ -404,6 +420,7 @@ impl Metrics {
         for result in ["success", "error"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
             let _ = key_file_reloads.get_or_create(&ResultLabels { result });
+            let _ = key_usage_flushes.get_or_create(&ResultLabels { result });
         }
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -421,6 +438,8 @@ impl Metrics {
             jwks_refresh,
             limits,
             revocations,
+            key_usage_flushes,
+            key_usage_dropped,
         }
     }
 

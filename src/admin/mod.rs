@@ -1,8 +1,9 @@
 //! The admin listener: `/health`, `/ready`, `/metrics`, and the token-protected `/admin/*`
-//! API (reload, revocations). It runs on its own address so it can stay on loopback. Every
+//! API (reload, revocations, keys). It runs on its own address so it can stay on loopback. Every
 //! `/admin/*` call leaves one audit line (`audit.rs`).
 
 mod audit;
+mod keys;
 mod revocations;
 
 use std::convert::Infallible;
@@ -135,6 +136,9 @@ async fn admin_api(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respon
                 if path == "/admin/revocations" || path.starts_with("/admin/revocations/") =>
             {
                 revocations::handle(gateway, request, &mut audit).await
+            }
+            (_, path) if crate::key_service::api::Mount::Admin.owns(path) => {
+                keys::handle(gateway, request, &request_id, &mut audit).await
             }
             _ => error(
                 StatusCode::NOT_FOUND,

@@ -67,6 +67,8 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
     let redis = compile_redis(&file, &mut errors);
     let rate_limits = compile_rate_limits(&file, redis.as_ref(), &mut errors);
     let revocation = compile_revocation(&file, &mut errors);
+    let database = super::key_service::compile_database(&file, &base_dir, &mut errors);
+    let key_management = super::key_service::compile_key_management(&file, &mut errors);
 
     let log = LogSettings {
         format: file.log.format.unwrap_or(LogFormat::Json),
@@ -112,6 +114,8 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         rate_limits,
         redis,
         revocation,
+        database,
+        key_management,
         log,
         routes,
         warnings,
@@ -427,6 +431,15 @@ fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>)
             );
             // The file itself is read by `authgate check` and when the gateway starts.
             KeySourceSettings::File(path)
+        }
+        KeySourceKind::Database => {
+            if file.database.is_none() {
+                errors.at(
+                    0..0,
+                    "api_keys.source = \"database\" needs a [database] section",
+                );
+            }
+            KeySourceSettings::Database
         }
         KeySourceKind::ControlPlane => match &file.control_plane {
             Some(control_plane) => compile_control_plane(control_plane.get_ref(), errors),

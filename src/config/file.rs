@@ -58,6 +58,8 @@ pub struct FileConfig {
     pub rate_limits: FileRateLimits,
     pub redis: Option<FileRedis>,
     pub revocation: Option<FileRevocation>,
+    pub database: Option<Spanned<FileDatabase>>,
+    pub key_management: Option<FileKeyManagement>,
     #[serde(default)]
     pub log: FileLog,
     #[serde(default)]
@@ -157,6 +159,25 @@ pub struct FileApiKeys {
 pub enum KeySourceKind {
     File,
     ControlPlane,
+    /// The key service's own database (`[database]`).
+    Database,
+}
+
+/// `[database]`: the key service's store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDatabase {
+    pub url: Spanned<Text>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub usage_flush: Option<Spanned<DurationValue>>,
+}
+
+/// `[key_management]`: who manages keys through the built-in service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeyManagement {
+    pub admin_scope: Option<Spanned<Text>>,
+    pub max_keys_per_user: Option<Spanned<u64>>,
 }
 
 /// `[control_plane]`.

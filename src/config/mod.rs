@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod file;
 mod jwt;
+mod key_service;
 mod route;
 mod support;
 pub mod values;
@@ -43,6 +44,10 @@ pub struct Config {
     /// `[redis]`: cluster rate limits (when `rate_limits.backend = "redis"`) and revocations.
     pub redis: Option<crate::limits::settings::RedisSettings>,
     pub revocation: crate::revocation::RevocationSettings,
+    /// `[database]`: the key service's store (`None`: no key service).
+    pub database: Option<crate::key_service::settings::DatabaseSettings>,
+    /// `[key_management]`.
+    pub key_management: crate::key_service::settings::ManagementSettings,
     pub log: LogSettings,
     pub routes: RouteTable,
     /// Non-fatal findings (shadowed routes), printed by `authgate check` and logged at start.

@@ -15,11 +15,13 @@ use crate::forward::{UpstreamProtocol, UpstreamSpec, UpstreamTarget};
 use crate::limits::settings::{Rate, UsageRule};
 use crate::routes::normalize::normalize_path;
 use crate::routes::policy::{AccessPolicy, AuthPolicy, ScopeRule};
-use crate::routes::{PathPattern, Route, RouteMatch};
+use crate::routes::{Builtin, PathPattern, Route, RouteMatch};
 
 /// What the route's forwarding settings compile to.
 struct Forwarding {
     upstream: UpstreamSpec,
+    /// `upstream = "builtin:…"`: answered by authgate itself (`upstream` has no targets).
+    builtin: Option<Builtin>,
     strip_prefix: Option<String>,
     timeout: Duration,
 }
@@ -52,6 +54,7 @@ pub(super) fn compile_route(
         route,
         &span,
         matcher.as_ref().map(|matcher| &matcher.path),
+        file,
         base_dir,
         errors,
     );
@@ -64,6 +67,7 @@ pub(super) fn compile_route(
         index,
         matcher: matcher?,
         upstream: forwarding.upstream,
+        builtin: forwarding.builtin,
         access,
         rate_limit,
         usage,
@@ -282,6 +286,7 @@ fn compile_forwarding(
     route: &FileRoute,
     span: &Range<usize>,
     path: Option<&PathPattern>,
+    file: &FileConfig,
     base_dir: &Path,
     errors: &mut Errors<'_>,
 ) -> Option<Forwarding> {
@@ -323,8 +328,9 @@ fn compile_forwarding(
     if urls.is_empty() {
         errors.at(upstream_span.clone(), "upstream must not be an empty list");
     }
+    let builtin = compile_builtin(route, &upstream_span, file, errors);
     let mut targets = Vec::with_capacity(urls.len());
-    for url in urls {
+    for url in urls.iter().filter(|_| builtin.is_none()) {
         match UpstreamTarget::parse(url.as_str()) {
             Ok(target) => targets.push(target),
             Err(message) => errors.at(upstream_span.clone(), message),
@@ -344,9 +350,59 @@ fn compile_forwarding(
             protocol,
             ca: extra_ca.map(|(path, _)| path),
         },
+        builtin,
         strip_prefix,
         timeout,
     })
+}
+
+/// `upstream = "builtin:key-management"`: the key service's management API, which needs the
+/// key database and callers the gateway authenticated.
+fn compile_builtin(
+    route: &FileRoute,
+    span: &Range<usize>,
+    file: &FileConfig,
+    errors: &mut Errors<'_>,
+) -> Option<Builtin> {
+    let urls = &route.upstream.get_ref().0;
+    let named = urls
+        .iter()
+        .find_map(|url| url.as_str().strip_prefix("builtin:"))?;
+    if urls.len() != 1 {
+        errors.at(
+            span.clone(),
+            "a builtin upstream stands alone: upstream = \"builtin:key-management\"",
+        );
+        return None;
+    }
+    let builtin = match named {
+        "key-management" => Builtin::KeyManagement,
+        other => {
+            errors.at(
+                span.clone(),
+                format!(
+                    "unknown builtin upstream {other:?}; the one there is: builtin:key-management"
+                ),
+            );
+            return None;
+        }
+    };
+    if file.database.is_none() {
+        errors.at(
+            span.clone(),
+            "builtin:key-management needs a [database] section (the key service's store)",
+        );
+    }
+    if matches!(route.auth.get_ref(), FileAuth::None) {
+        errors.at(
+            route.auth.span(),
+            "builtin:key-management must be authenticated: auth = [\"jwt\", \"api_key\"] (or one of them)",
+        );
+    }
+    if route.websocket {
+        errors.at(span.clone(), "builtin:key-management takes no WebSocket");
+    }
+    Some(builtin)
 }
 
 /// A route path must already be in normalized form, or it could never match.

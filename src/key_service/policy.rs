@@ -136,7 +136,9 @@ impl Caller {
             Role::TenantAdmin | Role::User => {
                 let own = self.tenant_id.clone().ok_or(Refusal::Tenant("no tenant"))?;
                 if tenant_id.is_some_and(|tenant| tenant != own) {
-                    return Err(Refusal::Tenant("keys can only be created in your own tenant"));
+                    return Err(Refusal::Tenant(
+                        "keys can only be created in your own tenant",
+                    ));
                 }
                 if self.role == Role::TenantAdmin {
                     return Ok((own, user_id.map(str::to_owned)));
@@ -235,8 +237,7 @@ impl Caller {
 
     /// `key` if the caller may see it, else [`Refusal::NotFound`] (as for an unknown id).
     pub fn visible(&self, key: Option<StoredKey>) -> Result<StoredKey, Refusal> {
-        key.filter(|key| self.may_see(key))
-            .ok_or(Refusal::NotFound)
+        key.filter(|key| self.may_see(key)).ok_or(Refusal::NotFound)
     }
 
     /// The keys a listing covers. `tenant_id` is honoured for the operator only (others list
@@ -410,7 +411,9 @@ mod tests {
             Err(Refusal::Tenant(_))
         ));
         assert_eq!(
-            operator.owner_of_new_key(Some("globex"), Some("x")).unwrap(),
+            operator
+                .owner_of_new_key(Some("globex"), Some("x"))
+                .unwrap(),
             ("globex".into(), Some("x".into()))
         );
     }
@@ -422,7 +425,12 @@ mod tests {
             assert!(holder.bound_grant(scopes(&["read"])).is_ok());
             assert!(holder.bound_grant(scopes(&["read", "write"])).is_ok());
             assert!(holder.bound_grant(scopes(&[])).is_ok());
-            for escalation in [&["admin"][..], &["read", "admin"], &["keys:admin"], &["READ"]] {
+            for escalation in [
+                &["admin"][..],
+                &["read", "admin"],
+                &["keys:admin"],
+                &["READ"],
+            ] {
                 assert!(
                     matches!(
                         holder.bound_grant(scopes(escalation)),
@@ -432,7 +440,11 @@ mod tests {
                 );
             }
         }
-        assert!(Caller::operator().bound_grant(scopes(&["anything"])).is_ok());
+        assert!(
+            Caller::operator()
+                .bound_grant(scopes(&["anything"]))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `[database]`, compiled: where the key service's database is and how hard to use it, and
-//! the parsing of database URLs (`sqlite:…` forms and `postgres://…`).
+//! `[database]` and `[key_management]`, compiled: where the key service's database is and how
+//! hard to use it, who manages keys, and the parsing of database URLs (`sqlite:…` forms and
+//! `postgres://…`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -146,6 +147,24 @@ impl DatabaseUrl {
                 }
             }
             _ => Ok(url.to_owned()),
+        }
+    }
+}
+
+/// `[key_management]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementSettings {
+    /// Holders manage every key of their tenant.
+    pub admin_scope: String,
+    /// Active keys one user may hold in one tenant.
+    pub max_keys_per_user: u64,
+}
+
+impl Default for ManagementSettings {
+    fn default() -> Self {
+        Self {
+            admin_scope: "keys:admin".to_owned(),
+            max_keys_per_user: 100,
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::settings::ApiKeySettings;
 use super::{KeyHash, KeyRecord, KeySource, SourceError, Timestamp, is_well_formed};
@@ -146,6 +146,30 @@ impl KeyStore {
     /// Drops the cached decision for one key.
     pub fn invalidate(&self, hash: &KeyHash) {
         self.cache.remove(hash);
+    }
+
+    /// Drops cached answers for keys announced as changed (the key service, here or on
+    /// another instance), for as long as the store lives. A lookup already under way may
+    /// have read the old record: it is answered but not cached. A store that fell behind
+    /// the announcements drops everything, since it cannot tell which keys it missed.
+    pub fn follow_changes(self: &Arc<Self>, mut changes: broadcast::Receiver<KeyHash>) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let change = changes.recv().await;
+                let Some(store) = store.upgrade() else {
+                    return;
+                };
+                match change {
+                    Ok(hash) => {
+                        store.generation.fetch_add(1, Ordering::AcqRel);
+                        store.invalidate(&hash);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => store.invalidate_all(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Cached entries (for tests and memory reports).

@@ -16,6 +16,8 @@ pub mod settings;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -141,6 +143,20 @@ pub enum KeySource {
     ControlPlane(Box<control_plane::ControlPlane>),
     /// A fixed set held in memory (`authgate demo`).
     Memory(KeyMap),
+    /// A store that implements [`RecordSource`] (the key service's database).
+    Store(Arc<dyn RecordSource>),
+}
+
+/// The answer of a [`RecordSource`] lookup.
+pub type RecordLookup<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<KeyRecord>, SourceError>> + Send + 'a>>;
+
+/// A key source implemented outside this module (so the key cache needs to know nothing of
+/// databases): one lookup by hash, `Ok(None)` for an unknown key.
+pub trait RecordSource: Send + Sync + fmt::Debug {
+    fn lookup<'a>(&'a self, hash: &'a KeyHash) -> RecordLookup<'a>;
+    /// `authgate_key_source_requests_total` and logs name it so.
+    fn kind(&self) -> &'static str;
 }
 
 /// The key source could not answer (timeout, 5xx, garbage): distinct from "unknown key".
@@ -155,6 +171,7 @@ impl KeySource {
             Self::File(file) => Ok(file.get(hash)),
             Self::ControlPlane(control_plane) => control_plane.lookup(hash).await,
             Self::Memory(map) => Ok(map.get(hash).cloned()),
+            Self::Store(store) => store.lookup(hash).await,
         }
     }
 
@@ -163,6 +180,7 @@ impl KeySource {
             Self::File(_) => "file",
             Self::ControlPlane(_) => "control_plane",
             Self::Memory(_) => "memory",
+            Self::Store(store) => store.kind(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct ApiKeySettings {
 pub enum KeySourceSettings {
     File(PathBuf),
     ControlPlane(ControlPlaneSettings),
+    /// The key service's database (`[database]`), opened once by the gateway.
+    Database,
 }
 
 /// `[control_plane]`, compiled.

@@ -22,6 +22,7 @@
 //! with nothing forwarded.
 
 mod answer;
+mod builtin;
 mod finish;
 mod precheck;
 mod proxy;
@@ -147,6 +148,12 @@ pub async fn answer(
     if let Some(route) = &context.route {
         finish.route = SharedLabel(route.clone());
     }
+    // Per-key usage of the key service's keys: counted in memory, written in batches.
+    if let (Some(usage), Some(identity)) = (&runtime.usage, &context.identity)
+        && let Some(key_id) = identity.key_id()
+    {
+        usage.request(key_id, result.is_err());
+    }
     if let Some(log) = &mut finish.log {
         let record = &mut log.record;
         record.route.clone_from(&context.route);
@@ -259,6 +266,20 @@ async fn handle_inner(
         }
         None => None,
     };
+
+    // A builtin upstream (the key service) answers here, once every check above passed.
+    if route.builtin.is_some() {
+        return builtin::answer(
+            runtime,
+            route,
+            &parts,
+            body,
+            &target,
+            identity.as_deref(),
+            request_id,
+        )
+        .await;
+    }
 
     // 5. Rewrite: credentials dropped, our identity headers, forwarding headers.
     proxy::rewrite(

@@ -93,6 +93,8 @@ pub enum Source {
     Api,
     /// The Redis channel or the stored set: another instance or another system.
     Redis,
+    /// A PostgreSQL notification of the key service on another instance (no Redis).
+    Database,
 }
 
 impl Source {
@@ -100,6 +102,7 @@ impl Source {
         match self {
             Self::Api => "api",
             Self::Redis => "redis",
+            Self::Database => "database",
         }
     }
 }

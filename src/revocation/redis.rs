@@ -9,6 +9,11 @@
 //! is missed; after losing Redis it does both again (catching up), and writes back this
 //! instance's own revocations that the hash lacks (their announcement may have failed while
 //! Redis was down). While Redis is unreachable, everything already known stays in force.
+//!
+//! The key service announces changed keys on the same channel, `{"key_changed": "<hash>"}`,
+//! so every instance drops its cached answer for that key. Those are announced only, not
+//! stored: an instance that missed one while disconnected refreshes the key within its
+//! `cache_ttl`, while revocations, which cannot wait, are caught up from the hash.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +26,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::{Value, json};
 
 use super::{Revocation, Revocations, Source, wire};
-use crate::keys::Timestamp;
+use crate::keys::{KeyHash, Timestamp};
 use crate::limits::settings::RedisSettings;
 use crate::telemetry::ReasonLabels;
 
@@ -53,12 +58,33 @@ fn tombstone(revocation: &Revocation) -> Value {
 /// What one stored value or announcement says.
 enum Message {
     Revoke(Revocation),
-    Lift { id: String, expires_at: Timestamp },
+    Lift {
+        id: String,
+        expires_at: Timestamp,
+    },
+    /// A key's record changed in the key service's database.
+    KeyChanged(KeyHash),
+}
+
+/// The announcement of a changed key.
+pub fn key_changed_message(hash: &KeyHash) -> Value {
+    json!({ "key_changed": hash.to_hex() })
 }
 
 fn read_message(bytes: &[u8]) -> Result<Message, wire::RequestError> {
+    let parsed = serde_json::from_slice::<Value>(bytes);
+    if let Ok(Value::Object(fields)) = &parsed
+        && fields.len() == 1
+        && let Some(hash) = fields.get("key_changed")
+    {
+        return hash
+            .as_str()
+            .and_then(KeyHash::from_hex)
+            .map(Message::KeyChanged)
+            .ok_or_else(|| wire::RequestError("key_changed needs a 64-hex key hash".into()));
+    }
     // A tombstone is recognised by its flag; anything else must be a whole revocation.
-    if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(bytes)
+    if let Ok(Value::Object(fields)) = parsed
         && fields.get("lifted") == Some(&Value::Bool(true))
     {
         let id = fields.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -100,6 +126,8 @@ pub struct ClusterSync {
     /// Lifts made here that Redis did not take: their tombstones are written back, and the
     /// revocations they lift are not taken back from the hash meanwhile.
     unwritten_lifts: Mutex<HashMap<Box<str>, Arc<Revocation>>>,
+    /// Where announced key changes go: every key store of this instance listens.
+    key_changes: tokio::sync::broadcast::Sender<KeyHash>,
 }
 
 impl std::fmt::Debug for ClusterSync {
@@ -117,6 +145,7 @@ impl ClusterSync {
     pub fn start(
         settings: &RedisSettings,
         revocations: Arc<Revocations>,
+        key_changes: tokio::sync::broadcast::Sender<KeyHash>,
     ) -> Result<Arc<Self>, String> {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|error| format!("redis.url: {error}"))?;
@@ -137,6 +166,7 @@ impl ClusterSync {
             loads: std::sync::atomic::AtomicU64::new(0),
             write_back_due: AtomicBool::new(false),
             unwritten_lifts: Mutex::default(),
+            key_changes,
         });
         let weak = Arc::downgrade(&sync);
         tokio::spawn(async move { subscribe_loop(weak).await });
@@ -151,6 +181,26 @@ impl ClusterSync {
     /// Whether the first attempt to load them has ended (readiness waits for this).
     pub fn is_settled(&self) -> bool {
         self.settled.load(Ordering::Acquire)
+    }
+
+    /// Announces (without storing) that a key changed, so every instance drops its cached
+    /// answer; `false` when Redis did not take it in time (logged and counted).
+    pub async fn announce_key_change(&self, hash: &KeyHash) -> bool {
+        let text = key_changed_message(hash).to_string();
+        let mut connection = self.connection.clone();
+        let published = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            connection.publish::<_, _, ()>(&self.channel, text),
+        )
+        .await;
+        if matches!(published, Ok(Ok(()))) {
+            return true;
+        }
+        self.sync_error("publish");
+        tracing::warn!(
+            "Redis did not take a key-change announcement; other instances refresh the key within their cache_ttl."
+        );
+        false
     }
 
     /// Stores and announces a revocation made here; `false` when Redis did not take it (it is
@@ -257,6 +307,10 @@ impl ClusterSync {
             Ok(Message::Lift { id, .. }) => {
                 self.revocations.lift(&id);
             }
+            Ok(Message::KeyChanged(hash)) => {
+                // Nobody listening (no key store) is not an error.
+                let _ = self.key_changes.send(hash);
+            }
             Err(error) => {
                 self.sync_error("malformed");
                 tracing::warn!(%error, "Ignored a malformed revocation message from Redis.");
@@ -277,7 +331,7 @@ impl ClusterSync {
             let expires_at = match read_message(bytes) {
                 Ok(Message::Revoke(revocation)) => revocation.expires_at,
                 Ok(Message::Lift { expires_at, .. }) => expires_at,
-                Err(_) => {
+                Ok(Message::KeyChanged(_)) | Err(_) => {
                     self.receive(bytes);
                     continue;
                 }

@@ -27,6 +27,13 @@ pub enum PathPattern {
     Prefix(String),
 }
 
+/// An upstream authgate implements itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// `builtin:key-management`: the key service's management API.
+    KeyManagement,
+}
+
 /// Everything a route matches on.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
@@ -76,6 +83,8 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// Where requests go, as configured; the gateway holds the live clients for it.
     pub upstream: UpstreamSpec,
+    /// Answered by authgate itself instead of an upstream (`upstream` then has no targets).
+    pub builtin: Option<Builtin>,
     /// Accepted credentials, required scopes and tenants.
     pub access: AccessPolicy,
     pub rate_limit: Option<Rate>,
@@ -253,7 +262,11 @@ pub fn host_without_port(host: &str) -> &str {
     // A port is the run of digits after the last `:`. Scanned back over bytes: this runs for
     // every request, and the generic reverse `char` search costs several times more.
     let bytes = host.as_bytes();
-    let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     match bytes.len().checked_sub(digits + 1) {
         Some(colon) if bytes[colon] == b':' => &host[..colon],
         _ => host,

@@ -69,7 +69,9 @@ impl ServerHandle {
 
 /// Builds the gateway state from `config`, binds both listeners and serves until `shutdown()`.
 pub async fn start(config: Config, access_log: AccessLog) -> io::Result<ServerHandle> {
-    let gateway = Gateway::new(config, access_log).map_err(io::Error::other)?;
+    let gateway = Gateway::open(config, access_log)
+        .await
+        .map_err(io::Error::other)?;
     start_gateway(Arc::new(gateway)).await
 }
 
