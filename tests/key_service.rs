@@ -1,0 +1,803 @@
+//! The key service end to end, on SQLite and on PostgreSQL: the management API through the
+//! gateway (callers authenticated by the gateway itself) and on the admin listener, who may do
+//! what, keys taking effect at once (here and on a second instance), usage, the audit log, and
+//! a database that is down.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::database::TestDatabase;
+use common::{TestGateway, Upstream, client};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use sqlx::Row as _;
+
+const ADMIN_TOKEN: &str = "admin-token-for-the-key-service-tests";
+
+/// A gateway whose API keys live in `database`: the management API on `/v1/api-keys` and
+/// `/v1/audit-log`, a protected `/api/` route (scope `read`) to `upstream`.
+fn config(database: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+token = "{ADMIN_TOKEN}"
+[log]
+access_log = false
+[api_keys]
+source = "database"
+[database]
+url = "{database}"
+usage_flush = "1s"
+[key_management]
+max_keys_per_user = 5
+
+[[routes]]
+name = "keys"
+match = {{ path_prefix = "/v1/api-keys" }}
+upstream = "builtin:key-management"
+auth = ["api_key"]
+
+[[routes]]
+name = "audit"
+match = {{ path = "/v1/audit-log" }}
+upstream = "builtin:key-management"
+auth = ["api_key"]
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api/" }}
+upstream = "{upstream}"
+auth = ["api_key"]
+scopes = ["read"]
+{extra}
+"#
+    )
+}
+
+async fn start(database_url: &str, upstream: &Upstream) -> TestGateway {
+    TestGateway::start(&config(database_url, &upstream.url(), "")).await
+}
+
+/// A call with a bearer credential: status and JSON body.
+async fn call(method: &str, url: &str, bearer: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client().request(method, url).bearer_auth(bearer);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Creates a key through the admin listener (the operator: any tenant).
+async fn admin_create(gateway: &TestGateway, body: Value) -> (String, Value) {
+    let (status, answer) = call(
+        "POST",
+        &gateway.admin_url("/admin/keys"),
+        ADMIN_TOKEN,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    (
+        answer["key"].as_str().unwrap().to_owned(),
+        answer["api_key"].clone(),
+    )
+}
+
+/// A tenant admin of `tenant` (scopes `keys:admin read write`).
+async fn tenant_admin(gateway: &TestGateway, tenant: &str) -> String {
+    admin_create(
+        gateway,
+        json!({"tenant_id": tenant, "name": "root", "scopes": ["keys:admin", "read", "write"]}),
+    )
+    .await
+    .0
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn api_status(gateway: &TestGateway, key: &str) -> StatusCode {
+    call("GET", &gateway.url("/api/x"), key, None).await.0
+}
+
+async fn rows(database: &TestDatabase, sql: &str) -> Vec<sqlx::any::AnyRow> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&database.url).await.unwrap();
+    let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+    pool.close().await;
+    rows
+}
+
+/// The whole lifecycle: create (the key shown once, only its hash stored), use, list while
+/// creating more, patch, rotate, revoke, and the audit trail of each step.
+async fn lifecycle(database: TestDatabase) {
+    let upstream = Upstream::start().await;
+    let gateway = start(&database.url, &upstream).await;
+    let root = tenant_admin(&gateway, "acme").await;
+
+    // Create: 201, the key once, a record without the hash beyond 8 hex characters.
+    let (status, created) = call(
+        "POST",
+        &gateway.url("/v1/api-keys"),
+        &root,
+        Some(json!({"name": "ci", "scopes": ["read"], "user_id": "alice", "expires_in": "30d"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let record = &created["api_key"];
+    let key_id = record["key_id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sgk_"));
+    assert_eq!(record["tenant_id"], "acme");
+    assert_eq!(record["user_id"], "alice");
+    assert_eq!(record["scopes"], json!(["read"]));
+    assert_eq!(record["revoked"], false);
+    assert!(record["expires_at"].is_string());
+    let full_hash = hex(&sha2::Sha256::digest(key.as_bytes()));
+    assert_eq!(record["hash_prefix"], full_hash[..8]);
+    assert!(!created.to_string().contains(&full_hash));
+
+    // Only the hash is in the database: the table holds it, and nowhere the key.
+    let stored = rows(
+        &database,
+        &format!("SELECT * FROM api_keys WHERE key_id = '{key_id}'"),
+    )
+    .await;
+    assert_eq!(stored.len(), 1);
+    let hash: String = stored[0].try_get("hash").unwrap();
+    assert_eq!(hash, full_hash);
+    let everything = rows(&database, "SELECT * FROM api_keys").await;
+    for row in &everything {
+        for index in 0..row.len() {
+            if let Ok(text) = row.try_get::<String, _>(index) {
+                assert!(!text.contains(&key), "the plain key is stored");
+            }
+        }
+    }
+
+    // Use it: forwarded with its identity.
+    assert_eq!(api_status(&gateway, &key).await, StatusCode::OK);
+    let seen = upstream.last();
+    assert_eq!(
+        seen.header("x-auth-key-id").as_deref(),
+        Some(key_id.as_str())
+    );
+    assert_eq!(seen.header("x-auth-tenant-id").as_deref(), Some("acme"));
+    assert_eq!(seen.header("x-auth-user-id").as_deref(), Some("alice"));
+    assert_eq!(seen.header("authorization"), None);
+
+    // List with pagination while more keys are created: every key exactly once.
+    let mut listed = Vec::new();
+    let mut token: Option<String> = None;
+    let mut extra = 0;
+    loop {
+        // A key created between pages lands after every key listed so far (ids sort by
+        // creation): it shows up on a later page, and nothing shifts.
+        if extra < 3 {
+            let (status, _) = call(
+                "POST",
+                &gateway.url("/v1/api-keys"),
+                &root,
+                Some(json!({"name": format!("more-{extra}"), "scopes": ["read"]})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED);
+            extra += 1;
+        }
+        let url = match &token {
+            Some(token) => gateway.url(&format!("/v1/api-keys?page_size=2&page_token={token}")),
+            None => gateway.url("/v1/api-keys?page_size=2"),
+        };
+        let (status, page) = call("GET", &url, &root, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let keys = page["api_keys"].as_array().unwrap();
+        assert!(keys.len() <= 2);
+        for key in keys {
+            assert_eq!(key["hash_prefix"].as_str().unwrap().len(), 8);
+            assert!(key.get("hash").is_none());
+            listed.push(key["key_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_page_token"].as_str() {
+            Some(next) => token = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut unique = listed.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), listed.len(), "a key listed twice: {listed:?}");
+    // Every key there is (nothing was created after the last page), each exactly once.
+    let (_, all) = call(
+        "GET",
+        &gateway.url("/v1/api-keys?page_size=100"),
+        &root,
+        None,
+    )
+    .await;
+    let mut everything: Vec<String> = all["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["key_id"].as_str().unwrap().to_owned())
+        .collect();
+    everything.sort();
+    assert_eq!(unique, everything);
+    assert!(everything.len() >= 4 && listed.contains(&key_id));
+
+    // Patch: the scope goes, and the next request already sees it (cached key invalidated).
+    let (status, patched) = call(
+        "PATCH",
+        &gateway.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        Some(json!({"scopes": [], "description": "narrowed"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["api_key"]["scopes"], json!([]));
+    assert_eq!(patched["api_key"]["description"], "narrowed");
+    let (status, body) = call("GET", &gateway.url("/api/x"), &key, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(code(&body), "INSUFFICIENT_SCOPE");
+    let (status, _) = call(
+        "PATCH",
+        &gateway.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        Some(json!({"scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(api_status(&gateway, &key).await, StatusCode::OK);
+
+    // Rotate with a grace: both keys work; the two records are linked.
+    let (status, rotated) = call(
+        "POST",
+        &gateway.url(&format!("/v1/api-keys/{key_id}/rotate")),
+        &root,
+        Some(json!({"grace": "1h"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    let new_id = rotated["api_key"]["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["api_key"]["rotated_from"], key_id.as_str());
+    assert_eq!(rotated["previous"]["rotated_to"], new_id.as_str());
+    assert_eq!(rotated["api_key"]["scopes"], json!(["read"]));
+    assert_eq!(api_status(&gateway, &key).await, StatusCode::OK);
+    assert_eq!(api_status(&gateway, &new_key).await, StatusCode::OK);
+    // Rotating it again is a conflict.
+    let (status, body) = call(
+        "POST",
+        &gateway.url(&format!("/v1/api-keys/{key_id}/rotate")),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // Rotate without grace: the old key fails at once.
+    let (status, rotated_now) = call(
+        "POST",
+        &gateway.url(&format!("/v1/api-keys/{new_id}/rotate")),
+        &root,
+        Some(json!({"grace": "0s"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated_now}");
+    let newest = rotated_now["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api_status(&gateway, &new_key).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(api_status(&gateway, &newest).await, StatusCode::OK);
+
+    // Revoke: the next request is 401 AUTH_KEY_REVOKED; revoking again answers the same.
+    let (status, revoked) = call(
+        "DELETE",
+        &gateway.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(revoked["api_key"]["revoked"], true);
+    assert!(revoked["api_key"]["revoked_at"].is_string());
+    assert!(revoked["aborted_requests"].is_u64());
+    let (status, body) = call("GET", &gateway.url("/api/x"), &key, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(code(&body), "AUTH_KEY_REVOKED");
+    let (status, again) = call(
+        "DELETE",
+        &gateway.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["api_key"]["revoked"], true);
+    // A revoked key cannot be changed.
+    let (status, _) = call(
+        "PATCH",
+        &gateway.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The audit log: every mutation, in order, with actor, action, target, result, request id.
+    let (status, audit) = call(
+        "GET",
+        &gateway.url("/v1/audit-log?page_size=100"),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let events = audit["events"].as_array().unwrap();
+    let actions: Vec<(&str, &str)> = events
+        .iter()
+        .map(|event| {
+            (
+                event["action"].as_str().unwrap(),
+                event["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("create", "ok"),
+        ("update", "ok"),
+        ("rotate", "ok"),
+        ("rotate", "CONFLICT"),
+        ("revoke", "ok"),
+        ("update", "CONFLICT"),
+    ] {
+        assert!(actions.contains(&expected), "{expected:?} in {actions:?}");
+    }
+    let create = events
+        .iter()
+        .find(|event| event["action"] == "create" && event["target"] == key_id.as_str())
+        .unwrap();
+    assert!(create["actor"].as_str().unwrap().ends_with("@acme"));
+    assert!(create["request_id"].is_string());
+    assert!(create["time"].is_string());
+
+    // Usage: flushed within a couple of seconds, counted per hour.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, usage) = call(
+            "GET",
+            &gateway.url(&format!("/v1/api-keys/{key_id}/usage")),
+            &root,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{usage}");
+        let requests: u64 = usage["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|bucket| bucket["requests"].as_u64().unwrap())
+            .sum();
+        if requests >= 4 {
+            let refused: u64 = usage["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|bucket| bucket["refused"].as_u64().unwrap())
+                .sum();
+            assert!(refused >= 1, "the 403 is counted as refused: {usage}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "usage never flushed: {usage}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, one) = call(
+        "GET",
+        &gateway.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(one["api_key"]["last_used_at"].is_string(), "{one}");
+    assert!(one["usage_24h"]["requests"].as_u64().unwrap() >= 4);
+}
+
+/// Who may do what: self-service, tenant admin, another tenant, the operator.
+async fn authorization_matrix(database: TestDatabase) {
+    let upstream = Upstream::start().await;
+    let gateway = start(&database.url, &upstream).await;
+    let acme_admin = tenant_admin(&gateway, "acme").await;
+    let globex_admin = tenant_admin(&gateway, "globex").await;
+    let (alice, alice_record) = admin_create(
+        &gateway,
+        json!({"tenant_id": "acme", "user_id": "alice", "name": "alice", "scopes": ["read", "write"]}),
+    )
+    .await;
+    let alice_id = alice_record["key_id"].as_str().unwrap().to_owned();
+    let keys = gateway.url("/v1/api-keys");
+
+    // Alice (no admin scope) acts as her own key's subject, in her own tenant.
+    let (status, own) = call(
+        "POST",
+        &keys,
+        &alice,
+        Some(json!({"name": "mine", "scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{own}");
+    assert_eq!(
+        own["api_key"]["user_id"],
+        alice_id.as_str(),
+        "self-service keys are the caller's"
+    );
+    let own_id = own["api_key"]["key_id"].as_str().unwrap().to_owned();
+    for (body, expected) in [
+        (json!({"name": "x", "user_id": "bob"}), "INSUFFICIENT_SCOPE"),
+        (
+            json!({"name": "x", "scopes": ["admin"]}),
+            "INSUFFICIENT_SCOPE",
+        ),
+        (
+            json!({"name": "x", "scopes": ["keys:admin"]}),
+            "INSUFFICIENT_SCOPE",
+        ),
+        (
+            json!({"name": "x", "custom_claims": {"role": "admin"}}),
+            "INSUFFICIENT_SCOPE",
+        ),
+        (
+            json!({"name": "x", "tenant_id": "globex"}),
+            "TENANT_NOT_ALLOWED",
+        ),
+    ] {
+        let (status, answer) = call("POST", &keys, &alice, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body} -> {answer}");
+        assert_eq!(code(&answer), expected, "{body}");
+    }
+    // She sees her own keys only; the tenant admin's key is "not found" to her.
+    let (status, listing) = call("GET", &keys, &alice, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = listing["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![own_id.as_str()]);
+    let (status, answer) = call("GET", &format!("{keys}?user_id=bob"), &alice, None).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE")
+    );
+    let (_, admin_listing) = call("GET", &keys, &acme_admin, None).await;
+    let admin_key_id = admin_listing["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["name"] == "root")
+        .unwrap()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for method in ["GET", "DELETE"] {
+        let (status, answer) = call(method, &format!("{keys}/{admin_key_id}"), &alice, None).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            "{method}"
+        );
+    }
+    let (status, _) = call("GET", &gateway.url("/v1/audit-log"), &alice, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The tenant admin sees every key of acme, none of globex; globex's admin none of acme's.
+    let (_, listing) = call("GET", &format!("{keys}?page_size=100"), &acme_admin, None).await;
+    assert_eq!(listing["api_keys"].as_array().unwrap().len(), 3);
+    for method in ["GET", "DELETE", "PATCH"] {
+        let body = (method == "PATCH").then(|| json!({"name": "stolen"}));
+        let (status, answer) = call(method, &format!("{keys}/{own_id}"), &globex_admin, body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            "{method}"
+        );
+    }
+    let (status, _) = call("GET", &format!("{keys}/{own_id}"), &acme_admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    // A tenant admin creates for any user of its tenant, never beyond what it holds.
+    let (status, for_bob) = call(
+        "POST",
+        &keys,
+        &acme_admin,
+        Some(json!({"name": "bob", "user_id": "bob", "scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{for_bob}");
+    let (status, answer) = call(
+        "POST",
+        &keys,
+        &acme_admin,
+        Some(json!({"name": "x", "scopes": ["billing"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE")
+    );
+    // Escalation by PATCH is refused too.
+    let (status, _) = call(
+        "PATCH",
+        &format!("{keys}/{own_id}"),
+        &alice,
+        Some(json!({"scopes": ["read", "admin"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The operator manages every tenant, and must name the tenant of a new key.
+    let (status, answer) = call(
+        "POST",
+        &gateway.admin_url("/admin/keys"),
+        ADMIN_TOKEN,
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "TENANT_NOT_ALLOWED")
+    );
+    let (status, listing) = call(
+        "GET",
+        &gateway.admin_url("/admin/keys?page_size=100"),
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listing["api_keys"].as_array().unwrap().len(), 5);
+    let (status, _) = call(
+        "GET",
+        &gateway.admin_url("/admin/keys"),
+        "wrong-token",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // max_keys_per_user = 5: alice holds 1 more than her own record... fill up to the bound.
+    let mut created = 1;
+    loop {
+        let (status, answer) = call("POST", &keys, &alice, Some(json!({"name": "more"}))).await;
+        if status == StatusCode::CONFLICT {
+            assert_eq!(code(&answer), "CONFLICT");
+            break;
+        }
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        created += 1;
+        assert!(created <= 5, "max_keys_per_user not enforced");
+    }
+}
+
+/// Bad input: clear 4xx JSON errors and nothing written.
+async fn hostile_input(database: TestDatabase) {
+    let upstream = Upstream::start().await;
+    let gateway = start(&database.url, &upstream).await;
+    let root = tenant_admin(&gateway, "acme").await;
+    let keys = gateway.url("/v1/api-keys");
+    let before = rows(&database, "SELECT key_id FROM api_keys").await.len();
+    let oversized = json!({"name": "x", "description": "d".repeat(100_000)});
+    for (body, status) in [
+        (json!({"name": "x", "unknown": 1}), StatusCode::BAD_REQUEST),
+        (json!({"name": ""}), StatusCode::BAD_REQUEST),
+        (json!({"name": "a\u{0}b"}), StatusCode::BAD_REQUEST),
+        (
+            json!({"name": "x", "expires_in": "soon"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "expires_in": "1d", "expires_at": "2030-01-01T00:00:00Z"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "scopes": ["a b"]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "rate_limit": {"requests_per_second": 0, "burst": 1}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "tokens_per_minute": 0}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!(["not", "an", "object"]), StatusCode::BAD_REQUEST),
+        (oversized, StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let (got, answer) = call("POST", &keys, &root, Some(body.clone())).await;
+        assert_eq!(
+            got,
+            status,
+            "{} -> {answer}",
+            body.to_string().chars().take(80).collect::<String>()
+        );
+        assert!(answer["error"]["message"].is_string(), "{answer}");
+    }
+    let response = client()
+        .post(&keys)
+        .bearer_auth(&root)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    for (method, path) in [
+        ("GET", "/v1/api-keys?limit=5"),
+        ("GET", "/v1/api-keys?page_size=1000"),
+        ("GET", "/v1/api-keys?page_token=%27%20OR%201%3D1"),
+        ("GET", "/v1/api-keys/key'%20OR%201=1"),
+        ("PUT", "/v1/api-keys"),
+        ("GET", "/v1/api-keys/x/nope"),
+        ("POST", "/v1/api-keys/unknown_key/rotate"),
+        ("GET", "/v1/api-keys/unknown_key/usage?bucket=minute"),
+    ] {
+        let (status, answer) = call(method, &gateway.url(path), &root, None).await;
+        assert!(
+            status.is_client_error(),
+            "{method} {path} -> {status} {answer}"
+        );
+        assert!(
+            answer["error"]["code"].is_string(),
+            "{method} {path}: {answer}"
+        );
+    }
+    let after = rows(&database, "SELECT key_id FROM api_keys").await.len();
+    assert_eq!(before, after, "a refused call wrote a key");
+    // Without a credential, or with a wrong one: the gateway refuses before the service.
+    let (status, _) = call(
+        "GET",
+        &keys,
+        "sgk_nonexistent_key_0123456789abcdefghijkl",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// Two gateways on one database: a key created on A works on B at once; revoked on B, it
+/// fails on A within a second (PostgreSQL notifications, or Redis when configured).
+async fn two_instances(database: TestDatabase, redis_prefix: Option<String>) {
+    let upstream = Upstream::start().await;
+    let extra = match &redis_prefix {
+        Some(prefix) => {
+            format!("[redis]\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n")
+        }
+        None => String::new(),
+    };
+    let a = TestGateway::start(&config(&database.url, &upstream.url(), &extra)).await;
+    let b = TestGateway::start(&config(&database.url, &upstream.url(), &extra)).await;
+    let root = tenant_admin(&a, "acme").await;
+    let (status, created) = call(
+        "POST",
+        &a.url("/v1/api-keys"),
+        &root,
+        Some(json!({"name": "shared", "scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let key = created["key"].as_str().unwrap().to_owned();
+    let key_id = created["api_key"]["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api_status(&b, &key).await,
+        StatusCode::OK,
+        "created on A, works on B"
+    );
+    assert_eq!(api_status(&a, &key).await, StatusCode::OK);
+    // Give the listeners a moment to be subscribed (they start with the gateway).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = call(
+        "DELETE",
+        &b.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let revoked_at = Instant::now();
+    loop {
+        let status = api_status(&a, &key).await;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "A still accepts the key revoked on B after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The database is down when the gateway starts: it starts anyway, keys fail closed (503),
+/// the management API answers 503.
+#[tokio::test]
+async fn database_down_at_start_fails_closed() {
+    let upstream = Upstream::start().await;
+    let closed = common::closed_port().await;
+    let url = format!("postgres://postgres@{closed}/none");
+    let gateway = start(&url, &upstream).await;
+    let (status, body) = call(
+        "GET",
+        &gateway.url("/api/x"),
+        "sgk_0123456789abcdefghijklmnopqrstuvwxyz0123",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(code(&body), "AUTH_BACKEND_UNAVAILABLE");
+    let (status, body) = call("GET", &gateway.admin_url("/admin/keys"), ADMIN_TOKEN, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(code(&body), "AUTH_BACKEND_UNAVAILABLE");
+    assert_eq!(upstream.count(), 0, "nothing forwarded");
+}
+
+/// A route to the key service without authentication, or without a database, is refused
+/// by the config check.
+#[tokio::test]
+async fn the_config_requires_a_database_and_authentication() {
+    let anonymous = config("sqlite://keys.db", "http://127.0.0.1:9", "").replace(
+        "upstream = \"builtin:key-management\"\nauth = [\"api_key\"]",
+        "upstream = \"builtin:key-management\"\nauth = \"none\"",
+    );
+    let error = TestGateway::try_start(&anonymous).await.err().unwrap();
+    assert!(error.contains("must be authenticated"), "{error}");
+    let no_database = config("sqlite://keys.db", "http://127.0.0.1:9", "")
+        .replace(
+            "[database]\nurl = \"sqlite://keys.db\"\nusage_flush = \"1s\"\n",
+            "",
+        )
+        .replace("source = \"database\"", "source = \"file\"");
+    let error = TestGateway::try_start(&no_database).await.err().unwrap();
+    assert!(error.contains("needs a [database] section"), "{error}");
+    let unknown = config("sqlite://keys.db", "http://127.0.0.1:9", "").replace(
+        "builtin:key-management\"\nauth = [\"api_key\"]\n\n[[routes]]\nname = \"audit\"",
+        "builtin:other\"\nauth = [\"api_key\"]\n\n[[routes]]\nname = \"audit\"",
+    );
+    let error = TestGateway::try_start(&unknown).await.err().unwrap();
+    assert!(error.contains("unknown builtin upstream"), "{error}");
+}
+
+async fn two_instances_without_redis(database: TestDatabase) {
+    if database.engine == "postgres" {
+        two_instances(database, None).await;
+    }
+}
+
+async fn two_instances_with_redis(database: TestDatabase) {
+    let prefix = format!("authgate-test-{}:", uuid::Uuid::new_v4().simple());
+    two_instances(database, Some(prefix)).await;
+}
+
+on_both_engines!(
+    lifecycle,
+    authorization_matrix,
+    hostile_input,
+    two_instances_without_redis,
+    two_instances_with_redis,
+);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
