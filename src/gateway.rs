@@ -238,6 +238,14 @@ impl Gateway {
         self.key_service.as_ref()
     }
 
+    /// Writes the key service's usage counted so far (at shutdown: nothing is lost with the
+    /// last interval).
+    pub async fn flush_usage(&self) {
+        if let Some(service) = &self.key_service {
+            service.usage().flush(service.database()).await;
+        }
+    }
+
     /// The API-key store in force now (`None` when no route accepts API keys).
     pub fn keys(&self) -> Option<Arc<KeyStore>> {
         self.runtime.load().keys.clone()

@@ -51,6 +51,7 @@ match = {{ path_prefix = "/api/" }}
 upstream = "{upstream}"
 auth = ["api_key"]
 scopes = ["read"]
+usage = {{ header = "x-usage-tokens", tokens_per_minute = 1000000 }}
 {extra}
 "#
     )
@@ -119,7 +120,15 @@ async fn rows(database: &TestDatabase, sql: &str) -> Vec<sqlx::any::AnyRow> {
 /// The whole lifecycle: create (the key shown once, only its hash stored), use, list while
 /// creating more, patch, rotate, revoke, and the audit trail of each step.
 async fn lifecycle(database: TestDatabase) {
-    let upstream = Upstream::start().await;
+    // Each answer reports 7 tokens, counted in the key's usage.
+    let upstream = Upstream::with_handler(|_| async {
+        let mut response = common::ok_response("upstream ok");
+        response
+            .headers_mut()
+            .insert("x-usage-tokens", http::HeaderValue::from_static("7"));
+        response
+    })
+    .await;
     let gateway = start(&database.url, &upstream).await;
     let root = tenant_admin(&gateway, "acme").await;
 
@@ -394,6 +403,13 @@ async fn lifecycle(database: TestDatabase) {
                 .map(|bucket| bucket["refused"].as_u64().unwrap())
                 .sum();
             assert!(refused >= 1, "the 403 is counted as refused: {usage}");
+            let tokens: u64 = usage["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|bucket| bucket["tokens"].as_u64().unwrap())
+                .sum();
+            assert!(tokens >= 7, "reported tokens are counted: {usage}");
             break;
         }
         assert!(Instant::now() < deadline, "usage never flushed: {usage}");
@@ -435,10 +451,10 @@ async fn authorization_matrix(database: TestDatabase) {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{own}");
     assert_eq!(
-        own["api_key"]["user_id"],
-        alice_id.as_str(),
-        "self-service keys are the caller's"
+        own["api_key"]["user_id"], "alice",
+        "a self-service key belongs to the caller's user"
     );
+    assert_eq!(own["api_key"]["created_by"], format!("{alice_id}@acme"));
     let own_id = own["api_key"]["key_id"].as_str().unwrap().to_owned();
     for (body, expected) in [
         (json!({"name": "x", "user_id": "bob"}), "INSUFFICIENT_SCOPE"),
@@ -463,7 +479,8 @@ async fn authorization_matrix(database: TestDatabase) {
         assert_eq!(status, StatusCode::FORBIDDEN, "{body} -> {answer}");
         assert_eq!(code(&answer), expected, "{body}");
     }
-    // She sees her own keys only; the tenant admin's key is "not found" to her.
+    // She sees her user's keys only (the one she calls with, the one she made); the tenant
+    // admin's key is "not found" to her.
     let (status, listing) = call("GET", &keys, &alice, None).await;
     assert_eq!(status, StatusCode::OK);
     let ids: Vec<&str> = listing["api_keys"]
@@ -472,7 +489,7 @@ async fn authorization_matrix(database: TestDatabase) {
         .iter()
         .map(|key| key["key_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, vec![own_id.as_str()]);
+    assert_eq!(ids, vec![alice_id.as_str(), own_id.as_str()]);
     let (status, answer) = call("GET", &format!("{keys}?user_id=bob"), &alice, None).await;
     assert_eq!(
         (status, code(&answer)),
@@ -573,8 +590,8 @@ async fn authorization_matrix(database: TestDatabase) {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    // max_keys_per_user = 5: alice holds 1 more than her own record... fill up to the bound.
-    let mut created = 1;
+    // max_keys_per_user = 5: alice's user holds two active keys; three more, then 409.
+    let mut created = 2;
     loop {
         let (status, answer) = call("POST", &keys, &alice, Some(json!({"name": "more"}))).await;
         if status == StatusCode::CONFLICT {
@@ -779,6 +796,175 @@ async fn the_config_requires_a_database_and_authentication() {
     assert!(error.contains("unknown builtin upstream"), "{error}");
 }
 
+/// An ES256 IdP serving its key set, and tokens carrying a tenant claim.
+struct Idp {
+    upstream: Upstream,
+    encoding: jsonwebtoken::EncodingKey,
+}
+
+impl Idp {
+    async fn start() -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let encoding =
+            jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, jsonwebtoken::Algorithm::ES256)
+                .unwrap();
+        jwk.common.key_id = Some("k1".to_owned());
+        let jwks = json!({ "keys": [jwk] }).to_string();
+        let upstream = Upstream::with_handler(move |_| {
+            let jwks = jwks.clone();
+            async move { common::http_response(200, "application/json", jwks) }
+        })
+        .await;
+        Self { upstream, encoding }
+    }
+
+    fn issuer_config(&self) -> String {
+        format!(
+            "[[jwt.issuers]]\nissuer = \"{url}\"\njwks_uri = \"{url}/jwks.json\"\nalgorithms = [\"ES256\"]\ntenant_claim = \"tenant_id\"\n",
+            url = self.upstream.url()
+        )
+    }
+
+    fn token(&self, sub: &str, tenant: &str, scope: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".to_owned());
+        let claims = json!({"iss": self.upstream.url(), "sub": sub, "tenant_id": tenant,
+            "scope": scope, "iat": now, "exp": now + 600});
+        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+    }
+}
+
+/// Callers with JWTs: a user manages its own keys, a tenant admin (scope `keys:admin`) the
+/// tenant's; the keys they create work on the API route.
+async fn jwt_callers(database: TestDatabase) {
+    let upstream = Upstream::start().await;
+    let idp = Idp::start().await;
+    let text = config(&database.url, &upstream.url(), &idp.issuer_config())
+        .replace("auth = [\"api_key\"]\n\n[[routes]]\nname = \"audit\"", "auth = [\"jwt\", \"api_key\"]\n\n[[routes]]\nname = \"audit\"")
+        .replace("name = \"audit\"\nmatch = { path = \"/v1/audit-log\" }\nupstream = \"builtin:key-management\"\nauth = [\"api_key\"]", "name = \"audit\"\nmatch = { path = \"/v1/audit-log\" }\nupstream = \"builtin:key-management\"\nauth = [\"jwt\", \"api_key\"]");
+    let gateway = TestGateway::start(&text).await;
+    let keys = gateway.url("/v1/api-keys");
+    let alice = idp.token("alice", "acme", "read");
+    let (status, created) = call(
+        "POST",
+        &keys,
+        &alice,
+        Some(json!({"name": "laptop", "scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["api_key"]["user_id"], "alice");
+    assert_eq!(created["api_key"]["tenant_id"], "acme");
+    assert_eq!(created["api_key"]["created_by"], "alice@acme");
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(api_status(&gateway, &key).await, StatusCode::OK);
+    let (status, answer) = call(
+        "POST",
+        &keys,
+        &alice,
+        Some(json!({"name": "x", "scopes": ["write"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE")
+    );
+
+    let admin = idp.token("carol", "acme", "keys:admin read");
+    let (status, listing) = call("GET", &format!("{keys}?user_id=alice"), &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listing["api_keys"].as_array().unwrap().len(), 1);
+    let (status, audit) = call("GET", &gateway.url("/v1/audit-log"), &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["actor"] == "alice@acme")
+    );
+    let outsider = idp.token("mallory", "globex", "keys:admin read");
+    let key_id = created["api_key"]["key_id"].as_str().unwrap();
+    let (status, _) = call("DELETE", &format!("{keys}/{key_id}"), &outsider, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api_status(&gateway, &key).await,
+        StatusCode::OK,
+        "still valid"
+    );
+}
+
+/// Revoking a key through the API cuts a stream already running with it.
+async fn revoking_cuts_a_running_stream(database: TestDatabase) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sse = format!("http://{}", listener.local_addr().unwrap());
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\nb\r\ndata: one\n\n\r\n")
+            .await
+            .unwrap();
+        // Wait until the gateway closes the upstream connection.
+        let mut rest = [0u8; 64];
+        while !matches!(stream.read(&mut rest).await, Ok(0) | Err(_)) {}
+        let _ = closed_tx.send(());
+    });
+    let upstream = Upstream::start().await;
+    let text = config(&database.url, &upstream.url(), "").replace(&upstream.url(), &sse);
+    let gateway = TestGateway::start(&text).await;
+    let root = tenant_admin(&gateway, "acme").await;
+    let (_, created) = call(
+        "POST",
+        &gateway.url("/v1/api-keys"),
+        &root,
+        Some(json!({"name": "stream", "scopes": ["read"]})),
+    )
+    .await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let key_id = created["api_key"]["key_id"].as_str().unwrap().to_owned();
+    let mut response = client()
+        .get(gateway.url("/api/stream"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"data: one\n\n");
+    let (status, revoked) = call(
+        "DELETE",
+        &gateway.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(revoked["aborted_requests"], 1, "{revoked}");
+    let next = tokio::time::timeout(Duration::from_secs(5), response.chunk()).await;
+    assert!(
+        matches!(next, Ok(Ok(None)) | Ok(Err(_))),
+        "the stream was not cut: {next:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 async fn two_instances_without_redis(database: TestDatabase) {
     if database.engine == "postgres" {
         two_instances(database, None).await;
@@ -792,6 +978,8 @@ async fn two_instances_with_redis(database: TestDatabase) {
 
 on_both_engines!(
     lifecycle,
+    jwt_callers,
+    revoking_cuts_a_running_stream,
     authorization_matrix,
     hostile_input,
     two_instances_without_redis,

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::model::{KeyFilter, StoredKey};
-use crate::auth::Identity;
+use crate::auth::{AuthMethod, Identity};
 use crate::keys::Timestamp;
 use crate::keys::record::RecordRate;
 
@@ -25,8 +25,11 @@ pub struct Caller {
     pub role: Role,
     /// `None` only for the operator.
     pub tenant_id: Option<String>,
-    /// The caller's subject (a key id or a JWT `sub`); `admin` for the operator.
+    /// The user the caller acts as, whose keys are "its own": a JWT's `sub`; an API key's
+    /// `user_id`, or its `key_id` for a key that belongs to no user; `admin` for the operator.
     pub subject: String,
+    /// The credential, for the audit log: `<key_id or sub>@<tenant>`, `admin`.
+    pub actor: String,
     /// What the caller holds (ignored for the operator).
     pub holds: Grant,
 }
@@ -72,6 +75,7 @@ impl Caller {
             role: Role::Operator,
             tenant_id: None,
             subject: "admin".to_owned(),
+            actor: "admin".to_owned(),
             holds: Grant::default(),
         }
     }
@@ -87,10 +91,15 @@ impl Caller {
         } else {
             Role::User
         };
+        let subject = match identity.method {
+            AuthMethod::ApiKey => identity.user_id().unwrap_or(identity.subject()),
+            AuthMethod::Jwt => identity.subject(),
+        };
         Ok(Self {
             role,
             tenant_id: Some(tenant_id.to_owned()),
-            subject: identity.subject().to_owned(),
+            subject: subject.to_owned(),
+            actor: format!("{}@{tenant_id}", identity.subject()),
             holds: Grant {
                 scopes: identity.scopes().map(str::to_owned).collect(),
                 rate_limit: identity.rate_limit.map(|rate| RecordRate {
@@ -98,7 +107,12 @@ impl Caller {
                     burst: rate.burst.get(),
                 }),
                 tokens_per_minute: identity.tokens_per_minute,
-                expires_at: identity.expires_at,
+                // A key may not outlive the key that made it; a JWT's expiry ends a session,
+                // not what the session may create.
+                expires_at: match identity.method {
+                    AuthMethod::ApiKey => identity.expires_at,
+                    AuthMethod::Jwt => None,
+                },
                 custom_claims: identity
                     .claims()
                     .map(|(name, value)| (name.to_owned(), value.to_owned()))
@@ -107,12 +121,9 @@ impl Caller {
         })
     }
 
-    /// `subject@tenant`, or `admin`: the audit log's actor.
+    /// The audit log's actor: the credential (`<key_id or sub>@<tenant>`), or `admin`.
     pub fn actor(&self) -> String {
-        match &self.tenant_id {
-            Some(tenant) => format!("{}@{tenant}", self.subject),
-            None => self.subject.clone(),
-        }
+        self.actor.clone()
     }
 
     pub fn is_operator(&self) -> bool {
@@ -298,6 +309,7 @@ mod tests {
             role,
             tenant_id: Some(tenant.to_owned()),
             subject: subject.to_owned(),
+            actor: format!("{subject}@{tenant}"),
             holds: Grant {
                 scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
                 ..Grant::default()
@@ -335,6 +347,7 @@ mod tests {
             &IdentityFields {
                 subject: "key_a",
                 key_id: Some("key_a"),
+                user_id: Some("alice"),
                 tenant_id: Some("acme"),
                 scopes: &scopes_held,
                 claims: &[("team", "blue")],
@@ -346,7 +359,9 @@ mod tests {
         );
         let admin = Caller::authenticated(&identity, "keys:admin").unwrap();
         assert_eq!(admin.role, Role::TenantAdmin);
-        assert_eq!(admin.actor(), "key_a@acme");
+        assert_eq!(admin.actor(), "key_a@acme", "the credential acts");
+        assert_eq!(admin.subject, "alice", "on behalf of its user");
+        assert_eq!(admin.holds.expires_at, Some(Timestamp(2_000_000_000)));
         assert_eq!(
             admin.holds.rate_limit,
             Some(RecordRate {
@@ -369,6 +384,40 @@ mod tests {
             Caller::authenticated(&tenantless, "keys:admin"),
             Err(Refusal::Tenant(_))
         ));
+
+        // A JWT acts as its subject; its expiry ends the session, not what it creates.
+        let session = Identity::new(
+            AuthMethod::Jwt,
+            &IdentityFields {
+                subject: "bob",
+                tenant_id: Some("acme"),
+                expires_at: Some(Timestamp(2_000_000_000)),
+                ..IdentityFields::default()
+            },
+        );
+        let bob = Caller::authenticated(&session, "keys:admin").unwrap();
+        assert_eq!(
+            (bob.subject.as_str(), bob.actor().as_str()),
+            ("bob", "bob@acme")
+        );
+        assert_eq!(bob.holds.expires_at, None);
+
+        // An API key of no user acts as itself.
+        let service_key = Identity::new(
+            AuthMethod::ApiKey,
+            &IdentityFields {
+                subject: "key_s",
+                key_id: Some("key_s"),
+                tenant_id: Some("acme"),
+                ..IdentityFields::default()
+            },
+        );
+        assert_eq!(
+            Caller::authenticated(&service_key, "keys:admin")
+                .unwrap()
+                .subject,
+            "key_s"
+        );
     }
 
     #[test]

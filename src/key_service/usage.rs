@@ -148,7 +148,8 @@ impl UsageRecorder {
         }
     }
 
-    /// Flushes every `interval` while the recorder lives, and once more when it goes.
+    /// Flushes every `interval` while the recorder lives. (The server flushes once more when
+    /// it stops: [`crate::gateway::Gateway::flush_usage`].)
     pub fn spawn_flusher(self: &Arc<Self>, database: KeyDatabase, interval: Duration) {
         let recorder: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {

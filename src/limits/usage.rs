@@ -24,6 +24,17 @@ pub struct UsageMeter {
     remote_key: Option<String>,
     tokens_per_minute: u64,
     route: Arc<str>,
+    /// Also told the cost (the key service's per-key usage counters).
+    report: Option<TokenReport>,
+}
+
+/// Who else hears of a request's reported cost.
+pub struct TokenReport(Box<dyn FnOnce(u64) + Send + Sync>);
+
+impl std::fmt::Debug for TokenReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenReport")
+    }
 }
 
 impl UsageMeter {
@@ -40,14 +51,23 @@ impl UsageMeter {
             remote_key,
             tokens_per_minute,
             route,
+            report: None,
         }
+    }
+
+    /// `report` hears the cost too, when the upstream reports one.
+    pub fn report_to(&mut self, report: impl FnOnce(u64) + Send + Sync + 'static) {
+        self.report = Some(TokenReport(Box::new(report)));
     }
 
     /// Charges `tokens`. Local charges apply at once; a Redis charge runs in its own task
     /// (the response is not held for it).
-    fn charge(self, tokens: u64) {
+    fn charge(mut self, tokens: u64) {
         if tokens == 0 {
             return;
+        }
+        if let Some(TokenReport(report)) = self.report.take() {
+            report(tokens);
         }
         self.limits.metrics.usage_tokens(&self.route, tokens);
         if self.limits.redis.is_none() {

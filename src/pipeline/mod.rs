@@ -259,13 +259,22 @@ async fn handle_inner(
         context.tracked = Some(tracked);
         identity
     });
-    let meter = match &identity {
+    let mut meter = match &identity {
         Some(identity) => {
             authz::authorize(&route.access, identity)?;
             admit(runtime, route, identity, context).await?
         }
         None => None,
     };
+    // A key service key's reported tokens are counted in its usage too.
+    if let (Some(meter), Some(usage), Some(key_id)) = (
+        meter.as_mut(),
+        &runtime.usage,
+        identity.as_deref().and_then(Identity::key_id),
+    ) {
+        let (usage, key_id) = (usage.clone(), key_id.to_owned());
+        meter.report_to(move |tokens| usage.tokens(&key_id, tokens));
+    }
 
     // A builtin upstream (the key service) answers here, once every check above passed.
     if route.builtin.is_some() {

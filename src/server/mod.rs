@@ -61,9 +61,11 @@ impl ServerHandle {
         let _ = self.shutdown.send(true);
     }
 
-    /// Waits until the drain has finished (or its grace period ran out).
+    /// Waits until the drain has finished (or its grace period ran out), then writes what
+    /// the key service counted since its last flush.
     pub async fn wait(self) {
         let _ = self.task.await;
+        self.gateway.flush_usage().await;
     }
 }
 
