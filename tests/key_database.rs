@@ -575,6 +575,22 @@ async fn hostile_values_round_trip_exactly(db: TestDatabase) {
         database.list_audit(Some("t'"), None, 10).await.unwrap(),
         vec![AuditEvent { seq, ..audit }]
     );
+    // A NUL (possible in a JWT subject) is kept as U+FFFD rather than losing the event; in a
+    // key's own text it is refused, on both engines alike.
+    let nul = AuditEvent {
+        actor: "sub\0ject@t".into(),
+        ..event(Some("nul"), "create", "x")
+    };
+    database.append_audit(&nul).await.unwrap();
+    let read = database.list_audit(Some("nul"), None, 10).await.unwrap();
+    assert_eq!(read[0].actor, "sub\u{fffd}ject@t");
+    let mut nul_key = key("acme", None);
+    nul_key.name = "a\0b".into();
+    assert!(matches!(
+        database.insert_key(&nul_key).await,
+        Err(DbError::Corrupt(_))
+    ));
+    assert_eq!(count_keys(&database).await, 1);
 }
 
 async fn active_user_keys_are_counted(db: TestDatabase) {
