@@ -1,4 +1,4 @@
-//! Command line (SPEC §1): `serve`, `check`, `demo`, `keys …`, with exit codes 0 ok,
+//! Command line (SPEC §1): `serve`, `check`, `demo`, `migrate`, `keys …`, with exit codes 0 ok,
 //! 1 invalid input, 2 usage.
 
 use std::path::PathBuf;
@@ -23,9 +23,34 @@ pub enum Command {
     Check(ConfigArg),
     /// Start an echo upstream and a gateway with a fresh in-memory key; print curl commands.
     Demo(DemoArgs),
-    /// Create, hash, add, revoke and list API keys.
+    /// Create or update the key service's database tables.
+    Migrate(MigrateArgs),
+    /// Create, hash, add, revoke, rotate, list and import API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Database URL (sqlite://keys.db, sqlite:///abs/keys.db, postgres://…); overrides the
+    /// config's `[database] url`. Relative SQLite paths are relative to the current folder.
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+/// Where `keys add|list|revoke` keep keys: a key file or the key service's database.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct KeyStoreArg {
+    /// Key file.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Database URL (sqlite://keys.db, sqlite:///abs/keys.db, postgres://…). Relative SQLite
+    /// paths are relative to the current folder.
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 /// Where the config file is.
@@ -81,25 +106,46 @@ pub enum KeysCommand {
     },
     /// Generate a key, append its record (hash only) to the key file, print the key once.
     Add(Box<KeysAddArgs>),
-    /// Mark a key revoked in the key file.
+    /// Mark a key revoked in the key file or the database.
     Revoke {
-        #[arg(long)]
-        file: PathBuf,
+        #[command(flatten)]
+        store: KeyStoreArg,
         #[arg(long)]
         key_id: String,
     },
-    /// List the key file's records (hashes shortened).
+    /// List the records of the key file or the database (hashes shortened).
     List {
+        #[command(flatten)]
+        store: KeyStoreArg,
+    },
+    /// Replace a database key with a new one; the old one keeps working for the grace period.
+    Rotate {
+        /// Database URL (relative SQLite paths: relative to the current folder).
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        key_id: String,
+        /// How long the old key keeps working, e.g. "24h" or "0s".
+        #[arg(long, default_value = "24h")]
+        grace: String,
+    },
+    /// Copy a key file's records (hashes only) into the database; keys already there are
+    /// skipped.
+    Import {
+        /// Key file to read.
         #[arg(long)]
         file: PathBuf,
+        /// Database URL (relative SQLite paths: relative to the current folder).
+        #[arg(long)]
+        database: String,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct KeysAddArgs {
-    /// Key file to append to (created if missing).
-    #[arg(long)]
-    pub file: PathBuf,
+    /// `--file`: the key file to append to (created if missing); or `--database`.
+    #[command(flatten)]
+    pub store: KeyStoreArg,
     #[arg(long)]
     pub tenant: String,
     #[arg(long)]
@@ -128,4 +174,7 @@ pub struct KeysAddArgs {
     /// Key prefix.
     #[arg(long, default_value = "sgk_")]
     pub prefix: String,
+    /// The key's name in the database (default: its key id); with `--database` only.
+    #[arg(long)]
+    pub name: Option<String>,
 }

@@ -1,4 +1,5 @@
-//! The non-serving commands: `keys …` (key lifecycle on a key file) and `demo`.
+//! The non-serving commands: `keys …` (key lifecycle on a key file; on the key service's
+//! database in `database.rs`, with `migrate`) and `demo`.
 //!
 //! A plain key is printed exactly once (by `generate` or `add`) and never written anywhere.
 
@@ -17,6 +18,8 @@ use crate::cli::{DemoArgs, KeysAddArgs, KeysCommand};
 use crate::keys::file_source::{append_record, load_key_file, revoke_record};
 use crate::keys::record::RecordRate;
 use crate::keys::{KeyHash, KeyMap, KeyRecord, KeySource, KeyStore, Timestamp, generate_key};
+
+pub mod database;
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("{message}");
@@ -51,19 +54,42 @@ pub fn keys(command: KeysCommand) -> ExitCode {
             println!("{}", KeyHash::of(&key).to_hex());
             ExitCode::SUCCESS
         }
-        KeysCommand::Add(args) => add(&args),
-        KeysCommand::Revoke { file, key_id } => match revoke_record(&file, &key_id) {
-            Ok(()) => {
-                println!("revoked {key_id}");
-                ExitCode::SUCCESS
-            }
-            Err(message) => fail(message),
+        KeysCommand::Add(args) => match &args.store.database {
+            Some(url) => database::add(url, &args),
+            None => add(&args),
         },
-        KeysCommand::List { file } => list(&file),
+        KeysCommand::Revoke { store, key_id } => match (&store.database, &store.file) {
+            (Some(url), _) => database::revoke(url, &key_id),
+            (None, Some(file)) => match revoke_record(file, &key_id) {
+                Ok(()) => {
+                    println!("revoked {key_id}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => fail(message),
+            },
+            (None, None) => usage("--file or --database is required"),
+        },
+        KeysCommand::List { store } => match (&store.database, &store.file) {
+            (Some(url), _) => database::list(url),
+            (None, Some(file)) => list(file),
+            (None, None) => usage("--file or --database is required"),
+        },
+        KeysCommand::Rotate {
+            database,
+            key_id,
+            grace,
+        } => database::rotate(&database, &key_id, &grace),
+        KeysCommand::Import { file, database } => database::import(&file, &database),
     }
 }
 
-fn new_key(prefix: &str) -> Result<String, String> {
+/// A usage error clap could not catch (exit 2).
+fn usage(message: &str) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(2)
+}
+
+pub(crate) fn new_key(prefix: &str) -> Result<String, String> {
     let valid = !prefix.is_empty()
         && prefix.len() <= 32
         && prefix
@@ -77,18 +103,8 @@ fn new_key(prefix: &str) -> Result<String, String> {
     generate_key(prefix).map_err(|e| format!("the OS random generator failed: {e}"))
 }
 
-fn add(args: &KeysAddArgs) -> ExitCode {
-    let key = match new_key(&args.prefix) {
-        Ok(key) => key,
-        Err(message) => return fail(message),
-    };
-    let key_id = match &args.key_id {
-        Some(id) => id.clone(),
-        None => match generate_key("key_") {
-            Ok(id) => id[..20].to_owned(),
-            Err(e) => return fail(format!("the OS random generator failed: {e}")),
-        },
-    };
+/// The record `keys add` describes with its flags, validated.
+pub(crate) fn record_from_args(args: &KeysAddArgs, key_id: String) -> Result<KeyRecord, String> {
     let expires_at = match args
         .expires
         .as_deref()
@@ -96,17 +112,17 @@ fn add(args: &KeysAddArgs) -> ExitCode {
         .transpose()
     {
         Ok(expires) => expires,
-        Err(message) => return fail(format!("--expires: {message}")),
+        Err(message) => return Err(format!("--expires: {message}")),
     };
     let mut custom_claims = BTreeMap::new();
     for claim in &args.claims {
         let Some((name, value)) = claim.split_once('=') else {
-            return fail(format!("--claim {claim:?} must be name=value"));
+            return Err(format!("--claim {claim:?} must be name=value"));
         };
         custom_claims.insert(name.to_owned(), value.to_owned());
     }
     let record = KeyRecord {
-        key_id: key_id.clone(),
+        key_id,
         tenant_id: args.tenant.clone(),
         user_id: args.user.clone(),
         scopes: args.scopes.clone(),
@@ -123,10 +139,34 @@ fn add(args: &KeysAddArgs) -> ExitCode {
         custom_claims,
         description: args.description.clone(),
     };
-    if let Err(message) = record.validate() {
-        return fail(message);
+    record.validate()?;
+    Ok(record)
+}
+
+fn add(args: &KeysAddArgs) -> ExitCode {
+    let Some(file) = &args.store.file else {
+        return usage("--file or --database is required");
+    };
+    if args.name.is_some() {
+        // A key file has no names; taking the flag silently would lose what was asked for.
+        return usage("--name needs --database: key files hold no names");
     }
-    match append_record(&args.file, &KeyHash::of(&key), &record) {
+    let key = match new_key(&args.prefix) {
+        Ok(key) => key,
+        Err(message) => return fail(message),
+    };
+    let key_id = match &args.key_id {
+        Some(id) => id.clone(),
+        None => match generate_key("key_") {
+            Ok(id) => id[..20].to_owned(),
+            Err(e) => return fail(format!("the OS random generator failed: {e}")),
+        },
+    };
+    let record = match record_from_args(args, key_id.clone()) {
+        Ok(record) => record,
+        Err(message) => return fail(message),
+    };
+    match append_record(file, &KeyHash::of(&key), &record) {
         Ok(()) => {
             // The only time the key exists outside the client: print it once.
             println!("{key}");

@@ -69,6 +69,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
         Command::Demo(args) => commands::demo(&args),
+        Command::Migrate(args) => commands::database::migrate(&args),
         Command::Keys(command) => commands::keys(command),
     }
 }

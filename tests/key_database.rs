@@ -72,6 +72,7 @@ fn event(tenant: Option<&str>, action: &str, target: &str) -> AuditEvent {
 on_both_engines!(
     migrating_twice_applies_once,
     a_database_migrated_by_a_newer_version_is_refused,
+    a_migration_applied_with_other_contents_is_refused,
     keys_round_trip_by_hash_and_id,
     keyset_pages_are_stable_while_keys_are_created,
     listing_filters_by_tenant_and_user,
@@ -121,6 +122,21 @@ async fn a_database_migrated_by_a_newer_version_is_refused(db: TestDatabase) {
         Err(DbError::Migration(message)) => {
             assert!(message.contains("99"), "{message}");
             assert!(message.contains("newer"), "{message}");
+        }
+        other => panic!("expected a migration error, got {other:?}"),
+    }
+}
+
+async fn a_migration_applied_with_other_contents_is_refused(db: TestDatabase) {
+    let database = db.open().await;
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = 1")
+        .bind(vec![1_u8; 48])
+        .execute(database.pool())
+        .await
+        .unwrap();
+    match database.migrate().await {
+        Err(DbError::Migration(message)) => {
+            assert!(message.contains("different contents"), "{message}");
         }
         other => panic!("expected a migration error, got {other:?}"),
     }
@@ -575,6 +591,22 @@ async fn hostile_values_round_trip_exactly(db: TestDatabase) {
         database.list_audit(Some("t'"), None, 10).await.unwrap(),
         vec![AuditEvent { seq, ..audit }]
     );
+    // A NUL (possible in a JWT subject) is kept as U+FFFD rather than losing the event; in a
+    // key's own text it is refused, on both engines alike.
+    let nul = AuditEvent {
+        actor: "sub\0ject@t".into(),
+        ..event(Some("nul"), "create", "x")
+    };
+    database.append_audit(&nul).await.unwrap();
+    let read = database.list_audit(Some("nul"), None, 10).await.unwrap();
+    assert_eq!(read[0].actor, "sub\u{fffd}ject@t");
+    let mut nul_key = key("acme", None);
+    nul_key.name = "a\0b".into();
+    assert!(matches!(
+        database.insert_key(&nul_key).await,
+        Err(DbError::Corrupt(_))
+    ));
+    assert_eq!(count_keys(&database).await, 1);
 }
 
 async fn active_user_keys_are_counted(db: TestDatabase) {

@@ -388,19 +388,30 @@ impl KeyDatabase {
     }
 
     /// Appends one event; returns its sequence number (the audit log's order).
+    /// A NUL in any text (a JWT subject may carry one) is stored as U+FFFD: PostgreSQL's TEXT
+    /// cannot hold NUL, and an audit event must not be lost over it.
     pub async fn append_audit(&self, event: &AuditEvent) -> Result<i64, DbError> {
+        let text = |value: &str| -> String { value.replace('\0', "\u{fffd}") };
+        let (actor, action, target, result) = (
+            text(&event.actor),
+            text(&event.action),
+            text(&event.target),
+            text(&event.result),
+        );
+        let tenant_id = event.tenant_id.as_deref().map(text);
+        let request_id = event.request_id.as_deref().map(text);
         bounded(async {
             sqlx::query(
                 "INSERT INTO audit_log (time, tenant_id, actor, action, target, result, \
                  request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
             )
             .bind(event.time.0)
-            .bind(event.tenant_id.as_deref())
-            .bind(event.actor.as_str())
-            .bind(event.action.as_str())
-            .bind(event.target.as_str())
-            .bind(event.result.as_str())
-            .bind(event.request_id.as_deref())
+            .bind(tenant_id.as_deref())
+            .bind(actor.as_str())
+            .bind(action.as_str())
+            .bind(target.as_str())
+            .bind(result.as_str())
+            .bind(request_id.as_deref())
             .fetch_one(&self.pool)
             .await?
             .try_get(0)
