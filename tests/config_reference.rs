@@ -24,6 +24,8 @@ const PROBES: &[(&str, &str)] = &[
     ("rate", "[rate_limits]\ndefault = { zz_probe = 1 }\n"),
     ("redis", "[redis]\nzz_probe = 1\n"),
     ("revocation", "[revocation]\nzz_probe = 1\n"),
+    ("database", "[database]\nzz_probe = 1\n"),
+    ("key_management", "[key_management]\nzz_probe = 1\n"),
     ("log", "[log]\nzz_probe = 1\n"),
     ("routes", "[[routes]]\nzz_probe = 1\n"),
     ("routes.match", "[[routes]]\nmatch = { zz_probe = 1 }\n"),

@@ -677,7 +677,10 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
             format!(
                 "{:<20} host={host} methods={methods} {pattern} auth={auth} -> {}",
                 route.name,
-                route.upstream.describe()
+                route.builtin.map_or_else(
+                    || route.upstream.describe(),
+                    |builtin| builtin.as_str().to_owned()
+                )
             )
         })
         .collect()

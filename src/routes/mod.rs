@@ -34,6 +34,15 @@ pub enum Builtin {
     KeyManagement,
 }
 
+impl Builtin {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeyManagement => "builtin:key-management",
+        }
+    }
+}
+
 /// Everything a route matches on.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
