@@ -389,26 +389,11 @@ async fn lifecycle(database: TestDatabase) {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{usage}");
-        let requests: u64 = usage["buckets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|bucket| bucket["requests"].as_u64().unwrap())
-            .sum();
+        let requests = total(&usage, "requests");
         if requests >= 4 {
-            let refused: u64 = usage["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|bucket| bucket["refused"].as_u64().unwrap())
-                .sum();
+            let refused = total(&usage, "refused");
             assert!(refused >= 1, "the 403 is counted as refused: {usage}");
-            let tokens: u64 = usage["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|bucket| bucket["tokens"].as_u64().unwrap())
-                .sum();
+            let tokens = total(&usage, "tokens");
             assert!(tokens >= 7, "reported tokens are counted: {usage}");
             break;
         }
@@ -985,6 +970,16 @@ on_both_engines!(
     two_instances_without_redis,
     two_instances_with_redis,
 );
+
+/// The sum of one count over a usage answer's buckets.
+fn total(usage: &Value, field: &str) -> u64 {
+    usage["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|bucket| bucket[field].as_u64().unwrap())
+        .sum()
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()

@@ -187,7 +187,6 @@ pub async fn handle(
                         caller,
                         action_of(&endpoint, method),
                         target,
-                        None,
                         failure.code(),
                         request_id,
                     )

@@ -400,23 +400,12 @@ impl KeyService {
         caller: &Caller,
         action: &str,
         target: &str,
-        tenant_id: Option<&str>,
         result: &str,
         request_id: &str,
     ) {
-        let event = AuditEvent {
-            seq: 0,
-            time: Timestamp::now(),
-            tenant_id: tenant_id
-                .map(str::to_owned)
-                .or_else(|| caller.tenant_id.clone()),
-            actor: caller.actor(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            result: result.to_owned(),
-            request_id: Some(request_id.to_owned()),
-        };
-        self.append_audit(event).await;
+        let tenant = caller.tenant_id.as_deref();
+        self.record(caller, action, target, tenant, result, request_id)
+            .await;
     }
 
     async fn audit(
@@ -427,21 +416,32 @@ impl KeyService {
         result: &str,
         request_id: &str,
     ) {
+        let tenant = Some(key.tenant_id());
+        self.record(caller, action, key.key_id(), tenant, result, request_id)
+            .await;
+    }
+
+    /// One audit event, written; the change is made already, so a lost row must not undo
+    /// it, but it must be seen.
+    async fn record(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        tenant_id: Option<&str>,
+        result: &str,
+        request_id: &str,
+    ) {
         let event = AuditEvent {
             seq: 0,
             time: Timestamp::now(),
-            tenant_id: Some(key.tenant_id().to_owned()),
+            tenant_id: tenant_id.map(str::to_owned),
             actor: caller.actor(),
             action: action.to_owned(),
-            target: key.key_id().to_owned(),
+            target: target.to_owned(),
             result: result.to_owned(),
             request_id: Some(request_id.to_owned()),
         };
-        self.append_audit(event).await;
-    }
-
-    async fn append_audit(&self, event: AuditEvent) {
-        // The change is made; a lost audit row must not undo it, but it must be seen.
         if let Err(error) = self.db.append_audit(&event).await {
             tracing::error!(%error, action = %event.action, target = %event.target, "Could not write an audit event.");
         }
