@@ -9,6 +9,7 @@
 #   AUTHGATE_BIN=target/release/authgate TARGETS=authgate benches/callgrind.sh
 #   TARGETS="authgate-apikey authgate-401" benches/callgrind.sh   # API-key route
 #   TARGETS="authgate-apikey authgate-apikey-assert" benches/callgrind.sh   # signed assertion cost
+#   TARGETS="authgate-apikey authgate-apikey-db" benches/callgrind.sh   # key service: usage counting
 #
 # Knobs: AUTHGATE_BIN (default: cargo build --release --locked), TARGETS ("authgate nginx";
 # also authgate-apikey: the API-key route with a valid cached key, and authgate-401: the same
@@ -97,10 +98,20 @@ echo "| proxy | requests counted | user-space instructions per request |"
 echo "|---|---:|---:|"
 for target in $TARGETS; do
     case $target in
-    authgate | authgate-apikey | authgate-apikey-assert | authgate-401)
+    authgate | authgate-apikey | authgate-apikey-assert | authgate-401 | authgate-apikey-db)
         AG=$(port) ADMIN=$(port)
         [[ -f $TMP/keys.toml ]] ||
             KEY=$("$AUTHGATE_BIN" keys add --file "$TMP/keys.toml" --tenant t1 --scope api | sed -n 1p)
+        # authgate-apikey-db: the same key in the key service's SQLite database, so every
+        # request is also counted in the per-key usage (flushed every 10 s).
+        keys_source="file = \"$TMP/keys.toml\""
+        if [[ $target == authgate-apikey-db ]]; then
+            rm -f "$TMP"/keys.db*
+            "$AUTHGATE_BIN" keys import --file "$TMP/keys.toml" --database "sqlite://$TMP/keys.db" >/dev/null
+            keys_source="source = \"database\"
+[database]
+url = \"sqlite://$TMP/keys.db\""
+        fi
         cat >"$TMP/authgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:$AG"
@@ -109,7 +120,7 @@ listen = "127.0.0.1:$ADMIN"
 [log]
 access_log = false
 [api_keys]
-file = "$TMP/keys.toml"
+$keys_source
 [[routes]]
 name = "api"
 match = { path_prefix = "/api/" }
@@ -127,7 +138,7 @@ EOF
             printf '[identity]\nassertion = { key = "%s/assertion.pem" }\n' "$TMP" >>"$TMP/authgate.toml"
         case $target in
         authgate) url="http://127.0.0.1:$AG/" auth="" ;;
-        authgate-apikey | authgate-apikey-assert) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
+        authgate-apikey | authgate-apikey-assert | authgate-apikey-db) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
         *) url="http://127.0.0.1:$AG/api/x" auth="Bearer sgk_$(printf 'x%.0s' {1..40})" ;;
         esac
         count "$target" "$url" "$auth" "$AUTHGATE_BIN" serve --config "$TMP/authgate.toml" --threads 1
