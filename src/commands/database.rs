@@ -26,6 +26,15 @@ const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 /// Longest accepted `--grace`: a rotated key should not outlive a year.
 const MAX_GRACE: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// A driver's message on one line: the CLI's errors are one line each.
+fn one_line(error: &impl std::fmt::Display) -> String {
+    error
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs `work` on a small runtime of its own; the commands are one-shot.
 fn block_on(work: impl Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_current_thread()
@@ -44,7 +53,7 @@ async fn open(url: &str) -> Result<KeyDatabase, String> {
     let url = DatabaseUrl::resolve(url, &cwd)?;
     KeyDatabase::connect(&DatabaseSettings::new(url))
         .await
-        .map_err(|error| error.to_string())
+        .map_err(|error| one_line(&error))
 }
 
 fn now_millis() -> u64 {
@@ -95,7 +104,7 @@ pub fn migrate(args: &MigrateArgs) -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(error) => fail(error),
+            Err(error) => fail(one_line(&error)),
         }
     })
 }
@@ -178,7 +187,7 @@ pub fn add(url: &str, args: &KeysAddArgs) -> ExitCode {
                 println!("{key_id}");
                 ExitCode::SUCCESS
             }
-            Err(error) => fail(error),
+            Err(error) => fail(one_line(&error)),
         }
     })
 }
@@ -213,7 +222,7 @@ pub fn revoke(url: &str, key_id: &str) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Ok(Err(message)) => fail(message),
-            Err(error) => fail(error),
+            Err(error) => fail(one_line(&error)),
         }
     })
 }
@@ -283,7 +292,7 @@ pub fn rotate(url: &str, key_id: &str, grace: &str) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Ok(Err(message)) => fail(message),
-            Err(error) => fail(error),
+            Err(error) => fail(one_line(&error)),
         }
     })
 }
@@ -299,7 +308,7 @@ pub fn list(url: &str) -> ExitCode {
         database.close().await;
         match result {
             Ok(()) => ExitCode::SUCCESS,
-            Err(error) => fail(error),
+            Err(error) => fail(one_line(&error)),
         }
     })
 }
@@ -427,7 +436,7 @@ pub fn import(file: &Path, url: &str) -> ExitCode {
                 println!("{imported} imported, {skipped} skipped");
                 ExitCode::SUCCESS
             }
-            Err(error) => fail(error),
+            Err(error) => fail(one_line(&error)),
         }
     })
 }
