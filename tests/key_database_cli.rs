@@ -363,3 +363,56 @@ fn invalid_input_writes_nothing() {
     let listed = ok(&run(&["keys", "list", "--database", &url]));
     assert_eq!(listed.lines().count(), 1, "{listed}");
 }
+
+/// `serve` on a database whose schema is newer than (or different from) this version's: the
+/// start is refused with a clear error and exit 1, before any listener is bound.
+#[test]
+fn serve_refuses_a_database_whose_migrations_it_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("authgate.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [api_keys]\nsource = \"database\"\n[database]\nurl = \"sqlite://keys.db\"\n\
+         [[routes]]\nname = \"api\"\nmatch = { path_prefix = \"/\" }\n\
+         upstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\n",
+    )
+    .unwrap();
+    ok(&run(&["migrate", "-c", config.to_str().unwrap()]));
+    // A later version's migration, recorded as applied.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
+             VALUES (9999, 'from the future', '2030-01-01 00:00:00', 1, x'00', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+    let mut child = authgate()
+        .args(["serve", "-c", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("serve kept running on a database it cannot migrate");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(text.contains("migration"), "{text}");
+}

@@ -755,6 +755,145 @@ async fn database_down_at_start_fails_closed() {
     assert_eq!(upstream.count(), 0, "nothing forwarded");
 }
 
+/// A TCP relay to PostgreSQL that a test can cut (every connection dropped, new ones refused)
+/// and restore: a database outage without touching the database.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (relay_up, relay_generation) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !relay_up.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let born = relay_generation.load(Ordering::SeqCst);
+                let generation = relay_generation.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let cut = async {
+                        while generation.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        () = cut => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The database goes away while the gateway runs: keys it validated keep working from the
+/// cache (stale-if-error), others fail closed with 503, the management API answers 503; once
+/// the database is back, everything recovers without a restart.
+#[tokio::test]
+async fn database_down_mid_run_serves_from_cache_and_recovers() {
+    let Some(database) = common::database::postgres().await else {
+        return;
+    };
+    // The same database reached through a relay the test can cut.
+    let server: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let relay = Relay::start(server).await;
+    let name = database.url.rsplit('/').next().unwrap().to_owned();
+    let relayed = format!("postgres://postgres@{}/{name}", relay.addr);
+    let upstream = Upstream::start().await;
+    let text = config(&relayed, &upstream.url(), "").replace(
+        "source = \"database\"",
+        "source = \"database\"\ncache_ttl = \"1s\"\nnegative_ttl = \"1s\"",
+    );
+    let gateway = TestGateway::start(&text).await;
+    let root = tenant_admin(&gateway, "acme").await;
+    let (_, used) = call(
+        "POST",
+        &gateway.url("/v1/api-keys"),
+        &root,
+        Some(json!({"name": "used", "scopes": ["read"]})),
+    )
+    .await;
+    let (_, unused) = call(
+        "POST",
+        &gateway.url("/v1/api-keys"),
+        &root,
+        Some(json!({"name": "unused", "scopes": ["read"]})),
+    )
+    .await;
+    let used = used["key"].as_str().unwrap().to_owned();
+    let unused = unused["key"].as_str().unwrap().to_owned();
+    assert_eq!(api_status(&gateway, &used).await, StatusCode::OK);
+
+    relay.cut();
+    // Past cache_ttl: the used key is refreshed in the background, and served meanwhile.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            api_status(&gateway, &used).await,
+            StatusCode::OK,
+            "stale-if-error"
+        );
+    }
+    let (status, body) = call("GET", &gateway.url("/api/x"), &unused, None).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "AUTH_BACKEND_UNAVAILABLE")
+    );
+    let (status, body) = call("GET", &gateway.url("/v1/api-keys"), &used, None).await;
+    assert!(
+        status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::FORBIDDEN,
+        "{status} {body}"
+    );
+    let (status, body) = call("GET", &gateway.url("/v1/api-keys"), &root, None).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "AUTH_BACKEND_UNAVAILABLE"),
+        "{body}"
+    );
+
+    relay.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if api_status(&gateway, &unused).await == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not recover from the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = call("GET", &gateway.url("/v1/api-keys"), &root, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 /// A route to the key service without authentication, or without a database, is refused
 /// by the config check.
 #[tokio::test]
