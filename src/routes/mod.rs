@@ -253,7 +253,11 @@ pub fn host_without_port(host: &str) -> &str {
     // A port is the run of digits after the last `:`. Scanned back over bytes: this runs for
     // every request, and the generic reverse `char` search costs several times more.
     let bytes = host.as_bytes();
-    let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     match bytes.len().checked_sub(digits + 1) {
         Some(colon) if bytes[colon] == b':' => &host[..colon],
         _ => host,

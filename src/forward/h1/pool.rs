@@ -134,9 +134,7 @@ impl IdleConns {
             newest_index
         } else {
             idle.iter()
-                .rposition(|entry| {
-                    ready(entry) && now < entry.expires
-                })
+                .rposition(|entry| ready(entry) && now < entry.expires)
                 .unwrap_or(newest_index)
         };
         // The newest is the usual pick: taken off the back, with no shifting of the rest.
