@@ -794,6 +794,63 @@ mod tests {
     }
 
     #[test]
+    fn flood_defences_default_on_and_are_validated_at_their_place() {
+        use crate::keys::settings::ChecksumPolicy;
+        use crate::limits::settings::Rate;
+        let config = compile("").unwrap();
+        let keys = &config.api_keys;
+        assert_eq!(keys.negative_cache_capacity, 65_536);
+        assert_eq!(keys.max_source_lookups_per_second, 1_000);
+        assert_eq!(keys.failed_auth_limit, Rate::new(5.0, 50).ok());
+        assert_eq!(keys.checksum, ChecksumPolicy::Off);
+
+        let config = compile(
+            "[api_keys]\nnegative_cache_capacity = 10\nmax_source_lookups_per_second = 7\nfailed_auth_limit = \"off\"\nchecksum = \"required\"\n",
+        )
+        .unwrap();
+        let keys = &config.api_keys;
+        assert_eq!(keys.negative_cache_capacity, 10);
+        assert_eq!(keys.max_source_lookups_per_second, 7);
+        assert_eq!(keys.failed_auth_limit, None);
+        assert_eq!(keys.checksum, ChecksumPolicy::Required);
+        for (text, expected) in [
+            ("true", ChecksumPolicy::Required),
+            ("false", ChecksumPolicy::Off),
+        ] {
+            let config = compile(&format!("[api_keys]\nchecksum = {text}\n")).unwrap();
+            assert_eq!(config.api_keys.checksum, expected);
+        }
+        let config =
+            compile("[api_keys]\nfailed_auth_limit = { requests_per_second = 1, burst = 3 }\n")
+                .unwrap();
+        assert_eq!(config.api_keys.failed_auth_limit, Rate::new(1.0, 3).ok());
+
+        assert_eq!(
+            errors(
+                "[api_keys]\nnegative_cache_capacity = 0\nmax_source_lookups_per_second = 0\nfailed_auth_limit = \"of\"\n"
+            ),
+            [
+                "2:27: api_keys.negative_cache_capacity must be at least 1",
+                "3:33: api_keys.max_source_lookups_per_second must be at least 1 (0 would refuse every key not in the cache)",
+                "4:21: api_keys.failed_auth_limit must be { requests_per_second = N, burst = M } or \"off\"",
+            ]
+        );
+        let refused =
+            errors("[api_keys]\nfailed_auth_limit = { requests_per_second = 0, burst = 3 }\n");
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].starts_with("2:21: api_keys.failed_auth_limit: "),
+            "{refused:?}"
+        );
+        assert_eq!(
+            compile("[api_keys]\nchecksum = \"sometimes\"\n")
+                .err()
+                .map(|e| e.0.len()),
+            Some(1)
+        );
+    }
+
+    #[test]
     fn a_route_compiles_its_match_access_limits_and_forwarding() {
         let text = format!(
             "{ROUTE}auth = [\"api_key\"]\nscopes = [\"a\", \"b\"]\nall_scopes = [\"c\"]\ntenants = [\"acme\"]\nrate_limit = {{ requests_per_second = 5, burst = 10 }}\nstrip_prefix = \"/v1\"\ntimeout = \"2s\"\nmax_body_bytes = 1024\nusage = {{ header = \"X-Usage\", tokens_per_minute = 60 }}\n"
