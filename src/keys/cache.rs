@@ -215,8 +215,7 @@ impl KeyStore {
         };
         // Before the format check, the hash and the cache: a client that keeps failing costs
         // one map read per request, whatever it sends.
-        let now = failures.now();
-        if let Err(retry_after_secs) = failures.check(client, now) {
+        if let Err(retry_after_secs) = failures.check(client, failures.now()) {
             self.metrics.failures_limited.inc();
             return Err(GatewayError::RateLimited { retry_after_secs });
         }
@@ -224,7 +223,8 @@ impl KeyStore {
         if let Err(GatewayError::InvalidKey | GatewayError::KeyRevoked | GatewayError::KeyExpired) =
             result
         {
-            failures.record_failure(client, now);
+            // Read the clock again: a lookup may have taken a while.
+            failures.record_failure(client, failures.now());
         }
         result
     }
