@@ -153,8 +153,7 @@ impl KeyStore {
         let negative_capacity =
             usize::try_from(settings.negative_cache_capacity).unwrap_or(usize::MAX);
         let negative = quick_cache::sync::Cache::new(negative_capacity.max(1));
-        let budget = settings
-            .source
+        let budget = source
             .lookups_are_remote()
             .then(|| LookupBudget::new(settings.max_source_lookups_per_second));
         let failures = settings.failed_auth_limit.map(FailureLimiter::new);
@@ -215,7 +214,7 @@ impl KeyStore {
         };
         // Before the format check, the hash and the cache: a client that keeps failing costs
         // one map read per request, whatever it sends.
-        if let Err(retry_after_secs) = failures.check(client, failures.now()) {
+        if let Err(retry_after_secs) = failures.check(client) {
             self.metrics.failures_limited.inc();
             return Err(GatewayError::RateLimited { retry_after_secs });
         }
@@ -223,8 +222,7 @@ impl KeyStore {
         if let Err(GatewayError::InvalidKey | GatewayError::KeyRevoked | GatewayError::KeyExpired) =
             result
         {
-            // Read the clock again: a lookup may have taken a while.
-            failures.record_failure(client, failures.now());
+            failures.record_failure(client);
         }
         result
     }

@@ -117,15 +117,22 @@ impl FailureLimiter {
         }
     }
 
-    pub fn now(&self) -> u64 {
-        self.clock.now()
+    /// `Err(retry_after_secs)` while `client` has no failure left to spend. A client that
+    /// never failed costs one map read (the clock is read only for clients with an entry).
+    pub fn check(&self, client: IpAddr) -> Result<(), u64> {
+        self.check_with(client, || self.clock.now())
     }
 
-    /// `Err(retry_after_secs)` while `client` has no failure left to spend.
-    pub fn check(&self, client: IpAddr, now: u64) -> Result<(), u64> {
+    /// `check` at `now` nanoseconds (tests drive the clock).
+    pub fn check_at(&self, client: IpAddr, now: u64) -> Result<(), u64> {
+        self.check_with(client, || now)
+    }
+
+    fn check_with(&self, client: IpAddr, now: impl FnOnce() -> u64) -> Result<(), u64> {
         let Some(tat) = self.tats.get(&bucket_of(client)) else {
             return Ok(());
         };
+        let now = now();
         // A peek: would one more failure fit? Nothing is spent here.
         match self.quota.acquire(tat.load(Ordering::Acquire), now) {
             Ok(_) => Ok(()),
@@ -133,8 +140,13 @@ impl FailureLimiter {
         }
     }
 
-    /// One failed authentication from `client`.
-    pub fn record_failure(&self, client: IpAddr, now: u64) {
+    /// One failed authentication from `client`, now.
+    pub fn record_failure(&self, client: IpAddr) {
+        self.record_failure_at(client, self.clock.now());
+    }
+
+    /// One failed authentication from `client` at `now` nanoseconds.
+    pub fn record_failure_at(&self, client: IpAddr, now: u64) {
         let tat = self
             .tats
             .get_or_insert_with(&bucket_of(client), || {
@@ -219,40 +231,40 @@ mod tests {
         let other: IpAddr = "203.0.113.8".parse().unwrap();
         let now = 100 * S;
         for _ in 0..50 {
-            assert_eq!(limiter.check(client, now), Ok(()));
-            limiter.record_failure(client, now);
+            assert_eq!(limiter.check_at(client, now), Ok(()));
+            limiter.record_failure_at(client, now);
         }
         assert_eq!(
-            limiter.check(client, now),
+            limiter.check_at(client, now),
             Err(1),
             "refill of one failure: 200 ms"
         );
         // More failures while refused change nothing.
-        limiter.record_failure(client, now);
-        assert!(limiter.check(client, now).is_err());
+        limiter.record_failure_at(client, now);
+        assert!(limiter.check_at(client, now).is_err());
         assert_eq!(
-            limiter.check(other, now),
+            limiter.check_at(other, now),
             Ok(()),
             "other clients are untouched"
         );
         // One failure refills every 200 ms.
-        assert_eq!(limiter.check(client, now + S / 5), Ok(()));
-        limiter.record_failure(client, now + S / 5);
-        assert!(limiter.check(client, now + S / 5).is_err());
+        assert_eq!(limiter.check_at(client, now + S / 5), Ok(()));
+        limiter.record_failure_at(client, now + S / 5);
+        assert!(limiter.check_at(client, now + S / 5).is_err());
         // Ten seconds later the bucket is full again.
         let later = now + 11 * S;
         for _ in 0..50 {
-            assert_eq!(limiter.check(client, later), Ok(()));
-            limiter.record_failure(client, later);
+            assert_eq!(limiter.check_at(client, later), Ok(()));
+            limiter.record_failure_at(client, later);
         }
-        assert!(limiter.check(client, later).is_err());
+        assert!(limiter.check_at(client, later).is_err());
     }
 
     #[test]
     fn the_client_map_is_bounded_whatever_the_number_of_addresses() {
         let limiter = FailureLimiter::with_capacity(rate(5.0, 50), 1_000);
         for i in 0..100_000u32 {
-            limiter.record_failure(IpAddr::V4(i.into()), S);
+            limiter.record_failure_at(IpAddr::V4(i.into()), S);
         }
         assert!(limiter.len() <= 1_000 + 1_000 / 10, "{}", limiter.len());
     }
@@ -263,14 +275,14 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        limiter.record_failure(a, S);
-        limiter.record_failure(b, S);
-        assert!(limiter.check(a, S).is_err());
-        assert_eq!(limiter.check(elsewhere, S), Ok(()));
+        limiter.record_failure_at(a, S);
+        limiter.record_failure_at(b, S);
+        assert!(limiter.check_at(a, S).is_err());
+        assert_eq!(limiter.check_at(elsewhere, S), Ok(()));
         let v4: IpAddr = "192.0.2.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        limiter.record_failure(v4, S);
-        limiter.record_failure(mapped, S);
-        assert!(limiter.check(v4, S).is_err());
+        limiter.record_failure_at(v4, S);
+        limiter.record_failure_at(mapped, S);
+        assert!(limiter.check_at(v4, S).is_err());
     }
 }

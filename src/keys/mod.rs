@@ -223,6 +223,15 @@ impl KeySource {
         }
     }
 
+    /// Whether a lookup leaves the process (and so spends the source-lookup budget). A key
+    /// file or a demo set is a map in memory: throttling it would protect nothing.
+    pub fn lookups_are_remote(&self) -> bool {
+        match self {
+            Self::File(_) | Self::Memory(_) => false,
+            Self::ControlPlane(_) => true,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::File(_) => "file",

@@ -36,17 +36,6 @@ pub enum KeySourceSettings {
     ControlPlane(ControlPlaneSettings),
 }
 
-impl KeySourceSettings {
-    /// Whether a lookup leaves the process (and so spends the source-lookup budget). A key
-    /// file is a map in memory: throttling its lookups would protect nothing.
-    pub fn lookups_are_remote(&self) -> bool {
-        match self {
-            Self::File(_) => false,
-            Self::ControlPlane(_) => true,
-        }
-    }
-}
-
 /// `api_keys.checksum`: whether a key must carry a valid checksum (see
 /// [`crate::keys::verify_checksum`]) before it is hashed or looked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
