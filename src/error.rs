@@ -57,6 +57,10 @@ pub enum GatewayError {
     /// A key source, JWKS or rate-limit backend needed for the decision is failing (fail closed).
     #[error("authentication backend unavailable")]
     AuthBackendUnavailable,
+    /// A key needed a key-source lookup and the lookup budget was spent: answered like an
+    /// unavailable backend, with a `Retry-After`, and nothing was asked.
+    #[error("key source lookups throttled")]
+    KeySourceThrottled,
     #[error("upstream timeout")]
     UpstreamTimeout,
 }
@@ -79,7 +83,9 @@ impl GatewayError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            Self::AuthBackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AuthBackendUnavailable | Self::KeySourceThrottled => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -102,7 +108,7 @@ impl GatewayError {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
-            Self::AuthBackendUnavailable => "AUTH_BACKEND_UNAVAILABLE",
+            Self::AuthBackendUnavailable | Self::KeySourceThrottled => "AUTH_BACKEND_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
         }
     }
@@ -133,6 +139,7 @@ impl GatewayError {
             Self::AuthBackendUnavailable => {
                 "The authentication backend is unavailable; try again later.".into()
             }
+            Self::KeySourceThrottled => "The authentication backend is busy; retry in 1 s.".into(),
             Self::UpstreamTimeout => "The upstream service did not answer in time.".into(),
         }
     }
@@ -141,6 +148,7 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::BadRequest(reason) => reason,
+            Self::KeySourceThrottled => "KEY_SOURCE_THROTTLED",
             other => other.code(),
         }
     }
@@ -220,6 +228,8 @@ impl GatewayError {
             Self::RateLimited { retry_after_secs } => {
                 Some((RETRY_AFTER, HeaderValue::from(*retry_after_secs)))
             }
+            // The budget refills within a second.
+            Self::KeySourceThrottled => Some((RETRY_AFTER, HeaderValue::from_static("1"))),
             _ if self.status() == StatusCode::UNAUTHORIZED => {
                 let value = if self.credential_presented() {
                     HeaderValue::from_static(r#"Bearer realm="authgate", error="invalid_token""#)
@@ -343,6 +353,11 @@ mod tests {
                 503,
                 "AUTH_BACKEND_UNAVAILABLE",
             ),
+            (
+                GatewayError::KeySourceThrottled,
+                503,
+                "AUTH_BACKEND_UNAVAILABLE",
+            ),
             (GatewayError::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT"),
         ]
     }
@@ -379,7 +394,7 @@ mod tests {
     #[test]
     fn every_variant_maps_to_the_spec_status_and_code() {
         let rows = spec_rows();
-        assert_eq!(rows.len(), 17);
+        assert_eq!(rows.len(), 18);
         for (error, status, code) in rows {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");

@@ -105,6 +105,10 @@ pub struct Metrics {
     pub auth: Family<AuthLabels, Counter>,
     pub key_cache: Family<ResultLabels, Counter>,
     pub key_source: Family<ResultLabels, Counter>,
+    /// `authgate_key_source_throttled_total`.
+    pub key_source_throttled: Counter,
+    /// `authgate_auth_failures_limited_total`.
+    pub auth_failures_limited: Counter,
     pub key_file_reloads: Family<ResultLabels, Counter>,
     pub jwks_refresh: Family<JwksLabels, Counter>,
     pub limits: LimitMetrics,
@@ -319,6 +323,18 @@ impl Metrics {
             "Key source lookups by result: found, not_found, error",
             key_source.clone(),
         );
+        let key_source_throttled = Counter::default();
+        registry.register(
+            "key_source_throttled",
+            "Key lookups not made because the source-lookup budget (api_keys.max_source_lookups_per_second) was spent: 503 for a request, a stale entry kept for a refresh",
+            key_source_throttled.clone(),
+        );
+        let auth_failures_limited = Counter::default();
+        registry.register(
+            "auth_failures_limited",
+            "API-key requests refused (429) because their client IP failed authentication too often (api_keys.failed_auth_limit)",
+            auth_failures_limited.clone(),
+        );
         let key_file_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "key_file_reloads",
@@ -434,6 +450,8 @@ impl Metrics {
             auth,
             key_cache,
             key_source,
+            key_source_throttled,
+            auth_failures_limited,
             key_file_reloads,
             jwks_refresh,
             limits,

@@ -887,6 +887,25 @@ async fn fifty_concurrent_first_requests_for_one_key_cause_one_lookup_and_all_ge
     assert_eq!(upstream.count(), 50);
 }
 
+/// Every answer is a 401 `AUTH_INVALID_KEY`, except that once the client has failed more
+/// than `failed_auth_limit` allows (50 at once by default) it gets 429 `RATE_LIMITED`.
+#[track_caller]
+fn assert_refused_or_limited(answers: &[Answer]) {
+    let mut refused = 0;
+    for answer in answers {
+        if answer.status == 429 {
+            assert_eq!(answer.code(), "RATE_LIMITED", "{answer:?}");
+        } else {
+            assert_error(answer, 401, "AUTH_INVALID_KEY");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 50,
+        "the default burst of failures is answered 401: {refused}"
+    );
+}
+
 #[tokio::test]
 async fn an_unknown_key_repeated_1000_times_costs_one_lookup_401() {
     let (upstream, cp, gw) = cp_setup("negative_ttl = \"60s\"").await;
@@ -899,9 +918,7 @@ async fn an_unknown_key_repeated_1000_times_costs_one_lookup_401() {
         .collect()
         .await;
     assert_eq!(answers.len(), 1000);
-    for answer in &answers {
-        assert_error(answer, 401, "AUTH_INVALID_KEY");
-    }
+    assert_refused_or_limited(&answers);
     assert_eq!(cp.key_calls(), 1, "{}", cp.key_calls());
     assert_eq!(upstream.count(), 0);
 }
@@ -924,9 +941,7 @@ async fn a_thousand_distinct_malformed_keys_cost_no_lookup_401() {
         .buffer_unordered(16)
         .collect()
         .await;
-    for answer in &answers {
-        assert_error(answer, 401, "AUTH_INVALID_KEY");
-    }
+    assert_refused_or_limited(&answers);
     assert_eq!(cp.key_calls(), 0);
     assert_eq!(upstream.count(), 0);
 }
@@ -1816,4 +1831,318 @@ async fn the_access_log_names_key_id_and_tenant_but_never_the_key() {
         assert!(!text.contains(&secret[4..]), "{text}");
         assert!(!text.contains(&hash_of(secret)), "{text}");
     }
+}
+
+// === key floods: negative store, lookup budget, failed-auth limiter, checksums ===
+
+/// A control-plane gateway behind a trusted proxy at 127.0.0.1 (so `X-Forwarded-For` names
+/// the client), with extra `[api_keys]` lines.
+async fn flood_gateway(cp: &FakeControlPlane, upstream: &Upstream, api_keys: &str) -> TestGateway {
+    let config = format!(
+        "{}\n[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        cp_config(cp, upstream, api_keys, "2s", CP_BEARER)
+    );
+    TestGateway::start(&config).await
+}
+
+/// `key` sent to `/v1/x` from client `ip` (via the trusted proxy's X-Forwarded-For).
+async fn from_client(client: &reqwest::Client, gw: &TestGateway, key: &str, ip: &str) -> Answer {
+    let request = client
+        .get(gw.url("/v1/x"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("x-forwarded-for", ip);
+    Answer::read(request.send().await.unwrap()).await
+}
+
+/// 100k distinct well-formed unknown keys (and 25k malformed ones, mixed in) from 200
+/// clients, while a valid key keeps calling:
+/// the control plane sees no more lookups than the budget allows, the valid key never fails,
+/// nothing unknown is forwarded, and every refusal is a 401, a 503 with `Retry-After: 1` or a
+/// 429 with `Retry-After`, each with its JSON code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_unknown_keys_is_held_to_the_lookup_budget_while_a_valid_key_keeps_working() {
+    const BUDGET: f64 = 100.0;
+    const FLOOD: usize = 100_000;
+    const MALFORMED_EVERY: usize = 4;
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = flood_gateway(
+        &cp,
+        &upstream,
+        // Slow refill: the 125 malformed keys of each client spend its burst (a lookup that
+        // 503s is no failure: the key may be valid), whatever the flood's speed.
+        "cache_ttl = \"1h\"\nmax_source_lookups_per_second = 100\nnegative_cache_capacity = 1000\nfailed_auth_limit = { requests_per_second = 0.5, burst = 50 }",
+    )
+    .await;
+    let client = client();
+    let valid = cp.key("flood-valid");
+    assert_eq!(
+        from_client(&client, &gw, &valid, "192.0.2.200")
+            .await
+            .status,
+        200
+    );
+    let lookups_before = cp.key_calls();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let valid_calls = {
+        let (client, url, done) = (client.clone(), gw.url("/v1/x"), done.clone());
+        let valid = valid.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let answer = client
+                    .get(&url)
+                    .header("authorization", format!("Bearer {valid}"))
+                    .header("x-forwarded-for", "192.0.2.200")
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(answer.status().as_u16());
+            }
+            statuses
+        })
+    };
+
+    let started = std::time::Instant::now();
+    let total = FLOOD + FLOOD / MALFORMED_EVERY;
+    let answers: Vec<(u16, Option<String>, String)> = stream::iter(0..total)
+        .map(|i| {
+            let (client, gw) = (client.clone(), &gw);
+            async move {
+                let key = if i % (MALFORMED_EVERY + 1) == MALFORMED_EVERY {
+                    format!("sgk_m{i}")
+                } else {
+                    format!("sgk_flood{i:0>35}")
+                };
+                let ip = format!("10.0.0.{}", i % 200 + 1);
+                let answer = from_client(&client, gw, &key, &ip).await;
+                let retry_after = answer
+                    .headers
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (answer.status, retry_after, answer.code())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::SeqCst);
+    let valid_statuses = valid_calls.await.unwrap();
+
+    let lookups = (cp.key_calls() - lookups_before) as f64;
+    assert!(
+        lookups <= BUDGET * elapsed.ceil() + BUDGET,
+        "{lookups} lookups in {elapsed:.1} s"
+    );
+    assert!(!valid_statuses.is_empty());
+    assert!(
+        valid_statuses.iter().all(|&status| status == 200),
+        "valid key: {:?}",
+        valid_statuses.iter().filter(|&&s| s != 200).count()
+    );
+    assert_eq!(
+        upstream.count(),
+        1 + valid_statuses.len(),
+        "only the valid key was forwarded"
+    );
+    let mut seen: HashMap<u16, usize> = HashMap::new();
+    for (status, retry_after, code) in &answers {
+        *seen.entry(*status).or_default() += 1;
+        match status {
+            401 => assert_eq!(code, "AUTH_INVALID_KEY"),
+            503 => {
+                assert_eq!(code, "AUTH_BACKEND_UNAVAILABLE");
+                assert_eq!(retry_after.as_deref(), Some("1"));
+            }
+            429 => {
+                assert_eq!(code, "RATE_LIMITED");
+                let wait: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+                assert!(wait >= 1);
+            }
+            other => panic!("unexpected {other} ({code})"),
+        }
+    }
+    assert_eq!(answers.len(), total);
+    assert!(seen.get(&503).is_some_and(|&n| n > 0), "{seen:?}");
+    assert!(seen.get(&429).is_some_and(|&n| n > 0), "{seen:?}");
+    let text = metrics_text(&gw).await;
+    assert_eq!(
+        metric(&text, "authgate_key_source_throttled_total"),
+        seen[&503] as f64
+    );
+    assert_eq!(
+        metric(&text, "authgate_auth_failures_limited_total"),
+        seen[&429] as f64
+    );
+    // The unknown keys did not displace the valid one: it is still a hit.
+    let lookups = cp.key_calls();
+    assert_eq!(
+        from_client(&client, &gw, &valid, "192.0.2.201")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(cp.key_calls(), lookups);
+}
+
+/// Requests that join a running lookup spend no budget token: with a budget of one lookup a
+/// second, 20 concurrent requests for one unknown key all get the lookup's answer (401).
+#[tokio::test]
+async fn requests_waiting_on_one_lookup_spend_no_budget_401() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = flood_gateway(
+        &cp,
+        &upstream,
+        "max_source_lookups_per_second = 1\nfailed_auth_limit = \"off\"",
+    )
+    .await;
+    let client = client();
+    let unknown = new_key();
+    cp.hold();
+    let waiting: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url, unknown) = (client.clone(), gw.url("/v1/x"), unknown.clone());
+            tokio::spawn(
+                async move { call(&client, &url, Some(&format!("Bearer {unknown}"))).await },
+            )
+        })
+        .collect();
+    // All twenty are waiting on the one held lookup.
+    let metrics_url = gw.admin_url("/metrics");
+    let misses = poll(
+        100,
+        Duration::from_millis(50),
+        || async {
+            let text = get_text(&metrics_url).await;
+            metric(&text, r#"authgate_key_cache_total{result="miss"}"#)
+        },
+        |&misses| misses >= 20.0,
+    )
+    .await;
+    assert!(misses.is_ok(), "20 requests waiting: {misses:?}");
+    cp.release();
+    for task in waiting {
+        assert_error(&task.await.unwrap(), 401, "AUTH_INVALID_KEY");
+    }
+    assert_eq!(cp.key_calls_for(&unknown), 1);
+    let text = metrics_text(&gw).await;
+    assert_eq!(metric(&text, "authgate_key_source_throttled_total"), 0.0);
+}
+
+/// With `checksum = "required"`, keys whose checksum does not verify are refused before any
+/// lookup (the control plane sees none); a generated key works.
+#[tokio::test]
+async fn keys_with_a_bad_checksum_never_reach_the_control_plane_401() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = flood_gateway(
+        &cp,
+        &upstream,
+        "checksum = \"required\"\nfailed_auth_limit = \"off\"",
+    )
+    .await;
+    let client = client();
+    for i in 0..500u32 {
+        // Well formed, 40 base62 characters, but random: the checksum fails (at worst 1 in
+        // 2^32 would pass; these fixed strings are checked not to).
+        let garbage = format!("sgk_{i:0>8}abcdefghijklmnopqrstuvwxyzABCDEF");
+        assert!(!authgate::keys::verify_checksum(garbage.as_bytes(), "sgk_"));
+        let answer = from_client(&client, &gw, &garbage, "203.0.113.50").await;
+        assert_error(&answer, 401, "AUTH_INVALID_KEY");
+    }
+    // A generated key with one character changed.
+    let key = cp.key("checksummed");
+    let mut changed = key.clone().into_bytes();
+    changed[20] = if changed[20] == b'x' { b'y' } else { b'x' };
+    let changed = String::from_utf8(changed).unwrap();
+    cp.add(&changed, cp_record("tampered"));
+    assert_error(
+        &from_client(&client, &gw, &changed, "203.0.113.50").await,
+        401,
+        "AUTH_INVALID_KEY",
+    );
+    assert_eq!(cp.key_calls(), 0, "no lookup for a bad checksum");
+    assert_eq!(
+        from_client(&client, &gw, &key, "203.0.113.50").await.status,
+        200
+    );
+    assert_eq!(cp.key_calls(), 1);
+    assert_eq!(upstream.count(), 1);
+}
+
+/// One client that keeps failing gets 429 (even with a valid key) while another client's
+/// valid key works. The refill is slow (one failure per 100 s), so nothing here depends on
+/// timing.
+#[tokio::test]
+async fn a_client_that_keeps_failing_gets_429_while_another_clients_valid_key_works() {
+    let upstream = Upstream::start().await;
+    let cp = FakeControlPlane::start().await;
+    let gw = flood_gateway(
+        &cp,
+        &upstream,
+        "failed_auth_limit = { requests_per_second = 0.01, burst = 50 }",
+    )
+    .await;
+    let client = client();
+    let valid = cp.key("limiter-valid");
+    let bad_client = "198.51.100.66";
+    // Malformed, unknown, and a mix: fifty failures spend the burst.
+    for i in 0..50 {
+        let key = if i % 2 == 0 {
+            "sgk_tooshort".to_owned()
+        } else {
+            new_key()
+        };
+        assert_error(
+            &from_client(&client, &gw, &key, bad_client).await,
+            401,
+            "AUTH_INVALID_KEY",
+        );
+    }
+    let lookups = cp.key_calls();
+    for key in [
+        "sgk_tooshort".to_owned(),
+        new_key(),
+        valid.clone(),
+        "sgk_!".to_owned(),
+    ] {
+        let answer = from_client(&client, &gw, &key, bad_client).await;
+        assert_eq!(answer.status, 429, "{answer:?}");
+        assert_eq!(answer.code(), "RATE_LIMITED");
+        let wait: u64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(wait >= 1, "{wait}");
+    }
+    assert_eq!(cp.key_calls(), lookups, "a refused client causes no lookup");
+    // Another client, same valid key: untouched. An IPv6 client in another /64 too.
+    assert_eq!(
+        from_client(&client, &gw, &valid, "198.51.100.67")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        from_client(&client, &gw, &valid, "2001:db8::1")
+            .await
+            .status,
+        200
+    );
+    // Without X-Forwarded-For the client is the proxy itself, a client of its own.
+    assert_eq!(with_key(&client, &gw, "/v1/x", &valid).await.status, 200);
+    assert_eq!(upstream.count(), 3);
+    let text = metrics_text(&gw).await;
+    assert_eq!(metric(&text, "authgate_auth_failures_limited_total"), 4.0);
+    assert_eq!(
+        metric(
+            &text,
+            r#"authgate_auth_total{method="api_key",result="RATE_LIMITED"}"#
+        ),
+        4.0
+    );
 }

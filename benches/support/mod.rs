@@ -9,8 +9,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use authgate::keys::cache::KeyMetrics;
-use authgate::keys::settings::{ApiKeySettings, KeySourceSettings};
+use authgate::keys::settings::{ApiKeySettings, ChecksumPolicy, KeySourceSettings};
 use authgate::keys::{KeyHash, KeyMap, KeyRecord, KeySource, KeyStore};
+use authgate::limits::settings::Rate;
 
 /// Resident memory of this process in MB (VmRSS from /proc/self/status; 0 if unreadable).
 pub fn rss_mb() -> f64 {
@@ -61,6 +62,10 @@ pub fn synthetic_store(n: usize) -> (Arc<KeyStore>, Vec<String>) {
         negative_ttl: Duration::from_secs(5),
         stale_if_error: Duration::from_secs(3600),
         cache_capacity: 2_000_000,
+        negative_cache_capacity: 65_536,
+        max_source_lookups_per_second: 1_000,
+        failed_auth_limit: Rate::new(5.0, 50).ok(),
+        checksum: ChecksumPolicy::Off,
         source: KeySourceSettings::File("memory".into()),
         in_use: true,
     };

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
@@ -424,10 +425,13 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
 /// route is `AUTH_INVALID_KEY`, an API key on a JWT-only route `AUTH_INVALID_TOKEN`. A valid
 /// credential then meets `admit` (the revocation list), whose refusal is this decision's
 /// outcome. Every decision on a protected route is counted in
-/// `authgate_auth_total{method,result}`.
+/// `authgate_auth_total{method,result}`. `client` names the client address (asked for API
+/// keys only): its failed API-key authentications are limited.
+#[allow(clippy::too_many_arguments)]
 pub async fn authenticate<T>(
     policy: AuthPolicy,
     headers: &HeaderMap,
+    client: impl FnOnce() -> IpAddr,
     api_key_prefix: &str,
     keys: Option<&Arc<KeyStore>>,
     jwt_validator: Option<&Arc<jwt::JwtValidator>>,
@@ -446,7 +450,7 @@ pub async fn authenticate<T>(
         Ok(Some(Credential::Jwt(_))) if !jwt => (Attempt::Jwt, Err(GatewayError::InvalidKey)),
         Ok(Some(Credential::ApiKey(key))) => {
             let result = match keys {
-                Some(store) => store.authenticate(key).await,
+                Some(store) => store.authenticate_from(key, client()).await,
                 // No route accepted API keys when the store was built: nothing can validate it.
                 None => Err(GatewayError::InvalidKey),
             };
@@ -503,12 +507,14 @@ fn result_slot(error: Option<&GatewayError>) -> Option<usize> {
         Some(GatewayError::TokenExpired) => 6,
         Some(GatewayError::TokenRevoked) => 7,
         Some(GatewayError::BadRequest(_)) => 8,
-        Some(GatewayError::AuthBackendUnavailable) => 9,
+        Some(GatewayError::AuthBackendUnavailable | GatewayError::KeySourceThrottled) => 9,
+        // A client over its failed-authentication allowance: the path a flood drives.
+        Some(GatewayError::RateLimited { .. }) => 10,
         Some(_) => return None,
     })
 }
 
-const RESULT_SLOTS: usize = 10;
+const RESULT_SLOTS: usize = 11;
 
 /// `authgate_auth_total{method,result}`, with each series resolved once.
 ///

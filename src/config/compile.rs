@@ -16,9 +16,12 @@ use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, 
 use crate::auth::assertion::{AssertionSettings, SigningKey};
 use crate::http1::fields::UnderscorePolicy;
 use crate::keys::settings::{
-    ApiKeySettings, ControlPlaneAuthSettings, ControlPlaneSettings, KeySourceSettings,
+    ApiKeySettings, ChecksumPolicy, ControlPlaneAuthSettings, ControlPlaneSettings,
+    KeySourceSettings,
 };
-use crate::limits::settings::{BackendErrorPolicy, LimitBackend, RateLimitSettings, RedisSettings};
+use crate::limits::settings::{
+    BackendErrorPolicy, LimitBackend, Rate, RateLimitSettings, RedisSettings,
+};
 use crate::revocation::RevocationSettings;
 use crate::routes::policy::AuthPolicy;
 use crate::routes::{PathPattern, RouteTable};
@@ -415,6 +418,29 @@ fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>)
         Some(capacity) => *capacity.get_ref(),
         None => file::DEFAULT_CACHE_CAPACITY,
     };
+    let negative_cache_capacity = match &keys.negative_cache_capacity {
+        Some(capacity) if *capacity.get_ref() == 0 => {
+            errors.at(
+                capacity.span(),
+                "api_keys.negative_cache_capacity must be at least 1",
+            );
+            file::DEFAULT_NEGATIVE_CACHE_CAPACITY
+        }
+        Some(capacity) => *capacity.get_ref(),
+        None => file::DEFAULT_NEGATIVE_CACHE_CAPACITY,
+    };
+    let max_source_lookups_per_second = match &keys.max_source_lookups_per_second {
+        Some(rate) if *rate.get_ref() == 0 => {
+            errors.at(
+                rate.span(),
+                "api_keys.max_source_lookups_per_second must be at least 1 (0 would refuse every key not in the cache)",
+            );
+            file::DEFAULT_MAX_SOURCE_LOOKUPS_PER_SECOND
+        }
+        Some(rate) => *rate.get_ref(),
+        None => file::DEFAULT_MAX_SOURCE_LOOKUPS_PER_SECOND,
+    };
+    let failed_auth_limit = compile_failed_auth_limit(keys.failed_auth_limit.as_ref(), errors);
     let duration = |value: Option<super::values::DurationValue>, default: u64| {
         value.map_or(Duration::from_secs(default), |d| d.0)
     };
@@ -452,6 +478,13 @@ fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>)
             }
         },
     };
+    let checksum = match keys.checksum {
+        Some(file::FileChecksum::Policy(file::FileChecksumPolicy::Off))
+        | Some(file::FileChecksum::Required(false)) => ChecksumPolicy::Off,
+        Some(file::FileChecksum::Policy(file::FileChecksumPolicy::Required))
+        | Some(file::FileChecksum::Required(true)) => ChecksumPolicy::Required,
+        None => ChecksumPolicy::default_for(&source),
+    };
     ApiKeySettings {
         prefix,
         min_length,
@@ -459,8 +492,45 @@ fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>)
         negative_ttl: duration(keys.negative_ttl, file::DEFAULT_NEGATIVE_TTL_SECS),
         stale_if_error: duration(keys.stale_if_error, file::DEFAULT_STALE_IF_ERROR_SECS),
         cache_capacity,
+        negative_cache_capacity,
+        max_source_lookups_per_second,
+        failed_auth_limit,
+        checksum,
         source,
         in_use,
+    }
+}
+
+/// `api_keys.failed_auth_limit`: default on; `"off"` turns it off.
+fn compile_failed_auth_limit(
+    limit: Option<&Spanned<file::FileFailedAuthLimit>>,
+    errors: &mut Errors<'_>,
+) -> Option<Rate> {
+    let default = Rate::new(
+        file::DEFAULT_FAILED_AUTH_RPS,
+        file::DEFAULT_FAILED_AUTH_BURST,
+    )
+    .ok();
+    let Some(limit) = limit else {
+        return default;
+    };
+    match limit.get_ref() {
+        file::FileFailedAuthLimit::Rate(rate) => Rate::new(rate.requests_per_second, rate.burst)
+            .map_err(|message| {
+                errors.at(
+                    limit.span(),
+                    format!("api_keys.failed_auth_limit: {message}"),
+                );
+            })
+            .ok(),
+        file::FileFailedAuthLimit::Switch(text) if text.as_str() == "off" => None,
+        file::FileFailedAuthLimit::Switch(_) => {
+            errors.at(
+                limit.span(),
+                "api_keys.failed_auth_limit must be { requests_per_second = N, burst = M } or \"off\"",
+            );
+            default
+        }
     }
 }
 
@@ -737,6 +807,63 @@ mod tests {
             BackendErrorPolicy::Local
         );
         assert!(config.routes.routes().is_empty());
+    }
+
+    #[test]
+    fn flood_defences_default_on_and_are_validated_at_their_place() {
+        use crate::keys::settings::ChecksumPolicy;
+        use crate::limits::settings::Rate;
+        let config = compile("").unwrap();
+        let keys = &config.api_keys;
+        assert_eq!(keys.negative_cache_capacity, 65_536);
+        assert_eq!(keys.max_source_lookups_per_second, 1_000);
+        assert_eq!(keys.failed_auth_limit, Rate::new(5.0, 50).ok());
+        assert_eq!(keys.checksum, ChecksumPolicy::Off);
+
+        let config = compile(
+            "[api_keys]\nnegative_cache_capacity = 10\nmax_source_lookups_per_second = 7\nfailed_auth_limit = \"off\"\nchecksum = \"required\"\n",
+        )
+        .unwrap();
+        let keys = &config.api_keys;
+        assert_eq!(keys.negative_cache_capacity, 10);
+        assert_eq!(keys.max_source_lookups_per_second, 7);
+        assert_eq!(keys.failed_auth_limit, None);
+        assert_eq!(keys.checksum, ChecksumPolicy::Required);
+        for (text, expected) in [
+            ("true", ChecksumPolicy::Required),
+            ("false", ChecksumPolicy::Off),
+        ] {
+            let config = compile(&format!("[api_keys]\nchecksum = {text}\n")).unwrap();
+            assert_eq!(config.api_keys.checksum, expected);
+        }
+        let config =
+            compile("[api_keys]\nfailed_auth_limit = { requests_per_second = 1, burst = 3 }\n")
+                .unwrap();
+        assert_eq!(config.api_keys.failed_auth_limit, Rate::new(1.0, 3).ok());
+
+        assert_eq!(
+            errors(
+                "[api_keys]\nnegative_cache_capacity = 0\nmax_source_lookups_per_second = 0\nfailed_auth_limit = \"of\"\n"
+            ),
+            [
+                "2:27: api_keys.negative_cache_capacity must be at least 1",
+                "3:33: api_keys.max_source_lookups_per_second must be at least 1 (0 would refuse every key not in the cache)",
+                "4:21: api_keys.failed_auth_limit must be { requests_per_second = N, burst = M } or \"off\"",
+            ]
+        );
+        let refused =
+            errors("[api_keys]\nfailed_auth_limit = { requests_per_second = 0, burst = 3 }\n");
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].starts_with("2:21: api_keys.failed_auth_limit: "),
+            "{refused:?}"
+        );
+        assert_eq!(
+            compile("[api_keys]\nchecksum = \"sometimes\"\n")
+                .err()
+                .map(|e| e.0.len()),
+            Some(1)
+        );
     }
 
     #[test]

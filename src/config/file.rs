@@ -28,6 +28,10 @@ pub const DEFAULT_CACHE_TTL_SECS: u64 = 60;
 pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 5;
 pub const DEFAULT_STALE_IF_ERROR_SECS: u64 = 300;
 pub const DEFAULT_CACHE_CAPACITY: u64 = 1_000_000;
+pub const DEFAULT_NEGATIVE_CACHE_CAPACITY: u64 = 65_536;
+pub const DEFAULT_MAX_SOURCE_LOOKUPS_PER_SECOND: u32 = 1_000;
+pub const DEFAULT_FAILED_AUTH_RPS: f64 = 5.0;
+pub const DEFAULT_FAILED_AUTH_BURST: u32 = 50;
 pub const DEFAULT_KEY_FILE: &str = "keys.toml";
 pub const DEFAULT_CONTROL_PLANE_TIMEOUT_SECS: u64 = 2;
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 30;
@@ -149,8 +153,40 @@ pub struct FileApiKeys {
     pub negative_ttl: Option<DurationValue>,
     pub stale_if_error: Option<DurationValue>,
     pub cache_capacity: Option<Spanned<u64>>,
+    /// Unknown-key hashes remembered at once, apart from the validated keys.
+    pub negative_cache_capacity: Option<Spanned<u64>>,
+    /// Key-source lookups started per second, all keys together.
+    pub max_source_lookups_per_second: Option<Spanned<u32>>,
+    /// Failed API-key authentications allowed per client IP, or `"off"`.
+    pub failed_auth_limit: Option<Spanned<FileFailedAuthLimit>>,
+    /// `"off"` | `"required"` (also `false` | `true`).
+    pub checksum: Option<FileChecksum>,
     pub source: Option<KeySourceKind>,
     pub file: Option<Text>,
+}
+
+/// `api_keys.failed_auth_limit`: a rate, or `"off"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileFailedAuthLimit {
+    Rate(FileRate),
+    Switch(Text),
+}
+
+/// `api_keys.checksum`: `"off"` | `"required"`, or the boolean form `false` | `true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum FileChecksum {
+    Policy(FileChecksumPolicy),
+    Required(bool),
+}
+
+/// The string form of `api_keys.checksum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileChecksumPolicy {
+    Off,
+    Required,
 }
 
 /// `api_keys.source`.

@@ -6,6 +6,11 @@
 //! | < stale_if_error     | served at once, refreshed in the background (one refresh per key) | |
 //! | older / absent       | looked up now; concurrent requests for one key share one lookup | |
 //!
+//! Unknown keys live in a store of their own (`negative_cache_capacity` hashes, no record):
+//! a flood of distinct unknown keys evicts other unknown keys, never a validated one. Lookups
+//! that leave the process spend the source-lookup budget (`flood.rs`); a miss without a token
+//! is a 503 and no lookup, a background refresh without one keeps serving the stale entry.
+//!
 //! A failed lookup never turns into "unknown": it keeps a recently validated key working
 //! (stale-if-error) and answers 503 for everything else (fail closed). A cache hit does no I/O
 //! and takes no lock shared across keys.
@@ -15,6 +20,7 @@
 //! cached keys far over a 500 MB budget, and its reads are 5-20x slower. Freshness is decided
 //! here from `validated_at`, so the cache needs no timers of its own.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,8 +30,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::{broadcast, watch};
 
-use super::settings::ApiKeySettings;
-use super::{KeyHash, KeyRecord, KeySource, SourceError, Timestamp, is_well_formed};
+use super::flood::{FailureLimiter, LookupBudget};
+use super::settings::{ApiKeySettings, ChecksumPolicy};
+use super::{
+    KeyHash, KeyRecord, KeySource, SourceError, Timestamp, is_well_formed, verify_checksum,
+};
 use crate::auth::{AuthMethod, Identity, IdentityFields};
 use crate::error::GatewayError;
 use crate::limits::settings::Rate;
@@ -43,13 +52,22 @@ pub struct KeyMetrics {
     pub found: Counter,
     pub not_found: Counter,
     pub error: Counter,
+    /// `authgate_key_source_throttled_total`: lookups refused for want of a budget token.
+    pub throttled: Counter,
+    /// `authgate_auth_failures_limited_total`: API-key requests refused because their client
+    /// failed too often.
+    pub failures_limited: Counter,
 }
 
 impl KeyMetrics {
     /// The key store's handles on `authgate_key_cache_total` and
     /// `authgate_key_source_requests_total`.
     pub fn of(metrics: &Metrics) -> Self {
-        Self::from_families(&metrics.key_cache, &metrics.key_source)
+        Self {
+            throttled: metrics.key_source_throttled.clone(),
+            failures_limited: metrics.auth_failures_limited.clone(),
+            ..Self::from_families(&metrics.key_cache, &metrics.key_source)
+        }
     }
 
     /// Resolves the labelled counters of the two families.
@@ -68,28 +86,25 @@ impl KeyMetrics {
             found: get(source, "found"),
             not_found: get(source, "not_found"),
             error: get(source, "error"),
+            throttled: Counter::default(),
+            failures_limited: Counter::default(),
         }
     }
 }
 
-#[derive(Debug)]
-enum EntryState {
-    Valid(Arc<Identity>),
-    Unknown,
-}
-
+/// A validated key (unknown keys are in `KeyStore::negative`).
 #[derive(Debug)]
 struct CacheEntry {
-    state: EntryState,
+    identity: Arc<Identity>,
     validated_at: Instant,
     /// Set while a background refresh runs, so a busy key triggers one refresh, not many.
     refreshing: AtomicBool,
 }
 
 impl CacheEntry {
-    fn new(state: EntryState) -> Arc<Self> {
+    fn new(identity: Arc<Identity>) -> Arc<Self> {
         Arc::new(Self {
-            state,
+            identity,
             validated_at: Instant::now(),
             refreshing: AtomicBool::new(false),
         })
@@ -99,13 +114,29 @@ impl CacheEntry {
 /// A failed background refresh of one key is retried no sooner than this.
 pub const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
-type Lookup = Result<Option<Arc<Identity>>, SourceError>;
+type Lookup = Result<Option<Arc<Identity>>, LookupError>;
+
+/// Why a lookup gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LookupError {
+    /// The source failed (stale-if-error applies).
+    Source(SourceError),
+    /// The source-lookup budget had no token: nothing was asked.
+    Throttled,
+}
 
 /// Validates API keys: format, cache, source.
 #[derive(Debug)]
 pub struct KeyStore {
     settings: ApiKeySettings,
     cache: quick_cache::sync::Cache<KeyHash, Arc<CacheEntry>>,
+    /// Unknown keys and when the source said so; bounded apart from `cache`, so unknown keys
+    /// never displace validated ones.
+    negative: quick_cache::sync::Cache<KeyHash, Instant>,
+    /// Tokens for lookups that leave the process; `None` for in-memory sources.
+    budget: Option<LookupBudget>,
+    /// Failed authentications per client IP; `None` when `failed_auth_limit = "off"`.
+    failures: Option<FailureLimiter>,
     /// Lookups in progress, so concurrent misses for one key share one lookup.
     inflight: DashMap<KeyHash, watch::Receiver<Option<Lookup>>>,
     /// Bumped by `invalidate_all`: an answer read from the source before a key-file reload
@@ -119,9 +150,19 @@ impl KeyStore {
     pub fn new(settings: ApiKeySettings, source: KeySource, metrics: KeyMetrics) -> Arc<Self> {
         let capacity = usize::try_from(settings.cache_capacity).unwrap_or(usize::MAX);
         let cache = quick_cache::sync::Cache::new(capacity);
+        let negative_capacity =
+            usize::try_from(settings.negative_cache_capacity).unwrap_or(usize::MAX);
+        let negative = quick_cache::sync::Cache::new(negative_capacity.max(1));
+        let budget = source
+            .lookups_are_remote()
+            .then(|| LookupBudget::new(settings.max_source_lookups_per_second));
+        let failures = settings.failed_auth_limit.map(FailureLimiter::new);
         Arc::new(Self {
             settings,
             cache,
+            negative,
+            budget,
+            failures,
             inflight: DashMap::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
             source,
@@ -141,11 +182,13 @@ impl KeyStore {
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
+        self.negative.clear();
     }
 
     /// Drops the cached decision for one key.
     pub fn invalidate(&self, hash: &KeyHash) {
         self.cache.remove(hash);
+        self.negative.remove(hash);
     }
 
     /// Drops cached answers for keys announced as changed (the key service, here or on
@@ -172,14 +215,51 @@ impl KeyStore {
         });
     }
 
-    /// Cached entries (for tests and memory reports).
+    /// Cached validated keys (for tests and memory reports).
     pub fn cached_len(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Remembered unknown keys (for tests and memory reports).
+    pub fn negative_len(&self) -> usize {
+        self.negative.len()
+    }
+
+    /// Authenticates an API key from `client`: refused at once (429) while the client is over
+    /// its failed-authentication allowance, else [`KeyStore::authenticate`], whose refusals
+    /// (malformed, bad checksum, unknown, revoked, expired) spend from that allowance.
+    pub async fn authenticate_from(
+        self: &Arc<Self>,
+        key: &[u8],
+        client: IpAddr,
+    ) -> Result<Arc<Identity>, GatewayError> {
+        let Some(failures) = &self.failures else {
+            return self.authenticate(key).await;
+        };
+        // Before the format check, the hash and the cache: a client that keeps failing costs
+        // one map read per request, whatever it sends.
+        if let Err(retry_after_secs) = failures.check(client) {
+            self.metrics.failures_limited.inc();
+            return Err(GatewayError::RateLimited { retry_after_secs });
+        }
+        let result = self.authenticate(key).await;
+        if let Err(GatewayError::InvalidKey | GatewayError::KeyRevoked | GatewayError::KeyExpired) =
+            result
+        {
+            failures.record_failure(client);
+        }
+        result
     }
 
     /// Authenticates an API key: the identity, or the 401/503 SPEC §4.1 names.
     pub async fn authenticate(self: &Arc<Self>, key: &[u8]) -> Result<Arc<Identity>, GatewayError> {
         if !is_well_formed(key, &self.settings.prefix, self.settings.min_length) {
+            return Err(GatewayError::InvalidKey);
+        }
+        // Before hashing: garbage that cannot be a generated key costs a CRC, no lookup.
+        if self.settings.checksum == ChecksumPolicy::Required
+            && !verify_checksum(key, &self.settings.prefix)
+        {
             return Err(GatewayError::InvalidKey);
         }
         self.authenticate_hash(KeyHash::of(key)).await
@@ -203,25 +283,33 @@ impl KeyStore {
         self: &Arc<Self>,
         hash: KeyHash,
     ) -> Option<Result<Arc<Identity>, GatewayError>> {
-        let entry = self.cache.get(&hash)?;
+        let Some(entry) = self.cache.get(&hash) else {
+            return self.unknown_cached(&hash);
+        };
         let age = entry.validated_at.elapsed();
-        match &entry.state {
-            EntryState::Unknown if age < self.settings.negative_ttl => {
-                self.metrics.negative.inc();
-                Some(Err(GatewayError::InvalidKey))
+        let identity = &entry.identity;
+        if age < self.settings.cache_ttl {
+            self.metrics.hit.inc();
+            Some(check(identity))
+        } else if age < self.settings.stale_if_error {
+            self.metrics.stale.inc();
+            if !entry.refreshing.swap(true, Ordering::AcqRel) {
+                self.spawn_refresh(hash, entry.clone());
             }
-            EntryState::Valid(identity) if age < self.settings.cache_ttl => {
-                self.metrics.hit.inc();
-                Some(check(identity))
-            }
-            EntryState::Valid(identity) if age < self.settings.stale_if_error => {
-                self.metrics.stale.inc();
-                if !entry.refreshing.swap(true, Ordering::AcqRel) {
-                    self.spawn_refresh(hash, entry.clone());
-                }
-                Some(check(identity))
-            }
-            _ => None,
+            Some(check(identity))
+        } else {
+            None
+        }
+    }
+
+    /// A 401 for a key the source called unknown within `negative_ttl`.
+    fn unknown_cached(&self, hash: &KeyHash) -> Option<Result<Arc<Identity>, GatewayError>> {
+        let at = self.negative.get(hash)?;
+        if at.elapsed() < self.settings.negative_ttl {
+            self.metrics.negative.inc();
+            Some(Err(GatewayError::InvalidKey))
+        } else {
+            None
         }
     }
 
@@ -233,11 +321,13 @@ impl KeyStore {
         match self.lookup_coalesced(hash).await {
             Ok(Some(identity)) => check(&identity),
             Ok(None) => Err(GatewayError::InvalidKey),
-            Err(_) => Err(GatewayError::AuthBackendUnavailable),
+            Err(LookupError::Throttled) => Err(GatewayError::KeySourceThrottled),
+            Err(LookupError::Source(_)) => Err(GatewayError::AuthBackendUnavailable),
         }
     }
 
-    /// One lookup per key at a time; every concurrent caller gets its result.
+    /// One lookup per key at a time; every concurrent caller gets its result. The caller that
+    /// starts a lookup takes a budget token first; callers that join it take none.
     ///
     /// The lookup runs in its own task, which also removes the in-flight entry: a caller that
     /// goes away (client disconnect, HTTP/2 reset) can neither leave the entry behind nor
@@ -246,6 +336,14 @@ impl KeyStore {
         let mut receiver = match self.inflight.entry(hash) {
             dashmap::Entry::Occupied(entry) => entry.get().clone(),
             dashmap::Entry::Vacant(entry) => {
+                if self
+                    .budget
+                    .as_ref()
+                    .is_some_and(|budget| !budget.try_take())
+                {
+                    self.metrics.throttled.inc();
+                    return Err(LookupError::Throttled);
+                }
                 let (sender, receiver) = watch::channel(None);
                 entry.insert(receiver.clone());
                 let store = self.clone();
@@ -260,24 +358,26 @@ impl KeyStore {
         match receiver.wait_for(Option::is_some).await {
             Ok(result) => result
                 .clone()
-                .unwrap_or_else(|| Err(SourceError("lookup lost".into()))),
-            Err(_) => Err(SourceError(
+                .unwrap_or_else(|| Err(LookupError::Source(SourceError("lookup lost".into())))),
+            Err(_) => Err(LookupError::Source(SourceError(
                 "the lookup task ended without an answer".into(),
-            )),
+            ))),
         }
     }
 
     /// A lookup that finished between a caller's cache miss and now already stored its answer.
     async fn cached_or_lookup(&self, hash: KeyHash) -> Lookup {
-        if let Some(entry) = self.cache.get(&hash) {
-            let age = entry.validated_at.elapsed();
-            match &entry.state {
-                EntryState::Valid(identity) if age < self.settings.cache_ttl => {
-                    return Ok(Some(identity.clone()));
-                }
-                EntryState::Unknown if age < self.settings.negative_ttl => return Ok(None),
-                _ => {}
-            }
+        if let Some(entry) = self.cache.get(&hash)
+            && entry.validated_at.elapsed() < self.settings.cache_ttl
+        {
+            return Ok(Some(entry.identity.clone()));
+        }
+        if self
+            .negative
+            .get(&hash)
+            .is_some_and(|at| at.elapsed() < self.settings.negative_ttl)
+        {
+            return Ok(None);
         }
         self.lookup_and_store(hash).await
     }
@@ -293,20 +393,21 @@ impl KeyStore {
             Ok(Some(record)) => {
                 self.metrics.found.inc();
                 let identity = Arc::new(identity_from_record(&record, hash));
-                self.cache
-                    .insert(hash, CacheEntry::new(EntryState::Valid(identity.clone())));
+                self.negative.remove(&hash);
+                self.cache.insert(hash, CacheEntry::new(identity.clone()));
                 Ok(Some(identity))
             }
             Ok(None) => {
                 self.metrics.not_found.inc();
-                self.cache
-                    .insert(hash, CacheEntry::new(EntryState::Unknown));
+                // A key deleted at the source stops being served from its stale entry.
+                self.cache.remove(&hash);
+                self.negative.insert(hash, Instant::now());
                 Ok(None)
             }
             Err(error) => {
                 self.metrics.error.inc();
                 tracing::warn!(key_hash = %hash.short(), source = self.source.kind(), error = %error, "Key lookup failed.");
-                Err(error)
+                Err(LookupError::Source(error))
             }
         }
     }
@@ -314,8 +415,8 @@ impl KeyStore {
     fn spawn_refresh(self: &Arc<Self>, hash: KeyHash, entry: Arc<CacheEntry>) {
         let store = self.clone();
         tokio::spawn(async move {
-            // On failure the old entry stays (stale-if-error); a new answer replaces it. A busy
-            // key retries a failed refresh at most once per REFRESH_RETRY, not per request.
+            // On failure, or without a budget token, the old entry stays (stale-if-error); a new
+            // answer replaces it. A busy key retries at most once per REFRESH_RETRY.
             if store.lookup_coalesced(hash).await.is_err() {
                 tokio::time::sleep(REFRESH_RETRY).await;
                 entry.refreshing.store(false, Ordering::Release);
@@ -363,4 +464,176 @@ pub fn identity_from_record(record: &KeyRecord, hash: KeyHash) -> Identity {
             key_hash: Some(hash),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::keys::settings::KeySourceSettings;
+    use crate::keys::{KeyMap, generate_key};
+
+    fn record(key_id: &str) -> KeyRecord {
+        KeyRecord {
+            key_id: key_id.into(),
+            tenant_id: "acme".into(),
+            user_id: None,
+            scopes: Vec::new(),
+            rate_limit: None,
+            tokens_per_minute: None,
+            expires_at: None,
+            revoked: false,
+            custom_claims: BTreeMap::new(),
+            description: None,
+        }
+    }
+
+    fn settings(cache_capacity: u64, negative_cache_capacity: u64) -> ApiKeySettings {
+        ApiKeySettings {
+            prefix: "sgk_".into(),
+            min_length: 32,
+            cache_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(3600),
+            stale_if_error: Duration::from_secs(3600),
+            cache_capacity,
+            negative_cache_capacity,
+            max_source_lookups_per_second: 1_000,
+            failed_auth_limit: Rate::new(5.0, 50).ok(),
+            checksum: ChecksumPolicy::Off,
+            source: KeySourceSettings::File("memory".into()),
+            in_use: true,
+        }
+    }
+
+    fn store(settings: ApiKeySettings, keys: &[(&str, &str)]) -> Arc<KeyStore> {
+        let map: KeyMap = keys
+            .iter()
+            .map(|(key, key_id)| (KeyHash::of(key), record(key_id)))
+            .collect();
+        KeyStore::new(settings, KeySource::Memory(map), KeyMetrics::default())
+    }
+
+    /// The store of unknown keys is bounded apart from the valid keys: 100k unknown keys
+    /// later, the valid key is still a hit, with no lookup.
+    #[tokio::test]
+    async fn a_flood_of_unknown_keys_never_evicts_a_valid_key() {
+        let valid = generate_key("sgk_").unwrap();
+        // A main cache far smaller than the flood: unknown keys sharing it would evict.
+        let store = store(settings(16, 1_000), &[(valid.as_str(), "key-1")]);
+        store.authenticate(valid.as_bytes()).await.unwrap();
+        for i in 0..100_000u32 {
+            let unknown = format!("sgk_unknown{i:0>32}");
+            assert_eq!(
+                store.authenticate(unknown.as_bytes()).await.unwrap_err(),
+                GatewayError::InvalidKey
+            );
+        }
+        assert_eq!(store.metrics.not_found.get(), 100_000);
+        assert!(store.negative_len() <= 1_100, "{}", store.negative_len());
+        assert_eq!(store.cached_len(), 1);
+        let lookups = store.metrics.found.get();
+        let hits = store.metrics.hit.get();
+        let identity = store.authenticate(valid.as_bytes()).await.unwrap();
+        assert_eq!(identity.key_id(), Some("key-1"));
+        assert_eq!(store.metrics.hit.get(), hits + 1);
+        assert_eq!(
+            store.metrics.found.get(),
+            lookups,
+            "no lookup for the valid key"
+        );
+    }
+
+    /// Unknown keys are still answered from their own store within `negative_ttl`, counted
+    /// as `negative`, and a key that becomes known leaves it.
+    #[tokio::test]
+    async fn unknown_keys_are_remembered_in_their_own_store() {
+        let unknown = generate_key("sgk_").unwrap();
+        let store = store(settings(16, 16), &[]);
+        for _ in 0..3 {
+            assert!(store.authenticate(unknown.as_bytes()).await.is_err());
+        }
+        assert_eq!(store.metrics.not_found.get(), 1);
+        assert_eq!(store.metrics.negative.get(), 2);
+        assert_eq!((store.negative_len(), store.cached_len()), (1, 0));
+        store.invalidate(&KeyHash::of(&unknown));
+        assert_eq!(store.negative_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_required_checksum_refuses_bad_keys_before_any_lookup() {
+        let good = generate_key("sgk_").unwrap();
+        let legacy = format!("sgk_{}", "a".repeat(40));
+        let mut settings = settings(16, 16);
+        settings.checksum = ChecksumPolicy::Required;
+        let store = store(
+            settings,
+            &[(good.as_str(), "good"), (legacy.as_str(), "legacy")],
+        );
+        assert!(store.authenticate(good.as_bytes()).await.is_ok());
+        let mut bad = good.clone().into_bytes();
+        bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
+        assert_eq!(
+            store.authenticate(&bad).await.unwrap_err(),
+            GatewayError::InvalidKey
+        );
+        assert_eq!(
+            store.authenticate(legacy.as_bytes()).await.unwrap_err(),
+            GatewayError::InvalidKey
+        );
+        assert_eq!(
+            store.metrics.miss.get(),
+            1,
+            "only the good key was looked up"
+        );
+        // With the check off, the key without a checksum works.
+        let store = self::store(self::settings(16, 16), &[(legacy.as_str(), "legacy")]);
+        assert!(store.authenticate(legacy.as_bytes()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_keeps_failing_is_refused_before_the_format_check() {
+        let valid = generate_key("sgk_").unwrap();
+        let mut settings = settings(16, 16);
+        settings.failed_auth_limit = Rate::new(1.0, 3).ok();
+        let store = store(settings, &[(valid.as_str(), "key-1")]);
+        let bad: IpAddr = "198.51.100.1".parse().unwrap();
+        let good: IpAddr = "198.51.100.2".parse().unwrap();
+        for garbage in [
+            &b"sgk_short"[..],
+            b"sgk_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+            b"sgk_",
+        ] {
+            assert_eq!(
+                store.authenticate_from(garbage, bad).await.unwrap_err(),
+                GatewayError::InvalidKey
+            );
+        }
+        // The allowance is spent: even a valid key from this client is refused, unlooked at.
+        let misses = store.metrics.miss.get();
+        assert!(matches!(
+            store.authenticate_from(valid.as_bytes(), bad).await,
+            Err(GatewayError::RateLimited {
+                retry_after_secs: 1
+            })
+        ));
+        assert_eq!(store.metrics.failures_limited.get(), 1);
+        assert_eq!(store.metrics.miss.get(), misses);
+        assert!(
+            store
+                .authenticate_from(valid.as_bytes(), good)
+                .await
+                .is_ok()
+        );
+        // Successes spend nothing.
+        for _ in 0..10 {
+            assert!(
+                store
+                    .authenticate_from(valid.as_bytes(), good)
+                    .await
+                    .is_ok()
+            );
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! API keys: format check, hashing, the key cache and the key sources behind it.
 //!
 //! ```text
-//! Bearer sgk_… ─▶ format check (no lookup if malformed) ─▶ SHA-256 ─▶ cache (quick_cache)
+//! Bearer sgk_… ─▶ client over its failure allowance? (429) ─▶ format check, checksum
+//!   (no lookup if malformed) ─▶ SHA-256 ─▶ cache of valid keys | store of unknown keys
 //!                                                              │ miss / stale
-//!                                                              ▼
+//!                                                              ▼ one lookup-budget token (else 503)
 //!                                       source: key file (hot-reloaded) | control plane (HTTP)
 //! ```
 //! Only the hash is stored, cached, sent to the control plane or logged (first 8 hex chars).
@@ -11,6 +12,7 @@
 pub mod cache;
 pub mod control_plane;
 pub mod file_source;
+pub mod flood;
 pub mod record;
 pub mod settings;
 
@@ -111,25 +113,88 @@ static KEY_CHARACTERS: [bool; 256] = {
 /// Characters of a generated key after the prefix.
 pub const GENERATED_KEY_CHARS: usize = 40;
 
-/// A new key: prefix + 40 base62 characters from the OS RNG (238 bits).
+/// Characters at the end of a generated key that hold its checksum.
+pub const CHECKSUM_CHARS: usize = 6;
+
+/// The base62 alphabet of generated keys; a character's index is its digit value.
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new key: prefix + 34 base62 characters from the OS RNG (202 bits) + a 6-character
+/// checksum of everything before it (see [`checksum_chars`]), 40 characters after the prefix.
 pub fn generate_key(prefix: &str) -> Result<String, getrandom::Error> {
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    const RANDOM_CHARS: usize = GENERATED_KEY_CHARS - CHECKSUM_CHARS;
     let mut key = String::with_capacity(prefix.len() + GENERATED_KEY_CHARS);
     key.push_str(prefix);
     let mut produced = 0;
-    while produced < GENERATED_KEY_CHARS {
+    while produced < RANDOM_CHARS {
         let mut buffer = [0u8; 64];
         getrandom::fill(&mut buffer)?;
         for byte in buffer {
             // Rejection sampling: 248 = 4 * 62, so every character is equally likely.
-            if byte < 248 && produced < GENERATED_KEY_CHARS {
+            if byte < 248 && produced < RANDOM_CHARS {
                 key.push(ALPHABET[usize::from(byte % 62)] as char);
                 produced += 1;
             }
         }
     }
+    let checksum = checksum_chars(key.as_bytes());
+    key.extend(checksum.iter().map(|&c| c as char));
     Ok(key)
 }
+
+/// The checksum characters of a generated key: CRC-32/ISO-HDLC (the zlib/PNG CRC) of `body`
+/// (prefix and random characters), written in base62 with the key alphabet, most
+/// significant digit first, zero-padded to 6 characters (62^6 > 2^32).
+pub fn checksum_chars(body: &[u8]) -> [u8; CHECKSUM_CHARS] {
+    let mut value = crc32(body);
+    let mut out = [b'0'; CHECKSUM_CHARS];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(value % 62) as usize];
+        value /= 62;
+    }
+    out
+}
+
+/// Whether `key` is prefix + 40 base62 characters whose last 6 are the checksum of the rest.
+/// Cheap (one CRC over at most a few dozen bytes), so it runs before hashing or any lookup.
+pub fn verify_checksum(key: &[u8], prefix: &str) -> bool {
+    let Some(rest) = key.strip_prefix(prefix.as_bytes()) else {
+        return false;
+    };
+    if rest.len() != GENERATED_KEY_CHARS || !rest.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let (body, checksum) = key.split_at(key.len() - CHECKSUM_CHARS);
+    checksum_chars(body) == checksum
+}
+
+/// CRC-32/ISO-HDLC: reflected polynomial 0xEDB88320, initial and final XOR 0xFFFFFFFF.
+fn crc32(bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!0u32, |crc, &byte| {
+        CRC32_TABLE[usize::from((crc as u8) ^ byte)] ^ (crc >> 8)
+    })
+}
+
+/// One entry per byte value, built at compile time.
+static CRC32_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut index = 0;
+    while index < 256 {
+        let mut crc = index as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[index] = crc;
+        index += 1;
+    }
+    table
+};
 
 /// An in-memory key set, keyed by hash.
 pub type KeyMap = HashMap<KeyHash, KeyRecord>;
@@ -172,6 +237,15 @@ impl KeySource {
             Self::ControlPlane(control_plane) => control_plane.lookup(hash).await,
             Self::Memory(map) => Ok(map.get(hash).cloned()),
             Self::Store(store) => store.lookup(hash).await,
+        }
+    }
+
+    /// Whether a lookup leaves the process (and so spends the source-lookup budget). A key
+    /// file or a demo set is a map in memory: throttling it would protect nothing.
+    pub fn lookups_are_remote(&self) -> bool {
+        match self {
+            Self::File(_) | Self::Memory(_) => false,
+            Self::ControlPlane(_) | Self::Store(_) => true,
         }
     }
 
@@ -240,6 +314,84 @@ mod tests {
                 "byte {byte:#04x}"
             );
         }
+    }
+
+    #[test]
+    fn crc32_matches_the_iso_hdlc_check_value() {
+        // The catalogue's check value for CRC-32/ISO-HDLC.
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    /// Known vectors, computed independently (`zlib.crc32` and base62 by hand).
+    #[test]
+    fn checksum_known_vectors() {
+        // crc32("sgk_" + 34 × "0") = 0xF2111609.
+        let key = format!("sgk_{}4QqPCz", "0".repeat(34));
+        assert!(verify_checksum(key.as_bytes(), "sgk_"));
+        assert!(!verify_checksum(
+            format!("sgk_{}4QqPCZ", "0".repeat(34)).as_bytes(),
+            "sgk_"
+        ));
+        assert_eq!(checksum_chars(b"123456789"), *b"3jZRME");
+        assert_eq!(checksum_chars(b""), *b"000000");
+        // The largest CRC still fits in six characters.
+        assert_eq!(crc32(b"\xff\xff\xff\xff"), 0xFFFF_FFFF);
+        assert_eq!(checksum_chars(b"\xff\xff\xff\xff"), *b"4gfFC3");
+    }
+
+    #[test]
+    fn generated_keys_verify_and_every_single_character_change_fails() {
+        for _ in 0..20 {
+            let key = generate_key("sgk_").unwrap();
+            assert!(verify_checksum(key.as_bytes(), "sgk_"), "{key}");
+            let bytes = key.as_bytes();
+            for position in 0..bytes.len() {
+                for &replacement in ALPHABET.iter().chain(b"_-") {
+                    if replacement == bytes[position] {
+                        continue;
+                    }
+                    let mut changed = bytes.to_vec();
+                    changed[position] = replacement;
+                    assert!(
+                        !verify_checksum(&changed, "sgk_"),
+                        "{} at {position}",
+                        replacement as char
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_of_the_wrong_length_or_prefix_fail_the_checksum() {
+        let key = generate_key("sgk_").unwrap();
+        // 39 characters: the last one dropped; 41: one appended, or one inserted at the start.
+        assert!(!verify_checksum(&key.as_bytes()[..key.len() - 1], "sgk_"));
+        assert!(!verify_checksum(format!("{key}0").as_bytes(), "sgk_"));
+        assert!(!verify_checksum(
+            format!("sgk_0{}", &key[4..]).as_bytes(),
+            "sgk_"
+        ));
+        // A 39-character body with a valid checksum of its own is still refused.
+        let short = format!("sgk_{}", "a".repeat(33));
+        let short = format!(
+            "{short}{}",
+            std::str::from_utf8(&checksum_chars(short.as_bytes())).unwrap()
+        );
+        assert_eq!(short.len(), 4 + 39);
+        assert!(!verify_checksum(short.as_bytes(), "sgk_"));
+        // The prefix is part of the checksummed text.
+        assert!(!verify_checksum(
+            format!("xyz_{}", &key[4..]).as_bytes(),
+            "xyz_"
+        ));
+        assert!(!verify_checksum(key.as_bytes(), "xyz_"));
+        assert!(verify_checksum(
+            generate_key("acme_").unwrap().as_bytes(),
+            "acme_"
+        ));
+        assert!(!verify_checksum(b"", "sgk_"));
     }
 
     #[test]

@@ -47,7 +47,8 @@ use crate::connection::{ClientUpgrade, ConnActivity};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Runtime};
 use crate::headers::{
-    RequestId, X_REQUEST_ID, is_websocket_upgrade, strip_client_identity, strip_hop_by_hop,
+    RequestId, X_REQUEST_ID, client_ip, is_websocket_upgrade, strip_client_identity,
+    strip_hop_by_hop,
 };
 use crate::limits::gcra::LimitState;
 use crate::limits::usage::UsageMeter;
@@ -242,6 +243,15 @@ async fn handle_inner(
     let authenticated = auth::authenticate(
         route.access.auth,
         &parts.headers,
+        // The client address X-Forwarded-For yields (trusted proxies only): failed API keys
+        // are limited per client.
+        || {
+            client_ip(
+                &parts.headers,
+                conn.peer.ip(),
+                &config.server.trusted_proxies,
+            )
+        },
         &config.api_keys.prefix,
         runtime.keys.as_ref(),
         runtime.jwt.as_ref(),

@@ -1,0 +1,288 @@
+//! Defences of the key source against floods of unknown keys: a global budget of source
+//! lookups per second, and a limiter of failed API-key authentications per client IP.
+//!
+//! ```text
+//! API key ─▶ client IP over its failure allowance? ── yes ─▶ 429, nothing else looked at
+//!              │ no
+//!              ▼
+//!            format, checksum, hash, cache ─▶ miss ─▶ lookup token? ── no ─▶ 503, no lookup
+//!              │ refused (401)                          │ yes
+//!              ▼                                        ▼
+//!            the client IP spends from its allowance   key source
+//! ```
+//! Both are GCRA (see `limits::gcra`): one number per bucket, updated with a compare-and-swap,
+//! so neither takes a lock. Neither is consulted on a cache hit of a valid key except for the
+//! per-IP check, a read of one sharded map.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use governor::clock::{Clock, QuantaClock, Reference};
+
+use crate::limits::gcra::{Gcra, NANOS_PER_SEC, retry_after_secs};
+use crate::limits::settings::Rate;
+
+/// Client addresses (IPv4, or IPv6 /64 networks) whose failures are remembered at once. An
+/// entry is ~100 bytes, so the limiter holds at most a few MB; past the bound the least
+/// recently used addresses are forgotten, which only forgives their failures.
+pub const FAILED_AUTH_TRACKED_CLIENTS: usize = 65_536;
+
+/// Nanoseconds since an origin, from quanta (monotonic and cheap to read).
+#[derive(Debug, Clone)]
+struct Nanos {
+    clock: QuantaClock,
+    origin: <QuantaClock as Clock>::Instant,
+}
+
+impl Nanos {
+    fn new() -> Self {
+        let clock = QuantaClock::default();
+        let origin = clock.now();
+        Self { clock, origin }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now().duration_since(self.origin).as_u64()
+    }
+}
+
+/// One more request through the GCRA state in `tat` at `now`: `Ok` when admitted (and
+/// recorded), `Err(wait)` otherwise (nothing changes).
+fn acquire(quota: &Gcra, tat: &AtomicU64, now: u64) -> Result<(), u64> {
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let next = quota.acquire(current, now)?;
+        match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Ok(()),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+/// The source-lookup budget: `per_second` lookups a second, a burst of one second's worth.
+#[derive(Debug)]
+pub struct LookupBudget {
+    quota: Gcra,
+    tat: AtomicU64,
+    clock: Nanos,
+}
+
+impl LookupBudget {
+    pub fn new(per_second: u32) -> Self {
+        let per_second = per_second.max(1);
+        let rate = Rate {
+            per_second: f64::from(per_second),
+            burst: std::num::NonZeroU32::MIN.saturating_add(per_second - 1),
+        };
+        Self {
+            quota: Gcra::new(rate, NANOS_PER_SEC),
+            tat: AtomicU64::new(0),
+            clock: Nanos::new(),
+        }
+    }
+
+    /// Takes a token for one lookup; `false` when the budget is spent for now.
+    pub fn try_take(&self) -> bool {
+        self.try_take_at(self.clock.now())
+    }
+
+    /// `try_take` at `now` nanoseconds (tests drive the clock).
+    pub fn try_take_at(&self, now: u64) -> bool {
+        acquire(&self.quota, &self.tat, now).is_ok()
+    }
+}
+
+/// Failed API-key authentications per client: each failure spends from the client's bucket;
+/// an empty bucket refuses the client's API keys until it refills.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    quota: Gcra,
+    /// Bounded: CLOCK-Pro eviction past `FAILED_AUTH_TRACKED_CLIENTS`. A client with no entry
+    /// has a full bucket, so forgetting one loses nothing but its debt.
+    tats: quick_cache::sync::Cache<IpAddr, Arc<AtomicU64>>,
+    clock: Nanos,
+}
+
+impl FailureLimiter {
+    pub fn new(rate: Rate) -> Self {
+        Self::with_capacity(rate, FAILED_AUTH_TRACKED_CLIENTS)
+    }
+
+    pub fn with_capacity(rate: Rate, capacity: usize) -> Self {
+        Self {
+            quota: Gcra::new(rate, NANOS_PER_SEC),
+            tats: quick_cache::sync::Cache::new(capacity.max(1)),
+            clock: Nanos::new(),
+        }
+    }
+
+    /// `Err(retry_after_secs)` while `client` has no failure left to spend. A client that
+    /// never failed costs one map read (the clock is read only for clients with an entry).
+    pub fn check(&self, client: IpAddr) -> Result<(), u64> {
+        self.check_with(client, || self.clock.now())
+    }
+
+    /// `check` at `now` nanoseconds (tests drive the clock).
+    pub fn check_at(&self, client: IpAddr, now: u64) -> Result<(), u64> {
+        self.check_with(client, || now)
+    }
+
+    fn check_with(&self, client: IpAddr, now: impl FnOnce() -> u64) -> Result<(), u64> {
+        let Some(tat) = self.tats.get(&bucket_of(client)) else {
+            return Ok(());
+        };
+        let now = now();
+        // A peek: would one more failure fit? Nothing is spent here.
+        match self.quota.acquire(tat.load(Ordering::Acquire), now) {
+            Ok(_) => Ok(()),
+            Err(wait) => Err(retry_after_secs(wait, NANOS_PER_SEC)),
+        }
+    }
+
+    /// One failed authentication from `client`, now.
+    pub fn record_failure(&self, client: IpAddr) {
+        self.record_failure_at(client, self.clock.now());
+    }
+
+    /// One failed authentication from `client` at `now` nanoseconds.
+    pub fn record_failure_at(&self, client: IpAddr, now: u64) {
+        let tat = self
+            .tats
+            .get_or_insert_with(&bucket_of(client), || {
+                Ok::<_, std::convert::Infallible>(Arc::new(AtomicU64::new(0)))
+            })
+            .unwrap_or_else(|never| match never {});
+        // An empty bucket stays empty; the failure itself needs no room.
+        let _ = acquire(&self.quota, &tat, now);
+    }
+
+    /// Clients remembered now (for tests and memory reports).
+    pub fn len(&self) -> usize {
+        self.tats.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tats.is_empty()
+    }
+}
+
+/// The bucket a client spends from: its IPv4 address, or its IPv6 /64 (one subscriber's
+/// usual allocation: per-address buckets would give a single host 2^64 of them).
+fn bucket_of(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(network.into())
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = NANOS_PER_SEC;
+
+    fn rate(per_second: f64, burst: u32) -> Rate {
+        Rate::new(per_second, burst).unwrap()
+    }
+
+    #[test]
+    fn the_budget_gives_one_second_of_tokens_at_once_then_refills_at_its_rate() {
+        let budget = LookupBudget::new(100);
+        let now = 10 * S;
+        let taken = (0..1_000).filter(|_| budget.try_take_at(now)).count();
+        assert_eq!(taken, 100, "a burst of one second's worth");
+        assert!(!budget.try_take_at(now));
+        // 10 ms later: one more token.
+        assert!(budget.try_take_at(now + S / 100));
+        assert!(!budget.try_take_at(now + S / 100));
+        // After a second: a full burst again, never more.
+        let later = now + 2 * S;
+        assert_eq!(
+            (0..1_000).filter(|_| budget.try_take_at(later)).count(),
+            100
+        );
+    }
+
+    #[test]
+    fn the_budget_bounds_lookups_over_time_to_rate_times_elapsed_plus_burst() {
+        let budget = LookupBudget::new(50);
+        let mut taken = 0;
+        // 5 s in 1 ms steps, ten attempts each.
+        for ms in 0..5_000u64 {
+            for _ in 0..10 {
+                taken += usize::from(budget.try_take_at(S + ms * S / 1_000));
+            }
+        }
+        assert!(taken <= 50 * 5 + 50, "{taken}");
+        assert!(taken >= 50 * 5, "{taken}");
+    }
+
+    #[test]
+    fn failures_spend_the_burst_then_the_client_is_refused_until_it_refills() {
+        let limiter = FailureLimiter::new(rate(5.0, 50));
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let other: IpAddr = "203.0.113.8".parse().unwrap();
+        let now = 100 * S;
+        for _ in 0..50 {
+            assert_eq!(limiter.check_at(client, now), Ok(()));
+            limiter.record_failure_at(client, now);
+        }
+        assert_eq!(
+            limiter.check_at(client, now),
+            Err(1),
+            "refill of one failure: 200 ms"
+        );
+        // More failures while refused change nothing.
+        limiter.record_failure_at(client, now);
+        assert!(limiter.check_at(client, now).is_err());
+        assert_eq!(
+            limiter.check_at(other, now),
+            Ok(()),
+            "other clients are untouched"
+        );
+        // One failure refills every 200 ms.
+        assert_eq!(limiter.check_at(client, now + S / 5), Ok(()));
+        limiter.record_failure_at(client, now + S / 5);
+        assert!(limiter.check_at(client, now + S / 5).is_err());
+        // Ten seconds later the bucket is full again.
+        let later = now + 11 * S;
+        for _ in 0..50 {
+            assert_eq!(limiter.check_at(client, later), Ok(()));
+            limiter.record_failure_at(client, later);
+        }
+        assert!(limiter.check_at(client, later).is_err());
+    }
+
+    #[test]
+    fn the_client_map_is_bounded_whatever_the_number_of_addresses() {
+        let limiter = FailureLimiter::with_capacity(rate(5.0, 50), 1_000);
+        for i in 0..100_000u32 {
+            limiter.record_failure_at(IpAddr::V4(i.into()), S);
+        }
+        assert!(limiter.len() <= 1_000 + 1_000 / 10, "{}", limiter.len());
+    }
+
+    #[test]
+    fn an_ipv6_client_spends_from_its_64_network_and_mapped_ipv4_from_the_ipv4_address() {
+        let limiter = FailureLimiter::new(rate(1.0, 2));
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        limiter.record_failure_at(a, S);
+        limiter.record_failure_at(b, S);
+        assert!(limiter.check_at(a, S).is_err());
+        assert_eq!(limiter.check_at(elsewhere, S), Ok(()));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        limiter.record_failure_at(v4, S);
+        limiter.record_failure_at(mapped, S);
+        assert!(limiter.check_at(v4, S).is_err());
+    }
+}
