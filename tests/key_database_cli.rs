@@ -366,8 +366,8 @@ fn invalid_input_writes_nothing() {
 
 /// `serve` on a database whose schema is newer than (or different from) this version's: the
 /// start is refused with a clear error and exit 1, before any listener is bound.
-#[test]
-fn serve_refuses_a_database_whose_migrations_it_does_not_know() {
+#[tokio::test]
+async fn serve_refuses_a_database_whose_migrations_it_does_not_know() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("authgate.toml");
     std::fs::write(
@@ -380,39 +380,28 @@ fn serve_refuses_a_database_whose_migrations_it_does_not_know() {
     .unwrap();
     ok(&run(&["migrate", "-c", config.to_str().unwrap()]));
     // A later version's migration, recorded as applied.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        sqlx::any::install_default_drivers();
-        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-        sqlx::query(
-            "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
-             VALUES (9999, 'from the future', '2030-01-01 00:00:00', 1, x'00', 0)",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-    });
-    let mut child = authgate()
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', '2030-01-01 00:00:00', 1, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let mut command = tokio::process::Command::from(authgate());
+    command
         .args(["serve", "-c", config.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+        .await
+        .expect("serve kept running on a database it cannot migrate")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("serve kept running on a database it cannot migrate");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(1));
     let text = stderr(&output);
     assert!(text.contains("migration"), "{text}");
 }
