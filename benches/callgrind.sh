@@ -134,6 +134,16 @@ upstream = "http://127.0.0.1:$UP"
 auth = "none"
 EOF
         # The signing key is generated at the first start (absent file) and reused after.
+        # The 401 target repeats one unknown key from one client: with the default per-client
+        # failure limit it would be answered 429 after 50 requests. A limit it never reaches
+        # keeps the limiter's check and bookkeeping in the count while every answer is a 401.
+        # (A build older than the limiter refuses the field: it is then left out.)
+        if [[ $target == authgate-401 ]]; then
+            cp "$TMP/authgate.toml" "$TMP/authgate.toml.plain"
+            sed -i 's/^\[api_keys\]$/[api_keys]\nfailed_auth_limit = { requests_per_second = 1000000000, burst = 1000000000 }/' "$TMP/authgate.toml"
+            "$AUTHGATE_BIN" check -c "$TMP/authgate.toml" >/dev/null 2>&1 ||
+                mv "$TMP/authgate.toml.plain" "$TMP/authgate.toml"
+        fi
         [[ $target == authgate-apikey-assert ]] &&
             printf '[identity]\nassertion = { key = "%s/assertion.pem" }\n' "$TMP" >>"$TMP/authgate.toml"
         case $target in

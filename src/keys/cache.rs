@@ -238,15 +238,18 @@ impl KeyStore {
         };
         // Before the format check, the hash and the cache: a client that keeps failing costs
         // one map read per request, whatever it sends.
-        if let Err(retry_after_secs) = failures.check(client) {
-            self.metrics.failures_limited.inc();
-            return Err(GatewayError::RateLimited { retry_after_secs });
-        }
+        let standing = match failures.standing(client) {
+            Ok(standing) => standing,
+            Err(retry_after_secs) => {
+                self.metrics.failures_limited.inc();
+                return Err(GatewayError::RateLimited { retry_after_secs });
+            }
+        };
         let result = self.authenticate(key).await;
         if let Err(GatewayError::InvalidKey | GatewayError::KeyRevoked | GatewayError::KeyExpired) =
             result
         {
-            failures.record_failure(client);
+            failures.record(standing);
         }
         result
     }

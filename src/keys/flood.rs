@@ -101,7 +101,38 @@ pub struct FailureLimiter {
     /// Bounded: CLOCK-Pro eviction past `FAILED_AUTH_TRACKED_CLIENTS`. A client with no entry
     /// has a full bucket, so forgetting one loses nothing but its debt.
     tats: quick_cache::sync::Cache<IpAddr, Arc<AtomicU64>>,
+    /// One bit per hash of a client bucket, set by its first failure: a client whose bit is
+    /// clear has never failed (no entry to read), so the check of every request that
+    /// authenticates as usual costs a load, not a map read. Bits are never cleared (clearing
+    /// one could skip a client that still has an entry); a flood from many addresses only
+    /// brings the check back to the map read.
+    failed: Box<[AtomicU64]>,
     clock: Nanos,
+}
+
+/// What [`FailureLimiter::standing`] found of a client: its bucket, and (for a client that
+/// failed before) its entry and the time it was read.
+#[derive(Debug)]
+pub struct Standing {
+    bucket: IpAddr,
+    entry: Option<(Arc<AtomicU64>, u64)>,
+}
+
+/// Bits of [`FailureLimiter::failed`]: as many as clients tracked, so that until a flood
+/// they rarely share one.
+const FAILED_BITS: usize = FAILED_AUTH_TRACKED_CLIENTS;
+
+/// Word and mask of a client bucket's bit (a multiplicative hash of its address).
+fn failed_bit(bucket: IpAddr) -> (usize, u64) {
+    let folded = match bucket {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits >> 64) as u64 ^ bits as u64
+        }
+    };
+    let slot = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % FAILED_BITS;
+    (slot / 64, 1 << (slot % 64))
 }
 
 impl FailureLimiter {
@@ -113,30 +144,61 @@ impl FailureLimiter {
         Self {
             quota: Gcra::new(rate, NANOS_PER_SEC),
             tats: quick_cache::sync::Cache::new(capacity.max(1)),
+            failed: (0..FAILED_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
             clock: Nanos::new(),
         }
     }
 
     /// `Err(retry_after_secs)` while `client` has no failure left to spend. A client that
-    /// never failed costs one map read (the clock is read only for clients with an entry).
+    /// never failed costs a bit test (the map and the clock are read only for clients that
+    /// failed before).
     pub fn check(&self, client: IpAddr) -> Result<(), u64> {
-        self.check_with(client, || self.clock.now())
+        self.standing(client).map(drop)
     }
 
     /// `check` at `now` nanoseconds (tests drive the clock).
     pub fn check_at(&self, client: IpAddr, now: u64) -> Result<(), u64> {
-        self.check_with(client, || now)
+        self.standing_with(client, || now).map(drop)
     }
 
-    fn check_with(&self, client: IpAddr, now: impl FnOnce() -> u64) -> Result<(), u64> {
-        let Some(tat) = self.tats.get(&bucket_of(client)) else {
-            return Ok(());
+    /// [`Self::check`], keeping what it found for [`Self::record`]: a failure that follows
+    /// spends from the entry already in hand, without a second map access or clock read.
+    pub fn standing(&self, client: IpAddr) -> Result<Standing, u64> {
+        self.standing_with(client, || self.clock.now())
+    }
+
+    fn standing_with(&self, client: IpAddr, now: impl FnOnce() -> u64) -> Result<Standing, u64> {
+        let bucket = bucket_of(client);
+        let (word, mask) = failed_bit(bucket);
+        let mut standing = Standing {
+            bucket,
+            entry: None,
+        };
+        if self.failed[word].load(Ordering::Relaxed) & mask == 0 {
+            return Ok(standing);
+        }
+        let Some(tat) = self.tats.get(&bucket) else {
+            return Ok(standing);
         };
         let now = now();
         // A peek: would one more failure fit? Nothing is spent here.
         match self.quota.acquire(tat.load(Ordering::Acquire), now) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                standing.entry = Some((tat, now));
+                Ok(standing)
+            }
             Err(wait) => Err(retry_after_secs(wait, NANOS_PER_SEC)),
+        }
+    }
+
+    /// The failed authentication of a client whose [`Standing`] was taken at its start.
+    pub fn record(&self, standing: Standing) {
+        match standing.entry {
+            // The moment of the check stands for the failure: microseconds apart.
+            Some((tat, now)) => {
+                let _ = acquire(&self.quota, &tat, now);
+            }
+            None => self.record_failure_at(standing.bucket, self.clock.now()),
         }
     }
 
@@ -147,9 +209,15 @@ impl FailureLimiter {
 
     /// One failed authentication from `client` at `now` nanoseconds.
     pub fn record_failure_at(&self, client: IpAddr, now: u64) {
+        let bucket = bucket_of(client);
+        let (word, mask) = failed_bit(bucket);
+        // Set before the entry exists: a check that sees the bit clear finds no entry either.
+        if self.failed[word].load(Ordering::Relaxed) & mask == 0 {
+            self.failed[word].fetch_or(mask, Ordering::Relaxed);
+        }
         let tat = self
             .tats
-            .get_or_insert_with(&bucket_of(client), || {
+            .get_or_insert_with(&bucket, || {
                 Ok::<_, std::convert::Infallible>(Arc::new(AtomicU64::new(0)))
             })
             .unwrap_or_else(|never| match never {});
