@@ -302,9 +302,11 @@ fn bad_database_urls_exit_1_with_one_line() {
     ]));
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(!message.contains("hunter2"), "{message}");
+    // A database that does not exist yet is created and migrated, as `serve` would.
     let dir = tempfile::tempdir().unwrap();
-    let unmigrated = format!("sqlite://{}", dir.path().join("fresh.db").display());
-    one_line_failure(&run(&["keys", "list", "--database", &unmigrated]));
+    let fresh = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    ok(&run(&["keys", "list", "--database", &fresh]));
+    assert!(dir.path().join("fresh.db").exists());
 }
 
 #[test]

@@ -46,6 +46,14 @@ fn block_on(work: impl Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
+/// Opens `url` and applies the migrations it lacks, as `serve` does: `keys` commands work on
+/// a database file that does not exist yet (the bootstrap of the first admin key).
+async fn open_migrated(url: &str) -> Result<KeyDatabase, String> {
+    let database = open(url).await?;
+    database.migrate().await.map_err(|error| one_line(&error))?;
+    Ok(database)
+}
+
 /// Opens `url` (relative SQLite paths against the current folder).
 async fn open(url: &str) -> Result<KeyDatabase, String> {
     let cwd = std::env::current_dir()
@@ -170,7 +178,7 @@ pub fn add(url: &str, args: &KeysAddArgs) -> ExitCode {
         rotated_to: None,
     };
     block_on(async move {
-        let database = match open(url).await {
+        let database = match open_migrated(url).await {
             Ok(database) => database,
             Err(message) => return fail(message),
         };
@@ -195,7 +203,7 @@ pub fn add(url: &str, args: &KeysAddArgs) -> ExitCode {
 /// `authgate keys revoke --database URL --key-id ID`: idempotent.
 pub fn revoke(url: &str, key_id: &str) -> ExitCode {
     block_on(async move {
-        let database = match open(url).await {
+        let database = match open_migrated(url).await {
             Ok(database) => database,
             Err(message) => return fail(message),
         };
@@ -245,7 +253,7 @@ pub fn rotate(url: &str, key_id: &str, grace: &str) -> ExitCode {
         Err(error) => return fail(format!("the OS random generator failed: {error}")),
     };
     block_on(async move {
-        let database = match open(url).await {
+        let database = match open_migrated(url).await {
             Ok(database) => database,
             Err(message) => return fail(message),
         };
@@ -300,7 +308,7 @@ pub fn rotate(url: &str, key_id: &str, grace: &str) -> ExitCode {
 /// `authgate keys list --database URL`: every key, in key id order, hashes cut to 8 hex.
 pub fn list(url: &str) -> ExitCode {
     block_on(async move {
-        let database = match open(url).await {
+        let database = match open_migrated(url).await {
             Ok(database) => database,
             Err(message) => return fail(message),
         };
@@ -392,7 +400,7 @@ pub fn import(file: &Path, url: &str) -> ExitCode {
     }
     records.sort_by(|a, b| a.1.key_id().cmp(b.1.key_id()));
     block_on(async move {
-        let database = match open(url).await {
+        let database = match open_migrated(url).await {
             Ok(database) => database,
             Err(message) => return fail(message),
         };
