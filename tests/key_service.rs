@@ -341,6 +341,37 @@ async fn lifecycle(database: TestDatabase) {
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
 
+    // Rotate with a short grace: both keys work during it, the old one fails after it.
+    let (_, graced) = call(
+        "POST",
+        &gateway.url("/v1/api-keys"),
+        &root,
+        Some(json!({"name": "graced", "scopes": ["read"]})),
+    )
+    .await;
+    let graced_key = graced["key"].as_str().unwrap().to_owned();
+    let graced_id = graced["api_key"]["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(api_status(&gateway, &graced_key).await, StatusCode::OK);
+    let (status, successor) = call(
+        "POST",
+        &gateway.url(&format!("/v1/api-keys/{graced_id}/rotate")),
+        &root,
+        Some(json!({"grace": "2s"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{successor}");
+    let successor_key = successor["key"].as_str().unwrap().to_owned();
+    assert_eq!(api_status(&gateway, &graced_key).await, StatusCode::OK);
+    assert_eq!(api_status(&gateway, &successor_key).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = call("GET", &gateway.url("/api/x"), &graced_key, None).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNAUTHORIZED, "AUTH_KEY_EXPIRED"),
+        "the old key outlived its grace"
+    );
+    assert_eq!(api_status(&gateway, &successor_key).await, StatusCode::OK);
+
     // The audit log: every mutation, in order, with actor, action, target, result, request id.
     let (status, audit) = call(
         "GET",
@@ -1085,6 +1116,124 @@ async fn revoking_cuts_a_running_stream(database: TestDatabase) {
         .unwrap();
 }
 
+/// The sum of every series of a counter on the admin listener's `/metrics`.
+async fn counter(gateway: &TestGateway, name: &str) -> f64 {
+    let text = client()
+        .get(gateway.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// 100,000 distinct unknown keys (well-formed, valid checksums) against the database source:
+/// the database sees at most the lookup budget, a valid key keeps working throughout, nothing
+/// of the flood is forwarded; keys with a bad checksum never reach the database at all.
+async fn a_flood_of_unknown_keys_costs_the_database_its_budget(database: TestDatabase) {
+    use futures_util::StreamExt as _;
+    const BUDGET: f64 = 100.0;
+    const FLOOD: usize = 100_000;
+    let upstream = Upstream::start().await;
+    let text = config(&database.url, &upstream.url(), "").replace(
+        "source = \"database\"",
+        "source = \"database\"\ncache_ttl = \"1h\"\nmax_source_lookups_per_second = 100\nnegative_cache_capacity = 1000\nfailed_auth_limit = \"off\"",
+    );
+    let gateway = TestGateway::start(&text).await;
+    let root = tenant_admin(&gateway, "acme").await;
+    let (_, created) = call(
+        "POST",
+        &gateway.url("/v1/api-keys"),
+        &root,
+        Some(json!({"name": "valid", "scopes": ["read"]})),
+    )
+    .await;
+    let valid = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(api_status(&gateway, &valid).await, StatusCode::OK);
+    let forwarded_before = upstream.count();
+
+    // Bad checksums: refused before any lookup.
+    let lookups = "authgate_key_source_requests_total";
+    let before = counter(&gateway, lookups).await;
+    for i in 0..1000 {
+        let garbage = format!("sgk_{i:0>40}");
+        let (status, body) = call("GET", &gateway.url("/api/x"), &garbage, None).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNAUTHORIZED, "AUTH_INVALID_KEY")
+        );
+    }
+    assert_eq!(
+        counter(&gateway, lookups).await,
+        before,
+        "a bad checksum reached the database"
+    );
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let valid_calls = {
+        let (url, done, valid) = (gateway.url("/api/x"), done.clone(), valid.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let answer = client().get(&url).bearer_auth(&valid).send().await.unwrap();
+                statuses.push(answer.status());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    let http = client();
+    let started = Instant::now();
+    let answers: Vec<(StatusCode, String)> = futures_util::stream::iter(0..FLOOD)
+        .map(|_| {
+            let (http, url) = (http.clone(), gateway.url("/api/x"));
+            async move {
+                let key = authgate::keys::generate_key("sgk_").unwrap();
+                let answer = http.get(url).bearer_auth(key).send().await.unwrap();
+                let status = answer.status();
+                let body: Value = answer.json().await.unwrap_or(Value::Null);
+                (status, code(&body).to_owned())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let valid_statuses = valid_calls.await.unwrap();
+
+    let looked_up = counter(&gateway, lookups).await - before;
+    assert!(
+        looked_up <= BUDGET * elapsed.ceil() + BUDGET,
+        "{looked_up} database lookups in {elapsed:.1} s"
+    );
+    for (status, code) in &answers {
+        assert!(
+            (*status == StatusCode::UNAUTHORIZED && code == "AUTH_INVALID_KEY")
+                || (*status == StatusCode::SERVICE_UNAVAILABLE
+                    && code == "AUTH_BACKEND_UNAVAILABLE"),
+            "{status} {code}"
+        );
+    }
+    assert!(!valid_statuses.is_empty());
+    assert!(
+        valid_statuses
+            .iter()
+            .all(|status| *status == StatusCode::OK),
+        "the valid key was refused during the flood"
+    );
+    assert_eq!(
+        upstream.count() - forwarded_before,
+        valid_statuses.len(),
+        "only the valid key's requests were forwarded"
+    );
+}
+
 async fn two_instances_without_redis(database: TestDatabase) {
     if database.engine == "postgres" {
         two_instances(database, None).await;
@@ -1098,6 +1247,7 @@ async fn two_instances_with_redis(database: TestDatabase) {
 
 on_both_engines!(
     lifecycle,
+    a_flood_of_unknown_keys_costs_the_database_its_budget,
     jwt_callers,
     revoking_cuts_a_running_stream,
     authorization_matrix,
