@@ -16,7 +16,7 @@
 use std::hint::black_box;
 
 use authgate::key_service::database::KeyDatabase;
-use authgate::key_service::model::{KeyFilter, StoredKey, new_key_id, record};
+use authgate::key_service::model::{KeyFilter, StoredKey, new_key_id_at, record};
 use authgate::key_service::settings::DatabaseSettings;
 use authgate::keys::{KeyHash, Timestamp};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -27,7 +27,7 @@ const KEYS: u64 = 1000;
 fn key(n: u64) -> StoredKey {
     StoredKey {
         record: record(
-            &new_key_id(1_700_000_000_000 + n).unwrap(),
+            &new_key_id_at(1_700_000_000_000 + n).unwrap(),
             &format!("tenant{}", n % 10),
             Some(&format!("user{}", n % 100)),
             &["read"],

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use authgate::key_service::database::KeyDatabase;
-use authgate::key_service::model::{KeyFilter, StoredKey, new_key_id, record};
+use authgate::key_service::model::{KeyFilter, StoredKey, new_key_id_at, record};
 use authgate::key_service::settings::DatabaseSettings;
 use authgate::keys::{KeyHash, Timestamp};
 use sqlx::Row as _;
@@ -214,7 +214,7 @@ async fn main() {
     let started_all = Instant::now();
     for n in 0..1000 {
         let mut key = fill_key(0);
-        key.record.key_id = new_key_id(1_800_000_000_000 + n).unwrap();
+        key.record.key_id = new_key_id_at(1_800_000_000_000 + n).unwrap();
         key.hash = KeyHash::of(format!("sgk_new_{}", uuid::Uuid::new_v4().simple()));
         let started = Instant::now();
         database.insert_key(&key).await.unwrap();

@@ -195,13 +195,7 @@ fn list(file: &Path) -> ExitCode {
     );
     let now = Timestamp::now();
     for (hash, record) in rows {
-        let status = if record.revoked {
-            "revoked"
-        } else if record.expires_at.is_some_and(|at| at <= now) {
-            "expired"
-        } else {
-            "active"
-        };
+        let status = record.status(now);
         println!(
             "{:<24} {:<9} {:<16} {:<16} {:<21} {:<8} {}",
             record.key_id,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use authgate::key_service::database::{DbError, Engine, KeyDatabase};
 use authgate::key_service::model::{
-    AuditEvent, KeyFilter, StoredKey, UsageCounts, UsageDelta, new_key_id, record,
+    AuditEvent, KeyFilter, StoredKey, UsageCounts, UsageDelta, new_key_id_at, record,
 };
 use authgate::key_service::settings::DatabaseSettings;
 use authgate::keys::KeyHash;
@@ -27,7 +27,7 @@ fn key(tenant: &str, user: Option<&str>) -> StoredKey {
             .as_millis(),
     )
     .unwrap();
-    let key_id = new_key_id(millis).unwrap();
+    let key_id = new_key_id_at(millis).unwrap();
     let secret = format!("sgk_{}", uuid::Uuid::new_v4().simple());
     StoredKey {
         record: record(&key_id, tenant, user, &["read", "write"]),

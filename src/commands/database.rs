@@ -64,14 +64,6 @@ async fn open(url: &str) -> Result<KeyDatabase, String> {
         .map_err(|error| one_line(&error))
 }
 
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
 fn audit(key: &StoredKey, action: &str, now: Timestamp) -> AuditEvent {
     AuditEvent {
         seq: 0,
@@ -152,7 +144,7 @@ pub fn add(url: &str, args: &KeysAddArgs) -> ExitCode {
     };
     let key_id = match &args.key_id {
         Some(id) => id.clone(),
-        None => match new_key_id(now_millis()) {
+        None => match new_key_id() {
             Ok(id) => id,
             Err(error) => return fail(format!("the OS random generator failed: {error}")),
         },
@@ -248,7 +240,7 @@ pub fn rotate(url: &str, key_id: &str, grace: &str) -> ExitCode {
         Ok(key) => key,
         Err(message) => return fail(message),
     };
-    let new_id = match new_key_id(now_millis()) {
+    let new_id = match new_key_id() {
         Ok(id) => id,
         Err(error) => return fail(format!("the OS random generator failed: {error}")),
     };
@@ -334,13 +326,7 @@ async fn print_keys(database: &KeyDatabase) -> Result<(), DbError> {
             .await?;
         for key in &page {
             let record = &key.record;
-            let status = if record.revoked {
-                "revoked"
-            } else if record.expires_at.is_some_and(|at| at <= now) {
-                "expired"
-            } else {
-                "active"
-            };
+            let status = record.status(now);
             println!(
                 "{:<30} {:<9} {:<16} {:<16} {:<21} {:<8} {:<20} {}",
                 record.key_id,

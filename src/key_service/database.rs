@@ -791,33 +791,21 @@ impl KeyRow {
         })
     }
 
-    /// Binds `$1`…`$18` of [`INSERT_KEY`].
+    /// Binds `$1`…`$18` of [`INSERT_KEY`]: the key id, the hash, then the fields.
     fn bind_insert<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
-        query
-            .bind(self.key_id.as_str())
-            .bind(self.hash.as_str())
-            .bind(self.tenant_id.as_str())
-            .bind(self.user_id.as_deref())
-            .bind(self.name.as_str())
-            .bind(self.scopes.as_str())
-            .bind(self.rate_limit.as_deref())
-            .bind(self.tokens_per_minute)
-            .bind(self.expires_at)
-            .bind(self.revoked)
-            .bind(self.custom_claims.as_str())
-            .bind(self.description.as_deref())
-            .bind(self.created_at)
-            .bind(self.created_by.as_str())
-            .bind(self.revoked_at)
-            .bind(self.last_used_at)
-            .bind(self.rotated_from.as_deref())
-            .bind(self.rotated_to.as_deref())
+        self.bind_fields(query.bind(self.key_id.as_str()).bind(self.hash.as_str()))
     }
 
-    /// Binds `$1`…`$17` of [`UPDATE_KEY`] (the hash is not among them).
+    /// Binds `$1`…`$17` of [`UPDATE_KEY`]: the key id, then the fields (the hash never
+    /// changes).
     fn bind_update<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        self.bind_fields(query.bind(self.key_id.as_str()))
+    }
+
+    /// Everything after the key id and the hash, in [`KEY_COLUMNS`] order: the same for both
+    /// statements.
+    fn bind_fields<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
         query
-            .bind(self.key_id.as_str())
             .bind(self.tenant_id.as_str())
             .bind(self.user_id.as_deref())
             .bind(self.name.as_str())

@@ -45,7 +45,7 @@ impl StoredKey {
 
     /// Usable now: neither revoked nor expired.
     pub fn is_active(&self, now: Timestamp) -> bool {
-        !self.record.revoked && self.record.expires_at.is_none_or(|at| at > now)
+        self.record.status(now) == "active"
     }
 
     /// The JSON a caller sees (RECORD): the §4.1 fields and the lifecycle, with the hash cut
@@ -158,7 +158,17 @@ pub struct UsageBucket {
 
 /// A new key id: `key_` + 12 base32 characters of the creation time in milliseconds + 14
 /// random ones, so ids sort by creation (keyset pages) and never collide in practice.
-pub fn new_key_id(now_millis: u64) -> Result<String, getrandom::Error> {
+pub fn new_key_id() -> Result<String, getrandom::Error> {
+    let now_millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        });
+    new_key_id_at(now_millis)
+}
+
+/// [`new_key_id`] for a creation time in milliseconds.
+pub fn new_key_id_at(now_millis: u64) -> Result<String, getrandom::Error> {
     const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
     let mut id = String::with_capacity(4 + KEY_ID_CHARS);
     id.push_str("key_");
@@ -196,9 +206,9 @@ mod tests {
 
     #[test]
     fn key_ids_sort_by_creation_and_differ() {
-        let early = new_key_id(1_700_000_000_000).unwrap();
-        let later = new_key_id(1_700_000_000_001).unwrap();
-        let again = new_key_id(1_700_000_000_001).unwrap();
+        let early = new_key_id_at(1_700_000_000_000).unwrap();
+        let later = new_key_id_at(1_700_000_000_001).unwrap();
+        let again = new_key_id_at(1_700_000_000_001).unwrap();
         assert_eq!(early.len(), 4 + KEY_ID_CHARS);
         assert!(early < later);
         assert_ne!(later, again);

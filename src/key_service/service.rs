@@ -139,12 +139,7 @@ impl KeyService {
                 )));
             }
         }
-        let key = generate_key(prefix).map_err(|error| {
-            ServiceError::Unavailable(format!("the system random generator failed: {error}"))
-        })?;
-        let key_id = new_key_id(now_millis()).map_err(|error| {
-            ServiceError::Unavailable(format!("the system random generator failed: {error}"))
-        })?;
+        let (key, key_id) = new_credential(prefix)?;
         let record = KeyRecord {
             key_id,
             tenant_id,
@@ -316,12 +311,7 @@ impl KeyService {
             expires_at: old.record.expires_at,
             custom_claims: old.record.custom_claims.clone(),
         })?;
-        let key = generate_key(prefix).map_err(|error| {
-            ServiceError::Unavailable(format!("the system random generator failed: {error}"))
-        })?;
-        let new_id = new_key_id(now_millis()).map_err(|error| {
-            ServiceError::Unavailable(format!("the system random generator failed: {error}"))
-        })?;
+        let (key, new_id) = new_credential(prefix)?;
         let new = StoredKey {
             record: KeyRecord {
                 key_id: new_id,
@@ -472,10 +462,12 @@ impl KeyService {
     }
 }
 
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
+/// A new key and the id it is stored under, both from the OS random generator.
+fn new_credential(prefix: &str) -> Result<(String, String), ServiceError> {
+    let failed = |error: getrandom::Error| {
+        ServiceError::Unavailable(format!("the system random generator failed: {error}"))
+    };
+    let key = generate_key(prefix).map_err(failed)?;
+    let key_id = new_key_id().map_err(failed)?;
+    Ok((key, key_id))
 }

@@ -47,6 +47,17 @@ pub struct RecordRate {
 }
 
 impl KeyRecord {
+    /// `revoked`, `expired` (at `now`) or `active`: what listings show.
+    pub fn status(&self, now: Timestamp) -> &'static str {
+        if self.revoked {
+            "revoked"
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+
     /// Checks what serde cannot: non-empty ids, sane lengths and counts, a usable rate.
     pub fn validate(&self) -> Result<(), String> {
         let check = |name: &str, value: &str| -> Result<(), String> {
