@@ -156,6 +156,13 @@ async fn until_refused(
         if is_refused(&answer) {
             answer.assert_error(401, "AUTH_KEY_REVOKED", what);
             let delay = started.elapsed();
+            // The first refusal may be a request admitted just before the revocation arrived
+            // and cut while it waited for the upstream's answer: it may have been forwarded.
+            let after_first = upstream.count();
+            assert!(
+                after_first <= before + admitted + 1,
+                "{what}: refused requests reached the upstream"
+            );
             // Once refused, it stays refused, and nothing more reaches the upstream.
             for _ in 0..3 {
                 assert!(
@@ -165,7 +172,7 @@ async fn until_refused(
             }
             assert_eq!(
                 upstream.count(),
-                before + admitted,
+                after_first,
                 "{what}: a refused request reached the upstream"
             );
             eprintln!("{what}: refused after {delay:?}");
