@@ -12,10 +12,9 @@
 //! ```
 //! Both are GCRA (see `limits::gcra`): one number per bucket, updated with a compare-and-swap,
 //! so neither takes a lock. Neither is consulted on a cache hit of a valid key except for the
-//! per-IP check, a read of one sharded map.
+//! per-IP check, one load from the limiter's table.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use governor::clock::{Clock, QuantaClock, Reference};
@@ -23,9 +22,9 @@ use governor::clock::{Clock, QuantaClock, Reference};
 use crate::limits::gcra::{Gcra, NANOS_PER_SEC, retry_after_secs};
 use crate::limits::settings::Rate;
 
-/// Client addresses (IPv4, or IPv6 /64 networks) whose failures are remembered at once. An
-/// entry is ~100 bytes, so the limiter holds at most a few MB; past the bound the least
-/// recently used addresses are forgotten, which only forgives their failures.
+/// Client addresses (IPv4, or IPv6 /64 networks) whose failures are remembered at once: the
+/// slots of the limiter's table, 16 bytes each (1 MB, touched only as clients fail). A client
+/// whose slot another failing client takes over is forgotten, which only forgives its failures.
 pub const FAILED_AUTH_TRACKED_CLIENTS: usize = 65_536;
 
 /// Nanoseconds since an origin, from quanta (monotonic and cheap to read).
@@ -95,44 +94,42 @@ impl LookupBudget {
 
 /// Failed API-key authentications per client: each failure spends from the client's bucket;
 /// an empty bucket refuses the client's API keys until it refills.
+///
+/// The buckets live in a direct-mapped table: a client bucket hashes to one slot, which holds
+/// the bucket's tag and its GCRA state. A client whose tag is not in its slot has never
+/// failed (or was forgotten), so the check of every request that authenticates as usual is
+/// one load and a compare: no map, no clock, no lock. A failure from a bucket whose slot holds
+/// another bucket takes the slot over, which only forgives the other one's debt (as an LRU
+/// bound would); the slot's hash is keyed per process, so a client cannot choose whose slot
+/// it lands in.
 #[derive(Debug)]
 pub struct FailureLimiter {
     quota: Gcra,
-    /// Bounded: CLOCK-Pro eviction past `FAILED_AUTH_TRACKED_CLIENTS`. A client with no entry
-    /// has a full bucket, so forgetting one loses nothing but its debt.
-    tats: quick_cache::sync::Cache<IpAddr, Arc<AtomicU64>>,
-    /// One bit per hash of a client bucket, set by its first failure: a client whose bit is
-    /// clear has never failed (no entry to read), so the check of every request that
-    /// authenticates as usual costs a load, not a map read. Bits are never cleared (clearing
-    /// one could skip a client that still has an entry); a flood from many addresses only
-    /// brings the check back to the map read.
-    failed: Box<[AtomicU64]>,
+    slots: Box<[Slot]>,
+    /// `hash >> shift` is a slot index (the table has a power-of-two length).
+    shift: u32,
+    /// Keys the slot hash, so that which clients share a slot is not known in advance.
+    seed: u64,
     clock: Nanos,
 }
 
-/// What [`FailureLimiter::standing`] found of a client: its bucket, and (for a client that
-/// failed before) its entry and the time it was read.
-#[derive(Debug)]
-pub struct Standing {
-    bucket: IpAddr,
-    entry: Option<(Arc<AtomicU64>, u64)>,
+/// One slot: the tag of the client bucket it holds (0 when none) and that bucket's GCRA state.
+/// Two words, not one: when two buckets race for one slot, one may be charged the other's
+/// failure; that needs a hash collision and concurrency, and costs one failure's worth.
+#[derive(Debug, Default)]
+struct Slot {
+    tag: AtomicU64,
+    tat: AtomicU64,
 }
 
-/// Bits of [`FailureLimiter::failed`]: as many as clients tracked, so that until a flood
-/// they rarely share one.
-const FAILED_BITS: usize = FAILED_AUTH_TRACKED_CLIENTS;
-
-/// Word and mask of a client bucket's bit (a multiplicative hash of its address).
-fn failed_bit(bucket: IpAddr) -> (usize, u64) {
-    let folded = match bucket {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            (bits >> 64) as u64 ^ bits as u64
-        }
-    };
-    let slot = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % FAILED_BITS;
-    (slot / 64, 1 << (slot % 64))
+/// What [`FailureLimiter::standing`] found of a client: its slot and tag, and (for a client
+/// with a debt) the time it was read.
+#[derive(Debug)]
+pub struct Standing {
+    slot: usize,
+    tag: u64,
+    /// `Some(now)` when the slot held this client at the check.
+    checked_at: Option<u64>,
 }
 
 impl FailureLimiter {
@@ -140,18 +137,23 @@ impl FailureLimiter {
         Self::with_capacity(rate, FAILED_AUTH_TRACKED_CLIENTS)
     }
 
+    /// A table of `capacity` slots, rounded up to a power of two.
     pub fn with_capacity(rate: Rate, capacity: usize) -> Self {
+        let slots = capacity.clamp(2, 1 << 24).next_power_of_two();
+        let mut seed = [0u8; 8];
+        // Without an OS random source the table still works; only its layout is predictable.
+        let _ = getrandom::fill(&mut seed);
         Self {
             quota: Gcra::new(rate, NANOS_PER_SEC),
-            tats: quick_cache::sync::Cache::new(capacity.max(1)),
-            failed: (0..FAILED_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            shift: 64 - slots.trailing_zeros(),
+            seed: u64::from_le_bytes(seed) | 1,
             clock: Nanos::new(),
         }
     }
 
     /// `Err(retry_after_secs)` while `client` has no failure left to spend. A client that
-    /// never failed costs a bit test (the map and the clock are read only for clients that
-    /// failed before).
+    /// never failed costs a load and a compare (the clock is read only for clients in debt).
     pub fn check(&self, client: IpAddr) -> Result<(), u64> {
         self.standing(client).map(drop)
     }
@@ -162,29 +164,27 @@ impl FailureLimiter {
     }
 
     /// [`Self::check`], keeping what it found for [`Self::record`]: a failure that follows
-    /// spends from the entry already in hand, without a second map access or clock read.
+    /// spends from the slot already found, without hashing again or a second clock read.
     pub fn standing(&self, client: IpAddr) -> Result<Standing, u64> {
         self.standing_with(client, || self.clock.now())
     }
 
     fn standing_with(&self, client: IpAddr, now: impl FnOnce() -> u64) -> Result<Standing, u64> {
-        let bucket = bucket_of(client);
-        let (word, mask) = failed_bit(bucket);
+        let (slot, tag) = self.slot_of(client);
         let mut standing = Standing {
-            bucket,
-            entry: None,
+            slot,
+            tag,
+            checked_at: None,
         };
-        if self.failed[word].load(Ordering::Relaxed) & mask == 0 {
+        let entry = &self.slots[slot];
+        if entry.tag.load(Ordering::Acquire) != tag {
             return Ok(standing);
         }
-        let Some(tat) = self.tats.get(&bucket) else {
-            return Ok(standing);
-        };
         let now = now();
         // A peek: would one more failure fit? Nothing is spent here.
-        match self.quota.acquire(tat.load(Ordering::Acquire), now) {
+        match self.quota.acquire(entry.tat.load(Ordering::Acquire), now) {
             Ok(_) => {
-                standing.entry = Some((tat, now));
+                standing.checked_at = Some(now);
                 Ok(standing)
             }
             Err(wait) => Err(retry_after_secs(wait, NANOS_PER_SEC)),
@@ -193,13 +193,9 @@ impl FailureLimiter {
 
     /// The failed authentication of a client whose [`Standing`] was taken at its start.
     pub fn record(&self, standing: Standing) {
-        match standing.entry {
-            // The moment of the check stands for the failure: microseconds apart.
-            Some((tat, now)) => {
-                let _ = acquire(&self.quota, &tat, now);
-            }
-            None => self.record_failure_at(standing.bucket, self.clock.now()),
-        }
+        // The moment of the check stands for the failure: microseconds apart.
+        let now = standing.checked_at.unwrap_or_else(|| self.clock.now());
+        self.spend(standing.slot, standing.tag, now);
     }
 
     /// One failed authentication from `client`, now.
@@ -209,29 +205,47 @@ impl FailureLimiter {
 
     /// One failed authentication from `client` at `now` nanoseconds.
     pub fn record_failure_at(&self, client: IpAddr, now: u64) {
-        let bucket = bucket_of(client);
-        let (word, mask) = failed_bit(bucket);
-        // Set before the entry exists: a check that sees the bit clear finds no entry either.
-        if self.failed[word].load(Ordering::Relaxed) & mask == 0 {
-            self.failed[word].fetch_or(mask, Ordering::Relaxed);
-        }
-        let tat = self
-            .tats
-            .get_or_insert_with(&bucket, || {
-                Ok::<_, std::convert::Infallible>(Arc::new(AtomicU64::new(0)))
-            })
-            .unwrap_or_else(|never| match never {});
-        // An empty bucket stays empty; the failure itself needs no room.
-        let _ = acquire(&self.quota, &tat, now);
+        let (slot, tag) = self.slot_of(client);
+        self.spend(slot, tag, now);
     }
 
-    /// Clients remembered now (for tests and memory reports).
+    /// Spends one failure of the bucket `tag` from `slot`, taking the slot over when it holds
+    /// another bucket (a full bucket to start from).
+    fn spend(&self, slot: usize, tag: u64, now: u64) {
+        let entry = &self.slots[slot];
+        if entry.tag.load(Ordering::Acquire) != tag {
+            entry.tat.store(0, Ordering::Release);
+            entry.tag.store(tag, Ordering::Release);
+        }
+        // An empty bucket stays empty; the failure itself needs no room.
+        let _ = acquire(&self.quota, &entry.tat, now);
+    }
+
+    /// The slot and tag of `client`'s bucket. The tag is a bijection of the bucket's address
+    /// (IPv4, or the upper 64 bits of an IPv6 /64), so two buckets share a tag only when an
+    /// IPv4 address meets an IPv6 network inside ::/32 (reserved space), or when
+    /// a tag is 0 (which marks an empty slot) and becomes 1.
+    fn slot_of(&self, client: IpAddr) -> (usize, u64) {
+        let address = match bucket_of(client) {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
+        };
+        // Multiplying by an odd number and xor-shifting are both invertible.
+        let mixed = (address ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let tag = (mixed ^ (mixed >> 29)).max(1);
+        ((mixed >> self.shift) as usize, tag)
+    }
+
+    /// Clients remembered now (for tests and memory reports; counts the whole table).
     pub fn len(&self) -> usize {
-        self.tats.len()
+        self.slots
+            .iter()
+            .filter(|slot| slot.tag.load(Ordering::Relaxed) != 0)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tats.is_empty()
+        self.len() == 0
     }
 }
 
@@ -335,6 +349,31 @@ mod tests {
             limiter.record_failure_at(IpAddr::V4(i.into()), S);
         }
         assert!(limiter.len() <= 1_000 + 1_000 / 10, "{}", limiter.len());
+    }
+
+    #[test]
+    fn a_client_that_never_failed_is_not_refused_for_another_in_its_slot() {
+        // Two slots for thousands of clients: every slot is shared, but only the bucket
+        // whose tag a slot holds is in debt there.
+        let limiter = FailureLimiter::with_capacity(rate(1.0, 2), 2);
+        let attacker: IpAddr = "198.51.100.1".parse().unwrap();
+        for _ in 0..3 {
+            limiter.record_failure_at(attacker, S);
+        }
+        assert!(limiter.check_at(attacker, S).is_err());
+        for i in 0..10_000u32 {
+            let client = IpAddr::V4((0x0A00_0000 + i).into());
+            assert_eq!(limiter.check_at(client, S), Ok(()), "{client}");
+        }
+        // A failure of a client in the attacker's slot takes it over: the attacker's debt is
+        // forgotten (forgiven), never handed to the newcomer.
+        let newcomer = (0..10_000u32)
+            .map(|i| IpAddr::V4((0x0A00_0000 + i).into()))
+            .find(|client| limiter.slot_of(*client).0 == limiter.slot_of(attacker).0)
+            .unwrap();
+        limiter.record_failure_at(newcomer, S);
+        assert_eq!(limiter.check_at(newcomer, S), Ok(()), "one failure of two");
+        assert_eq!(limiter.check_at(attacker, S), Ok(()));
     }
 
     #[test]
