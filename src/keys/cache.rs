@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::flood::{FailureLimiter, LookupBudget};
 use super::settings::{ApiKeySettings, ChecksumPolicy};
+use super::unknown::UnknownKeys;
 use super::{
     KeyHash, KeyRecord, KeySource, SourceError, Timestamp, is_well_formed, verify_checksum,
 };
@@ -132,7 +133,7 @@ pub struct KeyStore {
     cache: quick_cache::sync::Cache<KeyHash, Arc<CacheEntry>>,
     /// Unknown keys and when the source said so; bounded apart from `cache`, so unknown keys
     /// never displace validated ones.
-    negative: quick_cache::sync::Cache<KeyHash, Instant>,
+    negative: UnknownKeys,
     /// Tokens for lookups that leave the process; `None` for in-memory sources.
     budget: Option<LookupBudget>,
     /// Failed authentications per client IP; `None` when `failed_auth_limit = "off"`.
@@ -152,7 +153,7 @@ impl KeyStore {
         let cache = quick_cache::sync::Cache::new(capacity);
         let negative_capacity =
             usize::try_from(settings.negative_cache_capacity).unwrap_or(usize::MAX);
-        let negative = quick_cache::sync::Cache::new(negative_capacity.max(1));
+        let negative = UnknownKeys::new(negative_capacity);
         let budget = source
             .lookups_are_remote()
             .then(|| LookupBudget::new(settings.max_source_lookups_per_second));
@@ -286,9 +287,13 @@ impl KeyStore {
         self: &Arc<Self>,
         hash: KeyHash,
     ) -> Option<Result<Arc<Identity>, GatewayError>> {
-        let Some(entry) = self.cache.get(&hash) else {
-            return self.unknown_cached(&hash);
-        };
+        // Unknown first: its marks make it free for a validated key, and a refused key (the
+        // path a flood drives) then costs one map read, not two. A key in both stores is a
+        // moment of a lookup's answer being stored; either answer is that of the source.
+        if let Some(refused) = self.unknown_cached(&hash) {
+            return Some(refused);
+        }
+        let entry = self.cache.get(&hash)?;
         let age = entry.validated_at.elapsed();
         let identity = &entry.identity;
         if age < self.settings.cache_ttl {

@@ -15,6 +15,7 @@ pub mod file_source;
 pub mod flood;
 pub mod record;
 pub mod settings;
+pub mod unknown;
 
 use std::collections::HashMap;
 use std::fmt;
