@@ -24,6 +24,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPai
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
+use bytestring::ByteString;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use quick_cache::Equivalent;
 use rustls_pki_types::PrivateKeyDer;
@@ -242,7 +243,7 @@ struct Claims<'a> {
 struct CacheKey {
     method: AuthMethod,
     route: Box<str>,
-    text: Bytes,
+    text: ByteString,
     fields: [Span; 6],
 }
 
@@ -275,13 +276,18 @@ fn hash_key<H: Hasher>(state: &mut H, method: AuthMethod, route: &str, text: &[u
 
 impl Hash for CacheKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_key(state, self.method, &self.route, &self.text);
+        hash_key(state, self.method, &self.route, self.text.as_bytes());
     }
 }
 
 impl Hash for Lookup<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_key(state, self.identity.method, self.route, &self.identity.text);
+        hash_key(
+            state,
+            self.identity.method,
+            self.route,
+            self.identity.text.as_bytes(),
+        );
     }
 }
 

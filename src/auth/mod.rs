@@ -10,7 +10,7 @@ pub mod issuer;
 pub mod jwks;
 pub mod jwt;
 
-use bytes::Bytes;
+use bytestring::ByteString;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -127,11 +127,13 @@ pub struct IdentityFields<'a> {
 ///
 /// Compact on purpose (a million cached API keys must fit in a few hundred MB): every string
 /// lives in one buffer, and identity header values are slices of it made per request, which
-/// costs a reference-count increment and no allocation.
+/// costs a reference-count increment and no allocation. The buffer is known UTF-8
+/// (`ByteString`), so reading a field costs no UTF-8 check: authorization reads the tenant
+/// and the scopes of every request.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub method: AuthMethod,
-    text: Bytes,
+    text: ByteString,
     subject: Span,
     tenant_id: Span,
     user_id: Span,
@@ -158,10 +160,10 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(method: AuthMethod, fields: &IdentityFields<'_>) -> Self {
-        let mut text: Vec<u8> = Vec::with_capacity(128);
+        let mut text = String::with_capacity(128);
         let mut push = |value: &str| -> Span {
             let start = u32::try_from(text.len()).unwrap_or(u32::MAX);
-            text.extend_from_slice(value.as_bytes());
+            text.push_str(value);
             Span {
                 start,
                 len: u32::try_from(value.len()).unwrap_or(0),
@@ -192,7 +194,7 @@ impl Identity {
         text.shrink_to_fit();
         let mut identity = Self {
             method,
-            text: Bytes::from(text),
+            text: ByteString::from(text),
             subject,
             tenant_id,
             user_id,
@@ -233,9 +235,7 @@ impl Identity {
             return None;
         }
         let start = span.start as usize;
-        self.text
-            .get(start..start + span.len as usize)
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        self.text.get(start..start + span.len as usize)
     }
 
     /// `key_id` for API keys, `sub` for JWTs.
@@ -291,7 +291,12 @@ impl Identity {
             return None;
         }
         let start = span.start as usize;
-        HeaderValue::from_maybe_shared(self.text.slice(start..start + span.len as usize)).ok()
+        let bytes = self.text.as_bytes();
+        let end = start + span.len as usize;
+        if end > bytes.len() {
+            return None;
+        }
+        HeaderValue::from_maybe_shared(bytes.slice(start..end)).ok()
     }
 
     /// Sets the identity headers (SPEC §6). The client's headers under the prefix must have
@@ -309,6 +314,9 @@ impl Identity {
             &names.scopes,
             &names.issuer,
         ];
+        // An API key's subject is its key_id (one span): its value is checked once and
+        // shared (a reference-count increment) by both headers.
+        let mut subject_value: Option<HeaderValue> = None;
         for (bit, (name, span)) in names_in_order
             .into_iter()
             .zip(self.header_fields())
@@ -318,7 +326,14 @@ impl Identity {
                 // Absent, or not valid header text: dropped, never passed through.
                 continue;
             }
-            if let Some(value) = self.value(span) {
+            let value = match &subject_value {
+                Some(subject) if span == self.subject => Some(subject.clone()),
+                _ => self.value(span),
+            };
+            if let Some(value) = value {
+                if span == self.subject {
+                    subject_value = Some(value.clone());
+                }
                 headers.insert(name.clone(), value);
             }
         }
