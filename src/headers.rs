@@ -278,18 +278,20 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// The client address for logs: the peer, or, when the peer is a trusted proxy, the
 /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) -> IpAddr {
-    if !is_trusted(peer, trusted) {
-        return canonical_ip(peer);
+    // Canonical once: the usual answer, an untrusted peer, is then returned as it is.
+    let peer = canonical_ip(peer);
+    if !trusted.iter().any(|net| net.contains(&peer)) {
+        return peer;
     }
     let mut chain: Vec<IpAddr> = Vec::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         let Ok(text) = value.to_str() else {
-            return canonical_ip(peer);
+            return peer;
         };
         for item in text.split(',') {
             match item.trim().parse::<IpAddr>() {
                 Ok(ip) => chain.push(ip),
-                Err(_) => return canonical_ip(peer),
+                Err(_) => return peer,
             }
         }
     }
@@ -297,7 +299,7 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[ipnet::IpNet]) ->
         .into_iter()
         .rev()
         .find(|ip| !is_trusted(*ip, trusted))
-        .map_or(canonical_ip(peer), canonical_ip)
+        .map_or(peer, canonical_ip)
 }
 
 /// Sets `x-forwarded-for` (extended when the peer is trusted, else replaced),
@@ -440,6 +442,11 @@ mod tests {
         assert_eq!(fresh.as_bytes().len(), 36);
         let uuid = uuid::Uuid::parse_str(fresh.as_str()).unwrap();
         assert_eq!(uuid.get_version_num(), 4);
+        assert_eq!(
+            fresh.as_str(),
+            uuid.hyphenated().to_string(),
+            "uuid's own spelling"
+        );
         assert_ne!(fresh.as_str(), RequestId::generate().as_str());
     }
 

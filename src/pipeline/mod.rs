@@ -332,7 +332,7 @@ async fn handle_inner(
         Request::from_parts(parts, body),
         &path_and_query,
         route.preserve_host,
-        route.timeout,
+        tokio::time::Instant::from_std(started) + route.timeout,
     );
     let sent = match &context.tracked {
         // A revocation while waiting for the response head ends the wait.

@@ -90,15 +90,12 @@ pub(super) fn check_target<'a>(
 
 /// A Host header that is a valid authority without userinfo (`user@host` is refused).
 fn valid_host(value: &HeaderValue) -> Option<&str> {
-    let bytes = value.as_bytes();
-    if is_plain_host(bytes) {
-        // ASCII by the check above.
-        return std::str::from_utf8(bytes).ok();
+    // Visible ASCII, read as text in the same pass (a UTF-8 check after it would be a second).
+    let text = value.to_str().ok()?;
+    if is_plain_host(text.as_bytes()) {
+        return Some(text);
     }
-    value
-        .to_str()
-        .ok()
-        .filter(|text| text.parse::<http::uri::Authority>().is_ok() && !text.contains('@'))
+    (text.parse::<http::uri::Authority>().is_ok() && !text.contains('@')).then_some(text)
 }
 
 /// `name[:port]` with a name of letters, digits, dots and hyphens (a DNS name or an IPv4
