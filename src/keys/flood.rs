@@ -23,7 +23,7 @@ use crate::limits::gcra::{Gcra, NANOS_PER_SEC, retry_after_secs};
 use crate::limits::settings::Rate;
 
 /// Client addresses (IPv4, or IPv6 /64 networks) whose failures are remembered at once: the
-/// slots of the limiter's table, 16 bytes each (1 MB, touched only as clients fail). A client
+/// slots of the limiter's table, 16 bytes each (1 MB, allocated at start). A client
 /// whose slot another failing client takes over is forgotten, which only forgives its failures.
 pub const FAILED_AUTH_TRACKED_CLIENTS: usize = 65_536;
 
