@@ -23,13 +23,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::{broadcast, watch};
 
+use super::clock::{Nanos, nanos};
 use super::flood::{FailureLimiter, LookupBudget};
 use super::settings::{ApiKeySettings, ChecksumPolicy};
 use super::unknown::UnknownKeys;
@@ -97,16 +98,17 @@ impl KeyMetrics {
 #[derive(Debug)]
 struct CacheEntry {
     identity: Arc<Identity>,
-    validated_at: Instant,
+    /// `KeyStore::clock` nanoseconds.
+    validated_at: u64,
     /// Set while a background refresh runs, so a busy key triggers one refresh, not many.
     refreshing: AtomicBool,
 }
 
 impl CacheEntry {
-    fn new(identity: Arc<Identity>) -> Arc<Self> {
+    fn new(identity: Arc<Identity>, validated_at: u64) -> Arc<Self> {
         Arc::new(Self {
             identity,
-            validated_at: Instant::now(),
+            validated_at,
             refreshing: AtomicBool::new(false),
         })
     }
@@ -145,6 +147,12 @@ pub struct KeyStore {
     generation: std::sync::atomic::AtomicU64,
     source: KeySource,
     metrics: KeyMetrics,
+    /// Reads the age of cached entries (every request with an API key reads it once).
+    clock: Nanos,
+    /// `settings.cache_ttl`, `stale_if_error` and `negative_ttl` in `clock` nanoseconds.
+    cache_ttl: u64,
+    stale_if_error: u64,
+    negative_ttl: u64,
 }
 
 impl KeyStore {
@@ -158,6 +166,11 @@ impl KeyStore {
             .lookups_are_remote()
             .then(|| LookupBudget::new(settings.max_source_lookups_per_second));
         let failures = settings.failed_auth_limit.map(FailureLimiter::new);
+        let (settings_ttl, settings_stale, settings_negative) = (
+            settings.cache_ttl,
+            settings.stale_if_error,
+            settings.negative_ttl,
+        );
         Arc::new(Self {
             settings,
             cache,
@@ -168,6 +181,10 @@ impl KeyStore {
             generation: std::sync::atomic::AtomicU64::new(0),
             source,
             metrics,
+            clock: Nanos::new(),
+            cache_ttl: nanos(settings_ttl),
+            stale_if_error: nanos(settings_stale),
+            negative_ttl: nanos(settings_negative),
         })
     }
 
@@ -294,12 +311,12 @@ impl KeyStore {
             return Some(refused);
         }
         let entry = self.cache.get(&hash)?;
-        let age = entry.validated_at.elapsed();
+        let age = self.clock.now().saturating_sub(entry.validated_at);
         let identity = &entry.identity;
-        if age < self.settings.cache_ttl {
+        if age < self.cache_ttl {
             self.metrics.hit.inc();
             Some(check(identity))
-        } else if age < self.settings.stale_if_error {
+        } else if age < self.stale_if_error {
             self.metrics.stale.inc();
             if !entry.refreshing.swap(true, Ordering::AcqRel) {
                 self.spawn_refresh(hash, entry.clone());
@@ -313,7 +330,7 @@ impl KeyStore {
     /// A 401 for a key the source called unknown within `negative_ttl`.
     fn unknown_cached(&self, hash: &KeyHash) -> Option<Result<Arc<Identity>, GatewayError>> {
         let at = self.negative.get(hash)?;
-        if at.elapsed() < self.settings.negative_ttl {
+        if self.clock.now().saturating_sub(at) < self.negative_ttl {
             self.metrics.negative.inc();
             Some(Err(GatewayError::InvalidKey))
         } else {
@@ -376,14 +393,14 @@ impl KeyStore {
     /// A lookup that finished between a caller's cache miss and now already stored its answer.
     async fn cached_or_lookup(&self, hash: KeyHash) -> Lookup {
         if let Some(entry) = self.cache.get(&hash)
-            && entry.validated_at.elapsed() < self.settings.cache_ttl
+            && self.clock.now().saturating_sub(entry.validated_at) < self.cache_ttl
         {
             return Ok(Some(entry.identity.clone()));
         }
         if self
             .negative
             .get(&hash)
-            .is_some_and(|at| at.elapsed() < self.settings.negative_ttl)
+            .is_some_and(|at| self.clock.now().saturating_sub(at) < self.negative_ttl)
         {
             return Ok(None);
         }
@@ -402,14 +419,15 @@ impl KeyStore {
                 self.metrics.found.inc();
                 let identity = Arc::new(identity_from_record(&record, hash));
                 self.negative.remove(&hash);
-                self.cache.insert(hash, CacheEntry::new(identity.clone()));
+                self.cache
+                    .insert(hash, CacheEntry::new(identity.clone(), self.clock.now()));
                 Ok(Some(identity))
             }
             Ok(None) => {
                 self.metrics.not_found.inc();
                 // A key deleted at the source stops being served from its stale entry.
                 self.cache.remove(&hash);
-                self.negative.insert(hash, Instant::now());
+                self.negative.insert(hash, self.clock.now());
                 Ok(None)
             }
             Err(error) => {

@@ -17,8 +17,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use governor::clock::{Clock, QuantaClock, Reference};
-
+use super::clock::Nanos;
 use crate::limits::gcra::{Gcra, NANOS_PER_SEC, retry_after_secs};
 use crate::limits::settings::Rate;
 
@@ -26,25 +25,6 @@ use crate::limits::settings::Rate;
 /// slots of the limiter's table, 16 bytes each (1 MB, allocated at start). A client
 /// whose slot another failing client takes over is forgotten, which only forgives its failures.
 pub const FAILED_AUTH_TRACKED_CLIENTS: usize = 65_536;
-
-/// Nanoseconds since an origin, from quanta (monotonic and cheap to read).
-#[derive(Debug, Clone)]
-struct Nanos {
-    clock: QuantaClock,
-    origin: <QuantaClock as Clock>::Instant,
-}
-
-impl Nanos {
-    fn new() -> Self {
-        let clock = QuantaClock::default();
-        let origin = clock.now();
-        Self { clock, origin }
-    }
-
-    fn now(&self) -> u64 {
-        self.clock.now().duration_since(self.origin).as_u64()
-    }
-}
 
 /// One more request through the GCRA state in `tat` at `now`: `Ok` when admitted (and
 /// recorded), `Err(wait)` otherwise (nothing changes).

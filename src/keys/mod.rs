@@ -10,6 +10,7 @@
 //! Only the hash is stored, cached, sent to the control plane or logged (first 8 hex chars).
 
 pub mod cache;
+pub mod clock;
 pub mod control_plane;
 pub mod file_source;
 pub mod flood;

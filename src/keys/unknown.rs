@@ -2,15 +2,13 @@
 //! never displace validated ones), with a bit per hash slot that says whether an entry may be
 //! there, so a validated key's request skips this store without a map read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
 use super::KeyHash;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Unknown keys and when the source said so.
+/// Unknown keys and when the source said so (the key store's clock, in nanoseconds).
 #[derive(Debug)]
 pub struct UnknownKeys {
-    entries: quick_cache::sync::Cache<KeyHash, Instant>,
+    entries: quick_cache::sync::Cache<KeyHash, u64>,
     /// One bit per slot of hashes, set before an entry of that slot is inserted and cleared
     /// only with the whole store: a clear bit proves the key has no entry. Eight bits per
     /// entry of capacity keep most bits clear while the store is full; a flood that sets them
@@ -44,7 +42,7 @@ impl UnknownKeys {
     }
 
     /// When the source called `hash` unknown, if this store still remembers it.
-    pub fn get(&self, hash: &KeyHash) -> Option<Instant> {
+    pub fn get(&self, hash: &KeyHash) -> Option<u64> {
         let (word, mask) = self.mark_of(hash);
         if self.marks[word].load(Ordering::Acquire) & mask == 0 {
             return None;
@@ -52,7 +50,7 @@ impl UnknownKeys {
         self.entries.get(hash)
     }
 
-    pub fn insert(&self, hash: KeyHash, at: Instant) {
+    pub fn insert(&self, hash: KeyHash, at: u64) {
         let (word, mask) = self.mark_of(&hash);
         // Marked before the entry exists: a reader that finds the bit clear finds no entry.
         if self.marks[word].load(Ordering::Relaxed) & mask == 0 {
@@ -94,7 +92,7 @@ mod tests {
     #[test]
     fn remembers_what_was_inserted_and_nothing_else() {
         let store = UnknownKeys::new(1_000);
-        let at = Instant::now();
+        let at = 42;
         for i in 0..500 {
             store.insert(hash(i), at);
         }
@@ -117,7 +115,7 @@ mod tests {
     #[test]
     fn is_bounded_and_a_full_store_still_answers() {
         let store = UnknownKeys::new(100);
-        let at = Instant::now();
+        let at = 42;
         for i in 0..100_000 {
             store.insert(hash(i), at);
         }
@@ -131,7 +129,7 @@ mod tests {
     fn most_marks_stay_clear_while_the_store_is_full() {
         let store = UnknownKeys::new(10_000);
         for i in 0..10_000 {
-            store.insert(hash(i), Instant::now());
+            store.insert(hash(i), 7);
         }
         let set: u32 = store
             .marks
