@@ -149,11 +149,12 @@ pub async fn answer(
     if let Some(route) = &context.route {
         finish.route = SharedLabel(route.clone());
     }
-    // Per-key usage of the key service's keys: counted in memory, written in batches.
+    // Per-key usage of the key service's keys: counted in memory, written in batches; a
+    // refusal by its code (a static string: nothing is allocated for it here).
     if let (Some(usage), Some(identity)) = (&runtime.usage, &context.identity)
         && let Some(key_id) = identity.key_id()
     {
-        usage.request(key_id, result.is_err());
+        usage.request(key_id, result.as_ref().err().map(GatewayError::code));
     }
     if let Some(log) = &mut finish.log {
         let record = &mut log.record;
