@@ -271,7 +271,13 @@ impl Failure {
     }
 }
 
-fn error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<ProxyBody> {
+/// The SPEC §7 JSON error body with `status`.
+pub(crate) fn error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<ProxyBody> {
     json_response(
         status,
         &json!({"error": {"code": code, "message": message, "request_id": request_id}}),
