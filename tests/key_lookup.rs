@@ -663,6 +663,12 @@ fn the_config_of_a_lookup_route_is_checked() {
         let error = load(&text).map(|_| ()).unwrap_err().to_string();
         assert!(error.contains(expected), "{expected:?} not in {error}");
     }
+    // Without a lookup route the scope is never used: the same scope as admin_scope is fine.
+    let unused = load(&format!(
+        "{database}[key_management]\nlookup_scope = \"keys:admin\"\n"
+    ))
+    .unwrap();
+    assert_eq!(unused.key_management.lookup_scope, "keys:admin");
     let custom = load(&format!(
         "{database}[key_management]\nlookup_scope = \"edge:lookup\"\n"
     ))

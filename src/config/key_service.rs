@@ -89,7 +89,17 @@ pub(super) fn compile_key_management(
             value.clone_into(target);
         }
     }
-    if settings.lookup_scope == settings.admin_scope {
+    // Only where a lookup route exists: a config without one stays valid as it was.
+    let serves_lookups = file.routes.iter().any(|route| {
+        route
+            .get_ref()
+            .upstream
+            .get_ref()
+            .0
+            .iter()
+            .any(|url| url.as_str() == "builtin:key-lookup")
+    });
+    if serves_lookups && settings.lookup_scope == settings.admin_scope {
         errors.at(
             management
                 .lookup_scope
