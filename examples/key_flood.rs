@@ -1,16 +1,24 @@
 //! A flood of distinct, well-formed, unknown API keys against a gateway backed by a (mock)
-//! control plane, while one valid key keeps calling. Every 5 s it prints the process's
-//! resident memory, the control-plane lookups per second, what the flood got (401 / 503 /
-//! 429) and how the valid key fared.
+//! control plane or by the key service's database, while one valid key keeps calling. Every
+//! 5 s it prints the process's resident memory, the key-source lookups per second, what the
+//! flood got (401 / 503 / 429) and how the valid key fared.
 //!
-//!     cargo run --profile bench --example key_flood -- [before|after] [SECONDS] [CONCURRENCY]
+//!     cargo run --release --example key_flood -- [before|after] [SECONDS] [CONCURRENCY]
 //!
 //! `after` runs the defaults. `before` reproduces by config what the gateway did before
 //! unknown keys had a store of their own, lookups a budget and failures a per-client limit:
 //! a million unknown keys remembered, no lookup budget to speak of, no failure limit.
-//! Gateway, control plane, upstream and flooder share the process (as in the tests); the
-//! flooder's own memory is bounded by CONCURRENCY, so RSS growth is the gateway's. Driven by
-//! `benches/key_flood.sh`.
+//!
+//! The key source is a mock control plane (404 for every key but the valid one), unless
+//! `KEY_FLOOD_DATABASE` names a key-service database (`sqlite://…`, `postgres://…`) that
+//! holds the valid key given in `KEY_FLOOD_VALID_KEY` (`benches/key_flood.sh` with
+//! `SOURCE=database` seeds one with `authgate keys add --database`). With the database the
+//! flood's keys carry valid checksums, so every one of them passes the checksum check that
+//! `source = "database"` requires and is a real lookup candidate: the worst case.
+//! Lookups are counted by the mock, or read from `authgate_key_source_requests_total`.
+//! Gateway, key source, upstream and flooder share the process (as in the tests); the
+//! flooder's own memory is bounded by CONCURRENCY, so RSS growth is the gateway's (and, with
+//! SQLite, its page cache). Driven by `benches/key_flood.sh`.
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -89,19 +97,40 @@ async fn main() {
     };
     authgate::install_crypto_provider();
 
-    let valid = authgate::keys::generate_key("sgk_").unwrap();
-    let valid_path = format!("/v1/keys/{}", authgate::keys::KeyHash::of(&valid).to_hex());
+    let database = std::env::var("KEY_FLOOD_DATABASE").ok();
     let lookups = Arc::new(AtomicU64::new(0));
-    let counted = lookups.clone();
-    let control_plane = serve(move |request| {
-        counted.fetch_add(1, Ordering::Relaxed);
-        if request.uri().path() == valid_path {
-            text(200, r#"{"key_id":"flood-valid","tenant_id":"acme"}"#)
-        } else {
-            text(404, "unknown")
+    let (valid, source) = match &database {
+        Some(url) => {
+            let valid = std::env::var("KEY_FLOOD_VALID_KEY")
+                .expect("KEY_FLOOD_VALID_KEY: a key the database holds");
+            let source =
+                format!("source = \"database\"\n{api_keys}\n[database]\nurl = \"{url}\"\n");
+            (valid, source)
         }
-    })
-    .await;
+        None => {
+            let valid = authgate::keys::generate_key("sgk_").unwrap();
+            let valid_path = format!("/v1/keys/{}", authgate::keys::KeyHash::of(&valid).to_hex());
+            let counted = lookups.clone();
+            let control_plane = serve(move |request| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                if request.uri().path() == valid_path {
+                    text(200, r#"{"key_id":"flood-valid","tenant_id":"acme"}"#)
+                } else {
+                    text(404, "unknown")
+                }
+            })
+            .await;
+            let source = format!(
+                "source = \"control_plane\"\n{api_keys}\n[control_plane]\nurl = \"http://{control_plane}\"\n"
+            );
+            (valid, source)
+        }
+    };
+    let source_kind = if database.is_some() {
+        "database"
+    } else {
+        "control_plane"
+    };
     let upstream = serve(|_| text(200, "ok")).await;
 
     let dir = std::env::temp_dir().join(format!("authgate-key-flood-{}", std::process::id()));
@@ -118,10 +147,7 @@ listen = "127.0.0.1:0"
 [log]
 access_log = false
 [api_keys]
-source = "control_plane"
-{api_keys}
-[control_plane]
-url = "http://{control_plane}"
+{source}
 [[routes]]
 name = "api"
 match = {{ path_prefix = "/v1/" }}
@@ -135,6 +161,7 @@ auth = ["api_key"]
     let access_log = authgate::telemetry::AccessLog::to_writer(Box::new(std::io::sink()));
     let handle = authgate::server::start(config, access_log).await.unwrap();
     let url = format!("http://{}/v1/x", handle.addr);
+    let metrics_url = format!("http://{}/metrics", handle.admin_addr);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency + 1)
         .build()
@@ -143,6 +170,7 @@ auth = ["api_key"]
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let checksummed = database.is_some();
     for task in 0..concurrency {
         let (client, url, tally, stop) = (client.clone(), url.clone(), tally.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
@@ -150,7 +178,14 @@ auth = ["api_key"]
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 // Distinct keys; clients spread over 65,536 addresses.
-                let key = format!("sgk_flood{task:0>4}x{n:0>30}");
+                let key = if checksummed {
+                    // 34 characters, then the checksum: a key the database must look up.
+                    let body = format!("sgk_flood{task:0>4}x{n:0>24}");
+                    let checksum = authgate::keys::checksum_chars(body.as_bytes());
+                    format!("{body}{}", std::str::from_utf8(&checksum).unwrap())
+                } else {
+                    format!("sgk_flood{task:0>4}x{n:0>30}")
+                };
                 let spread = (n as usize * concurrency + task) % 65_536;
                 let ip = format!("10.64.{}.{}", spread / 256, spread % 256);
                 tally.sent.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +230,31 @@ auth = ["api_key"]
         }));
     }
 
-    println!("mode={mode} seconds={seconds} concurrency={concurrency}");
+    // The key source's lookups so far: the mock's count, or the gateway's own metric.
+    let source_lookups = {
+        let client = client.clone();
+        let lookups = lookups.clone();
+        let from_metrics = database.is_some();
+        move || {
+            let (client, lookups, metrics_url) =
+                (client.clone(), lookups.clone(), metrics_url.clone());
+            async move {
+                if !from_metrics {
+                    return lookups.load(Ordering::Relaxed);
+                }
+                let text = match client.get(&metrics_url).send().await {
+                    Ok(response) => response.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                text.lines()
+                    .filter(|line| line.starts_with("authgate_key_source_requests_total{"))
+                    .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64
+            }
+        }
+    };
+
+    println!("mode={mode} source={source_kind} seconds={seconds} concurrency={concurrency}");
     println!(
         "   t_s  rss_mb  lookups_per_s  flood_per_s     401     503     429  other  valid_ok  valid_failed"
     );
@@ -205,10 +264,7 @@ auth = ["api_key"]
     let step = 5;
     for t in (step..=seconds).step_by(step as usize) {
         tokio::time::sleep_until((started + Duration::from_secs(t)).into()).await;
-        let (now_lookups, now_sent) = (
-            lookups.load(Ordering::Relaxed),
-            tally.sent.load(Ordering::Relaxed),
-        );
+        let (now_lookups, now_sent) = (source_lookups().await, tally.sent.load(Ordering::Relaxed));
         println!(
             "{:>6} {:>7.1} {:>14.0} {:>12.0} {:>7} {:>7} {:>7} {:>6} {:>9} {:>13}",
             t,
@@ -228,9 +284,9 @@ auth = ["api_key"]
     for task in tasks {
         let _ = task.await;
     }
-    let total = lookups.load(Ordering::Relaxed);
+    let total = source_lookups().await;
     println!(
-        "total: {} flood requests, {total} control-plane lookups ({:.0}/s), final RSS {:.1} MB",
+        "total: {} flood requests, {total} {source_kind} lookups ({:.0}/s), final RSS {:.1} MB",
         tally.sent.load(Ordering::Relaxed),
         total as f64 / seconds as f64,
         rss_mb()

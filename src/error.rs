@@ -65,6 +65,28 @@ pub enum GatewayError {
     UpstreamTimeout,
 }
 
+/// Every code [`GatewayError::code`] answers with, once each (SPEC §7): the closed set a key's
+/// refusals are counted by (`key_service::usage`), so per-reason counts stay bounded.
+pub const CODES: [&str; 17] = [
+    "BAD_REQUEST",
+    "AUTH_MISSING",
+    "AUTH_INVALID_KEY",
+    "AUTH_KEY_REVOKED",
+    "AUTH_KEY_EXPIRED",
+    "AUTH_INVALID_TOKEN",
+    "AUTH_TOKEN_EXPIRED",
+    "AUTH_TOKEN_REVOKED",
+    "INSUFFICIENT_SCOPE",
+    "TENANT_NOT_ALLOWED",
+    "ROUTE_NOT_FOUND",
+    "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
+    "HEADERS_TOO_LARGE",
+    "UPSTREAM_UNAVAILABLE",
+    "AUTH_BACKEND_UNAVAILABLE",
+    "UPSTREAM_TIMEOUT",
+];
+
 impl GatewayError {
     /// The HTTP status (SPEC §7).
     pub fn status(&self) -> StatusCode {
@@ -364,6 +386,15 @@ mod tests {
 
     fn every_variant() -> Vec<GatewayError> {
         spec_rows().into_iter().map(|(error, _, _)| error).collect()
+    }
+
+    #[test]
+    fn codes_lists_every_code_once() {
+        let used: std::collections::BTreeSet<&str> =
+            every_variant().iter().map(GatewayError::code).collect();
+        let listed: std::collections::BTreeSet<&str> = CODES.iter().copied().collect();
+        assert_eq!(listed.len(), CODES.len(), "a code is listed twice");
+        assert_eq!(used, listed, "CODES and code() differ");
     }
 
     /// `into_response` writes fixed messages unescaped: they must never need escaping.

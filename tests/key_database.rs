@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use authgate::key_service::database::{DbError, Engine, KeyDatabase};
 use authgate::key_service::model::{
-    AuditEvent, KeyFilter, StoredKey, UsageCounts, UsageDelta, new_key_id_at, record,
+    AuditEvent, KeyFilter, Refusals, StoredKey, UsageCounts, UsageDelta, new_key_id_at, record,
 };
 use authgate::key_service::settings::DatabaseSettings;
 use authgate::keys::KeyHash;
@@ -80,6 +80,9 @@ on_both_engines!(
     rotation_is_one_transaction,
     duplicate_hash_or_key_id_is_a_conflict_and_writes_nothing,
     usage_adds_up_across_batches_and_moves_last_used_forward,
+    refusals_add_up_by_code_with_their_buckets,
+    damaged_refusal_rows_read_as_corrupt,
+    a_database_of_the_first_schema_is_migrated_with_its_usage,
     audit_events_come_back_in_order_page_by_page,
     damaged_rows_read_as_corrupt_not_a_panic,
     hostile_values_round_trip_exactly,
@@ -97,7 +100,10 @@ async fn migrating_twice_applies_once(db: TestDatabase) {
     };
     assert_eq!(database.engine(), expected);
     let first = database.migrate().await.unwrap();
-    assert_eq!(first, vec!["1 key service".to_owned()]);
+    assert_eq!(
+        first,
+        vec!["1 key service".to_owned(), "2 usage refusals".to_owned()]
+    );
     assert_eq!(database.migrate().await.unwrap(), Vec::<String>::new());
     // A second pool (another process) sees it migrated too.
     assert!(db.open_bare().await.migrate().await.unwrap().is_empty());
@@ -391,6 +397,7 @@ async fn usage_adds_up_across_batches_and_moves_last_used_forward(db: TestDataba
             requests,
             refused: 1,
             tokens: requests * 10,
+            refusals: Refusals::new(),
         },
         last_used_at: Timestamp(last),
     };
@@ -436,6 +443,223 @@ async fn usage_adds_up_across_batches_and_moves_last_used_forward(db: TestDataba
             .unwrap()
             .is_empty()
     );
+}
+
+/// One hour's delta of `key_id` with refusals by code (the total is their sum).
+fn refusal_delta(key_id: &str, hour: i64, codes: &[(&str, u64)]) -> UsageDelta {
+    let refusals: Refusals = codes
+        .iter()
+        .map(|(code, count)| ((*code).to_owned(), *count))
+        .collect();
+    UsageDelta {
+        key_id: key_id.to_owned(),
+        hour,
+        counts: UsageCounts {
+            requests: 10,
+            refused: refusals.values().sum(),
+            tokens: 0,
+            refusals,
+        },
+        last_used_at: Timestamp(hour),
+    }
+}
+
+async fn refusals_add_up_by_code_with_their_buckets(db: TestDatabase) {
+    let database = db.open().await;
+    let stored = key("acme", None);
+    let other = key("acme", None);
+    database.insert_key(&stored).await.unwrap();
+    database.insert_key(&other).await.unwrap();
+    let id = stored.key_id();
+    let hour = 1_700_002_800;
+    database
+        .add_usage(&[
+            refusal_delta(id, hour, &[("RATE_LIMITED", 3), ("INSUFFICIENT_SCOPE", 1)]),
+            refusal_delta(id, hour + 3600, &[]),
+            refusal_delta(other.key_id(), hour, &[("TENANT_NOT_ALLOWED", 9)]),
+            // A key the store does not hold: neither its bucket nor its refusals are written.
+            refusal_delta("key_gone", hour, &[("RATE_LIMITED", 5)]),
+        ])
+        .await
+        .unwrap();
+    database
+        .add_usage(&[refusal_delta(
+            id,
+            hour,
+            &[("RATE_LIMITED", 2), ("UPSTREAM_UNAVAILABLE", 1)],
+        )])
+        .await
+        .unwrap();
+    let buckets = database
+        .usage(id, Timestamp(hour), Timestamp(hour + 7200))
+        .await
+        .unwrap();
+    assert_eq!(buckets.len(), 2, "{buckets:?}");
+    assert_eq!((buckets[0].requests, buckets[0].refused), (20, 7));
+    assert_eq!(
+        buckets[0].refusals,
+        Refusals::from([
+            ("INSUFFICIENT_SCOPE".to_owned(), 1),
+            ("RATE_LIMITED".to_owned(), 5),
+            ("UPSTREAM_UNAVAILABLE".to_owned(), 1),
+        ])
+    );
+    assert_eq!(
+        buckets[0].refusals.values().sum::<u64>(),
+        buckets[0].refused
+    );
+    // A bucket without refusals reads back with an empty breakdown.
+    assert_eq!(buckets[1].start, Timestamp(hour + 3600));
+    assert!(buckets[1].refusals.is_empty());
+    // Another key's refusals stay its own.
+    let others = database
+        .usage(other.key_id(), Timestamp(hour), Timestamp(hour + 3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        others[0].refusals,
+        Refusals::from([("TENANT_NOT_ALLOWED".to_owned(), 9)])
+    );
+    let orphans: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) FROM key_usage_refusals WHERE key_id = 'key_gone'")
+            .fetch_one(database.pool())
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(orphans, 0);
+    // Two days of hours with every code each come back whole (the bucket limit counts
+    // buckets, not bucket-and-code rows).
+    let days: Vec<UsageDelta> = (0..48)
+        .map(|n| {
+            let codes: Vec<(&str, u64)> = authgate::error::CODES.iter().map(|c| (*c, 1)).collect();
+            refusal_delta(other.key_id(), hour + 3600 * (n + 10), &codes)
+        })
+        .collect();
+    database.add_usage(&days).await.unwrap();
+    let read = database
+        .usage(
+            other.key_id(),
+            Timestamp(hour + 36_000),
+            Timestamp(hour + 36_000 + 3600 * 48),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 48);
+    assert!(
+        read.iter()
+            .all(|bucket| bucket.refusals.len() == authgate::error::CODES.len())
+    );
+}
+
+/// Refusal rows written by hand that authgate would never write: read as `Corrupt`.
+async fn damaged_refusal_rows_read_as_corrupt(db: TestDatabase) {
+    let database = db.open().await;
+    let stored = key("acme", None);
+    database.insert_key(&stored).await.unwrap();
+    let id = stored.key_id();
+    let hour = 1_700_002_800_i64;
+    database
+        .add_usage(&[refusal_delta(id, hour, &[("RATE_LIMITED", 1)])])
+        .await
+        .unwrap();
+    let insert = |code: String, refused: i64| {
+        let pool = database.pool().clone();
+        let id = id.to_owned();
+        async move {
+            sqlx::query(
+                "INSERT INTO key_usage_refusals (key_id, hour, code, refused) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(hour)
+            .bind(code)
+            .bind(refused)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let read = || database.usage(id, Timestamp(hour), Timestamp(hour + 3600));
+    insert("rate limited; DROP TABLE api_keys".into(), 1).await;
+    match read().await {
+        Err(DbError::Corrupt(message)) => {
+            assert!(message.contains("not an error code"), "{message}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    sqlx::query("DELETE FROM key_usage_refusals WHERE code <> 'RATE_LIMITED'")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    insert("NEGATIVE".into(), -4).await;
+    assert!(matches!(read().await, Err(DbError::Corrupt(_))));
+    sqlx::query("DELETE FROM key_usage_refusals WHERE code <> 'RATE_LIMITED'")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    // More codes in one hour than authgate could ever write.
+    for n in 0..authgate::key_service::database::MAX_REFUSAL_CODES {
+        insert(format!("CODE_{n}"), 1).await;
+    }
+    match read().await {
+        Err(DbError::Corrupt(message)) => assert!(message.contains("refusal codes"), "{message}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// A database migrated by an authgate without the refusals table, holding usage, takes the
+/// new migration at the next start; its old buckets read back with an empty breakdown.
+async fn a_database_of_the_first_schema_is_migrated_with_its_usage(db: TestDatabase) {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use std::borrow::Cow;
+    let database = db.open_bare().await;
+    let first = if db.engine == "sqlite" {
+        include_str!("../migrations/sqlite/0001_key_service.sql")
+    } else {
+        include_str!("../migrations/postgres/0001_key_service.sql")
+    };
+    let old = Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("key service"),
+            MigrationType::Simple,
+            Cow::Borrowed(first),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    };
+    old.run(database.pool()).await.unwrap();
+    let stored = key("acme", None);
+    database.insert_key(&stored).await.unwrap();
+    let hour = 1_700_002_800_i64;
+    sqlx::query(
+        "INSERT INTO key_usage (key_id, hour, requests, refused, tokens) VALUES ($1, $2, 5, 2, 0)",
+    )
+    .bind(stored.key_id())
+    .bind(hour)
+    .execute(database.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        database.migrate().await.unwrap(),
+        vec!["2 usage refusals".to_owned()]
+    );
+    let buckets = database
+        .usage(stored.key_id(), Timestamp(hour), Timestamp(hour + 3600))
+        .await
+        .unwrap();
+    assert_eq!((buckets[0].requests, buckets[0].refused), (5, 2));
+    assert!(buckets[0].refusals.is_empty());
+    database
+        .add_usage(&[refusal_delta(stored.key_id(), hour, &[("RATE_LIMITED", 1)])])
+        .await
+        .unwrap();
+    let buckets = database
+        .usage(stored.key_id(), Timestamp(hour), Timestamp(hour + 3600))
+        .await
+        .unwrap();
+    assert_eq!(buckets[0].refused, 3);
+    assert_eq!(buckets[0].refusals.get("RATE_LIMITED"), Some(&1));
 }
 
 // === audit ===

@@ -710,6 +710,138 @@ async fn hostile_input(database: TestDatabase) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
+/// Refusals by reason: a key refused for its scope, its tenant, an upstream that is down and
+/// its own rate limit shows each under its SPEC §7 code in the usage API (hourly, daily, the
+/// 24-hour summary, and the admin twin), next to the unchanged totals.
+async fn refusals_by_reason(database: TestDatabase) {
+    let upstream = Upstream::start().await;
+    let up = upstream.url();
+    let closed = common::closed_port().await;
+    let extra = format!(
+        r#"
+[[routes]]
+name = "write"
+match = {{ path_prefix = "/write/" }}
+upstream = "{up}"
+auth = ["api_key"]
+scopes = ["write"]
+
+[[routes]]
+name = "globex"
+match = {{ path_prefix = "/globex/" }}
+upstream = "{up}"
+auth = ["api_key"]
+tenants = ["globex"]
+
+[[routes]]
+name = "down"
+match = {{ path_prefix = "/down/" }}
+upstream = "http://{closed}"
+auth = ["api_key"]
+"#
+    );
+    let gateway = TestGateway::start(&config(&database.url, &up, &extra)).await;
+    let root = tenant_admin(&gateway, "acme").await;
+    // Three requests' worth of quota, refilled once every 100 s: exactly three are admitted.
+    let (key, record) = admin_create(
+        &gateway,
+        json!({"tenant_id": "acme", "name": "busy", "scopes": ["read"],
+               "rate_limit": {"requests_per_second": 0.01, "burst": 3}}),
+    )
+    .await;
+    let key_id = record["key_id"].as_str().unwrap().to_owned();
+    // Refusals before the rate limit (scope, tenant) cost no quota; the upstream failure and
+    // the two successes spend it, then the limit answers.
+    let plan = [
+        ("/write/x", StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE"),
+        ("/write/y", StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE"),
+        ("/globex/x", StatusCode::FORBIDDEN, "TENANT_NOT_ALLOWED"),
+        ("/down/x", StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE"),
+        ("/api/x", StatusCode::OK, ""),
+        ("/api/x", StatusCode::OK, ""),
+        ("/api/x", StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+        ("/write/x", StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE"),
+        ("/api/x", StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+        ("/down/x", StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+    ];
+    for (path, status, expected) in plan {
+        let (got, body) = call("GET", &gateway.url(path), &key, None).await;
+        assert_eq!((got, code(&body)), (status, expected), "{path}: {body}");
+    }
+    let expected = json!({
+        "INSUFFICIENT_SCOPE": 3,
+        "TENANT_NOT_ALLOWED": 1,
+        "UPSTREAM_UNAVAILABLE": 1,
+        "RATE_LIMITED": 3,
+    });
+    let usage_url = gateway.url(&format!("/v1/api-keys/{key_id}/usage"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hourly = loop {
+        let (status, usage) = call("GET", &usage_url, &root, None).await;
+        assert_eq!(status, StatusCode::OK, "{usage}");
+        if total(&usage, "requests") >= 10 {
+            break usage;
+        }
+        assert!(Instant::now() < deadline, "usage never flushed: {usage}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(total(&hourly, "requests"), 10, "{hourly}");
+    assert_eq!(total(&hourly, "refused"), 8, "{hourly}");
+    assert_eq!(refusals(&hourly), expected, "{hourly}");
+    for bucket in hourly["buckets"].as_array().unwrap() {
+        let by_code: u64 = bucket["refusals"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|count| count.as_u64().unwrap())
+            .sum();
+        assert_eq!(by_code, bucket["refused"].as_u64().unwrap(), "{bucket}");
+    }
+    let (status, daily) = call("GET", &format!("{usage_url}?bucket=day"), &root, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(refusals(&daily), expected, "{daily}");
+    let (status, admin) = call(
+        "GET",
+        &gateway.admin_url(&format!("/admin/keys/{key_id}/usage")),
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(admin["buckets"], hourly["buckets"], "the admin twin agrees");
+    let (status, one) = call(
+        "GET",
+        &gateway.url(&format!("/v1/api-keys/{key_id}")),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["usage_24h"]["refused"], 8, "{one}");
+    assert_eq!(one["usage_24h"]["refusals"], expected, "{one}");
+    // The tenant admin's own calls were answered: requests, no refusals.
+    let root_id = {
+        let (_, listing) = call("GET", &gateway.url("/v1/api-keys"), &root, None).await;
+        listing["api_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|key| key["name"] == "root")
+            .unwrap()["key_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (_, own) = call(
+        "GET",
+        &gateway.url(&format!("/v1/api-keys/{root_id}/usage")),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(refusals(&own), json!({}), "{own}");
+}
+
 /// Two gateways on one database: a key created on A works on B at once; revoked on B, it
 /// fails on A within a second (PostgreSQL notifications, or Redis when configured).
 async fn two_instances(database: TestDatabase, redis_prefix: Option<String>) {
@@ -1258,6 +1390,7 @@ on_both_engines!(
     authorization_matrix,
     hostile_input,
     two_instances_with_redis,
+    refusals_by_reason,
 );
 
 /// The sum of one count over a usage answer's buckets.
@@ -1268,6 +1401,18 @@ fn total(usage: &Value, field: &str) -> u64 {
         .iter()
         .map(|bucket| bucket[field].as_u64().unwrap())
         .sum()
+}
+
+/// The refusals by code over a usage answer's buckets, as one JSON object.
+fn refusals(usage: &Value) -> Value {
+    let mut sums = serde_json::Map::new();
+    for bucket in usage["buckets"].as_array().unwrap() {
+        for (code, count) in bucket["refusals"].as_object().unwrap() {
+            let sum = sums.get(code).and_then(Value::as_u64).unwrap_or(0);
+            sums.insert(code.clone(), json!(sum + count.as_u64().unwrap()));
+        }
+    }
+    Value::Object(sums)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -214,6 +214,8 @@ pub struct FileDatabase {
 pub struct FileKeyManagement {
     pub admin_scope: Option<Spanned<Text>>,
     pub max_keys_per_user: Option<Spanned<u64>>,
+    /// The scope a caller of `builtin:key-lookup` must hold (an edge gateway's credential).
+    pub lookup_scope: Option<Spanned<Text>>,
 }
 
 /// `[control_plane]`.

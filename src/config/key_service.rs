@@ -8,6 +8,7 @@ use super::support::Errors;
 use crate::key_service::settings::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_USAGE_FLUSH, DatabaseSettings, DatabaseUrl, ManagementSettings,
 };
+use toml::Spanned;
 
 /// Connections a pool may open, at most: a database serves many gateways.
 const MAX_CONNECTIONS: u32 = 1000;
@@ -63,16 +64,51 @@ pub(super) fn compile_key_management(
     let Some(management) = &file.key_management else {
         return settings;
     };
-    if let Some(scope) = &management.admin_scope {
+    for (name, field, target) in [
+        (
+            "admin_scope",
+            &management.admin_scope,
+            &mut settings.admin_scope,
+        ),
+        (
+            "lookup_scope",
+            &management.lookup_scope,
+            &mut settings.lookup_scope,
+        ),
+    ] {
+        let Some(scope) = field else {
+            continue;
+        };
         let value = scope.get_ref().as_str();
         if value.is_empty() || value.len() > 256 || value.contains(char::is_whitespace) {
             errors.at(
                 scope.span(),
-                "key_management.admin_scope must be one scope: 1 to 256 characters, no spaces",
+                format!("key_management.{name} must be one scope: 1 to 256 characters, no spaces"),
             );
         } else {
-            settings.admin_scope = value.to_owned();
+            value.clone_into(target);
         }
+    }
+    // Only where a lookup route exists: a config without one stays valid as it was.
+    let serves_lookups = file.routes.iter().any(|route| {
+        route
+            .get_ref()
+            .upstream
+            .get_ref()
+            .0
+            .iter()
+            .any(|url| url.as_str() == "builtin:key-lookup")
+    });
+    if serves_lookups && settings.lookup_scope == settings.admin_scope {
+        errors.at(
+            management
+                .lookup_scope
+                .as_ref()
+                .or(management.admin_scope.as_ref())
+                .map_or(0..0, Spanned::span),
+            "key_management.lookup_scope must differ from admin_scope: a tenant admin could \
+             otherwise read every tenant's keys through builtin:key-lookup",
+        );
     }
     if let Some(max) = &management.max_keys_per_user {
         if (1..=1_000_000).contains(max.get_ref()) {

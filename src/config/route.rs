@@ -356,8 +356,9 @@ fn compile_forwarding(
     })
 }
 
-/// `upstream = "builtin:key-management"`: the key service's management API, which needs the
-/// key database and callers the gateway authenticated.
+/// `upstream = "builtin:key-management"` (the key service's management API) or
+/// `"builtin:key-lookup"` (its control-plane answers): both need the key database and callers
+/// the gateway authenticated.
 fn compile_builtin(
     route: &FileRoute,
     span: &Range<usize>,
@@ -371,36 +372,38 @@ fn compile_builtin(
     if urls.len() != 1 {
         errors.at(
             span.clone(),
-            "a builtin upstream stands alone: upstream = \"builtin:key-management\"",
+            "a builtin upstream stands alone: upstream = \"builtin:key-management\" (or \"builtin:key-lookup\")",
         );
         return None;
     }
     let builtin = match named {
         "key-management" => Builtin::KeyManagement,
+        "key-lookup" => Builtin::KeyLookup,
         other => {
             errors.at(
                 span.clone(),
                 format!(
-                    "unknown builtin upstream {other:?}; the one there is: builtin:key-management"
+                    "unknown builtin upstream {other:?}; the ones there are: builtin:key-management, builtin:key-lookup"
                 ),
             );
             return None;
         }
     };
+    let name = builtin.as_str();
     if file.database.is_none() {
         errors.at(
             span.clone(),
-            "builtin:key-management needs a [database] section (the key service's store)",
+            format!("{name} needs a [database] section (the key service's store)"),
         );
     }
     if matches!(route.auth.get_ref(), FileAuth::None) {
         errors.at(
             route.auth.span(),
-            "builtin:key-management must be authenticated: auth = [\"jwt\", \"api_key\"] (or one of them)",
+            format!("{name} must be authenticated: auth = [\"jwt\", \"api_key\"] (or one of them)"),
         );
     }
     if route.websocket {
-        errors.at(span.clone(), "builtin:key-management takes no WebSocket");
+        errors.at(span.clone(), format!("{name} takes no WebSocket"));
     }
     Some(builtin)
 }

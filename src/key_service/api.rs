@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 use serde_json::{Value, json};
 
-use super::model::StoredKey;
+use super::model::{StoredKey, UsageBucket};
 use super::policy::{Caller, Grant, Refusal};
 use super::service::{DEFAULT_GRACE, KeyChange, KeyService, NewKey, ServiceError};
 use super::settings::ManagementSettings;
@@ -271,7 +271,13 @@ impl Failure {
     }
 }
 
-fn error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<ProxyBody> {
+/// The SPEC §7 JSON error body with `status`.
+pub(crate) fn error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<ProxyBody> {
     json_response(
         status,
         &json!({"error": {"code": code, "message": message, "request_id": request_id}}),
@@ -459,18 +465,20 @@ async fn get(service: &KeyService, caller: &Caller, key_id: &str) -> Outcome {
         )
         .await
         .map_err(ServiceError::from)?;
-    let (requests, refused, tokens) = buckets.iter().fold((0, 0, 0), |sum, bucket| {
-        (
-            sum.0 + bucket.requests,
-            sum.1 + bucket.refused,
-            sum.2 + bucket.tokens,
-        )
-    });
+    let mut day = UsageBucket::empty(now);
+    for bucket in &buckets {
+        day.add(bucket);
+    }
     Ok((
         StatusCode::OK,
         json!({
             "api_key": record(&key),
-            "usage_24h": {"requests": requests, "refused": refused, "tokens": tokens},
+            "usage_24h": {
+                "requests": day.requests,
+                "refused": day.refused,
+                "tokens": day.tokens,
+                "refusals": day.refusals,
+            },
         }),
     ))
 }
@@ -595,30 +603,32 @@ async fn usage(service: &KeyService, caller: &Caller, key_id: &str, query: &Quer
         )));
     }
     let hours = service.usage_of(caller, key_id, from, to).await?;
-    let buckets: Vec<Value> = if daily {
-        let mut days: BTreeMap<i64, (u64, u64, u64)> = BTreeMap::new();
-        for bucket in &hours {
-            let day = bucket.start.0 - bucket.start.0.rem_euclid(86_400);
-            let entry = days.entry(day).or_default();
-            entry.0 += bucket.requests;
-            entry.1 += bucket.refused;
-            entry.2 += bucket.tokens;
-        }
-        days.into_iter()
-            .map(|(start, (requests, refused, tokens))| {
-                json!({"start": Timestamp(start), "requests": requests, "refused": refused, "tokens": tokens})
-            })
-            .collect()
-    } else {
-        hours
-            .iter()
-            .map(|bucket| serde_json::to_value(bucket).unwrap_or(Value::Null))
-            .collect()
-    };
+    let buckets = if daily { by_day(&hours) } else { hours };
+    let buckets: Vec<Value> = buckets
+        .iter()
+        .map(|bucket| serde_json::to_value(bucket).unwrap_or(Value::Null))
+        .collect();
     Ok((
         StatusCode::OK,
         json!({"key_id": key_id, "buckets": buckets}),
     ))
+}
+
+/// Hourly buckets (oldest first) summed into UTC days, refusals by code included.
+fn by_day(hours: &[UsageBucket]) -> Vec<UsageBucket> {
+    let mut days: Vec<UsageBucket> = Vec::new();
+    for hour in hours {
+        let start = Timestamp(hour.start.0 - hour.start.0.rem_euclid(86_400));
+        match days.last_mut() {
+            Some(day) if day.start == start => day.add(hour),
+            _ => {
+                let mut day = UsageBucket::empty(start);
+                day.add(hour);
+                days.push(day);
+            }
+        }
+    }
+    days
 }
 
 async fn audit_log(service: &KeyService, caller: &Caller, query: &Query) -> Outcome {
@@ -833,6 +843,45 @@ mod tests {
             assert!(expiry(None, Some(bad)).is_err(), "{bad}");
         }
         assert!(expiry(Some(Timestamp(1)), Some("1d")).is_err());
+    }
+
+    #[test]
+    fn days_sum_their_hours_refusals_included() {
+        let hour = |start: i64, refused: u64, codes: &[(&str, u64)]| UsageBucket {
+            start: Timestamp(start),
+            requests: 10,
+            refused,
+            tokens: 1,
+            refusals: codes
+                .iter()
+                .map(|(code, count)| ((*code).to_owned(), *count))
+                .collect(),
+        };
+        let day = 1_700_006_400; // A UTC midnight.
+        let days = by_day(&[
+            hour(day, 3, &[("RATE_LIMITED", 2), ("INSUFFICIENT_SCOPE", 1)]),
+            hour(day + 3_600, 0, &[]),
+            hour(day + 82_800, 1, &[("RATE_LIMITED", 1)]),
+            hour(day + 86_400, 2, &[("UPSTREAM_TIMEOUT", 2)]),
+        ]);
+        assert_eq!(days.len(), 2);
+        assert_eq!(days[0].start, Timestamp(day));
+        assert_eq!(
+            (days[0].requests, days[0].refused, days[0].tokens),
+            (30, 4, 3)
+        );
+        assert_eq!(
+            days[0].refusals,
+            [("INSUFFICIENT_SCOPE", 1), ("RATE_LIMITED", 3)]
+                .map(|(code, count)| (code.to_owned(), count))
+                .into()
+        );
+        assert_eq!(days[1].refusals.get("UPSTREAM_TIMEOUT"), Some(&2));
+        assert!(by_day(&[]).is_empty());
+        let json = serde_json::to_value(&days[1]).unwrap();
+        assert_eq!(json["refusals"], json!({"UPSTREAM_TIMEOUT": 2}));
+        let quiet = serde_json::to_value(UsageBucket::empty(Timestamp(day))).unwrap();
+        assert_eq!(quiet["refusals"], json!({}));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migrate as _, MigrateError, Migration, MigrationType, Migrator};
 use sqlx::{Any, AnyPool, ConnectOptions as _, Executor as _, Row as _, Transaction};
 
-use super::model::{AuditEvent, KeyFilter, StoredKey, UsageBucket, UsageDelta};
+use super::model::{AuditEvent, KeyFilter, Refusals, StoredKey, UsageBucket, UsageDelta};
 use super::settings::{DatabaseSettings, DatabaseUrl, redact_url};
 use crate::keys::record::{KeyRecord, RecordRate};
 use crate::keys::{KeyHash, Timestamp};
@@ -35,6 +35,11 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_PAGE: u32 = 1000;
 /// Most hourly buckets one `usage` call returns (a bit over a year).
 pub const MAX_USAGE_BUCKETS: u32 = 24 * 400;
+/// Most refusal codes one hourly bucket may hold when read back; authgate writes at most one
+/// per SPEC §7 code ([`crate::error::CODES`]), so more is damage.
+pub const MAX_REFUSAL_CODES: usize = 64;
+/// Longest refusal code read back.
+const MAX_CODE_LEN: usize = 64;
 /// Longest migration applied at connect time; the schema is small, so this is generous.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -104,6 +109,21 @@ const UPSERT_USAGE: &str = "INSERT INTO key_usage (key_id, hour, requests, refus
      SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM api_keys WHERE key_id = $1) \
      ON CONFLICT (key_id, hour) DO UPDATE SET requests = key_usage.requests + excluded.requests, \
      refused = key_usage.refused + excluded.refused, tokens = key_usage.tokens + excluded.tokens";
+
+/// Adds one hour's refusals under one code, with the same guard as [`UPSERT_USAGE`].
+const UPSERT_REFUSALS: &str = "INSERT INTO key_usage_refusals (key_id, hour, code, refused) \
+     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM api_keys WHERE key_id = $1) \
+     ON CONFLICT (key_id, hour, code) DO UPDATE \
+     SET refused = key_usage_refusals.refused + excluded.refused";
+
+/// A key's hourly buckets in a range with their refusals by code, one row per bucket and code
+/// (one row with a null code for a bucket without refusals). One statement: one snapshot on
+/// both engines, so a bucket and its breakdown always come from the same flushes.
+const SELECT_USAGE: &str = "SELECT u.hour, u.requests, u.refused, u.tokens, r.code, r.refused \
+     FROM (SELECT hour, requests, refused, tokens FROM key_usage \
+           WHERE key_id = $1 AND hour >= $2 AND hour < $3 ORDER BY hour LIMIT $4) u \
+     LEFT JOIN key_usage_refusals r ON r.key_id = $1 AND r.hour = u.hour \
+     ORDER BY u.hour, r.code";
 
 const TOUCH_KEY: &str = "UPDATE api_keys SET last_used_at = $2 \
      WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
@@ -472,9 +492,9 @@ impl KeyDatabase {
             .map_err(|error| DbError::Corrupt(format!("audit row: {error}")))
     }
 
-    /// Adds a batch of hourly counts (in one transaction: all of it or none) and moves each
-    /// key's `last_used_at` forward, never back. Deltas for keys the store does not hold are
-    /// dropped.
+    /// Adds a batch of hourly counts and their refusals by code (in one transaction: all of
+    /// it or none) and moves each key's `last_used_at` forward, never back. Deltas for keys
+    /// the store does not hold are dropped.
     pub async fn add_usage(&self, batch: &[UsageDelta]) -> Result<(), DbError> {
         if batch.is_empty() {
             return Ok(());
@@ -490,6 +510,15 @@ impl KeyDatabase {
                     .bind(saturating_i64(delta.counts.tokens))
                     .execute(&mut *transaction)
                     .await?;
+                for (code, refused) in &delta.counts.refusals {
+                    sqlx::query(UPSERT_REFUSALS)
+                        .bind(delta.key_id.as_str())
+                        .bind(delta.hour)
+                        .bind(code.as_str())
+                        .bind(saturating_i64(*refused))
+                        .execute(&mut *transaction)
+                        .await?;
+                }
                 sqlx::query(TOUCH_KEY)
                     .bind(delta.key_id.as_str())
                     .bind(delta.last_used_at.0)
@@ -502,7 +531,7 @@ impl KeyDatabase {
     }
 
     /// A key's hourly buckets with `from <= start < to`, oldest first (at most
-    /// [`MAX_USAGE_BUCKETS`]).
+    /// [`MAX_USAGE_BUCKETS`]), each with its refusals by code.
     pub async fn usage(
         &self,
         key_id: &str,
@@ -510,33 +539,50 @@ impl KeyDatabase {
         to: Timestamp,
     ) -> Result<Vec<UsageBucket>, DbError> {
         let rows = bounded(async {
-            sqlx::query(
-                "SELECT hour, requests, refused, tokens FROM key_usage \
-                 WHERE key_id = $1 AND hour >= $2 AND hour < $3 ORDER BY hour LIMIT $4",
-            )
-            .bind(key_id)
-            .bind(from.0)
-            .bind(to.0)
-            .bind(i64::from(MAX_USAGE_BUCKETS))
-            .fetch_all(&self.pool)
-            .await
+            sqlx::query(SELECT_USAGE)
+                .bind(key_id)
+                .bind(from.0)
+                .bind(to.0)
+                .bind(i64::from(MAX_USAGE_BUCKETS))
+                .fetch_all(&self.pool)
+                .await
         })
         .await?;
-        rows.iter()
-            .map(|row| {
-                let count = |index: usize| -> Result<u64, DbError> {
-                    let value: i64 = row.try_get(index).map_err(corrupt("usage row"))?;
-                    u64::try_from(value)
-                        .map_err(|_| DbError::Corrupt(format!("negative usage count {value}")))
-                };
-                Ok(UsageBucket {
-                    start: Timestamp(row.try_get(0).map_err(corrupt("usage row"))?),
+        let mut buckets: Vec<UsageBucket> = Vec::new();
+        for row in &rows {
+            let count = |index: usize| -> Result<u64, DbError> {
+                let value: i64 = row.try_get(index).map_err(corrupt("usage row"))?;
+                u64::try_from(value)
+                    .map_err(|_| DbError::Corrupt(format!("negative usage count {value}")))
+            };
+            let start = Timestamp(row.try_get(0).map_err(corrupt("usage row"))?);
+            if buckets.last().is_none_or(|bucket| bucket.start != start) {
+                buckets.push(UsageBucket {
+                    start,
                     requests: count(1)?,
                     refused: count(2)?,
                     tokens: count(3)?,
-                })
-            })
-            .collect()
+                    refusals: Refusals::new(),
+                });
+            }
+            let code: Option<String> = row.try_get(4).map_err(corrupt("usage row"))?;
+            let (Some(code), Some(bucket)) = (code, buckets.last_mut()) else {
+                continue;
+            };
+            if !is_refusal_code(&code) {
+                return Err(DbError::Corrupt(format!(
+                    "refusal code {:?} is not an error code",
+                    code.chars().take(MAX_CODE_LEN).collect::<String>()
+                )));
+            }
+            if bucket.refusals.len() >= MAX_REFUSAL_CODES {
+                return Err(DbError::Corrupt(format!(
+                    "more than {MAX_REFUSAL_CODES} refusal codes in one hour"
+                )));
+            }
+            bucket.refusals.insert(code, count(5)?);
+        }
+        Ok(buckets)
     }
 
     /// One round trip, for readiness.
@@ -582,21 +628,36 @@ fn encode_path(path: &str) -> String {
 /// The embedded migrations of `engine`; their checksums are kept by sqlx in
 /// `_sqlx_migrations`, so an edited, already-applied migration is refused.
 fn migrator(engine: Engine) -> Migrator {
+    // Versioned and never edited once released: a change is a new file here.
     let migrations = match engine {
-        Engine::Sqlite => [(
-            1,
-            "key service",
-            include_str!("../../migrations/sqlite/0001_key_service.sql"),
-        )],
-        Engine::Postgres => [(
-            1,
-            "key service",
-            include_str!("../../migrations/postgres/0001_key_service.sql"),
-        )],
+        Engine::Sqlite => [
+            (
+                1,
+                "key service",
+                include_str!("../../migrations/sqlite/0001_key_service.sql"),
+            ),
+            (
+                2,
+                "usage refusals",
+                include_str!("../../migrations/sqlite/0002_usage_refusals.sql"),
+            ),
+        ],
+        Engine::Postgres => [
+            (
+                1,
+                "key service",
+                include_str!("../../migrations/postgres/0001_key_service.sql"),
+            ),
+            (
+                2,
+                "usage refusals",
+                include_str!("../../migrations/postgres/0002_usage_refusals.sql"),
+            ),
+        ],
     };
     // Built by hand rather than with `sqlx::migrate!`: the macro would compile sqlx's
     // proc-macro crate with both drivers (SQLite's C library a second time in release
-    // builds) for what is a list of two files.
+    // builds) for what is a list of a few files.
     Migrator {
         migrations: Cow::Owned(
             migrations
@@ -701,6 +762,14 @@ fn unique_message(message: &str) -> String {
 
 fn corrupt(what: &'static str) -> impl Fn(sqlx::Error) -> DbError {
     move |error| DbError::Corrupt(format!("{what}: {error}"))
+}
+
+/// An error code as authgate writes them: `A-Z`, `0-9`, `_`, bounded.
+fn is_refusal_code(code: &str) -> bool {
+    (1..=MAX_CODE_LEN).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn saturating_i64(value: u64) -> i64 {

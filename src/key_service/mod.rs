@@ -7,12 +7,14 @@
 //!                        │                 └▶ database.rs (SQLite | PostgreSQL)
 //!                        └▶ sync.rs (key changes and revocations to every instance)
 //! request path: key cache miss ─▶ source.rs ─▶ database.rs;  usage.rs counts, flushes in batches
+//! edge gateways: GET /v1/keys/{hash} ─▶ lookup.rs ─▶ database.rs (the §4.1 control plane)
 //! ```
 //! `model.rs` is what is stored and shown, `settings.rs` the `[database]` and
 //! `[key_management]` sections compiled.
 
 pub mod api;
 pub mod database;
+pub mod lookup;
 pub mod model;
 pub mod policy;
 pub mod service;

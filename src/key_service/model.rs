@@ -128,12 +128,18 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
 }
 
+/// A key's refusals by the SPEC §7 code authgate answered with (`RATE_LIMITED`, …): one
+/// entry per code that occurred, so at most [`crate::error::CODES`]`.len()` of them.
+pub type Refusals = BTreeMap<String, u64>;
+
 /// Counts for one key over one hour, as the usage flusher adds them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UsageCounts {
     pub requests: u64,
+    /// Every refusal; `refusals` breaks it down by code.
     pub refused: u64,
     pub tokens: u64,
+    pub refusals: Refusals,
 }
 
 /// A batch entry of the usage flusher: one key's counts in one hour.
@@ -148,12 +154,38 @@ pub struct UsageDelta {
 }
 
 /// One bucket of `GET …/usage`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageBucket {
     pub start: Timestamp,
     pub requests: u64,
     pub refused: u64,
     pub tokens: u64,
+    /// `refused` by code; `{}` when nothing was refused.
+    pub refusals: Refusals,
+}
+
+impl UsageBucket {
+    /// A bucket starting at `start` with nothing counted yet.
+    pub fn empty(start: Timestamp) -> Self {
+        Self {
+            start,
+            requests: 0,
+            refused: 0,
+            tokens: 0,
+            refusals: Refusals::new(),
+        }
+    }
+
+    /// Adds `other`'s counts to this bucket's (a day made of hours, a 24-hour summary).
+    pub fn add(&mut self, other: &UsageBucket) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.refused = self.refused.saturating_add(other.refused);
+        self.tokens = self.tokens.saturating_add(other.tokens);
+        for (code, count) in &other.refusals {
+            let sum = self.refusals.entry(code.clone()).or_default();
+            *sum = sum.saturating_add(*count);
+        }
+    }
 }
 
 /// A new key id: `key_` + 12 base32 characters of the creation time in milliseconds + 14

@@ -158,6 +158,8 @@ pub struct ManagementSettings {
     pub admin_scope: String,
     /// Active keys one user may hold in one tenant.
     pub max_keys_per_user: u64,
+    /// Holders may look any key up by hash on a `builtin:key-lookup` route (edge gateways).
+    pub lookup_scope: String,
 }
 
 impl Default for ManagementSettings {
@@ -165,6 +167,7 @@ impl Default for ManagementSettings {
         Self {
             admin_scope: "keys:admin".to_owned(),
             max_keys_per_user: 100,
+            lookup_scope: "keys:lookup".to_owned(),
         }
     }
 }

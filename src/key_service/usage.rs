@@ -2,14 +2,17 @@
 //! batches every `database.usage_flush`.
 //!
 //! A request adds to its key's counters (a sharded map: no global lock, an allocation only
-//! the first time a key is seen in an interval). The flusher swaps the counts out, stamps
-//! them with the hour of the flush (so no request reads a clock for this) and writes one
-//! batch. While the database is down, unwritten batches wait in a bounded queue; what does
-//! not fit is dropped and counted, never blocking a request.
+//! the first time a key is seen in an interval). A refusal also counts under its SPEC §7 code:
+//! one slot per code of the closed list [`CODES`], allocated at the key's first refusal in the
+//! interval, so a key that is never refused pays nothing for the breakdown and a refused one
+//! holds at most `CODES.len()` counters. The flusher swaps the counts out, stamps them with
+//! the hour of the flush (so no request reads a clock for this) and writes one batch. While
+//! the database is down, unwritten batches wait in a bounded queue; what does not fit is
+//! dropped and counted, never blocking a request.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -17,7 +20,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use super::database::KeyDatabase;
-use super::model::{UsageCounts, UsageDelta};
+use super::model::{Refusals, UsageCounts, UsageDelta};
+use crate::error::CODES;
 use crate::keys::Timestamp;
 use crate::telemetry::ResultLabels;
 
@@ -26,11 +30,45 @@ pub const MAX_KEYS_PER_INTERVAL: usize = 100_000;
 /// Unwritten batches kept while the database is down, at most.
 pub const MAX_PENDING_BATCHES: usize = 64;
 
+/// One counter per code of [`CODES`], in its order.
+type ReasonCounters = [AtomicU64; CODES.len()];
+
 #[derive(Debug, Default)]
 struct Counters {
     requests: AtomicU64,
     refused: AtomicU64,
     tokens: AtomicU64,
+    /// Set at the key's first refusal in the interval.
+    reasons: OnceLock<Box<ReasonCounters>>,
+}
+
+impl Counters {
+    fn refuse(&self, code: &str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        // Every code the gateway answers with is listed (pinned by a test in error.rs); one
+        // that is not would count in the total only, never grow the breakdown.
+        if let Some(slot) = CODES.iter().position(|known| *known == code) {
+            let reasons = self
+                .reasons
+                .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+            reasons[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The breakdown by code, codes that occurred only.
+    fn refusals(reasons: Option<Box<ReasonCounters>>) -> Refusals {
+        let Some(reasons) = reasons else {
+            return Refusals::new();
+        };
+        CODES
+            .iter()
+            .zip(reasons.iter())
+            .filter_map(|(code, count)| {
+                let count = count.load(Ordering::Relaxed);
+                (count > 0).then(|| ((*code).to_owned(), count))
+            })
+            .collect()
+    }
 }
 
 /// The usage counters of one gateway.
@@ -52,12 +90,13 @@ impl UsageRecorder {
         })
     }
 
-    /// One request made with the key; `refused` when authgate answered it with an error.
-    pub fn request(&self, key_id: &str, refused: bool) {
+    /// One request made with the key; `refusal` is the SPEC §7 code when authgate answered
+    /// it with an error.
+    pub fn request(&self, key_id: &str, refusal: Option<&str>) {
         self.add(key_id, |counters| {
             counters.requests.fetch_add(1, Ordering::Relaxed);
-            if refused {
-                counters.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(code) = refusal {
+                counters.refuse(code);
             }
         });
     }
@@ -100,6 +139,7 @@ impl UsageRecorder {
                 requests: counters.requests.into_inner(),
                 refused: counters.refused.into_inner(),
                 tokens: counters.tokens.into_inner(),
+                refusals: Counters::refusals(counters.reasons.into_inner()),
             };
             batch.push(UsageDelta {
                 key_id: key_id.into(),
@@ -186,11 +226,11 @@ mod tests {
     fn counts_add_up_per_key_and_drain_once() {
         let usage = recorder();
         for _ in 0..3 {
-            usage.request("key_a", false);
+            usage.request("key_a", None);
         }
-        usage.request("key_a", true);
+        usage.request("key_a", Some("RATE_LIMITED"));
         usage.tokens("key_a", 120);
-        usage.request("key_b", false);
+        usage.request("key_b", None);
         let mut batch = usage.drain(Timestamp(7_200 + 59));
         batch.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         assert_eq!(batch.len(), 2);
@@ -201,11 +241,83 @@ mod tests {
             UsageCounts {
                 requests: 4,
                 refused: 1,
-                tokens: 120
+                tokens: 120,
+                refusals: Refusals::from([("RATE_LIMITED".to_owned(), 1)]),
             }
         );
         assert_eq!(batch[1].counts.requests, 1);
+        assert!(batch[1].counts.refusals.is_empty());
         assert!(usage.drain(Timestamp(7_300)).is_empty(), "drained");
+    }
+
+    #[test]
+    fn refusals_add_up_by_code_and_sum_to_the_total() {
+        let usage = recorder();
+        for _ in 0..3 {
+            usage.request("key_a", Some("RATE_LIMITED"));
+        }
+        usage.request("key_a", Some("INSUFFICIENT_SCOPE"));
+        usage.request("key_a", Some("UPSTREAM_UNAVAILABLE"));
+        usage.request("key_a", Some("RATE_LIMITED"));
+        usage.request("key_a", None);
+        let batch = usage.drain(Timestamp(0));
+        let counts = &batch[0].counts;
+        assert_eq!((counts.requests, counts.refused), (7, 6));
+        assert_eq!(
+            counts.refusals,
+            Refusals::from([
+                ("INSUFFICIENT_SCOPE".to_owned(), 1),
+                ("RATE_LIMITED".to_owned(), 4),
+                ("UPSTREAM_UNAVAILABLE".to_owned(), 1),
+            ])
+        );
+        assert_eq!(counts.refusals.values().sum::<u64>(), counts.refused);
+        // The next interval starts from nothing.
+        usage.request("key_a", Some("TENANT_NOT_ALLOWED"));
+        let next = usage.drain(Timestamp(3_600));
+        assert_eq!(
+            next[0].counts.refusals,
+            Refusals::from([("TENANT_NOT_ALLOWED".to_owned(), 1)])
+        );
+    }
+
+    #[test]
+    fn a_key_never_refused_holds_no_breakdown() {
+        let usage = recorder();
+        for _ in 0..100 {
+            usage.request("key_a", None);
+        }
+        usage.tokens("key_a", 5);
+        assert!(usage.counts.get("key_a").unwrap().reasons.get().is_none());
+        usage.request("key_a", Some("RATE_LIMITED"));
+        assert!(usage.counts.get("key_a").unwrap().reasons.get().is_some());
+    }
+
+    #[test]
+    fn the_breakdown_is_bounded_by_the_list_of_codes() {
+        let usage = recorder();
+        // Every code many times, and texts that are no code at all (hostile or future
+        // values): the breakdown never holds more than one entry per listed code.
+        for round in 0..50 {
+            for code in CODES {
+                usage.request("key_a", Some(code));
+            }
+            usage.request("key_a", Some(&format!("NOT_A_CODE_{round}")));
+            usage.request("key_a", Some(""));
+        }
+        let batch = usage.drain(Timestamp(0));
+        let counts = &batch[0].counts;
+        assert_eq!(counts.refusals.len(), CODES.len());
+        assert!(counts.refusals.values().all(|count| *count == 50));
+        assert!(
+            counts
+                .refusals
+                .keys()
+                .all(|code| CODES.contains(&code.as_str()))
+        );
+        // Unknown texts are refusals all the same: in the total, not in the breakdown.
+        assert_eq!(counts.refused, 50 * (CODES.len() as u64 + 2));
+        assert_eq!(counts.requests, counts.refused);
     }
 
     #[test]
@@ -213,12 +325,12 @@ mod tests {
         let dropped = Counter::default();
         let usage = UsageRecorder::new(dropped.clone(), Family::default());
         for i in 0..MAX_KEYS_PER_INTERVAL + 10 {
-            usage.request(&format!("key_{i}"), false);
+            usage.request(&format!("key_{i}"), None);
         }
         assert_eq!(usage.counts.len(), MAX_KEYS_PER_INTERVAL);
         assert_eq!(dropped.get(), 10);
         // Keys already counted keep counting.
-        usage.request("key_0", false);
+        usage.request("key_0", None);
         assert_eq!(dropped.get(), 10);
     }
 }

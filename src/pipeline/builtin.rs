@@ -1,6 +1,6 @@
-//! A route whose upstream authgate implements itself (`builtin:key-management`): after
-//! authentication, authorization and rate limiting, exactly as for a proxied route, the
-//! request is answered here instead of forwarded.
+//! A route whose upstream authgate implements itself (`builtin:key-management`,
+//! `builtin:key-lookup`): after authentication, authorization and rate limiting, exactly as
+//! for a proxied route, the request is answered here instead of forwarded.
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
@@ -14,6 +14,7 @@ use crate::error::GatewayError;
 use crate::gateway::Runtime;
 use crate::headers::RequestId;
 use crate::key_service::api::{self, ApiRequest, MAX_BODY_BYTES, Mount};
+use crate::key_service::lookup::{self, LookupRequest};
 use crate::key_service::policy::{Caller, Refusal};
 use crate::routes::{Builtin, Route};
 
@@ -27,10 +28,6 @@ pub(super) async fn answer(
     identity: Option<&Identity>,
     request_id: &RequestId,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    match route.builtin {
-        Some(Builtin::KeyManagement) => {}
-        None => return Err(GatewayError::RouteNotFound),
-    }
     // The config requires authentication on such a route; never answer anonymously.
     let identity = identity.ok_or(GatewayError::AuthMissing)?;
     let service = runtime
@@ -38,6 +35,27 @@ pub(super) async fn answer(
         .as_ref()
         .ok_or(GatewayError::AuthBackendUnavailable)?;
     let config = &runtime.config;
+    match route.builtin {
+        Some(Builtin::KeyManagement) => {}
+        Some(Builtin::KeyLookup) => {
+            // Whatever the route's own `scopes` say: a lookup answers for keys of every
+            // tenant, so only holders of the lookup scope (edge gateways) get one. The body
+            // is never read (a GET has none); the connection layer deals with one sent
+            // anyway.
+            let scope = &config.key_management.lookup_scope;
+            if !identity.has_scope(scope) {
+                return Err(GatewayError::InsufficientScope(scope.clone()));
+            }
+            let request = LookupRequest {
+                method: &parts.method,
+                path: route.upstream_path(&target.path),
+                query: target.query,
+                request_id: request_id.as_str(),
+            };
+            return Ok(lookup::handle(service.database(), &runtime.revocations, request).await);
+        }
+        None => return Err(GatewayError::RouteNotFound),
+    }
     let caller = match Caller::authenticated(identity, &config.key_management.admin_scope) {
         Ok(caller) => caller,
         Err(Refusal::Tenant(message)) => {

@@ -86,6 +86,8 @@ struct Context {
     /// An authenticated request's registration in flight: a revocation of its credential
     /// cuts it. The response body (or the WebSocket tunnel) keeps it until it ends.
     tracked: Option<Tracked>,
+    /// A key-lookup route: every segment of its path is logged cut (it holds a key hash).
+    redact_path: bool,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -149,15 +151,22 @@ pub async fn answer(
     if let Some(route) = &context.route {
         finish.route = SharedLabel(route.clone());
     }
-    // Per-key usage of the key service's keys: counted in memory, written in batches.
+    // Per-key usage of the key service's keys: counted in memory, written in batches; a
+    // refusal by its code (a static string: nothing is allocated for it here).
     if let (Some(usage), Some(identity)) = (&runtime.usage, &context.identity)
         && let Some(key_id) = identity.key_id()
     {
-        usage.request(key_id, result.is_err());
+        usage.request(key_id, result.as_ref().err().map(GatewayError::code));
     }
     if let Some(log) = &mut finish.log {
         let record = &mut log.record;
         record.route.clone_from(&context.route);
+        // Key hashes are logged by their first 8 hex characters at most (SPEC §4.1).
+        if let Some(path) =
+            crate::key_service::lookup::logged_path(&record.path, context.redact_path)
+        {
+            record.path = path;
+        }
         if let Some(identity) = context.identity {
             record.auth_method = Some(identity.method.as_str());
             record.key_id = identity.key_id().map(str::to_owned);
@@ -375,6 +384,7 @@ fn find_route<'c>(
         .find(target.host, &parts.method, &target.path)
         .ok_or(GatewayError::RouteNotFound)?;
     context.route = Some(route.name.clone());
+    context.redact_path = route.builtin == Some(crate::routes::Builtin::KeyLookup);
     context.histograms = Some(
         route
             .histograms

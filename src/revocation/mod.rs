@@ -200,6 +200,12 @@ impl Revocations {
         Ok(tracked)
     }
 
+    /// Whether the list holds a revocation of `identity`'s credential, without registering
+    /// anything in flight (the key-lookup answer for edge gateways).
+    pub fn is_revoked(&self, identity: &Identity) -> bool {
+        self.list.is_revoked(identity)
+    }
+
     /// A new revocation made on this instance, held for the configured ttl.
     pub fn revoke(&self, target: Target) -> Result<Outcome, ApplyError> {
         let now = Timestamp::now();

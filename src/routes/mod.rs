@@ -32,6 +32,9 @@ pub enum PathPattern {
 pub enum Builtin {
     /// `builtin:key-management`: the key service's management API.
     KeyManagement,
+    /// `builtin:key-lookup`: the SPEC §4.1 control-plane protocol (`GET /v1/keys/{hash}`)
+    /// over the key service's store, for edge gateways without database access.
+    KeyLookup,
 }
 
 impl Builtin {
@@ -39,6 +42,7 @@ impl Builtin {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::KeyManagement => "builtin:key-management",
+            Self::KeyLookup => "builtin:key-lookup",
         }
     }
 }
