@@ -4,10 +4,11 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use http::HeaderName;
 use toml::Spanned;
 
-use super::ConfigError;
 use super::file::FileRate;
+use super::{ConfigError, IdentitySettings};
 use crate::limits::settings::Rate;
 use crate::location::line_col;
 
@@ -54,4 +55,61 @@ pub(super) fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) ->
     Rate::new(value.requests_per_second, value.burst)
         .map_err(|message| errors.at(rate.span(), message))
         .ok()
+}
+
+/// Request headers a config may never name as a credential header or a header set on the
+/// forwarded request: hop-by-hop and framing fields (the HTTP layer owns them), `Host`
+/// (routing), `Expect`, and the fields authgate sets or removes itself.
+const CONTROLLED_REQUEST_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "expect",
+    "forwarded",
+    "host",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-original-url",
+    "x-real-ip",
+    "x-request-id",
+    "x-rewrite-url",
+];
+
+/// A header name from the config, lowercased, for a header authgate reads or sets on
+/// requests: a valid name without `_` (such spellings never reach authgate, and backends read
+/// them like `-`), not one the HTTP layer or authgate itself controls (the list above,
+/// `x-forwarded-*`), not under the identity prefix, not the assertion header. `Err` says why,
+/// naming `what` (the config field).
+pub(super) fn request_header_name(
+    raw: &str,
+    what: &str,
+    identity: &IdentitySettings,
+) -> Result<HeaderName, String> {
+    let lower = raw.to_ascii_lowercase();
+    let name = match HeaderName::from_bytes(lower.as_bytes()) {
+        Ok(name) if !lower.contains('_') => name,
+        _ => {
+            return Err(format!(
+                "{what}: {raw:?} is not a header name (letters, digits and '-', no '_')"
+            ));
+        }
+    };
+    if CONTROLLED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-forwarded-") {
+        return Err(format!(
+            "{what}: {lower:?} is a hop-by-hop, framing or forwarding header that authgate controls itself"
+        ));
+    }
+    let assertion = identity.assertion.as_ref().map(|a| &a.header);
+    if crate::headers::name_has_prefix(&lower, &identity.header_prefix) || assertion == Some(&name)
+    {
+        return Err(format!(
+            "{what}: {lower:?} is an identity header (under identity.header_prefix {:?}): authgate removes the client's and sets its own",
+            identity.header_prefix
+        ));
+    }
+    Ok(name)
 }
