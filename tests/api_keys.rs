@@ -953,7 +953,7 @@ async fn a_scheme_garbage_or_oversized_value_in_a_bare_header_gets_401_unforward
         oversized,
     ] {
         let answer = get_with(&gw, "/v1/x", &[("x-api-key", &value)]).await;
-        answer.assert_error(401, "AUTH_INVALID_KEY", &format!("{:.20}: ", value));
+        answer.assert_error(401, "AUTH_INVALID_KEY", &format!("{value:.20}: "));
         assert!(!answer.body.contains(&key), "{answer:?}");
     }
     // Non-UTF-8 bytes (raw socket).
@@ -1056,9 +1056,8 @@ async fn upstream_headers_with_an_unset_variable_or_a_framing_name_stop_the_star
             "{}upstream_headers = {table}\n",
             public_route("p", "/p/", &upstream.url())
         );
-        let error = match TestGateway::try_start(&config).await {
-            Ok(_) => panic!("{table} was accepted"),
-            Err(error) => error,
+        let Err(error) = TestGateway::try_start(&config).await else {
+            panic!("{table} was accepted");
         };
         assert!(error.contains(expected), "{table}: {error}");
     }
