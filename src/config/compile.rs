@@ -1140,7 +1140,11 @@ mod tests {
             "te",
             "proxy-authorization",
             "x-forwarded-for",
+            "X-Forwarded-Prefix",
             "x-request-id",
+            "x-real-ip",
+            "keep-alive",
+            "expect",
         ] {
             let found = errors(&format!("[api_keys]\nheaders = [\"{controlled}\"]\n"));
             assert!(

@@ -5,10 +5,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use http::HeaderName;
+use http::header::EXPECT;
 use toml::Spanned;
 
 use super::file::FileRate;
 use super::{ConfigError, IdentitySettings};
+use crate::http1::fields::is_controlled_request_field;
 use crate::limits::settings::Rate;
 use crate::location::line_col;
 
@@ -57,33 +59,12 @@ pub(super) fn compile_rate(rate: &Spanned<FileRate>, errors: &mut Errors<'_>) ->
         .ok()
 }
 
-/// Request headers a config may never name as a credential header or a header set on the
-/// forwarded request: hop-by-hop and framing fields (the HTTP layer owns them), `Host`
-/// (routing), `Expect`, and the fields authgate sets or removes itself.
-const CONTROLLED_REQUEST_HEADERS: &[&str] = &[
-    "connection",
-    "content-length",
-    "expect",
-    "forwarded",
-    "host",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "x-original-url",
-    "x-real-ip",
-    "x-request-id",
-    "x-rewrite-url",
-];
-
 /// A header name from the config, lowercased, for a header authgate reads or sets on
 /// requests: a valid name without `_` (such spellings never reach authgate, and backends read
-/// them like `-`), not one the HTTP layer or authgate itself controls (the list above,
-/// `x-forwarded-*`), not under the identity prefix, not the assertion header. `Err` says why,
-/// naming `what` (the config field).
+/// them like `-`), not one the HTTP layer or authgate itself controls (framing, hop-by-hop,
+/// `Host`, `x-forwarded-*`, `x-request-id`..., and `Expect`, which would change how the
+/// upstream exchange runs), not under the identity prefix, not the assertion header. `Err`
+/// says why, naming `what` (the config field).
 pub(super) fn request_header_name(
     raw: &str,
     what: &str,
@@ -98,17 +79,24 @@ pub(super) fn request_header_name(
             ));
         }
     };
-    if CONTROLLED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-forwarded-") {
+    if name == EXPECT || is_controlled_request_field(lower.as_bytes()) {
         return Err(format!(
             "{what}: {lower:?} is a hop-by-hop, framing or forwarding header that authgate controls itself"
         ));
     }
-    let assertion = identity.assertion.as_ref().map(|a| &a.header);
-    if crate::headers::name_has_prefix(&lower, &identity.header_prefix) || assertion == Some(&name)
-    {
+    if crate::headers::name_has_prefix(&lower, &identity.header_prefix) {
         return Err(format!(
             "{what}: {lower:?} is an identity header (under identity.header_prefix {:?}): authgate removes the client's and sets its own",
             identity.header_prefix
+        ));
+    }
+    if identity
+        .assertion
+        .as_ref()
+        .is_some_and(|a| a.header == name)
+    {
+        return Err(format!(
+            "{what}: {lower:?} is an identity header (identity.assertion.header): authgate removes the client's and sets its own"
         ));
     }
     Ok(name)
