@@ -797,6 +797,272 @@ async fn malformed_keys_get_401_without_any_lookup_or_forward() {
     assert_eq!(upstream.count(), 0);
 }
 
+// === 3b. credential headers and upstream headers ===
+
+/// `file_config` with `[api_keys] headers = HEADERS` and `extra` appended (more routes).
+fn listed_headers_config(upstream: &Upstream, headers: &str, extra: &str) -> String {
+    file_config(upstream).replace(
+        "[api_keys]\n",
+        &format!("[api_keys]\nheaders = {headers}\n"),
+    ) + extra
+}
+
+async fn listed_headers_gateway(
+    upstream: &Upstream,
+    headers: &str,
+    extra: &str,
+    keys_text: &str,
+) -> TestGateway {
+    TestGateway::start_with_files(
+        &listed_headers_config(upstream, headers, extra),
+        &[("keys.toml", keys_text.as_bytes())],
+    )
+    .await
+}
+
+/// A GET on `gw`'s `path` with these headers.
+async fn get_with(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Answer {
+    Answer::read(get_with_headers(&client(), &gw.url(path), headers).await).await
+}
+
+const LISTED: &str = r#"["authorization", "x-api-key", "api-key"]"#;
+
+#[tokio::test]
+async fn a_key_in_a_listed_header_authenticates_bare_and_never_reaches_the_upstream_200() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let gw =
+        listed_headers_gateway(&upstream, LISTED, "", &key_entry(&key, &std_fields("k1"))).await;
+    let bearer = format!("Bearer {key}");
+    for (path, header, value) in [
+        ("/v1/a", "x-api-key", key.as_str()),
+        ("/v1/b", "API-Key", key.as_str()),
+        ("/v1/c", "authorization", bearer.as_str()),
+        // forward_authorization governs Authorization alone: a listed header still goes.
+        ("/fwd/d", "x-api-key", key.as_str()),
+    ] {
+        let answer = get_with(&gw, path, &[(header, value)]).await;
+        assert_eq!(answer.status, 200, "{header}: {answer:?}");
+        let seen = upstream.last();
+        assert_eq!(seen.target(), path);
+        assert_eq!(
+            seen.header("x-auth-key-id").as_deref(),
+            Some("k1"),
+            "{header}"
+        );
+        for name in ["x-api-key", "api-key", "authorization"] {
+            assert!(
+                seen.header(name).is_none(),
+                "{header}: {name} forwarded: {:?}",
+                seen.headers
+            );
+        }
+        assert!(!format!("{:?}", seen.headers).contains(&key), "{header}");
+    }
+    // A public route: a listed header is removed there too.
+    let answer = get_with(&gw, "/public/e", &[("x-api-key", &key)]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(upstream.last().header("x-api-key").is_none());
+    assert_eq!(upstream.count(), 5);
+}
+
+#[tokio::test]
+async fn a_key_in_an_unlisted_header_is_no_credential_401_missing() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let records = key_entry(&key, &std_fields("k1"));
+    // The default list: authorization alone.
+    let gw = file_gateway(&upstream, &records).await;
+    for header in ["x-api-key", "api-key"] {
+        let answer = get_with(&gw, "/v1/x", &[(header, &key)]).await;
+        assert_error(&answer, 401, "AUTH_MISSING");
+    }
+    // Only x-api-key listed: api-key is not read, and an API key in Authorization is not
+    // one authgate reads there (invalid), while x-api-key works.
+    let gw = listed_headers_gateway(&upstream, r#"["x-api-key"]"#, "", &records).await;
+    assert_error(
+        &get_with(&gw, "/v1/x", &[("api-key", &key)]).await,
+        401,
+        "AUTH_MISSING",
+    );
+    assert_error(
+        &get_with(&gw, "/v1/x", &[("authorization", &format!("Bearer {key}"))]).await,
+        401,
+        "AUTH_INVALID_KEY",
+    );
+    assert_eq!(upstream.count(), 0);
+    assert_eq!(
+        get_with(&gw, "/v1/x", &[("x-api-key", &key)]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn two_credentials_in_one_request_are_a_400_with_nothing_forwarded() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let gw =
+        listed_headers_gateway(&upstream, LISTED, "", &key_entry(&key, &std_fields("k1"))).await;
+    let bearer = format!("Bearer {key}");
+    for headers in [
+        &[("x-api-key", key.as_str()), ("api-key", key.as_str())][..],
+        &[
+            ("x-api-key", key.as_str()),
+            ("authorization", bearer.as_str()),
+        ],
+        &[
+            ("api-key", key.as_str()),
+            ("authorization", "Basic dXNlcjpwYXNz"),
+        ],
+    ] {
+        let answer = get_with(&gw, "/v1/x", headers).await;
+        answer.assert_error(400, "BAD_REQUEST", &format!("{headers:?}: "));
+        assert!(!answer.body.contains(&key), "{answer:?}");
+    }
+    // One listed header twice (raw: clients fold repeats).
+    let request = format!(
+        "GET /v1/x HTTP/1.1\r\nHost: {}\r\nX-Api-Key: {key}\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n",
+        gw.addr
+    );
+    let (status, text) = raw_request(gw.addr, request.as_bytes()).await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(json_body(&text).unwrap()["error"]["code"], "BAD_REQUEST");
+    assert_eq!(upstream.count(), 0);
+    // Each alone still works.
+    assert_eq!(
+        get_with(&gw, "/v1/x", &[("api-key", &key)]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_scheme_garbage_or_oversized_value_in_a_bare_header_gets_401_unforwarded() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let gw =
+        listed_headers_gateway(&upstream, LISTED, "", &key_entry(&key, &std_fields("k1"))).await;
+    let oversized = format!("sgk_{}", "a".repeat(10 * 1024));
+    for value in [
+        // The bare key only: a scheme makes it malformed.
+        format!("Bearer {key}"),
+        format!("bearer {key}"),
+        "aaa.bbb.ccc".to_owned(),
+        "not-a-key".to_owned(),
+        "sgk_short".to_owned(),
+        format!("{key}!"),
+        oversized,
+    ] {
+        let answer = get_with(&gw, "/v1/x", &[("x-api-key", &value)]).await;
+        answer.assert_error(401, "AUTH_INVALID_KEY", &format!("{value:.20}: "));
+        assert!(!answer.body.contains(&key), "{answer:?}");
+    }
+    // Non-UTF-8 bytes (raw socket).
+    let mut request = format!("GET /v1/x HTTP/1.1\r\nHost: {}\r\n", gw.addr).into_bytes();
+    request.extend_from_slice(
+        b"api-key: sgk_\xff\xfe\xc3\x28aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+    );
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    let (status, text) = raw_request(gw.addr, &request).await;
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(
+        json_body(&text).unwrap()["error"]["code"],
+        "AUTH_INVALID_KEY"
+    );
+    assert_eq!(upstream.count(), 0);
+}
+
+/// An Azure-style route: the client's gateway key comes in `api-key`, the upstream gets the
+/// operator's own key in `api-key` and `authorization` (`${VAR}` expanded), never the client's,
+/// in any spelling.
+#[tokio::test]
+async fn upstream_headers_replace_the_clients_and_expand_variables_200() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let pkg = std::env::var("CARGO_PKG_NAME").expect("cargo sets CARGO_PKG_NAME for tests");
+    let extra = format!(
+        r#"
+[[routes]]
+name = "azure"
+match = {{ path_prefix = "/azure/" }}
+upstream = "{}"
+auth = ["api_key"]
+upstream_headers = {{ "api-key" = "upstream-${{CARGO_PKG_NAME}}", "Authorization" = "Bearer ${{AUTHGATE_TEST_SURELY_UNSET:-fallback}}", "x-team" = "blue" }}
+"#,
+        upstream.url()
+    );
+    let config = listed_headers_config(&upstream, LISTED, &extra).replace(
+        "[api_keys]\n",
+        "[server]\nunderscores_in_headers = \"allow\"\n[api_keys]\n",
+    );
+    let gw = TestGateway::start_with_files(
+        &config,
+        &[("keys.toml", key_entry(&key, &std_fields("k1")).as_bytes())],
+    )
+    .await;
+    let answer = get_with(
+        &gw,
+        "/azure/openai/deployments/x",
+        &[
+            ("api-key", &key),
+            ("x-team", "red"),
+            ("X_Team", "green"),
+            ("api_key", "client-copy"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = upstream.last();
+    let all = |name: &str| -> Vec<String> {
+        seen.headers
+            .iter()
+            .filter(|(sent, _)| sent.as_str().replace('_', "-") == name)
+            .map(|(_, value)| value.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        all("api-key"),
+        [format!("upstream-{pkg}")],
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(all("authorization"), ["Bearer fallback"]);
+    assert_eq!(all("x-team"), ["blue"]);
+    assert_eq!(seen.header("x-auth-key-id").as_deref(), Some("k1"));
+    assert!(!format!("{:?}", seen.headers).contains(&key));
+    // The client cannot reach the upstream with its own value: the route needs a gateway key.
+    let answer = get_with(&gw, "/azure/x", &[("authorization", "Bearer upstream-x")]).await;
+    assert_error(&answer, 401, "AUTH_INVALID_KEY");
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn upstream_headers_with_an_unset_variable_or_a_framing_name_stop_the_start() {
+    let upstream = Upstream::start().await;
+    for (table, expected) in [
+        (
+            r#"{ "authorization" = "Bearer ${AUTHGATE_TEST_SURELY_UNSET}" }"#,
+            "AUTHGATE_TEST_SURELY_UNSET is not set",
+        ),
+        (
+            r#"{ "content-length" = "0" }"#,
+            "\"content-length\" is a hop-by-hop",
+        ),
+        (
+            r#"{ "x-key" = "${AUTHGATE_TEST_SURELY_UNSET:-}" }"#,
+            "upstream_headers.x-key: the value must be non-empty",
+        ),
+    ] {
+        let config = format!(
+            "{}upstream_headers = {table}\n",
+            public_route("p", "/p/", &upstream.url())
+        );
+        let Err(error) = TestGateway::try_start(&config).await else {
+            panic!("{table} was accepted");
+        };
+        assert!(error.contains(expected), "{table}: {error}");
+    }
+}
+
 // === 4. revoked, expired, unknown ===
 
 #[tokio::test]

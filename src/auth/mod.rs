@@ -360,24 +360,97 @@ pub enum Credential<'a> {
 /// Largest credential considered at all; longer ones are refused without parsing.
 pub const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
 
-/// Extracts the bearer credential from the request headers.
+/// Most header names `[api_keys] headers` may list.
+pub const MAX_KEY_HEADERS: usize = 8;
+
+/// `[api_keys] headers`, compiled: the request headers an API key may come in.
 ///
-/// Returns `Ok(None)` when there is no Authorization header or its scheme is not Bearer.
-/// Works on bytes: header values may carry any byte but control characters, and the shape
-/// checks that follow (API-key alphabet, base64url JWT parts) admit ASCII only.
+/// `Authorization` carries `Bearer <key>` (and JWTs, whatever the list says); every other
+/// listed header carries the bare key. Names are built once per config, so extraction with the
+/// default list (`authorization` alone) does exactly what it did before the list existed: no
+/// other header is looked up and nothing is allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHeaders {
+    /// Whether an API key may come in `Authorization: Bearer`.
+    authorization: bool,
+    /// The other listed headers (lowercase, no duplicates).
+    bare: Box<[HeaderName]>,
+}
+
+impl Default for KeyHeaders {
+    /// `["authorization"]`.
+    fn default() -> Self {
+        Self {
+            authorization: true,
+            bare: Box::default(),
+        }
+    }
+}
+
+impl KeyHeaders {
+    /// From validated, distinct lowercase names (the config checks them).
+    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let mut authorization = false;
+        let mut bare = Vec::new();
+        for name in names {
+            if name == AUTHORIZATION {
+                authorization = true;
+            } else {
+                bare.push(name);
+            }
+        }
+        Self {
+            authorization,
+            bare: bare.into_boxed_slice(),
+        }
+    }
+
+    /// The listed headers other than `Authorization`: removed before every forward, whatever
+    /// `forward_authorization` says (it governs `Authorization` alone).
+    pub fn bare(&self) -> &[HeaderName] {
+        &self.bare
+    }
+}
+
+/// Extracts the credential from the request headers.
+///
+/// The credential comes from `Authorization: Bearer` (an API key if the prefix says so and
+/// `key_headers` lists `authorization`, else a JWT by shape) or, bare, from one of the other
+/// headers `key_headers` lists (an API key only). Returns `Ok(None)` when none of them is
+/// present and Authorization is absent or not Bearer. More than one of these fields (two
+/// Authorization headers, a listed header twice, or two different ones) is a 400: never guess
+/// which one an upstream would read. Works on bytes: header values may carry any byte but
+/// control characters, and the shape checks that follow (API-key alphabet, base64url JWT
+/// parts) admit ASCII only.
 pub fn extract_credential<'a>(
     headers: &'a HeaderMap,
+    key_headers: &KeyHeaders,
     api_key_prefix: &str,
 ) -> Result<Option<Credential<'a>>, GatewayError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
+    let authorization = values.next();
     if values.next().is_some() {
         return Err(GatewayError::BadRequest(
             "more than one Authorization header",
         ));
     }
+    // Empty with the default list: no lookup at all.
+    let mut bare: Option<&HeaderValue> = None;
+    for name in key_headers.bare.iter() {
+        let mut values = headers.get_all(name).iter();
+        if let Some(value) = values.next() {
+            if bare.is_some() || authorization.is_some() || values.next().is_some() {
+                return Err(GatewayError::BadRequest("more than one credential header"));
+            }
+            bare = Some(value);
+        }
+    }
+    if let Some(value) = bare {
+        return bare_api_key(value.as_bytes(), api_key_prefix).map(Some);
+    }
+    let Some(value) = authorization else {
+        return Ok(None);
+    };
     let bytes = value.as_bytes();
     // "Bearer" + at least one space; the scheme is case-insensitive (RFC 7235).
     if bytes.len() < 7 || !bytes[..6].eq_ignore_ascii_case(b"bearer") || bytes[6] != b' ' {
@@ -387,7 +460,10 @@ pub fn extract_credential<'a>(
     if token.is_empty() {
         return Err(GatewayError::InvalidKey);
     }
-    if !api_key_prefix.is_empty() && token.starts_with(api_key_prefix.as_bytes()) {
+    if key_headers.authorization
+        && !api_key_prefix.is_empty()
+        && token.starts_with(api_key_prefix.as_bytes())
+    {
         if token.len() > MAX_CREDENTIAL_BYTES {
             return Err(GatewayError::InvalidKey);
         }
@@ -402,6 +478,20 @@ pub fn extract_credential<'a>(
         }
     }
     Err(GatewayError::InvalidKey)
+}
+
+/// The value of a listed header other than Authorization: the bare key, nothing else. A
+/// scheme (`Bearer sgk_…`), a JWT or anything without the key prefix is an invalid key; the key
+/// store checks the format of what starts with the prefix before any lookup.
+fn bare_api_key<'a>(value: &'a [u8], api_key_prefix: &str) -> Result<Credential<'a>, GatewayError> {
+    let key = trim_spaces(value);
+    if api_key_prefix.is_empty()
+        || !key.starts_with(api_key_prefix.as_bytes())
+        || key.len() > MAX_CREDENTIAL_BYTES
+    {
+        return Err(GatewayError::InvalidKey);
+    }
+    Ok(Credential::ApiKey(key))
 }
 
 fn trim_spaces(mut bytes: &[u8]) -> &[u8] {
@@ -446,6 +536,7 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
 pub async fn authenticate<T>(
     policy: AuthPolicy,
     headers: &HeaderMap,
+    key_headers: &KeyHeaders,
     client: impl FnOnce() -> IpAddr,
     api_key_prefix: &str,
     keys: Option<&Arc<KeyStore>>,
@@ -456,7 +547,7 @@ pub async fn authenticate<T>(
     let AuthPolicy::Required { api_key, jwt } = policy else {
         return Ok(None);
     };
-    let (method, result) = match extract_credential(headers, api_key_prefix) {
+    let (method, result) = match extract_credential(headers, key_headers, api_key_prefix) {
         Err(error) => (Attempt::Invalid, Err(error)),
         Ok(None) => (Attempt::None, Err(GatewayError::AuthMissing)),
         Ok(Some(Credential::ApiKey(_))) if !api_key => {
@@ -635,25 +726,28 @@ mod tests {
         for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
             let map = headers(&[format!("{scheme} {key}").as_bytes()]);
             assert_eq!(
-                extract_credential(&map, "sgk_").unwrap(),
+                extract_credential(&map, &KeyHeaders::default(), "sgk_").unwrap(),
                 Some(Credential::ApiKey(key.as_bytes()))
             );
         }
         let map = headers(&[b"Bearer aaa.bbb.ccc"]);
         assert_eq!(
-            extract_credential(&map, "sgk_").unwrap(),
+            extract_credential(&map, &KeyHeaders::default(), "sgk_").unwrap(),
             Some(Credential::Jwt("aaa.bbb.ccc"))
         );
         let map = headers(&[b"Bearer aaa.bbb."]);
         assert_eq!(
-            extract_credential(&map, "sgk_").unwrap(),
+            extract_credential(&map, &KeyHeaders::default(), "sgk_").unwrap(),
             Some(Credential::Jwt("aaa.bbb."))
         );
     }
 
     #[test]
     fn missing_or_other_scheme_is_no_credential() {
-        assert_eq!(extract_credential(&HeaderMap::new(), "sgk_").unwrap(), None);
+        assert_eq!(
+            extract_credential(&HeaderMap::new(), &KeyHeaders::default(), "sgk_").unwrap(),
+            None
+        );
         for value in [
             &b"Basic dXNlcjpwYXNz"[..],
             b"Bearer",
@@ -661,7 +755,7 @@ mod tests {
             b"Token sgk_x",
         ] {
             assert_eq!(
-                extract_credential(&headers(&[value]), "sgk_").unwrap(),
+                extract_credential(&headers(&[value]), &KeyHeaders::default(), "sgk_").unwrap(),
                 None
             );
         }
@@ -681,7 +775,7 @@ mod tests {
             long.as_bytes(),
         ] {
             assert_eq!(
-                extract_credential(&headers(&[value]), "sgk_"),
+                extract_credential(&headers(&[value]), &KeyHeaders::default(), "sgk_"),
                 Err(GatewayError::InvalidKey),
                 "{:?}",
                 String::from_utf8_lossy(value)
@@ -727,7 +821,7 @@ mod tests {
     fn non_ascii_key_is_classified_as_an_api_key() {
         let map = headers(&[b"Bearer sgk_\xff\xfeabc"]);
         assert_eq!(
-            extract_credential(&map, "sgk_").unwrap(),
+            extract_credential(&map, &KeyHeaders::default(), "sgk_").unwrap(),
             Some(Credential::ApiKey(b"sgk_\xff\xfeabc"))
         );
         assert!(!crate::keys::is_well_formed(b"sgk_\xff\xfeabc", "sgk_", 0));
@@ -737,8 +831,124 @@ mod tests {
     fn two_authorization_headers_are_a_bad_request() {
         let map = headers(&[b"Bearer a.b.c", b"Bearer sgk_x"]);
         assert!(matches!(
-            extract_credential(&map, "sgk_"),
+            extract_credential(&map, &KeyHeaders::default(), "sgk_"),
             Err(GatewayError::BadRequest(_))
         ));
+    }
+
+    fn key_headers(names: &[&'static str]) -> KeyHeaders {
+        KeyHeaders::new(names.iter().map(|name| HeaderName::from_static(name)))
+    }
+
+    fn map(fields: &[(&'static str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(*name, HeaderValue::from_bytes(value).unwrap());
+        }
+        map
+    }
+
+    const KEY: &str = "sgk_abcdefghijklmnopqrstuvwxyz0123456789";
+
+    /// A listed header other than Authorization carries the bare key (spaces around it
+    /// trimmed); an unlisted one is not read at all.
+    #[test]
+    fn a_listed_header_carries_the_bare_key() {
+        let listed = key_headers(&["authorization", "x-api-key", "api-key"]);
+        for name in ["x-api-key", "api-key"] {
+            let headers = map(&[(name, format!(" {KEY} ").as_bytes())]);
+            assert_eq!(
+                extract_credential(&headers, &listed, "sgk_"),
+                Ok(Some(Credential::ApiKey(KEY.as_bytes()))),
+                "{name}"
+            );
+            assert_eq!(
+                extract_credential(&headers, &KeyHeaders::default(), "sgk_"),
+                Ok(None),
+                "{name} is not listed by default"
+            );
+        }
+        let bearer = map(&[("authorization", format!("Bearer {KEY}").as_bytes())]);
+        assert_eq!(
+            extract_credential(&bearer, &listed, "sgk_"),
+            Ok(Some(Credential::ApiKey(KEY.as_bytes())))
+        );
+    }
+
+    /// A bare header holds the key alone: a scheme, a JWT, an empty or oversized value, or
+    /// anything without the prefix is an invalid key, refused before any lookup.
+    #[test]
+    fn a_bare_header_with_anything_but_a_key_is_an_invalid_key() {
+        let listed = key_headers(&["x-api-key"]);
+        let long = format!("sgk_{}", "a".repeat(MAX_CREDENTIAL_BYTES));
+        for value in [
+            format!("Bearer {KEY}").as_bytes(),
+            b"aaa.bbb.ccc",
+            b"",
+            b"   ",
+            b"not-a-key",
+            long.as_bytes(),
+        ] {
+            assert_eq!(
+                extract_credential(&map(&[("x-api-key", value)]), &listed, "sgk_"),
+                Err(GatewayError::InvalidKey),
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        // Non-ASCII after the prefix: an API key by shape, refused by the format check.
+        assert_eq!(
+            extract_credential(&map(&[("x-api-key", &b"sgk_\xff"[..])]), &listed, "sgk_"),
+            Ok(Some(Credential::ApiKey(b"sgk_\xff")))
+        );
+    }
+
+    /// Two credential fields are a 400 whichever they are: two listed headers, one listed
+    /// header twice, or a listed header next to any Authorization.
+    #[test]
+    fn two_credential_fields_are_a_bad_request() {
+        let listed = key_headers(&["authorization", "x-api-key", "api-key"]);
+        let key = KEY.as_bytes();
+        let bearer = format!("Bearer {KEY}");
+        for fields in [
+            &[("x-api-key", key), ("api-key", key)][..],
+            &[("x-api-key", key), ("x-api-key", key)],
+            &[("x-api-key", key), ("authorization", bearer.as_bytes())],
+            &[
+                ("api-key", key),
+                ("authorization", &b"Bearer aaa.bbb.ccc"[..]),
+            ],
+            &[
+                ("api-key", key),
+                ("authorization", &b"Basic dXNlcjpwYXNz"[..]),
+            ],
+        ] {
+            assert_eq!(
+                extract_credential(&map(fields), &listed, "sgk_"),
+                Err(GatewayError::BadRequest("more than one credential header")),
+                "{fields:?}"
+            );
+        }
+    }
+
+    /// Without `authorization` in the list, an API key in `Authorization: Bearer` is not a
+    /// credential authgate reads there (invalid key); JWTs still come from it.
+    #[test]
+    fn authorization_left_out_of_the_list_still_carries_jwts_only() {
+        let listed = key_headers(&["x-api-key"]);
+        let bearer = map(&[("authorization", format!("Bearer {KEY}").as_bytes())]);
+        assert_eq!(
+            extract_credential(&bearer, &listed, "sgk_"),
+            Err(GatewayError::InvalidKey)
+        );
+        let jwt = map(&[("authorization", &b"Bearer aaa.bbb.ccc"[..])]);
+        assert_eq!(
+            extract_credential(&jwt, &listed, "sgk_"),
+            Ok(Some(Credential::Jwt("aaa.bbb.ccc")))
+        );
+        assert_eq!(
+            extract_credential(&HeaderMap::new(), &listed, "sgk_"),
+            Ok(None)
+        );
     }
 }

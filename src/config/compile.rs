@@ -11,9 +11,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
 use super::file::{self, FileAuth, FileConfig, KeySourceKind};
-use super::support::{Errors, compile_rate, resolve};
+use super::support::{Errors, compile_rate, request_header_name, resolve};
 use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, ServerSettings};
 use crate::auth::assertion::{AssertionSettings, SigningKey};
+use crate::auth::{KeyHeaders, MAX_KEY_HEADERS};
 use crate::http1::fields::UnderscorePolicy;
 use crate::keys::settings::{
     ApiKeySettings, ChecksumPolicy, ControlPlaneAuthSettings, ControlPlaneSettings,
@@ -66,6 +67,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
     let mut warnings = Vec::new();
     let identity = compile_identity(&file.identity, &base_dir, &mut errors, &mut warnings);
     let api_keys = compile_api_keys(&file, &base_dir, &mut errors);
+    let key_headers = compile_key_headers(&file.api_keys, &identity, &mut errors);
     let jwt_issuers = super::jwt::compile_jwt(&file.jwt, &mut errors);
     let redis = compile_redis(&file, &mut errors);
     let rate_limits = compile_rate_limits(&file, redis.as_ref(), &mut errors);
@@ -92,9 +94,15 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
                 ),
             );
         }
-        if let Some(route) =
-            super::route::compile_route(route, index, span, &file, &base_dir, &mut errors)
-        {
+        if let Some(route) = super::route::compile_route(
+            route,
+            index,
+            span,
+            &file,
+            &identity,
+            &base_dir,
+            &mut errors,
+        ) {
             routes.push(route);
         }
     }
@@ -113,6 +121,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         admin,
         identity,
         api_keys,
+        key_headers,
         jwt_issuers,
         rate_limits,
         redis,
@@ -501,6 +510,41 @@ fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>)
     }
 }
 
+/// `api_keys.headers`: a non-empty list of distinct header names, at most
+/// [`MAX_KEY_HEADERS`], each one authgate may read a credential from (see
+/// [`request_header_name`]).
+fn compile_key_headers(
+    keys: &file::FileApiKeys,
+    identity: &IdentitySettings,
+    errors: &mut Errors<'_>,
+) -> KeyHeaders {
+    let Some(list) = &keys.headers else {
+        return KeyHeaders::default();
+    };
+    let entries = list.get_ref();
+    if entries.is_empty() || entries.len() > MAX_KEY_HEADERS {
+        errors.at(
+            list.span(),
+            format!(
+                "api_keys.headers must list 1 to {MAX_KEY_HEADERS} header names, e.g. [\"authorization\", \"x-api-key\"]"
+            ),
+        );
+        return KeyHeaders::default();
+    }
+    let mut names: Vec<HeaderName> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match request_header_name(entry.get_ref().as_str(), "api_keys.headers", identity) {
+            Ok(name) if names.contains(&name) => errors.at(
+                entry.span(),
+                format!("api_keys.headers lists {:?} twice", name.as_str()),
+            ),
+            Ok(name) => names.push(name),
+            Err(message) => errors.at(entry.span(), message),
+        }
+    }
+    KeyHeaders::new(names)
+}
+
 /// `api_keys.failed_auth_limit`: default on; `"off"` turns it off.
 fn compile_failed_auth_limit(
     limit: Option<&Spanned<file::FileFailedAuthLimit>>,
@@ -744,8 +788,19 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
                     .collect::<Vec<_>>()
                     .join(","),
             };
+            // Names only: the values are secrets.
+            let sets = if route.upstream_headers.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = route
+                    .upstream_headers
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                format!(" sets={}", names.join(","))
+            };
             format!(
-                "{:<20} host={host} methods={methods} {pattern} auth={auth} -> {}",
+                "{:<20} host={host} methods={methods} {pattern} auth={auth}{sets} -> {}",
                 route.name,
                 route.builtin.map_or_else(
                     || route.upstream.describe(),
@@ -1026,6 +1081,197 @@ mod tests {
         assert_eq!(
             config.server.underscores_in_headers,
             UnderscorePolicy::Allow
+        );
+    }
+
+    #[test]
+    fn api_key_headers_compile_to_the_listed_names() {
+        let config = compile("").unwrap();
+        assert_eq!(config.key_headers, crate::auth::KeyHeaders::default());
+        let config =
+            compile("[api_keys]\nheaders = [\"Authorization\", \"X-Api-Key\", \"api-key\"]\n")
+                .unwrap();
+        assert_eq!(config.key_headers.bare(), ["x-api-key", "api-key"]);
+        assert_eq!(
+            config.key_headers,
+            crate::auth::KeyHeaders::new(
+                ["authorization", "x-api-key", "api-key"].map(http::HeaderName::from_static)
+            )
+        );
+    }
+
+    #[test]
+    fn api_key_headers_refuse_controlled_identity_duplicate_and_too_many_names() {
+        for (list, expected) in [
+            ("[]", "2:11: api_keys.headers must list 1 to 8"),
+            (
+                "[\"a1\", \"a2\", \"a3\", \"a4\", \"a5\", \"a6\", \"a7\", \"a8\", \"a9\"]",
+                "2:11: api_keys.headers must list 1 to 8",
+            ),
+            (
+                "[\"x-api-key\", \"X-API-KEY\"]",
+                "2:25: api_keys.headers lists \"x-api-key\" twice",
+            ),
+            (
+                "[\"x_api_key\"]",
+                "2:12: api_keys.headers: \"x_api_key\" is not a header name",
+            ),
+            (
+                "[\"bad header\"]",
+                "2:12: api_keys.headers: \"bad header\" is not a header name",
+            ),
+            (
+                "[\"X-Auth-Key\"]",
+                "2:12: api_keys.headers: \"x-auth-key\" is an identity header",
+            ),
+        ] {
+            let found = errors(&format!("[api_keys]\nheaders = {list}\n"));
+            assert!(
+                found.iter().any(|e| e.starts_with(expected)),
+                "{expected:?} not in {found:?}"
+            );
+        }
+        for controlled in [
+            "content-length",
+            "Transfer-Encoding",
+            "host",
+            "connection",
+            "upgrade",
+            "te",
+            "proxy-authorization",
+            "x-forwarded-for",
+            "X-Forwarded-Prefix",
+            "x-request-id",
+            "x-real-ip",
+            "keep-alive",
+            "expect",
+        ] {
+            let found = errors(&format!("[api_keys]\nheaders = [\"{controlled}\"]\n"));
+            assert!(
+                found[0].contains("that authgate controls itself"),
+                "{controlled}: {found:?}"
+            );
+        }
+        // The assertion header outside the prefix is authgate's too.
+        let found = errors(
+            "[identity]\nassertion = { key = \"a.pem\", header = \"x-identity\" }\n[api_keys]\nheaders = [\"x-identity\"]\n",
+        );
+        assert!(found[0].contains("is an identity header"), "{found:?}");
+    }
+
+    #[test]
+    fn upstream_headers_compile_to_sensitive_values_and_check_lists_names_only() {
+        let text = format!(
+            "{ROUTE}auth = \"none\"\nupstream_headers = {{ \"Authorization\" = \"Bearer ${{AUTHGATE_TEST_UNSET_VAR:-s3cret}}\", \"x-tenant\" = \"acme\" }}\n"
+        );
+        let config = compile(&text).unwrap();
+        let route = &config.routes.routes()[0];
+        let set: Vec<(&str, &[u8])> = route
+            .upstream_headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        assert_eq!(
+            set,
+            [
+                ("authorization", &b"Bearer s3cret"[..]),
+                ("x-tenant", &b"acme"[..])
+            ]
+        );
+        assert!(route.upstream_headers.iter().all(|(_, v)| v.is_sensitive()));
+        let debug = format!("{route:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        let described = super::describe_routes(&config).join("\n");
+        assert!(
+            described.contains("sets=authorization,x-tenant"),
+            "{described}"
+        );
+        assert!(!described.contains("s3cret") && !described.contains("acme"));
+    }
+
+    #[test]
+    fn upstream_headers_refuse_controlled_names_bad_values_and_unset_variables() {
+        let at = |table: &str| {
+            errors(&format!(
+                "{ROUTE}auth = \"none\"\nupstream_headers = {{ {table} }}\n"
+            ))
+        };
+        for (table, expected) in [
+            (
+                "\"content-length\" = \"5\"",
+                "6:22: upstream_headers: \"content-length\" is a hop-by-hop",
+            ),
+            (
+                "\"Transfer-Encoding\" = \"chunked\"",
+                "6:22: upstream_headers: \"transfer-encoding\" is a hop-by-hop",
+            ),
+            (
+                "\"host\" = \"a\"",
+                "6:22: upstream_headers: \"host\" is a hop-by-hop",
+            ),
+            (
+                "\"connection\" = \"close\"",
+                "6:22: upstream_headers: \"connection\" is a hop-by-hop",
+            ),
+            (
+                "\"upgrade\" = \"h2c\"",
+                "6:22: upstream_headers: \"upgrade\" is a hop-by-hop",
+            ),
+            (
+                "\"x-forwarded-for\" = \"1.2.3.4\"",
+                "6:22: upstream_headers: \"x-forwarded-for\" is a hop-by-hop",
+            ),
+            (
+                "\"x-auth-tenant-id\" = \"acme\"",
+                "6:22: upstream_headers: \"x-auth-tenant-id\" is an identity header",
+            ),
+            (
+                "\"x_key\" = \"v\"",
+                "6:22: upstream_headers: \"x_key\" is not a header name",
+            ),
+            (
+                "\"a\" = \"v\", \"A\" = \"w\"",
+                "upstream_headers sets \"a\" twice",
+            ),
+            (
+                "\"x-key\" = \"\"",
+                "6:32: upstream_headers.x-key: the value must be non-empty",
+            ),
+            (
+                "\"x-key\" = \"Bearer \"",
+                "6:32: upstream_headers.x-key: the value must be non-empty",
+            ),
+            (
+                "\"x-key\" = \"caf\\u00e9\"",
+                "6:32: upstream_headers.x-key: the value must be non-empty",
+            ),
+            (
+                "\"x-key\" = \"a\\nb\"",
+                "6:32: upstream_headers.x-key: the value must be non-empty",
+            ),
+        ] {
+            let found = at(table);
+            assert!(
+                found.iter().any(|e| e.starts_with(expected)
+                    || (!expected.starts_with('6') && e.contains(expected))),
+                "{expected:?} not in {found:?}"
+            );
+        }
+        // An unset variable is refused at its place, naming the variable (never a value).
+        let found = at("\"authorization\" = \"Bearer ${AUTHGATE_TEST_UNSET_VAR}\"");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("6:40:")
+                && found[0].contains("AUTHGATE_TEST_UNSET_VAR is not set"),
+            "{found:?}"
+        );
+        // The client's Authorization cannot be both forwarded and replaced.
+        let found = errors(&format!(
+            "{ROUTE}auth = \"none\"\nforward_authorization = true\nupstream_headers = {{ authorization = \"Bearer x\" }}\n"
+        ));
+        assert!(
+            found[0].contains("forward_authorization = true"),
+            "{found:?}"
         );
     }
 }

@@ -147,6 +147,8 @@ pub struct FileAssertion {
 #[serde(deny_unknown_fields)]
 pub struct FileApiKeys {
     pub prefix: Option<Spanned<Text>>,
+    /// The request headers an API key may come in; bare keys in all but `authorization`.
+    pub headers: Option<Spanned<Vec<Spanned<Text>>>>,
     /// Characters required after the prefix.
     pub min_length: Option<Spanned<usize>>,
     pub cache_ttl: Option<DurationValue>,
@@ -352,6 +354,9 @@ pub struct FileRoute {
     /// Extra CA certificates (PEM) trusted for https upstreams, on top of the web PKI roots.
     pub upstream_ca: Option<Spanned<Text>>,
     pub usage: Option<Spanned<FileUsage>>,
+    /// Headers set on every forwarded request (name -> value, `${VAR}` expanded), replacing
+    /// any the client sent. Values are secrets.
+    pub upstream_headers: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Secret>>>>,
 }
 
 /// `routes.match`.

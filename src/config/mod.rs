@@ -39,6 +39,9 @@ pub struct Config {
     pub admin: AdminSettings,
     pub identity: IdentitySettings,
     pub api_keys: ApiKeySettings,
+    /// `[api_keys] headers`: where credentials are read from. Apart from `api_keys` so that a
+    /// change to it keeps the key store (and its cache) on reload.
+    pub key_headers: crate::auth::KeyHeaders,
     pub jwt_issuers: Vec<IssuerSettings>,
     pub rate_limits: RateLimitSettings,
     /// `[redis]`: cluster rate limits (when `rate_limits.backend = "redis"`) and revocations.

@@ -7,10 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Method};
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue, Method};
 
+use super::IdentitySettings;
 use super::file::{self, FileAuth, FileConfig, FileRoute};
-use super::support::{Errors, compile_rate, resolve};
+use super::support::{Errors, compile_rate, request_header_name, resolve};
 use crate::forward::{UpstreamProtocol, UpstreamSpec, UpstreamTarget};
 use crate::limits::settings::{Rate, UsageRule};
 use crate::routes::normalize::normalize_path;
@@ -31,6 +33,7 @@ pub(super) fn compile_route(
     index: usize,
     span: Range<usize>,
     file: &FileConfig,
+    identity: &IdentitySettings,
     base_dir: &Path,
     errors: &mut Errors<'_>,
 ) -> Option<Route> {
@@ -58,6 +61,7 @@ pub(super) fn compile_route(
         base_dir,
         errors,
     );
+    let upstream_headers = compile_upstream_headers(route, identity, errors);
     if errors.list.len() != before {
         return None;
     }
@@ -77,6 +81,7 @@ pub(super) fn compile_route(
         timeout: forwarding.timeout,
         max_body_bytes: route.max_body_bytes,
         websocket: route.websocket,
+        upstream_headers,
         histograms: std::sync::OnceLock::new(),
     })
 }
@@ -354,6 +359,69 @@ fn compile_forwarding(
         strip_prefix,
         timeout,
     })
+}
+
+/// Most headers one route's `upstream_headers` may set.
+const MAX_UPSTREAM_HEADERS: usize = 32;
+
+/// `upstream_headers`: each name a header authgate may set (see [`request_header_name`]), each
+/// value header text, non-empty and without spaces at either end (an unset `${VAR:-}` shows up
+/// so). Values are secrets: no message quotes one.
+fn compile_upstream_headers(
+    route: &FileRoute,
+    identity: &IdentitySettings,
+    errors: &mut Errors<'_>,
+) -> Box<[(HeaderName, HeaderValue)]> {
+    let Some(table) = &route.upstream_headers else {
+        return Box::default();
+    };
+    if table.get_ref().len() > MAX_UPSTREAM_HEADERS {
+        errors.at(
+            table.span(),
+            format!("upstream_headers sets at most {MAX_UPSTREAM_HEADERS} headers"),
+        );
+    }
+    let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(table.get_ref().len());
+    for (name, value) in table.get_ref() {
+        let name = match request_header_name(name.get_ref(), "upstream_headers", identity) {
+            Ok(header) if headers.iter().any(|(set, _)| *set == header) => {
+                errors.at(
+                    name.span(),
+                    format!("upstream_headers sets {:?} twice", header.as_str()),
+                );
+                continue;
+            }
+            Ok(header) => header,
+            Err(message) => {
+                errors.at(name.span(), message);
+                continue;
+            }
+        };
+        if name == AUTHORIZATION && route.forward_authorization {
+            errors.at(
+                table.span(),
+                "upstream_headers sets \"authorization\", which replaces the client's: forward_authorization = true would forward nothing of it; drop one of the two",
+            );
+        }
+        let text = &value.get_ref().0;
+        let header_text = HeaderValue::from_str(text)
+            .ok()
+            .filter(|header| header.to_str().is_ok());
+        match header_text {
+            Some(mut header) if !text.is_empty() && text.trim() == text => {
+                header.set_sensitive(true);
+                headers.push((name, header));
+            }
+            _ => errors.at(
+                value.span(),
+                format!(
+                    "upstream_headers.{}: the value must be non-empty visible ASCII without spaces at either end (is a ${{VAR}} in it empty?)",
+                    name.as_str()
+                ),
+            ),
+        }
+    }
+    headers.into_boxed_slice()
 }
 
 /// `upstream = "builtin:key-management"` (the key service's management API) or

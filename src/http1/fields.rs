@@ -147,6 +147,13 @@ pub fn classify_underscored(name: &[u8]) -> Underscored {
     }
 }
 
+/// Whether authgate controls a request field of this name, in any spelling: framing and
+/// hop-by-hop fields, `Host`, and the fields authgate sets or removes itself. A config may not
+/// name one as a field it reads a credential from or sets on forwarded requests.
+pub fn is_controlled_request_field(name: &[u8]) -> bool {
+    classify_underscored(name) != Underscored::Other
+}
+
 /// What `server.underscores_in_headers` does with request fields spelled with `_` that
 /// authgate does not control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -10,7 +10,8 @@
 //!                     revocation list (the request is tracked from here) -> 401 / 400 / 503
 //!       authorize     route scopes / tenants                           -> 403
 //!       rate limit    principal, tenant, token budget (one atomic step) -> 429 / 503
-//!     5 rewrite       credentials dropped, x-forwarded-*, x-request-id
+//!     5 rewrite       credentials dropped, identity headers, x-forwarded-*, x-request-id,
+//!                     then the route's upstream_headers (set last: nothing overrides them)
 //!     6 body limit    declared or streamed size over max_body_bytes    -> 413
 //!     7 forward       upstream with timeout on headers only            -> 502 / 504
 //!     8 respond       hop-by-hop removed; a WebSocket switch becomes a tunnel; the
@@ -252,6 +253,7 @@ async fn handle_inner(
     let authenticated = auth::authenticate(
         route.access.auth,
         &parts.headers,
+        &config.key_headers,
         // The client address X-Forwarded-For yields (trusted proxies only): failed API keys
         // are limited per client.
         || {

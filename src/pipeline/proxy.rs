@@ -17,9 +17,10 @@ use crate::config::Config;
 use crate::connection::ClientUpgrade;
 use crate::error::GatewayError;
 use crate::headers::{
-    RequestId, X_REQUEST_ID, set_forwarded_with, strip_response_hop_by_hop,
+    RequestId, X_REQUEST_ID, set_forwarded_with, strip_field, strip_response_hop_by_hop,
     strip_underscored_response_controls,
 };
+use crate::http1::fields::UnderscorePolicy;
 use crate::http1::fields::request_content_length;
 use crate::limits::usage::{self, UsageMeter};
 use crate::revocation::Tracked;
@@ -37,6 +38,13 @@ pub(super) fn rewrite(
     conn: &ConnInfo,
     request_id: &RequestId,
 ) {
+    // Credentials: the API-key headers always (the plain key never leaves the request), and
+    // Authorization unless the route opts in. With `_` fields allowed, a client's `X_Api_Key`
+    // spelling goes too: backends read it as `x-api-key`.
+    let underscores = config.server.underscores_in_headers == UnderscorePolicy::Allow;
+    for name in config.key_headers.bare() {
+        remove_field(&mut parts.headers, name, underscores);
+    }
     if !route.forward_authorization {
         parts.headers.remove(AUTHORIZATION);
     }
@@ -76,6 +84,23 @@ pub(super) fn rewrite(
         parts
             .headers
             .insert(TE, HeaderValue::from_static("trailers"));
+    }
+    // Last, so nothing set or kept above can override them; `insert` replaces the client's
+    // copies (and its `_` spellings go first when `_` fields are allowed).
+    for (name, value) in route.upstream_headers.iter() {
+        if underscores {
+            strip_field(&mut parts.headers, name);
+        }
+        parts.headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// Removes every copy of `name`; with `underscores` also its `_` spellings.
+fn remove_field(headers: &mut http::HeaderMap, name: &http::HeaderName, underscores: bool) {
+    if underscores {
+        strip_field(headers, name);
+    } else {
+        headers.remove(name);
     }
 }
 

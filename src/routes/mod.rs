@@ -108,6 +108,10 @@ pub struct Route {
     pub timeout: Duration,
     pub max_body_bytes: Option<u64>,
     pub websocket: bool,
+    /// `upstream_headers`: set on every forwarded request after every strip, so the client's
+    /// copies never survive. The values are secrets, marked sensitive: `Debug` prints
+    /// `Sensitive`, and HTTP/2 never puts them in its header compression table.
+    pub upstream_headers: Box<[(http::HeaderName, http::HeaderValue)]>,
     /// This route's duration histograms, resolved on its first request.
     pub histograms: std::sync::OnceLock<crate::telemetry::RouteHistograms>,
 }

@@ -328,17 +328,19 @@ pub fn check_normalize_path(path: &str) {
 /// `extract_credential` on one Authorization value: never panics, and its classification
 /// depends on the token alone, not on the scheme's case or the spaces around the token.
 pub fn check_credential(value: &[u8], api_key_prefix: &str) {
-    use authgate::auth::{Credential, MAX_CREDENTIAL_BYTES, extract_credential, looks_like_jwt};
+    use authgate::auth::{
+        Credential, KeyHeaders, MAX_CREDENTIAL_BYTES, extract_credential, looks_like_jwt,
+    };
     use http::header::{AUTHORIZATION, HeaderValue};
     let Ok(header) = HeaderValue::from_bytes(value) else {
         return;
     };
     let mut headers = HeaderMap::new();
     headers.insert(AUTHORIZATION, header);
-    let first = extract_credential(&headers, api_key_prefix);
+    let first = extract_credential(&headers, &KeyHeaders::default(), api_key_prefix);
     assert_eq!(
         first,
-        extract_credential(&headers, api_key_prefix),
+        extract_credential(&headers, &KeyHeaders::default(), api_key_prefix),
         "not deterministic"
     );
     match &first {
@@ -369,7 +371,7 @@ pub fn check_credential(value: &[u8], api_key_prefix: &str) {
         let mut other = HeaderMap::new();
         other.insert(AUTHORIZATION, header);
         assert_eq!(
-            extract_credential(&other, api_key_prefix),
+            extract_credential(&other, &KeyHeaders::default(), api_key_prefix),
             first,
             "{value:?} and {respelled:?} classified differently"
         );
@@ -377,7 +379,7 @@ pub fn check_credential(value: &[u8], api_key_prefix: &str) {
     // Two Authorization fields are never resolved by picking one.
     headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
     assert!(
-        extract_credential(&headers, api_key_prefix).is_err(),
+        extract_credential(&headers, &KeyHeaders::default(), api_key_prefix).is_err(),
         "two Authorization fields accepted"
     );
 }
