@@ -190,7 +190,8 @@ impl Identity {
                 claims.push((push(&lower), push(value)));
             }
         }
-        // `Bytes::from(Vec)` keeps the spare capacity: trim it, it is paid per cached key.
+        // `ByteString::from(String)` keeps the spare capacity: trim it, it is paid per cached
+        // key.
         text.shrink_to_fit();
         let mut identity = Self {
             method,

@@ -255,7 +255,7 @@ impl KeyStore {
             return self.authenticate(key).await;
         };
         // Before the format check, the hash and the cache: a client that keeps failing costs
-        // one map read per request, whatever it sends.
+        // a scan of its set in the limiter's table and a clock read, whatever it sends.
         let standing = match failures.standing(client) {
             Ok(standing) => standing,
             Err(retry_after_secs) => {

@@ -75,41 +75,52 @@ impl LookupBudget {
 /// Failed API-key authentications per client: each failure spends from the client's bucket;
 /// an empty bucket refuses the client's API keys until it refills.
 ///
-/// The buckets live in a direct-mapped table: a client bucket hashes to one slot, which holds
-/// the bucket's tag and its GCRA state. A client whose tag is not in its slot has never
-/// failed (or was forgotten), so the check of every request that authenticates as usual is
-/// one load and a compare: no map, no clock, no lock. A failure from a bucket whose slot holds
-/// another bucket takes the slot over, which only forgives the other one's debt (as an LRU
-/// bound would); the slot's hash is keyed per process, so a client cannot choose whose slot
-/// it lands in.
+/// The buckets live in a set-associative table: a client bucket hashes (keyed per process) to
+/// a set of [`WAYS`] slots, each holding a bucket's tag and its GCRA state. A client whose tag
+/// is in no way of its set has never failed (or was forgotten), so the check of a request
+/// that authenticates as usual is a scan of one set: no map, no clock, no lock. A failure from
+/// a new bucket takes the way with the least debt (an empty or refilled one when there is
+/// one, so nothing is forgiven); a bucket in debt is forgotten only when every way of its set
+/// is in debt at once, which takes [`WAYS`] other failing clients that hash to the same set.
 #[derive(Debug)]
 pub struct FailureLimiter {
     quota: Gcra,
     slots: Box<[Slot]>,
-    /// `hash >> shift` is a slot index (the table has a power-of-two length).
+    /// `mixed >> shift` (see [`Self::set_of`]) is a set number; sets are a power of two.
     shift: u32,
-    /// Keys the slot hash, so that which clients share a slot is not known in advance.
+    /// Keys the hash, so that which clients share a set is not known in advance.
     seed: u64,
+    /// One bit per hash of a client bucket, set by its first failure: a client whose bit is
+    /// clear has never failed, so the check of a request that authenticates as usual is one
+    /// load, not a scan of its set. Bits are never cleared (clearing one could skip a client
+    /// the table still holds); a flood from many addresses only brings back the scan.
+    failed: Box<[AtomicU64]>,
     clock: Nanos,
 }
 
+/// Bits of [`FailureLimiter::failed`] (8 KiB).
+const FAILED_BITS: usize = 1 << 16;
+
+/// Slots per set: eight tags are one cache line to scan.
+const WAYS: usize = 8;
+
 /// One slot: the tag of the client bucket it holds (0 when none) and that bucket's GCRA state.
-/// Two words, not one: when two buckets race for one slot, one may be charged the other's
-/// failure; that needs a hash collision and concurrency, and costs one failure's worth.
+/// Two words, not one: a bucket that takes a way over while the old owner's failures are in
+/// flight may be charged some of them (it needs the old owner failing at that very moment, and
+/// costs at most its concurrent requests' worth).
 #[derive(Debug, Default)]
 struct Slot {
     tag: AtomicU64,
     tat: AtomicU64,
 }
 
-/// What [`FailureLimiter::standing`] found of a client: its slot and tag, and (for a client
-/// with a debt) the time it was read.
+/// What [`FailureLimiter::standing`] found of a client: its set and tag, and (for a client the
+/// table holds) its way and the time it was read.
 #[derive(Debug)]
 pub struct Standing {
-    slot: usize,
+    set: usize,
     tag: u64,
-    /// `Some(now)` when the slot held this client at the check.
-    checked_at: Option<u64>,
+    found: Option<(usize, u64)>,
 }
 
 impl FailureLimiter {
@@ -117,23 +128,28 @@ impl FailureLimiter {
         Self::with_capacity(rate, FAILED_AUTH_TRACKED_CLIENTS)
     }
 
-    /// A table of `capacity` slots, rounded up to a power of two.
+    /// A table of at least `capacity` slots, in sets of [`WAYS`] (a power of two of them).
     pub fn with_capacity(rate: Rate, capacity: usize) -> Self {
-        let slots = capacity.clamp(2, 1 << 24).next_power_of_two();
+        let sets = capacity
+            .div_ceil(WAYS)
+            .clamp(2, 1 << 21)
+            .next_power_of_two();
         let mut seed = [0u8; 8];
         // Without an OS random source the table still works; only its layout is predictable.
         let _ = getrandom::fill(&mut seed);
         Self {
             quota: Gcra::new(rate, NANOS_PER_SEC),
-            slots: (0..slots).map(|_| Slot::default()).collect(),
-            shift: 64 - slots.trailing_zeros(),
-            seed: u64::from_le_bytes(seed) | 1,
+            slots: (0..sets * WAYS).map(|_| Slot::default()).collect(),
+            shift: 64 - sets.trailing_zeros(),
+            seed: u64::from_le_bytes(seed),
+            failed: (0..FAILED_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
             clock: Nanos::new(),
         }
     }
 
     /// `Err(retry_after_secs)` while `client` has no failure left to spend. A client that
-    /// never failed costs a load and a compare (the clock is read only for clients in debt).
+    /// never failed costs a bit test (its set is scanned, and the clock read, only for clients
+    /// that failed before).
     pub fn check(&self, client: IpAddr) -> Result<(), u64> {
         self.standing(client).map(drop)
     }
@@ -144,27 +160,33 @@ impl FailureLimiter {
     }
 
     /// [`Self::check`], keeping what it found for [`Self::record`]: a failure that follows
-    /// spends from the slot already found, without hashing again or a second clock read.
+    /// spends from the way already found, without hashing again or a second clock read.
     pub fn standing(&self, client: IpAddr) -> Result<Standing, u64> {
         self.standing_with(client, || self.clock.now())
     }
 
     fn standing_with(&self, client: IpAddr, now: impl FnOnce() -> u64) -> Result<Standing, u64> {
-        let (slot, tag) = self.slot_of(client);
+        let (set, tag) = self.set_of(client);
         let mut standing = Standing {
-            slot,
+            set,
             tag,
-            checked_at: None,
+            found: None,
         };
-        let entry = &self.slots[slot];
-        if entry.tag.load(Ordering::Acquire) != tag {
+        let (word, mask) = failed_bit(tag);
+        if self.failed[word].load(Ordering::Relaxed) & mask == 0 {
             return Ok(standing);
         }
+        let Some(way) = self.way_of(set, tag) else {
+            return Ok(standing);
+        };
         let now = now();
         // A peek: would one more failure fit? Nothing is spent here.
-        match self.quota.acquire(entry.tat.load(Ordering::Acquire), now) {
+        match self
+            .quota
+            .acquire(self.slots[way].tat.load(Ordering::Acquire), now)
+        {
             Ok(_) => {
-                standing.checked_at = Some(now);
+                standing.found = Some((way, now));
                 Ok(standing)
             }
             Err(wait) => Err(retry_after_secs(wait, NANOS_PER_SEC)),
@@ -173,9 +195,14 @@ impl FailureLimiter {
 
     /// The failed authentication of a client whose [`Standing`] was taken at its start.
     pub fn record(&self, standing: Standing) {
-        // The moment of the check stands for the failure: microseconds apart.
-        let now = standing.checked_at.unwrap_or_else(|| self.clock.now());
-        self.spend(standing.slot, standing.tag, now);
+        match standing.found {
+            // The moment of the check stands for the failure: microseconds apart. The way is
+            // spent from only if it still holds the client.
+            Some((way, now)) if self.slots[way].tag.load(Ordering::Acquire) == standing.tag => {
+                let _ = acquire(&self.quota, &self.slots[way].tat, now);
+            }
+            _ => self.spend(standing.set, standing.tag, self.clock.now()),
+        }
     }
 
     /// One failed authentication from `client`, now.
@@ -185,35 +212,53 @@ impl FailureLimiter {
 
     /// One failed authentication from `client` at `now` nanoseconds.
     pub fn record_failure_at(&self, client: IpAddr, now: u64) {
-        let (slot, tag) = self.slot_of(client);
-        self.spend(slot, tag, now);
+        let (set, tag) = self.set_of(client);
+        self.spend(set, tag, now);
     }
 
-    /// Spends one failure of the bucket `tag` from `slot`, taking the slot over when it holds
-    /// another bucket (a full bucket to start from).
-    fn spend(&self, slot: usize, tag: u64, now: u64) {
-        let entry = &self.slots[slot];
-        if entry.tag.load(Ordering::Acquire) != tag {
-            entry.tat.store(0, Ordering::Release);
-            entry.tag.store(tag, Ordering::Release);
+    /// The slot of `set` that holds the bucket `tag`, if one does.
+    fn way_of(&self, set: usize, tag: u64) -> Option<usize> {
+        (set..set + WAYS).find(|&way| self.slots[way].tag.load(Ordering::Acquire) == tag)
+    }
+
+    /// Spends one failure of the bucket `tag` in `set`, taking the way with the least debt
+    /// when the set does not hold the bucket yet (a full bucket to start from).
+    fn spend(&self, set: usize, tag: u64, now: u64) {
+        // Marked before the way is taken: a check that sees the bit clear finds no way either.
+        let (word, mask) = failed_bit(tag);
+        if self.failed[word].load(Ordering::Relaxed) & mask == 0 {
+            self.failed[word].fetch_or(mask, Ordering::Release);
         }
+        let way = self.way_of(set, tag).unwrap_or_else(|| {
+            // Empty ways (tag 0) have a tat of 0, refilled ones a tat in the past: the least
+            // debt forgives nothing while such a way exists.
+            let victim = (set..set + WAYS)
+                .min_by_key(|&way| self.slots[way].tat.load(Ordering::Acquire))
+                .unwrap_or(set);
+            self.slots[victim].tat.store(0, Ordering::Release);
+            self.slots[victim].tag.store(tag, Ordering::Release);
+            victim
+        });
         // An empty bucket stays empty; the failure itself needs no room.
-        let _ = acquire(&self.quota, &entry.tat, now);
+        let _ = acquire(&self.quota, &self.slots[way].tat, now);
     }
 
-    /// The slot and tag of `client`'s bucket. The tag is a bijection of the bucket's address
-    /// (IPv4, or the upper 64 bits of an IPv6 /64), so two buckets share a tag only when an
-    /// IPv4 address meets an IPv6 network inside ::/32 (reserved space), or when
-    /// a tag is 0 (which marks an empty slot) and becomes 1.
-    fn slot_of(&self, client: IpAddr) -> (usize, u64) {
+    /// The first slot of `client`'s set, and its bucket's tag. The tag is a keyed bijection of
+    /// the bucket's address (IPv4, or the upper 64 bits of an IPv6 /64), so two buckets share a
+    /// tag only when an IPv4 address meets an IPv6 network inside ::/32 (reserved space), or
+    /// when a tag is 0 (which marks an empty slot) and becomes 1.
+    fn set_of(&self, client: IpAddr) -> (usize, u64) {
         let address = match bucket_of(client) {
             IpAddr::V4(v4) => u64::from(u32::from(v4)),
             IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
         };
-        // Multiplying by an odd number and xor-shifting are both invertible.
-        let mixed = (address ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let tag = (mixed ^ (mixed >> 29)).max(1);
-        ((mixed >> self.shift) as usize, tag)
+        // Each step (xor with the seed, multiplying by an odd number, xor-shifting) is
+        // invertible; two rounds spread the seed through every bit of the set number.
+        let mut mixed = (address ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        mixed ^= mixed >> 32;
+        mixed = mixed.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        mixed ^= mixed >> 29;
+        ((mixed >> self.shift) as usize * WAYS, mixed.max(1))
     }
 
     /// Clients remembered now (for tests and memory reports; counts the whole table).
@@ -227,6 +272,13 @@ impl FailureLimiter {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Word and mask of a tag's bit in [`FailureLimiter::failed`] (the tag's low bits: it is
+/// already a keyed mix of the address).
+fn failed_bit(tag: u64) -> (usize, u64) {
+    let bit = (tag as usize) % FAILED_BITS;
+    (bit / 64, 1 << (bit % 64))
 }
 
 /// The bucket a client spends from: its IPv4 address, or its IPv6 /64 (one subscriber's
@@ -322,20 +374,22 @@ mod tests {
         assert!(limiter.check_at(client, later).is_err());
     }
 
-    #[test]
-    fn the_client_map_is_bounded_whatever_the_number_of_addresses() {
-        let limiter = FailureLimiter::with_capacity(rate(5.0, 50), 1_000);
-        for i in 0..100_000u32 {
-            limiter.record_failure_at(IpAddr::V4(i.into()), S);
-        }
-        assert!(limiter.len() <= 1_000 + 1_000 / 10, "{}", limiter.len());
+    /// `count` IPv4 clients (from 10.0.0.0 up) that share `client`'s set.
+    fn set_mates(limiter: &FailureLimiter, client: IpAddr, count: usize) -> Vec<IpAddr> {
+        (0..1_000_000u32)
+            .map(|i| IpAddr::V4((0x0A00_0000 + i).into()))
+            .filter(|other| {
+                *other != client && limiter.set_of(*other).0 == limiter.set_of(client).0
+            })
+            .take(count)
+            .collect()
     }
 
     #[test]
-    fn a_client_that_never_failed_is_not_refused_for_another_in_its_slot() {
-        // Two slots for thousands of clients: every slot is shared, but only the bucket
-        // whose tag a slot holds is in debt there.
-        let limiter = FailureLimiter::with_capacity(rate(1.0, 2), 2);
+    fn a_client_that_never_failed_is_not_refused_for_another_in_its_set() {
+        // Two sets for thousands of clients: every set is shared, but only buckets whose tag
+        // a way holds are in debt there.
+        let limiter = FailureLimiter::with_capacity(rate(1.0, 2), 16);
         let attacker: IpAddr = "198.51.100.1".parse().unwrap();
         for _ in 0..3 {
             limiter.record_failure_at(attacker, S);
@@ -345,15 +399,60 @@ mod tests {
             let client = IpAddr::V4((0x0A00_0000 + i).into());
             assert_eq!(limiter.check_at(client, S), Ok(()), "{client}");
         }
-        // A failure of a client in the attacker's slot takes it over: the attacker's debt is
-        // forgotten (forgiven), never handed to the newcomer.
-        let newcomer = (0..10_000u32)
-            .map(|i| IpAddr::V4((0x0A00_0000 + i).into()))
-            .find(|client| limiter.slot_of(*client).0 == limiter.slot_of(attacker).0)
-            .unwrap();
-        limiter.record_failure_at(newcomer, S);
-        assert_eq!(limiter.check_at(newcomer, S), Ok(()), "one failure of two");
-        assert_eq!(limiter.check_at(attacker, S), Ok(()));
+    }
+
+    #[test]
+    fn clients_that_share_a_set_keep_their_own_debts() {
+        // Taking turns in one set forgives nobody: each failing client holds a way of its own.
+        let limiter = FailureLimiter::with_capacity(rate(1.0, 2), 16);
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let b = set_mates(&limiter, a, 1)[0];
+        for _ in 0..3 {
+            limiter.record_failure_at(a, S);
+            limiter.record_failure_at(b, S);
+        }
+        assert!(limiter.check_at(a, S).is_err());
+        assert!(limiter.check_at(b, S).is_err());
+    }
+
+    #[test]
+    fn a_debtor_is_forgotten_only_when_every_way_of_its_set_is_in_debt() {
+        let limiter = FailureLimiter::with_capacity(rate(1.0, 2), 16);
+        let attacker: IpAddr = "198.51.100.1".parse().unwrap();
+        for _ in 0..3 {
+            limiter.record_failure_at(attacker, S);
+        }
+        let mates = set_mates(&limiter, attacker, WAYS);
+        // Seven other clients fail once (a small debt each): the set is full, the attacker
+        // is still held.
+        for mate in &mates[..WAYS - 1] {
+            limiter.record_failure_at(*mate, S);
+        }
+        assert!(limiter.check_at(attacker, S).is_err());
+        // An eighth takes the way with the least debt: one of the seven, not the attacker.
+        limiter.record_failure_at(mates[WAYS - 1], S);
+        assert!(limiter.check_at(attacker, S).is_err());
+        // Once the others' debts are paid (at 2 s; the attacker's runs to 3 s), seven
+        // newcomers take their ways, never the attacker's.
+        let later = S * 5 / 2;
+        let (set, tag) = limiter.set_of(attacker);
+        let newcomers = set_mates(&limiter, attacker, 2 * WAYS);
+        for newcomer in &newcomers[WAYS..2 * WAYS - 1] {
+            limiter.record_failure_at(*newcomer, later);
+        }
+        assert!(limiter.way_of(set, tag).is_some(), "still held");
+        // Now every way is in debt: the next newcomer takes the least indebted, the attacker.
+        limiter.record_failure_at(newcomers[2 * WAYS - 1], later);
+        assert!(limiter.way_of(set, tag).is_none(), "forgotten");
+    }
+
+    #[test]
+    fn the_client_table_is_bounded_whatever_the_number_of_addresses() {
+        let limiter = FailureLimiter::with_capacity(rate(5.0, 50), 1_000);
+        for i in 0..100_000u32 {
+            limiter.record_failure_at(IpAddr::V4(i.into()), S);
+        }
+        assert!(limiter.len() <= 1_024, "{}", limiter.len());
     }
 
     #[test]

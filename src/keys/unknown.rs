@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct UnknownKeys {
     entries: quick_cache::sync::Cache<KeyHash, u64>,
     /// One bit per slot of hashes, set before an entry of that slot is inserted and cleared
-    /// only with the whole store: a clear bit proves the key has no entry. Eight bits per
-    /// entry of capacity keep most bits clear while the store is full; a flood that sets them
-    /// all only brings back the map read.
+    /// only with the whole store (a key-file reload): a clear bit proves the key has no entry.
+    /// Eight bits per entry of capacity keep most bits clear while the store is full, but a
+    /// long flood of distinct unknown keys sets them all, and then every validated key pays
+    /// one more map read (the cost before these marks) until the store is cleared.
     marks: Box<[AtomicU64]>,
-    /// `slot >> shift` of a hash's first 8 bytes is its bit (SHA-256 output is uniform).
+    /// A hash's bit: its first 8 bytes read little-endian, shifted right by `shift` (SHA-256
+    /// output is uniform).
     shift: u32,
 }
 
