@@ -557,7 +557,7 @@ pub async fn authenticate<T>(
         Ok(Some(Credential::Jwt(_))) if !jwt => (Attempt::Jwt, Err(GatewayError::InvalidKey)),
         Ok(Some(Credential::ApiKey(key))) => {
             let result = match keys {
-                Some(store) => store.authenticate_from(key, client()).await,
+                Some(store) => store.authenticate_from(key, client).await,
                 // No route accepted API keys when the store was built: nothing can validate it.
                 None => Err(GatewayError::InvalidKey),
             };

@@ -249,11 +249,13 @@ impl KeyStore {
     pub async fn authenticate_from(
         self: &Arc<Self>,
         key: &[u8],
-        client: IpAddr,
+        client: impl FnOnce() -> IpAddr,
     ) -> Result<Arc<Identity>, GatewayError> {
+        // The client address is worked out only when a limiter will read it.
         let Some(failures) = &self.failures else {
             return self.authenticate(key).await;
         };
+        let client = client();
         // Before the format check, the hash and the cache: a client that keeps failing costs
         // a scan of its set in the limiter's table and a clock read, whatever it sends.
         let standing = match failures.standing(client) {
@@ -632,14 +634,14 @@ mod tests {
             b"sgk_",
         ] {
             assert_eq!(
-                store.authenticate_from(garbage, bad).await.unwrap_err(),
+                store.authenticate_from(garbage, || bad).await.unwrap_err(),
                 GatewayError::InvalidKey
             );
         }
         // The allowance is spent: even a valid key from this client is refused, unlooked at.
         let misses = store.metrics.miss.get();
         assert!(matches!(
-            store.authenticate_from(valid.as_bytes(), bad).await,
+            store.authenticate_from(valid.as_bytes(), || bad).await,
             Err(GatewayError::RateLimited {
                 retry_after_secs: 1
             })
@@ -648,7 +650,7 @@ mod tests {
         assert_eq!(store.metrics.miss.get(), misses);
         assert!(
             store
-                .authenticate_from(valid.as_bytes(), good)
+                .authenticate_from(valid.as_bytes(), || good)
                 .await
                 .is_ok()
         );
@@ -656,7 +658,7 @@ mod tests {
         for _ in 0..10 {
             assert!(
                 store
-                    .authenticate_from(valid.as_bytes(), good)
+                    .authenticate_from(valid.as_bytes(), || good)
                     .await
                     .is_ok()
             );
