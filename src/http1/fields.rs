@@ -263,6 +263,56 @@ fn is_folded_control(name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names a config may not read a credential from or set on forwarded requests, byte
+    /// for byte: every case and `-`/`_` spelling of the framing, hop-by-hop, Host and
+    /// forwarding fields, and nothing that merely resembles one.
+    #[test]
+    fn controlled_request_fields_in_every_spelling() {
+        for name in [
+            &b"content-length"[..],
+            b"Content_Length",
+            b"TRANSFER-ENCODING",
+            b"transfer_encoding",
+            b"Host",
+            b"connection",
+            b"Keep_Alive",
+            b"te",
+            b"upgrade",
+            b"proxy-authorization",
+            b"Proxy_Connection",
+            b"x-forwarded-for",
+            b"X_Forwarded_Host",
+            b"x-real-ip",
+            b"x-request-id",
+            b"forwarded",
+        ] {
+            assert!(
+                is_controlled_request_field(name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        for name in [
+            &b"authorization"[..],
+            b"x-api-key",
+            b"api-key",
+            b"api_key",
+            b"content-lengthx",
+            b"hosts",
+            b"x-forwarded",
+            b"proxy",
+            b"tee",
+            b"",
+            b"\xffhost",
+        ] {
+            assert!(
+                !is_controlled_request_field(name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
     use http::HeaderValue;
 
     #[test]

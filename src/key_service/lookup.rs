@@ -293,18 +293,8 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        let mut spec = vec![
-            "key_id",
-            "tenant_id",
-            "user_id",
-            "scopes",
-            "rate_limit",
-            "tokens_per_minute",
-            "expires_at",
-            "revoked",
-            "custom_claims",
-            "description",
-        ];
+        // Exactly what an edge's control-plane client reads, nothing it would drop.
+        let mut spec = crate::keys::control_plane::RECORD_FIELDS.to_vec();
         spec.sort_unstable();
         assert_eq!(fields, spec);
         assert_eq!(json["revoked"], true);

@@ -282,8 +282,8 @@ impl ControlPlane {
     }
 }
 
-/// Fields of a control-plane answer that authgate reads.
-const RECORD_FIELDS: &[&str] = &[
+/// Fields of a control-plane answer that authgate reads (and the key service answers with).
+pub const RECORD_FIELDS: &[&str] = &[
     "key_id",
     "tenant_id",
     "user_id",

@@ -449,10 +449,19 @@ mod tests {
     #[test]
     fn the_client_table_is_bounded_whatever_the_number_of_addresses() {
         let limiter = FailureLimiter::with_capacity(rate(5.0, 50), 1_000);
+        assert_eq!(
+            limiter.slots.len(),
+            1_024,
+            "125 sets of 8, rounded up to 128"
+        );
         for i in 0..100_000u32 {
             limiter.record_failure_at(IpAddr::V4(i.into()), S);
         }
-        assert!(limiter.len() <= 1_024, "{}", limiter.len());
+        // Full, never grown; and the newest failing client is held, not dropped.
+        assert_eq!(limiter.len(), limiter.slots.len());
+        let newest = IpAddr::V4(99_999u32.into());
+        let (set, tag) = limiter.set_of(newest);
+        assert!(limiter.way_of(set, tag).is_some());
     }
 
     #[test]
