@@ -18,7 +18,7 @@ use sqlx::migrate::{Migrate as _, MigrateError, Migration, MigrationType, Migrat
 use sqlx::{Any, AnyPool, ConnectOptions as _, Executor as _, Row as _, Transaction};
 
 use super::model::{AuditEvent, KeyFilter, Refusals, StoredKey, UsageBucket, UsageDelta};
-use super::settings::{DatabaseSettings, DatabaseUrl, redact_url};
+use super::settings::{DatabaseSettings, DatabaseUrl, encode_url_path, redact_url};
 use crate::keys::record::{KeyRecord, RecordRate};
 use crate::keys::{KeyHash, Timestamp};
 
@@ -148,7 +148,7 @@ impl KeyDatabase {
                     DbError::Unavailable(format!("{} is not UTF-8", path.display()))
                 })?;
                 // `mode=rwc`: create the file when it is missing.
-                let url = format!("sqlite://{}?mode=rwc", encode_path(text));
+                let url = format!("sqlite://{}?mode=rwc", encode_url_path(text));
                 (Engine::Sqlite, any_options(&url)?, max_connections, false)
             }
             // Each connection to `:memory:` is a database of its own: one connection, kept
@@ -610,21 +610,6 @@ fn any_options(url: &str) -> Result<AnyConnectOptions, DbError> {
         .map_err(|error| DbError::Unavailable(format!("bad SQLite path: {error}")))
 }
 
-/// Percent-encodes a file path for a `sqlite://` URL (the driver decodes it), so spaces,
-/// `?`, `#` and `%` in a folder name reach SQLite as they are. Built here rather than with the
-/// driver's own URL writer, which panics on some inputs.
-fn encode_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for byte in path.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 /// The embedded migrations of `engine`; their checksums are kept by sqlx in
 /// `_sqlx_migrations`, so an edited, already-applied migration is refused.
 fn migrator(engine: Engine) -> Migrator {
@@ -733,6 +718,14 @@ fn map_error(error: sqlx::Error) -> DbError {
             "timed out: no connection within {}s",
             ACQUIRE_TIMEOUT.as_secs()
         )),
+        // The driver hands a refused certificate over as an I/O error.
+        sqlx::Error::Io(error)
+            if error
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            DbError::Unavailable(format!("connect: TLS: {error}"))
+        }
         sqlx::Error::Io(error) => DbError::Unavailable(format!("connect: {error}")),
         sqlx::Error::Tls(error) => DbError::Unavailable(format!("connect: TLS: {error}")),
         sqlx::Error::PoolClosed => DbError::Unavailable("the pool is closed".into()),

@@ -45,10 +45,12 @@ impl fmt::Debug for DatabaseSettings {
     }
 }
 
-/// `url` with the password of its userinfo (`user:password@`) replaced by `***`.
+/// `url` with its password (`user:password@`, or a `password=` query parameter) replaced by
+/// `***`.
 pub fn redact_url(url: &str) -> String {
+    let url = redact_password_parameter(url);
     let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+        return url;
     };
     let authority_start = scheme_end + 3;
     let rest = &url[authority_start..];
@@ -56,11 +58,11 @@ pub fn redact_url(url: &str) -> String {
     let authority = &rest[..authority_len];
     // The last `@` ends the userinfo: a password may itself contain `@` when not encoded.
     let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+        return url;
     };
     let userinfo = &authority[..at];
     let Some(colon) = userinfo.find(':') else {
-        return url.to_owned();
+        return url;
     };
     format!(
         "{}{}:***{}",
@@ -69,6 +71,28 @@ pub fn redact_url(url: &str) -> String {
         &url[authority_start + at..]
     )
 }
+
+/// `url` with the value of a `password=` query parameter (which PostgreSQL URLs accept)
+/// replaced by `***`.
+fn redact_password_parameter(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", parameters.join("&"))
+}
+
+/// Query parameters of a PostgreSQL URL that name files: the CA that verifies the server
+/// (`sslrootcert`), and a client certificate and its key. Relative ones are resolved against
+/// the config folder like SQLite paths, because they are read on every new connection and the
+/// gateway's working folder is nobody's choice.
+const POSTGRES_FILE_PARAMETERS: [&str; 3] = ["sslrootcert", "sslcert", "sslkey"];
 
 /// What a database URL names.
 #[derive(Clone, PartialEq, Eq)]
@@ -123,6 +147,10 @@ impl DatabaseUrl {
             return Ok(Self::SqliteFile(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // The driver's own reading, so a bad `sslmode` or port is a config error at
+            // `check` time rather than a connection error later.
+            <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
+                .map_err(|error| format!("database URL {:?}: {error}", redact_url(url)))?;
             return Ok(Self::Postgres(url.to_owned()));
         }
         Err(format!(
@@ -131,8 +159,9 @@ impl DatabaseUrl {
         ))
     }
 
-    /// A relative SQLite path joined onto `base` (the config folder, or the current folder
-    /// for the CLI's `--database`), written back as a URL. Other URLs are returned unchanged.
+    /// A relative SQLite path, or a relative file named by a PostgreSQL URL's
+    /// `sslrootcert`, `sslcert` or `sslkey`, joined onto `base` (the config folder, or the
+    /// current folder for the CLI's `--database`), written back as a URL.
     pub fn resolve(url: &str, base: &Path) -> Result<String, String> {
         match Self::parse(url)? {
             Self::SqliteFile(path) if path.is_relative() => {
@@ -146,9 +175,59 @@ impl DatabaseUrl {
                     Ok(format!("sqlite:{text}"))
                 }
             }
-            _ => Ok(url.to_owned()),
+            Self::Postgres(_) => resolve_postgres_files(url, base),
+            Self::SqliteFile(_) | Self::SqliteMemory => Ok(url.to_owned()),
         }
     }
+}
+
+/// `url` with each relative file of [`POSTGRES_FILE_PARAMETERS`] joined onto `base`. Values are
+/// read as the driver reads them (form encoding: `+` is a space, `%XX` a byte) and written
+/// back percent-encoded.
+fn resolve_postgres_files(url: &str, base: &Path) -> Result<String, String> {
+    let Some((head, query)) = url.split_once('?') else {
+        return Ok(url.to_owned());
+    };
+    let mut parameters = Vec::new();
+    for pair in query.split('&') {
+        let Some((name, value)) = pair
+            .split_once('=')
+            .filter(|(name, _)| POSTGRES_FILE_PARAMETERS.contains(name))
+        else {
+            parameters.push(pair.to_owned());
+            continue;
+        };
+        let spaced = value.replace('+', " ");
+        let path = percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map_err(|_| format!("database URL: {name} is not UTF-8"))?;
+        let path = Path::new(path.as_ref());
+        if path.is_absolute() {
+            parameters.push(pair.to_owned());
+            continue;
+        }
+        let joined = base.join(path);
+        let text = joined
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", joined.display()))?;
+        parameters.push(format!("{name}={}", encode_url_path(text)));
+    }
+    Ok(format!("{head}?{}", parameters.join("&")))
+}
+
+/// Percent-encodes a file path for a URL (the driver decodes it), so spaces, `?`, `#`, `+`
+/// and `%` in a folder name reach the driver as they are. Built here rather than with the
+/// driver's own URL writer, which panics on some inputs.
+pub(crate) fn encode_url_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// `[key_management]`, compiled.
@@ -223,6 +302,50 @@ mod tests {
     }
 
     #[test]
+    fn relative_postgres_tls_files_resolve_against_the_base() {
+        let base = Path::new("/etc/auth gate");
+        assert_eq!(
+            DatabaseUrl::resolve(
+                "postgres://u@h/db?sslmode=verify-full&sslrootcert=ca.pem&sslcert=tls/c+1.pem&sslkey=%2Fabs%2Fk.pem",
+                base
+            )
+            .unwrap(),
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/etc/auth%20gate/ca.pem\
+             &sslcert=/etc/auth%20gate/tls/c%201.pem&sslkey=%2Fabs%2Fk.pem"
+        );
+        // Other parameters, and absolute files, are left as written.
+        assert_eq!(
+            DatabaseUrl::resolve(
+                "postgres://u@h/db?sslrootcert=/ca.pem&application_name=a",
+                base
+            )
+            .unwrap(),
+            "postgres://u@h/db?sslrootcert=/ca.pem&application_name=a"
+        );
+        assert!(DatabaseUrl::resolve("postgres://u@h/db?sslrootcert=%FF", base).is_err());
+    }
+
+    #[test]
+    fn postgres_urls_the_driver_cannot_read_are_config_errors() {
+        for good in [
+            "postgres://u@h/db",
+            "postgresql://u:p@h:5433/db?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres://u@h/db?sslmode=disable",
+            "postgres://u@h/db?sslmode=require",
+        ] {
+            assert!(DatabaseUrl::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "postgres://u@h/db?sslmode=always",
+            "postgres://u@h:99999/db",
+            "postgres://u:pw@h:notaport/db",
+        ] {
+            let error = DatabaseUrl::parse(bad).unwrap_err();
+            assert!(!error.contains("pw"), "{error}");
+        }
+    }
+
+    #[test]
     fn debug_never_shows_the_password() {
         let settings = DatabaseSettings::new("postgres://app:s3cr@t@db:5432/keys");
         let text = format!("{settings:?}");
@@ -235,5 +358,9 @@ mod tests {
         assert_eq!(redact_url("sqlite://k.db"), "sqlite://k.db");
         let parsed = DatabaseUrl::parse("postgresql://a:pw@h/d").unwrap();
         assert!(!format!("{parsed:?}").contains("pw"));
+        assert_eq!(
+            redact_url("postgres://a@h/d?sslmode=require&password=s3cret&Password=x"),
+            "postgres://a@h/d?sslmode=require&password=***&Password=***"
+        );
     }
 }
