@@ -6,12 +6,13 @@
 # Kernel work (system calls, TCP) is not counted: see benches/load.sh for total CPU.
 #
 #   benches/callgrind.sh                     # public route, authgate and nginx
-#   AUTHGATE_BIN=target/release/authgate TARGETS=authgate benches/callgrind.sh
+#   AUTHGATE_BIN=target/profiling/authgate TARGETS=authgate benches/callgrind.sh
 #   TARGETS="authgate-apikey authgate-401" benches/callgrind.sh   # API-key route
 #   TARGETS="authgate-apikey authgate-apikey-assert" benches/callgrind.sh   # signed assertion cost
 #   TARGETS="authgate-apikey authgate-apikey-db" benches/callgrind.sh   # key service: usage counting
 #
-# Knobs: AUTHGATE_BIN (default: cargo build --release --locked), TARGETS ("authgate nginx";
+# Knobs: AUTHGATE_BIN (default: cargo build --profile profiling --locked: the release build
+# with symbols, so the kept profiles name functions; the instructions are the release's), TARGETS ("authgate nginx";
 # also authgate-apikey: the API-key route with a valid cached key, and authgate-401: the same
 # route with a well-formed unknown key, refused with 401; nginx-401: nginx refusing the same
 # key with a `map` check; authgate-apikey-assert: authgate-apikey with identity.assertion on,
@@ -32,8 +33,8 @@ for tool in valgrind wrk nginx curl; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ -z ${AUTHGATE_BIN:-} ]]; then
-    cargo build --release --locked >&2
-    AUTHGATE_BIN=target/release/authgate
+    cargo build --profile profiling --locked >&2
+    AUTHGATE_BIN=target/profiling/authgate
 fi
 
 TMP=$(mktemp -d -t authgate-callgrind.XXXXXX)

@@ -93,8 +93,14 @@ fn check(args: &ConfigArg) -> ExitCode {
             if config.api_keys.in_use
                 && let keys::settings::KeySourceSettings::File(key_file) = &config.api_keys.source
             {
-                match keys::file_source::load_key_file(key_file) {
-                    Ok(keys) => println!("{}: OK, {} key(s)", key_file.display(), keys.len()),
+                match keys::file_source::load_key_file_if_present(key_file) {
+                    Ok(Some(keys)) => {
+                        println!("{}: OK, {} key(s)", key_file.display(), keys.len());
+                    }
+                    Ok(None) => eprintln!(
+                        "{}: warning: the key file does not exist yet: no API key is accepted until `authgate keys add --file` creates it",
+                        key_file.display()
+                    ),
                     Err(errors) => {
                         for error in errors {
                             eprintln!("{error}");

@@ -1625,6 +1625,57 @@ async fn wait_for_reload_error(gw: &TestGateway, before: f64) {
 }
 
 #[tokio::test]
+async fn a_missing_key_file_refuses_every_key_until_the_cli_creates_it() {
+    let upstream = Upstream::start().await;
+    // A fresh install: the config names keys.toml, which nobody has created yet.
+    let gw = TestGateway::start(&file_config(&upstream)).await;
+    let path = key_file_path(&gw);
+    assert!(!path.exists());
+    let client = client();
+    assert_key_refused(&client, &gw, &new_key(), 401, "AUTH_INVALID_KEY").await;
+    assert_eq!(call(&client, &gw.url("/public/x"), None).await.status, 200);
+
+    let (code, out, err) = keys_add(
+        path.to_str().unwrap(),
+        &["--tenant", "acme", "--scope", "inference:write"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let key = out.lines().next().unwrap().to_owned();
+    wait_for_answer(&client, &gw, &key, 200, "").await;
+    assert_eq!(
+        upstream.last().header("x-auth-tenant-id").as_deref(),
+        Some("acme")
+    );
+}
+
+#[test]
+fn check_warns_about_a_missing_key_file_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("authgate.toml");
+    std::fs::write(
+        &config,
+        "[api_keys]\nfile = \"keys.toml\"\n\n[[routes]]\nname = \"api\"\nmatch = { path_prefix = \"/v1/\" }\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\n",
+    )
+    .unwrap();
+    let check = || {
+        Command::new(authgate_bin())
+            .args(["check", "-c", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let output = check();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("keys.toml: warning: the key file does not exist yet"),
+        "{stderr}"
+    );
+    std::fs::write(dir.path().join("keys.toml"), "[[keys]\nbroken").unwrap();
+    assert_eq!(check().status.code(), Some(1));
+}
+
+#[tokio::test]
 async fn key_file_changes_apply_without_restart_and_a_broken_file_keeps_the_last_set() {
     let upstream = Upstream::start().await;
     let (a, b, d) = (new_key(), new_key(), new_key());

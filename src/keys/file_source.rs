@@ -161,6 +161,16 @@ pub fn load_key_file(path: &Path) -> Result<KeyMap, Vec<KeyFileError>> {
     parse_key_file(path, &source)
 }
 
+/// Reads a key file that may not exist yet: `Ok(None)` when it is missing (a fresh install
+/// before the first `authgate keys add`, which creates it). Any other read or parse error is an
+/// error: a file that is there must be right.
+pub fn load_key_file_if_present(path: &Path) -> Result<Option<KeyMap>, Vec<KeyFileError>> {
+    match std::fs::metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        _ => load_key_file(path).map(Some),
+    }
+}
+
 /// What identifies a version of the file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
@@ -192,13 +202,21 @@ pub struct FileKeys {
 }
 
 impl FileKeys {
-    /// Loads the file once; fails when it cannot be read or parsed.
+    /// Loads the file once; fails when it is there but cannot be read or parsed. A missing
+    /// file is an empty key set (every API key is refused) until it appears, which the
+    /// watcher notices like any change.
     pub fn open(
         path: &Path,
         reloads: Family<ResultLabels, Counter>,
     ) -> Result<Arc<Self>, Vec<KeyFileError>> {
         let seen = fingerprint(path);
-        let keys = load_key_file(path)?;
+        let keys = load_key_file_if_present(path)?.unwrap_or_else(|| {
+            tracing::warn!(
+                path = %path.display(),
+                "The key file does not exist: no API key is accepted until it is created (`authgate keys add --file` creates it)."
+            );
+            KeyMap::default()
+        });
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
             keys: ArcSwap::from_pointee(keys),
