@@ -81,9 +81,12 @@ fn strip_connection_headers(headers: &mut HeaderMap, keep_upgrade: bool, keep_tr
     // most messages carry none of them, or only `Connection`, and then no lookup is hashed.
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(index) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+        if let Some(index) = hop_by_hop_index(name) {
             present |= 1 << index;
         }
+    }
+    if present == 0 && !keep_upgrade {
+        return;
     }
     if present & CONNECTION_BIT != 0 {
         remove_connection_named(headers, keep_upgrade, keep_trailer);
@@ -101,6 +104,26 @@ fn strip_connection_headers(headers: &mut HeaderMap, keep_upgrade: bool, keep_tr
 
 /// `Connection` is first in [`HOP_BY_HOP`].
 const CONNECTION_BIT: u8 = 1;
+
+/// The place of `name` in [`HOP_BY_HOP`], if it is one. Runs for every field of every
+/// request and response: the length picks at most two candidates, so a usual name costs a
+/// length test (comparing it with each of the eight names cost ~20 instructions a field).
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let text = name.as_str();
+    let candidates: &[usize] = match text.len() {
+        2 => &[4],     // te
+        7 => &[5, 7],  // trailer, upgrade
+        10 => &[0, 1], // connection, keep-alive
+        17 => &[6],    // transfer-encoding
+        18 => &[2],    // proxy-authenticate
+        19 => &[3],    // proxy-authorization
+        _ => return None,
+    };
+    candidates
+        .iter()
+        .copied()
+        .find(|&index| HOP_BY_HOP[index].as_str() == text)
+}
 
 /// Removes the headers a `Connection` header names.
 fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool, keep_trailer: bool) {
@@ -372,6 +395,37 @@ mod tests {
             );
         }
         headers
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_found_by_length_then_text() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
+        }
+        // Names of the same lengths, standard and custom, and near misses.
+        for other in [
+            "user-agent",
+            "x-api-key1",
+            "accept",
+            "host",
+            "tf",
+            "tx",
+            "x-trace",
+            "referer",
+            "content-length",
+            "proxy-connection",
+            "transfer-encodinG",
+            "transfer-encodings",
+            "proxy-authorizatio",
+            "proxy-authenticat",
+            "x-request-id",
+            "keep_alive",
+            "upgrades",
+        ] {
+            let name = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            let expected = HOP_BY_HOP.iter().position(|hop| **hop == name);
+            assert_eq!(hop_by_hop_index(&name), expected, "{other}");
+        }
     }
 
     #[test]
