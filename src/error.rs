@@ -38,6 +38,11 @@ pub enum GatewayError {
     TokenExpired,
     #[error("token revoked")]
     TokenRevoked,
+    /// A bearer credential that is not JWT-shaped on a route that accepts JWTs only: the
+    /// token code, with a message saying what was wrong (an opaque access token sent to a
+    /// JWT route is the usual IdP misconfiguration).
+    #[error("not a JWT")]
+    NotAJwt,
     /// The caller lacks the scopes the route requires; the string lists them space-separated.
     #[error("insufficient scope")]
     InsufficientScope(String),
@@ -61,6 +66,11 @@ pub enum GatewayError {
     /// unavailable backend, with a `Retry-After`, and nothing was asked.
     #[error("key source lookups throttled")]
     KeySourceThrottled,
+    /// A token names a key the issuer's key set does not hold, and the key set may not be
+    /// fetched again before `retry_after_secs` (>= 1): answered like an unavailable backend,
+    /// so a client retries instead of re-authenticating into the same refusal.
+    #[error("key set refetch pending")]
+    KeySetRefetchPending { retry_after_secs: u64 },
     #[error("upstream timeout")]
     UpstreamTimeout,
 }
@@ -97,6 +107,7 @@ impl GatewayError {
             | Self::KeyRevoked
             | Self::KeyExpired
             | Self::InvalidToken
+            | Self::NotAJwt
             | Self::TokenExpired
             | Self::TokenRevoked => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope(_) | Self::TenantNotAllowed => StatusCode::FORBIDDEN,
@@ -105,9 +116,9 @@ impl GatewayError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            Self::AuthBackendUnavailable | Self::KeySourceThrottled => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::AuthBackendUnavailable
+            | Self::KeySourceThrottled
+            | Self::KeySetRefetchPending { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -120,7 +131,7 @@ impl GatewayError {
             Self::InvalidKey => "AUTH_INVALID_KEY",
             Self::KeyRevoked => "AUTH_KEY_REVOKED",
             Self::KeyExpired => "AUTH_KEY_EXPIRED",
-            Self::InvalidToken => "AUTH_INVALID_TOKEN",
+            Self::InvalidToken | Self::NotAJwt => "AUTH_INVALID_TOKEN",
             Self::TokenExpired => "AUTH_TOKEN_EXPIRED",
             Self::TokenRevoked => "AUTH_TOKEN_REVOKED",
             Self::InsufficientScope(_) => "INSUFFICIENT_SCOPE",
@@ -130,7 +141,9 @@ impl GatewayError {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
-            Self::AuthBackendUnavailable | Self::KeySourceThrottled => "AUTH_BACKEND_UNAVAILABLE",
+            Self::AuthBackendUnavailable
+            | Self::KeySourceThrottled
+            | Self::KeySetRefetchPending { .. } => "AUTH_BACKEND_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
         }
     }
@@ -145,6 +158,9 @@ impl GatewayError {
             Self::KeyRevoked => "The API key has been revoked.".into(),
             Self::KeyExpired => "The API key has expired.".into(),
             Self::InvalidToken => "The token is invalid.".into(),
+            Self::NotAJwt => {
+                "The bearer credential is not a JWT (three base64url parts separated by dots); this route accepts JWTs only.".into()
+            }
             Self::TokenExpired => "The token has expired.".into(),
             Self::TokenRevoked => "The token has been revoked.".into(),
             Self::InsufficientScope(required) => {
@@ -162,6 +178,10 @@ impl GatewayError {
                 "The authentication backend is unavailable; try again later.".into()
             }
             Self::KeySourceThrottled => "The authentication backend is busy; retry in 1 s.".into(),
+            Self::KeySetRefetchPending { retry_after_secs } => format!(
+                "The token's signing key is not in the issuer's key set yet; retry in {retry_after_secs} s."
+            )
+            .into(),
             Self::UpstreamTimeout => "The upstream service did not answer in time.".into(),
         }
     }
@@ -171,6 +191,8 @@ impl GatewayError {
         match self {
             Self::BadRequest(reason) => reason,
             Self::KeySourceThrottled => "KEY_SOURCE_THROTTLED",
+            Self::NotAJwt => "NOT_A_JWT",
+            Self::KeySetRefetchPending { .. } => "JWKS_REFETCH_PENDING",
             other => other.code(),
         }
     }
@@ -183,6 +205,7 @@ impl GatewayError {
                 | Self::KeyRevoked
                 | Self::KeyExpired
                 | Self::InvalidToken
+                | Self::NotAJwt
                 | Self::TokenExpired
                 | Self::TokenRevoked
         )
@@ -252,6 +275,9 @@ impl GatewayError {
             }
             // The budget refills within a second.
             Self::KeySourceThrottled => Some((RETRY_AFTER, HeaderValue::from_static("1"))),
+            Self::KeySetRefetchPending { retry_after_secs } => {
+                Some((RETRY_AFTER, HeaderValue::from(*retry_after_secs)))
+            }
             _ if self.status() == StatusCode::UNAUTHORIZED => {
                 let value = if self.credential_presented() {
                     HeaderValue::from_static(r#"Bearer realm="authgate", error="invalid_token""#)
@@ -348,6 +374,7 @@ mod tests {
             (GatewayError::KeyExpired, 401, "AUTH_KEY_EXPIRED"),
             (GatewayError::InvalidToken, 401, "AUTH_INVALID_TOKEN"),
             (GatewayError::TokenExpired, 401, "AUTH_TOKEN_EXPIRED"),
+            (GatewayError::NotAJwt, 401, "AUTH_INVALID_TOKEN"),
             (GatewayError::TokenRevoked, 401, "AUTH_TOKEN_REVOKED"),
             (
                 GatewayError::InsufficientScope("a \"b\"".into()),
@@ -377,6 +404,13 @@ mod tests {
             ),
             (
                 GatewayError::KeySourceThrottled,
+                503,
+                "AUTH_BACKEND_UNAVAILABLE",
+            ),
+            (
+                GatewayError::KeySetRefetchPending {
+                    retry_after_secs: 4,
+                },
                 503,
                 "AUTH_BACKEND_UNAVAILABLE",
             ),
@@ -425,7 +459,7 @@ mod tests {
     #[test]
     fn every_variant_maps_to_the_spec_status_and_code() {
         let rows = spec_rows();
-        assert_eq!(rows.len(), 18);
+        assert_eq!(rows.len(), 20);
         for (error, status, code) in rows {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
@@ -470,6 +504,12 @@ mod tests {
         }
         .into_response(&id("r"));
         assert_eq!(limited.headers()[RETRY_AFTER], "7");
+        let pending = GatewayError::KeySetRefetchPending {
+            retry_after_secs: 12,
+        }
+        .into_response(&id("r"));
+        assert_eq!(pending.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(pending.headers()[RETRY_AFTER], "12");
     }
 
     #[test]
