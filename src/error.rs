@@ -55,6 +55,13 @@ pub enum GatewayError {
     /// Over the rate limit; carries the whole seconds after which a retry succeeds (>= 1).
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
+    /// The token budget (`usage`) is spent: a 429 like `RateLimited` that says so, with the
+    /// budget and the tokens left (none) in OpenAI's header names.
+    #[error("token budget exhausted")]
+    TokenBudgetExhausted {
+        retry_after_secs: u64,
+        tokens_per_minute: u64,
+    },
     #[error("headers too large")]
     HeadersTooLarge,
     #[error("upstream unavailable")]
@@ -74,6 +81,13 @@ pub enum GatewayError {
     #[error("upstream timeout")]
     UpstreamTimeout,
 }
+
+/// The token budget of a budget 429 (OpenAI's header name).
+pub static X_RATELIMIT_LIMIT_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-limit-tokens");
+/// The tokens left of it: none, when the budget refused (OpenAI's header name).
+pub static X_RATELIMIT_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-tokens");
 
 /// Every code [`GatewayError::code`] answers with, once each (SPEC §7): the closed set a key's
 /// refusals are counted by (`key_service::usage`), so per-reason counts stay bounded.
@@ -113,7 +127,9 @@ impl GatewayError {
             Self::InsufficientScope(_) | Self::TenantNotAllowed => StatusCode::FORBIDDEN,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TokenBudgetExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::AuthBackendUnavailable
@@ -138,7 +154,7 @@ impl GatewayError {
             Self::TenantNotAllowed => "TENANT_NOT_ALLOWED",
             Self::RouteNotFound => "ROUTE_NOT_FOUND",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::RateLimited { .. } | Self::TokenBudgetExhausted { .. } => "RATE_LIMITED",
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::AuthBackendUnavailable
@@ -172,6 +188,13 @@ impl GatewayError {
             Self::RateLimited { retry_after_secs } => {
                 format!("Rate limit exceeded; retry in {retry_after_secs} s.").into()
             }
+            Self::TokenBudgetExhausted {
+                retry_after_secs,
+                tokens_per_minute,
+            } => format!(
+                "Token budget exhausted: the {tokens_per_minute} tokens per minute are used up; retry in {retry_after_secs} s."
+            )
+            .into(),
             Self::HeadersTooLarge => "The request headers are too large.".into(),
             Self::UpstreamUnavailable => "The upstream service is unavailable.".into(),
             Self::AuthBackendUnavailable => {
@@ -191,6 +214,7 @@ impl GatewayError {
         match self {
             Self::BadRequest(reason) => reason,
             Self::KeySourceThrottled => "KEY_SOURCE_THROTTLED",
+            Self::TokenBudgetExhausted { .. } => "TOKEN_BUDGET_EXHAUSTED",
             Self::NotAJwt => "NOT_A_JWT",
             Self::KeySetRefetchPending { .. } => "JWKS_REFETCH_PENDING",
             other => other.code(),
@@ -227,6 +251,16 @@ impl GatewayError {
         emit(&CONTENT_TYPE, FieldValue::Static("application/json"));
         if let Some((name, value)) = self.extra_header() {
             emit(&name, FieldValue::Value(&value));
+        }
+        if let Self::TokenBudgetExhausted {
+            tokens_per_minute, ..
+        } = self
+        {
+            emit(
+                &X_RATELIMIT_LIMIT_TOKENS,
+                FieldValue::Number(*tokens_per_minute),
+            );
+            emit(&X_RATELIMIT_REMAINING_TOKENS, FieldValue::Number(0));
         }
     }
 
@@ -270,9 +304,10 @@ impl GatewayError {
                 let value = HeaderValue::from_str(&value).ok()?;
                 Some((WWW_AUTHENTICATE, value))
             }
-            Self::RateLimited { retry_after_secs } => {
-                Some((RETRY_AFTER, HeaderValue::from(*retry_after_secs)))
-            }
+            Self::RateLimited { retry_after_secs }
+            | Self::TokenBudgetExhausted {
+                retry_after_secs, ..
+            } => Some((RETRY_AFTER, HeaderValue::from(*retry_after_secs))),
             // The budget refills within a second.
             Self::KeySourceThrottled => Some((RETRY_AFTER, HeaderValue::from_static("1"))),
             Self::KeySetRefetchPending { retry_after_secs } => {
@@ -391,6 +426,14 @@ mod tests {
                 429,
                 "RATE_LIMITED",
             ),
+            (
+                GatewayError::TokenBudgetExhausted {
+                    retry_after_secs: 2,
+                    tokens_per_minute: 1000,
+                },
+                429,
+                "RATE_LIMITED",
+            ),
             (GatewayError::HeadersTooLarge, 431, "HEADERS_TOO_LARGE"),
             (
                 GatewayError::UpstreamUnavailable,
@@ -459,7 +502,7 @@ mod tests {
     #[test]
     fn every_variant_maps_to_the_spec_status_and_code() {
         let rows = spec_rows();
-        assert_eq!(rows.len(), 20);
+        assert_eq!(rows.len(), 21);
         for (error, status, code) in rows {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
@@ -510,6 +553,15 @@ mod tests {
         .into_response(&id("r"));
         assert_eq!(pending.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(pending.headers()[RETRY_AFTER], "12");
+        let budget = GatewayError::TokenBudgetExhausted {
+            retry_after_secs: 5,
+            tokens_per_minute: 6000,
+        }
+        .into_response(&id("r"));
+        assert_eq!(budget.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(budget.headers()[RETRY_AFTER], "5");
+        assert_eq!(budget.headers()["x-ratelimit-limit-tokens"], "6000");
+        assert_eq!(budget.headers()["x-ratelimit-remaining-tokens"], "0");
     }
 
     #[test]

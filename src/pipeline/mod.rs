@@ -451,8 +451,14 @@ async fn admit(
         }
         Err(Denied::Limited(refusal)) => {
             context.rate_limit = refusal.state;
-            Err(GatewayError::RateLimited {
-                retry_after_secs: refusal.retry_after_secs,
+            Err(match refusal.budget_tokens_per_minute {
+                Some(tokens_per_minute) => GatewayError::TokenBudgetExhausted {
+                    retry_after_secs: refusal.retry_after_secs,
+                    tokens_per_minute,
+                },
+                None => GatewayError::RateLimited {
+                    retry_after_secs: refusal.retry_after_secs,
+                },
             })
         }
         Err(Denied::BackendUnavailable) => Err(GatewayError::AuthBackendUnavailable),
