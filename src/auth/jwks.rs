@@ -445,3 +445,18 @@ enum FetchError {
     NotFound(String),
     Failed(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Retry-After a retry can trust: rounded up, never 0.
+    #[test]
+    fn waits_round_up_to_whole_seconds_of_at_least_one() {
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds(Duration::from_millis(2001)), 3);
+        assert_eq!(whole_seconds(Duration::from_millis(29_999)), 30);
+    }
+}

@@ -82,9 +82,9 @@ impl Issuer {
         if let Some(shared) = &self.shared {
             return Ok(shared.clone());
         }
-        let tenant = tenant.ok_or(JwtRefusal::IssMismatch(
-            "the issuer pattern captured no tenant".to_owned(),
-        ))?;
+        let tenant = tenant.ok_or_else(|| {
+            JwtRefusal::IssMismatch("the issuer pattern captured no tenant".to_owned())
+        })?;
         if let Some(source) = self.per_tenant.get(tenant) {
             return Ok(source.clone());
         }
