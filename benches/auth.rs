@@ -63,6 +63,7 @@ fn bench_authenticate(c: &mut Criterion) {
                     Some(&store),
                     None,
                     &metrics,
+                    &mut authgate::auth::refusal::AuthReport::default(),
                     |_| Ok(()),
                 ));
                 black_box(identity.unwrap());

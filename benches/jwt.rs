@@ -117,6 +117,7 @@ fn bench_jwt(c: &mut Criterion) {
         forward_claims: vec!["email".into()],
         jwks_refresh: Duration::from_secs(3600),
         jwks_min_refresh_interval: Duration::from_secs(30),
+        ca_file: None,
     };
     let validator: Arc<JwtValidator> = runtime.block_on(async {
         let client = authgate::outbound::OutboundClient::new(None).unwrap();

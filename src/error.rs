@@ -38,6 +38,11 @@ pub enum GatewayError {
     TokenExpired,
     #[error("token revoked")]
     TokenRevoked,
+    /// A bearer credential that is not JWT-shaped on a route that accepts JWTs only: the
+    /// token code, with a message saying what was wrong (an opaque access token sent to a
+    /// JWT route is the usual IdP misconfiguration).
+    #[error("not a JWT")]
+    NotAJwt,
     /// The caller lacks the scopes the route requires; the string lists them space-separated.
     #[error("insufficient scope")]
     InsufficientScope(String),
@@ -50,6 +55,13 @@ pub enum GatewayError {
     /// Over the rate limit; carries the whole seconds after which a retry succeeds (>= 1).
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
+    /// The token budget (`usage`) is spent: a 429 like `RateLimited` that says so, with the
+    /// budget and the tokens left (none) in OpenAI's header names.
+    #[error("token budget exhausted")]
+    TokenBudgetExhausted {
+        retry_after_secs: u64,
+        tokens_per_minute: u64,
+    },
     #[error("headers too large")]
     HeadersTooLarge,
     #[error("upstream unavailable")]
@@ -61,9 +73,21 @@ pub enum GatewayError {
     /// unavailable backend, with a `Retry-After`, and nothing was asked.
     #[error("key source lookups throttled")]
     KeySourceThrottled,
+    /// A token names a key the issuer's key set does not hold, and the key set may not be
+    /// fetched again before `retry_after_secs` (>= 1): answered like an unavailable backend,
+    /// so a client retries instead of re-authenticating into the same refusal.
+    #[error("key set refetch pending")]
+    KeySetRefetchPending { retry_after_secs: u64 },
     #[error("upstream timeout")]
     UpstreamTimeout,
 }
+
+/// The token budget of a budget 429 (OpenAI's header name).
+pub static X_RATELIMIT_LIMIT_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-limit-tokens");
+/// The tokens left of it: none, when the budget refused (OpenAI's header name).
+pub static X_RATELIMIT_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-tokens");
 
 /// Every code [`GatewayError::code`] answers with, once each (SPEC §7): the closed set a key's
 /// refusals are counted by (`key_service::usage`), so per-reason counts stay bounded.
@@ -97,17 +121,20 @@ impl GatewayError {
             | Self::KeyRevoked
             | Self::KeyExpired
             | Self::InvalidToken
+            | Self::NotAJwt
             | Self::TokenExpired
             | Self::TokenRevoked => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope(_) | Self::TenantNotAllowed => StatusCode::FORBIDDEN,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TokenBudgetExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            Self::AuthBackendUnavailable | Self::KeySourceThrottled => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::AuthBackendUnavailable
+            | Self::KeySourceThrottled
+            | Self::KeySetRefetchPending { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -120,17 +147,19 @@ impl GatewayError {
             Self::InvalidKey => "AUTH_INVALID_KEY",
             Self::KeyRevoked => "AUTH_KEY_REVOKED",
             Self::KeyExpired => "AUTH_KEY_EXPIRED",
-            Self::InvalidToken => "AUTH_INVALID_TOKEN",
+            Self::InvalidToken | Self::NotAJwt => "AUTH_INVALID_TOKEN",
             Self::TokenExpired => "AUTH_TOKEN_EXPIRED",
             Self::TokenRevoked => "AUTH_TOKEN_REVOKED",
             Self::InsufficientScope(_) => "INSUFFICIENT_SCOPE",
             Self::TenantNotAllowed => "TENANT_NOT_ALLOWED",
             Self::RouteNotFound => "ROUTE_NOT_FOUND",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::RateLimited { .. } | Self::TokenBudgetExhausted { .. } => "RATE_LIMITED",
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
-            Self::AuthBackendUnavailable | Self::KeySourceThrottled => "AUTH_BACKEND_UNAVAILABLE",
+            Self::AuthBackendUnavailable
+            | Self::KeySourceThrottled
+            | Self::KeySetRefetchPending { .. } => "AUTH_BACKEND_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
         }
     }
@@ -145,6 +174,9 @@ impl GatewayError {
             Self::KeyRevoked => "The API key has been revoked.".into(),
             Self::KeyExpired => "The API key has expired.".into(),
             Self::InvalidToken => "The token is invalid.".into(),
+            Self::NotAJwt => {
+                "The bearer credential is not a JWT (three base64url parts separated by dots); this route accepts JWTs only.".into()
+            }
             Self::TokenExpired => "The token has expired.".into(),
             Self::TokenRevoked => "The token has been revoked.".into(),
             Self::InsufficientScope(required) => {
@@ -156,12 +188,23 @@ impl GatewayError {
             Self::RateLimited { retry_after_secs } => {
                 format!("Rate limit exceeded; retry in {retry_after_secs} s.").into()
             }
+            Self::TokenBudgetExhausted {
+                retry_after_secs,
+                tokens_per_minute,
+            } => format!(
+                "Token budget exhausted: the {tokens_per_minute} tokens per minute are used up; retry in {retry_after_secs} s."
+            )
+            .into(),
             Self::HeadersTooLarge => "The request headers are too large.".into(),
             Self::UpstreamUnavailable => "The upstream service is unavailable.".into(),
             Self::AuthBackendUnavailable => {
                 "The authentication backend is unavailable; try again later.".into()
             }
             Self::KeySourceThrottled => "The authentication backend is busy; retry in 1 s.".into(),
+            Self::KeySetRefetchPending { retry_after_secs } => format!(
+                "The token's signing key is not in the issuer's key set yet; retry in {retry_after_secs} s."
+            )
+            .into(),
             Self::UpstreamTimeout => "The upstream service did not answer in time.".into(),
         }
     }
@@ -171,6 +214,9 @@ impl GatewayError {
         match self {
             Self::BadRequest(reason) => reason,
             Self::KeySourceThrottled => "KEY_SOURCE_THROTTLED",
+            Self::TokenBudgetExhausted { .. } => "TOKEN_BUDGET_EXHAUSTED",
+            Self::NotAJwt => "NOT_A_JWT",
+            Self::KeySetRefetchPending { .. } => "JWKS_REFETCH_PENDING",
             other => other.code(),
         }
     }
@@ -183,6 +229,7 @@ impl GatewayError {
                 | Self::KeyRevoked
                 | Self::KeyExpired
                 | Self::InvalidToken
+                | Self::NotAJwt
                 | Self::TokenExpired
                 | Self::TokenRevoked
         )
@@ -204,6 +251,16 @@ impl GatewayError {
         emit(&CONTENT_TYPE, FieldValue::Static("application/json"));
         if let Some((name, value)) = self.extra_header() {
             emit(&name, FieldValue::Value(&value));
+        }
+        if let Self::TokenBudgetExhausted {
+            tokens_per_minute, ..
+        } = self
+        {
+            emit(
+                &X_RATELIMIT_LIMIT_TOKENS,
+                FieldValue::Number(*tokens_per_minute),
+            );
+            emit(&X_RATELIMIT_REMAINING_TOKENS, FieldValue::Number(0));
         }
     }
 
@@ -247,11 +304,15 @@ impl GatewayError {
                 let value = HeaderValue::from_str(&value).ok()?;
                 Some((WWW_AUTHENTICATE, value))
             }
-            Self::RateLimited { retry_after_secs } => {
-                Some((RETRY_AFTER, HeaderValue::from(*retry_after_secs)))
-            }
+            Self::RateLimited { retry_after_secs }
+            | Self::TokenBudgetExhausted {
+                retry_after_secs, ..
+            } => Some((RETRY_AFTER, HeaderValue::from(*retry_after_secs))),
             // The budget refills within a second.
             Self::KeySourceThrottled => Some((RETRY_AFTER, HeaderValue::from_static("1"))),
+            Self::KeySetRefetchPending { retry_after_secs } => {
+                Some((RETRY_AFTER, HeaderValue::from(*retry_after_secs)))
+            }
             _ if self.status() == StatusCode::UNAUTHORIZED => {
                 let value = if self.credential_presented() {
                     HeaderValue::from_static(r#"Bearer realm="authgate", error="invalid_token""#)
@@ -348,6 +409,7 @@ mod tests {
             (GatewayError::KeyExpired, 401, "AUTH_KEY_EXPIRED"),
             (GatewayError::InvalidToken, 401, "AUTH_INVALID_TOKEN"),
             (GatewayError::TokenExpired, 401, "AUTH_TOKEN_EXPIRED"),
+            (GatewayError::NotAJwt, 401, "AUTH_INVALID_TOKEN"),
             (GatewayError::TokenRevoked, 401, "AUTH_TOKEN_REVOKED"),
             (
                 GatewayError::InsufficientScope("a \"b\"".into()),
@@ -360,6 +422,14 @@ mod tests {
             (
                 GatewayError::RateLimited {
                     retry_after_secs: 3,
+                },
+                429,
+                "RATE_LIMITED",
+            ),
+            (
+                GatewayError::TokenBudgetExhausted {
+                    retry_after_secs: 2,
+                    tokens_per_minute: 1000,
                 },
                 429,
                 "RATE_LIMITED",
@@ -377,6 +447,13 @@ mod tests {
             ),
             (
                 GatewayError::KeySourceThrottled,
+                503,
+                "AUTH_BACKEND_UNAVAILABLE",
+            ),
+            (
+                GatewayError::KeySetRefetchPending {
+                    retry_after_secs: 4,
+                },
                 503,
                 "AUTH_BACKEND_UNAVAILABLE",
             ),
@@ -425,7 +502,7 @@ mod tests {
     #[test]
     fn every_variant_maps_to_the_spec_status_and_code() {
         let rows = spec_rows();
-        assert_eq!(rows.len(), 18);
+        assert_eq!(rows.len(), 21);
         for (error, status, code) in rows {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
@@ -470,6 +547,21 @@ mod tests {
         }
         .into_response(&id("r"));
         assert_eq!(limited.headers()[RETRY_AFTER], "7");
+        let pending = GatewayError::KeySetRefetchPending {
+            retry_after_secs: 12,
+        }
+        .into_response(&id("r"));
+        assert_eq!(pending.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(pending.headers()[RETRY_AFTER], "12");
+        let budget = GatewayError::TokenBudgetExhausted {
+            retry_after_secs: 5,
+            tokens_per_minute: 6000,
+        }
+        .into_response(&id("r"));
+        assert_eq!(budget.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(budget.headers()[RETRY_AFTER], "5");
+        assert_eq!(budget.headers()["x-ratelimit-limit-tokens"], "6000");
+        assert_eq!(budget.headers()["x-ratelimit-remaining-tokens"], "0");
     }
 
     #[test]

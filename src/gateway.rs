@@ -451,6 +451,13 @@ fn build_jwt_validator(
     if config.jwt_issuers.is_empty() {
         return Ok(None);
     }
+    // A CA file that cannot be loaded any more (it was when the config was checked) stops
+    // the start or reload here, with its name, instead of failing every fetch later.
+    for issuer in &config.jwt_issuers {
+        if let Some(path) = &issuer.ca_file {
+            crate::tls::client_config(Some(path))?;
+        }
+    }
     let client = crate::outbound::OutboundClient::new(None)?;
     Ok(Some(JwtValidator::start(
         &config.jwt_issuers,
@@ -552,7 +559,7 @@ fn build_key_store(
                     scope.clone(),
                 )?,
             };
-            let client = crate::outbound::OutboundClient::new(None)?;
+            let client = crate::outbound::OutboundClient::new(control_plane.ca_file.as_deref())?;
             KeySource::ControlPlane(Box::new(ControlPlane::new(
                 &control_plane.url,
                 control_plane.timeout,

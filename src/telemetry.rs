@@ -582,6 +582,8 @@ pub struct AccessRecord {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub reason: Option<&'static str>,
+    /// Why a credential was refused: `code: detail`, never the credential.
+    pub auth_error: Option<String>,
 }
 
 impl AccessRecord {
@@ -640,6 +642,9 @@ impl AccessRecord {
                 if let Some(reason) = self.reason {
                     put("reason", reason.into());
                 }
+                if let Some(auth_error) = &self.auth_error {
+                    put("auth_error", auth_error.as_str().into());
+                }
                 let mut line = serde_json::Value::Object(object).to_string();
                 line.push('\n');
                 line
@@ -667,6 +672,10 @@ impl AccessRecord {
                 }
                 if let Some(reason) = self.reason {
                     let _ = write!(line, " reason={reason}");
+                }
+                // Quoted and escaped: the detail may quote claim values.
+                if let Some(auth_error) = &self.auth_error {
+                    let _ = write!(line, " auth_error={auth_error:?}");
                 }
                 line.push('\n');
                 line
@@ -734,6 +743,36 @@ mod tests {
             assert!(json.get(key).is_some(), "{key} missing in {line}");
         }
         assert!(json["time"].as_str().unwrap().contains('T'));
+    }
+
+    /// A refusal's `auth_error` is one JSON string, or one quoted and escaped pretty field:
+    /// a detail quoting a hostile claim cannot split the line or forge a field.
+    #[test]
+    fn auth_error_stays_one_escaped_field_in_both_formats() {
+        let record = AccessRecord {
+            request_id: "r1".into(),
+            status: 401,
+            auth_method: Some("jwt"),
+            auth_error: Some("aud_mismatch: aud [\"x\\\"\n\"], wanted one of [\"a\"]".into()),
+            ..AccessRecord::default()
+        };
+        let json = record.format(LogFormat::Json);
+        assert_eq!(json.matches('\n').count(), 1, "{json}");
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["auth_error"], record.auth_error.as_deref().unwrap());
+        assert_eq!(parsed["auth_method"], "jwt");
+        let pretty = record.format(LogFormat::Pretty);
+        assert_eq!(pretty.matches('\n').count(), 1, "{pretty}");
+        assert!(pretty.contains(" auth=jwt "), "{pretty}");
+        assert!(
+            pretty.trim_end().ends_with(&format!(
+                " auth_error={:?}",
+                record.auth_error.as_deref().unwrap()
+            )),
+            "{pretty}"
+        );
+        let accepted = AccessRecord::default().format(LogFormat::Json);
+        assert!(!accepted.contains("auth_error"), "{accepted}");
     }
 
     #[test]

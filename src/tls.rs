@@ -15,19 +15,19 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, St
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?
+            .map_err(|e| format!("CA file {}: {e}", path.display()))?
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
+            .map_err(|e| format!("CA file {}: {e}", path.display()))?;
         if certs.is_empty() {
             return Err(format!(
-                "upstream_ca {}: no certificate in the file",
+                "CA file {}: no certificate in the file",
                 path.display()
             ));
         }
         for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
         }
     }
     // The provider is chosen explicitly so a second crypto backend pulled in elsewhere can

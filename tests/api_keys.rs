@@ -2463,3 +2463,63 @@ async fn a_client_that_keeps_failing_gets_429_while_another_clients_valid_key_wo
         4.0
     );
 }
+
+// === private CA for the control plane ===
+
+/// A control plane on TLS with a certificate from a private CA: trusted with
+/// `control_plane.ca_file`, refused (503, fail closed) without it.
+#[tokio::test]
+async fn a_control_plane_behind_a_private_ca_is_trusted_with_ca_file_and_refused_without_it() {
+    let pki = TestPki::new();
+    let key = new_key();
+    let path = format!("/v1/keys/{}", hash_of(&key));
+    let record = cp_record("private").to_string();
+    let cp = Upstream::with_handler_tls(&pki, move |request| {
+        let (path, record) = (path.clone(), record.clone());
+        async move {
+            if request.uri.path() == path {
+                cp_response(200, "application/json", record)
+            } else {
+                cp_response(404, "application/json", "{}".to_owned())
+            }
+        }
+    })
+    .await;
+    let upstream = Upstream::start().await;
+    let config = |extra: &str| {
+        format!(
+            r#"[api_keys]
+source = "control_plane"
+
+[control_plane]
+url = "{}"
+auth = {CP_BEARER}
+{extra}
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/v1/" }}
+upstream = "{}"
+auth = ["api_key"]
+"#,
+            cp.https_url(),
+            upstream.url()
+        )
+    };
+    let client = client();
+    let trusted = TestGateway::start_with_files(
+        &config("ca_file = \"ca.pem\""),
+        &[("ca.pem", pki.ca_pem.as_bytes())],
+    )
+    .await;
+    let answer = with_key(&client, &trusted, "/v1/x", &key).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(cp.count(), 1);
+
+    let untrusted = TestGateway::start(&config("")).await;
+    let answer = with_key(&client, &untrusted, "/v1/x", &new_key()).await;
+    assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE");
+    // The handshake failed: the control plane saw no second request.
+    assert_eq!(cp.count(), 1);
+    assert_eq!(upstream.count(), 1);
+}

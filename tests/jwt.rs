@@ -562,6 +562,22 @@ async fn expect_401s_unforwarded(
     }
 }
 
+/// Asserts the refusal of a token whose kid the key set does not hold: 401 when checked
+/// against a fresh fetch, else 503 with a Retry-After (no refetch allowed yet).
+#[track_caller]
+fn expect_unknown_kid_refusal(answer: &Answer, token: &str, what: &str) {
+    if answer.status == 503 {
+        assert_error(answer, 503, "AUTH_BACKEND_UNAVAILABLE", token, what);
+        let retry: u64 = answer
+            .header("retry-after")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: no Retry-After: {answer:?}"));
+        assert!(retry >= 1, "{what}: {answer:?}");
+    } else {
+        assert_error(answer, 401, "AUTH_INVALID_TOKEN", token, what);
+    }
+}
+
 /// Asserts a 403 INSUFFICIENT_SCOPE naming `required` (space-separated) in message and header.
 #[track_caller]
 fn assert_insufficient_scope(answer: &Answer, required: &str, what: &str) {
@@ -1025,11 +1041,26 @@ async fn attack_corpus_tokens_get_401_invalid_token_and_nothing_is_forwarded() {
         ),
     ]);
 
-    let cases: Vec<_> = corpus
+    // A kid the key set does not hold may be refetched once per interval; in between such a
+    // token is told to retry (503 with Retry-After). Either way it is refused, unforwarded.
+    let unknown_kid = [
+        "jku header pointing at an attacker key set",
+        "kid with path traversal",
+        "kid with SQL",
+        "kid that is a URL",
+        "no kid while the set has several keys",
+    ];
+    let (kid_cases, cases): (Vec<_>, Vec<_>) = corpus
         .iter()
         .map(|(what, token)| ("/v1/x", token.as_str(), "AUTH_INVALID_TOKEN", what.as_str()))
-        .collect();
+        .partition(|(_, _, _, what)| unknown_kid.contains(what));
+    assert_eq!(kid_cases.len(), unknown_kid.len());
     expect_401s_unforwarded(&gw, &upstream, &cases).await;
+    let before = upstream.count();
+    for (path, token, _, what) in kid_cases {
+        expect_unknown_kid_refusal(&get(&gw, path, token).await, token, what);
+    }
+    assert_eq!(upstream.count(), before);
     // The jku header was never followed.
     assert_eq!(idp.fetches("/attacker/jwks.json"), 0, "{:?}", idp.paths());
     // Nothing was poisoned: the valid token still works.
@@ -1206,7 +1237,8 @@ async fn a_key_rotated_in_at_the_idp_works_after_exactly_one_more_jwks_fetch_200
 }
 
 #[tokio::test]
-async fn a_thousand_tokens_with_random_unknown_kids_get_401_with_at_most_one_fetch_per_interval() {
+async fn a_thousand_tokens_with_random_unknown_kids_get_401_or_503_with_at_most_one_fetch_per_interval()
+ {
     let (idp, upstream, gw) = setup().await;
     let iss = idp.issuer();
     let tokens: Vec<String> = (0..1000)
@@ -1224,12 +1256,16 @@ async fn a_thousand_tokens_with_random_unknown_kids_get_401_with_at_most_one_fet
     let started = Instant::now();
     let statuses = statuses_and_codes(&gw, &tokens, 50).await;
     let elapsed = started.elapsed();
+    // Checked against a fresh fetch: 401; while no refetch may be made: 503 (retry later).
     assert!(
+        statuses.iter().all(
+            |(status, code)| (*status == 401 && code == "AUTH_INVALID_TOKEN")
+                || (*status == 503 && code == "AUTH_BACKEND_UNAVAILABLE")
+        ),
+        "{:?}",
         statuses
             .iter()
-            .all(|(status, code)| *status == 401 && code == "AUTH_INVALID_TOKEN"),
-        "{:?}",
-        statuses.iter().find(|(status, _)| *status != 401)
+            .find(|(status, _)| *status != 401 && *status != 503)
     );
     let fetched = idp.fetches("/jwks.json") - before;
     let allowed = 1 + elapsed.as_secs() as usize + 1;
@@ -1414,8 +1450,10 @@ async fn jwks_keys_for_encryption_or_declaring_another_alg_never_verify_401() {
             .unwrap(),
         ),
     ];
+    // Unusable keys are not loaded: their kids are unknown (refused, 503 while no refetch may
+    // be made); the HMAC token's alg is not allowed at all.
     for (what, token) in &refused {
-        expect_401(&gw, "/v1/x", token, "AUTH_INVALID_TOKEN", what).await;
+        expect_unknown_kid_refusal(&get(&gw, "/v1/x", token).await, token, what);
     }
     assert_eq!(upstream.count(), before);
     // The usable key of the same set works.
@@ -1920,4 +1958,556 @@ algorithms = ["RS256", "PS384", "ES256", "ES384", "EdDSA"]"#,
         r#"["api_key", "jwt"]"#,
     );
     authgate::config::load_str(Path::new("test.toml"), &text).unwrap();
+}
+
+// === 12. why a token was refused ===
+
+/// Captures this thread's diagnostics at DEBUG as JSON lines. The test runtime is
+/// single-threaded, so the gateway's tasks log through this subscriber too.
+fn capture_diagnostics() -> (LogBuffer, tracing::subscriber::DefaultGuard) {
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .json()
+        .flatten_event(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    (buffer, tracing::subscriber::set_default(subscriber))
+}
+
+/// GETs `path` with `credential` and the request id `id`.
+async fn get_with_id(gw: &TestGateway, path: &str, credential: &str, id: &str) -> Answer {
+    let response = CLIENT
+        .get(gw.url(path))
+        .header("authorization", format!("Bearer {credential}"))
+        .header("x-request-id", id)
+        .send()
+        .await
+        .unwrap();
+    Answer::read(response).await
+}
+
+/// The access-log line of request `id` (waits for the log writer, up to 10 s).
+async fn access_line(gw: &TestGateway, id: &str) -> Value {
+    let find = || {
+        gw.log
+            .lines()
+            .into_iter()
+            .find(|line| line["request_id"] == id)
+    };
+    for _ in 0..200 {
+        if let Some(line) = find() {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no access-log line for {id}:\n{}", gw.log.text())
+}
+
+/// Asserts that `text` holds no part (8 characters or more) of `token`.
+#[track_caller]
+fn assert_no_token_part(text: &str, token: &str, what: &str) {
+    for part in token.split('.').filter(|part| part.len() >= 8) {
+        assert!(
+            !text.contains(part),
+            "{what}: a part of the token is logged:\n{text}"
+        );
+    }
+}
+
+/// (what, path, token, status, code, reason, what the detail names).
+type RefusalCase = (
+    &'static str,
+    &'static str,
+    String,
+    u16,
+    &'static str,
+    &'static str,
+    Vec<&'static str>,
+);
+
+#[tokio::test]
+async fn each_jwt_refusal_reason_is_in_the_access_log_and_a_debug_line_never_the_token() {
+    let (idp, upstream, gw) = setup().await;
+    let (diagnostics, _guard) = capture_diagnostics();
+    let k = keys();
+    let iss = idp.issuer();
+    let strict = format!("{}/strict", idp.url());
+    let forwarded = upstream.count();
+    let cases: Vec<RefusalCase> = vec![
+        (
+            "bad signature",
+            "/v1/x",
+            k.impostor.sign(&claims(&iss)),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "bad_signature",
+            vec![],
+        ),
+        (
+            "aud mismatch",
+            "/v1/x",
+            rsa_signed(&iss, json!({"aud": ["billing", "reports"]})),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "aud_mismatch",
+            vec![
+                r#""billing""#,
+                r#""reports""#,
+                r#"wanted one of ["scaigrid"]"#,
+            ],
+        ),
+        (
+            "hostile aud",
+            "/v1/x",
+            rsa_signed(&iss, json!({"aud": "x\"\n{\"status\":200}"})),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "aud_mismatch",
+            vec![r#"x\"\n{\"status\":200}"#],
+        ),
+        (
+            "unknown issuer",
+            "/v1/x",
+            rsa_signed(&iss, json!({"iss": format!("{}/unconfigured", idp.url())})),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "unknown_issuer",
+            vec!["/unconfigured\""],
+        ),
+        (
+            "alg not allowed",
+            "/v1/x",
+            k.rsa.sign_as(
+                Algorithm::PS256,
+                &with(claims(&strict), json!({"aud": null})),
+            ),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "alg_not_allowed",
+            vec!["PS256"],
+        ),
+        (
+            "expired",
+            "/v1/x",
+            rsa_signed(&iss, json!({"exp": now() - 3600})),
+            401,
+            "AUTH_TOKEN_EXPIRED",
+            "expired",
+            vec!["leeway"],
+        ),
+        (
+            "not yet valid",
+            "/v1/x",
+            rsa_signed(&iss, json!({"nbf": now() + 3600})),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "not_yet_valid",
+            vec!["nbf"],
+        ),
+        (
+            "no sub",
+            "/v1/x",
+            rsa_signed(&iss, json!({"sub": null})),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "missing_claim",
+            vec!["sub"],
+        ),
+        (
+            "no exp",
+            "/v1/x",
+            rsa_signed(&iss, json!({"exp": null})),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "missing_claim",
+            vec!["exp"],
+        ),
+        (
+            "string exp",
+            "/v1/x",
+            rsa_signed(&iss, json!({"exp": (now() + 600).to_string()})),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "invalid_claim",
+            vec!["exp"],
+        ),
+        (
+            "malformed",
+            "/v1/x",
+            "aaaaaaaaa.bbbbbbbbb.ccccccccc".to_owned(),
+            401,
+            "AUTH_INVALID_TOKEN",
+            "malformed",
+            vec![],
+        ),
+        (
+            "JWT on an API-key route",
+            "/keys/x",
+            rsa_signed(&iss, json!({})),
+            401,
+            "AUTH_INVALID_KEY",
+            "jwt_not_accepted",
+            vec![],
+        ),
+    ];
+    for (index, (what, path, token, status, code, reason, needles)) in cases.iter().enumerate() {
+        let id = format!("refusal-{index}");
+        let answer = get_with_id(&gw, path, token, &id).await;
+        assert_error(&answer, *status, code, token, what);
+        let line = access_line(&gw, &id).await;
+        assert_eq!(line["auth_method"], "jwt", "{what}: {line}");
+        let auth_error = line["auth_error"].as_str().unwrap_or_default();
+        assert!(
+            auth_error.starts_with(&format!("{reason}: ")),
+            "{what}: {line}"
+        );
+        for needle in needles {
+            assert!(auth_error.contains(needle), "{what}: {needle} in {line}");
+        }
+        let debug = diagnostics
+            .lines()
+            .into_iter()
+            .find(|entry| entry["message"] == "Token refused." && entry["request_id"] == id)
+            .unwrap_or_else(|| panic!("{what}: no DEBUG line:\n{}", diagnostics.text()));
+        assert_eq!(debug["reason"], *reason, "{what}: {debug}");
+        assert_eq!(debug["level"], "DEBUG", "{what}: {debug}");
+    }
+    // An unknown kid: refetched (401) or, if a refetch was just made, 503 with Retry-After.
+    let token = unknown_kid_token(&iss, "kid-nobody-has");
+    let answer = get_with_id(&gw, "/v1/x", &token, "refusal-kid").await;
+    expect_unknown_kid_refusal(&answer, &token, "unknown kid");
+    let line = access_line(&gw, "refusal-kid").await;
+    let auth_error = line["auth_error"].as_str().unwrap_or_default();
+    assert!(
+        auth_error.starts_with(r#"unknown_kid: kid "kid-nobody-has" is not in the key set"#),
+        "{line}"
+    );
+    assert_eq!(upstream.count(), forwarded);
+    // An accepted token leaves no auth_error.
+    let accepted = get_with_id(&gw, "/v1/x", &rsa_signed(&iss, json!({})), "accepted").await;
+    assert_eq!(accepted.status, 200, "{accepted:?}");
+    let line = access_line(&gw, "accepted").await;
+    assert!(line.get("auth_error").is_none(), "{line}");
+    assert_eq!(line["auth_method"], "jwt");
+    // The logs name no token, nor any part of one.
+    let (access, debug) = (gw.log.text(), diagnostics.text());
+    assert_eq!(
+        access.lines().count(),
+        gw.log.lines().len(),
+        "one JSON object a line"
+    );
+    for (what, _, token, ..) in &cases {
+        assert_no_token_part(&access, token, what);
+        assert_no_token_part(&debug, token, what);
+    }
+
+    // A flood of refusals: the DEBUG lines stay within the per-second budget.
+    let before = diagnostics
+        .lines()
+        .iter()
+        .filter(|entry| entry["message"] == "Token refused.")
+        .count();
+    let started = Instant::now();
+    for index in 0..200 {
+        let id = format!("flood-{index}");
+        get_with_id(&gw, "/v1/x", "aaaaaaaaa.bbbbbbbbb.ccccccccc", &id).await;
+    }
+    let elapsed = started.elapsed().as_secs();
+    let written = diagnostics
+        .lines()
+        .iter()
+        .filter(|entry| entry["message"] == "Token refused.")
+        .count()
+        - before;
+    let budget = authgate::auth::refusal::MAX_LINES_PER_SECOND as usize;
+    assert!(written >= 1);
+    assert!(
+        written <= budget * (elapsed as usize + 2),
+        "{written} DEBUG lines for 200 refusals in {elapsed} s"
+    );
+}
+
+#[tokio::test]
+async fn an_opaque_token_on_a_jwt_only_route_is_401_invalid_token_saying_it_is_not_a_jwt() {
+    let (_idp, upstream, gw) = setup().await;
+    let forwarded = upstream.count();
+    let opaque = "ya29.opaque-access-token_0123456789";
+    for (index, opaque) in [opaque, "0123456789abcdefABCDEF"].into_iter().enumerate() {
+        let id = format!("opaque-{index}");
+        let answer = get_with_id(&gw, "/v1/x", opaque, &id).await;
+        assert_error(&answer, 401, "AUTH_INVALID_TOKEN", opaque, "opaque token");
+        assert!(answer.message().contains("not a JWT"), "{answer:?}");
+        assert!(!answer.body.contains(opaque), "{answer:?}");
+        let line = access_line(&gw, &id).await;
+        assert!(
+            line["auth_error"]
+                .as_str()
+                .is_some_and(|error| error.starts_with("not_a_jwt: ")),
+            "{line}"
+        );
+    }
+    // Where API keys are accepted too, it stays an invalid key.
+    let answer = get(&gw, "/both/x", opaque).await;
+    assert_error(
+        &answer,
+        401,
+        "AUTH_INVALID_KEY",
+        opaque,
+        "opaque token, both",
+    );
+    assert_eq!(upstream.count(), forwarded);
+    assert!(
+        !gw.log.text().contains("opaque-access-token"),
+        "{}",
+        gw.log.text()
+    );
+}
+
+/// The gateway of `config_with` with the main issuer's refetch interval at `interval`, started
+/// once the IdP served its first key set (so no request's fetch came first).
+async fn gateway_with_refetch_interval(
+    idp: &FakeIdp,
+    upstream: &Upstream,
+    interval: &str,
+) -> TestGateway {
+    let line = format!("jwks_min_refresh_interval = \"{interval}\"");
+    let config = config_with(idp, upstream, MAIN_ALGORITHMS).replacen(
+        r#"jwks_min_refresh_interval = "1s""#,
+        &line,
+        1,
+    );
+    assert!(config.contains(&line));
+    let gw = start_gateway_from(&config).await;
+    let label = format!(r#"issuer="{}""#, idp.issuer());
+    let loaded = poll(
+        200,
+        Duration::from_millis(50),
+        || metrics_text(&gw),
+        |text| jwks_refreshes(text, &label, "success") >= 1.0,
+    )
+    .await;
+    assert!(loaded.is_ok(), "the start-up fetch never succeeded");
+    gw
+}
+
+#[tokio::test]
+async fn an_unknown_kid_after_the_start_up_fetch_refetches_and_within_the_interval_answers_503_with_retry_after()
+ {
+    let k = keys();
+    let idp = FakeIdp::start(&[&k.rsa]).await;
+    let upstream = Upstream::start().await;
+    let gw = gateway_with_refetch_interval(&idp, &upstream, "30s").await;
+    let iss = idp.issuer();
+    assert_eq!(fresh_token_status(&gw, &k.rsa, &iss).await, 200);
+    let before = idp.fetches("/jwks.json");
+
+    // A key rotated in right after start: the start-up fetch does not count, so it is
+    // fetched at once and the token is accepted.
+    idp.set_keys(&[&k.rsa, &k.es256]);
+    assert_eq!(fresh_token_status(&gw, &k.es256, &iss).await, 200);
+    assert_eq!(idp.fetches("/jwks.json"), before + 1);
+
+    // Another one within the 30 s: no fetch may be made, so the client is told when to retry
+    // instead of being refused as if its key did not exist.
+    idp.set_keys(&[&k.rsa, &k.es256, &k.ed]);
+    let token = k.ed.sign(&claims(&iss));
+    let answer = get_with_id(&gw, "/v1/x", &token, "kid-too-soon").await;
+    assert_error(
+        &answer,
+        503,
+        "AUTH_BACKEND_UNAVAILABLE",
+        &token,
+        "unknown kid",
+    );
+    let retry: u64 = answer
+        .header("retry-after")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {answer:?}"));
+    assert!((1..=30).contains(&retry), "{answer:?}");
+    assert!(answer.message().contains("retry in"), "{answer:?}");
+    assert_eq!(idp.fetches("/jwks.json"), before + 1, "no second fetch");
+    let line = access_line(&gw, "kid-too-soon").await;
+    let auth_error = line["auth_error"].as_str().unwrap_or_default();
+    assert!(
+        auth_error.starts_with(r#"unknown_kid: kid "ed-1""#)
+            && auth_error.contains("may be fetched again in"),
+        "{line}"
+    );
+    assert_eq!(line["status"], 503);
+    // Known keys are not held up meanwhile.
+    assert_eq!(fresh_token_status(&gw, &k.es256, &iss).await, 200);
+    assert_eq!(upstream.count(), 3);
+}
+
+/// The Retry-After of an unknown-kid 503 is honest: the same token retried after it works.
+#[tokio::test]
+async fn a_token_retried_after_the_unknown_kid_retry_after_is_accepted_200() {
+    let k = keys();
+    let idp = FakeIdp::start(&[&k.rsa]).await;
+    let upstream = Upstream::start().await;
+    let gw = gateway_with_refetch_interval(&idp, &upstream, "2s").await;
+    let iss = idp.issuer();
+    idp.set_keys(&[&k.rsa, &k.es256]);
+    assert_eq!(fresh_token_status(&gw, &k.es256, &iss).await, 200);
+    idp.set_keys(&[&k.rsa, &k.es256, &k.ed]);
+    let token = k.ed.sign(&claims(&iss));
+    let first = get(&gw, "/v1/x", &token).await;
+    // (On a machine slow enough for the interval to pass first, the refetch already happened.)
+    if first.status != 200 {
+        assert_error(&first, 503, "AUTH_BACKEND_UNAVAILABLE", &token, "too soon");
+        let retry: u64 = first.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry), "{first:?}");
+        tokio::time::sleep(Duration::from_secs(retry)).await;
+        let again = get(&gw, "/v1/x", &token).await;
+        assert_eq!(again.status, 200, "after Retry-After: {again:?}");
+    }
+    assert_eq!(
+        upstream.last().header("x-auth-subject").as_deref(),
+        Some("user-1")
+    );
+}
+
+#[tokio::test]
+async fn tokens_arriving_while_the_start_up_fetch_hangs_wait_for_it_and_share_it_200() {
+    let k = keys();
+    let idp = FakeIdp::start(&[&k.rsa]).await;
+    idp.set_mode(IdpMode::Hang);
+    let upstream = Upstream::start().await;
+    let config = config_with(&idp, &upstream, MAIN_ALGORITHMS).replacen(
+        r#"jwks_min_refresh_interval = "1s""#,
+        r#"jwks_min_refresh_interval = "30s""#,
+        1,
+    );
+    let gw = start_gateway_from(&config).await;
+    wait_until("the start-up fetch to reach the IdP", || {
+        idp.fetches("/jwks.json") == 1
+    })
+    .await;
+    let waiting: Vec<_> = (0..10)
+        .map(|_| {
+            let url = gw.url("/v1/x");
+            let token = k.rsa.sign(&claims(&idp.issuer()));
+            tokio::spawn(async move { call(&url, &token).await })
+        })
+        .collect();
+    let all_in = poll(
+        200,
+        Duration::from_millis(20),
+        || metrics_text(&gw),
+        // All ten waiting for the key set (the gauge has no labels).
+        |text| {
+            text.lines()
+                .filter_map(|line| line.strip_prefix("authgate_inflight_requests "))
+                .any(|value| value.parse::<f64>().is_ok_and(|n| n >= 10.0))
+        },
+    )
+    .await;
+    assert!(all_in.is_ok(), "the requests never arrived");
+    idp.set_mode(IdpMode::Serve);
+    for request in waiting {
+        let answer = request.await.unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    assert_eq!(idp.fetches("/jwks.json"), 1, "one fetch, shared");
+    assert_eq!(upstream.count(), 10);
+}
+
+#[tokio::test]
+async fn a_private_ca_in_ca_file_is_trusted_for_jwks_and_an_unknown_ca_is_refused_clearly() {
+    let k = keys();
+    let (diagnostics, _guard) = capture_diagnostics();
+    let pki = TestPki::new();
+    let other = TestPki::new();
+    let jwks = json!({ "keys": [k.rsa.jwk.clone()] }).to_string();
+    let idp = Upstream::with_handler_tls(&pki, move |_| {
+        let body = jwks.clone();
+        async move { http_response(200, "application/json", body) }
+    })
+    .await;
+    let upstream = Upstream::start().await;
+    let issuer = |name: &str, extra: &str| {
+        format!(
+            "[[jwt.issuers]]\nissuer = \"https://{name}.idp.test\"\njwks_uri = \"{}/{name}/jwks.json\"\n{extra}\n",
+            idp.https_url()
+        )
+    };
+    let config = format!(
+        "{}{}{}{}",
+        issuer("private", "ca_file = \"ca.pem\""),
+        issuer("wrong", "ca_file = \"other-ca.pem\""),
+        issuer("public", ""),
+        auth_route("api", "/v1/", &upstream.url(), JWT, "")
+    );
+    let gw = TestGateway::start_with_files(
+        &config,
+        &[
+            ("ca.pem", pki.ca_pem.as_bytes()),
+            ("other-ca.pem", other.ca_pem.as_bytes()),
+        ],
+    )
+    .await;
+    let token = |name: &str| {
+        k.rsa.sign(&with(
+            claims(&format!("https://{name}.idp.test")),
+            json!({"aud": null}),
+        ))
+    };
+    wait_for_status(&gw, "/v1/x", &token("private"), 200).await;
+    for name in ["wrong", "public"] {
+        let token = token(name);
+        let id = format!("ca-{name}");
+        let answer = get_with_id(&gw, "/v1/x", &token, &id).await;
+        assert_error(&answer, 503, "AUTH_BACKEND_UNAVAILABLE", &token, name);
+        let line = access_line(&gw, &id).await;
+        assert!(
+            line["auth_error"]
+                .as_str()
+                .is_some_and(|error| error.starts_with("key_set_unavailable: ")),
+            "{name}: {line}"
+        );
+    }
+    // The TLS handshake failed: no request reached the server for the other two.
+    let paths: Vec<String> = idp.recorded().iter().map(Recorded::target).collect();
+    assert!(
+        paths.iter().all(|path| path == "/private/jwks.json"),
+        "{paths:?}"
+    );
+    // Each failure says why, naming the certificate problem.
+    let failures: Vec<Value> = diagnostics
+        .lines()
+        .into_iter()
+        .filter(|entry| entry["message"] == "JWKS fetch failed; keeping the last key set.")
+        .collect();
+    for name in ["wrong", "public"] {
+        let failure = failures
+            .iter()
+            .find(|entry| entry["issuer"] == format!("https://{name}.idp.test"))
+            .unwrap_or_else(|| panic!("{name}: no failure logged:\n{}", diagnostics.text()));
+        let error = failure["error"].as_str().unwrap_or_default();
+        // (`UnknownIssuer` without a CA file; `BadSignature` with another CA of the same name.)
+        assert!(
+            error.contains("invalid peer certificate"),
+            "{name}: {failure}"
+        );
+        assert!(error.contains("/jwks.json"), "{name}: {failure}");
+    }
+    assert_eq!(upstream.count(), 1);
+}
+
+#[test]
+fn a_ca_file_that_cannot_be_loaded_is_a_config_error_at_its_line() {
+    let text = issuer_config(
+        "issuer = \"https://idp.example/platform\"\njwks_uri = \"https://idp.example/jwks.json\"\nca_file = \"no-such-ca.pem\"",
+        JWT,
+    );
+    let errors = config_errors(&text);
+    let line = text.lines().position(|l| l.starts_with("ca_file")).unwrap() + 1;
+    assert!(
+        errors
+            .iter()
+            .any(|(at, message)| *at == line && message.contains("no-such-ca.pem")),
+        "{errors:?}"
+    );
 }

@@ -1204,6 +1204,83 @@ async fn exposed_trailer_report_reaches_an_http1_client_that_accepts_trailers() 
     );
 }
 
+/// A budget 429 says the token budget ran out and carries OpenAI's token headers (the budget,
+/// none left), over HTTP/1.1 and HTTP/2; a request-rate 429 carries neither and says so.
+#[tokio::test]
+async fn a_token_budget_429_says_the_budget_ran_out_with_the_tokens_left_and_the_limit() {
+    let (upstream, _seen) = usage_upstream().await;
+    let up = upstream.url();
+    let key = new_key();
+    let config = [
+        key_route("llm", "/llm/", &up, &usage_rule(600, false)),
+        key_route(
+            "slow",
+            "/slow/",
+            &up,
+            "rate_limit = { requests_per_second = 0.1, burst = 1 }",
+        ),
+    ]
+    .concat();
+    let gw = start(&config, &record(&key, "k1", "t1", "")).await;
+    assert_eq!(get(&gw, "/llm/a?cost=700", &key).await.status, 200);
+
+    let refused = get(&gw, "/llm/a", &key).await;
+    assert_limited(&refused, "budget: ");
+    let message = refused.message();
+    assert!(
+        message.contains("Token budget") && message.contains("600 tokens per minute"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.header("x-ratelimit-limit-tokens").as_deref(),
+        Some("600"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.header("x-ratelimit-remaining-tokens").as_deref(),
+        Some("0"),
+        "{refused:?}"
+    );
+    // The same fields over HTTP/2 (the answer is built as a header map there).
+    let h2 = fetch(&gw, true, "/llm/a", &key).await;
+    assert_eq!(h2.status, 429, "{h2:?}");
+    assert_eq!(h2.headers["x-ratelimit-limit-tokens"], "600");
+    assert_eq!(h2.headers["x-ratelimit-remaining-tokens"], "0");
+    assert!(h2.headers.contains_key("retry-after"), "{h2:?}");
+
+    // A request-rate refusal is no budget refusal.
+    assert_eq!(get(&gw, "/slow/a", &key).await.status, 200);
+    let limited = get(&gw, "/slow/a", &key).await;
+    assert_limited(&limited, "rate: ");
+    assert!(
+        limited.message().starts_with("Rate limit exceeded"),
+        "{limited:?}"
+    );
+    assert_eq!(
+        limited.header("x-ratelimit-limit-tokens"),
+        None,
+        "{limited:?}"
+    );
+    assert_eq!(limited.header("x-ratelimit-remaining-tokens"), None);
+
+    // The access log tells the two apart.
+    let lines = gw.wait_for_log_lines(5).await;
+    let reasons: Vec<&str> = lines
+        .iter()
+        .filter(|line| line["status"] == 429)
+        .filter_map(|line| line["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "TOKEN_BUDGET_EXHAUSTED",
+            "TOKEN_BUDGET_EXHAUSTED",
+            "RATE_LIMITED"
+        ],
+        "{lines:?}"
+    );
+}
+
 #[tokio::test]
 async fn key_tokens_per_minute_replaces_the_route_budget_and_is_shared_across_routes() {
     let (upstream, _seen) = usage_upstream().await;

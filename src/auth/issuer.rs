@@ -1,6 +1,7 @@
 //! What a configured JWT issuer is: how its `iss` is matched, where its keys are, which
 //! audiences, algorithms and claims apply. Pure data, compiled from `[[jwt.issuers]]`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// `[[jwt.issuers]]`, compiled.
@@ -16,6 +17,9 @@ pub struct IssuerSettings {
     pub forward_claims: Vec<String>,
     pub jwks_refresh: Duration,
     pub jwks_min_refresh_interval: Duration,
+    /// Extra PEM CA certificates trusted for this issuer's discovery and JWKS URLs (a
+    /// private CA), on top of the web PKI roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How a token's `iss` is matched.

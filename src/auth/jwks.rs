@@ -1,6 +1,8 @@
 //! JWKS key sets: fetched from `jwks_uri` or OIDC discovery, refreshed periodically, refetched
-//! on an unknown `kid` at most once per `jwks_min_refresh_interval` (one fetch at a time), and
-//! kept when the IdP fails.
+//! on an unknown `kid` at most once per `jwks_min_refresh_interval` (one fetch at a time, the
+//! fetches at start and the periodic ones not counted), and kept when the IdP fails. A token
+//! whose `kid` is unknown while no refetch may be made yet is told when to retry (503), not
+//! refused as if its key did not exist.
 //!
 //! Keys are parsed once per fetch into `DecodingKey`s, with the algorithms each key may verify:
 //! RSA keys RS*/PS*, EC P-256 ES256, EC P-384 ES384, Ed25519 EdDSA. Symmetric (`oct`) keys
@@ -8,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -151,17 +154,24 @@ pub enum KeyError {
     NoKeySet,
     /// The IdP says this issuer or key set does not exist (a 4xx): 401.
     UnknownIssuer,
-    /// The set has no key for this token: 401.
-    UnknownKey,
+    /// The set has no key for this token. `retry_after_secs: None`: checked against a fetch
+    /// made or finished for this request (401). `Some`: no fetch may be made before then
+    /// (503 with `Retry-After`), so a client retries instead of re-authenticating.
+    UnknownKey { retry_after_secs: Option<u64> },
 }
+
+/// Longest a request waits for a key-set fetch already in flight (a fetch gives up after
+/// twice [`FETCH_TIMEOUT`] anyway); `jwks_min_refresh_interval` bounds it further.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct FetchState {
     last_attempt: Option<Instant>,
+    /// The last fetch made for an unknown `kid`: only these count against
+    /// `min_interval` (fetches at start, on reload and the periodic ones do not).
+    last_on_demand: Option<Instant>,
     /// The JWKS URL once known (configured, or found through discovery).
     resolved_uri: Option<String>,
-    /// The last fetch got a definite "not found".
-    not_found: bool,
 }
 
 /// Where a key set comes from and the set itself.
@@ -172,7 +182,12 @@ pub struct JwksSource {
     /// The issuer URL, for discovery.
     issuer: String,
     keys: ArcSwapOption<KeySet>,
+    /// Held while a fetch runs: a request that finds it taken waits for that fetch instead
+    /// of starting another.
     fetch: Mutex<FetchState>,
+    /// The last fetch got a definite "not found" and no set was ever had. Outside the lock,
+    /// so reading it never waits for a fetch in flight.
+    not_found: AtomicBool,
     min_interval: Duration,
     client: OutboundClient,
     refreshes: Family<JwksLabels, Counter>,
@@ -194,9 +209,10 @@ impl JwksSource {
             keys: ArcSwapOption::empty(),
             fetch: Mutex::new(FetchState {
                 last_attempt: None,
+                last_on_demand: None,
                 resolved_uri: jwks_uri,
-                not_found: false,
             }),
+            not_found: AtomicBool::new(false),
             min_interval,
             client,
             refreshes,
@@ -204,26 +220,58 @@ impl JwksSource {
         })
     }
 
-    /// The verification key for a token, refetching once (rate-limited) on an unknown `kid`.
+    /// The verification key for a token. On an unknown `kid` (the IdP may have rotated
+    /// keys): waits for a fetch already in flight (bounded), else fetches once if the last
+    /// fetch for an unknown kid was at least `min_interval` ago, else answers when the next
+    /// one may be made. One fetch at a time per key set; waiting requests share it.
     pub async fn key_for(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, KeyError> {
         if let Some(set) = self.keys.load().as_ref()
             && let Some(key) = set.find(kid)
         {
             return Ok(key.clone());
         }
-        // Unknown kid, or no set yet: maybe the IdP rotated keys. At most one fetch per
-        // min_interval, and concurrent requests wait for that one instead of starting more.
-        self.refresh(false).await;
-        let set = self.keys.load_full();
-        match set {
-            Some(set) => set.find(kid).cloned().ok_or(KeyError::UnknownKey),
-            None if self.fetch.lock().await.not_found => Err(KeyError::UnknownIssuer),
+        let waited_out = match self.fetch.try_lock() {
+            Ok(mut state) => {
+                if let Some(last) = state.last_on_demand
+                    && let Some(wait) = self.min_interval.checked_sub(last.elapsed())
+                    && !wait.is_zero()
+                {
+                    drop(state);
+                    return self.found_after(kid, Some(whole_seconds(wait)));
+                }
+                state.last_on_demand = Some(Instant::now());
+                self.fetch_locked(&mut state).await;
+                false
+            }
+            Err(_) => {
+                let cap = self.min_interval.min(MAX_FETCH_WAIT);
+                tokio::time::timeout(cap, self.fetch.lock()).await.is_err()
+            }
+        };
+        // A fetch still running after the wait: ask the client to come back shortly.
+        self.found_after(kid, waited_out.then_some(1))
+    }
+
+    /// The key from the current set; when it is not there, `retry_after_secs` says whether a
+    /// fetch is still to come (503 with Retry-After) or the set is as fresh as it gets (401).
+    fn found_after(
+        &self,
+        kid: Option<&str>,
+        retry_after_secs: Option<u64>,
+    ) -> Result<Arc<VerifyKey>, KeyError> {
+        match self.keys.load_full() {
+            Some(set) => set
+                .find(kid)
+                .cloned()
+                .ok_or(KeyError::UnknownKey { retry_after_secs }),
+            None if self.not_found.load(Ordering::Relaxed) => Err(KeyError::UnknownIssuer),
             None => Err(KeyError::NoKeySet),
         }
     }
 
-    /// Fetches the key set. Unless `forced` (the periodic refresh), at most once per
-    /// `min_interval`. A failure keeps the last good set.
+    /// Fetches the key set (start-up and periodic). Unless `forced`, not when any fetch was
+    /// made less than `min_interval` ago (a new tenant's first token just fetched it). A
+    /// failure keeps the last good set.
     pub async fn refresh(&self, forced: bool) {
         let mut state = self.fetch.lock().await;
         if !forced
@@ -232,22 +280,27 @@ impl JwksSource {
         {
             return;
         }
+        self.fetch_locked(&mut state).await;
+    }
+
+    /// One fetch, the lock held: the new set replaces the old one only when it is good.
+    async fn fetch_locked(&self, state: &mut FetchState) {
         state.last_attempt = Some(Instant::now());
-        let result = match tokio::time::timeout(FETCH_TIMEOUT * 2, self.fetch_set(&mut state)).await
-        {
+        let result = match tokio::time::timeout(FETCH_TIMEOUT * 2, self.fetch_set(state)).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Failed("timed out".into())),
         };
         let outcome = match result {
             Ok(set) => {
                 tracing::info!(issuer = %self.issuer, keys = set.len(), "JWKS fetched.");
-                state.not_found = false;
+                self.not_found.store(false, Ordering::Relaxed);
                 self.keys.store(Some(Arc::new(set)));
                 "success"
             }
             Err(FetchError::NotFound(message)) => {
                 tracing::warn!(issuer = %self.issuer, error = %message, "JWKS not found; keeping the last key set.");
-                state.not_found = self.keys.load().is_none();
+                self.not_found
+                    .store(self.keys.load().is_none(), Ordering::Relaxed);
                 "not_found"
             }
             Err(FetchError::Failed(message)) => {
@@ -381,8 +434,29 @@ impl JwksSource {
     }
 }
 
+/// A wait in whole seconds, rounded up, at least 1 (a `Retry-After` a retry can trust).
+fn whole_seconds(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
 #[derive(Debug)]
 enum FetchError {
     NotFound(String),
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Retry-After a retry can trust: rounded up, never 0.
+    #[test]
+    fn waits_round_up_to_whole_seconds_of_at_least_one() {
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds(Duration::from_millis(2001)), 3);
+        assert_eq!(whole_seconds(Duration::from_millis(29_999)), 30);
+    }
 }

@@ -10,6 +10,7 @@
 //! ```
 //! The unverified `iss` is only used to choose which keys to trust; every claim is checked
 //! after the signature. `none`, HMAC and keys of the wrong type never verify anything.
+//! Every refusal says why ([`JwtRefusal`]); the reason is built on the refusal path only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 
 use super::issuer::{IssuerMatch, IssuerSettings};
 use super::jwks::{JwksSource, KeyError};
+use super::refusal::{JwtRefusal, quoted, quoted_list};
 use super::{AuthMethod, Identity, IdentityFields};
 use crate::error::GatewayError;
 use crate::keys::Timestamp;
@@ -50,6 +52,9 @@ struct Bucket {
 #[derive(Debug)]
 struct Issuer {
     settings: IssuerSettings,
+    /// The client its key sets are fetched with: the shared one, or one that also trusts
+    /// the issuer's `ca_file`.
+    client: OutboundClient,
     label: SharedLabel,
     /// The key set when it does not depend on the tenant.
     shared: Option<Arc<JwksSource>>,
@@ -73,17 +78,21 @@ impl Issuer {
         validator: &JwtValidator,
         iss: &str,
         tenant: Option<&str>,
-    ) -> Result<Arc<JwksSource>, GatewayError> {
+    ) -> Result<Arc<JwksSource>, JwtRefusal> {
         if let Some(shared) = &self.shared {
             return Ok(shared.clone());
         }
-        let tenant = tenant.ok_or(GatewayError::InvalidToken)?;
+        let tenant = tenant.ok_or_else(|| {
+            JwtRefusal::IssMismatch("the issuer pattern captured no tenant".to_owned())
+        })?;
         if let Some(source) = self.per_tenant.get(tenant) {
             return Ok(source.clone());
         }
         if self.per_tenant.len() >= MAX_TENANTS_PER_ISSUER || !self.take_new_tenant_budget() {
             tracing::warn!(issuer = %self.label.0, "Too many new tenants to fetch key sets for; refusing for now.");
-            return Err(GatewayError::AuthBackendUnavailable);
+            return Err(JwtRefusal::KeySetUnavailable(
+                "too many new tenants to fetch key sets for; retry later",
+            ));
         }
         let jwks_uri = self
             .settings
@@ -94,7 +103,13 @@ impl Issuer {
             .per_tenant
             .entry(tenant.to_owned())
             .or_insert_with(|| {
-                validator.new_source(jwks_uri, iss.to_owned(), &self.settings, self.label.clone())
+                validator.new_source(
+                    jwks_uri,
+                    iss.to_owned(),
+                    &self.settings,
+                    &self.client,
+                    self.label.clone(),
+                )
             })
             .clone();
         Ok(source)
@@ -167,6 +182,16 @@ impl JwtValidator {
         };
         for settings in settings {
             let label = SharedLabel(Arc::from(settings.matcher.as_str()));
+            let client = match &settings.ca_file {
+                None => validator.client.clone(),
+                // The gateway loaded the file just before; should it have become unreadable
+                // since, the web PKI alone is trusted and the private IdP's fetches fail
+                // (closed), each one logged.
+                Some(path) => OutboundClient::new(Some(path)).unwrap_or_else(|error| {
+                    tracing::error!(issuer = %label.0, %error, "The issuer's ca_file cannot be loaded.");
+                    validator.client.clone()
+                }),
+            };
             let shared = (!Issuer::keys_per_tenant(settings)).then(|| {
                 let discovery_issuer = match &settings.matcher {
                     IssuerMatch::Exact(issuer) => issuer.clone(),
@@ -176,6 +201,7 @@ impl JwtValidator {
                     settings.jwks_uri.clone(),
                     discovery_issuer,
                     settings,
+                    &client,
                     label.clone(),
                 )
             });
@@ -186,6 +212,7 @@ impl JwtValidator {
             }
             validator.issuers.push(Issuer {
                 settings: settings.clone(),
+                client,
                 label,
                 shared,
                 per_tenant: DashMap::new(),
@@ -203,13 +230,14 @@ impl JwtValidator {
         jwks_uri: Option<String>,
         issuer: String,
         settings: &IssuerSettings,
+        client: &OutboundClient,
         label: SharedLabel,
     ) -> Arc<JwksSource> {
         let source = JwksSource::new(
             jwks_uri,
             issuer,
             settings.jwks_min_refresh_interval,
-            self.client.clone(),
+            client.clone(),
             self.refreshes.clone(),
             label,
         );
@@ -219,13 +247,24 @@ impl JwtValidator {
 
     /// Validates a token (already known to be JWT-shaped).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, GatewayError> {
+        self.authenticate_explained(token)
+            .await
+            .map_err(|refusal| refusal.error())
+    }
+
+    /// Validates a token; a refusal says why (boxed: the success path carries a pointer's
+    /// worth of error, and builds nothing).
+    pub async fn authenticate_explained(
+        &self,
+        token: &str,
+    ) -> Result<Arc<Identity>, Box<JwtRefusal>> {
         let (hash, now) = match self.authenticate_cached(token) {
             Cached::Done(result) => return result,
             Cached::Miss { hash, now } => (hash, now),
         };
         // Boxed: the verification future (JWKS fetches included) is large, and every
         // request's future would otherwise carry and copy it, cache hit or not.
-        let identity = Arc::new(Box::pin(self.verify(token, now)).await?);
+        let identity = Arc::new(Box::pin(self.verify(token, now)).await.map_err(Box::new)?);
         self.cache.insert(hash, identity.clone());
         Ok(identity)
     }
@@ -233,14 +272,21 @@ impl JwtValidator {
     /// The verified-token cache alone: a decision, or what verifying needs.
     fn authenticate_cached(&self, token: &str) -> Cached {
         if token.len() > super::MAX_CREDENTIAL_BYTES {
-            return Cached::Done(Err(GatewayError::InvalidToken));
+            return Cached::Done(Err(Box::new(JwtRefusal::Malformed(
+                "longer than the largest credential considered (16 KiB)",
+            ))));
         }
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Timestamp::now();
         if let Some(identity) = self.cache.get(&hash) {
-            if identity.expires_at.is_some_and(|until| until <= now) {
+            if let Some(until) = identity.expires_at
+                && until <= now
+            {
                 self.cache.remove(&hash);
-                return Cached::Done(Err(GatewayError::TokenExpired));
+                return Cached::Done(Err(Box::new(JwtRefusal::Expired {
+                    until: until.0,
+                    now: now.0,
+                })));
             }
             return Cached::Done(Ok(identity));
         }
@@ -249,23 +295,26 @@ impl JwtValidator {
 
     /// Validates without consulting or filling the token cache (benchmarks, diagnostics).
     pub async fn verify_uncached(&self, token: &str) -> Result<Identity, GatewayError> {
-        self.verify(token, Timestamp::now()).await
+        self.verify(token, Timestamp::now())
+            .await
+            .map_err(|refusal| refusal.error())
     }
 
-    async fn verify(&self, token: &str, now: Timestamp) -> Result<Identity, GatewayError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| GatewayError::InvalidToken)?;
+    async fn verify(&self, token: &str, now: Timestamp) -> Result<Identity, JwtRefusal> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| JwtRefusal::Malformed("the header is not base64url JSON of a JWS"))?;
         if let Some(typ) = &header.typ {
             let typ = typ.to_ascii_lowercase();
             if !matches!(
                 typ.as_str(),
                 "jwt" | "at+jwt" | "application/jwt" | "application/at+jwt"
             ) {
-                return Err(GatewayError::InvalidToken);
+                return Err(JwtRefusal::Malformed("typ is not JWT or at+jwt"));
             }
         }
         // RFC 7515 §4.1.11: no header extension is understood here, so any `crit` is refused.
         if header.crit.is_some() {
-            return Err(GatewayError::InvalidToken);
+            return Err(JwtRefusal::Malformed("a crit header is not supported"));
         }
         // Only to choose which issuer's keys to try; verified below with the signature.
         #[derive(serde::Deserialize)]
@@ -273,14 +322,21 @@ impl JwtValidator {
             iss: Option<Value>,
         }
         let unverified: Unverified = jsonwebtoken::dangerous::insecure_decode_claims(token)
-            .map_err(|_| GatewayError::InvalidToken)?;
+            .map_err(|_| JwtRefusal::Malformed("the claims are not base64url JSON"))?;
         let Some(Value::String(iss)) = unverified.iss else {
-            return Err(GatewayError::InvalidToken);
+            return Err(JwtRefusal::UnknownIssuer { iss: None });
         };
-        let (issuer, captured_tenant) = self.issuer_for(&iss).ok_or(GatewayError::InvalidToken)?;
+        let (issuer, captured_tenant) =
+            self.issuer_for(&iss)
+                .ok_or_else(|| JwtRefusal::UnknownIssuer {
+                    iss: Some(quoted(&iss)),
+                })?;
         let settings = &issuer.settings;
         if !settings.algorithms.contains(&header.alg) {
-            return Err(GatewayError::InvalidToken);
+            return Err(JwtRefusal::AlgNotAllowed {
+                alg: algorithm_name(header.alg),
+                why: "is not in the issuer's algorithms",
+            });
         }
         let source = issuer.source(self, &iss, captured_tenant).await?;
         let key = source
@@ -297,13 +353,25 @@ impl JwtValidator {
                     issuer.per_tenant.remove(tenant);
                 }
                 match error {
-                    KeyError::NoKeySet => GatewayError::AuthBackendUnavailable,
-                    KeyError::UnknownIssuer | KeyError::UnknownKey => GatewayError::InvalidToken,
+                    KeyError::NoKeySet => JwtRefusal::KeySetUnavailable(
+                        "no key set could be fetched from the IdP yet",
+                    ),
+                    KeyError::UnknownIssuer => JwtRefusal::IssMismatch(format!(
+                        "the IdP has no key set for iss {}",
+                        quoted(&iss)
+                    )),
+                    KeyError::UnknownKey { retry_after_secs } => JwtRefusal::UnknownKid {
+                        kid: header.kid.as_deref().map(quoted),
+                        retry_after_secs,
+                    },
                 }
             })?;
         // The algorithm must fit the key's type (no RSA key used for ES256, no HMAC at all).
         if !key.algorithms.contains(&header.alg) {
-            return Err(GatewayError::InvalidToken);
+            return Err(JwtRefusal::AlgNotAllowed {
+                alg: algorithm_name(header.alg),
+                why: "does not fit the type (or declared alg) of the key the kid names",
+            });
         }
         let mut validation = Validation::new(header.alg);
         // Claims are checked below, with the rules of SPEC §4.2.
@@ -312,7 +380,16 @@ impl JwtValidator {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
-            .map_err(|_| GatewayError::InvalidToken)?
+            .map_err(|error| match error.kind() {
+                jsonwebtoken::errors::ErrorKind::Base64(_) => {
+                    JwtRefusal::Malformed("the signature is not base64url")
+                }
+                jsonwebtoken::errors::ErrorKind::Json(_)
+                | jsonwebtoken::errors::ErrorKind::Utf8(_) => {
+                    JwtRefusal::Malformed("the claims are not a JSON object")
+                }
+                _ => JwtRefusal::BadSignature,
+            })?
             .claims;
         check_claims(&claims, &iss, settings, now)?;
         identity_from_claims(&claims, &iss, settings, captured_tenant)
@@ -328,16 +405,39 @@ impl JwtValidator {
     }
 }
 
+/// The name of an algorithm, for a refusal's detail.
+fn algorithm_name(alg: jsonwebtoken::Algorithm) -> &'static str {
+    use jsonwebtoken::Algorithm as A;
+    match alg {
+        A::HS256 => "HS256",
+        A::HS384 => "HS384",
+        A::HS512 => "HS512",
+        A::ES256 => "ES256",
+        A::ES384 => "ES384",
+        A::RS256 => "RS256",
+        A::RS384 => "RS384",
+        A::RS512 => "RS512",
+        A::PS256 => "PS256",
+        A::PS384 => "PS384",
+        A::PS512 => "PS512",
+        A::EdDSA => "EdDSA",
+        _ => "(another algorithm)",
+    }
+}
+
 /// A NumericDate claim: a JSON number (never a string), as whole seconds.
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, GatewayError> {
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<i64>, JwtRefusal> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(number)) => number
             .as_f64()
             .filter(|seconds| seconds.is_finite() && seconds.abs() < 1e15)
             .map(|seconds| Some(seconds.floor() as i64))
-            .ok_or(GatewayError::InvalidToken),
-        Some(_) => Err(GatewayError::InvalidToken),
+            .ok_or(JwtRefusal::InvalidClaim(name)),
+        Some(_) => Err(JwtRefusal::InvalidClaim(name)),
     }
 }
 
@@ -346,20 +446,26 @@ fn check_claims(
     iss: &str,
     settings: &IssuerSettings,
     now: Timestamp,
-) -> Result<(), GatewayError> {
+) -> Result<(), JwtRefusal> {
     let leeway = i64::try_from(settings.leeway.as_secs()).unwrap_or(i64::MAX / 4);
-    let exp = numeric_date(claims, "exp")?.ok_or(GatewayError::InvalidToken)?;
+    let exp = numeric_date(claims, "exp")?.ok_or(JwtRefusal::MissingClaim("exp"))?;
     let nbf = numeric_date(claims, "nbf")?;
     let iat = numeric_date(claims, "iat")?;
     if claims.get("iss").and_then(Value::as_str) != Some(iss) {
-        return Err(GatewayError::InvalidToken);
+        return Err(JwtRefusal::IssMismatch(
+            "the verified iss is not the one the keys were chosen by".to_owned(),
+        ));
     }
-    if nbf.is_some_and(|nbf| nbf > now.0.saturating_add(leeway)) {
-        return Err(GatewayError::InvalidToken);
-    }
-    if iat.is_some_and(|iat| iat > now.0.saturating_add(leeway)) {
-        return Err(GatewayError::InvalidToken);
-    }
+    let future = |claim: &'static str, value: Option<i64>| match value {
+        Some(value) if value > now.0.saturating_add(leeway) => Err(JwtRefusal::NotYetValid {
+            claim,
+            value,
+            now: now.0,
+        }),
+        _ => Ok(()),
+    };
+    future("nbf", nbf)?;
+    future("iat", iat)?;
     if !settings.audiences.is_empty() {
         let matches = |aud: &str| settings.audiences.iter().any(|wanted| wanted == aud);
         let ok = match claims.get("aud") {
@@ -368,17 +474,28 @@ fn check_claims(
             _ => false,
         };
         if !ok {
-            return Err(GatewayError::InvalidToken);
+            let seen = match claims.get("aud") {
+                None => "(none)".to_owned(),
+                Some(Value::String(aud)) => quoted_list([aud.as_str()]),
+                Some(Value::Array(list)) => quoted_list(list.iter().filter_map(Value::as_str)),
+                Some(_) => "(not a string or a list of strings)".to_owned(),
+            };
+            return Err(JwtRefusal::AudMismatch {
+                seen,
+                wanted: quoted_list(settings.audiences.iter().map(String::as_str)),
+            });
         }
     }
     match claims.get("sub") {
         Some(Value::String(sub)) if !sub.is_empty() => {}
-        _ => return Err(GatewayError::InvalidToken),
+        None => return Err(JwtRefusal::MissingClaim("sub")),
+        Some(_) => return Err(JwtRefusal::InvalidClaim("sub")),
     }
     // Expiry last, so an expired token that is also invalid reports the invalidity. Valid
     // strictly before exp (RFC 7519 §4.1.4), as the cache checks it.
-    if exp.saturating_add(leeway) <= now.0 {
-        return Err(GatewayError::TokenExpired);
+    let until = exp.saturating_add(leeway);
+    if until <= now.0 {
+        return Err(JwtRefusal::Expired { until, now: now.0 });
     }
     Ok(())
 }
@@ -388,7 +505,7 @@ fn identity_from_claims(
     iss: &str,
     settings: &IssuerSettings,
     captured_tenant: Option<&str>,
-) -> Result<Identity, GatewayError> {
+) -> Result<Identity, JwtRefusal> {
     let sub = claims
         .get("sub")
         .and_then(Value::as_str)
@@ -410,7 +527,12 @@ fn identity_from_claims(
     // claiming tenant B is refused.
     let tenant = match (captured_tenant, claimed_tenant) {
         (Some(captured), Some(claimed)) if captured != claimed => {
-            return Err(GatewayError::InvalidToken);
+            return Err(JwtRefusal::IssMismatch(format!(
+                "the issuer is tenant {}'s but {} says {}",
+                quoted(captured),
+                settings.tenant_claim,
+                quoted(claimed)
+            )));
         }
         (_, Some(claimed)) => Some(claimed),
         (captured, None) => captured,
@@ -457,7 +579,7 @@ fn identity_from_claims(
 
 /// What the verified-token cache says about a token.
 enum Cached {
-    Done(Result<Arc<Identity>, GatewayError>),
+    Done(Result<Arc<Identity>, Box<JwtRefusal>>),
     Miss { hash: [u8; 32], now: Timestamp },
 }
 

@@ -9,6 +9,7 @@ pub mod assertion;
 pub mod issuer;
 pub mod jwks;
 pub mod jwt;
+pub mod refusal;
 
 use bytestring::ByteString;
 use http::header::AUTHORIZATION;
@@ -25,6 +26,7 @@ use crate::keys::{KeyHash, KeyStore, Timestamp};
 use crate::limits::settings::Rate;
 use crate::routes::policy::AuthPolicy;
 use crate::telemetry::AuthLabels;
+use refusal::{AuthReport, JwtRefusal};
 
 /// How the caller authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -532,7 +534,8 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
 /// credential then meets `admit` (the revocation list), whose refusal is this decision's
 /// outcome. Every decision on a protected route is counted in
 /// `authgate_auth_total{method,result}`. `client` names the client address (asked for API
-/// keys only): its failed API-key authentications are limited.
+/// keys only): its failed API-key authentications are limited. A refusal leaves in `report`
+/// the kind of credential presented and, for tokens, why (built on refusal only).
 #[allow(clippy::too_many_arguments)]
 pub async fn authenticate<T>(
     policy: AuthPolicy,
@@ -543,18 +546,28 @@ pub async fn authenticate<T>(
     keys: Option<&Arc<KeyStore>>,
     jwt_validator: Option<&Arc<jwt::JwtValidator>>,
     metrics: &AuthMetrics,
+    report: &mut AuthReport,
     admit: impl FnOnce(&Arc<Identity>) -> Result<T, GatewayError>,
 ) -> Result<Option<(Arc<Identity>, T)>, GatewayError> {
     let AuthPolicy::Required { api_key, jwt } = policy else {
         return Ok(None);
     };
     let (method, result) = match extract_credential(headers, key_headers, api_key_prefix) {
+        // Neither kind by shape, where only JWTs are taken: most often an IdP's opaque access
+        // token sent where a JWT access token was meant. The token code, saying so.
+        Err(GatewayError::InvalidKey) if jwt && !api_key => {
+            report.refusal = Some(Box::new(JwtRefusal::NotAJwt));
+            (Attempt::Invalid, Err(GatewayError::NotAJwt))
+        }
         Err(error) => (Attempt::Invalid, Err(error)),
         Ok(None) => (Attempt::None, Err(GatewayError::AuthMissing)),
         Ok(Some(Credential::ApiKey(_))) if !api_key => {
             (Attempt::ApiKey, Err(GatewayError::InvalidToken))
         }
-        Ok(Some(Credential::Jwt(_))) if !jwt => (Attempt::Jwt, Err(GatewayError::InvalidKey)),
+        Ok(Some(Credential::Jwt(_))) if !jwt => {
+            report.refusal = Some(Box::new(JwtRefusal::NotAccepted));
+            (Attempt::Jwt, Err(GatewayError::InvalidKey))
+        }
         Ok(Some(Credential::ApiKey(key))) => {
             let result = match keys {
                 Some(store) => store.authenticate_from(key, client).await,
@@ -564,14 +577,26 @@ pub async fn authenticate<T>(
             (Attempt::ApiKey, result)
         }
         Ok(Some(Credential::Jwt(token))) => {
-            let result = match jwt_validator {
-                Some(validator) => validator.authenticate(token).await,
+            let checked = match jwt_validator {
+                Some(validator) => validator.authenticate_explained(token).await,
                 // No issuer is configured: no token can be valid.
-                None => Err(GatewayError::InvalidToken),
+                None => Err(Box::new(JwtRefusal::NoIssuers)),
             };
+            let result = checked.map_err(|refusal| {
+                let error = refusal.error();
+                report.refusal = Some(refusal);
+                error
+            });
             (Attempt::Jwt, result)
         }
     };
+    if result.is_err() {
+        report.presented = match method {
+            Attempt::ApiKey => Some(AuthMethod::ApiKey),
+            Attempt::Jwt => Some(AuthMethod::Jwt),
+            Attempt::Invalid | Attempt::None => None,
+        };
+    }
     let result = result.and_then(|identity| admit(&identity).map(|admitted| (identity, admitted)));
     metrics.record(method, result.as_ref().err());
     result.map(Some)
@@ -610,11 +635,15 @@ fn result_slot(error: Option<&GatewayError>) -> Option<usize> {
         Some(GatewayError::InvalidKey) => 2,
         Some(GatewayError::KeyRevoked) => 3,
         Some(GatewayError::KeyExpired) => 4,
-        Some(GatewayError::InvalidToken) => 5,
+        Some(GatewayError::InvalidToken | GatewayError::NotAJwt) => 5,
         Some(GatewayError::TokenExpired) => 6,
         Some(GatewayError::TokenRevoked) => 7,
         Some(GatewayError::BadRequest(_)) => 8,
-        Some(GatewayError::AuthBackendUnavailable | GatewayError::KeySourceThrottled) => 9,
+        Some(
+            GatewayError::AuthBackendUnavailable
+            | GatewayError::KeySourceThrottled
+            | GatewayError::KeySetRefetchPending { .. },
+        ) => 9,
         // A client over its failed-authentication allowance: the path a flood drives.
         Some(GatewayError::RateLimited { .. }) => 10,
         Some(_) => return None,

@@ -68,7 +68,7 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
     let identity = compile_identity(&file.identity, &base_dir, &mut errors, &mut warnings);
     let api_keys = compile_api_keys(&file, &base_dir, &mut errors);
     let key_headers = compile_key_headers(&file.api_keys, &identity, &mut errors);
-    let jwt_issuers = super::jwt::compile_jwt(&file.jwt, &mut errors);
+    let jwt_issuers = super::jwt::compile_jwt(&file.jwt, &base_dir, &mut errors);
     let redis = compile_redis(&file, &mut errors);
     let rate_limits = compile_rate_limits(&file, redis.as_ref(), &mut errors);
     let revocation = compile_revocation(&file, &mut errors);
@@ -477,7 +477,7 @@ fn compile_api_keys(file: &FileConfig, base_dir: &Path, errors: &mut Errors<'_>)
             KeySourceSettings::Database
         }
         KeySourceKind::ControlPlane => match &file.control_plane {
-            Some(control_plane) => compile_control_plane(control_plane.get_ref(), errors),
+            Some(control_plane) => compile_control_plane(control_plane.get_ref(), base_dir, errors),
             None => {
                 errors.at(
                     0..0,
@@ -580,6 +580,7 @@ fn compile_failed_auth_limit(
 
 fn compile_control_plane(
     control_plane: &file::FileControlPlane,
+    base_dir: &Path,
     errors: &mut Errors<'_>,
 ) -> KeySourceSettings {
     check_http_url(&control_plane.url, "control_plane.url", errors);
@@ -625,6 +626,7 @@ fn compile_control_plane(
         url: control_plane.url.get_ref().as_str().to_owned(),
         timeout,
         auth,
+        ca_file: super::jwt::compile_ca_file(control_plane.ca_file.as_ref(), base_dir, errors),
     })
 }
 

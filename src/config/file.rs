@@ -227,6 +227,8 @@ pub struct FileControlPlane {
     pub url: Spanned<Text>,
     pub timeout: Option<DurationValue>,
     pub auth: Option<FileControlPlaneAuth>,
+    /// Extra CA certificates (PEM) trusted for the control plane and its token URL.
+    pub ca_file: Option<Spanned<Text>>,
 }
 
 /// `control_plane.auth`.
@@ -270,6 +272,8 @@ pub struct FileIssuer {
     pub forward_claims: Vec<Text>,
     pub jwks_refresh: Option<DurationValue>,
     pub jwks_min_refresh_interval: Option<DurationValue>,
+    /// Extra CA certificates (PEM) trusted for this issuer's discovery and JWKS URLs.
+    pub ca_file: Option<Spanned<Text>>,
 }
 
 /// `[rate_limits]`.

@@ -3,12 +3,13 @@
 
 use std::collections::HashSet;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
 
 use super::file::{self, FileIssuer};
-use super::support::Errors;
+use super::support::{Errors, resolve};
 use super::values::DurationValue;
 use crate::auth::issuer::{IssuerMatch, IssuerSettings};
 
@@ -17,7 +18,11 @@ pub(super) const SUPPORTED_JWT_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
-pub(super) fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<IssuerSettings> {
+pub(super) fn compile_jwt(
+    jwt: &file::FileJwt,
+    base_dir: &Path,
+    errors: &mut Errors<'_>,
+) -> Vec<IssuerSettings> {
     let mut issuers = Vec::with_capacity(jwt.issuers.len());
     let mut seen = HashSet::new();
     for spanned in &jwt.issuers {
@@ -56,9 +61,24 @@ pub(super) fn compile_jwt(jwt: &file::FileJwt, errors: &mut Errors<'_>) -> Vec<I
                 .collect(),
             jwks_refresh,
             jwks_min_refresh_interval,
+            ca_file: compile_ca_file(issuer.ca_file.as_ref(), base_dir, errors),
         });
     }
     issuers
+}
+
+/// `ca_file`: loaded once here, so a missing or unreadable file is reported at its line.
+pub(super) fn compile_ca_file(
+    ca_file: Option<&toml::Spanned<super::values::Text>>,
+    base_dir: &Path,
+    errors: &mut Errors<'_>,
+) -> Option<PathBuf> {
+    let ca_file = ca_file?;
+    let path = resolve(base_dir, ca_file.get_ref().as_str());
+    if let Err(message) = crate::tls::client_config(Some(&path)) {
+        errors.at(ca_file.span(), message);
+    }
+    Some(path)
 }
 
 fn duration(value: Option<DurationValue>, default_secs: u64) -> Duration {

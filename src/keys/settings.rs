@@ -68,6 +68,8 @@ pub struct ControlPlaneSettings {
     pub url: String,
     pub timeout: Duration,
     pub auth: ControlPlaneAuthSettings,
+    /// Extra PEM CA certificates trusted for the control plane and its token URL.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `control_plane.auth`, compiled. `Debug` never prints the secrets.

@@ -45,6 +45,8 @@ pub struct LimitState {
 pub struct Refusal {
     pub retry_after_secs: u64,
     pub state: Option<LimitState>,
+    /// Set when the token budget refused: its `tokens_per_minute` (none are left).
+    pub budget_tokens_per_minute: Option<u64>,
 }
 
 impl Gcra {

@@ -313,6 +313,7 @@ impl Limits {
                     wait,
                     NANOS_PER_SEC,
                     principal.map(|(_, quota)| quota.burst),
+                    budget.tokens_per_minute,
                 )));
             }
         }
@@ -324,6 +325,7 @@ impl Limits {
                     return Err(Denied::Limited(Refusal {
                         retry_after_secs: retry_after_secs(wait, NANOS_PER_SEC),
                         state: Some(state_of(key, quota)),
+                        budget_tokens_per_minute: None,
                     }));
                 }
             },
@@ -341,6 +343,7 @@ impl Limits {
                         return Err(Denied::Limited(Refusal {
                             retry_after_secs: retry_after_secs(wait, NANOS_PER_SEC),
                             state: Some(state_of(limit.local, quota)),
+                            budget_tokens_per_minute: None,
                         }));
                     }
                 }
@@ -420,6 +423,7 @@ impl Limits {
                         Refusal {
                             retry_after_secs: retry_after_secs(wait, MICROS_PER_SEC),
                             state: state(principal, principal_ahead),
+                            budget_tokens_per_minute: None,
                         },
                         principal_ahead,
                     ),
@@ -428,6 +432,7 @@ impl Limits {
                         Refusal {
                             retry_after_secs: retry_after_secs(wait, MICROS_PER_SEC),
                             state: state(tenant, tenant_ahead),
+                            budget_tokens_per_minute: None,
                         },
                         tenant_ahead,
                     ),
@@ -437,6 +442,9 @@ impl Limits {
                             wait,
                             MICROS_PER_SEC,
                             principal.map(|(_, quota)| quota.burst),
+                            plan.budget
+                                .as_ref()
+                                .map_or(0, |budget| budget.tokens_per_minute),
                         ),
                         wait,
                     ),
@@ -469,6 +477,10 @@ impl Limits {
                 .as_ref()
                 .map(|budget| (budget.local, None, true)),
         ];
+        let budget_tokens = plan
+            .budget
+            .as_ref()
+            .map_or(0, |budget| budget.tokens_per_minute);
         let (remembered, rate, is_budget) = candidates
             .into_iter()
             .flatten()
@@ -478,13 +490,19 @@ impl Limits {
             .max_by_key(|(remembered, _, _)| remembered.until)?;
         let wait = remembered.until - now;
         if is_budget {
-            return Some(budget_refusal(wait, NANOS_PER_SEC, principal_burst));
+            return Some(budget_refusal(
+                wait,
+                NANOS_PER_SEC,
+                principal_burst,
+                budget_tokens,
+            ));
         }
         Some(Refusal {
             retry_after_secs: retry_after_secs(wait, NANOS_PER_SEC),
             state: rate.map(|rate| {
                 Gcra::new(rate, NANOS_PER_SEC).state(remembered.shown_tat, now, NANOS_PER_SEC)
             }),
+            budget_tokens_per_minute: None,
         })
     }
 
@@ -524,8 +542,14 @@ impl Limits {
 }
 
 /// A budget refusal: nothing can be sent until the budget is back at zero, so the request
-/// limit's headers (if one applies) say 0 remaining until then, whatever its own state.
-fn budget_refusal(wait: u64, units_per_sec: u64, burst: Option<u32>) -> Refusal {
+/// limit's headers (if one applies) say 0 remaining until then, whatever its own state. The
+/// answer names the budget (`tokens_per_minute`), none of which is left.
+fn budget_refusal(
+    wait: u64,
+    units_per_sec: u64,
+    burst: Option<u32>,
+    tokens_per_minute: u64,
+) -> Refusal {
     let retry_after_secs = retry_after_secs(wait, units_per_sec);
     Refusal {
         retry_after_secs,
@@ -534,6 +558,7 @@ fn budget_refusal(wait: u64, units_per_sec: u64, burst: Option<u32>) -> Refusal 
             remaining: 0,
             reset_secs: retry_after_secs,
         }),
+        budget_tokens_per_minute: Some(tokens_per_minute),
     }
 }
 

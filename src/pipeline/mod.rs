@@ -89,6 +89,8 @@ struct Context {
     tracked: Option<Tracked>,
     /// A key-lookup route: every segment of its path is logged cut (it holds a key hash).
     redact_path: bool,
+    /// A refused credential's kind and, for tokens, why (empty when accepted).
+    auth: auth::refusal::AuthReport,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -173,6 +175,12 @@ pub async fn answer(
             record.key_id = identity.key_id().map(str::to_owned);
             record.subject = Some(identity.subject().to_owned());
             record.tenant_id = identity.tenant_id().map(str::to_owned);
+        } else if let Some(presented) = context.auth.presented {
+            record.auth_method = Some(presented.as_str());
+        }
+        // Formatted here, on refusals only: an accepted request has no reason to write.
+        if let Some(refusal) = &context.auth.refusal {
+            record.auth_error = Some(refusal.to_string());
         }
     }
     match result {
@@ -199,6 +207,9 @@ pub async fn answer(
                 tracing::warn!(request_id = request_id.as_str(), route, reason = error.reason(), %status, "Request failed.");
             } else {
                 tracing::debug!(request_id = request_id.as_str(), route, reason = error.reason(), %status, "Request denied.");
+            }
+            if let Some(refusal) = &context.auth.refusal {
+                auth::refusal::trace(request_id.as_str(), route, refusal);
             }
             finish.reason = Some(error.reason());
             finish.status = status.as_u16();
@@ -267,6 +278,7 @@ async fn handle_inner(
         runtime.keys.as_ref(),
         runtime.jwt.as_ref(),
         auth_metrics,
+        &mut context.auth,
         //  A valid credential is refused here if revoked, whatever the key source or the
         //  token said (the log line still names it); from now on a revocation of it cuts
         //  the request.
@@ -439,8 +451,14 @@ async fn admit(
         }
         Err(Denied::Limited(refusal)) => {
             context.rate_limit = refusal.state;
-            Err(GatewayError::RateLimited {
-                retry_after_secs: refusal.retry_after_secs,
+            Err(match refusal.budget_tokens_per_minute {
+                Some(tokens_per_minute) => GatewayError::TokenBudgetExhausted {
+                    retry_after_secs: refusal.retry_after_secs,
+                    tokens_per_minute,
+                },
+                None => GatewayError::RateLimited {
+                    retry_after_secs: refusal.retry_after_secs,
+                },
             })
         }
         Err(Denied::BackendUnavailable) => Err(GatewayError::AuthBackendUnavailable),

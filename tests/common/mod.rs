@@ -154,6 +154,18 @@ impl Upstream {
         upstream
     }
 
+    /// A recording TLS server whose certificate `pki` signed, answering with `respond`.
+    pub async fn with_handler_tls<F, Fut>(pki: &TestPki, respond: F) -> Self
+    where
+        F: Fn(Recorded) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let (handler, requests) = recording(respond);
+        let mut server = Self::serve(handler, Some(pki.server_config()), requests).await;
+        server.ca_pem = Some(pki.ca_pem.clone());
+        server
+    }
+
     async fn serve(
         handler: Handler,
         tls: Option<Arc<rustls::ServerConfig>>,
