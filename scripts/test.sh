@@ -51,4 +51,9 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import jwt, cryptography'
   python3 -m pip install --quiet pyjwt cryptography
 fi
 
+# The Anthropic and OpenAI Python SDKs for tests/llm_sdks.rs (clients unchanged through authgate).
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import anthropic, openai' >/dev/null 2>&1; then
+  python3 -m pip install --quiet anthropic openai
+fi
+
 cargo test --locked --all-targets "$@"
