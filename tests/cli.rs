@@ -416,3 +416,58 @@ async fn serve_with_an_invalid_config_exits_1_without_listening() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_lists_every_mistake_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // Seven mistakes: two the reader meets (a bad duration, an unknown field in a route), five
+    // that only compiling the parts that read cleanly finds.
+    let text = r#"[server]
+idle_timeout = "5x"
+
+[api_keys]
+min_length = 4000
+
+[[routes]]
+name = "a"
+match = { path_prefix = "/a/" }
+upstream = "ftp://nowhere"
+auth = ["api_key"]
+
+[[routes]]
+name = "a"
+match = { path_prefix = "b/" }
+upstream = "http://127.0.0.1:9000"
+auth = ["magic"]
+
+[[routes]]
+name = "c"
+match = { path_prefix = "/c/" }
+upstream = "http://127.0.0.1:9000"
+auth = "none"
+retries = 3
+"#;
+    let path = write(dir.path(), "six.toml", text);
+    let output = check(&path);
+    let errors = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{errors}");
+    let lines: Vec<&str> = errors.lines().collect();
+    let prefix = path.display().to_string();
+    let expected = [
+        ("2:16:", "5x"),
+        ("5:14:", "min_length"),
+        ("10:12:", "ftp://nowhere"),
+        ("13:1:", "used twice"),
+        ("15:9:", "b/"),
+        ("17:8:", "magic"),
+        ("24:1:", "retries"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{errors}");
+    for (line, (place, names)) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(&format!("{prefix}:{place}")) && line.contains(names),
+            "{line} (expected {place} naming {names})"
+        );
+    }
+    assert!(stdout(&output).is_empty());
+}

@@ -70,6 +70,62 @@ pub struct FileConfig {
     pub routes: Vec<Spanned<FileRoute>>,
 }
 
+/// Every error that reading `source` into a [`FileConfig`] meets, not only the first: serde
+/// stops at one, so each top-level section, and each `[[routes]]` entry, is read on its own.
+/// Also returns the file made of the parts that read cleanly, so the caller can compile it
+/// and report the errors compiling finds in them too. A TOML syntax error is the only error
+/// (nothing after it parses); empty when the whole file reads.
+pub fn every_error(source: &str) -> (Vec<toml::de::Error>, Option<FileConfig>) {
+    use serde::Deserialize as _;
+    use toml::de::{DeArray, DeTable, DeValue};
+
+    let root = match DeTable::parse(source) {
+        Ok(root) => root,
+        Err(syntax) => return (vec![syntax], None),
+    };
+    let whole = root.span();
+    let read = |part: DeTable<'_>| {
+        FileConfig::deserialize(toml::de::Deserializer::from(Spanned::new(
+            whole.clone(),
+            part,
+        )))
+    };
+    let mut errors = Vec::new();
+    let mut good = DeTable::new();
+    for (key, value) in root.get_ref() {
+        match value.get_ref() {
+            DeValue::Array(routes) if key.get_ref() == "routes" => {
+                let mut good_routes = DeArray::new();
+                for route in routes.iter() {
+                    let mut one = DeArray::new();
+                    one.push(route.clone());
+                    let mut part = DeTable::new();
+                    part.insert(key.clone(), Spanned::new(value.span(), DeValue::Array(one)));
+                    match read(part) {
+                        Ok(_) => good_routes.push(route.clone()),
+                        Err(error) => errors.push(error),
+                    }
+                }
+                good.insert(
+                    key.clone(),
+                    Spanned::new(value.span(), DeValue::Array(good_routes)),
+                );
+            }
+            _ => {
+                let mut part = DeTable::new();
+                part.insert(key.clone(), value.clone());
+                match read(part) {
+                    Ok(_) => {
+                        good.insert(key.clone(), value.clone());
+                    }
+                    Err(error) => errors.push(error),
+                }
+            }
+        }
+    }
+    (errors, read(good).ok())
+}
+
 /// `[server]`: the main listener.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

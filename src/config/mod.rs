@@ -162,18 +162,36 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_str(path, &source)
 }
 
-/// Parses and compiles config text; `path` locates errors and relative paths.
+/// Parses and compiles config text; `path` locates errors and relative paths. Reports every
+/// error it can find in one go: each section and route is read on its own, and the parts that
+/// read cleanly are compiled for the errors compiling finds.
 pub fn load_str(path: &Path, source: &str) -> Result<Config, ConfigErrors> {
-    let file: file::FileConfig = toml::from_str(source).map_err(|error| {
-        let (line, column) = error
-            .span()
-            .map_or((1, 1), |span| line_col(source, span.start));
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line,
-            column,
-            message: error.message().trim().to_owned(),
-        }])
+    let file: file::FileConfig = toml::from_str(source).map_err(|first| {
+        let (read_errors, good_parts) = file::every_error(source);
+        let read_errors = if read_errors.is_empty() {
+            vec![first]
+        } else {
+            read_errors
+        };
+        let mut errors: Vec<ConfigError> = read_errors
+            .iter()
+            .map(|error| {
+                let (line, column) = error
+                    .span()
+                    .map_or((1, 1), |span| line_col(source, span.start));
+                ConfigError {
+                    file: path.to_path_buf(),
+                    line,
+                    column,
+                    message: error.message().trim().to_owned(),
+                }
+            })
+            .collect();
+        if let Some(Err(ConfigErrors(more))) = good_parts.map(|file| compile(file, path, source)) {
+            errors.extend(more);
+        }
+        errors.sort_by_key(|error| (error.line, error.column));
+        ConfigErrors(errors)
     })?;
     compile(file, path, source)
 }
