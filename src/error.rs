@@ -63,11 +63,15 @@ pub enum GatewayError {
     KeySourceThrottled,
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// A forward-auth check from a peer outside `forward_auth.trusted_proxies`: only a
+    /// trusted proxy may name the request to decide about.
+    #[error("peer is not a trusted proxy")]
+    ProxyNotTrusted,
 }
 
 /// Every code [`GatewayError::code`] answers with, once each (SPEC §7): the closed set a key's
 /// refusals are counted by (`key_service::usage`), so per-reason counts stay bounded.
-pub const CODES: [&str; 17] = [
+pub const CODES: [&str; 18] = [
     "BAD_REQUEST",
     "AUTH_MISSING",
     "AUTH_INVALID_KEY",
@@ -85,6 +89,7 @@ pub const CODES: [&str; 17] = [
     "UPSTREAM_UNAVAILABLE",
     "AUTH_BACKEND_UNAVAILABLE",
     "UPSTREAM_TIMEOUT",
+    "PROXY_NOT_TRUSTED",
 ];
 
 impl GatewayError {
@@ -99,7 +104,9 @@ impl GatewayError {
             | Self::InvalidToken
             | Self::TokenExpired
             | Self::TokenRevoked => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope(_) | Self::TenantNotAllowed => StatusCode::FORBIDDEN,
+            Self::InsufficientScope(_) | Self::TenantNotAllowed | Self::ProxyNotTrusted => {
+                StatusCode::FORBIDDEN
+            }
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -132,6 +139,7 @@ impl GatewayError {
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::AuthBackendUnavailable | Self::KeySourceThrottled => "AUTH_BACKEND_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::ProxyNotTrusted => "PROXY_NOT_TRUSTED",
         }
     }
 
@@ -163,6 +171,9 @@ impl GatewayError {
             }
             Self::KeySourceThrottled => "The authentication backend is busy; retry in 1 s.".into(),
             Self::UpstreamTimeout => "The upstream service did not answer in time.".into(),
+            Self::ProxyNotTrusted => {
+                "This listener answers forward-auth checks from trusted proxies only.".into()
+            }
         }
     }
 
@@ -381,6 +392,7 @@ mod tests {
                 "AUTH_BACKEND_UNAVAILABLE",
             ),
             (GatewayError::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT"),
+            (GatewayError::ProxyNotTrusted, 403, "PROXY_NOT_TRUSTED"),
         ]
     }
 
@@ -425,7 +437,7 @@ mod tests {
     #[test]
     fn every_variant_maps_to_the_spec_status_and_code() {
         let rows = spec_rows();
-        assert_eq!(rows.len(), 18);
+        assert_eq!(rows.len(), 19);
         for (error, status, code) in rows {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");

@@ -12,7 +12,10 @@ use toml::Spanned;
 
 use super::file::{self, FileAuth, FileConfig, KeySourceKind};
 use super::support::{Errors, compile_rate, request_header_name, resolve};
-use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, ServerSettings};
+use super::{
+    AdminSettings, Config, ConfigErrors, ForwardAuthSettings, IdentitySettings, LogSettings,
+    ServerSettings,
+};
 use crate::auth::assertion::{AssertionSettings, SigningKey};
 use crate::auth::{KeyHeaders, MAX_KEY_HEADERS};
 use crate::http1::fields::UnderscorePolicy;
@@ -63,6 +66,8 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
             ),
         );
     }
+
+    let forward_auth = compile_forward_auth(&file, &server, &admin, &mut errors);
 
     let mut warnings = Vec::new();
     let identity = compile_identity(&file.identity, &base_dir, &mut errors, &mut warnings);
@@ -128,9 +133,52 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         revocation,
         database,
         key_management,
+        forward_auth,
         log,
         routes,
         warnings,
+    })
+}
+
+/// `[forward_auth]`: its own address (not one of the other listeners'), and the peers that
+/// may ask; loopback when the list is left out.
+fn compile_forward_auth(
+    file: &FileConfig,
+    server: &ServerSettings,
+    admin: &AdminSettings,
+    errors: &mut Errors<'_>,
+) -> Option<ForwardAuthSettings> {
+    let spanned = file.forward_auth.as_ref()?;
+    let section = spanned.get_ref();
+    let listen = section.listen.map_or_else(
+        || {
+            file::DEFAULT_FORWARD_AUTH_LISTEN
+                .parse()
+                .unwrap_or(([127, 0, 0, 1], 9902).into())
+        },
+        |addr| addr.0,
+    );
+    for (other, name) in [
+        (server.listen, "server.listen"),
+        (admin.listen, "admin.listen"),
+    ] {
+        if listen == other && listen.port() != 0 {
+            errors.at(
+                spanned.span(),
+                format!("forward_auth.listen and {name} are both {listen}: they need different addresses"),
+            );
+        }
+    }
+    let trusted_proxies = match &section.trusted_proxies {
+        Some(list) => list.iter().map(|cidr| cidr.0).collect(),
+        None => file::DEFAULT_FORWARD_AUTH_TRUSTED_PROXIES
+            .iter()
+            .filter_map(|text| text.parse().ok())
+            .collect(),
+    };
+    Some(ForwardAuthSettings {
+        listen,
+        trusted_proxies,
     })
 }
 
