@@ -10,6 +10,7 @@ use common::*;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -163,6 +164,7 @@ fn assert_error_field_is_the_body(response: &RawResponse) {
     assert_eq!(Some(field), response.json(), "{response:?}");
 }
 
+/// Every `x-auth-*` field of an answer.
 fn auth_headers(response: &RawResponse) -> Vec<(String, String)> {
     response
         .headers
@@ -170,6 +172,29 @@ fn auth_headers(response: &RawResponse) -> Vec<(String, String)> {
         .filter(|(name, _)| name.starts_with("x-auth-"))
         .cloned()
         .collect()
+}
+
+/// The standard identity fields, each answered once (empty where it does not apply).
+const STANDARD: [&str; 7] = [
+    "x-auth-method",
+    "x-auth-subject",
+    "x-auth-tenant-id",
+    "x-auth-user-id",
+    "x-auth-key-id",
+    "x-auth-scopes",
+    "x-auth-issuer",
+];
+
+/// An allowed answer with no identity: every standard field present and empty, nothing else
+/// under the prefix.
+#[track_caller]
+fn assert_no_identity(response: &RawResponse) {
+    let fields = auth_headers(response);
+    assert_eq!(fields.len(), STANDARD.len(), "{response:?}");
+    for name in STANDARD {
+        assert_eq!(response.header_count(name), 1, "{name}: {response:?}");
+        assert_eq!(response.header(name), Some(""), "{name}: {response:?}");
+    }
 }
 
 // === allowed ===
@@ -219,10 +244,21 @@ async fn an_allowed_check_answers_200_with_the_identity_and_forwards_nothing() {
     assert!(response.header("ratelimit-reset").is_some(), "{response:?}");
     assert!(!response.head.contains(&s.keys.globex), "{response:?}");
 
+    assert_eq!(
+        response.header("x-auth-user-id"),
+        Some(""),
+        "globex's key has no user"
+    );
+    assert_eq!(
+        response.header("x-auth-issuer"),
+        Some(""),
+        "an API key has no issuer"
+    );
+
     // A public route: allowed, with no identity at all.
     let response = ask(s.check, &nginx_check("GET", "/public/page", "")).await;
     assert_eq!(response.status, 200, "{response:?}");
-    assert!(auth_headers(&response).is_empty(), "{response:?}");
+    assert_no_identity(&response);
 
     assert_eq!(s.upstream.count(), 0, "a check never forwards");
     raw::assert_no_gateway_panics();
@@ -567,7 +603,7 @@ async fn spoofed_identity_headers_are_not_echoed() {
     // open a scoped route.
     let response = ask(s.check, &nginx_check("GET", "/public/x", spoof)).await;
     assert_eq!(response.status, 200, "{response:?}");
-    assert!(auth_headers(&response).is_empty(), "{response:?}");
+    assert_no_identity(&response);
     let response = ask(s.check, &nginx_check("GET", "/admin/x", spoof)).await;
     response.assert_error(401, "AUTH_MISSING", "spoofed identity, no credential");
 }
@@ -718,4 +754,393 @@ async fn no_section_no_listener() {
     let upstream = Upstream::start().await;
     let gw = TestGateway::start(&public_route("p", "/", &upstream.url())).await;
     assert!(gw.handle.as_ref().unwrap().forward_auth_addr.is_none());
+}
+
+// === real proxies in front: nginx auth_request, Caddy forward_auth ===
+//
+// Each test runs its own nginx or Caddy process (as the current user, on a free port of
+// 127.0.0.1, config and state in a temp dir, killed at the end) with the shipped example
+// config, its addresses replaced: what is tested is what operators paste.
+
+const EXAMPLE_CHECK: &str = "127.0.0.1:9902";
+const EXAMPLE_UPSTREAM: &str = "127.0.0.1:8000";
+const EXAMPLE_NGINX_LISTEN: &str = "127.0.0.1:8080";
+
+fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/examples")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The proxy binary, or `None` after a loud SKIP notice (scripts/test.sh installs both).
+fn proxy_binary(name: &str, package: &str) -> Option<std::path::PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return Some(path);
+        }
+    }
+    eprintln!(
+        "\n!!!!!!!!\nSKIP: {name} is not installed, so its forward-auth end-to-end test did not run.\n\
+         Install it (apt-get install -y {package}) or run ./scripts/test.sh, which does.\n!!!!!!!!\n"
+    );
+    None
+}
+
+/// A free port on 127.0.0.1 for a proxy that cannot report a port 0 bind.
+fn free_addr() -> SocketAddr {
+    free_addrs().0
+}
+
+/// Waits until something accepts connections on `addr`, or panics with `log()`.
+async fn wait_listening(addr: SocketAddr, guard: &mut ChildGuard, log: impl Fn() -> String) {
+    for _ in 0..200 {
+        if let Ok(Some(status)) = guard.0.try_wait() {
+            panic!("the proxy exited with {status}:\n{}", log());
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the proxy never listened on {addr}:\n{}", log());
+}
+
+/// The gateway of the end-to-end tests, the upstream behind the proxy, and the proxy's address.
+struct Front {
+    s: Setup,
+    addr: SocketAddr,
+    _proxy: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+async fn nginx_front() -> Option<Front> {
+    let nginx = proxy_binary("nginx", "nginx-light")?;
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let snippet = example("forward-auth.nginx.conf")
+        .replace(EXAMPLE_CHECK, &s.check.to_string())
+        .replace(EXAMPLE_UPSTREAM, &s.upstream.addr.to_string())
+        .replace(EXAMPLE_NGINX_LISTEN, &addr.to_string());
+    assert!(
+        snippet.contains(&addr.to_string()),
+        "the example's listen address changed"
+    );
+    std::fs::write(dir.path().join("forward-auth.conf"), snippet).unwrap();
+    let d = dir.path().display();
+    // master_process off: one process, as the current user (no switch to a `user`).
+    let main = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+         include {d}/forward-auth.conf;\n}}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    let log_path = dir.path().join("error.log");
+    wait_listening(addr, &mut guard, || {
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    })
+    .await;
+    Some(Front {
+        s,
+        addr,
+        _proxy: guard,
+        _dir: dir,
+    })
+}
+
+async fn caddy_front() -> Option<Front> {
+    let caddy = proxy_binary("caddy", "caddy")?;
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let site = example("forward-auth.Caddyfile")
+        .replace(EXAMPLE_CHECK, &s.check.to_string())
+        .replace(EXAMPLE_UPSTREAM, &s.upstream.addr.to_string())
+        // Any Host (the client's is `app.example`), on loopback only.
+        .replace(
+            ":8080 {",
+            &format!(":{} {{\n\tbind 127.0.0.1\n", addr.port()),
+        );
+    assert!(
+        site.contains("bind 127.0.0.1"),
+        "the example's site address changed"
+    );
+    // No admin endpoint (it would take port 2019 for every test), no certificates, state in
+    // the temp dir.
+    let config = format!(
+        "{{\n\tadmin off\n\tauto_https off\n\tstorage file_system {}\n}}\n\n{site}",
+        dir.path().join("data").display()
+    );
+    let file = dir.path().join("Caddyfile");
+    std::fs::write(&file, config).unwrap();
+    let log_path = dir.path().join("caddy.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&file)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    wait_listening(addr, &mut guard, || {
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    })
+    .await;
+    Some(Front {
+        s,
+        addr,
+        _proxy: guard,
+        _dir: dir,
+    })
+}
+
+fn client_request(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: app.example\r\n{extra}Connection: close\r\n\r\n")
+}
+
+/// What both proxies must do with authgate behind them.
+async fn proxy_contract(front: Front, proxy: &str) {
+    let Front { s, addr, .. } = &front;
+    let upstream = &s.upstream;
+    let spoof = "X-Auth-Tenant-Id: evil\r\nX-Auth-Subject: root\r\nX-Auth-User-Id: admin\r\nX-Auth-Scopes: admin\r\n";
+
+    // Allowed with a bearer key: the upstream gets authgate's identity, once, never the
+    // client's, and no credential.
+    let response = ask(
+        *addr,
+        &client_request(
+            "/v1/chat?x=1",
+            &format!("{spoof}Authorization: Bearer {}\r\n", s.keys.acme),
+        ),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{proxy}: {response:?}");
+    assert_eq!(
+        response.text(),
+        "upstream ok",
+        "{proxy}: {response:?} upstream saw {:?}",
+        upstream.recorded()
+    );
+    assert_eq!(upstream.count(), 1, "{proxy}");
+    let seen = upstream.last();
+    assert_eq!(seen.target(), "/v1/chat?x=1", "{proxy}");
+    assert_eq!(
+        seen.headers.get_all("x-auth-tenant-id").iter().count(),
+        1,
+        "{proxy}: {seen:?}"
+    );
+    assert_eq!(
+        seen.header("x-auth-tenant-id").as_deref(),
+        Some("acme"),
+        "{proxy}"
+    );
+    assert_eq!(
+        seen.header("x-auth-subject").as_deref(),
+        Some("k-acme"),
+        "{proxy}"
+    );
+    assert_eq!(
+        seen.header("x-auth-user-id").as_deref(),
+        Some("alice"),
+        "{proxy}"
+    );
+    assert_eq!(
+        seen.header("x-auth-method").as_deref(),
+        Some("api_key"),
+        "{proxy}"
+    );
+    assert_eq!(
+        seen.header("x-auth-scopes").as_deref(),
+        Some("inference:write"),
+        "{proxy}"
+    );
+    assert!(seen.header("authorization").is_none(), "{proxy}: {seen:?}");
+    assert!(seen.header("x-request-id").is_some(), "{proxy}: {seen:?}");
+    for (name, value) in seen.headers_with_prefix("x-auth-") {
+        assert!(
+            !["evil", "root", "admin"].contains(&value.as_str()) && !value.contains('{'),
+            "{proxy}: {name}: {value}"
+        );
+    }
+
+    // A bare key in x-api-key: allowed, the key does not travel on; a key without a user
+    // gives no user (never the client's "admin").
+    let response = ask(
+        *addr,
+        &client_request("/acme/x", &format!("{spoof}X-Api-Key: {}\r\n", s.keys.acme)),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{proxy}: {response:?}");
+    let seen = upstream.last();
+    assert!(seen.header("x-api-key").is_none(), "{proxy}: {seen:?}");
+    assert_eq!(
+        seen.header("x-auth-tenant-id").as_deref(),
+        Some("acme"),
+        "{proxy}"
+    );
+    let response = ask(
+        *addr,
+        &client_request(
+            "/limited/x",
+            &format!("{spoof}X-Api-Key: {}\r\n", s.keys.globex),
+        ),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{proxy}: {response:?}");
+    let seen = upstream.last();
+    assert_eq!(
+        seen.header("x-auth-tenant-id").as_deref(),
+        Some("globex"),
+        "{proxy}"
+    );
+    assert!(
+        seen.header("x-auth-user-id").unwrap_or_default().is_empty(),
+        "{proxy}: {seen:?}"
+    );
+    if proxy == "nginx" {
+        // The nginx example passes an allowed check's RateLimit-* on to the client; Caddy's
+        // forward_auth copies headers to the request only (docs/forward-auth.md).
+        assert_eq!(
+            response.header("ratelimit-limit"),
+            Some("1"),
+            "{proxy}: {response:?}"
+        );
+    }
+
+    // A public route: the client's identity fields do not pass either.
+    let response = ask(*addr, &client_request("/public/page", spoof)).await;
+    assert_eq!(response.status, 200, "{proxy}: {response:?}");
+    let seen = upstream.last();
+    assert_eq!(seen.target(), "/public/page", "{proxy}");
+    for (name, value) in seen.headers_with_prefix("x-auth-") {
+        assert!(value.is_empty(), "{proxy}: {name}: {value}");
+    }
+    let arrived = upstream.count();
+
+    // Refused: the client gets authgate's status and JSON; nothing arrives upstream.
+    let acme = format!("Authorization: Bearer {}\r\n", s.keys.acme);
+    let globex = format!("Authorization: Bearer {}\r\n", s.keys.globex);
+    let refusals: Vec<(String, u16, &str)> = vec![
+        (client_request("/v1/x", spoof), 401, "AUTH_MISSING"),
+        (
+            client_request("/v1/x", &format!("Authorization: Bearer {}\r\n", new_key())),
+            401,
+            "AUTH_INVALID_KEY",
+        ),
+        (client_request("/v1/x", &globex), 403, "INSUFFICIENT_SCOPE"),
+        (
+            client_request("/acme/x", &globex),
+            403,
+            "TENANT_NOT_ALLOWED",
+        ),
+        (client_request("/nowhere", &acme), 404, "ROUTE_NOT_FOUND"),
+        // The dot segment is resolved by authgate as for a proxied request: the admin
+        // route's rules apply, not the public one's.
+        (
+            client_request("/public/../admin/x", ""),
+            401,
+            "AUTH_MISSING",
+        ),
+        (
+            client_request("/public/%2e%2e/admin/x", ""),
+            401,
+            "AUTH_MISSING",
+        ),
+        (
+            client_request("/public/..%2Fadmin/x", ""),
+            400,
+            "BAD_REQUEST",
+        ),
+        (client_request("/limited/x", &globex), 429, "RATE_LIMITED"),
+    ];
+    for (request, status, code) in &refusals {
+        let response = ask(*addr, request).await;
+        assert_eq!(response.status, *status, "{proxy}: {request}\n{response:?}");
+        assert_eq!(response.code(), *code, "{proxy}: {request}\n{response:?}");
+        assert!(
+            response
+                .header("content-type")
+                .is_some_and(|value| value.starts_with("application/json")),
+            "{proxy}: {response:?}"
+        );
+        let body = response.json().unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert!(
+            !response.head.contains(&s.keys.globex),
+            "{proxy}: {response:?}"
+        );
+        if *status == 401 {
+            assert!(
+                response.header("www-authenticate").is_some(),
+                "{proxy}: {response:?}"
+            );
+        }
+        if *status == 429 {
+            assert!(
+                response.header("retry-after").is_some(),
+                "{proxy}: {response:?}"
+            );
+        }
+    }
+    assert_eq!(
+        upstream.count(),
+        arrived,
+        "{proxy}: a refused request reached the upstream"
+    );
+
+    // Every check was logged as one, about the client's request.
+    let lines = s.gw.wait_for_log_lines(refusals.len() + 4).await;
+    let first = lines
+        .iter()
+        .find(|line| line["path"] == "/v1/chat")
+        .unwrap_or_else(|| panic!("{proxy}: {lines:?}"));
+    assert_eq!(first["forward_auth"], true, "{proxy}: {first}");
+    assert_eq!(first["route"], "api", "{proxy}: {first}");
+    assert!(
+        lines.iter().all(|line| line["forward_auth"] == true),
+        "{proxy}: only checks reach authgate: {lines:?}"
+    );
+    raw::assert_no_gateway_panics();
+}
+
+#[tokio::test]
+async fn nginx_auth_request_in_front_of_an_upstream() {
+    let Some(front) = nginx_front().await else {
+        return;
+    };
+    proxy_contract(front, "nginx").await;
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_in_front_of_an_upstream() {
+    let Some(front) = caddy_front().await else {
+        return;
+    };
+    proxy_contract(front, "caddy").await;
 }

@@ -125,18 +125,31 @@ fn single<'h>(
 /// assertion when configured) for the proxy to copy onto the request it forwards. The caller
 /// adds `RateLimit-*` and `x-request-id`, as for any answer. Nothing of the check request is
 /// echoed: a client's own `x-auth-*` fields were never copied here.
+///
+/// Every standard identity field is answered, empty where it does not apply (no user, no
+/// issuer for an API key, nothing on a public route): a proxy told to copy a field overwrites
+/// the client's copy with it either way. Caddy before 2.9 would otherwise set a missing field
+/// to its own placeholder text (`{http.reverse_proxy.header.X-Auth-User-Id}`), and newer
+/// versions, like Traefik, would leave the client's copy in place. nginx sends no field for
+/// an empty value.
 pub(super) fn allowed(
     runtime: &Runtime,
     route: &Route,
     identity: Option<&Identity>,
 ) -> Response<ProxyBody> {
     let mut response = Response::new(empty());
+    let headers = response.headers_mut();
+    let names = &runtime.config.identity.names;
     if let Some(identity) = identity {
-        let headers = response.headers_mut();
-        identity.insert_headers(&runtime.config.identity.names, headers);
+        identity.insert_headers(names, headers);
         if let Some(signer) = runtime.assertion.as_deref() {
             signer.insert(identity, &route.name, headers);
         }
+    }
+    for name in names.standard() {
+        headers
+            .entry(name.clone())
+            .or_insert_with(|| HeaderValue::from_static(""));
     }
     response
 }
