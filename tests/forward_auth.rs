@@ -295,6 +295,17 @@ async fn each_proxy_convention_names_the_original_request() {
             404,
             "ROUTE_NOT_FOUND",
         ),
+        // ingress-nginx: the whole URL, which names the host too.
+        (
+            "GET /auth HTTP/1.1\r\nHost: authgate.auth.svc\r\nX-Original-Method: GET\r\nX-Original-URL: https://api.example/hosted/x?q=1\r\nConnection: close\r\n\r\n".to_owned(),
+            200,
+            "",
+        ),
+        (
+            "GET /auth HTTP/1.1\r\nHost: authgate.auth.svc\r\nX-Original-Method: GET\r\nX-Original-URL: https://api.example/admin/x\r\nConnection: close\r\n\r\n".to_owned(),
+            401,
+            "AUTH_MISSING",
+        ),
         // The host: X-Forwarded-Host names it, else Host.
         (
             "GET / HTTP/1.1\r\nHost: authgate\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /hosted/x\r\nX-Forwarded-Host: api.example\r\nConnection: close\r\n\r\n".to_owned(),
@@ -321,7 +332,7 @@ async fn each_proxy_convention_names_the_original_request() {
         }
     }
     // The original method and path are what the access log records, marked as a check.
-    let lines = s.gw.wait_for_log_lines(7).await;
+    let lines = s.gw.wait_for_log_lines(9).await;
     let traefik = lines
         .iter()
         .find(|line| line["path"] == "/acme/item/1")

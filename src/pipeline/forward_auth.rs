@@ -3,9 +3,11 @@
 //! pass; authgate decides with the same stages as for a request it proxies and answers 200
 //! with the identity headers for the proxy to copy, or the usual refusal.
 //!
-//! Which request: `X-Original-Method` + `X-Original-URI` (nginx), else `X-Forwarded-Method` +
-//! `X-Forwarded-Uri` (Traefik, Caddy), else the check's own method and target (Envoy sends
-//! the original path, after its `path_prefix`); the host from `X-Forwarded-Host`, else `Host`.
+//! Which request: `X-Original-Method` + `X-Original-URI` (nginx; ingress-nginx sends the whole
+//! URL as `X-Original-URL` instead, read when `X-Original-URI` is absent), else
+//! `X-Forwarded-Method` + `X-Forwarded-Uri` (Traefik, Caddy), else the check's own method and
+//! target (Envoy sends the original path, after its `path_prefix`); the host from
+//! `X-Forwarded-Host`, else the authority of an absolute URL named, else `Host`.
 //!
 //! The trust rule: only a peer in `forward_auth.trusted_proxies` gets a decision at all.
 //! Anyone else is refused (403 `PROXY_NOT_TRUSTED`) whatever it sends. The alternative, to
@@ -26,6 +28,7 @@ use crate::routes::Route;
 
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -44,12 +47,25 @@ pub(super) fn take_original(
         return Err(GatewayError::ProxyNotTrusted);
     }
     let headers = request.headers();
-    let named = match named_pair(headers, &X_ORIGINAL_METHOD, &X_ORIGINAL_URI)? {
-        Some(pair) => Some(pair),
-        None => named_pair(headers, &X_FORWARDED_METHOD, &X_FORWARDED_URI)?,
+    let nginx_uri = match single(headers, &X_ORIGINAL_URI)? {
+        Some(uri) => Some(uri),
+        None => single(headers, &X_ORIGINAL_URL)?,
     };
-    let host = single(headers, &X_FORWARDED_HOST)?.cloned();
+    let named = match named_pair(single(headers, &X_ORIGINAL_METHOD)?, nginx_uri)? {
+        Some(pair) => Some(pair),
+        None => named_pair(
+            single(headers, &X_FORWARDED_METHOD)?,
+            single(headers, &X_FORWARDED_URI)?,
+        )?,
+    };
+    let mut host = single(headers, &X_FORWARDED_HOST)?.cloned();
     if let Some((method, uri)) = named {
+        if host.is_none() {
+            // A whole URL names its host (ingress-nginx sends no X-Forwarded-Host).
+            host = uri
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+        }
         *request.method_mut() = method;
         *request.uri_mut() = uri;
     }
@@ -68,11 +84,10 @@ pub(super) fn take_original(
 /// The method and target one proxy convention names: both fields, or neither (one without
 /// the other is refused rather than completed with a guess).
 fn named_pair(
-    headers: &HeaderMap,
-    method_name: &HeaderName,
-    uri_name: &HeaderName,
+    method: Option<&HeaderValue>,
+    uri: Option<&HeaderValue>,
 ) -> Result<Option<(Method, Uri)>, GatewayError> {
-    let (method, uri) = match (single(headers, method_name)?, single(headers, uri_name)?) {
+    let (method, uri) = match (method, uri) {
         (None, None) => return Ok(None),
         (Some(method), Some(uri)) => (method, uri),
         _ => {
@@ -233,6 +248,27 @@ mod tests {
             ("GET", "/check")
         );
         assert_eq!(envoy.headers()[HOST], "api.example");
+    }
+
+    #[test]
+    fn ingress_nginx_names_a_whole_url() {
+        let request = take(&[
+            ("host", "authgate.auth.svc"),
+            ("x-original-method", "POST"),
+            ("x-original-url", "https://api.example/v1/chat?a=1"),
+        ])
+        .unwrap();
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri().path(), "/v1/chat");
+        assert_eq!(request.headers()[HOST], "api.example");
+        // X-Original-URI wins when both come.
+        let request = take(&[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/a"),
+            ("x-original-url", "https://api.example/b"),
+        ])
+        .unwrap();
+        assert_eq!(request.uri().path(), "/a");
     }
 
     #[test]
