@@ -549,6 +549,45 @@ async fn every_refusal_has_its_status_and_json() {
     assert_eq!(s.upstream.count(), 0);
 }
 
+/// Failed keys count against the client the proxy names in `X-Forwarded-For`, not against
+/// the proxy every client shares: one client's bad keys do not lock the others out.
+#[tokio::test]
+async fn failed_keys_count_against_the_client_behind_the_proxy() {
+    let upstream = Upstream::start().await;
+    let keys = Keys::new();
+    let text = config(&upstream.url(), "").replace(
+        "[api_keys]\n",
+        "[api_keys]\nfailed_auth_limit = { requests_per_second = 0.001, burst = 2 }\n",
+    );
+    let gw = TestGateway::start_with_files(&text, &[("keys.toml", keys.file().as_bytes())]).await;
+    let check = check_addr(&gw);
+    let from = |client: &str, key: &str| {
+        nginx_check(
+            "GET",
+            "/v1/x",
+            &format!("X-Forwarded-For: {client}\r\nAuthorization: Bearer {key}\r\n"),
+        )
+    };
+    let bad = new_key();
+    let statuses = [
+        ask(check, &from("198.51.100.1", &bad)).await.status,
+        ask(check, &from("198.51.100.1", &bad)).await.status,
+        ask(check, &from("198.51.100.1", &bad)).await.status,
+    ];
+    assert_eq!(
+        statuses,
+        [401, 401, 429],
+        "the third failure of one client is limited"
+    );
+    let other = ask(check, &from("198.51.100.2", &bad)).await;
+    other.assert_error(401, "AUTH_INVALID_KEY", "another client has its own budget");
+    let other = ask(check, &from("198.51.100.2", &keys.acme)).await;
+    assert_eq!(other.status, 200, "{other:?}");
+    let lines = gw.wait_for_log_lines(5).await;
+    assert_eq!(lines[0]["client_ip"], "198.51.100.1", "{lines:?}");
+    assert_eq!(lines[4]["client_ip"], "198.51.100.2", "{lines:?}");
+}
+
 /// A key source that fails: 503, fail closed, as for a proxied request.
 #[tokio::test]
 async fn a_failing_key_source_is_503() {

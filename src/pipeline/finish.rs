@@ -68,7 +68,11 @@ impl Finish {
                     client_ip: client_ip(
                         request.headers(),
                         conn.peer.ip(),
-                        &config.server.trusted_proxies,
+                        if check {
+                            super::client_proxies::<true>(config)
+                        } else {
+                            super::client_proxies::<false>(config)
+                        },
                     )
                     .to_string(),
                     forward_auth: check,

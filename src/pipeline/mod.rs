@@ -306,7 +306,7 @@ async fn handle_inner<const CHECK: bool>(
             client_ip(
                 &parts.headers,
                 conn.peer.ip(),
-                &config.server.trusted_proxies,
+                client_proxies::<CHECK>(config),
             )
         },
         &config.api_keys.prefix,
@@ -416,6 +416,20 @@ async fn handle_inner<const CHECK: bool>(
         meter,
         &mut context.tracked,
     )
+}
+
+/// The proxies whose `X-Forwarded-For` names the client: `[server]`'s for a request to proxy.
+/// A check always comes from a proxy (a trusted one: any other was refused), and the client
+/// behind it is the one a failed key counts against, not the proxy every client shares.
+fn client_proxies<const CHECK: bool>(config: &Config) -> &[ipnet::IpNet] {
+    if CHECK {
+        config
+            .forward_auth
+            .as_ref()
+            .map_or(&[], |settings| &settings.trusted_proxies)
+    } else {
+        &config.server.trusted_proxies
+    }
 }
 
 /// The refusal for a request whose credential was revoked while it ran.
