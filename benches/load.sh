@@ -26,6 +26,14 @@
 #   LIMITS=1         rate-limit targets (authgate-limited, authgate-redis); 0 = skip them
 #   REDIS_URL=       Redis for authgate-redis; default: a private redis-server started
 #                    by this script on LOAD_CPU (pinned, no persistence)
+#   FA=1             forward-auth targets (front-proxy, front-check); 0 = skip them
+#
+# Forward-auth (front-proxy vs front-check): a front nginx on LOAD_CPU either proxies the
+# API-key route through authgate (front-proxy), or asks authgate's [forward_auth] listener
+# with auth_request and proxies to the upstream itself (front-check). Both charge the same
+# authgate process, so its CPU per check over its CPU per proxied request, on the same route
+# with the same key, is printed below the table (issue #15 asks for at most 0.6). The front
+# nginx's own CPU per request is in the helper line.
 #
 # Adding a target: see the "Targets" section near the end.
 set -euo pipefail
@@ -513,10 +521,94 @@ start_authgate() {
 
 free_port; AG_PORT=$PORT
 free_port; ADMIN_PORT=$PORT
-write_authgate_config "$TMP/authgate.toml" "$AG_PORT" "$ADMIN_PORT"
+# The main authgate also answers forward-auth checks (for front-check), when the binary has
+# a [forward_auth] listener (an older AUTHGATE_BIN refuses the section: the targets go).
+FA_SECTION=""
+if [[ ${FA:-1} == 1 ]] && { selected front-proxy || selected front-check; }; then
+    free_port; FA_PORT=$PORT
+    printf '[forward_auth]\nlisten = "127.0.0.1:%s"\n' "$FA_PORT" >"$TMP/forward-auth-probe.toml"
+    if "$BIN" check -c "$TMP/forward-auth-probe.toml" >/dev/null 2>&1; then
+        FA_SECTION="[forward_auth]
+listen = \"127.0.0.1:$FA_PORT\""
+    else
+        log "this authgate has no [forward_auth] listener: front-proxy and front-check are skipped"
+    fi
+fi
+write_authgate_config "$TMP/authgate.toml" "$AG_PORT" "$ADMIN_PORT" "$FA_SECTION"
 start_authgate authgate "$TMP/authgate.toml" "$ADMIN_PORT"
 AG_PID=$AUTHGATE_PID
 log "authgate pid $AG_PID on :$AG_PORT, admin :$ADMIN_PORT (CPU $PROXY_CPU, --threads $THREADS)"
+
+# The front nginx of the forward-auth targets, on LOAD_CPU (its CPU is reported apart): one
+# server proxies through authgate, the other asks authgate's check listener (auth_request, as
+# in config/examples/forward-auth.nginx.conf, reduced to what the route answers) and proxies
+# to the upstream itself. Keep-alive everywhere, the check's connections included.
+FRONT_PID=-
+if [[ -n $FA_SECTION ]]; then
+    free_port; FP_PORT=$PORT
+    free_port; FC_PORT=$PORT
+    start_nginx front "$LOAD_CPU" "
+    upstream authgate_proxy {
+        server 127.0.0.1:$AG_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    upstream authgate_check {
+        server 127.0.0.1:$FA_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$FP_PORT reuseport backlog=4096;
+        location / {
+            proxy_pass http://authgate_proxy;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }
+    server {
+        listen 127.0.0.1:$FC_PORT reuseport backlog=4096;
+        location / {
+            auth_request /_authgate;
+            auth_request_set \$authgate_method \$upstream_http_x_auth_method;
+            auth_request_set \$authgate_subject \$upstream_http_x_auth_subject;
+            auth_request_set \$authgate_tenant_id \$upstream_http_x_auth_tenant_id;
+            auth_request_set \$authgate_key_id \$upstream_http_x_auth_key_id;
+            auth_request_set \$authgate_scopes \$upstream_http_x_auth_scopes;
+            auth_request_set \$authgate_request_id \$upstream_http_x_request_id;
+            proxy_set_header X-Auth-Method \$authgate_method;
+            proxy_set_header X-Auth-Subject \$authgate_subject;
+            proxy_set_header X-Auth-Tenant-Id \$authgate_tenant_id;
+            proxy_set_header X-Auth-Key-Id \$authgate_key_id;
+            proxy_set_header X-Auth-Scopes \$authgate_scopes;
+            proxy_set_header X-Request-Id \$authgate_request_id;
+            proxy_set_header Authorization \"\";
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+        location = /_authgate {
+            internal;
+            proxy_pass http://authgate_check;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length \"\";
+            proxy_set_header X-Original-Method \$request_method;
+            proxy_set_header X-Original-URI \$request_uri;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+    FRONT_PID=$NGINX_PID
+    wait_http "http://127.0.0.1:$FP_PORT/" "$FRONT_PID" "front nginx" "$TMP/nginx-front/error.log"
+    wait_http "http://127.0.0.1:$FC_PORT/" "$FRONT_PID" "front nginx" "$TMP/nginx-front/error.log"
+    log "front nginx pid $FRONT_PID: through authgate :$FP_PORT, auth_request to :$FA_PORT on :$FC_PORT (CPU $LOAD_CPU)"
+fi
 
 # A second authgate, identical but with its limiter state in Redis, for authgate-redis.
 # on_backend_error = "deny": if Redis failed, the run would show 503 errors instead of
@@ -577,6 +669,14 @@ if [[ $LIMITS == 1 ]]; then
     [[ $RG_PID == - ]] ||
         add_target authgate-redis "http://127.0.0.1:$RG_PORT/limited/x" "$RG_PID" -H "Authorization: Bearer $API_KEY"
     [[ $REDIS_PID == - || -z ${TARGET_URL[authgate-redis]:-} ]] || TARGET_XPID[authgate-redis]=$REDIS_PID
+fi
+if [[ $FRONT_PID != - ]]; then
+    # The same API-key route and key both ways; authgate's CPU is what is compared.
+    add_target front-proxy "http://127.0.0.1:$FP_PORT/api/x" "$AG_PID" -H "Authorization: Bearer $API_KEY"
+    add_target front-check "http://127.0.0.1:$FC_PORT/api/x" "$AG_PID" -H "Authorization: Bearer $API_KEY"
+    for name in front-proxy front-check; do
+        [[ -z ${TARGET_URL[$name]:-} ]] || TARGET_XPID[$name]=$FRONT_PID
+    done
 fi
 ((${#TARGET_NAMES[@]} > 0)) || die "TARGETS=$TARGETS selects no target"
 
@@ -686,6 +786,15 @@ fmt() { # fmt PRINTF_FMT VALUE
     for name in "${TARGET_NAMES[@]}"; do
         echo "- $name: ${R_RPS[$name]% }; ${R_CPU[$name]% }"
     done
+    if [[ -n ${TARGET_URL[front-proxy]:-} && -n ${TARGET_URL[front-check]:-} ]]; then
+        fa_proxy=$(median ${R_CPU[front-proxy]})
+        fa_check=$(median ${R_CPU[front-check]})
+        echo
+        echo "Forward-auth, route /api/ with one API key: authgate CPU per check $(fmt %.2f "$fa_check") µs" \
+            "(front-check) vs per proxied request $(fmt %.2f "$fa_proxy") µs (front-proxy): ratio $(ratio "$fa_check" "$fa_proxy")" \
+            "(issue #15: at most 0.6). Front nginx (CPU $LOAD_CPU) µs/req: front-proxy $(fmt %.2f "$(median ${R_XCPU[front-proxy]})")," \
+            "front-check $(fmt %.2f "$(median ${R_XCPU[front-check]})")."
+    fi
     if [[ -n ${TARGET_URL[authgate-redis]:-} ]]; then
         echo
         if [[ -n ${R_XCPU[authgate-redis]:-} ]]; then

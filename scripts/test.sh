@@ -46,6 +46,19 @@ if [ "${AUTHGATE_SKIP_POSTGRES:-}" != 1 ]; then
     done
 fi
 
+# nginx (auth_request) and Caddy (forward_auth) for the forward-auth end-to-end tests
+# (tests/forward_auth.rs), which run their own nginx and Caddy processes on free loopback
+# ports. Only installed: the packages' system services are kept from starting (policy-rc.d).
+if ! [ -x /usr/sbin/nginx ] || ! command -v caddy >/dev/null 2>&1; then
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    policy=/usr/sbin/policy-rc.d
+  fi
+  apt-get update -qq && apt-get install -y -qq nginx-light caddy >/dev/null || true
+  if [ -n "$policy" ]; then rm -f "$policy"; fi
+fi
+
 # PyJWT for the upstream-verification example that tests/assertion.rs runs (docs/assertion.md).
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   python3 -m pip install --quiet pyjwt cryptography

@@ -80,6 +80,10 @@ pub enum GatewayError {
     KeySetRefetchPending { retry_after_secs: u64 },
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// A forward-auth check from a peer outside `forward_auth.trusted_proxies`: only a
+    /// trusted proxy may name the request to decide about.
+    #[error("peer is not a trusted proxy")]
+    ProxyNotTrusted,
 }
 
 /// The token budget of a budget 429 (OpenAI's header name).
@@ -91,7 +95,7 @@ pub static X_RATELIMIT_REMAINING_TOKENS: HeaderName =
 
 /// Every code [`GatewayError::code`] answers with, once each (SPEC §7): the closed set a key's
 /// refusals are counted by (`key_service::usage`), so per-reason counts stay bounded.
-pub const CODES: [&str; 17] = [
+pub const CODES: [&str; 18] = [
     "BAD_REQUEST",
     "AUTH_MISSING",
     "AUTH_INVALID_KEY",
@@ -109,6 +113,7 @@ pub const CODES: [&str; 17] = [
     "UPSTREAM_UNAVAILABLE",
     "AUTH_BACKEND_UNAVAILABLE",
     "UPSTREAM_TIMEOUT",
+    "PROXY_NOT_TRUSTED",
 ];
 
 impl GatewayError {
@@ -124,7 +129,9 @@ impl GatewayError {
             | Self::NotAJwt
             | Self::TokenExpired
             | Self::TokenRevoked => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope(_) | Self::TenantNotAllowed => StatusCode::FORBIDDEN,
+            Self::InsufficientScope(_) | Self::TenantNotAllowed | Self::ProxyNotTrusted => {
+                StatusCode::FORBIDDEN
+            }
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } | Self::TokenBudgetExhausted { .. } => {
@@ -161,6 +168,7 @@ impl GatewayError {
             | Self::KeySourceThrottled
             | Self::KeySetRefetchPending { .. } => "AUTH_BACKEND_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::ProxyNotTrusted => "PROXY_NOT_TRUSTED",
         }
     }
 
@@ -206,6 +214,9 @@ impl GatewayError {
             )
             .into(),
             Self::UpstreamTimeout => "The upstream service did not answer in time.".into(),
+            Self::ProxyNotTrusted => {
+                "This listener answers forward-auth checks from trusted proxies only.".into()
+            }
         }
     }
 
@@ -458,6 +469,7 @@ mod tests {
                 "AUTH_BACKEND_UNAVAILABLE",
             ),
             (GatewayError::UpstreamTimeout, 504, "UPSTREAM_TIMEOUT"),
+            (GatewayError::ProxyNotTrusted, 403, "PROXY_NOT_TRUSTED"),
         ]
     }
 
@@ -502,7 +514,7 @@ mod tests {
     #[test]
     fn every_variant_maps_to_the_spec_status_and_code() {
         let rows = spec_rows();
-        assert_eq!(rows.len(), 21);
+        assert_eq!(rows.len(), 22);
         for (error, status, code) in rows {
             assert_eq!(error.status().as_u16(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");

@@ -333,7 +333,12 @@ impl Gateway {
                         "[redis] changed in the config; the revocation channel follows on restart."
                     );
                 }
-                if new.server.listen != old.server.listen || new.admin.listen != old.admin.listen {
+                let check_listen =
+                    |config: &Config| config.forward_auth.as_ref().map(|settings| settings.listen);
+                if new.server.listen != old.server.listen
+                    || new.admin.listen != old.admin.listen
+                    || check_listen(&new) != check_listen(old)
+                {
                     tracing::warn!(
                         "Listener addresses changed in the config; they take effect on restart."
                     );

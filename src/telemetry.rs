@@ -98,6 +98,10 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: HistogramFamily<RouteLabels>,
     pub upstream_duration: HistogramFamily<RouteLabels>,
+    /// `authgate_forward_auth_checks_total`: the `[forward_auth]` listener's answers.
+    pub checks: Family<RequestLabels, Counter>,
+    /// `authgate_forward_auth_check_duration_seconds`.
+    pub check_duration: HistogramFamily<RouteLabels>,
     pub inflight: Gauge,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub access_log_dropped: Counter,
@@ -227,6 +231,28 @@ impl Metrics {
         }
     }
 
+    /// Counts one forward-auth check (a labelled lookup: checks are not the hot proxy path).
+    pub fn count_check(
+        &self,
+        route: &SharedLabel,
+        method: &'static str,
+        status: u16,
+        seconds: f64,
+    ) {
+        self.checks
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                method,
+                status,
+            })
+            .inc();
+        self.check_duration
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(seconds);
+    }
+
     /// Counts one answered request in `authgate_requests_total`.
     ///
     /// The family's own lookup takes a read lock and SipHashes the route name on every
@@ -286,6 +312,19 @@ impl Metrics {
             "upstream_duration_seconds",
             "Time from sending to the upstream until its response headers",
             upstream_duration.clone(),
+        );
+        let checks = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "forward_auth_checks",
+            "Forward-auth checks answered, by route, method and status of the request they were about",
+            checks.clone(),
+        );
+        let check_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "forward_auth_check_duration_seconds",
+            "Time from a forward-auth check's head to the end of its answer",
+            check_duration.clone(),
         );
         let inflight = Gauge::default();
         registry.register(
@@ -444,6 +483,8 @@ impl Metrics {
             requests,
             request_duration,
             upstream_duration,
+            checks,
+            check_duration,
             inflight,
             config_reloads,
             access_log_dropped,
@@ -584,6 +625,8 @@ pub struct AccessRecord {
     pub reason: Option<&'static str>,
     /// Why a credential was refused: `code: detail`, never the credential.
     pub auth_error: Option<String>,
+    /// Answered on the `[forward_auth]` listener: a check, nothing was forwarded.
+    pub forward_auth: bool,
 }
 
 impl AccessRecord {
@@ -645,6 +688,9 @@ impl AccessRecord {
                 if let Some(auth_error) = &self.auth_error {
                     put("auth_error", auth_error.as_str().into());
                 }
+                if self.forward_auth {
+                    put("forward_auth", true.into());
+                }
                 let mut line = serde_json::Value::Object(object).to_string();
                 line.push('\n');
                 line
@@ -676,6 +722,9 @@ impl AccessRecord {
                 // Quoted and escaped: the detail may quote claim values.
                 if let Some(auth_error) = &self.auth_error {
                     let _ = write!(line, " auth_error={auth_error:?}");
+                }
+                if self.forward_auth {
+                    line.push_str(" forward_auth");
                 }
                 line.push('\n');
                 line

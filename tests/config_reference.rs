@@ -11,6 +11,7 @@ const PROBES: &[(&str, &str)] = &[
     ("server", "[server]\nzz_probe = 1\n"),
     ("server.tls", "[server]\ntls = { zz_probe = 1 }\n"),
     ("admin", "[admin]\nzz_probe = 1\n"),
+    ("forward_auth", "[forward_auth]\nzz_probe = 1\n"),
     ("identity", "[identity]\nzz_probe = 1\n"),
     (
         "identity.assertion",

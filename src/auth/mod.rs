@@ -77,6 +77,19 @@ pub struct IdentityHeaderNames {
 }
 
 impl IdentityHeaderNames {
+    /// The fields every identity may set (custom claims aside), in SPEC §6 order.
+    pub fn standard(&self) -> [&HeaderName; 7] {
+        [
+            &self.method,
+            &self.subject,
+            &self.tenant_id,
+            &self.user_id,
+            &self.key_id,
+            &self.scopes,
+            &self.issuer,
+        ]
+    }
+
     /// `prefix` is a validated lowercase header-name prefix such as `x-auth-`.
     pub fn new(prefix: &str) -> Self {
         let name = |suffix: &str| {

@@ -12,7 +12,10 @@ use toml::Spanned;
 
 use super::file::{self, FileAuth, FileConfig, KeySourceKind};
 use super::support::{Errors, compile_rate, request_header_name, resolve};
-use super::{AdminSettings, Config, ConfigErrors, IdentitySettings, LogSettings, ServerSettings};
+use super::{
+    AdminSettings, Config, ConfigErrors, ForwardAuthSettings, IdentitySettings, LogSettings,
+    ServerSettings,
+};
 use crate::auth::assertion::{AssertionSettings, SigningKey};
 use crate::auth::{KeyHeaders, MAX_KEY_HEADERS};
 use crate::http1::fields::UnderscorePolicy;
@@ -63,6 +66,8 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
             ),
         );
     }
+
+    let forward_auth = compile_forward_auth(&file, &server, &admin, &mut errors);
 
     let mut warnings = Vec::new();
     let identity = compile_identity(&file.identity, &base_dir, &mut errors, &mut warnings);
@@ -128,9 +133,52 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
         revocation,
         database,
         key_management,
+        forward_auth,
         log,
         routes,
         warnings,
+    })
+}
+
+/// `[forward_auth]`: its own address (not one of the other listeners'), and the peers that
+/// may ask; loopback when the list is left out.
+fn compile_forward_auth(
+    file: &FileConfig,
+    server: &ServerSettings,
+    admin: &AdminSettings,
+    errors: &mut Errors<'_>,
+) -> Option<ForwardAuthSettings> {
+    let spanned = file.forward_auth.as_ref()?;
+    let section = spanned.get_ref();
+    let listen = section.listen.map_or_else(
+        || {
+            file::DEFAULT_FORWARD_AUTH_LISTEN
+                .parse()
+                .unwrap_or(([127, 0, 0, 1], 9902).into())
+        },
+        |addr| addr.0,
+    );
+    for (other, name) in [
+        (server.listen, "server.listen"),
+        (admin.listen, "admin.listen"),
+    ] {
+        if listen == other && listen.port() != 0 {
+            errors.at(
+                spanned.span(),
+                format!("forward_auth.listen and {name} are both {listen}: they need different addresses"),
+            );
+        }
+    }
+    let trusted_proxies = match &section.trusted_proxies {
+        Some(list) => list.iter().map(|cidr| cidr.0).collect(),
+        None => file::DEFAULT_FORWARD_AUTH_TRUSTED_PROXIES
+            .iter()
+            .filter_map(|text| text.parse().ok())
+            .collect(),
+    };
+    Some(ForwardAuthSettings {
+        listen,
+        trusted_proxies,
     })
 }
 
@@ -962,10 +1010,12 @@ mod tests {
         let text = format!(
             "[server]\nmax_header_bytes = 10\nunderscores_in_headers = \"maybe\"\n{ROUTE}auth = []\n"
         );
-        // The unknown enum value stops the parse: serde errors come alone.
+        // The unknown enum value stops the reading of [server]; the route, read on its own,
+        // is still compiled and its error reported too.
         let found = errors(&text);
-        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("3:"), "{found:?}");
+        assert!(found[1].starts_with("8:") && found[1].contains("auth"), "{found:?}");
 
         let text = format!(
             "[server]\nmax_header_bytes = 10\n{ROUTE}auth = []\nscopes = []\n[[routes]]\nname = \"r\"\nmatch = {{ path = \"/a/../b\" }}\nupstream = \"ftp://x\"\nauth = \"none\"\ntenants = [\"t\"]\n"

@@ -16,6 +16,9 @@ use super::values::{Cidr, DurationValue, ListenAddr, Secret, Text};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub const DEFAULT_FORWARD_AUTH_LISTEN: &str = "127.0.0.1:9902";
+/// Loopback only: the proxy that asks usually runs on the same host.
+pub const DEFAULT_FORWARD_AUTH_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.1/32", "::1/128"];
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
@@ -64,6 +67,8 @@ pub struct FileConfig {
     pub revocation: Option<FileRevocation>,
     pub database: Option<Spanned<FileDatabase>>,
     pub key_management: Option<FileKeyManagement>,
+    /// `[forward_auth]`: absent, no check listener.
+    pub forward_auth: Option<Spanned<FileForwardAuth>>,
     #[serde(default)]
     pub log: FileLog,
     #[serde(default)]
@@ -376,6 +381,16 @@ pub struct FileRevocation {
     pub ttl: Option<Spanned<DurationValue>>,
     /// Revocations in force at most (bounds memory; expired ones make room).
     pub max_entries: Option<Spanned<usize>>,
+}
+
+/// `[forward_auth]`: a listener of its own that answers another proxy's "may this request
+/// pass?" (nginx `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth`, Envoy `ext_authz`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileForwardAuth {
+    pub listen: Option<ListenAddr>,
+    /// Peers allowed to ask (and so to name the original request in headers).
+    pub trusted_proxies: Option<Vec<Cidr>>,
 }
 
 /// `[log]`.

@@ -51,6 +51,8 @@ pub struct Config {
     pub database: Option<crate::key_service::settings::DatabaseSettings>,
     /// `[key_management]`.
     pub key_management: crate::key_service::settings::ManagementSettings,
+    /// `[forward_auth]`: `None`, no check listener.
+    pub forward_auth: Option<ForwardAuthSettings>,
     pub log: LogSettings,
     pub routes: RouteTable,
     /// Non-fatal findings (shadowed routes), printed by `authgate check` and logged at start.
@@ -85,6 +87,26 @@ impl fmt::Debug for AdminSettings {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "**redacted**"))
             .finish()
+    }
+}
+
+/// `[forward_auth]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuthSettings {
+    pub listen: SocketAddr,
+    /// Only these peers get an answer; anyone else is refused (403) whatever they send.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ForwardAuthSettings {
+    /// Whether `peer` may ask.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 @ std::net::IpAddr::V4(_) => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
 }
 

@@ -12,6 +12,9 @@ use crate::error::{FieldValue, GatewayError};
 use crate::headers::{RequestId, X_REQUEST_ID};
 use crate::limits::{self, gcra::LimitState};
 
+/// The error body of a refused forward-auth check, repeated as a response field.
+static FORWARD_AUTH_ERROR: HeaderName = HeaderName::from_static("x-authgate-error");
+
 /// What the pipeline answers a request with.
 #[derive(Debug)]
 pub enum Answer {
@@ -41,6 +44,10 @@ pub struct ErrorAnswer {
     /// A request body we did not read may still be arriving on an HTTP/1.x connection: it
     /// closes after the answer, never reading the next request from the middle of the body.
     pub close: bool,
+    /// An answer to a forward-auth check: the JSON body goes in a header too
+    /// ([`FORWARD_AUTH_ERROR`]), where nginx's `auth_request` (which never reads the body of
+    /// the check's answer) can pass it on to the client.
+    pub forward_auth: bool,
     /// The request's metrics and access-log line, completed once the answer is sent.
     pub(super) finish: Option<Finish>,
 }
@@ -52,6 +59,7 @@ impl std::fmt::Debug for ErrorAnswer {
             .field("request_id", &self.request_id)
             .field("rate_limit", &self.rate_limit)
             .field("close", &self.close)
+            .field("forward_auth", &self.forward_auth)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +73,7 @@ impl ErrorAnswer {
             request_id: RequestId::generate(),
             rate_limit: None,
             close: true,
+            forward_auth: false,
             finish: None,
         }
     }
@@ -97,6 +106,14 @@ impl ErrorAnswer {
             &X_REQUEST_ID,
             FieldValue::Value(self.request_id.header_value()),
         );
+        if self.forward_auth {
+            // The body is plain ASCII JSON (codes, fixed messages, scope names, the request
+            // id): a valid field value; if it ever were not, the field is left out.
+            let json = Bytes::from(self.error.json_body(&self.request_id));
+            if let Ok(value) = HeaderValue::from_maybe_shared(json) {
+                emit(&FORWARD_AUTH_ERROR, FieldValue::Value(&value));
+            }
+        }
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {

@@ -29,6 +29,8 @@ pub(super) struct Finish {
     pub(super) upstream_ms: Option<f64>,
     pub(super) reason: Option<&'static str>,
     pub(super) bytes_out: u64,
+    /// A forward-auth check: counted in its own metric families, marked in the log line.
+    pub(super) check: bool,
     /// The access-log line, only when the access log is on. Boxed: its strings are a few
     /// hundred bytes every request would otherwise carry and move around.
     pub(super) log: Option<Box<LogLine>>,
@@ -49,6 +51,7 @@ impl Finish {
         request: &Request<ProxyBody>,
         request_id: &RequestId,
         bytes_in: Option<Arc<AtomicU64>>,
+        check: bool,
     ) -> Self {
         if let Some(activity) = &conn.activity {
             activity.request_started();
@@ -65,9 +68,14 @@ impl Finish {
                     client_ip: client_ip(
                         request.headers(),
                         conn.peer.ip(),
-                        &config.server.trusted_proxies,
+                        if check {
+                            super::client_proxies::<true>(config)
+                        } else {
+                            super::client_proxies::<false>(config)
+                        },
                     )
                     .to_string(),
+                    forward_auth: check,
                     ..AccessRecord::default()
                 },
                 bytes_in,
@@ -86,6 +94,7 @@ impl Finish {
             upstream_ms: None,
             reason: None,
             bytes_out: 0,
+            check,
             log,
         }
     }
@@ -108,14 +117,19 @@ impl Drop for Finish {
         if let Some(activity) = &self.activity {
             activity.request_finished();
         }
-        metrics.count_request(&self.route, self.method, self.status);
         let upstream_seconds = self.upstream_ms.map(|ms| ms / 1000.0);
-        if let Some(histograms) = &self.histograms {
+        if self.check {
+            // Checks are not requests answered by an upstream: their own families, so the
+            // request rates and latencies of the proxy stay what they were.
+            metrics.count_check(&self.route, self.method, self.status, elapsed);
+        } else if let Some(histograms) = &self.histograms {
+            metrics.count_request(&self.route, self.method, self.status);
             histograms.request.observe(elapsed);
             if let Some(seconds) = upstream_seconds {
                 histograms.upstream.observe(seconds);
             }
         } else {
+            metrics.count_request(&self.route, self.method, self.status);
             let route = RouteLabels {
                 route: self.route.clone(),
             };

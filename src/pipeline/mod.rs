@@ -21,13 +21,22 @@
 //! leaves behind (metrics, the access-log line), `answer.rs` what the HTTP layer writes.
 //! Every stage runs before anything reaches an upstream; a stage that refuses ends the request
 //! with nothing forwarded.
+//!
+//! Forward-auth checks (`forward_auth.rs`) run the very same stages 1 to 4, in the same
+//! function: [`run`] is generic over whether the request is a check. A check first takes in
+//! the request the asking proxy names (its method, target and host, read from the proxy's
+//! headers) as if it were the request itself, and after step 4 the decision is the answer
+//! (200 with the identity headers); steps 5 to 8 never run. Being a const parameter, the
+//! choice costs the proxy path nothing: its instance is compiled without the check's code.
 
 mod answer;
 mod builtin;
 mod finish;
+mod forward_auth;
 mod precheck;
 mod proxy;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -106,15 +115,45 @@ pub async fn handle(
     answer(gateway, conn, request).await.into_response()
 }
 
-/// Runs the stages and decides the answer; errors are logged and counted here, once.
-pub async fn answer(
+/// Runs the stages and decides the answer for a request to proxy.
+pub fn answer(
     gateway: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     request: Request<ProxyBody>,
+) -> impl Future<Output = Answer> + Send {
+    // The future of `run` itself, not one wrapped around it: no async layer is added.
+    run::<false>(gateway, conn, request)
+}
+
+/// Answers a forward-auth check (the `[forward_auth]` listener): the same stages decide about
+/// the request the asking proxy names; nothing is forwarded.
+pub fn check(
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    request: Request<ProxyBody>,
+) -> impl Future<Output = Answer> + Send {
+    run::<true>(gateway, conn, request)
+}
+
+/// Runs the stages and decides the answer; errors are logged and counted here, once.
+/// `CHECK`: a forward-auth check instead of a request to proxy.
+async fn run<const CHECK: bool>(
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    mut request: Request<ProxyBody>,
 ) -> Answer {
     // One consistent view of config, key store and JWT validator for the whole request.
     let runtime = gateway.runtime();
     let config = &runtime.config;
+    // A check is about the request the proxy names: taken in before anything reads the
+    // request (the log line, the route), so every stage sees the original request. Only a
+    // trusted proxy may ask.
+    let refused = if CHECK {
+        forward_auth::take_original(&mut request, config.forward_auth.as_ref(), conn.peer.ip())
+            .err()
+    } else {
+        None
+    };
     let request_id = RequestId::of_request(request.headers());
     let body_pending = !request.body().is_end_stream();
     let version = request.version();
@@ -127,6 +166,7 @@ pub async fn answer(
         &request,
         &request_id,
         bytes_in.clone(),
+        CHECK,
     );
 
     let mut context = Context::default();
@@ -139,16 +179,21 @@ pub async fn answer(
         _ => request,
     };
 
-    let result = handle_inner(
-        &runtime,
-        &gateway.metrics,
-        &gateway.auth_metrics,
-        &conn,
-        request,
-        &request_id,
-        &mut context,
-    )
-    .await;
+    let result = match refused {
+        Some(error) => Err(error),
+        None => {
+            handle_inner::<CHECK>(
+                &runtime,
+                &gateway.metrics,
+                &gateway.auth_metrics,
+                &conn,
+                request,
+                &request_id,
+                &mut context,
+            )
+            .await
+        }
+    };
     finish.upstream_ms = context.upstream_ms;
     finish.histograms = context.histograms;
     if let Some(route) = &context.route {
@@ -218,6 +263,7 @@ pub async fn answer(
                 request_id,
                 rate_limit: context.rate_limit,
                 close: body_pending && version <= Version::HTTP_11,
+                forward_auth: CHECK,
                 finish: Some(finish),
             })
         }
@@ -225,8 +271,8 @@ pub async fn answer(
 }
 
 /// The stages, in order. Each `?` is a decision that ends the request with nothing
-/// forwarded.
-async fn handle_inner(
+/// forwarded. A forward-auth check (`CHECK`) ends after step 4 with its decision.
+async fn handle_inner<const CHECK: bool>(
     runtime: &Runtime,
     metrics: &Metrics,
     auth_metrics: &AuthMetrics,
@@ -271,7 +317,7 @@ async fn handle_inner(
             client_ip(
                 &parts.headers,
                 conn.peer.ip(),
-                &config.server.trusted_proxies,
+                client_proxies::<CHECK>(config),
             )
         },
         &config.api_keys.prefix,
@@ -299,6 +345,12 @@ async fn handle_inner(
         }
         None => None,
     };
+    if CHECK {
+        // Nothing passes through authgate after a check: no request to cut on a revocation,
+        // no response to charge a token budget with (the budget is still checked above).
+        context.tracked = None;
+        return Ok(forward_auth::allowed(runtime, route, identity.as_deref()));
+    }
     // A key service key's reported tokens are counted in its usage too.
     if let (Some(meter), Some(usage), Some(key_id)) = (
         meter.as_mut(),
@@ -376,6 +428,20 @@ async fn handle_inner(
         meter,
         &mut context.tracked,
     )
+}
+
+/// The proxies whose `X-Forwarded-For` names the client: `[server]`'s for a request to proxy.
+/// A check always comes from a proxy (a trusted one: any other was refused), and the client
+/// behind it is the one a failed key counts against, not the proxy every client shares.
+fn client_proxies<const CHECK: bool>(config: &Config) -> &[ipnet::IpNet] {
+    if CHECK {
+        config
+            .forward_auth
+            .as_ref()
+            .map_or(&[], |settings| &settings.trusted_proxies)
+    } else {
+        &config.server.trusted_proxies
+    }
 }
 
 /// The refusal for a request whose credential was revoked while it ran.

@@ -45,3 +45,21 @@ impl Handler for Gateway {
         Gateway::is_draining(self)
     }
 }
+
+/// The `[forward_auth]` listener's requests: each one a check, answered by the same stages.
+#[derive(Debug)]
+pub(crate) struct ForwardAuth(pub(crate) Arc<Gateway>);
+
+impl Handler for ForwardAuth {
+    fn answer(
+        self: &Arc<Self>,
+        conn: &Arc<ConnInfo>,
+        request: Request<ProxyBody>,
+    ) -> impl Future<Output = Answer> + Send {
+        pipeline::check(self.0.clone(), conn.clone(), request)
+    }
+
+    fn is_draining(&self) -> bool {
+        self.0.is_draining()
+    }
+}

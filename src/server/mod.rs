@@ -2,6 +2,9 @@
 //! in clear), connection limit, header-read and idle timeouts, graceful drain.
 //!
 //! HTTP/1.1 connections are served by authgate's own codec ([`h1`]); HTTP/2 ones by hyper.
+//! The `[forward_auth]` listener (checks asked by another proxy) speaks HTTP/1.1 in clear
+//! only, and is accepted and drained by the same code as the main listener, with its own
+//! `max_connections` slots and the same timeouts.
 //! What follows is about the HTTP/2 connections.
 //!
 //! hyper's own timers do not give `idle_timeout` its meaning, so each HTTP/2 connection carries
@@ -19,9 +22,10 @@
 mod h1;
 mod handler;
 
-pub(crate) use handler::Handler;
+pub(crate) use handler::{ForwardAuth, Handler};
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +38,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -50,6 +54,8 @@ use crate::telemetry::AccessLog;
 pub struct ServerHandle {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The `[forward_auth]` listener's address, when the config has one.
+    pub forward_auth_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -89,8 +95,16 @@ pub async fn start_gateway(gateway: Arc<Gateway>) -> io::Result<ServerHandle> {
     let config = gateway.config();
     let listener = bind(config.server.listen, "server.listen").await?;
     let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+    let check_listener = match &config.forward_auth {
+        Some(settings) => Some(bind(settings.listen, "forward_auth.listen").await?),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let forward_auth_addr = check_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     for warning in &config.warnings {
         tracing::warn!(warning = %warning, "Config warning.");
     }
@@ -98,17 +112,26 @@ pub async fn start_gateway(gateway: Arc<Gateway>) -> io::Result<ServerHandle> {
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let admin_task = tokio::spawn(admin::serve(admin_listener, gateway.clone()));
+    let check_task = check_listener
+        .map(|listener| tokio::spawn(check_loop(listener, gateway.clone(), shutdown_rx.clone())));
     let task = tokio::spawn(accept_loop(
         listener,
         gateway.clone(),
         shutdown_rx,
         admin_task,
+        check_task,
     ));
     gateway.set_ready();
-    tracing::info!(%addr, %admin_addr, "authgate is listening.");
+    match forward_auth_addr {
+        Some(forward_auth_addr) => {
+            tracing::info!(%addr, %admin_addr, %forward_auth_addr, "authgate is listening.");
+        }
+        None => tracing::info!(%addr, %admin_addr, "authgate is listening."),
+    }
     Ok(ServerHandle {
         addr,
         admin_addr,
+        forward_auth_addr,
         gateway,
         shutdown,
         task,
@@ -141,13 +164,11 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 async fn accept_loop(
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     admin_task: JoinHandle<()>,
+    check_task: Option<JoinHandle<()>>,
 ) {
     let config = gateway.config();
-    let max_connections = config.server.max_connections;
-    let grace = config.server.shutdown_grace;
-    let limit = Arc::new(Semaphore::new(max_connections));
     let builder = Arc::new(http_builder(&config));
     let tls = config
         .server
@@ -155,6 +176,64 @@ async fn accept_loop(
         .clone()
         .map(tokio_rustls::TlsAcceptor::from);
     drop(config);
+    let serving = gateway.clone();
+    accept_and_drain(
+        listener,
+        &gateway,
+        shutdown,
+        move |stream, peer, shutdown, slot| {
+            serve_connection(
+                stream,
+                peer,
+                serving.clone(),
+                builder.clone(),
+                tls.clone(),
+                shutdown,
+                slot,
+            )
+        },
+    )
+    .await;
+    // The check listener drains at the same time (it saw the same signal).
+    if let Some(check_task) = check_task {
+        let _ = check_task.await;
+    }
+    gateway.tunnels.abort_all();
+    admin_task.abort();
+}
+
+/// The `[forward_auth]` listener: HTTP/1.1 connections whose every request is a check.
+async fn check_loop(listener: TcpListener, gateway: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
+    let handler = Arc::new(ForwardAuth(gateway.clone()));
+    accept_and_drain(
+        listener,
+        &gateway,
+        shutdown,
+        move |stream, peer, shutdown, slot| {
+            serve_check_connection(stream, peer, handler.clone(), shutdown, slot)
+        },
+    )
+    .await;
+}
+
+/// Accepts connections on `listener` until the shutdown signal, each holding one of
+/// `server.max_connections` slots of this listener, each run by `serve`; then drains: stops
+/// accepting, tells the connections to finish their requests, waits up to
+/// `server.shutdown_grace` and cuts what is left.
+async fn accept_and_drain<F, Fut>(
+    listener: TcpListener,
+    gateway: &Gateway,
+    mut shutdown: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>, Arc<OwnedSemaphorePermit>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let config = gateway.config();
+    let max_connections = config.server.max_connections;
+    let grace = config.server.shutdown_grace;
+    drop(config);
+    let limit = Arc::new(Semaphore::new(max_connections));
     // Every connection task, so the ones still running when the grace period ends can be cut.
     let mut connections = tokio::task::JoinSet::new();
 
@@ -181,15 +260,9 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
-        let gateway = gateway.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let shutdown = shutdown.clone();
         // The slot is released when the connection and any tunnel it opened are done.
         let slot = Arc::new(permit);
-        connections.spawn(async move {
-            serve_connection(stream, peer, gateway, builder, tls, shutdown, slot).await;
-        });
+        connections.spawn(serve(stream, peer, shutdown.clone(), slot));
     }
 
     // Drain: stop accepting (closing the socket refuses new connections), tell every
@@ -208,9 +281,45 @@ async fn accept_loop(
         );
     }
     connections.abort_all();
-    gateway.tunnels.abort_all();
     while connections.join_next().await.is_some() {}
-    admin_task.abort();
+}
+
+/// The HTTP/1.1 connection settings of both listeners.
+fn h1_settings(config: &Config) -> h1::Settings {
+    h1::Settings {
+        limits: crate::http1::request::RequestLimits {
+            // Heads up to max_header_bytes reach the pipeline, which answers its own 431
+            // with the route's context; the connection refuses what is far over it.
+            max_head_bytes: (config.server.max_header_bytes * 2).max(8192),
+            underscores: config.server.underscores_in_headers,
+        },
+        header_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
+    }
+}
+
+/// One connection to the `[forward_auth]` listener.
+async fn serve_check_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<ForwardAuth>,
+    shutdown: watch::Receiver<bool>,
+    slot: Arc<OwnedSemaphorePermit>,
+) {
+    let _ = stream.set_nodelay(true);
+    let gateway = &handler.0;
+    let settings = h1_settings(&gateway.config());
+    let conn = Arc::new(ConnInfo {
+        peer,
+        peer_header: crate::headers::peer_header(peer.ip()),
+        tls: false,
+        activity: None,
+        slot,
+        tunnels: gateway.tunnels.clone(),
+    });
+    let (rd, wr) = stream.into_split();
+    let buf = BytesMut::with_capacity(READ_BUFFER);
+    h1::serve(rd, wr, buf, conn, handler, shutdown, settings).await;
 }
 
 async fn serve_connection(
@@ -220,20 +329,11 @@ async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: watch::Receiver<bool>,
-    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    slot: Arc<OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (header_timeout, idle_timeout, max_head_bytes, underscores) = {
-        let config = gateway.config();
-        (
-            config.server.header_read_timeout,
-            config.server.idle_timeout,
-            // Heads up to max_header_bytes reach the pipeline, which answers its own 431 with
-            // the route's context; the connection refuses what is far over it.
-            (config.server.max_header_bytes * 2).max(8192),
-            config.server.underscores_in_headers,
-        )
-    };
+    let settings = h1_settings(&gateway.config());
+    let (header_timeout, idle_timeout) = (settings.header_timeout, settings.idle_timeout);
     let conn = |tls: bool, activity: Option<Arc<ConnActivity>>| {
         Arc::new(ConnInfo {
             peer,
@@ -245,14 +345,6 @@ async fn serve_connection(
         })
     };
     let timeouts = (header_timeout, idle_timeout);
-    let settings = h1::Settings {
-        limits: crate::http1::request::RequestLimits {
-            max_head_bytes,
-            underscores,
-        },
-        header_timeout,
-        idle_timeout,
-    };
     match tls {
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
         {
