@@ -438,6 +438,9 @@ impl KeyHeaders {
 /// which one an upstream would read. Works on bytes: header values may carry any byte but
 /// control characters, and the shape checks that follow (API-key alphabet, base64url JWT
 /// parts) admit ASCII only.
+// Two callers since the forward-auth check shares the stages: kept inlined into each
+// (outlined, the request path paid a call and lost the optimizations around it).
+#[inline(always)]
 pub fn extract_credential<'a>(
     headers: &'a HeaderMap,
     key_headers: &KeyHeaders,
