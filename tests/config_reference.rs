@@ -31,6 +31,7 @@ const PROBES: &[(&str, &str)] = &[
     ("routes", "[[routes]]\nzz_probe = 1\n"),
     ("routes.match", "[[routes]]\nmatch = { zz_probe = 1 }\n"),
     ("routes.usage", "[[routes]]\nusage = { zz_probe = 1 }\n"),
+    ("routes.cors", "[[routes]]\ncors = { zz_probe = 1 }\n"),
 ];
 
 /// The fields serde expects, from the unknown-field error.

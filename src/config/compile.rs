@@ -1015,7 +1015,10 @@ mod tests {
         let found = errors(&text);
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("3:"), "{found:?}");
-        assert!(found[1].starts_with("8:") && found[1].contains("auth"), "{found:?}");
+        assert!(
+            found[1].starts_with("8:") && found[1].contains("auth"),
+            "{found:?}"
+        );
 
         let text = format!(
             "[server]\nmax_header_bytes = 10\n{ROUTE}auth = []\nscopes = []\n[[routes]]\nname = \"r\"\nmatch = {{ path = \"/a/../b\" }}\nupstream = \"ftp://x\"\nauth = \"none\"\ntenants = [\"t\"]\n"

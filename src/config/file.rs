@@ -432,6 +432,25 @@ pub struct FileRoute {
     /// Headers set on every forwarded request (name -> value, `${VAR}` expanded), replacing
     /// any the client sent. Values are secrets.
     pub upstream_headers: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Secret>>>>,
+    /// Which browser origins may call the route; preflights answered by authgate.
+    pub cors: Option<Spanned<FileCors>>,
+}
+
+/// `routes.cors`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCors {
+    /// `scheme://host[:port]` values, or `["*"]` for any origin.
+    pub origins: Vec<Text>,
+    /// Methods a page may use (default: the route's `match.methods`, else the usual six).
+    pub methods: Option<Vec<Text>>,
+    /// Request fields a page may send (default: `authorization`, `content-type`).
+    pub headers: Option<Vec<Text>>,
+    /// How long a browser may reuse a preflight's answer (default 10m).
+    pub max_age: Option<DurationValue>,
+    /// Whether pages may send cookies or HTTP authentication (never with `"*"`).
+    #[serde(default)]
+    pub credentials: bool,
 }
 
 /// `routes.match`.

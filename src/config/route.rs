@@ -15,6 +15,7 @@ use super::file::{self, FileAuth, FileConfig, FileRoute};
 use super::support::{Errors, compile_rate, request_header_name, resolve};
 use crate::forward::{UpstreamProtocol, UpstreamSpec, UpstreamTarget};
 use crate::limits::settings::{Rate, UsageRule};
+use crate::routes::cors::Cors;
 use crate::routes::normalize::normalize_path;
 use crate::routes::policy::{AccessPolicy, AuthPolicy, ScopeRule};
 use crate::routes::{Builtin, PathPattern, Route, RouteMatch};
@@ -62,6 +63,7 @@ pub(super) fn compile_route(
         errors,
     );
     let upstream_headers = compile_upstream_headers(route, identity, errors);
+    let cors = compile_cors(route, matcher.as_ref(), errors);
     if errors.list.len() != before {
         return None;
     }
@@ -82,8 +84,134 @@ pub(super) fn compile_route(
         max_body_bytes: route.max_body_bytes,
         websocket: route.websocket,
         upstream_headers,
+        cors,
         histograms: std::sync::OnceLock::new(),
     })
+}
+
+/// Most origins, methods or request fields one route's `cors` lists.
+const MAX_CORS_ENTRIES: usize = 64;
+/// Longest `cors.max_age`; browsers cap it lower (Chromium at 2 hours).
+const MAX_CORS_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// `cors`: origins as exact `scheme://host[:port]` (or `"*"` alone, never with credentials),
+/// methods and request fields as valid tokens.
+fn compile_cors(
+    route: &FileRoute,
+    matcher: Option<&RouteMatch>,
+    errors: &mut Errors<'_>,
+) -> Option<Arc<Cors>> {
+    let spanned = route.cors.as_ref()?;
+    let span = spanned.span();
+    let cors = spanned.get_ref();
+    let before = errors.list.len();
+    let mut fail = |message: String| errors.at(span.clone(), format!("cors: {message}"));
+    if cors.origins.is_empty() || cors.origins.len() > MAX_CORS_ENTRIES {
+        fail(format!("origins must list 1 to {MAX_CORS_ENTRIES} origins"));
+    }
+    let any = cors.origins.iter().any(|origin| origin.as_str() == "*");
+    if any && cors.origins.len() > 1 {
+        fail("\"*\" stands alone in origins".into());
+    }
+    if any && cors.credentials {
+        fail(
+            "credentials = true needs the origins listed: browsers refuse \"*\" with credentials"
+                .into(),
+        );
+    }
+    let mut origins = Vec::with_capacity(cors.origins.len());
+    for origin in &cors.origins {
+        match cors_origin(origin.as_str()) {
+            Ok(origin) => origins.push(origin),
+            Err(message) => fail(message),
+        }
+    }
+    let methods: Vec<Method> = match &cors.methods {
+        Some(list) => {
+            if list.is_empty() || list.len() > MAX_CORS_ENTRIES {
+                fail(format!("methods must list 1 to {MAX_CORS_ENTRIES} methods"));
+            }
+            list.iter()
+                .filter_map(|m| {
+                    let upper = m.as_str().to_ascii_uppercase();
+                    Method::from_bytes(upper.as_bytes())
+                        .map_err(|_| fail(format!("{:?} is not an HTTP method", m.as_str())))
+                        .ok()
+                })
+                .collect()
+        }
+        None => matcher.and_then(|m| m.methods.clone()).unwrap_or_else(|| {
+            vec![
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ]
+        }),
+    };
+    let headers: Vec<HeaderName> = match &cors.headers {
+        Some(list) => {
+            if list.len() > MAX_CORS_ENTRIES {
+                fail(format!("headers lists at most {MAX_CORS_ENTRIES} names"));
+            }
+            list.iter()
+                .filter_map(|name| {
+                    HeaderName::from_bytes(name.as_str().as_bytes())
+                        .map_err(|_| fail(format!("{:?} is not a header name", name.as_str())))
+                        .ok()
+                })
+                .collect()
+        }
+        None => vec![AUTHORIZATION, http::header::CONTENT_TYPE],
+    };
+    let max_age = cors
+        .max_age
+        .as_ref()
+        .map_or(Duration::from_secs(600), |age| age.0);
+    if max_age > MAX_CORS_AGE {
+        fail("max_age is at most 24h".into());
+    }
+    if errors.list.len() != before {
+        return None;
+    }
+    match Cors::new(
+        origins,
+        methods,
+        headers,
+        max_age.as_secs(),
+        cors.credentials,
+    ) {
+        Ok(compiled) => Some(Arc::new(compiled)),
+        Err(message) => {
+            errors.at(span, format!("cors: {message}"));
+            None
+        }
+    }
+}
+
+/// An origin as browsers send it: `"*"`, or `http(s)://host[:port]` with nothing after it,
+/// lowercased.
+fn cors_origin(origin: &str) -> Result<String, String> {
+    if origin == "*" {
+        return Ok(origin.to_owned());
+    }
+    let lower = origin.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(|| format!("origin {origin:?} must start with https:// or http://"))?;
+    let valid = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if !valid {
+        return Err(format!(
+            "origin {origin:?} must be scheme://host[:port] with no path, as browsers send it"
+        ));
+    }
+    Ok(lower)
 }
 
 /// `match`: path (exact or prefix, already normalized), host, methods.

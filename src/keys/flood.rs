@@ -161,9 +161,9 @@ impl FailureLimiter {
 
     /// [`Self::check`], keeping what it found for [`Self::record`]: a failure that follows
     /// spends from the way already found, without hashing again or a second clock read.
-// Two callers since the forward-auth check shares the stages: kept inlined into each
-// (outlined, the request path paid a call and lost the optimizations around it).
-#[inline(always)]
+    // Two callers since the forward-auth check shares the stages: kept inlined into each
+    // (outlined, the request path paid a call and lost the optimizations around it).
+    #[inline(always)]
     pub fn standing(&self, client: IpAddr) -> Result<Standing, u64> {
         self.standing_with(client, || self.clock.now())
     }

@@ -11,6 +11,7 @@ use crate::body::{BodyCompletion, BodyOutcome, ObservedBody, ProxyBody, full};
 use crate::error::{FieldValue, GatewayError};
 use crate::headers::{RequestId, X_REQUEST_ID};
 use crate::limits::{self, gcra::LimitState};
+use crate::routes::cors::CorsAnswer;
 
 /// The error body of a refused forward-auth check, repeated as a response field.
 static FORWARD_AUTH_ERROR: HeaderName = HeaderName::from_static("x-authgate-error");
@@ -48,6 +49,8 @@ pub struct ErrorAnswer {
     /// ([`FORWARD_AUTH_ERROR`]), where nginx's `auth_request` (which never reads the body of
     /// the check's answer) can pass it on to the client.
     pub forward_auth: bool,
+    /// A request from an origin the route's `cors` allows: the page may read the refusal.
+    pub cors: Option<CorsAnswer>,
     /// The request's metrics and access-log line, completed once the answer is sent.
     pub(super) finish: Option<Finish>,
 }
@@ -60,6 +63,7 @@ impl std::fmt::Debug for ErrorAnswer {
             .field("rate_limit", &self.rate_limit)
             .field("close", &self.close)
             .field("forward_auth", &self.forward_auth)
+            .field("cors", &self.cors)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +78,7 @@ impl ErrorAnswer {
             rate_limit: None,
             close: true,
             forward_auth: false,
+            cors: None,
             finish: None,
         }
     }
@@ -106,6 +111,9 @@ impl ErrorAnswer {
             &X_REQUEST_ID,
             FieldValue::Value(self.request_id.header_value()),
         );
+        if let Some(cors) = &self.cors {
+            cors.fields(&mut |name, value| emit(name, FieldValue::Value(&value)));
+        }
         if self.forward_auth {
             // The body is plain ASCII JSON (codes, fixed messages, scope names, the request
             // id): a valid field value; if it ever were not, the field is left out.

@@ -44,9 +44,9 @@ pub(super) struct LogLine {
 }
 
 impl Finish {
-// Two callers since the forward-auth check shares the stages: kept inlined into each
-// (outlined, the request path paid a call and lost the optimizations around it).
-#[inline(always)]
+    // Two callers since the forward-auth check shares the stages: kept inlined into each
+    // (outlined, the request path paid a call and lost the optimizations around it).
+    #[inline(always)]
     pub(super) fn start(
         gateway: &Arc<Gateway>,
         config: &Config,

@@ -43,7 +43,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
@@ -66,6 +66,7 @@ use crate::limits::{self, Denied};
 use crate::revocation::Tracked;
 use crate::revocation::inflight::{CutBody, CutFuture};
 use crate::routes::Route;
+use crate::routes::cors::{self, Cors, CorsAnswer};
 use crate::telemetry::{Metrics, RouteHistograms, SharedLabel};
 use finish::Finish;
 
@@ -100,6 +101,10 @@ struct Context {
     redact_path: bool,
     /// A refused credential's kind and, for tokens, why (empty when accepted).
     auth: auth::refusal::AuthReport,
+    /// A route with `cors`: the upstream's own CORS fields are removed from its answer.
+    cors_route: bool,
+    /// A request from an origin the route's `cors` allows: the fields its answer carries.
+    cors: Option<CorsAnswer>,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -235,6 +240,12 @@ async fn run<const CHECK: bool>(
             if let Some(state) = context.rate_limit {
                 limits::insert_headers(headers, state);
             }
+            if context.cors_route {
+                cors::strip_upstream_fields(headers);
+                if let Some(cors) = &context.cors {
+                    cors.apply(headers);
+                }
+            }
             finish.status = response.status().as_u16();
             let (parts, body) = response.into_parts();
             let body = ObservedBody::new(body, finish);
@@ -264,6 +275,7 @@ async fn run<const CHECK: bool>(
                 rate_limit: context.rate_limit,
                 close: body_pending && version <= Version::HTTP_11,
                 forward_auth: CHECK,
+                cors: context.cors,
                 finish: Some(finish),
             })
         }
@@ -298,7 +310,27 @@ async fn handle_inner<const CHECK: bool>(
     precheck::check_header_size(&parts, config.server.max_header_bytes)?;
 
     // 2. Route, from the request line and Host only.
-    let route = find_route(config, metrics, &target, &parts, context)?;
+    //    A CORS preflight is matched as the method it asks about, and a route with `cors`
+    //    answers it here, before authentication: browsers send no credential on it.
+    if let Some(asked) = cors::preflight_method(&parts.method, &parts.headers)
+        && let Ok(route) = find_route(config, metrics, &target, &asked, context)
+        && let Some(cors) = &route.cors
+    {
+        let answer = if CHECK {
+            // The proxy lets the preflight through; every identity field it copies is empty.
+            forward_auth::allowed(runtime, route, None)
+        } else {
+            let mut answer = Response::new(crate::body::empty());
+            *answer.status_mut() = StatusCode::NO_CONTENT;
+            answer
+        };
+        return Ok(with_preflight_fields(answer, cors, &parts.headers));
+    }
+    let route = find_route(config, metrics, &target, &parts.method, context)?;
+    if let Some(cors) = &route.cors {
+        context.cors_route = true;
+        context.cors = CorsAnswer::for_request(cors, &parts.headers);
+    }
     let websocket =
         route.websocket && is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
 
@@ -456,12 +488,12 @@ fn find_route<'c>(
     config: &'c Config,
     metrics: &Metrics,
     target: &precheck::Target<'_>,
-    parts: &Parts,
+    method: &Method,
     context: &mut Context,
 ) -> Result<&'c Route, GatewayError> {
     let route = config
         .routes
-        .find(target.host, &parts.method, &target.path)
+        .find(target.host, method, &target.path)
         .ok_or(GatewayError::RouteNotFound)?;
     context.route = Some(route.name.clone());
     context.redact_path = route.builtin == Some(crate::routes::Builtin::KeyLookup);
@@ -472,6 +504,23 @@ fn find_route<'c>(
             .clone(),
     );
     Ok(route)
+}
+
+/// A CORS preflight's answer on a route with `cors` (204, or 200 to a forward-auth check):
+/// with the CORS fields when the origin, the method and every field asked for are allowed,
+/// without them otherwise, so the browser sends nothing. Nothing is forwarded, no credential
+/// is asked for.
+fn with_preflight_fields(
+    mut answer: Response<ProxyBody>,
+    cors: &Cors,
+    headers: &HeaderMap,
+) -> Response<ProxyBody> {
+    if let Some(fields) = cors.preflight(headers) {
+        for (name, value) in fields {
+            answer.headers_mut().insert(name, value);
+        }
+    }
+    answer
 }
 
 /// Step 3: hop-by-hop (and Connection-named) fields first, then every client field under the

@@ -5,6 +5,7 @@
 //! Lookups cost one hash probe per candidate prefix of the path (its segment boundaries),
 //! whatever the number of routes.
 
+pub mod cors;
 pub mod normalize;
 pub mod policy;
 
@@ -112,6 +113,8 @@ pub struct Route {
     /// copies never survive. The values are secrets, marked sensitive: `Debug` prints
     /// `Sensitive`, and HTTP/2 never puts them in its header compression table.
     pub upstream_headers: Box<[(http::HeaderName, http::HeaderValue)]>,
+    /// `cors`: browser origins that may call the route; `None`, no CORS (the default).
+    pub cors: Option<Arc<cors::Cors>>,
     /// This route's duration histograms, resolved on its first request.
     pub histograms: std::sync::OnceLock<crate::telemetry::RouteHistograms>,
 }
