@@ -50,7 +50,7 @@ pub struct ErrorAnswer {
     /// the check's answer) can pass it on to the client.
     pub forward_auth: bool,
     /// A request from an origin the route's `cors` allows: the page may read the refusal.
-    pub cors: Option<CorsAnswer>,
+    pub cors: Option<Box<CorsAnswer>>,
     /// The request's metrics and access-log line, completed once the answer is sent.
     pub(super) finish: Option<Finish>,
 }

@@ -104,7 +104,9 @@ struct Context {
     /// A route with `cors`: the upstream's own CORS fields are removed from its answer.
     cors_route: bool,
     /// A request from an origin the route's `cors` allows: the fields its answer carries.
-    cors: Option<CorsAnswer>,
+    /// Boxed: the context and a refusal's answer are moved around on every request, most
+    /// without CORS.
+    cors: Option<Box<CorsAnswer>>,
 }
 
 /// Label used for requests that matched no route (shared: no allocation per request).
@@ -312,24 +314,15 @@ async fn handle_inner<const CHECK: bool>(
     // 2. Route, from the request line and Host only.
     //    A CORS preflight is matched as the method it asks about, and a route with `cors`
     //    answers it here, before authentication: browsers send no credential on it.
-    if let Some(asked) = cors::preflight_method(&parts.method, &parts.headers)
-        && let Ok(route) = find_route(config, metrics, &target, &asked, context)
-        && let Some(cors) = &route.cors
+    if parts.method == Method::OPTIONS
+        && let Some(answer) = preflight::<CHECK>(runtime, metrics, &target, &parts, context)
     {
-        let answer = if CHECK {
-            // The proxy lets the preflight through; every identity field it copies is empty.
-            forward_auth::allowed(runtime, route, None)
-        } else {
-            let mut answer = Response::new(crate::body::empty());
-            *answer.status_mut() = StatusCode::NO_CONTENT;
-            answer
-        };
-        return Ok(with_preflight_fields(answer, cors, &parts.headers));
+        return Ok(answer);
     }
     let route = find_route(config, metrics, &target, &parts.method, context)?;
     if let Some(cors) = &route.cors {
         context.cors_route = true;
-        context.cors = CorsAnswer::for_request(cors, &parts.headers);
+        context.cors = CorsAnswer::for_request(cors, &parts.headers).map(Box::new);
     }
     let websocket =
         route.websocket && is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
@@ -484,6 +477,8 @@ fn revoked(identity: Option<&Identity>) -> GatewayError {
 }
 
 /// Step 2: the route for the normalized path, host and method; its metric handles.
+// Two callers (a preflight's and every request's): kept inlined into the request path.
+#[inline(always)]
 fn find_route<'c>(
     config: &'c Config,
     metrics: &Metrics,
@@ -504,6 +499,31 @@ fn find_route<'c>(
             .clone(),
     );
     Ok(route)
+}
+
+/// The answer to an `OPTIONS` request that is a CORS preflight for a route with `cors`;
+/// `None` for any other `OPTIONS` request, which goes through the stages as usual. Out of
+/// line: rare, and kept off the code of every other request.
+#[inline(never)]
+fn preflight<const CHECK: bool>(
+    runtime: &Runtime,
+    metrics: &Metrics,
+    target: &precheck::Target<'_>,
+    parts: &Parts,
+    context: &mut Context,
+) -> Option<Response<ProxyBody>> {
+    let asked = cors::preflight_method(&parts.method, &parts.headers)?;
+    let route = find_route(&runtime.config, metrics, target, &asked, context).ok()?;
+    let cors = route.cors.as_ref()?;
+    let answer = if CHECK {
+        // The proxy lets the preflight through; every identity field it copies is empty.
+        forward_auth::allowed(runtime, route, None)
+    } else {
+        let mut answer = Response::new(crate::body::empty());
+        *answer.status_mut() = StatusCode::NO_CONTENT;
+        answer
+    };
+    Some(with_preflight_fields(answer, cors, &parts.headers))
 }
 
 /// A CORS preflight's answer on a route with `cors` (204, or 200 to a forward-auth check):
