@@ -4,6 +4,7 @@
 //! cross-checks the sections and loads referenced files (TLS, CAs), so a `Config` cannot hold
 //! an invalid state and nothing is re-validated per request. Errors carry `FILE:LINE:COL`.
 
+mod api_keys;
 pub mod compile;
 pub mod file;
 mod jwt;
