@@ -28,7 +28,11 @@ fn no_production_file_is_over_700_lines() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    assert!(files.len() > 50, "found only {} files under src/", files.len());
+    assert!(
+        files.len() > 50,
+        "found only {} files under src/",
+        files.len()
+    );
     let mut over: Vec<String> = files
         .iter()
         .filter_map(|path| {
@@ -37,7 +41,10 @@ fn no_production_file_is_over_700_lines() {
         })
         .collect();
     over.sort();
-    assert!(over.is_empty(), "over {MAX_PRODUCTION_LINES} production lines: {over:?}");
+    assert!(
+        over.is_empty(),
+        "over {MAX_PRODUCTION_LINES} production lines: {over:?}"
+    );
 }
 
 #[test]
