@@ -4,13 +4,11 @@
 //! A connection goes back to the pool only with an empty read buffer and a socket that is
 //! not readable at check-in. Beyond that:
 //!
-//! - **Probed at both ends of its idle time.** Check-in and checkout ask tokio whether the
-//!   socket was reported readable since the last read (no syscall, no allocation unless it
-//!   was): stray bytes or EOF that reached an idle connection close it when it is next taken
-//!   out, so they never answer a request. A pool-wide task closes connections idle past the
-//!   timeout. (Sessions before this one also registered a waker on every idle socket to close
-//!   it the moment input arrived; that closed nothing the checkout probe lets through, and
-//!   cost about 100 instructions a request.)
+//! - **Watched while idle.** Check-in registers one pool-wide waker on the socket's read
+//!   readiness (a poll of the socket that, without a pending event, is an atomic load and a
+//!   waker store: no syscall, no allocation). When stray bytes or EOF reach an idle
+//!   connection the reactor wakes the pool's watcher task, which closes every idle
+//!   connection that has input. The same task closes connections idle past the timeout.
 //! - **Proven quiet after a bodiless response.** After a response that has no body by
 //!   definition (HEAD, 204, 304) or that came after skipped 1xx responses, a misbehaving
 //!   upstream may still write the body it should not have (or more interim responses).
@@ -35,7 +33,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use super::super::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 use super::conn::{Conn, READ_BUFFER, WRITE_BUFFER};
@@ -54,7 +55,10 @@ pub(super) const QUIET_PERIOD: Duration = Duration::from_millis(20);
 #[derive(Debug)]
 pub(super) struct IdleConns {
     idle: Mutex<VecDeque<Idle>>,
-    /// Whether the task closing connections idle past the timeout runs.
+    /// Registered on the read readiness of every idle socket; wakes the watcher.
+    waker: Waker,
+    signal: Arc<Signal>,
+    /// Whether the watcher task runs.
     watching: AtomicBool,
 }
 
@@ -68,10 +72,28 @@ struct Idle {
     quiet_at: Option<Instant>,
 }
 
+/// The waker idle sockets hold: it wakes the watcher task through a `Notify`, which keeps a
+/// permit when the watcher is busy, so no event is lost.
+#[derive(Debug, Default)]
+struct Signal(Notify);
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
+}
+
 impl Default for IdleConns {
     fn default() -> Self {
+        let signal = Arc::new(Signal::default());
         Self {
             idle: Mutex::new(VecDeque::new()),
+            waker: Waker::from(signal.clone()),
+            signal,
             watching: AtomicBool::new(false),
         }
     }
@@ -142,7 +164,11 @@ impl IdleConns {
         if !conn.read_buf.is_empty() {
             return;
         }
-        if !conn.is_open() {
+        // Also registers the watcher's waker for input that arrives while idle.
+        if conn
+            .poll_idle(&mut Context::from_waker(&self.waker))
+            .is_ready()
+        {
             return;
         }
         // An idle connection keeps no more buffer than a new one: a large response or
@@ -182,14 +208,46 @@ impl IdleConns {
             return;
         };
         let pool: Weak<Self> = Arc::downgrade(self);
+        let signal = self.signal.clone();
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 3);
             loop {
-                tick.tick().await;
+                let input = tokio::select! {
+                    () = signal.0.notified() => true,
+                    _ = tick.tick() => false,
+                };
                 let Some(pool) = pool.upgrade() else { return };
-                pool.reap();
+                if input {
+                    pool.close_readable();
+                } else {
+                    pool.reap();
+                }
             }
         });
+    }
+
+    /// Closes the idle connections with input waiting; registers the waker on the others
+    /// again. Runs only when an idle socket became readable.
+    fn close_readable(&self) {
+        let mut cx = Context::from_waker(&self.waker);
+        let mut idle = lock(&self.idle);
+        let mut closed = Vec::new();
+        let mut kept = VecDeque::with_capacity(idle.len());
+        for mut entry in idle.drain(..) {
+            if entry.conn.poll_idle(&mut cx).is_ready() {
+                closed.push(entry);
+            } else {
+                kept.push_back(entry);
+            }
+        }
+        *idle = kept;
+        drop(idle);
+        if !closed.is_empty() {
+            tracing::debug!(
+                count = closed.len(),
+                "Idle upstream connections received input; closed."
+            );
+        }
     }
 
     /// Closes connections idle past the timeout even when no request comes to notice them.
