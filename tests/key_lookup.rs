@@ -578,12 +578,21 @@ async fn an_edge_authenticates_with_client_credentials(database: TestDatabase) {
     );
     let b = TestGateway::start(&edge).await;
     assert_eq!(status_on(&b, &key).await, (StatusCode::OK, String::new()));
-    let lookups: Vec<Value> = a
-        .wait_for_log_lines(1)
-        .await
-        .into_iter()
-        .filter(|line| line["route"] == "key-lookup")
-        .collect();
+    // A's log also holds the key's creation, and a line is written after its answer: wait
+    // for the lookup's own line.
+    let mut lookups: Vec<Value> = Vec::new();
+    for _ in 0..500 {
+        lookups = a
+            .wait_for_log_lines(1)
+            .await
+            .into_iter()
+            .filter(|line| line["route"] == "key-lookup")
+            .collect();
+        if !lookups.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(lookups.len(), 1, "{lookups:?}");
     assert_eq!(lookups[0]["auth_method"], "jwt");
     assert_eq!(lookups[0]["status"], 200);
