@@ -4,11 +4,13 @@
 //! A connection goes back to the pool only with an empty read buffer and a socket that is
 //! not readable at check-in. Beyond that:
 //!
-//! - **Watched while idle.** Check-in registers one pool-wide waker on the socket's read
-//!   readiness (a poll of the socket that, without a pending event, is an atomic load and a
-//!   waker store: no syscall, no allocation). When stray bytes or EOF reach an idle
-//!   connection the reactor wakes the pool's watcher task, which closes every idle
-//!   connection that has input. The same task closes connections idle past the timeout.
+//! - **Swept while idle.** Once a second a pool-wide task closes every idle connection that
+//!   received bytes or EOF (tokio's reported readiness: no syscall for a silent socket) and
+//!   those idle past the timeout. Check-in and checkout ask the same question, so a
+//!   connection with input is never handed to a request, swept yet or not. (A waker
+//!   registered on every idle socket closed them the moment input came, but cost about 150
+//!   instructions on every proxied request; a second's delay in closing a socket the
+//!   checkout would refuse anyway is the better trade.)
 //! - **Proven quiet after a bodiless response.** After a response that has no body by
 //!   definition (HEAD, 204, 304) or that came after skipped 1xx responses, a misbehaving
 //!   upstream may still write the body it should not have (or more interim responses).
@@ -33,10 +35,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant};
-
-use tokio::sync::Notify;
 
 use super::super::{POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 use super::conn::{Conn, READ_BUFFER, WRITE_BUFFER};
@@ -51,14 +50,14 @@ use super::conn::{Conn, READ_BUFFER, WRITE_BUFFER};
 /// at most this long, once per bodiless response.
 pub(super) const QUIET_PERIOD: Duration = Duration::from_millis(20);
 
+/// How often idle connections are swept for input or EOF (and for the idle timeout).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Idle connections, most recently used last.
 #[derive(Debug)]
 pub(super) struct IdleConns {
     idle: Mutex<VecDeque<Idle>>,
-    /// Registered on the read readiness of every idle socket; wakes the watcher.
-    waker: Waker,
-    signal: Arc<Signal>,
-    /// Whether the watcher task runs.
+    /// Whether the sweeping task runs.
     watching: AtomicBool,
 }
 
@@ -72,28 +71,10 @@ struct Idle {
     quiet_at: Option<Instant>,
 }
 
-/// The waker idle sockets hold: it wakes the watcher task through a `Notify`, which keeps a
-/// permit when the watcher is busy, so no event is lost.
-#[derive(Debug, Default)]
-struct Signal(Notify);
-
-impl Wake for Signal {
-    fn wake(self: Arc<Self>) {
-        self.0.notify_one();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.notify_one();
-    }
-}
-
 impl Default for IdleConns {
     fn default() -> Self {
-        let signal = Arc::new(Signal::default());
         Self {
             idle: Mutex::new(VecDeque::new()),
-            waker: Waker::from(signal.clone()),
-            signal,
             watching: AtomicBool::new(false),
         }
     }
@@ -164,11 +145,7 @@ impl IdleConns {
         if !conn.read_buf.is_empty() {
             return;
         }
-        // Also registers the watcher's waker for input that arrives while idle.
-        if conn
-            .poll_idle(&mut Context::from_waker(&self.waker))
-            .is_ready()
-        {
+        if !conn.is_open() {
             return;
         }
         // An idle connection keeps no more buffer than a new one: a large response or
@@ -208,36 +185,30 @@ impl IdleConns {
             return;
         };
         let pool: Weak<Self> = Arc::downgrade(self);
-        let signal = self.signal.clone();
         runtime.spawn(async move {
-            let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 3);
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                let input = tokio::select! {
-                    () = signal.0.notified() => true,
-                    _ = tick.tick() => false,
-                };
+                tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
-                if input {
-                    pool.close_readable();
-                } else {
-                    pool.reap();
-                }
+                pool.close_readable();
+                pool.reap();
             }
         });
     }
 
-    /// Closes the idle connections with input waiting; registers the waker on the others
-    /// again. Runs only when an idle socket became readable.
+    /// Closes the idle connections that received bytes or EOF.
     fn close_readable(&self) {
-        let mut cx = Context::from_waker(&self.waker);
         let mut idle = lock(&self.idle);
+        let before = idle.len();
+        // Closed outside the lock: dropping a TLS connection sends its close_notify.
         let mut closed = Vec::new();
-        let mut kept = VecDeque::with_capacity(idle.len());
+        let mut kept = VecDeque::with_capacity(before);
         for mut entry in idle.drain(..) {
-            if entry.conn.poll_idle(&mut cx).is_ready() {
-                closed.push(entry);
-            } else {
+            if entry.conn.is_open() {
                 kept.push_back(entry);
+            } else {
+                closed.push(entry);
             }
         }
         *idle = kept;
