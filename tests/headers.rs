@@ -200,6 +200,51 @@ async fn hop_by_hop_and_connection_named_headers_never_reach_the_upstream() {
     assert!(seen.header("trailer").is_none());
 }
 
+/// Hop-by-hop fields are found by their length first, then their text: names of the same
+/// lengths, and near misses, pass on both sides, byte for byte; a message with no hop-by-hop
+/// field at all (no `Connection` either) passes whole.
+#[tokio::test]
+async fn names_that_only_resemble_hop_by_hop_fields_pass_both_ways() {
+    let lookalikes = [
+        ("Tf", "2"),
+        ("X-Trace", "7"),
+        ("Referer", "http://x/"),
+        ("X-Api-Ky", "10"),
+        ("User-Agent", "raw/1"),
+        ("Transfer-Encodings", "18"),
+        ("Proxy-Authorizatio", "18b"),
+        ("Proxy-Authenticat", "17"),
+        ("Upgrades", "8"),
+        ("Tee", "3"),
+    ];
+    let upstream = Upstream::with_handler(move |_| async move {
+        let mut answer = Response::builder();
+        for (name, value) in lookalikes {
+            answer = answer.header(name, value);
+        }
+        answer.body(full_body("upstream ok")).unwrap()
+    })
+    .await;
+    let gw = TestGateway::start(&public_route("pub", "/pub/", &upstream.url())).await;
+    let host = format!("Host: {}\r\n", gw.addr);
+    let head: String = lookalikes
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    // Without `Connection`: the request has no hop-by-hop field at all.
+    let request = format!("GET /pub/alike HTTP/1.1\r\n{host}{head}\r\n");
+    let mut conn = RawConn::connect(gw.addr).await;
+    conn.send(request.as_bytes()).await;
+    let response = conn.read_response().await.expect("a response");
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = upstream.last();
+    for (name, value) in lookalikes {
+        assert_eq!(seen.header(name).as_deref(), Some(value), "request {name}");
+        let lower = name.to_ascii_lowercase();
+        assert_eq!(response.header(&lower), Some(value), "response {name}");
+    }
+}
+
 #[tokio::test]
 async fn connection_naming_host_does_not_remove_host() {
     let (upstream, gw) = gateway_with("", |up| {

@@ -132,12 +132,7 @@ fn compile_cors(
                 fail(format!("methods must list 1 to {MAX_CORS_ENTRIES} methods"));
             }
             list.iter()
-                .filter_map(|m| {
-                    let upper = m.as_str().to_ascii_uppercase();
-                    Method::from_bytes(upper.as_bytes())
-                        .map_err(|_| fail(format!("{:?} is not an HTTP method", m.as_str())))
-                        .ok()
-                })
+                .filter_map(|m| http_method(m.as_str()).map_err(&mut fail).ok())
                 .collect()
         }
         None => matcher.and_then(|m| m.methods.clone()).unwrap_or_else(|| {
@@ -214,6 +209,12 @@ fn cors_origin(origin: &str) -> Result<String, String> {
     Ok(lower)
 }
 
+/// A method as written in a config list, in any case (`"get"` is GET).
+fn http_method(text: &str) -> Result<Method, String> {
+    Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("{text:?} is not an HTTP method"))
+}
+
 /// `match`: path (exact or prefix, already normalized), host, methods.
 fn compile_match(route: &FileRoute, errors: &mut Errors<'_>) -> Option<RouteMatch> {
     let matcher_span = route.matcher.span();
@@ -266,21 +267,15 @@ fn compile_match(route: &FileRoute, errors: &mut Errors<'_>) -> Option<RouteMatc
         }
         methods
             .iter()
-            .filter_map(|m| {
-                let upper = m.as_str().to_ascii_uppercase();
-                match Method::from_bytes(upper.as_bytes()) {
-                    Ok(method) if method == Method::CONNECT => {
-                        errors.at(matcher_span.clone(), "CONNECT is never proxied");
-                        None
-                    }
-                    Ok(method) => Some(method),
-                    Err(_) => {
-                        errors.at(
-                            matcher_span.clone(),
-                            format!("{:?} is not an HTTP method", m.as_str()),
-                        );
-                        None
-                    }
+            .filter_map(|m| match http_method(m.as_str()) {
+                Ok(method) if method == Method::CONNECT => {
+                    errors.at(matcher_span.clone(), "CONNECT is never proxied");
+                    None
+                }
+                Ok(method) => Some(method),
+                Err(message) => {
+                    errors.at(matcher_span.clone(), message);
+                    None
                 }
             })
             .collect::<Vec<_>>()
