@@ -57,6 +57,7 @@ fn bench_authenticate(c: &mut Criterion) {
                 let identity = poll_once(authenticate(
                     policy,
                     black_box(&headers[i]),
+                    None,
                     &authgate::auth::KeyHeaders::default(),
                     || std::net::IpAddr::from([192, 0, 2, 1]),
                     "sgk_",

@@ -186,7 +186,7 @@ fn bench_admit(c: &mut Criterion) {
         );
         // The measured identities first, then unrelated principals up to 1,000,000 states.
         for identity in &identities {
-            poll_once(limits.admit(&route, identity)).expect("admitted");
+            poll_once(limits.admit(&route, &http::Method::POST, identity)).expect("admitted");
         }
         let quota = Gcra::new(generous(), NANOS_PER_SEC);
         let mut i = 0u32;
@@ -199,7 +199,8 @@ fn bench_admit(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(name, PRINCIPALS), |b| {
             b.iter(|| {
                 let identity = &identities[rng.below(IDENTITIES) as usize];
-                let admission = poll_once(limits.admit(&route, black_box(identity)));
+                let admission =
+                    poll_once(limits.admit(&route, &http::Method::POST, black_box(identity)));
                 black_box(admission.expect("admitted").state)
             });
         });

@@ -935,6 +935,159 @@ async fn two_credentials_in_one_request_are_a_400_with_nothing_forwarded() {
     );
 }
 
+/// `file_config` with `[api_keys] query_parameter = "api_key"`.
+async fn query_key_gateway(upstream: &Upstream, keys_text: &str) -> TestGateway {
+    TestGateway::start_with_files(
+        &file_config(upstream).replace(
+            "[api_keys]\n",
+            "[api_keys]\nquery_parameter = \"api_key\"\n",
+        ),
+        &[("keys.toml", keys_text.as_bytes())],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_key_in_the_opt_in_query_parameter_authenticates_and_is_cut_from_the_forwarded_query() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let gw = query_key_gateway(&upstream, &key_entry(&key, &std_fields("k1"))).await;
+    for (path, forwarded) in [
+        (format!("/v1/a?api_key={key}"), "/v1/a"),
+        // The other pairs stay byte for byte, in order, repeats included.
+        (
+            format!("/v1/b?x=1&api_key={key}&y=%41+b&y=3"),
+            "/v1/b?x=1&y=%41+b&y=3",
+        ),
+        // The name is compared decoded, as the upstream would read it.
+        (format!("/v1/c?api%5Fkey={key}&z"), "/v1/c?z"),
+        (format!("/fwd/d?api_key={key}"), "/fwd/d"),
+    ] {
+        let answer = get_with(&gw, &path, &[]).await;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        let seen = upstream.last();
+        assert_eq!(seen.target(), forwarded, "{path}");
+        assert_eq!(
+            seen.header("x-auth-key-id").as_deref(),
+            Some("k1"),
+            "{path}"
+        );
+        assert!(
+            !format!("{:?} {}", seen.headers, seen.target()).contains(&key),
+            "{path}"
+        );
+    }
+    // A public route authenticates nobody, and the parameter is cut all the same.
+    let answer = get_with(&gw, &format!("/public/e?q=1&api_key={key}"), &[]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(upstream.last().target(), "/public/e?q=1");
+    assert_eq!(upstream.count(), 5);
+}
+
+#[tokio::test]
+async fn a_query_key_twice_beside_a_header_or_malformed_is_refused_unforwarded() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let gw = query_key_gateway(&upstream, &key_entry(&key, &std_fields("k1"))).await;
+    let bearer = format!("Bearer {key}");
+    for (path, headers) in [
+        (format!("/v1/x?api_key={key}&api_key={key}"), &[][..]),
+        (
+            format!("/v1/x?api_key={key}&API_KEY=1&api%5fkey=2"),
+            &[][..],
+        ),
+        (
+            format!("/v1/x?api_key={key}"),
+            &[("authorization", bearer.as_str())][..],
+        ),
+        // A header credential that is itself invalid is still a second credential.
+        (
+            format!("/v1/x?api_key={key}"),
+            &[("authorization", "Bearer sgk_short")][..],
+        ),
+    ] {
+        let answer = get_with(&gw, &path, headers).await;
+        answer.assert_error(400, "BAD_REQUEST", &format!("{path} {headers:?}: "));
+        assert!(!answer.body.contains(&key), "{answer:?}");
+    }
+    let encoded = key.replacen('_', "%5F", 1);
+    for path in [
+        "/v1/x?api_key=".to_owned(),
+        "/v1/x?api_key".to_owned(),
+        "/v1/x?api_key=Bearer%20x".to_owned(),
+        format!("/v1/x?api_key={encoded}"),
+        format!("/v1/x?api_key={}", new_key()),
+    ] {
+        let answer = get_with(&gw, &path, &[]).await;
+        assert_error(&answer, 401, "AUTH_INVALID_KEY");
+        assert!(!answer.body.contains(&key), "{answer:?}");
+    }
+    // Past the request head's limit, before any credential is looked at.
+    let oversized = format!("/v1/x?api_key=sgk_{}", "a".repeat(20_000));
+    assert_error(
+        &get_with(&gw, &oversized, &[]).await,
+        431,
+        "HEADERS_TOO_LARGE",
+    );
+    assert_eq!(upstream.count(), 0, "nothing forwarded");
+}
+
+#[test]
+fn query_parameter_names_are_checked_and_every_load_warns() {
+    let text = |name: &str| {
+        format!(
+            "[api_keys]\nquery_parameter = {name}\n[[routes]]\nname = \"r\"\nmatch = {{ path_prefix = \"/v1/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\n"
+        )
+    };
+    let long = format!("\"{}\"", "k".repeat(65));
+    for bad in [
+        r#""""#,
+        r#""api key""#,
+        r#""api&key""#,
+        r#""key=""#,
+        r#""k%5F""#,
+        &long,
+    ] {
+        let error = authgate::config::load_str(std::path::Path::new("a.toml"), &text(bad))
+            .map(|_| ())
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            error.starts_with("a.toml:2:19: api_keys.query_parameter must be 1 to 64 characters"),
+            "{bad}: {error}"
+        );
+    }
+    assert!(authgate::config::load_str(std::path::Path::new("a.toml"), &text("7")).is_err());
+    let config =
+        authgate::config::load_str(std::path::Path::new("a.toml"), &text(r#""api_key""#)).unwrap();
+    assert_eq!(config.key_headers.query_parameter(), Some("api_key"));
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("query_parameter") && warning.contains("access logs")),
+        "{:?}",
+        config.warnings
+    );
+    let config = authgate::config::load_str(
+        std::path::Path::new("a.toml"),
+        &text(r#""api_key""#).replace("query_parameter = \"api_key\"\n", ""),
+    )
+    .unwrap();
+    assert_eq!(config.key_headers.query_parameter(), None, "off by default");
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[tokio::test]
+async fn without_query_parameter_a_key_in_the_query_is_no_credential() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let gw = file_gateway(&upstream, &key_entry(&key, &std_fields("k1"))).await;
+    let answer = get_with(&gw, &format!("/v1/x?api_key={key}"), &[]).await;
+    assert_error(&answer, 401, "AUTH_MISSING");
+    assert_eq!(upstream.count(), 0);
+}
+
 #[tokio::test]
 async fn a_scheme_garbage_or_oversized_value_in_a_bare_header_gets_401_unforwarded() {
     let upstream = Upstream::start().await;

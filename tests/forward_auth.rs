@@ -417,6 +417,30 @@ async fn malformed_original_requests_are_400() {
 /// Only a trusted proxy gets a decision: anyone else gets 403 `PROXY_NOT_TRUSTED`, whatever it
 /// names and whatever credential it holds, also for a public route and for its own path.
 #[tokio::test]
+async fn a_check_never_reads_a_key_from_the_query_even_where_the_proxy_path_does() {
+    // The proxy forwards the URL it has: a key in it would reach the upstream, so a check
+    // takes none from there.
+    let s = setup_with("").await;
+    let config = config(&s.upstream.url(), "")
+        .replace("headers = [", "query_parameter = \"api_key\"\nheaders = [");
+    let gw =
+        TestGateway::start_with_files(&config, &[("keys.toml", s.keys.file().as_bytes())]).await;
+    let uri = format!("/v1/chat?api_key={}", s.keys.acme);
+    let response = ask(check_addr(&gw), &nginx_check("POST", &uri, "")).await;
+    response.assert_error(401, "AUTH_MISSING", &uri);
+    assert!(!response.head.contains(&s.keys.acme), "{response:?}");
+    // The same URL to the proxy listener authenticates, and the upstream gets it without.
+    let proxied = raw_once(
+        gw.addr,
+        &format!("POST {uri} HTTP/1.1\r\nHost: app.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxied.status, 200, "{proxied:?}");
+    assert_eq!(s.upstream.last().target(), "/v1/chat");
+}
+
+#[tokio::test]
 async fn an_untrusted_peer_is_refused_whatever_it_names() {
     // The tests connect from 127.0.0.1: outside this list.
     let s = setup_with("trusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]").await;

@@ -1033,6 +1033,62 @@ async fn exposed_header_report_reaches_the_client_and_a_spent_budget_refuses_onl
 }
 
 #[tokio::test]
+async fn usage_methods_hold_only_the_listed_methods_to_the_budget() {
+    let (upstream, seen) = usage_upstream().await;
+    let key = new_key();
+    // 600 per minute = 10 per second; 610 spent = 1 s below zero.
+    let gw = start(
+        &key_route(
+            "llm",
+            "/llm/",
+            &upstream.url(),
+            "usage = { header = \"x-usage-tokens\", tokens_per_minute = 600, methods = [\"post\"] }",
+        ),
+        &record(&key, "k1", "t1", ""),
+    )
+    .await;
+    let post = |target: &'static str| {
+        let request = client().post(gw.url(target)).bearer_auth(&key).body("{}");
+        async move { Answer::read(request.send().await.unwrap()).await }
+    };
+    let charged = post("/llm/a?cost=610").await;
+    assert_eq!(charged.status, 200, "{charged:?}");
+    assert_eq!(
+        charged.header("x-usage-tokens"),
+        None,
+        "stripped: {charged:?}"
+    );
+    assert_limited(&post("/llm/a").await, "POST holds to the spent budget: ");
+    // GET (listing models, say) is not held to the budget, and what it reports is neither
+    // charged nor shown to the client.
+    for _ in 0..3 {
+        let listed = get(&gw, "/llm/models?cost=100000", &key).await;
+        assert_eq!(listed.status, 200, "{listed:?}");
+        assert_eq!(
+            listed.header("x-usage-tokens"),
+            None,
+            "stripped: {listed:?}"
+        );
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        4,
+        "the refused POST was not forwarded"
+    );
+    let metrics = metrics_text(&gw).await;
+    assert_eq!(
+        usage_tokens(&metrics, "llm"),
+        610.0,
+        "GET charged nothing: {metrics}"
+    );
+    // The budget refills as before: GETs did not deepen the debt.
+    let wait = retry_after(&post("/llm/a").await);
+    assert_eq!(wait, 1);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(post("/llm/a").await.status, 200);
+}
+
+#[tokio::test]
 async fn budget_refuses_until_refilled_then_admits() {
     let (upstream, _seen) = usage_upstream().await;
     let key = new_key();
@@ -1485,6 +1541,33 @@ fn invalid_limit_settings_are_refused_at_their_location() {
             &usage("{ header = \"x-usage\", tokens_per_minute = -1 }"),
         ),
         "-1 }",
+        "",
+    ));
+    for (bad, message) in [
+        ("[]", "usage.methods must not be empty"),
+        (
+            "[\"PO ST\"]",
+            "usage.methods: \"PO ST\" is not an HTTP method",
+        ),
+        ("[\"\"]", "usage.methods: \"\" is not an HTTP method"),
+    ] {
+        cases.push((
+            config_text(
+                "",
+                &usage(&format!(
+                    "{{ header = \"x-usage\", tokens_per_minute = 10, methods = {bad} }}"
+                )),
+            ),
+            "{ header",
+            message,
+        ));
+    }
+    cases.push((
+        config_text(
+            "",
+            &usage("{ header = \"x-usage\", tokens_per_minute = 10, methods = \"POST\" }"),
+        ),
+        "\"POST\"",
         "",
     ));
     // Public routes have no identity to limit.

@@ -30,7 +30,7 @@ use refusal::{AuthReport, JwtRefusal};
 
 pub use credential::{
     Credential, KeyHeaders, MAX_CREDENTIAL_BYTES, MAX_KEY_HEADERS, extract_credential,
-    looks_like_jwt,
+    extract_credential_from, looks_like_jwt, query_without_parameter,
 };
 
 /// How the caller authenticated.
@@ -378,11 +378,13 @@ impl Identity {
 /// outcome. Every decision on a protected route is counted in
 /// `authgate_auth_total{method,result}`. `client` names the client address (asked for API
 /// keys only): its failed API-key authentications are limited. A refusal leaves in `report`
-/// the kind of credential presented and, for tokens, why (built on refusal only).
+/// the kind of credential presented and, for tokens, why (built on refusal only). `query` is
+/// the request's query string, read only when `[api_keys] query_parameter` names a parameter.
 #[allow(clippy::too_many_arguments)]
 pub async fn authenticate<T>(
     policy: AuthPolicy,
     headers: &HeaderMap,
+    query: Option<&str>,
     key_headers: &KeyHeaders,
     client: impl FnOnce() -> IpAddr,
     api_key_prefix: &str,
@@ -395,44 +397,45 @@ pub async fn authenticate<T>(
     let AuthPolicy::Required { api_key, jwt } = policy else {
         return Ok(None);
     };
-    let (method, result) = match extract_credential(headers, key_headers, api_key_prefix) {
-        // Neither kind by shape, where only JWTs are taken: most often an IdP's opaque access
-        // token sent where a JWT access token was meant. The token code, saying so.
-        Err(GatewayError::InvalidKey) if jwt && !api_key => {
-            report.refusal = Some(Box::new(JwtRefusal::NotAJwt));
-            (Attempt::Invalid, Err(GatewayError::NotAJwt))
-        }
-        Err(error) => (Attempt::Invalid, Err(error)),
-        Ok(None) => (Attempt::None, Err(GatewayError::AuthMissing)),
-        Ok(Some(Credential::ApiKey(_))) if !api_key => {
-            (Attempt::ApiKey, Err(GatewayError::InvalidToken))
-        }
-        Ok(Some(Credential::Jwt(_))) if !jwt => {
-            report.refusal = Some(Box::new(JwtRefusal::NotAccepted));
-            (Attempt::Jwt, Err(GatewayError::InvalidKey))
-        }
-        Ok(Some(Credential::ApiKey(key))) => {
-            let result = match keys {
-                Some(store) => store.authenticate_from(key, client).await,
-                // No route accepted API keys when the store was built: nothing can validate it.
-                None => Err(GatewayError::InvalidKey),
-            };
-            (Attempt::ApiKey, result)
-        }
-        Ok(Some(Credential::Jwt(token))) => {
-            let checked = match jwt_validator {
-                Some(validator) => validator.authenticate_explained(token).await,
-                // No issuer is configured: no token can be valid.
-                None => Err(Box::new(JwtRefusal::NoIssuers)),
-            };
-            let result = checked.map_err(|refusal| {
-                let error = refusal.error();
-                report.refusal = Some(refusal);
-                error
-            });
-            (Attempt::Jwt, result)
-        }
-    };
+    let (method, result) =
+        match extract_credential_from(headers, query, key_headers, api_key_prefix) {
+            // Neither kind by shape, where only JWTs are taken: most often an IdP's opaque access
+            // token sent where a JWT access token was meant. The token code, saying so.
+            Err(GatewayError::InvalidKey) if jwt && !api_key => {
+                report.refusal = Some(Box::new(JwtRefusal::NotAJwt));
+                (Attempt::Invalid, Err(GatewayError::NotAJwt))
+            }
+            Err(error) => (Attempt::Invalid, Err(error)),
+            Ok(None) => (Attempt::None, Err(GatewayError::AuthMissing)),
+            Ok(Some(Credential::ApiKey(_))) if !api_key => {
+                (Attempt::ApiKey, Err(GatewayError::InvalidToken))
+            }
+            Ok(Some(Credential::Jwt(_))) if !jwt => {
+                report.refusal = Some(Box::new(JwtRefusal::NotAccepted));
+                (Attempt::Jwt, Err(GatewayError::InvalidKey))
+            }
+            Ok(Some(Credential::ApiKey(key))) => {
+                let result = match keys {
+                    Some(store) => store.authenticate_from(key, client).await,
+                    // No route accepted API keys when the store was built: nothing can validate it.
+                    None => Err(GatewayError::InvalidKey),
+                };
+                (Attempt::ApiKey, result)
+            }
+            Ok(Some(Credential::Jwt(token))) => {
+                let checked = match jwt_validator {
+                    Some(validator) => validator.authenticate_explained(token).await,
+                    // No issuer is configured: no token can be valid.
+                    None => Err(Box::new(JwtRefusal::NoIssuers)),
+                };
+                let result = checked.map_err(|refusal| {
+                    let error = refusal.error();
+                    report.refusal = Some(refusal);
+                    error
+                });
+                (Attempt::Jwt, result)
+            }
+        };
     if result.is_err() {
         report.presented = match method {
             Attempt::ApiKey => Some(AuthMethod::ApiKey),

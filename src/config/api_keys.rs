@@ -153,9 +153,11 @@ pub(super) fn compile_key_headers(
     keys: &file::FileApiKeys,
     identity: &IdentitySettings,
     errors: &mut Errors<'_>,
+    warnings: &mut Vec<String>,
 ) -> KeyHeaders {
+    let query = compile_query_parameter(keys.query_parameter.as_ref(), errors, warnings);
     let Some(list) = &keys.headers else {
-        return KeyHeaders::default();
+        return KeyHeaders::default().with_query_parameter(query);
     };
     let entries = list.get_ref();
     if entries.is_empty() || entries.len() > MAX_KEY_HEADERS {
@@ -178,7 +180,31 @@ pub(super) fn compile_key_headers(
             Err(message) => errors.at(entry.span(), message),
         }
     }
-    KeyHeaders::new(names)
+    KeyHeaders::new(names).with_query_parameter(query)
+}
+
+/// `api_keys.query_parameter`: 1 to 64 unreserved URL characters (never percent-encoded, so
+/// one spelling), with a warning on every load: a key in a URL is written to access logs,
+/// browser history and `Referer` fields wherever the URL goes.
+fn compile_query_parameter<'t>(
+    name: Option<&'t Spanned<super::values::Text>>,
+    errors: &mut Errors<'_>,
+    warnings: &mut Vec<String>,
+) -> Option<&'t str> {
+    let name = name?;
+    let text = name.get_ref().as_str();
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if text.is_empty() || text.len() > 64 || !text.bytes().all(unreserved) {
+        errors.at(
+            name.span(),
+            "api_keys.query_parameter must be 1 to 64 characters of [A-Za-z0-9._~-]",
+        );
+        return None;
+    }
+    warnings.push(format!(
+        "api_keys.query_parameter = {text:?}: API keys are accepted in URLs; URLs end up in access logs, browser history and Referer headers. authgate removes the parameter before forwarding, but every hop before it has seen the key"
+    ));
+    Some(text)
 }
 
 /// `api_keys.failed_auth_limit`: default on; `"off"` turns it off.

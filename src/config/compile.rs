@@ -66,7 +66,8 @@ pub fn compile(file: FileConfig, path: &Path, source: &str) -> Result<Config, Co
     let mut warnings = Vec::new();
     let identity = compile_identity(&file.identity, &base_dir, &mut errors, &mut warnings);
     let api_keys = api_keys::compile_api_keys(&file, &base_dir, &mut errors);
-    let key_headers = api_keys::compile_key_headers(&file.api_keys, &identity, &mut errors);
+    let key_headers =
+        api_keys::compile_key_headers(&file.api_keys, &identity, &mut errors, &mut warnings);
     let jwt_issuers = super::jwt::compile_jwt(&file.jwt, &base_dir, &mut errors);
     let redis = compile_redis(&file, &mut errors);
     let rate_limits = compile_rate_limits(&file, redis.as_ref(), &mut errors);

@@ -210,6 +210,8 @@ pub struct FileApiKeys {
     pub prefix: Option<Spanned<Text>>,
     /// The request headers an API key may come in; bare keys in all but `authorization`.
     pub headers: Option<Spanned<Vec<Spanned<Text>>>>,
+    /// A query parameter a bare key may come in (opt-in; unsafe: URLs are logged).
+    pub query_parameter: Option<Spanned<Text>>,
     /// Characters required after the prefix.
     pub min_length: Option<Spanned<usize>>,
     pub cache_ttl: Option<DurationValue>,
@@ -471,6 +473,8 @@ pub struct FileUsage {
     pub tokens_per_minute: u64,
     #[serde(default)]
     pub expose: bool,
+    /// The methods that report usage; absent: every method.
+    pub methods: Option<Vec<Text>>,
 }
 
 /// A string or a list of strings (`upstream`).

@@ -390,11 +390,28 @@ fn compile_limits(route: &FileRoute, errors: &mut Errors<'_>) -> (Option<Rate>, 
         .and_then(|rate| compile_rate(rate, errors));
     let usage = route.usage.as_ref().and_then(|usage| {
         let value = usage.get_ref();
+        let methods = value.methods.as_ref().map(|methods| {
+            if methods.is_empty() {
+                errors.at(
+                    usage.span(),
+                    "usage.methods must not be empty (leave it out to hold every method to the budget)",
+                );
+            }
+            methods
+                .iter()
+                .filter_map(|m| {
+                    http_method(m.as_str())
+                        .map_err(|message| errors.at(usage.span(), format!("usage.methods: {message}")))
+                        .ok()
+                })
+                .collect::<Box<[Method]>>()
+        });
         match HeaderName::from_bytes(value.header.as_str().to_ascii_lowercase().as_bytes()) {
             Ok(header) if value.tokens_per_minute > 0 => Some(UsageRule {
                 header,
                 tokens_per_minute: value.tokens_per_minute,
                 expose: value.expose,
+                methods,
             }),
             _ => {
                 errors.at(

@@ -21,7 +21,7 @@ pub mod usage;
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use self::gcra::{Budget, Gcra, LimitState, NANOS_PER_SEC, Refusal, retry_after_secs};
 use self::local::{LimitKey, LocalStore};
@@ -180,7 +180,7 @@ impl Limits {
     }
 
     /// Resolves the limits of this request (SPEC §5) and their state keys.
-    fn plan(&self, route: &Route, identity: &Identity) -> Plan {
+    fn plan(&self, route: &Route, method: &Method, identity: &Identity) -> Plan {
         let principal = identity
             .rate_limit
             .map(|rate| (Scope::KeyRecord, rate))
@@ -195,19 +195,23 @@ impl Limits {
             let tenant = identity.tenant_id()?;
             Some(self.request_limit(Scope::Tenant, Who::Tenant(tenant), rate))
         });
-        let budget = route.usage.as_ref().map(|usage| {
-            let (scope, tokens_per_minute) = match identity.tokens_per_minute {
-                Some(tokens) => (Scope::KeyBudget, tokens),
-                None => (Scope::RouteBudget(&route.name), usage.tokens_per_minute),
-            };
-            let quota = [tokens_per_minute, 0];
-            let who = Who::Principal(identity);
-            BudgetLimit {
-                tokens_per_minute,
-                local: self.local_key(scope, who, quota),
-                remote: self.remote_key(scope, who, quota),
-            }
-        });
+        let budget = route
+            .usage
+            .as_ref()
+            .filter(|usage| usage.applies_to(method))
+            .map(|usage| {
+                let (scope, tokens_per_minute) = match identity.tokens_per_minute {
+                    Some(tokens) => (Scope::KeyBudget, tokens),
+                    None => (Scope::RouteBudget(&route.name), usage.tokens_per_minute),
+                };
+                let quota = [tokens_per_minute, 0];
+                let who = Who::Principal(identity);
+                BudgetLimit {
+                    tokens_per_minute,
+                    local: self.local_key(scope, who, quota),
+                    remote: self.remote_key(scope, who, quota),
+                }
+            });
         Plan {
             principal,
             tenant,
@@ -224,13 +228,15 @@ impl Limits {
         }
     }
 
-    /// Decides whether `identity` may send this request on `route` now, counting it if so.
+    /// Decides whether `identity` may send this request (`method` on `route`) now, counting
+    /// it if so.
     pub async fn admit(
         self: &Arc<Self>,
         route: &Route,
+        method: &Method,
         identity: &Arc<Identity>,
     ) -> Result<Admission, Denied> {
-        let mut plan = self.plan(route, identity);
+        let mut plan = self.plan(route, method, identity);
         if plan.is_empty() {
             return Ok(Admission::default());
         }
@@ -605,7 +611,8 @@ mod tests {
             "[rate_limits]\n{rate_limits}\n[api_keys]\nfile = \"keys.toml\"\n\
              [[routes]]\nname = \"own\"\nmatch = {{ path_prefix = \"/own/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\nrate_limit = {{ requests_per_second = 0.001, burst = 3 }}\n\
              [[routes]]\nname = \"plain\"\nmatch = {{ path_prefix = \"/plain/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\n\
-             [[routes]]\nname = \"llm\"\nmatch = {{ path_prefix = \"/llm/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\nusage = {{ header = \"x-usage\", tokens_per_minute = 600 }}\n"
+             [[routes]]\nname = \"llm\"\nmatch = {{ path_prefix = \"/llm/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\nusage = {{ header = \"x-usage\", tokens_per_minute = 600 }}\n\
+             [[routes]]\nname = \"completions\"\nmatch = {{ path_prefix = \"/completions/\" }}\nupstream = \"http://127.0.0.1:9\"\nauth = [\"api_key\"]\nusage = {{ header = \"x-usage\", tokens_per_minute = 600, methods = [\"post\", \"PUT\"] }}\n"
         );
         load_str(Path::new("authgate.toml"), &text).unwrap()
     }
@@ -658,21 +665,25 @@ mod tests {
         let own = route(&config, "own");
         let plain = route(&config, "plain");
         assert_eq!(
-            burst(&limits.plan(own, &key("k", "t", Some(slow(2)), None))),
+            burst(&limits.plan(own, &Method::POST, &key("k", "t", Some(slow(2)), None))),
             Some(2)
         );
         assert_eq!(
-            burst(&limits.plan(own, &key("k", "t", None, None))),
+            burst(&limits.plan(own, &Method::POST, &key("k", "t", None, None))),
             Some(3)
         );
         assert_eq!(
-            burst(&limits.plan(plain, &key("k", "t", None, None))),
+            burst(&limits.plan(plain, &Method::POST, &key("k", "t", None, None))),
             Some(7)
         );
         let unlimited = self::config("");
         assert!(
             self::limits(&unlimited)
-                .plan(route(&unlimited, "plain"), &key("k", "t", None, None))
+                .plan(
+                    route(&unlimited, "plain"),
+                    &Method::POST,
+                    &key("k", "t", None, None)
+                )
                 .is_empty(),
             "no limit from key, route or default: not limited"
         );
@@ -685,18 +696,38 @@ mod tests {
         let llm = route(&config, "llm");
         let tokens = |plan: &Plan| plan.budget.as_ref().map(|budget| budget.tokens_per_minute);
         assert_eq!(
-            tokens(&limits.plan(llm, &key("k", "t", None, None))),
+            tokens(&limits.plan(llm, &Method::POST, &key("k", "t", None, None))),
             Some(600)
         );
         assert_eq!(
-            tokens(&limits.plan(llm, &key("k", "t", None, Some(60)))),
+            tokens(&limits.plan(llm, &Method::POST, &key("k", "t", None, Some(60)))),
             Some(60)
         );
         assert_eq!(
-            tokens(&limits.plan(route(&config, "own"), &key("k", "t", None, Some(60)))),
+            tokens(&limits.plan(
+                route(&config, "own"),
+                &Method::POST,
+                &key("k", "t", None, Some(60))
+            )),
             None,
             "a budget applies on usage routes only"
         );
+        let completions = route(&config, "completions");
+        let caller = key("k", "t", None, None);
+        for method in [Method::POST, Method::PUT] {
+            assert_eq!(
+                tokens(&limits.plan(completions, &method, &caller)),
+                Some(600),
+                "{method}"
+            );
+        }
+        for method in [Method::GET, Method::HEAD, Method::DELETE] {
+            assert_eq!(
+                tokens(&limits.plan(completions, &method, &caller)),
+                None,
+                "{method} is not listed in usage.methods: held to no budget, charged nothing"
+            );
+        }
     }
 
     #[tokio::test]
@@ -706,11 +737,12 @@ mod tests {
         let own = route(&config, "own");
         let caller = key("k", "t", None, None);
         for remaining in [2, 1, 0] {
-            let admitted = limits.admit(own, &caller).await.unwrap();
+            let admitted = limits.admit(own, &Method::POST, &caller).await.unwrap();
             assert_eq!(admitted.state.unwrap().remaining, remaining);
         }
         for _ in 0..3 {
-            let Err(Denied::Limited(refusal)) = limits.admit(own, &caller).await else {
+            let Err(Denied::Limited(refusal)) = limits.admit(own, &Method::POST, &caller).await
+            else {
                 panic!("over the burst must be refused");
             };
             assert!(refusal.retry_after_secs >= 1);
@@ -718,7 +750,7 @@ mod tests {
         }
         // Another principal has its own allowance.
         let other = key("k2", "t", None, None);
-        assert!(limits.admit(own, &other).await.is_ok());
+        assert!(limits.admit(own, &Method::POST, &other).await.is_ok());
     }
 
     #[tokio::test]
@@ -728,23 +760,25 @@ mod tests {
         let own = route(&config, "own");
         assert!(
             limits
-                .admit(own, &key("a", "acme", None, None))
+                .admit(own, &Method::POST, &key("a", "acme", None, None))
                 .await
                 .is_ok()
         );
         assert!(
             limits
-                .admit(own, &key("b", "acme", None, None))
+                .admit(own, &Method::POST, &key("b", "acme", None, None))
                 .await
                 .is_ok()
         );
         assert!(matches!(
-            limits.admit(own, &key("c", "acme", None, None)).await,
+            limits
+                .admit(own, &Method::POST, &key("c", "acme", None, None))
+                .await,
             Err(Denied::Limited(_))
         ));
         assert!(
             limits
-                .admit(own, &key("d", "other", None, None))
+                .admit(own, &Method::POST, &key("d", "other", None, None))
                 .await
                 .is_ok(),
             "another tenant is not held to acme's aggregate"

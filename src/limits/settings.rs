@@ -6,7 +6,7 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use http::HeaderName;
+use http::{HeaderName, Method};
 
 /// A GCRA quota: `per_second` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,6 +83,19 @@ pub struct UsageRule {
     pub header: HeaderName,
     pub tokens_per_minute: u64,
     pub expose: bool,
+    /// `usage.methods`: the methods that report usage (`None`: every method). Requests with
+    /// another method are neither refused by an exhausted budget nor charged: listing models
+    /// with `GET` still works while the budget for `POST` completions is spent.
+    pub methods: Option<Box<[Method]>>,
+}
+
+impl UsageRule {
+    /// Whether a request with `method` is held to (and charged to) the budget.
+    pub fn applies_to(&self, method: &Method) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.contains(method))
+    }
 }
 
 /// `rate_limits.on_backend_error`: what a request gets when the shared backend (Redis) cannot

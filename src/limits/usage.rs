@@ -91,21 +91,22 @@ impl UsageMeter {
 /// Reads the cost from the response head, or arranges to read it from the trailers. The body
 /// is wrapped whenever trailers still matter: to find a report that was not in the head (or
 /// was not a number there), and to remove the report from the trailers unless exposed
-/// (HTTP/2 clients receive every trailer, announced or not).
+/// (HTTP/2 clients receive every trailer, announced or not). Without a `meter` (a method that
+/// `usage.methods` leaves out) nothing is charged, and the report is removed all the same.
 pub fn meter_response(
     mut response: Response<ProxyBody>,
     rule: &UsageRule,
-    meter: UsageMeter,
+    meter: Option<UsageMeter>,
 ) -> Response<ProxyBody> {
     if !rule.expose {
         unannounce(response.headers_mut(), &rule.header);
     }
-    let meter = match take_report(response.headers_mut(), rule) {
-        Some(Some(tokens)) => {
+    let meter = match (take_report(response.headers_mut(), rule), meter) {
+        (Some(Some(tokens)), Some(meter)) => {
             meter.charge(tokens);
             None
         }
-        _ => Some(meter),
+        (_, meter) => meter,
     };
     if meter.is_none() && rule.expose {
         return response;

@@ -302,8 +302,12 @@ async fn handle_inner<const CHECK: bool>(
     //    borrows from these cheap (reference-counted) copies, so the headers stay free to be
     //    rewritten below.
     let uri = parts.uri.clone();
+    // The query without an API key in it, when one came there (opt-in): declared before the
+    // target, which borrows it once the key is taken out.
+    let query_without_key: String;
     let host_header = precheck::single_host(&parts.headers)?;
-    let target = precheck::check_target(&parts.method, parts.version, &uri, host_header.as_ref())?;
+    let mut target =
+        precheck::check_target(&parts.method, parts.version, &uri, host_header.as_ref())?;
     if parts.version == Version::HTTP_2 {
         // The HTTP/1.1 parser enforced every field rule already; an HTTP/2 request is held to
         // the same rules before it can be forwarded over HTTP/1.1.
@@ -335,6 +339,9 @@ async fn handle_inner<const CHECK: bool>(
     let authenticated = auth::authenticate(
         route.access.auth,
         &parts.headers,
+        // A check's proxy forwards the URL as it has it: a key there could not be kept from
+        // the upstream, so checks never read one.
+        if CHECK { None } else { target.query },
         &config.key_headers,
         // The client address X-Forwarded-For yields (trusted proxies only): failed API keys
         // are limited per client.
@@ -366,7 +373,7 @@ async fn handle_inner<const CHECK: bool>(
     let mut meter = match &identity {
         Some(identity) => {
             authz::authorize(&route.access, identity)?;
-            admit(runtime, route, identity, context).await?
+            admit(runtime, route, &parts.method, identity, context).await?
         }
         None => None,
     };
@@ -384,6 +391,15 @@ async fn handle_inner<const CHECK: bool>(
     ) {
         let (usage, key_id) = (usage.clone(), key_id.to_owned());
         meter.report_to(move |tokens| usage.tokens(&key_id, tokens));
+    }
+
+    // A key in the query string (opt-in) leaves like the credential headers do, on every
+    // route: neither the upstream nor the key service sees it.
+    if let (Some(name), Some(query)) = (config.key_headers.query_parameter(), target.query)
+        && let Some(kept) = auth::query_without_parameter(query, name)
+    {
+        query_without_key = kept;
+        target.query = Some(query_without_key.as_str()).filter(|query| !query.is_empty());
     }
 
     // A builtin upstream (the key service) answers here, once every check above passed.
@@ -576,10 +592,11 @@ fn strip(
 async fn admit(
     runtime: &Runtime,
     route: &Route,
+    method: &Method,
     identity: &Arc<Identity>,
     context: &mut Context,
 ) -> Result<Option<UsageMeter>, GatewayError> {
-    match runtime.limits.admit(route, identity).await {
+    match runtime.limits.admit(route, method, identity).await {
         Ok(admission) => {
             context.rate_limit = admission.state;
             Ok(admission.meter)

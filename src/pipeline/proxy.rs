@@ -171,8 +171,8 @@ pub(super) fn respond(
     if response.version() == Version::HTTP_2 {
         strip_underscored_response_controls(response.headers_mut());
     }
-    Ok(match (&route.usage, meter) {
-        (Some(rule), Some(meter)) => usage::meter_response(response, rule, meter),
-        _ => response,
+    Ok(match &route.usage {
+        Some(rule) => usage::meter_response(response, rule, meter),
+        None => response,
     })
 }
