@@ -98,8 +98,13 @@ fn line_starting<'a>(all: &'a str, start: &str) -> &'a str {
 async fn a_discovered_and_a_configured_jwks_are_fetched_and_reported_ok() {
     let idp = discovery_idp().await;
     let direct = answering(200, good_jwks()).await;
+    // Key sets per tenant: nothing to fetch until a token names one.
+    let per_tenant = format!(
+        "[[jwt.issuers]]\nissuer_pattern = \"https://{{tenant}}.idp.test\"\njwks_uri = \"{}/{{tenant}}/jwks\"\n",
+        direct.url()
+    );
     let config = format!(
-        "{}{}{JWT_ROUTE}",
+        "{}{}{per_tenant}{JWT_ROUTE}",
         issuer(&idp.url(), None, ""),
         issuer(
             "https://direct.idp.test",
@@ -126,6 +131,11 @@ async fn a_discovered_and_a_configured_jwks_are_fetched_and_reported_ok() {
             "online: issuer https://direct.idp.test: OK (jwks {}/jwks.json, 2 keys)",
             direct.url()
         )
+    );
+    assert!(
+        line_starting(&stdout, "online: issuer https://{tenant}.idp.test:")
+            .contains(": skipped (a key set per tenant"),
+        "{stdout}"
     );
     let targets: Vec<String> = idp.recorded().iter().map(Recorded::target).collect();
     assert_eq!(targets, ["/.well-known/openid-configuration", "/keys"]);
@@ -305,6 +315,68 @@ async fn the_control_plane_is_asked_one_lookup_and_its_token_is_never_printed() 
         "{failure}"
     );
     assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+}
+
+const CLIENT_SECRET: &str = "cp-client-s3cret";
+const ISSUED_TOKEN: &str = "issued-access-t0ken";
+
+/// A control plane with OAuth2 client credentials: the token is fetched first, as the gateway
+/// does, then the lookup carries it; neither the secret nor the token is printed, also when
+/// the token endpoint refuses.
+#[tokio::test]
+async fn client_credentials_are_used_for_the_lookup_and_never_printed() {
+    let cp = Upstream::with_handler(|request| async move {
+        match request.target().as_str() {
+            "/token" if request.method == http::Method::POST => http_response(
+                200,
+                "application/json",
+                json!({ "access_token": ISSUED_TOKEN, "token_type": "Bearer", "expires_in": 300 })
+                    .to_string(),
+            ),
+            path if path.starts_with("/v1/keys/")
+                && request.header("authorization") == Some(format!("Bearer {ISSUED_TOKEN}")) =>
+            {
+                http_response(404, "application/json", "{}".to_owned())
+            }
+            _ => http_response(401, "application/json", "{}".to_owned()),
+        }
+    })
+    .await;
+    let config = |token_path: &str| {
+        control_plane_config(&cp.url()).replace(
+            &format!("auth = {{ type = \"bearer\", token = \"{TOKEN}\" }}"),
+            &format!(
+                "auth = {{ type = \"client_credentials\", token_url = \"{}{token_path}\", client_id = \"authgate\", client_secret = \"{CLIENT_SECRET}\" }}",
+                cp.url()
+            ),
+        )
+    };
+    let output = check(&config("/token"), &[], true).await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        line_starting(&stdout, "online: control plane").ends_with(": OK (key lookup answered)"),
+        "{stdout}"
+    );
+    let targets: Vec<String> = cp.recorded().iter().map(Recorded::target).collect();
+    assert_eq!(
+        targets,
+        ["/token".to_owned(), format!("/v1/keys/{}", "0".repeat(64))]
+    );
+    for secret in [CLIENT_SECRET, ISSUED_TOKEN] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
+
+    // The token endpoint refuses: a failure that says so, still without the secret.
+    let output = check(&config("/no-token-here"), &[], true).await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    let failure = line_starting(&stderr, "online: control plane");
+    assert!(
+        failure.contains("token endpoint answered 401 Unauthorized"),
+        "{failure}"
+    );
+    assert!(!stdout.contains(CLIENT_SECRET) && !stderr.contains(CLIENT_SECRET));
 }
 
 #[tokio::test]
