@@ -20,7 +20,7 @@ pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
     /// Validate the config (and key file) without serving; print the route table.
-    Check(ConfigArg),
+    Check(CheckArgs),
     /// Start an echo upstream and a gateway with a fresh in-memory key; print curl commands.
     Demo(DemoArgs),
     /// Create or update the key service's database tables.
@@ -51,6 +51,17 @@ pub struct KeyStoreArg {
     /// paths are relative to the current folder.
     #[arg(long)]
     pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// After the config checks out, fetch once what the gateway fetches: each JWT issuer's
+    /// discovery document and JWKS, and one key lookup at the control plane; report each
+    /// (exit 1 if any fails). Without it nothing is fetched.
+    #[arg(long)]
+    pub online: bool,
 }
 
 /// Where the config file is.

@@ -1,5 +1,5 @@
 //! The non-serving commands: `keys …` (key lifecycle on a key file; on the key service's
-//! database in `database.rs`, with `migrate`) and `demo`.
+//! database in `database.rs`, with `migrate`), `demo`, and `check --online` (`online.rs`).
 //!
 //! A plain key is printed exactly once (by `generate` or `add`) and never written anywhere.
 
@@ -20,6 +20,7 @@ use crate::keys::record::RecordRate;
 use crate::keys::{KeyHash, KeyMap, KeyRecord, KeySource, KeyStore, Timestamp, generate_key};
 
 pub mod database;
+pub mod online;
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("{message}");

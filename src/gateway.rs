@@ -23,9 +23,9 @@ use crate::key_service::settings::DatabaseSettings;
 use crate::key_service::sync::{self, KeyChanges};
 use crate::key_service::usage::UsageRecorder;
 use crate::keys::cache::KeyMetrics;
-use crate::keys::control_plane::{ControlPlane, ControlPlaneAuth};
+use crate::keys::control_plane::ControlPlane;
 use crate::keys::file_source::{FileKeys, KeyFileErrors};
-use crate::keys::settings::{ControlPlaneAuthSettings, KeySourceSettings};
+use crate::keys::settings::KeySourceSettings;
 use crate::keys::{KeyHash, KeySource, KeyStore};
 use crate::limits::Limits;
 use crate::limits::local::{LocalStore, spawn_housekeeping};
@@ -542,35 +542,7 @@ fn build_key_store(
             None => return Err("api_keys.source = \"database\" needs [database]".to_owned()),
         },
         KeySourceSettings::ControlPlane(control_plane) => {
-            let auth = match &control_plane.auth {
-                ControlPlaneAuthSettings::None => ControlPlaneAuth::None,
-                ControlPlaneAuthSettings::Bearer(token) => {
-                    let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
-                        .map_err(|_| {
-                            "control_plane.auth.token is not valid header text".to_owned()
-                        })?;
-                    value.set_sensitive(true);
-                    ControlPlaneAuth::Bearer(value)
-                }
-                ControlPlaneAuthSettings::ClientCredentials {
-                    token_url,
-                    client_id,
-                    client_secret,
-                    scope,
-                } => ControlPlane::client_credentials(
-                    token_url.clone(),
-                    client_id,
-                    client_secret,
-                    scope.clone(),
-                )?,
-            };
-            let client = crate::outbound::OutboundClient::new(control_plane.ca_file.as_deref())?;
-            KeySource::ControlPlane(Box::new(ControlPlane::new(
-                &control_plane.url,
-                control_plane.timeout,
-                auth,
-                client,
-            )))
+            KeySource::ControlPlane(Box::new(ControlPlane::from_settings(control_plane)?))
         }
     };
     let store = KeyStore::new(settings, source, KeyMetrics::of(metrics));

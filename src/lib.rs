@@ -57,7 +57,7 @@ pub mod tls;
 
 use std::process::ExitCode;
 
-use cli::{Cli, Command, ConfigArg, ServeArgs};
+use cli::{CheckArgs, Cli, Command, ServeArgs};
 
 /// Exit code for invalid input or config.
 pub const EXIT_INVALID: u8 = 1;
@@ -86,8 +86,8 @@ fn print_errors(errors: &config::ConfigErrors) {
     }
 }
 
-fn check(args: &ConfigArg) -> ExitCode {
-    let path = args.path();
+fn check(args: &CheckArgs) -> ExitCode {
+    let path = args.config.path();
     match config::load(&path) {
         Ok(config) => {
             if config.api_keys.in_use
@@ -119,6 +119,9 @@ fn check(args: &ConfigArg) -> ExitCode {
             );
             for line in config::compile::describe_routes(&config) {
                 println!("  {line}");
+            }
+            if args.online && !commands::online::check_online(&config) {
+                return ExitCode::from(EXIT_INVALID);
             }
             ExitCode::SUCCESS
         }

@@ -1218,3 +1218,73 @@ async fn caddy_forward_auth_in_front_of_an_upstream() {
     };
     proxy_contract(front, "caddy").await;
 }
+
+// === the Traefik, Envoy and ingress-nginx examples (none of them runs here) ===
+
+/// Each is YAML that parses (with python3's PyYAML, when installed: no YAML crate is a
+/// dependency), hands on every identity field and `x-request-id`, and keeps the settings the
+/// guide calls essential: Traefik never trusts the client's `X-Forwarded-*`, Envoy fails
+/// closed with no `path_prefix`, ingress-nginx points `auth-url` at the check listener.
+#[test]
+fn the_yaml_examples_parse_and_hand_on_every_identity_field() {
+    let files = [
+        "forward-auth.traefik.yml",
+        "forward-auth.envoy.yaml",
+        "forward-auth.ingress-nginx.yaml",
+    ];
+    for name in files {
+        let text = example(name);
+        let lower = text.to_ascii_lowercase();
+        let settings: Vec<&str> = lower
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with('#'))
+            .collect();
+        if name.contains("envoy") {
+            assert!(settings.contains(&"- prefix: x-auth-"), "{name}");
+            assert!(settings.contains(&"failure_mode_allow: false"), "{name}");
+            assert!(
+                !settings.iter().any(|line| line.starts_with("path_prefix")),
+                "{name}: a path_prefix becomes part of the path authgate decides about"
+            );
+        } else {
+            for field in STANDARD.iter().chain(&["x-request-id"]) {
+                assert!(lower.contains(field), "{name} does not copy {field}");
+            }
+        }
+        if name.contains("traefik") {
+            assert!(settings.contains(&"trustforwardheader: false"), "{name}");
+        }
+        if name.contains("ingress") {
+            assert!(
+                lower.contains("nginx.ingress.kubernetes.io/auth-url:") && lower.contains(":9902/"),
+                "{name}"
+            );
+        }
+    }
+
+    let parse =
+        "import sys, yaml\nfor path in sys.argv[1:]:\n    list(yaml.safe_load_all(open(path)))\n";
+    let has_yaml = Command::new("python3")
+        .args(["-c", "import yaml"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !has_yaml {
+        eprintln!(
+            "\n!!!!!!!!\nSKIP: python3 with PyYAML is not installed, so the YAML examples were not parsed.\n!!!!!!!!\n"
+        );
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let output = Command::new("python3")
+        .args(["-c", parse])
+        .args(files.iter().map(|name| dir.join(name)))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

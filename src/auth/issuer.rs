@@ -22,6 +22,18 @@ pub struct IssuerSettings {
     pub ca_file: Option<PathBuf>,
 }
 
+impl IssuerSettings {
+    /// Whether each tenant has its own key set (a `{tenant}` in jwks_uri, or discovery on a
+    /// pattern issuer): such a set can only be fetched once a token names the tenant.
+    pub fn keys_per_tenant(&self) -> bool {
+        match (&self.matcher, &self.jwks_uri) {
+            (IssuerMatch::Exact(_), _) => false,
+            (IssuerMatch::Pattern { .. }, Some(uri)) => uri.contains("{tenant}"),
+            (IssuerMatch::Pattern { .. }, None) => true,
+        }
+    }
+}
+
 /// How a token's `iss` is matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IssuerMatch {

@@ -325,7 +325,17 @@ impl JwksSource {
                 uri
             }
         };
-        let body = self.get(&uri).await?;
+        let keys = self.fetch_keys(&uri).await?;
+        // A discovered URI is looked up again on the next fetch, in case it moved.
+        if self.jwks_uri.is_none() {
+            state.resolved_uri = None;
+        }
+        Ok(keys)
+    }
+
+    /// GET the key set at `uri` and parse it; a set without one usable key is a failure.
+    async fn fetch_keys(&self, uri: &str) -> Result<KeySet, FetchError> {
+        let body = self.get(uri).await?;
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| {
             FetchError::Failed(format!("JWKS at {uri} is not a valid key set: {e}"))
         })?;
@@ -338,11 +348,26 @@ impl JwksSource {
                 "JWKS at {uri} has no usable signature key"
             )));
         }
-        // A discovered URI is looked up again on the next fetch, in case it moved.
-        if self.jwks_uri.is_none() {
-            state.resolved_uri = None;
-        }
         Ok(keys)
+    }
+
+    /// One discovery (when configured so) and key-set fetch the way the refresh makes it,
+    /// bounded the same way, the set not kept (`authgate check --online`): the JWKS URL and
+    /// how many usable keys it has, or what failed.
+    pub async fn probe(&self) -> Result<(String, usize), String> {
+        let fetch = async {
+            let uri = match &self.jwks_uri {
+                Some(uri) => uri.clone(),
+                None => self.discover().await?,
+            };
+            let keys = self.fetch_keys(&uri).await?;
+            Ok((uri, keys.len()))
+        };
+        match tokio::time::timeout(FETCH_TIMEOUT * 2, fetch).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(FetchError::NotFound(message) | FetchError::Failed(message))) => Err(message),
+            Err(_) => Err(format!("no answer within {:?}", FETCH_TIMEOUT * 2)),
+        }
     }
 
     /// `{issuer}/.well-known/openid-configuration` -> `jwks_uri`.

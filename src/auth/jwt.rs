@@ -63,16 +63,6 @@ struct Issuer {
 }
 
 impl Issuer {
-    /// Whether each tenant has its own key set (a `{tenant}` in jwks_uri, or discovery on a
-    /// pattern issuer).
-    fn keys_per_tenant(settings: &IssuerSettings) -> bool {
-        match (&settings.matcher, &settings.jwks_uri) {
-            (IssuerMatch::Exact(_), _) => false,
-            (IssuerMatch::Pattern { .. }, Some(uri)) => uri.contains("{tenant}"),
-            (IssuerMatch::Pattern { .. }, None) => true,
-        }
-    }
-
     async fn source(
         &self,
         validator: &JwtValidator,
@@ -192,7 +182,7 @@ impl JwtValidator {
                     validator.client.clone()
                 }),
             };
-            let shared = (!Issuer::keys_per_tenant(settings)).then(|| {
+            let shared = (!settings.keys_per_tenant()).then(|| {
                 let discovery_issuer = match &settings.matcher {
                     IssuerMatch::Exact(issuer) => issuer.clone(),
                     IssuerMatch::Pattern { raw, .. } => raw.clone(),

@@ -582,8 +582,9 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
                     .collect();
                 format!(" sets={}", names.join(","))
             };
+            let access = describe_access(config, route);
             format!(
-                "{:<20} host={host} methods={methods} {pattern} auth={auth}{sets} -> {}",
+                "{:<20} host={host} methods={methods} {pattern} auth={auth}{access}{sets} -> {}",
                 route.name,
                 route.builtin.map_or_else(
                     || route.upstream.describe(),
@@ -592,6 +593,74 @@ pub fn describe_routes(config: &Config) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// What an authenticated route asks of a caller, for `check`: ` issuers=… scopes=… tenants=…
+/// rate=… usage=…`, each value without spaces. Empty for a public route (it cannot have any
+/// of these: there is no identity to check or count against).
+fn describe_access(config: &Config, route: &crate::routes::Route) -> String {
+    let AuthPolicy::Required { jwt, .. } = route.access.auth else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if jwt {
+        // Every configured issuer is accepted on a JWT route (there is no per-route list).
+        let issuers: Vec<&str> = config
+            .jwt_issuers
+            .iter()
+            .map(|issuer| issuer.matcher.as_str())
+            .collect();
+        out.push_str(&format!(" issuers={}", issuers.join(",")));
+    }
+    let scopes = &route.access.scopes;
+    let scopes = match (scopes.any_of.is_empty(), scopes.all_of.is_empty()) {
+        (true, true) => "-".to_owned(),
+        (false, true) => format!("any({})", scopes.any_of.join(",")),
+        (true, false) => format!("all({})", scopes.all_of.join(",")),
+        (false, false) => format!(
+            "any({})+all({})",
+            scopes.any_of.join(","),
+            scopes.all_of.join(",")
+        ),
+    };
+    out.push_str(&format!(" scopes={scopes}"));
+    let tenants = route
+        .access
+        .tenants
+        .as_ref()
+        .map_or_else(|| "*".to_owned(), |tenants| tenants.join(","));
+    out.push_str(&format!(" tenants={tenants}"));
+    let backend = match config.rate_limits.backend {
+        LimitBackend::Local => "local",
+        LimitBackend::Redis(_) => "redis",
+    };
+    // A key record's own rate_limit replaces this at request time; `check` cannot know keys.
+    let rate = match (route.rate_limit, config.rate_limits.default) {
+        (Some(rate), _) => format!(
+            "{}/s,burst={}(route,{backend})",
+            rate.per_second, rate.burst
+        ),
+        (None, Some(rate)) => {
+            format!(
+                "{}/s,burst={}(default,{backend})",
+                rate.per_second, rate.burst
+            )
+        }
+        (None, None) => "none".to_owned(),
+    };
+    out.push_str(&format!(" rate={rate}"));
+    if let Some(tenant) = config.rate_limits.tenant {
+        out.push_str(&format!(
+            " tenant_rate={}/s,burst={}({backend})",
+            tenant.per_second, tenant.burst
+        ));
+    }
+    let usage = route.usage.as_ref().map_or_else(
+        || "none".to_owned(),
+        |usage| format!("{}:{}/min", usage.header, usage.tokens_per_minute),
+    );
+    out.push_str(&format!(" usage={usage}"));
+    out
 }
 
 #[cfg(test)]
@@ -736,6 +805,50 @@ mod tests {
         assert_eq!(route.timeout, Duration::from_secs(2));
         assert_eq!(route.max_body_bytes, Some(1024));
         assert!(config.api_keys.in_use);
+
+        let described = super::describe_routes(&config);
+        assert_eq!(described.len(), 1);
+        let line = &described[0];
+        for field in [
+            " auth=api_key ",
+            " scopes=any(a,b)+all(c) ",
+            " tenants=acme ",
+            " rate=5/s,burst=10(route,local) ",
+            " usage=x-usage:60/min ",
+        ] {
+            assert!(line.contains(field), "{field:?} not in {line:?}");
+        }
+        assert!(!line.contains("issuers="), "no JWT on this route: {line:?}");
+    }
+
+    #[test]
+    fn check_describes_issuers_the_default_and_tenant_rates_and_open_access() {
+        let issuers = "[[jwt.issuers]]\nissuer = \"https://a.example\"\njwks_uri = \"https://a.example/jwks\"\n[[jwt.issuers]]\nissuer_pattern = \"https://{tenant}.b.example\"\njwks_uri = \"https://b.example/{tenant}/jwks\"\n";
+        let limits = "[redis]\nurl = \"redis://127.0.0.1:6379\"\n[rate_limits]\nbackend = \"redis\"\ndefault = { requests_per_second = 0.5, burst = 3 }\ntenant = { requests_per_second = 100, burst = 200 }\n";
+        let text = format!(
+            "{issuers}{limits}{ROUTE}auth = [\"api_key\", \"jwt\"]\nall_scopes = [\"x\", \"y\"]\n[[routes]]\nname = \"open\"\nmatch = {{ path_prefix = \"/open/\" }}\nupstream = \"http://127.0.0.1:9000\"\nauth = \"none\"\n"
+        );
+        let config = compile(&text).unwrap();
+        let described = super::describe_routes(&config);
+        let line = &described[0];
+        for field in [
+            " auth=api_key,jwt ",
+            " issuers=https://a.example,https://{tenant}.b.example ",
+            " scopes=all(x,y) ",
+            " tenants=* ",
+            " rate=0.5/s,burst=3(default,redis) ",
+            " tenant_rate=100/s,burst=200(redis) ",
+            " usage=none ",
+        ] {
+            assert!(line.contains(field), "{field:?} not in {line:?}");
+        }
+        assert!(!line.contains("6379"), "no Redis URL: {line:?}");
+        // A public route has nothing to check or count: none of these fields.
+        let open = &described[1];
+        assert!(open.contains(" auth=none -> "), "{open:?}");
+        for field in ["scopes=", "tenants=", "rate=", "usage=", "issuers="] {
+            assert!(!open.contains(field), "{field:?} in {open:?}");
+        }
     }
 
     #[test]

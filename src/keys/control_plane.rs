@@ -14,6 +14,7 @@ use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::settings::{ControlPlaneAuthSettings, ControlPlaneSettings};
 use super::{KeyHash, KeyRecord, SourceError};
 use crate::body::full;
 use crate::outbound::{OutboundClient, OutboundError};
@@ -81,6 +82,32 @@ impl ControlPlane {
             client,
             token: Mutex::new(TokenState::default()),
         }
+    }
+
+    /// The client the gateway uses for `[control_plane]`: its auth, timeout and `ca_file`.
+    pub fn from_settings(settings: &ControlPlaneSettings) -> Result<Self, String> {
+        let auth = match &settings.auth {
+            ControlPlaneAuthSettings::None => ControlPlaneAuth::None,
+            ControlPlaneAuthSettings::Bearer(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| "control_plane.auth.token is not valid header text".to_owned())?;
+                value.set_sensitive(true);
+                ControlPlaneAuth::Bearer(value)
+            }
+            ControlPlaneAuthSettings::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => Self::client_credentials(
+                token_url.clone(),
+                client_id,
+                client_secret,
+                scope.clone(),
+            )?,
+        };
+        let client = OutboundClient::new(settings.ca_file.as_deref())?;
+        Ok(Self::new(&settings.url, settings.timeout, auth, client))
     }
 
     /// Builds the `ClientCredentials` auth value.
