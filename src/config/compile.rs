@@ -657,7 +657,13 @@ fn describe_access(config: &Config, route: &crate::routes::Route) -> String {
     }
     let usage = route.usage.as_ref().map_or_else(
         || "none".to_owned(),
-        |usage| format!("{}:{}/min", usage.header, usage.tokens_per_minute),
+        |usage| {
+            let methods = usage.methods.as_ref().map_or_else(String::new, |methods| {
+                let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                format!("({})", names.join(","))
+            });
+            format!("{}:{}/min{methods}", usage.header, usage.tokens_per_minute)
+        },
     );
     out.push_str(&format!(" usage={usage}"));
     out
@@ -776,7 +782,7 @@ mod tests {
     #[test]
     fn a_route_compiles_its_match_access_limits_and_forwarding() {
         let text = format!(
-            "{ROUTE}auth = [\"api_key\"]\nscopes = [\"a\", \"b\"]\nall_scopes = [\"c\"]\ntenants = [\"acme\"]\nrate_limit = {{ requests_per_second = 5, burst = 10 }}\nstrip_prefix = \"/v1\"\ntimeout = \"2s\"\nmax_body_bytes = 1024\nusage = {{ header = \"X-Usage\", tokens_per_minute = 60 }}\n"
+            "{ROUTE}auth = [\"api_key\"]\nscopes = [\"a\", \"b\"]\nall_scopes = [\"c\"]\ntenants = [\"acme\"]\nrate_limit = {{ requests_per_second = 5, burst = 10 }}\nstrip_prefix = \"/v1\"\ntimeout = \"2s\"\nmax_body_bytes = 1024\nusage = {{ header = \"X-Usage\", tokens_per_minute = 60, methods = [\"post\", \"PUT\"] }}\n"
         );
         let config = compile(&text).unwrap();
         let route = &config.routes.routes()[0];
@@ -814,7 +820,7 @@ mod tests {
             " scopes=any(a,b)+all(c) ",
             " tenants=acme ",
             " rate=5/s,burst=10(route,local) ",
-            " usage=x-usage:60/min ",
+            " usage=x-usage:60/min(POST,PUT) ",
         ] {
             assert!(line.contains(field), "{field:?} not in {line:?}");
         }
