@@ -10,13 +10,16 @@
 #   TARGETS="authgate-apikey authgate-401" benches/callgrind.sh   # API-key route
 #   TARGETS="authgate-apikey authgate-apikey-assert" benches/callgrind.sh   # signed assertion cost
 #   TARGETS="authgate-apikey authgate-apikey-db" benches/callgrind.sh   # key service: usage counting
+#   TARGETS="authgate-apikey authgate-check" benches/callgrind.sh   # forward-auth check vs proxied
 #
 # Knobs: AUTHGATE_BIN (default: cargo build --profile profiling --locked: the release build
 # with symbols, so the kept profiles name functions; the instructions are the release's), TARGETS ("authgate nginx";
 # also authgate-apikey: the API-key route with a valid cached key, and authgate-401: the same
 # route with a well-formed unknown key, refused with 401; nginx-401: nginx refusing the same
 # key with a `map` check; authgate-apikey-assert: authgate-apikey with identity.assertion on,
-# so each request carries the identity's cached signed assertion),
+# so each request carries the identity's cached signed assertion; authgate-check: the same
+# key's request asked of the [forward_auth] listener as nginx's auth_request asks it,
+# X-Original-Method/-URI and X-Forwarded-Host, answered 200 with the identity),
 # DURATION (wrk seconds counted, default 10), KEEP_TMP=1 (keep the callgrind profiles). Needs valgrind, wrk, nginx (installed with apt if
 # missing). Each proxy runs under callgrind on CPU 0, wrk and the upstream nginx on CPU 1.
 set -euo pipefail
@@ -77,8 +80,8 @@ wait_http "http://127.0.0.1:$UP/"
 # `Authorization: AUTH` unless AUTH is empty) and prints instructions per request.
 count() {
     local name=$1 url=$2 auth=$3 pid n total
-    local header=()
-    [[ -n $auth ]] && header=(-H "Authorization: $auth")
+    local header=("${EXTRA_HEADERS[@]}")
+    [[ -n $auth ]] && header+=(-H "Authorization: $auth")
     shift 3
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$TMP/$name.out" "$@" \
         >"$TMP/$name.log" 2>&1 &
@@ -95,12 +98,13 @@ count() {
     printf '| %s | %s | %s |\n' "$name" "$n" "$((total / n))"
 }
 
+EXTRA_HEADERS=()
 echo "| proxy | requests counted | user-space instructions per request |"
 echo "|---|---:|---:|"
 for target in $TARGETS; do
     case $target in
-    authgate | authgate-apikey | authgate-apikey-assert | authgate-401 | authgate-apikey-db)
-        AG=$(port) ADMIN=$(port)
+    authgate | authgate-apikey | authgate-apikey-assert | authgate-401 | authgate-apikey-db | authgate-check)
+        AG=$(port) ADMIN=$(port) FA=$(port)
         [[ -f $TMP/keys.toml ]] ||
             KEY=$("$AUTHGATE_BIN" keys add --file "$TMP/keys.toml" --tenant t1 --scope api | sed -n 1p)
         # authgate-apikey-db: the same key in the key service's SQLite database, so every
@@ -147,7 +151,14 @@ EOF
         fi
         [[ $target == authgate-apikey-assert ]] &&
             printf '[identity]\nassertion = { key = "%s/assertion.pem" }\n' "$TMP" >>"$TMP/authgate.toml"
+        [[ $target == authgate-check ]] &&
+            printf '[forward_auth]\nlisten = "127.0.0.1:%s"\n' "$FA" >>"$TMP/authgate.toml"
+        EXTRA_HEADERS=()
         case $target in
+        authgate-check)
+            url="http://127.0.0.1:$FA/_authgate" auth="Bearer $KEY"
+            EXTRA_HEADERS=(-H "X-Original-Method: GET" -H "X-Original-URI: /api/x" -H "X-Forwarded-Host: 127.0.0.1:$AG")
+            ;;
         authgate) url="http://127.0.0.1:$AG/" auth="" ;;
         authgate-apikey | authgate-apikey-assert | authgate-apikey-db) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
         *) url="http://127.0.0.1:$AG/api/x" auth="Bearer sgk_$(printf 'x%.0s' {1..40})" ;;

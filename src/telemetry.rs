@@ -80,14 +80,26 @@ pub struct RouteHistograms {
 /// Entries in a thread's cache of request counters before it is emptied.
 const REQUEST_COUNTER_CACHE: usize = 4096;
 
-/// (metrics instance, route label address, method label address, status).
-type RequestCounterKey = (u64, usize, usize, u16);
+/// (metrics instance, family, route label address, method label address, status).
+type RequestCounterKey = (u64, AnswerFamily, usize, usize, u16);
+
+/// Check durations by (metrics instance, route label address), holding the label's `Arc`.
+type CheckHistograms = HashMap<(u64, usize), (Arc<str>, Histogram), foldhash::fast::RandomState>;
+
+/// Which counter family a cached counter belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AnswerFamily {
+    Requests,
+    Checks,
+}
 
 thread_local! {
     /// See [`Metrics::count_request`].
     static REQUEST_COUNTERS: RefCell<
         HashMap<RequestCounterKey, (Arc<str>, Counter), foldhash::fast::RandomState>,
     > = RefCell::new(HashMap::default());
+    /// See [`Metrics::count_check`].
+    static CHECK_HISTOGRAMS: RefCell<CheckHistograms> = RefCell::new(HashMap::default());
 }
 
 /// Every metric authgate exports.
@@ -232,7 +244,8 @@ impl Metrics {
         }
     }
 
-    /// Counts one forward-auth check (a labelled lookup: checks are not the hot proxy path).
+    /// Counts one forward-auth check, with the same per-thread caches as
+    /// [`Self::count_request`]: a check is the hot path of a forward-auth deployment.
     pub fn count_check(
         &self,
         route: &SharedLabel,
@@ -240,18 +253,26 @@ impl Metrics {
         status: u16,
         seconds: f64,
     ) {
-        self.checks
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                method,
-                status,
-            })
-            .inc();
-        self.check_duration
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .observe(seconds);
+        self.count_answer(AnswerFamily::Checks, route, method, status);
+        let key = (self.id, Arc::as_ptr(&route.0).cast::<u8>() as usize);
+        CHECK_HISTOGRAMS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((_, histogram)) = cache.get(&key) {
+                histogram.observe(seconds);
+                return;
+            }
+            let histogram = self
+                .check_duration
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                })
+                .clone();
+            histogram.observe(seconds);
+            if cache.len() >= REQUEST_COUNTER_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, (route.0.clone(), histogram));
+        });
     }
 
     /// Counts one answered request in `authgate_requests_total`.
@@ -263,8 +284,20 @@ impl Metrics {
     /// cache is emptied when it passes [`REQUEST_COUNTER_CACHE`] entries (reloads create new
     /// labels).
     pub fn count_request(&self, route: &SharedLabel, method: &'static str, status: u16) {
+        self.count_answer(AnswerFamily::Requests, route, method, status);
+    }
+
+    #[inline(always)]
+    fn count_answer(
+        &self,
+        family: AnswerFamily,
+        route: &SharedLabel,
+        method: &'static str,
+        status: u16,
+    ) {
         let key = (
             self.id,
+            family,
             Arc::as_ptr(&route.0).cast::<u8>() as usize,
             method.as_ptr() as usize,
             status,
@@ -275,8 +308,11 @@ impl Metrics {
                 counter.inc();
                 return;
             }
-            let counter = self
-                .requests
+            let counters = match family {
+                AnswerFamily::Requests => &self.requests,
+                AnswerFamily::Checks => &self.checks,
+            };
+            let counter = counters
                 .get_or_create(&RequestLabels {
                     route: route.clone(),
                     method,

@@ -159,6 +159,46 @@ fn now_secs() -> u64 {
 
 // === what the upstream receives ===
 
+/// A forward-auth check answers the same assertion the proxied request carries (one per
+/// identity and route, cached), once, beside the identity fields.
+#[tokio::test]
+async fn a_forward_auth_check_answers_the_assertion_once() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let pem = p256_pem();
+    let gw = gateway(
+        &upstream,
+        &key,
+        "{ key = \"assertion.pem\" }",
+        "[forward_auth]\nlisten = \"127.0.0.1:0\"\n",
+        Some(&pem),
+    )
+    .await;
+    let proxied = assertion_for(&gw, &upstream, &key).await;
+    let check = gw.handle.as_ref().unwrap().forward_auth_addr.unwrap();
+    for _ in 0..2 {
+        let answer = raw::raw_once(
+            check,
+            format!(
+                "GET /check HTTP/1.1\r\nHost: authgate\r\nX-Original-Method: GET\r\nX-Original-URI: /api/x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let assertions: Vec<&str> = answer
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "x-auth-assertion")
+            .map(|(_, value)| value.as_str())
+            .collect();
+        assert_eq!(assertions, [proxied.as_str()], "{answer:?}");
+        assert_eq!(answer.header("x-auth-key-id"), Some("k1"));
+        assert_eq!(answer.header("x-auth-tenant-id"), Some("acme"));
+        assert!(!answer.head.contains(&key), "{answer:?}");
+    }
+}
+
 #[tokio::test]
 async fn upstream_receives_an_assertion_that_verifies_with_the_published_jwks() {
     let upstream = Upstream::start().await;

@@ -569,7 +569,19 @@ async fn every_refusal_has_its_status_and_json() {
         ),
         "{metrics}"
     );
+    // Their durations too: every check of the route counted once.
+    let checks_of_limited =
+        r#"authgate_forward_auth_check_duration_seconds_count{route="limited"} "#;
+    let counted = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(checks_of_limited))
+        .unwrap_or_else(|| panic!("no check durations of route limited in {metrics}"));
+    assert!(counted.parse::<u64>().unwrap() >= 3, "{counted}");
     assert!(!metrics.contains("authgate_requests_total{"), "{metrics}");
+    assert!(
+        !metrics.contains("authgate_request_duration_seconds_count{"),
+        "{metrics}"
+    );
     assert_eq!(s.upstream.count(), 0);
 }
 

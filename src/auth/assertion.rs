@@ -441,18 +441,27 @@ impl AssertionSigner {
     /// Sets the assertion header for an authenticated request on `route`. The client's copy
     /// was removed in the strip step, like every identity header.
     pub fn insert(&self, identity: &Identity, route: &str, headers: &mut HeaderMap) {
+        if let Some((name, value)) = self.field(identity, route) {
+            headers.insert(name, value);
+        }
+    }
+
+    /// The assertion field (name and value) for an authenticated request on `route`; `None`
+    /// when signing failed (logged).
+    pub fn field(&self, identity: &Identity, route: &str) -> Option<(HeaderName, HeaderValue)> {
         match self.assertion(identity, route, SystemTime::now()) {
-            Ok(value) => {
-                headers.insert(self.settings.header.clone(), value);
-            }
+            Ok(value) => Some((self.settings.header.clone(), value)),
             // Cannot happen with a key that loaded, short of the crypto library failing. The
             // request goes on without an assertion, which an upstream that relies on them
             // refuses (docs/assertion.md); the token itself is never logged.
-            Err(error) => tracing::error!(
-                route,
-                %error,
-                "Identity assertion signing failed; the request is forwarded without one."
-            ),
+            Err(error) => {
+                tracing::error!(
+                    route,
+                    %error,
+                    "Identity assertion signing failed; the request is forwarded without one."
+                );
+                None
+            }
         }
     }
 

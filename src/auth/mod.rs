@@ -79,6 +79,9 @@ pub struct IdentityHeaderNames {
     key_id: HeaderName,
     scopes: HeaderName,
     issuer: HeaderName,
+    /// Every standard field, empty, as `name: value\r\n` lines: a forward-auth answer on a
+    /// public route (see [`Identity::answer_fields`]).
+    empty_answer: bytes::Bytes,
 }
 
 impl IdentityHeaderNames {
@@ -101,7 +104,7 @@ impl IdentityHeaderNames {
             HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
                 .unwrap_or_else(|_| HeaderName::from_static("x-auth-invalid-prefix"))
         };
-        Self {
+        let mut names = Self {
             prefix: prefix.to_owned(),
             method: name("method"),
             subject: name("subject"),
@@ -110,8 +113,32 @@ impl IdentityHeaderNames {
             key_id: name("key-id"),
             scopes: name("scopes"),
             issuer: name("issuer"),
+            empty_answer: bytes::Bytes::new(),
+        };
+        let mut empty = HeaderMap::with_capacity(8);
+        for name in names.standard() {
+            empty.insert(name.clone(), HeaderValue::from_static(""));
         }
+        names.empty_answer = field_lines(&empty);
+        names
     }
+
+    /// Every standard field, empty, as `name: value\r\n` lines (an answer without identity).
+    pub fn empty_answer(&self) -> bytes::Bytes {
+        self.empty_answer.clone()
+    }
+}
+
+/// `headers` as `name: value\r\n` lines, in order.
+fn field_lines(headers: &HeaderMap) -> bytes::Bytes {
+    let mut lines = Vec::with_capacity(256);
+    for (name, value) in headers {
+        lines.extend_from_slice(name.as_str().as_bytes());
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(value.as_bytes());
+        lines.extend_from_slice(b"\r\n");
+    }
+    bytes::Bytes::from(lines)
 }
 
 /// Whether `value` may be sent as an identity header: visible ASCII (and tab) only. A value
@@ -176,6 +203,17 @@ pub struct Identity {
     /// validates each value once (in `HeaderValue`) instead of twice: bit `i` for the `i`th
     /// entry of [`Identity::header_fields`].
     header_text: u8,
+    /// The forward-auth answer's identity fields, serialized at the first check that presents
+    /// this identity (see [`Self::answer_fields`]); 8 bytes while unused.
+    answer_fields: OnceLock<Box<AnswerFields>>,
+}
+
+/// [`Identity::answer_fields`]' cache: the lines, and the header prefix they were built with
+/// (a reload may change it while the identity stays cached).
+#[derive(Debug, Clone)]
+struct AnswerFields {
+    prefix: Box<str>,
+    lines: bytes::Bytes,
 }
 
 impl Identity {
@@ -230,6 +268,7 @@ impl Identity {
             jwt_id,
             key_hash: fields.key_hash,
             header_text: 0,
+            answer_fields: OnceLock::new(),
         };
         for (bit, span) in identity.header_fields().into_iter().enumerate() {
             if identity.str(span).is_some_and(is_header_text) {
@@ -323,6 +362,40 @@ impl Identity {
     /// Sets the identity headers (SPEC §6). The client's headers under the prefix must have
     /// been stripped before.
     pub fn insert_headers(&self, names: &IdentityHeaderNames, headers: &mut HeaderMap) {
+        self.put_headers(names, headers, false);
+    }
+
+    /// [`Self::insert_headers`], with every standard field the identity does not fill set
+    /// empty: a forward-auth answer, whose proxy copies each field it is told to over the
+    /// client's copy (see `pipeline::forward_auth::allowed`).
+    pub fn insert_answer_headers(&self, names: &IdentityHeaderNames, headers: &mut HeaderMap) {
+        self.put_headers(names, headers, true);
+    }
+
+    /// The identity fields of a forward-auth answer as `name: value\r\n` lines: those of
+    /// [`Self::insert_answer_headers`], in the same order, with the same values. Built once per
+    /// identity (and header prefix), then shared: a check costs a reference-count increment
+    /// here instead of a dozen header-map operations.
+    pub fn answer_fields(&self, names: &IdentityHeaderNames) -> bytes::Bytes {
+        if let Some(cached) = self.answer_fields.get()
+            && *cached.prefix == *names.prefix
+        {
+            return cached.lines.clone();
+        }
+        let mut fields = HeaderMap::with_capacity(16);
+        self.insert_answer_headers(names, &mut fields);
+        let lines = field_lines(&fields);
+        // The first prefix seen stays cached; an identity checked under another one (after a
+        // reload changed it) builds its lines each time until it leaves the key cache.
+        let _ = self.answer_fields.set(Box::new(AnswerFields {
+            prefix: names.prefix.as_str().into(),
+            lines: lines.clone(),
+        }));
+        lines
+    }
+
+    #[inline(always)]
+    fn put_headers(&self, names: &IdentityHeaderNames, headers: &mut HeaderMap, empty: bool) {
         headers.insert(
             names.method.clone(),
             HeaderValue::from_static(self.method.as_str()),
@@ -343,19 +416,26 @@ impl Identity {
             .zip(self.header_fields())
             .enumerate()
         {
-            if self.header_text & (1 << bit) == 0 {
-                // Absent, or not valid header text: dropped, never passed through.
-                continue;
-            }
-            let value = match &subject_value {
-                Some(subject) if span == self.subject => Some(subject.clone()),
-                _ => self.value(span),
-            };
-            if let Some(value) = value {
-                if span == self.subject {
-                    subject_value = Some(value.clone());
+            // Absent, or not valid header text: dropped, never passed through.
+            let value = if self.header_text & (1 << bit) == 0 {
+                None
+            } else {
+                match &subject_value {
+                    Some(subject) if span == self.subject => Some(subject.clone()),
+                    _ => self.value(span),
                 }
-                headers.insert(name.clone(), value);
+            };
+            match value {
+                Some(value) => {
+                    if span == self.subject {
+                        subject_value = Some(value.clone());
+                    }
+                    headers.insert(name.clone(), value);
+                }
+                None if empty => {
+                    headers.insert(name.clone(), HeaderValue::from_static(""));
+                }
+                None => {}
             }
         }
         for &(name, value) in &self.claims {
@@ -595,6 +675,49 @@ mod tests {
         assert_eq!(get("x-auth-claim-bad"), None, "obs-text");
         // Not set: what was there stays (the pipeline strips client fields before this).
         assert_eq!(get("x-auth-tenant-id"), Some("spoofed"));
+    }
+
+    /// A forward-auth answer's lines: every standard field (empty where the identity has no
+    /// valid value), then the claims, built once per identity and prefix.
+    #[test]
+    fn answer_fields_are_every_standard_field_then_the_claims_cached_per_prefix() {
+        let scopes = ["read".to_owned()];
+        let identity = Identity::new(
+            AuthMethod::ApiKey,
+            &IdentityFields {
+                subject: "k1",
+                key_id: Some("k1"),
+                tenant_id: Some("acme"),
+                user_id: Some("line\nbreak"),
+                scopes: &scopes,
+                claims: &[("Plan", "pro"), ("bad", "caf\u{e9}")],
+                ..IdentityFields::default()
+            },
+        );
+        let names = IdentityHeaderNames::new("x-auth-");
+        let lines = identity.answer_fields(&names);
+        assert_eq!(
+            std::str::from_utf8(&lines).unwrap(),
+            "x-auth-method: api_key\r\nx-auth-subject: k1\r\nx-auth-tenant-id: acme\r\n\
+             x-auth-user-id: \r\nx-auth-key-id: k1\r\nx-auth-scopes: read\r\n\
+             x-auth-issuer: \r\nx-auth-claim-plan: pro\r\n"
+        );
+        let again = identity.answer_fields(&names);
+        assert_eq!(
+            again.as_ptr(),
+            lines.as_ptr(),
+            "cached: the same bytes, shared"
+        );
+        // Another prefix (a reload changed it): its own lines, never the cached ones.
+        let other = identity.answer_fields(&IdentityHeaderNames::new("x-id-"));
+        assert!(
+            std::str::from_utf8(&other)
+                .unwrap()
+                .starts_with("x-id-method: api_key\r\n"),
+            "{other:?}"
+        );
+        assert!(!other.windows(7).any(|w| w == b"x-auth-"), "{other:?}");
+        assert_eq!(identity.answer_fields(&names), lines);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the pipeline answers with: the upstream's response, or an answer authgate gives
-//! itself ([`ErrorAnswer`]), written without a header map on HTTP/1.1.
+//! itself (a refusal, [`ErrorAnswer`]; an allowed forward-auth check, [`AllowedAnswer`]),
+//! written without a header map on HTTP/1.1.
 
 use bytes::Bytes;
 use http::header::{CONNECTION, HeaderName};
@@ -23,6 +24,8 @@ pub enum Answer {
     Response(Response<ProxyBody>),
     /// A request authgate answers itself (401, 403, 404, 429, 502...).
     Error(ErrorAnswer),
+    /// A forward-auth check that allows the request it names.
+    Allowed(AllowedAnswer),
 }
 
 impl Answer {
@@ -30,6 +33,113 @@ impl Answer {
         match self {
             Self::Response(response) => response,
             Self::Error(error) => error.into_response(),
+            Self::Allowed(allowed) => allowed.into_response(),
+        }
+    }
+}
+
+/// An allowed forward-auth check: 200, no body, the identity's fields for the proxy to copy,
+/// the signed assertion when configured, `RateLimit-*` and `x-request-id`. Like a refusal it
+/// needs no header map: the identity's fields come serialized (once per identity), and the
+/// HTTP/1.1 writer copies them into its buffer. A check is the whole request of a forward-auth
+/// deployment, so this is its hot path.
+pub struct AllowedAnswer {
+    /// `name: value\r\n` lines: the identity's fields, or every standard field empty on a
+    /// public route.
+    pub identity_fields: Bytes,
+    pub assertion: Option<(HeaderName, HeaderValue)>,
+    pub request_id: RequestId,
+    pub rate_limit: Option<LimitState>,
+    /// As for [`ErrorAnswer::close`]: an unread request body closes the connection after.
+    pub close: bool,
+    pub(super) finish: Option<Finish>,
+}
+
+impl std::fmt::Debug for AllowedAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllowedAnswer")
+            .field("identity_fields", &self.identity_fields)
+            .field("request_id", &self.request_id)
+            .field("rate_limit", &self.rate_limit)
+            .field("close", &self.close)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AllowedAnswer {
+    /// The fields after the identity's, in order: the assertion, `RateLimit-*` once the
+    /// rate-limit step ran, `x-request-id`. Both renderings use this list, as for
+    /// [`ErrorAnswer::fields`].
+    pub fn fields(&self, mut emit: impl FnMut(&HeaderName, FieldValue<'_>)) {
+        if let Some((name, value)) = &self.assertion {
+            emit(name, FieldValue::Value(value));
+        }
+        if let Some(state) = self.rate_limit {
+            for (name, value) in limits::header_fields(state) {
+                emit(name, FieldValue::Number(value));
+            }
+        }
+        emit(
+            &X_REQUEST_ID,
+            FieldValue::Value(self.request_id.header_value()),
+        );
+    }
+
+    /// An answer with these fields, outside any request's bookkeeping (the connection tests).
+    #[cfg(test)]
+    pub fn unrecorded(identity_fields: Bytes, request_id: RequestId) -> Self {
+        Self {
+            identity_fields,
+            assertion: None,
+            request_id,
+            rate_limit: None,
+            close: false,
+            finish: None,
+        }
+    }
+
+    /// Records the answer as sent (access log, metrics).
+    pub fn sent(mut self, complete: bool) {
+        if let Some(finish) = &mut self.finish {
+            let outcome = if complete {
+                BodyOutcome::Finished
+            } else {
+                BodyOutcome::Failed
+            };
+            finish.complete(0, outcome);
+        }
+    }
+
+    /// The same answer as a `Response`, for a protocol other than authgate's HTTP/1.1 writer.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut response = Response::new(crate::body::empty());
+        let headers = response.headers_mut();
+        // Lines authgate serialized itself from valid names and values: each parses back.
+        for line in self.identity_fields.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let value = line[colon + 1..]
+                .strip_prefix(b" ")
+                .unwrap_or(&line[colon + 1..]);
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_bytes(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        self.fields(|name, value| value.insert_into(name, headers));
+        if self.close {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        match self.finish {
+            Some(finish) => {
+                let (parts, body) = response.into_parts();
+                Response::from_parts(parts, ObservedBody::new(body, finish).boxed())
+            }
+            None => response,
         }
     }
 }
@@ -139,5 +249,36 @@ impl ErrorAnswer {
             }
             None => response,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allowed_answer_as_a_response_has_every_field_of_the_written_one() {
+        let answer = AllowedAnswer::unrecorded(
+            Bytes::from_static(
+                b"x-auth-method: api_key\r\nx-auth-user-id: \r\nx-auth-claim-plan: pro\r\n",
+            ),
+            RequestId::of_request(&http::HeaderMap::new()),
+        );
+        let request_id = answer.request_id.as_str().to_owned();
+        let response = answer.into_response();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let fields: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .collect();
+        let expected = [
+            ("x-auth-method", "api_key"),
+            ("x-auth-user-id", ""),
+            ("x-auth-claim-plan", "pro"),
+            ("x-request-id", request_id.as_str()),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        assert_eq!(fields, expected);
     }
 }

@@ -16,6 +16,7 @@
 //! about the check endpoint's own path (`/`, or Traefik's fixed `address`), and a public
 //! route there would allow every request it guards. Refusing fails closed and says why.
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 
@@ -25,6 +26,8 @@ use crate::config::ForwardAuthSettings;
 use crate::error::GatewayError;
 use crate::gateway::Runtime;
 use crate::routes::Route;
+
+use super::Decision;
 
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
@@ -136,6 +139,36 @@ fn single<'h>(
     Ok(first)
 }
 
+/// What an allowed check answers beyond the fields every answer carries: the identity's
+/// fields, serialized once per identity, and the signed assertion when configured.
+pub(super) struct Allowed {
+    pub(super) identity_fields: Bytes,
+    pub(super) assertion: Option<(HeaderName, HeaderValue)>,
+}
+
+/// An allowed check's decision: [`Allowed`], answered without a header map; on a route with
+/// `cors` a response from [`allowed`] instead, for the CORS fields to join (rare: browsers
+/// seldom sit behind forward-auth).
+pub(super) fn decision(runtime: &Runtime, route: &Route, identity: Option<&Identity>) -> Decision {
+    if route.cors.is_some() {
+        return Decision::Response(allowed(runtime, route, identity));
+    }
+    let names = &runtime.config.identity.names;
+    Decision::Allowed(match identity {
+        Some(identity) => Allowed {
+            identity_fields: identity.answer_fields(names),
+            assertion: runtime
+                .assertion
+                .as_deref()
+                .and_then(|signer| signer.field(identity, &route.name)),
+        },
+        None => Allowed {
+            identity_fields: names.empty_answer(),
+            assertion: None,
+        },
+    })
+}
+
 /// The answer to an allowed check: 200, no body, authgate's identity headers (and the signed
 /// assertion when configured) for the proxy to copy onto the request it forwards. The caller
 /// adds `RateLimit-*` and `x-request-id`, as for any answer. Nothing of the check request is
@@ -154,20 +187,27 @@ pub(super) fn allowed(
 ) -> Response<ProxyBody> {
     let mut response = Response::new(empty());
     let headers = response.headers_mut();
+    headers.reserve(ANSWER_FIELDS);
     let names = &runtime.config.identity.names;
-    if let Some(identity) = identity {
-        identity.insert_headers(names, headers);
-        if let Some(signer) = runtime.assertion.as_deref() {
-            signer.insert(identity, &route.name, headers);
+    match identity {
+        Some(identity) => {
+            identity.insert_answer_headers(names, headers);
+            if let Some(signer) = runtime.assertion.as_deref() {
+                signer.insert(identity, &route.name, headers);
+            }
         }
-    }
-    for name in names.standard() {
-        headers
-            .entry(name.clone())
-            .or_insert_with(|| HeaderValue::from_static(""));
+        None => {
+            for name in names.standard() {
+                headers.insert(name.clone(), HeaderValue::from_static(""));
+            }
+        }
     }
     response
 }
+
+/// The fields an allowed answer usually carries: 7 identity fields, claims, 3 `RateLimit-*`,
+/// `x-request-id`, a signed assertion, CORS fields.
+const ANSWER_FIELDS: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -47,7 +47,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Versio
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
-pub use answer::{Answer, ErrorAnswer};
+pub use answer::{AllowedAnswer, Answer, ErrorAnswer};
 
 use crate::auth::{self, AuthMetrics, Identity};
 use crate::authz;
@@ -236,7 +236,18 @@ async fn run<const CHECK: bool>(
         }
     }
     match result {
-        Ok(mut response) => {
+        Ok(Decision::Allowed(allowed)) => {
+            finish.status = StatusCode::OK.as_u16();
+            Answer::Allowed(AllowedAnswer {
+                identity_fields: allowed.identity_fields,
+                assertion: allowed.assertion,
+                request_id,
+                rate_limit: context.rate_limit,
+                close: body_pending && version <= Version::HTTP_11,
+                finish: Some(finish),
+            })
+        }
+        Ok(Decision::Response(mut response)) => {
             let headers = response.headers_mut();
             headers.insert(&X_REQUEST_ID, request_id.into_header_value());
             if let Some(state) = context.rate_limit {
@@ -294,7 +305,7 @@ async fn handle_inner<const CHECK: bool>(
     request: Request<ProxyBody>,
     request_id: &RequestId,
     context: &mut Context,
-) -> Result<Response<ProxyBody>, GatewayError> {
+) -> Result<Decision, GatewayError> {
     let config = &runtime.config;
     let (mut parts, body) = request.into_parts();
 
@@ -321,9 +332,9 @@ async fn handle_inner<const CHECK: bool>(
     if parts.method == Method::OPTIONS
         && let Some(answer) = preflight::<CHECK>(runtime, metrics, &target, &parts, context)
     {
-        return Ok(answer);
+        return Ok(Decision::Response(answer));
     }
-    let route = find_route(config, metrics, &target, &parts.method, context)?;
+    let route = find_route::<CHECK>(config, metrics, &target, &parts.method, context)?;
     if let Some(cors) = &route.cors {
         context.cors_route = true;
         context.cors = CorsAnswer::for_request(cors, &parts.headers).map(Box::new);
@@ -332,7 +343,7 @@ async fn handle_inner<const CHECK: bool>(
         route.websocket && is_websocket_upgrade(&parts.method, parts.version, &parts.headers);
 
     // 3. Strip before anything is set.
-    let body = strip(&mut parts, body, websocket, config, request_id);
+    let body = strip::<CHECK>(&mut parts, body, websocket, config, request_id);
 
     // 4. Authenticate (default deny on protected routes), authorize on every request (cached
     //    credential or not), rate limit.
@@ -381,7 +392,7 @@ async fn handle_inner<const CHECK: bool>(
         // Nothing passes through authgate after a check: no request to cut on a revocation,
         // no response to charge a token budget with (the budget is still checked above).
         context.tracked = None;
-        return Ok(forward_auth::allowed(runtime, route, identity.as_deref()));
+        return Ok(forward_auth::decision(runtime, route, identity.as_deref()));
     }
     // A key service key's reported tokens are counted in its usage too.
     if let (Some(meter), Some(usage), Some(key_id)) = (
@@ -413,7 +424,8 @@ async fn handle_inner<const CHECK: bool>(
             identity.as_deref(),
             request_id,
         )
-        .await;
+        .await
+        .map(Decision::Response);
     }
 
     // 5. Rewrite: credentials dropped, our identity headers, forwarding headers.
@@ -469,6 +481,15 @@ async fn handle_inner<const CHECK: bool>(
         meter,
         &mut context.tracked,
     )
+    .map(Decision::Response)
+}
+
+/// What the stages decided about a request they did not refuse.
+enum Decision {
+    /// The upstream's response, a builtin's or a preflight's answer: to send as it is.
+    Response(Response<ProxyBody>),
+    /// A forward-auth check allowed the request it names: answered without a header map.
+    Allowed(forward_auth::Allowed),
 }
 
 /// The proxies whose `X-Forwarded-For` names the client: `[server]`'s for a request to proxy.
@@ -495,7 +516,7 @@ fn revoked(identity: Option<&Identity>) -> GatewayError {
 /// Step 2: the route for the normalized path, host and method; its metric handles.
 // Two callers (a preflight's and every request's): kept inlined into the request path.
 #[inline(always)]
-fn find_route<'c>(
+fn find_route<'c, const CHECK: bool>(
     config: &'c Config,
     metrics: &Metrics,
     target: &precheck::Target<'_>,
@@ -508,12 +529,16 @@ fn find_route<'c>(
         .ok_or(GatewayError::RouteNotFound)?;
     context.route = Some(route.name.clone());
     context.redact_path = route.builtin == Some(crate::routes::Builtin::KeyLookup);
-    context.histograms = Some(
-        route
-            .histograms
-            .get_or_init(|| metrics.route_histograms(&SharedLabel(route.name.clone())))
-            .clone(),
-    );
+    // A check's duration has its own family (counted by `Finish`): the route's request
+    // histograms are neither needed nor created for it.
+    if !CHECK {
+        context.histograms = Some(
+            route
+                .histograms
+                .get_or_init(|| metrics.route_histograms(&SharedLabel(route.name.clone())))
+                .clone(),
+        );
+    }
     Ok(route)
 }
 
@@ -529,7 +554,7 @@ fn preflight<const CHECK: bool>(
     context: &mut Context,
 ) -> Option<Response<ProxyBody>> {
     let asked = cors::preflight_method(&parts.method, &parts.headers)?;
-    let route = find_route(&runtime.config, metrics, target, &asked, context).ok()?;
+    let route = find_route::<CHECK>(&runtime.config, metrics, target, &asked, context).ok()?;
     let cors = route.cors.as_ref()?;
     let answer = if CHECK {
         // The proxy lets the preflight through; every identity field it copies is empty.
@@ -562,7 +587,10 @@ fn with_preflight_fields(
 /// Step 3: hop-by-hop (and Connection-named) fields first, then every client field under the
 /// identity prefix and the routing overrides, and the request's trailers: field rules cannot
 /// vouch for them, and an HTTP/2 upstream would read them as headers (`x-auth-tenant-id`).
-fn strip(
+/// A check forwards nothing and echoes no field of its request: only the hop-by-hop fields
+/// go, so that a credential named in `Connection` counts for a check as little as for a
+/// request to proxy.
+fn strip<const CHECK: bool>(
     parts: &mut Parts,
     body: ProxyBody,
     websocket: bool,
@@ -570,6 +598,9 @@ fn strip(
     request_id: &RequestId,
 ) -> ProxyBody {
     strip_hop_by_hop(&mut parts.headers, websocket);
+    if CHECK {
+        return body;
+    }
     let mut stripped = strip_client_identity(&mut parts.headers, &config.identity.header_prefix);
     if let Some(name) = &config.identity.strip_also {
         stripped += crate::headers::strip_field(&mut parts.headers, name);

@@ -58,7 +58,7 @@ use crate::pipeline::{Answer, ConnInfo};
 use super::Handler;
 
 use body::{ContinueGate, RequestBody, linger, run_with_continue};
-use write::{ResponseTo, write_error, write_refusal, write_response};
+use write::{ResponseTo, write_allowed, write_error, write_refusal, write_response};
 
 /// Limits and timeouts of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +227,9 @@ pub(super) async fn serve<R, W, H>(
             }
             Answer::Error(answer) => {
                 write_error(&mut wr, &mut out, answer, context, &mut keep_alive).await
+            }
+            Answer::Allowed(answer) => {
+                write_allowed(&mut wr, &mut out, answer, context, &mut keep_alive).await
             }
         };
         let upgrading = context.upgrading;

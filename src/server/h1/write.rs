@@ -16,7 +16,7 @@ use crate::error::{FieldValue, GatewayError};
 use crate::http1::fields::{has_token, parse_digits};
 use crate::http1::response::{BodyFraming, ResponseContext, frame_response};
 use crate::http1::{encode_chunk_header, encode_last_chunk};
-use crate::pipeline::ErrorAnswer;
+use crate::pipeline::{AllowedAnswer, ErrorAnswer};
 
 /// Body frames up to this size are copied next to the head (or the chunk header) so that
 /// both leave in one write; larger ones are written from their own buffer.
@@ -269,15 +269,7 @@ pub(super) async fn write_error<W: AsyncWrite + Unpin>(
     let body = answer.error.json_body(&answer.request_id);
     out.clear();
     write_status_line(out, answer.error.status());
-    let mut number = itoa::Buffer::new();
-    answer.fields(|name, value| {
-        let value = match value {
-            FieldValue::Static(text) => text.as_bytes(),
-            FieldValue::Value(value) => value.as_bytes(),
-            FieldValue::Number(value) => number.format(value).as_bytes(),
-        };
-        write_header(out, name.as_str().as_bytes(), value);
-    });
+    write_fields(out, |emit| answer.fields(emit));
     write_content_length(out, body.len() as u64);
     finish_head(out, request, *keep_alive, true);
     let sent = if request.method_is_head {
@@ -289,6 +281,47 @@ pub(super) async fn write_error<W: AsyncWrite + Unpin>(
     let written = write_out(wr, out).await;
     answer.sent(sent, written.is_ok());
     written
+}
+
+/// An allowed forward-auth check, written straight into `out`: 200, the identity's fields as
+/// they were serialized (valid names and values, no framing or connection field among them),
+/// the answer's other fields, an empty body.
+pub(super) async fn write_allowed<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    answer: AllowedAnswer,
+    request: ResponseContext,
+    keep_alive: &mut bool,
+) -> io::Result<()> {
+    if answer.close {
+        *keep_alive = false;
+    }
+    out.clear();
+    write_status_line(out, StatusCode::OK);
+    out.extend_from_slice(&answer.identity_fields);
+    write_fields(out, |emit| answer.fields(emit));
+    write_content_length(out, 0);
+    finish_head(out, request, *keep_alive, true);
+    let written = write_out(wr, out).await;
+    answer.sent(written.is_ok());
+    written
+}
+
+/// The fields one of authgate's own answers lists (`ErrorAnswer::fields`,
+/// `AllowedAnswer::fields`), written into `out`.
+fn write_fields(
+    out: &mut BytesMut,
+    fields: impl FnOnce(&mut dyn FnMut(&http::HeaderName, FieldValue<'_>)),
+) {
+    let mut number = itoa::Buffer::new();
+    fields(&mut |name, value| {
+        let value = match value {
+            FieldValue::Static(text) => text.as_bytes(),
+            FieldValue::Value(value) => value.as_bytes(),
+            FieldValue::Number(value) => number.format(value).as_bytes(),
+        };
+        write_header(out, name.as_str().as_bytes(), value);
+    });
 }
 
 fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {

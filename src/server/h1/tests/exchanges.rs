@@ -300,6 +300,22 @@ async fn a_204_carries_no_content_length_and_no_body() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_allowed_check_is_its_identity_fields_then_its_own_and_keeps_the_connection() {
+    let mut client = Client::with_timeouts().await;
+    let head = "HEAD /allowed HTTP/1.1\r\nHost: h1.test\r\n\r\n";
+    client
+        .send(format!("{}{head}{}", get("/allowed"), get("/ok")))
+        .await;
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nx-auth-method: api_key\r\nx-auth-user-id: \r\nx-request-id: {REQUEST_ID}\r\ncontent-length: 0\r\n\r\n"
+    );
+    // HEAD: the same head (no body either way).
+    let expected = format!("{answer}{answer}{}", ok_bytes("hello", ""));
+    assert_eq!(client.output().await, expected);
+    client.assert_quiet("kept alive").await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_head_response_has_the_length_and_no_body_and_the_connection_stays() {
     let mut client = Client::with_timeouts().await;
     let head = "HEAD /ok HTTP/1.1\r\nHost: h1.test\r\n\r\n";

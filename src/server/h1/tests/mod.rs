@@ -105,6 +105,11 @@ impl Script {
                     .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
                 Answer::Response(response)
             }
+            // An allowed forward-auth check: its identity's fields come serialized.
+            "/allowed" => Answer::Allowed(crate::pipeline::AllowedAnswer::unrecorded(
+                Bytes::from_static(b"x-auth-method: api_key\r\nx-auth-user-id: \r\n"),
+                request_id(REQUEST_ID),
+            )),
             "/wait" => {
                 self.release.notified().await;
                 ok(full("waited"))
