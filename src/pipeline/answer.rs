@@ -99,15 +99,8 @@ impl AllowedAnswer {
     }
 
     /// Records the answer as sent (access log, metrics).
-    pub fn sent(mut self, complete: bool) {
-        if let Some(finish) = &mut self.finish {
-            let outcome = if complete {
-                BodyOutcome::Finished
-            } else {
-                BodyOutcome::Failed
-            };
-            finish.complete(0, outcome);
-        }
+    pub fn sent(self, complete: bool) {
+        record_sent(self.finish, 0, complete);
     }
 
     /// The same answer as a `Response`, for a protocol other than authgate's HTTP/1.1 writer.
@@ -131,16 +124,7 @@ impl AllowedAnswer {
             }
         }
         self.fields(|name, value| value.insert_into(name, headers));
-        if self.close {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        match self.finish {
-            Some(finish) => {
-                let (parts, body) = response.into_parts();
-                Response::from_parts(parts, ObservedBody::new(body, finish).boxed())
-            }
-            None => response,
-        }
+        closing_and_observed(response, self.close, self.finish)
     }
 }
 
@@ -194,15 +178,8 @@ impl ErrorAnswer {
     }
 
     /// Records the answer as sent, `bytes` of body included (access log, metrics).
-    pub fn sent(mut self, bytes: u64, complete: bool) {
-        if let Some(finish) = &mut self.finish {
-            let outcome = if complete {
-                BodyOutcome::Finished
-            } else {
-                BodyOutcome::Failed
-            };
-            finish.complete(bytes, outcome);
-        }
+    pub fn sent(self, bytes: u64, complete: bool) {
+        record_sent(self.finish, bytes, complete);
     }
 
     /// Every header field of the answer, in order: the error's own (content type, challenge
@@ -239,16 +216,40 @@ impl ErrorAnswer {
         *response.status_mut() = self.error.status();
         let headers = response.headers_mut();
         self.fields(|name, value| value.insert_into(name, headers));
-        if self.close {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        closing_and_observed(response, self.close, self.finish)
+    }
+}
+
+/// Completes an answer's bookkeeping (access log, metrics) once it was written or failed.
+fn record_sent(finish: Option<Finish>, bytes: u64, complete: bool) {
+    if let Some(mut finish) = finish {
+        let outcome = if complete {
+            BodyOutcome::Finished
+        } else {
+            BodyOutcome::Failed
+        };
+        finish.complete(bytes, outcome);
+    }
+}
+
+/// An answer as a `Response` for another protocol's writer: `Connection: close` when the
+/// connection must close after it, the body observed so the bookkeeping completes with it.
+fn closing_and_observed(
+    mut response: Response<ProxyBody>,
+    close: bool,
+    finish: Option<Finish>,
+) -> Response<ProxyBody> {
+    if close {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    match finish {
+        Some(finish) => {
+            let (parts, body) = response.into_parts();
+            Response::from_parts(parts, ObservedBody::new(body, finish).boxed())
         }
-        match self.finish {
-            Some(finish) => {
-                let (parts, body) = response.into_parts();
-                Response::from_parts(parts, ObservedBody::new(body, finish).boxed())
-            }
-            None => response,
-        }
+        None => response,
     }
 }
 
