@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -128,7 +128,13 @@ impl Body for ResponseBody {
                 Ok(None) => {}
                 Err(error) => return Poll::Ready(Some(Err(this.fail(error.into())))),
             }
-            match ready!(exchange.conn.poll_read(cx, room)) {
+            let Poll::Ready(read) = exchange.conn.poll_read(cx, room) else {
+                // A body waiting for its next bytes (a stream between events) keeps no read
+                // buffer while it holds nothing: the next read allocates one again.
+                exchange.conn.release_empty_read_buffer();
+                return Poll::Pending;
+            };
+            match read {
                 Ok(0) => {
                     // EOF ends a close-delimited body and truncates any other.
                     let ended = this.decoder.eof();

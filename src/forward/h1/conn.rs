@@ -189,6 +189,13 @@ impl Conn {
         matches!(peeked, Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Drops the read buffer's allocation when it holds no bytes (see `ResponseBody`).
+    pub(super) fn release_empty_read_buffer(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            self.read_buf = BytesMut::new();
+        }
+    }
+
     /// Waits until the socket is reported readable (bytes, EOF or an error are waiting).
     pub(super) async fn readable(&self) {
         let _ = self.stream.tcp().readable().await;

@@ -223,7 +223,15 @@ pub(super) async fn serve<R, W, H>(
                     context,
                     trailers_allowed,
                 };
-                write_response(&mut wr, &mut out, response, response_to, &mut keep_alive).await
+                write_response(
+                    &mut wr,
+                    &mut out,
+                    response,
+                    response_to,
+                    &mut keep_alive,
+                    &mut buf,
+                )
+                .await
             }
             Answer::Error(answer) => {
                 write_error(&mut wr, &mut out, answer, context, &mut keep_alive).await

@@ -37,6 +37,7 @@ pub(super) async fn write_response<W: AsyncWrite + Unpin>(
     response: Response<ProxyBody>,
     request: ResponseTo,
     keep_alive: &mut bool,
+    read_buf: &mut BytesMut,
 ) -> io::Result<()> {
     let (parts, body) = response.into_parts();
     let status = parts.status;
@@ -112,6 +113,7 @@ pub(super) async fn write_response<W: AsyncWrite + Unpin>(
             Some(frame) => frame,
             None => {
                 write_out(wr, out).await?;
+                release_while_waiting(out, read_buf);
                 std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
             }
         };
@@ -166,6 +168,11 @@ pub(super) async fn write_response<W: AsyncWrite + Unpin>(
         }
         sent += data.len() as u64;
         let chunked = matches!(framing, BodyFraming::Chunked);
+        if data.len() <= COALESCE_LIMIT {
+            // One allocation for the frame and its chunk framing when the buffer was released
+            // while the stream waited (a no-op otherwise).
+            out.reserve(data.len() + CHUNK_FRAMING);
+        }
         if chunked {
             encode_chunk_header(data.len(), out);
         }
@@ -209,6 +216,22 @@ async fn finish_body<W: AsyncWrite + Unpin>(
         BodyFraming::Length(_) | BodyFraming::None => {}
     }
     write_out(wr, out).await
+}
+
+/// Most bytes a chunk's framing adds: the size line (16 hex digits at most) and two CRLFs.
+const CHUNK_FRAMING: usize = 16 + 4;
+
+/// A response waiting for its next frame (a stream: SSE, a long completion) keeps no buffer it
+/// does not use: the output buffer was just written out, and the read buffer holds nothing
+/// while no pipelined request follows. Each comes back (allocated as needed) when next used.
+/// Thousands of open streams then cost their state, not 4 + 8 KiB of idle buffers each.
+fn release_while_waiting(out: &mut BytesMut, read_buf: &mut BytesMut) {
+    if out.is_empty() && out.capacity() > 0 {
+        *out = BytesMut::new();
+    }
+    if read_buf.is_empty() && read_buf.capacity() > 0 {
+        *read_buf = BytesMut::new();
+    }
 }
 
 async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<()> {

@@ -315,6 +315,35 @@ async fn an_allowed_check_is_its_identity_fields_then_its_own_and_keeps_the_conn
     client.assert_quiet("kept alive").await;
 }
 
+/// A stream waiting for its next frame gives its buffers back; the bytes around the wait, and
+/// a request pipelined behind the stream (still in the read buffer), come through intact.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_stream_continues_intact_with_or_without_a_pipelined_request() {
+    for pipelined in [false, true] {
+        let mut client = Client::with_timeouts().await;
+        let next = if pipelined { get("/ok") } else { String::new() };
+        client.send(format!("{}{next}", get("/slow-stream"))).await;
+        assert_eq!(
+            client.output().await,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n",
+            "pipelined {pipelined}: the first frame goes out before the wait"
+        );
+        client.script.stream_gate.notify_one();
+        let rest = "3\r\ntwo\r\n0\r\n\r\n";
+        if pipelined {
+            assert_eq!(
+                client.output().await,
+                format!("{rest}{}", ok_bytes("hello", ""))
+            );
+        } else {
+            assert_eq!(client.output().await, rest);
+            client.send(get("/ok")).await;
+            assert_eq!(client.output().await, ok_bytes("hello", ""));
+        }
+        client.assert_quiet("kept alive").await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_head_response_has_the_length_and_no_body_and_the_connection_stays() {
     let mut client = Client::with_timeouts().await;

@@ -48,6 +48,8 @@ struct Script {
     seen: Mutex<Vec<String>>,
     /// `/wait` answers once this is notified.
     release: Notify,
+    /// `/slow-stream` sends its second frame once this is notified.
+    stream_gate: Arc<Notify>,
     /// The connection `/upgrade` got; the test takes it.
     upgraded: Mutex<Option<oneshot::Receiver<io::Result<Upgraded>>>>,
 }
@@ -95,6 +97,25 @@ impl Script {
                 ok(crate::body::boxed(StreamBody::new(
                     futures_util::stream::iter(pieces),
                 )))
+            }
+            // A stream that waits between its frames, as SSE does.
+            "/slow-stream" => {
+                let gate = self.stream_gate.clone();
+                let frames = futures_util::stream::unfold(0u8, move |step| {
+                    let gate = gate.clone();
+                    async move {
+                        let frame = match step {
+                            0 => "one",
+                            1 => {
+                                gate.notified().await;
+                                "two"
+                            }
+                            _ => return None,
+                        };
+                        Some((Ok::<_, BoxError>(Frame::data(Bytes::from(frame))), step + 1))
+                    }
+                });
+                ok(crate::body::boxed(StreamBody::new(frames)))
             }
             // The head says 5 bytes; a 204 has none, and says nothing about a length.
             "/204" => {
