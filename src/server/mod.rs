@@ -237,28 +237,33 @@ async fn accept_and_drain<F, Fut>(
     // Every connection task, so the ones still running when the grace period ends can be cut.
     let mut connections = tokio::task::JoinSet::new();
 
-    loop {
-        // Reap finished connection tasks so the set stays as small as the live connections.
-        while connections.try_join_next().is_some() {}
+    // Finished connection tasks are reaped as they finish, not at the next accept: a finished
+    // task keeps its whole allocation (sized for the connection's future, several KiB) until
+    // reaped, so thousands of streams that just ended would otherwise hold their memory for
+    // as long as no new client comes.
+    'accepting: loop {
         // Take a connection slot first: over max_connections, new clients wait in the backlog.
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
+        let (stream, peer) = loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => break pair,
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "Accept failed.");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = shutdown.changed() => break 'accepting,
+            }
         };
         // The slot is released when the connection and any tunnel it opened are done.
         let slot = Arc::new(permit);
