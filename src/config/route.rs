@@ -131,9 +131,7 @@ fn compile_cors(
             if list.is_empty() || list.len() > MAX_CORS_ENTRIES {
                 fail(format!("methods must list 1 to {MAX_CORS_ENTRIES} methods"));
             }
-            list.iter()
-                .filter_map(|m| http_method(m.as_str()).map_err(&mut fail).ok())
-                .collect()
+            http_methods(list, &mut fail)
         }
         None => matcher.and_then(|m| m.methods.clone()).unwrap_or_else(|| {
             vec![
@@ -210,6 +208,14 @@ fn cors_origin(origin: &str) -> Result<String, String> {
 }
 
 /// A method as written in a config list, in any case (`"get"` is GET).
+/// Each name of `list` as a method (see [`http_method`]); a name that is none is reported
+/// through `fail` and left out.
+fn http_methods(list: &[super::values::Text], mut fail: impl FnMut(String)) -> Vec<Method> {
+    list.iter()
+        .filter_map(|name| http_method(name.as_str()).map_err(&mut fail).ok())
+        .collect()
+}
+
 fn http_method(text: &str) -> Result<Method, String> {
     Method::from_bytes(text.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("{text:?} is not an HTTP method"))
@@ -265,19 +271,13 @@ fn compile_match(route: &FileRoute, errors: &mut Errors<'_>) -> Option<RouteMatc
                 "match.methods must not be empty (leave it out to match every method)",
             );
         }
+        let methods = http_methods(methods, |message| errors.at(matcher_span.clone(), message));
+        for _ in methods.iter().filter(|method| **method == Method::CONNECT) {
+            errors.at(matcher_span.clone(), "CONNECT is never proxied");
+        }
         methods
-            .iter()
-            .filter_map(|m| match http_method(m.as_str()) {
-                Ok(method) if method == Method::CONNECT => {
-                    errors.at(matcher_span.clone(), "CONNECT is never proxied");
-                    None
-                }
-                Ok(method) => Some(method),
-                Err(message) => {
-                    errors.at(matcher_span.clone(), message);
-                    None
-                }
-            })
+            .into_iter()
+            .filter(|method| *method != Method::CONNECT)
             .collect::<Vec<_>>()
     });
 
@@ -397,14 +397,10 @@ fn compile_limits(route: &FileRoute, errors: &mut Errors<'_>) -> (Option<Rate>, 
                     "usage.methods must not be empty (leave it out to hold every method to the budget)",
                 );
             }
-            methods
-                .iter()
-                .filter_map(|m| {
-                    http_method(m.as_str())
-                        .map_err(|message| errors.at(usage.span(), format!("usage.methods: {message}")))
-                        .ok()
-                })
-                .collect::<Box<[Method]>>()
+            http_methods(methods, |message| {
+                errors.at(usage.span(), format!("usage.methods: {message}"));
+            })
+            .into_boxed_slice()
         });
         match HeaderName::from_bytes(value.header.as_str().to_ascii_lowercase().as_bytes()) {
             Ok(header) if value.tokens_per_minute > 0 => Some(UsageRule {
