@@ -268,6 +268,13 @@ match = {{ path_prefix = "/api/" }}
 upstream = "{upstream}"
 auth = ["api_key"]
 cors = {{ origins = ["{ORIGIN}"] }}
+
+[[routes]]
+name = "open"
+match = {{ path_prefix = "/open/" }}
+upstream = "{upstream}"
+auth = "none"
+cors = {{ origins = ["{ORIGIN}"] }}
 "#,
         upstream = upstream.url()
     );
@@ -309,5 +316,21 @@ cors = {{ origins = ["{ORIGIN}"] }}
         header(&plain, "access-control-allow-origin").as_deref(),
         Some(ORIGIN)
     );
+    // An allowed check on a route with `cors`: the CORS fields come with the identity's.
+    let open = client()
+        .get(format!("http://{check}/"))
+        .header("x-original-method", "GET")
+        .header("x-original-uri", "/open/page")
+        .header("origin", ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    assert_eq!(
+        header(&open, "access-control-allow-origin").as_deref(),
+        Some(ORIGIN)
+    );
+    assert_eq!(header(&open, "x-auth-subject").as_deref(), Some(""));
+    assert!(header(&open, "x-request-id").is_some());
     assert!(upstream.recorded().is_empty());
 }

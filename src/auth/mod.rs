@@ -365,15 +365,10 @@ impl Identity {
         self.put_headers(names, headers, false);
     }
 
-    /// [`Self::insert_headers`], with every standard field the identity does not fill set
-    /// empty: a forward-auth answer, whose proxy copies each field it is told to over the
-    /// client's copy (see `pipeline::forward_auth::allowed`).
-    pub fn insert_answer_headers(&self, names: &IdentityHeaderNames, headers: &mut HeaderMap) {
-        self.put_headers(names, headers, true);
-    }
-
     /// The identity fields of a forward-auth answer as `name: value\r\n` lines: those of
-    /// [`Self::insert_answer_headers`], in the same order, with the same values. Built once per
+    /// [`Self::insert_headers`], in the same order, with the same values, and every standard
+    /// field the identity does not fill set empty (the proxy copies each field it is told to
+    /// over the client's copy; see `pipeline::forward_auth::Allowed`). Built once per
     /// identity (and header prefix), then shared: a check costs a reference-count increment
     /// here instead of a dozen header-map operations.
     pub fn answer_fields(&self, names: &IdentityHeaderNames) -> bytes::Bytes {
@@ -383,7 +378,7 @@ impl Identity {
             return cached.lines.clone();
         }
         let mut fields = HeaderMap::with_capacity(16);
-        self.insert_answer_headers(names, &mut fields);
+        self.put_headers(names, &mut fields, true);
         let lines = field_lines(&fields);
         // The first prefix seen stays cached; an identity checked under another one (after a
         // reload changed it) builds its lines each time until it leaves the key cache.

@@ -39,10 +39,12 @@ impl Answer {
 }
 
 /// An allowed forward-auth check: 200, no body, the identity's fields for the proxy to copy,
-/// the signed assertion when configured, `RateLimit-*` and `x-request-id`. Like a refusal it
+/// the signed assertion when configured, `RateLimit-*`, `x-request-id` and, for an origin the
+/// route's `cors` allows, the CORS fields. Like a refusal it
 /// needs no header map: the identity's fields come serialized (once per identity), and the
 /// HTTP/1.1 writer copies them into its buffer. A check is the whole request of a forward-auth
 /// deployment, so this is its hot path.
+#[derive(Debug)]
 pub struct AllowedAnswer {
     /// `name: value\r\n` lines: the identity's fields, or every standard field empty on a
     /// public route.
@@ -52,36 +54,24 @@ pub struct AllowedAnswer {
     pub rate_limit: Option<LimitState>,
     /// As for [`ErrorAnswer::close`]: an unread request body closes the connection after.
     pub close: bool,
+    /// As for [`ErrorAnswer::cors`].
+    pub cors: Option<Box<CorsAnswer>>,
     pub(super) finish: Option<Finish>,
 }
 
-impl std::fmt::Debug for AllowedAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AllowedAnswer")
-            .field("identity_fields", &self.identity_fields)
-            .field("request_id", &self.request_id)
-            .field("rate_limit", &self.rate_limit)
-            .field("close", &self.close)
-            .finish_non_exhaustive()
-    }
-}
-
 impl AllowedAnswer {
-    /// The fields after the identity's, in order: the assertion, `RateLimit-*` once the
-    /// rate-limit step ran, `x-request-id`. Both renderings use this list, as for
+    /// The fields after the identity's, in order: the assertion, then those every answer of
+    /// authgate's own ends with ([`closing_fields`]). Both renderings use this list, as for
     /// [`ErrorAnswer::fields`].
     pub fn fields(&self, mut emit: impl FnMut(&HeaderName, FieldValue<'_>)) {
         if let Some((name, value)) = &self.assertion {
             emit(name, FieldValue::Value(value));
         }
-        if let Some(state) = self.rate_limit {
-            for (name, value) in limits::header_fields(state) {
-                emit(name, FieldValue::Number(value));
-            }
-        }
-        emit(
-            &X_REQUEST_ID,
-            FieldValue::Value(self.request_id.header_value()),
+        closing_fields(
+            self.rate_limit,
+            &self.request_id,
+            self.cors.as_deref(),
+            &mut emit,
         );
     }
 
@@ -94,6 +84,7 @@ impl AllowedAnswer {
             request_id,
             rate_limit: None,
             close: false,
+            cors: None,
             finish: None,
         }
     }
@@ -131,6 +122,7 @@ impl AllowedAnswer {
 /// An answer authgate gives itself: the error and what its response carries, without a
 /// header map. The HTTP/1.1 server writes it straight into its output buffer (the 401 path
 /// is the one any client can drive at will, so it stays cheap); HTTP/2 makes it a `Response`.
+#[derive(Debug)]
 pub struct ErrorAnswer {
     pub error: GatewayError,
     pub request_id: RequestId,
@@ -147,19 +139,6 @@ pub struct ErrorAnswer {
     pub cors: Option<Box<CorsAnswer>>,
     /// The request's metrics and access-log line, completed once the answer is sent.
     pub(super) finish: Option<Finish>,
-}
-
-impl std::fmt::Debug for ErrorAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ErrorAnswer")
-            .field("error", &self.error)
-            .field("request_id", &self.request_id)
-            .field("rate_limit", &self.rate_limit)
-            .field("close", &self.close)
-            .field("forward_auth", &self.forward_auth)
-            .field("cors", &self.cors)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ErrorAnswer {
@@ -189,18 +168,12 @@ impl ErrorAnswer {
     /// protocol's own.
     pub fn fields(&self, mut emit: impl FnMut(&HeaderName, FieldValue<'_>)) {
         self.error.fields(&mut emit);
-        if let Some(state) = self.rate_limit {
-            for (name, value) in limits::header_fields(state) {
-                emit(name, FieldValue::Number(value));
-            }
-        }
-        emit(
-            &X_REQUEST_ID,
-            FieldValue::Value(self.request_id.header_value()),
+        closing_fields(
+            self.rate_limit,
+            &self.request_id,
+            self.cors.as_deref(),
+            &mut emit,
         );
-        if let Some(cors) = &self.cors {
-            cors.fields(&mut |name, value| emit(name, FieldValue::Value(&value)));
-        }
         if self.forward_auth {
             // The body is plain ASCII JSON (codes, fixed messages, scope names, the request
             // id): a valid field value; if it ever were not, the field is left out.
@@ -217,6 +190,25 @@ impl ErrorAnswer {
         let headers = response.headers_mut();
         self.fields(|name, value| value.insert_into(name, headers));
         closing_and_observed(response, self.close, self.finish)
+    }
+}
+
+/// The fields every answer of authgate's own ends with: `RateLimit-*` once the rate-limit
+/// step ran, `x-request-id`, and the CORS fields for an origin the route's `cors` allows.
+fn closing_fields(
+    rate_limit: Option<LimitState>,
+    request_id: &RequestId,
+    cors: Option<&CorsAnswer>,
+    emit: &mut impl FnMut(&HeaderName, FieldValue<'_>),
+) {
+    if let Some(state) = rate_limit {
+        for (name, value) in limits::header_fields(state) {
+            emit(name, FieldValue::Number(value));
+        }
+    }
+    emit(&X_REQUEST_ID, FieldValue::Value(request_id.header_value()));
+    if let Some(cors) = cors {
+        cors.fields(&mut |name, value| emit(name, FieldValue::Value(&value)));
     }
 }
 

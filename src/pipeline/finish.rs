@@ -36,6 +36,13 @@ pub(super) struct Finish {
     pub(super) log: Option<Box<LogLine>>,
 }
 
+/// Nothing of it is worth printing where an answer is (its route and status are there).
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finish").finish_non_exhaustive()
+    }
+}
+
 /// What only the access log needs.
 pub(super) struct LogLine {
     pub(super) record: AccessRecord,

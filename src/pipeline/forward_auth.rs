@@ -141,18 +141,21 @@ fn single<'h>(
 
 /// What an allowed check answers beyond the fields every answer carries: the identity's
 /// fields, serialized once per identity, and the signed assertion when configured.
+///
+/// Every standard identity field is answered, empty where it does not apply (no user, no
+/// issuer for an API key, nothing on a public route): a proxy told to copy a field overwrites
+/// the client's copy with it either way. Caddy before 2.9 would otherwise set a missing field
+/// to its own placeholder text (`{http.reverse_proxy.header.X-Auth-User-Id}`), and newer
+/// versions, like Traefik, would leave the client's copy in place. nginx sends no field for
+/// an empty value. Nothing of the check request is echoed: a client's own `x-auth-*` fields
+/// were never copied here.
 pub(super) struct Allowed {
     pub(super) identity_fields: Bytes,
     pub(super) assertion: Option<(HeaderName, HeaderValue)>,
 }
 
-/// An allowed check's decision: [`Allowed`], answered without a header map; on a route with
-/// `cors` a response from [`allowed`] instead, for the CORS fields to join (rare: browsers
-/// seldom sit behind forward-auth).
+/// An allowed check's decision, answered without a header map (see [`Allowed`]).
 pub(super) fn decision(runtime: &Runtime, route: &Route, identity: Option<&Identity>) -> Decision {
-    if route.cors.is_some() {
-        return Decision::Response(allowed(runtime, route, identity));
-    }
     let names = &runtime.config.identity.names;
     Decision::Allowed(match identity {
         Some(identity) => Allowed {
@@ -169,45 +172,17 @@ pub(super) fn decision(runtime: &Runtime, route: &Route, identity: Option<&Ident
     })
 }
 
-/// The answer to an allowed check: 200, no body, authgate's identity headers (and the signed
-/// assertion when configured) for the proxy to copy onto the request it forwards. The caller
-/// adds `RateLimit-*` and `x-request-id`, as for any answer. Nothing of the check request is
-/// echoed: a client's own `x-auth-*` fields were never copied here.
-///
-/// Every standard identity field is answered, empty where it does not apply (no user, no
-/// issuer for an API key, nothing on a public route): a proxy told to copy a field overwrites
-/// the client's copy with it either way. Caddy before 2.9 would otherwise set a missing field
-/// to its own placeholder text (`{http.reverse_proxy.header.X-Auth-User-Id}`), and newer
-/// versions, like Traefik, would leave the client's copy in place. nginx sends no field for
-/// an empty value.
-pub(super) fn allowed(
-    runtime: &Runtime,
-    route: &Route,
-    identity: Option<&Identity>,
-) -> Response<ProxyBody> {
+/// The answer to a check of a CORS preflight, which a route with `cors` lets through without
+/// a credential: 200, every standard identity field empty (see [`Allowed`]); the caller adds
+/// the preflight's CORS fields.
+pub(super) fn preflight_allowed(runtime: &Runtime) -> Response<ProxyBody> {
     let mut response = Response::new(empty());
     let headers = response.headers_mut();
-    headers.reserve(ANSWER_FIELDS);
-    let names = &runtime.config.identity.names;
-    match identity {
-        Some(identity) => {
-            identity.insert_answer_headers(names, headers);
-            if let Some(signer) = runtime.assertion.as_deref() {
-                signer.insert(identity, &route.name, headers);
-            }
-        }
-        None => {
-            for name in names.standard() {
-                headers.insert(name.clone(), HeaderValue::from_static(""));
-            }
-        }
+    for name in runtime.config.identity.names.standard() {
+        headers.insert(name.clone(), HeaderValue::from_static(""));
     }
     response
 }
-
-/// The fields an allowed answer usually carries: 7 identity fields, claims, 3 `RateLimit-*`,
-/// `x-request-id`, a signed assertion, CORS fields.
-const ANSWER_FIELDS: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -244,6 +244,7 @@ async fn run<const CHECK: bool>(
                 request_id,
                 rate_limit: context.rate_limit,
                 close: body_pending && version <= Version::HTTP_11,
+                cors: context.cors,
                 finish: Some(finish),
             })
         }
@@ -558,7 +559,7 @@ fn preflight<const CHECK: bool>(
     let cors = route.cors.as_ref()?;
     let answer = if CHECK {
         // The proxy lets the preflight through; every identity field it copies is empty.
-        forward_auth::allowed(runtime, route, None)
+        forward_auth::preflight_allowed(runtime)
     } else {
         let mut answer = Response::new(crate::body::empty());
         *answer.status_mut() = StatusCode::NO_CONTENT;

@@ -292,7 +292,7 @@ pub(super) async fn write_error<W: AsyncWrite + Unpin>(
     let body = answer.error.json_body(&answer.request_id);
     out.clear();
     write_status_line(out, answer.error.status());
-    write_fields(out, |emit| answer.fields(emit));
+    answer.fields(field_writer(out, &mut itoa::Buffer::new()));
     write_content_length(out, body.len() as u64);
     finish_head(out, request, *keep_alive, true);
     let sent = if request.method_is_head {
@@ -322,7 +322,7 @@ pub(super) async fn write_allowed<W: AsyncWrite + Unpin>(
     out.clear();
     write_status_line(out, StatusCode::OK);
     out.extend_from_slice(&answer.identity_fields);
-    write_fields(out, |emit| answer.fields(emit));
+    answer.fields(field_writer(out, &mut itoa::Buffer::new()));
     write_content_length(out, 0);
     finish_head(out, request, *keep_alive, true);
     let written = write_out(wr, out).await;
@@ -330,21 +330,20 @@ pub(super) async fn write_allowed<W: AsyncWrite + Unpin>(
     written
 }
 
-/// The fields one of authgate's own answers lists (`ErrorAnswer::fields`,
-/// `AllowedAnswer::fields`), written into `out`.
-fn write_fields(
-    out: &mut BytesMut,
-    fields: impl FnOnce(&mut dyn FnMut(&http::HeaderName, FieldValue<'_>)),
-) {
-    let mut number = itoa::Buffer::new();
-    fields(&mut |name, value| {
+/// Writes each field it is given into `out`: the emitter of `ErrorAnswer::fields` and
+/// `AllowedAnswer::fields` on HTTP/1.1.
+fn field_writer<'o>(
+    out: &'o mut BytesMut,
+    number: &'o mut itoa::Buffer,
+) -> impl FnMut(&http::HeaderName, FieldValue<'_>) + 'o {
+    move |name, value| {
         let value = match value {
             FieldValue::Static(text) => text.as_bytes(),
             FieldValue::Value(value) => value.as_bytes(),
             FieldValue::Number(value) => number.format(value).as_bytes(),
         };
         write_header(out, name.as_str().as_bytes(), value);
-    });
+    }
 }
 
 fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -394,4 +393,26 @@ fn http_date() -> [u8; 29] {
         cached.set((second, text));
         text
     })
+}
+
+#[cfg(test)]
+mod waiting_tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_stream_gives_back_empty_buffers_and_keeps_pipelined_bytes() {
+        let mut out = BytesMut::with_capacity(4096);
+        let mut read_buf = BytesMut::with_capacity(8192);
+        release_while_waiting(&mut out, &mut read_buf);
+        assert_eq!((out.capacity(), read_buf.capacity()), (0, 0));
+
+        // A request pipelined behind the stream stays where it is, with its allocation.
+        let mut read_buf = BytesMut::with_capacity(8192);
+        read_buf.extend_from_slice(b"GET /next HTTP/1.1\r\n");
+        let mut out = BytesMut::with_capacity(4096);
+        release_while_waiting(&mut out, &mut read_buf);
+        assert_eq!(out.capacity(), 0);
+        assert_eq!(&read_buf[..], b"GET /next HTTP/1.1\r\n");
+        assert!(read_buf.capacity() >= 8192 - 20);
+    }
 }
