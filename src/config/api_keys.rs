@@ -41,50 +41,34 @@ pub(super) fn compile_api_keys(
         }
         None => file::DEFAULT_KEY_PREFIX.to_owned(),
     };
-    let min_length = match &keys.min_length {
-        Some(n) if *n.get_ref() < 16 || *n.get_ref() > 256 => {
-            errors.at(
-                n.span(),
-                "api_keys.min_length must be between 16 and 256 (shorter keys can be guessed)",
-            );
-            file::DEFAULT_KEY_MIN_LENGTH
-        }
-        Some(n) => *n.get_ref(),
-        None => file::DEFAULT_KEY_MIN_LENGTH,
-    };
-    let cache_capacity = match &keys.cache_capacity {
-        Some(capacity) if *capacity.get_ref() == 0 => {
-            errors.at(
-                capacity.span(),
-                "api_keys.cache_capacity must be at least 1",
-            );
-            file::DEFAULT_CACHE_CAPACITY
-        }
-        Some(capacity) => *capacity.get_ref(),
-        None => file::DEFAULT_CACHE_CAPACITY,
-    };
-    let negative_cache_capacity = match &keys.negative_cache_capacity {
-        Some(capacity) if *capacity.get_ref() == 0 => {
-            errors.at(
-                capacity.span(),
-                "api_keys.negative_cache_capacity must be at least 1",
-            );
-            file::DEFAULT_NEGATIVE_CACHE_CAPACITY
-        }
-        Some(capacity) => *capacity.get_ref(),
-        None => file::DEFAULT_NEGATIVE_CACHE_CAPACITY,
-    };
-    let max_source_lookups_per_second = match &keys.max_source_lookups_per_second {
-        Some(rate) if *rate.get_ref() == 0 => {
-            errors.at(
-                rate.span(),
-                "api_keys.max_source_lookups_per_second must be at least 1 (0 would refuse every key not in the cache)",
-            );
-            file::DEFAULT_MAX_SOURCE_LOOKUPS_PER_SECOND
-        }
-        Some(rate) => *rate.get_ref(),
-        None => file::DEFAULT_MAX_SOURCE_LOOKUPS_PER_SECOND,
-    };
+    let min_length = checked(
+        keys.min_length.as_ref(),
+        file::DEFAULT_KEY_MIN_LENGTH,
+        |n| (16..=256).contains(n),
+        "api_keys.min_length must be between 16 and 256 (shorter keys can be guessed)",
+        errors,
+    );
+    let cache_capacity = checked(
+        keys.cache_capacity.as_ref(),
+        file::DEFAULT_CACHE_CAPACITY,
+        |capacity| *capacity > 0,
+        "api_keys.cache_capacity must be at least 1",
+        errors,
+    );
+    let negative_cache_capacity = checked(
+        keys.negative_cache_capacity.as_ref(),
+        file::DEFAULT_NEGATIVE_CACHE_CAPACITY,
+        |capacity| *capacity > 0,
+        "api_keys.negative_cache_capacity must be at least 1",
+        errors,
+    );
+    let max_source_lookups_per_second = checked(
+        keys.max_source_lookups_per_second.as_ref(),
+        file::DEFAULT_MAX_SOURCE_LOOKUPS_PER_SECOND,
+        |rate| *rate > 0,
+        "api_keys.max_source_lookups_per_second must be at least 1 (0 would refuse every key not in the cache)",
+        errors,
+    );
     let failed_auth_limit = compile_failed_auth_limit(keys.failed_auth_limit.as_ref(), errors);
     let duration = |value: Option<super::values::DurationValue>, default: u64| {
         value.map_or(Duration::from_secs(default), |d| d.0)
@@ -205,6 +189,25 @@ fn compile_query_parameter<'t>(
         "api_keys.query_parameter = {text:?}: API keys are accepted in URLs; URLs end up in access logs, browser history and Referer headers. authgate removes the parameter before forwarding, but every hop before it has seen the key"
     ));
     Some(text)
+}
+
+/// A number from the file if `valid` holds for it, else `message` at its place and `default`
+/// (also when it is absent).
+fn checked<T: Copy>(
+    value: Option<&Spanned<T>>,
+    default: T,
+    valid: impl Fn(&T) -> bool,
+    message: &str,
+    errors: &mut Errors<'_>,
+) -> T {
+    match value {
+        Some(value) if !valid(value.get_ref()) => {
+            errors.at(value.span(), message);
+            default
+        }
+        Some(value) => *value.get_ref(),
+        None => default,
+    }
 }
 
 /// `api_keys.failed_auth_limit`: default on; `"off"` turns it off.

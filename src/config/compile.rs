@@ -764,6 +764,18 @@ mod tests {
                 "4:21: api_keys.failed_auth_limit must be { requests_per_second = N, burst = M } or \"off\"",
             ]
         );
+        assert_eq!(
+            errors("[api_keys]\ncache_capacity = 0\nmin_length = 257\n"),
+            [
+                "2:18: api_keys.cache_capacity must be at least 1",
+                "3:14: api_keys.min_length must be between 16 and 256 (shorter keys can be guessed)",
+            ]
+        );
+        let config = compile("[api_keys]\nmin_length = 16\ncache_capacity = 1\n").unwrap();
+        assert_eq!(
+            (config.api_keys.min_length, config.api_keys.cache_capacity),
+            (16, 1)
+        );
         let refused =
             errors("[api_keys]\nfailed_auth_limit = { requests_per_second = 0, burst = 3 }\n");
         assert_eq!(refused.len(), 1);
