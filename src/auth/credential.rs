@@ -206,7 +206,7 @@ fn with_query_key<'a>(
 fn query_parameter_value<'a>(query: &'a str, name: &str) -> Result<Option<&'a [u8]>, GatewayError> {
     let mut found = None;
     for pair in query.split('&') {
-        let (pair_name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (pair_name, value) = split_pair(pair);
         if decoded_equals(pair_name, name) {
             if found.is_some() {
                 return Err(GatewayError::BadRequest("more than one credential"));
@@ -217,10 +217,15 @@ fn query_parameter_value<'a>(query: &'a str, name: &str) -> Result<Option<&'a [u
     Ok(found)
 }
 
+/// A query pair's name and value, as sent (`name` alone: an empty value).
+fn split_pair(pair: &str) -> (&str, &str) {
+    pair.split_once('=').unwrap_or((pair, ""))
+}
+
 /// `query` without any `name=…` pair; `None` when it holds none (nothing to rewrite). The
 /// other pairs are kept byte for byte, in order.
 pub fn query_without_parameter(query: &str, name: &str) -> Option<String> {
-    let is_key = |pair: &&str| decoded_equals(pair.split_once('=').map_or(*pair, |(n, _)| n), name);
+    let is_key = |pair: &&str| decoded_equals(split_pair(pair).0, name);
     if !query.split('&').any(|pair| is_key(&pair)) {
         return None;
     }
