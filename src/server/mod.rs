@@ -21,6 +21,7 @@
 
 mod h1;
 mod handler;
+mod memory;
 
 pub(crate) use handler::{ForwardAuth, Handler};
 
@@ -176,6 +177,7 @@ async fn accept_loop(
         .clone()
         .map(tokio_rustls::TlsAcceptor::from);
     drop(config);
+    let memory_return = memory::spawn_return_of_freed_memory();
     let serving = gateway.clone();
     accept_and_drain(
         listener,
@@ -200,6 +202,7 @@ async fn accept_loop(
     }
     gateway.tunnels.abort_all();
     admin_task.abort();
+    memory_return.abort();
 }
 
 /// The `[forward_auth]` listener: HTTP/1.1 connections whose every request is a check.
