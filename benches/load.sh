@@ -27,6 +27,28 @@
 #   REDIS_URL=       Redis for authgate-redis; default: a private redis-server started
 #                    by this script on LOAD_CPU (pinned, no persistence)
 #   FA=1             forward-auth targets (front-proxy, front-check); 0 = skip them
+#   TLS=1            TLS targets (authgate-apikey-tls, nginx-apikey-tls, authgate-apikey-h2,
+#                    nginx-apikey-h2); 0 = skip them
+#   TLS_SUITE=TLS_AES_128_GCM_SHA256   the one TLS 1.3 cipher suite the clients offer
+#   H2_STREAMS=8     h2load -m (concurrent streams per connection) of the *-h2 targets
+#
+# TLS (the *-tls and *-h2 targets): the API-key route with the same key and the same
+# plain-http upstream, but the client talks TLS 1.3 to the proxy, with one self-signed EC
+# P-256 certificate (made with openssl in the temp dir) served by both proxies. authgate
+# serves TLS on its main listener only, so a second authgate process (same config plus
+# server.tls, on PROXY_CPU too) serves these targets, and its CPU is measured; nginx serves
+# them from an extra `listen ... ssl http2` server in the proxy nginx. The cipher suite is
+# pinned at the clients, since authgate's (rustls's) suites cannot be configured and it
+# follows the client's order: wrk gets an OPENSSL_CONF that offers TLS_SUITE alone, h2load
+# --tls13-ciphers=TLS_SUITE; nginx is also restricted to it (ssl_conf_command). Start-up
+# checks that wrk offers TLS_SUITE first (a logging TLS probe on the upstream nginx) and what
+# each proxy negotiates (openssl s_client); the suites are printed below the table.
+#   *-tls: wrk over https, HTTP/1.1 keep-alive (-c CONNS), like authgate-apikey.
+#   *-h2:  `h2load -t1 -c CONNS -m H2_STREAMS -D DURATION` over https with ALPN h2, on
+#          LOAD_CPU like wrk; p50/p99 come from h2load's per-request log (--log-file),
+#          errors = failed + errored + timed-out requests + non-2xx answers.
+# Every target on the API-key route must also answer 401 to a request without the key
+# (checked at start-up, over TLS and h2 too).
 #
 # Forward-auth (front-proxy vs front-check): a front nginx on LOAD_CPU either proxies the
 # API-key route through authgate (front-proxy), or asks authgate's [forward_auth] listener
@@ -54,6 +76,9 @@ KEEP_TMP=${KEEP_TMP:-0}
 TARGETS=${TARGETS:-}
 LIMITS=${LIMITS:-1}
 REDIS_URL=${REDIS_URL:-}
+TLS=${TLS:-1}
+TLS_SUITE=${TLS_SUITE:-TLS_AES_128_GCM_SHA256}
+H2_STREAMS=${H2_STREAMS:-8}
 
 log() { printf '[load.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -233,8 +258,8 @@ median() { # median NUM... (ignores "-")
 # A target = NAME, URL, PID whose CPU is measured ("-" = none), extra wrk args.
 # Extra args are stored joined with \x1f (unit separator) to survive spaces.
 TARGET_NAMES=()
-declare -A TARGET_URL TARGET_PID TARGET_ARGS TARGET_XPID
-add_target() { # add_target NAME URL PID [extra wrk args...]
+declare -A TARGET_URL TARGET_PID TARGET_ARGS TARGET_XPID TARGET_TOOL
+add_target() { # add_target NAME URL PID [extra wrk args...] (TARGET_TOOL[NAME]=h2load: h2load args)
     local name=$1 url=$2 pid=$3 IFS=$'\x1f'
     shift 3
     selected "$name" || return 0
@@ -254,37 +279,12 @@ target_args() { # target_args NAME -> sets ARGS array
 
 MAX_OTHER=0 # highest share (%) of PROXY_CPU used by something else during a proxy run
 # Results, per target: space-separated values, one per round.
-declare -A R_RPS R_P50 R_P99 R_CPU R_USR R_ERR R_XCPU
+declare -A R_RPS R_P50 R_P99 R_CPU R_USR R_ERR R_XCPU R_SUITE
 
-# bench_target NAME URL PID [extra wrk args...]: one wrk run, recorded.
-# With RECORD=0 (warm-up) nothing is recorded.
-bench_target() {
-    local name=$1 url=$2 pid=$3 out t0 t1 u0 u1 user_us rps p50 p99 reqs non2xx sockerr cpu_us util secs other
-    local c0_busy c0_total c1_busy c1_total x0 x1 xpid=${TARGET_XPID[$1]:--}
-    shift 3
-    out=$TMP/wrk-$name-$ROUND.txt
-    if [[ $pid != - ]]; then
-        t0=$(cpu_ticks "$pid") || die "$name (pid $pid) is not running"
-        u0=$(user_ticks "$pid")
-    fi
-    [[ $xpid == - ]] || x0=$(cpu_ticks "$xpid") || die "helper pid $xpid of $name is not running"
-    read -r c0_busy c0_total < <(cpu_line "$PROXY_CPU")
-    local dur=$DURATION
-    [[ ${RECORD:-1} == 1 ]] || dur=$WARMUP
-    # In the background + wait, so that a signal to this script is handled
-    # (cleanup trap) at once rather than after wrk finishes.
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency "$@" "$url" >"$out" 2>&1 &
-    WRK_PID=$!
-    wait "$WRK_PID" || { cat "$out" >&2; die "wrk failed for $name"; }
-    WRK_PID=
-    if [[ $pid != - ]]; then
-        t1=$(cpu_ticks "$pid") || die "$name (pid $pid) died during the run"
-        u1=$(user_ticks "$pid")
-    fi
-    [[ $xpid == - ]] || x1=$(cpu_ticks "$xpid") || die "helper pid $xpid of $name died during the run"
-    read -r c1_busy c1_total < <(cpu_line "$PROXY_CPU")
-    [[ ${RECORD:-1} == 1 ]] || return 0
-
+# bench_parse_wrk NAME OUT / bench_parse_h2load NAME OUT: parse one run's output into
+# rps p50 p99 (ms) reqs secs and ERRS (bench_target's locals).
+bench_parse_wrk() {
+    local name=$1 out=$2 non2xx sockerr
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     p50=$(awk '$1 == "50%" {print $2}' "$out")
     p99=$(awk '$1 == "99%" {print $2}' "$out")
@@ -299,7 +299,81 @@ bench_target() {
     sockerr=$(awk '/Socket errors:/ {gsub(/,/, ""); print $4 + $6 + $8 + $10}' "$out")
     # The *-401 targets measure the refusal path: their 401s are the point, not errors.
     [[ $name == *-401 ]] && non2xx=0
-    local errs=$((${non2xx:-0} + ${sockerr:-0}))
+    ERRS=$((${non2xx:-0} + ${sockerr:-0}))
+}
+# h2load prints no percentiles: they come from its per-request log (OUT.log: start µs,
+# status, µs to the end of the response; status -1 = failed stream), nearest rank.
+bench_parse_h2load() {
+    local name=$1 out=$2 failed non2xx suite alpn
+    # "finished in 3.00s, 40178.67 req/s, 1.38MB/s"
+    rps=$(awk '/^finished in / {print $4}' "$out")
+    secs=$(awk '/^finished in / {v = $3; sub(/,$/, "", v);
+        if (v ~ /ms$/) { sub(/ms$/, "", v); v /= 1000 } else sub(/s$/, "", v); print v}' "$out")
+    # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    reqs=$(awk '/^requests: / {print $6}' "$out")
+    failed=$(awk '/^requests: / {print $10 + $12 + $14}' "$out")
+    # "status codes: N 2xx, N 3xx, N 4xx, N 5xx"
+    non2xx=$(awk '/^status codes: / {print $5 + $7 + $9}' "$out")
+    suite=$(awk '/^Cipher: / {print $2}' "$out")
+    alpn=$(awk '/^Application protocol: / {print $3}' "$out")
+    [[ -n $rps && -n $secs && -n $reqs && -n $failed && -n $non2xx ]] ||
+        { cat "$out" >&2; die "cannot parse h2load output for $name"; }
+    ((reqs > 0)) || { cat "$out" >&2; die "$name: no requests completed"; }
+    [[ $alpn == h2 ]] || { cat "$out" >&2; die "$name: h2load did not negotiate h2 (got '$alpn')"; }
+    [[ $suite == "$TLS_SUITE" ]] || { cat "$out" >&2; die "$name: h2load negotiated '$suite', not $TLS_SUITE"; }
+    R_SUITE[$name]=$suite
+    read -r p50 p99 < <(awk -F'\t' '$2 >= 0 {print $3}' "$out.log" | sort -n |
+        awk '{a[NR] = $1} END { if (NR == 0) { print "NaN NaN"; exit }
+            i = int(NR * 0.5); if (i < NR * 0.5) i++; j = int(NR * 0.99); if (j < NR * 0.99) j++;
+            printf "%.4f %.4f\n", a[i] / 1000, a[j] / 1000 }')
+    [[ $name == *-401 ]] && non2xx=0
+    ERRS=$((failed + non2xx))
+}
+
+# bench_target NAME URL PID [extra wrk args...]: one wrk run, recorded.
+# With RECORD=0 (warm-up) nothing is recorded.
+bench_target() {
+    local name=$1 url=$2 pid=$3 out t0 t1 u0 u1 user_us rps p50 p99 reqs cpu_us util secs other ERRS
+    local c0_busy c0_total c1_busy c1_total x0 x1 xpid=${TARGET_XPID[$1]:--} tool=${TARGET_TOOL[$1]:-wrk}
+    shift 3
+    out=$TMP/wrk-$name-$ROUND.txt
+    if [[ $pid != - ]]; then
+        t0=$(cpu_ticks "$pid") || die "$name (pid $pid) is not running"
+        u0=$(user_ticks "$pid")
+    fi
+    [[ $xpid == - ]] || x0=$(cpu_ticks "$xpid") || die "helper pid $xpid of $name is not running"
+    read -r c0_busy c0_total < <(cpu_line "$PROXY_CPU")
+    local dur=$DURATION
+    [[ ${RECORD:-1} == 1 ]] || dur=$WARMUP
+    # In the background + wait, so that a signal to this script is handled
+    # (cleanup trap) at once rather than after wrk finishes.
+    if [[ $tool == h2load ]]; then
+        # h2load: HTTP/2 over TLS (ALPN h2), CONNS connections x H2_STREAMS streams.
+        taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$dur" \
+            --tls13-ciphers="$TLS_SUITE" --log-file="$out.log" "$@" "$url" >"$out" 2>&1 &
+    elif [[ $url == https://* ]]; then
+        # wrk has no cipher option: its OpenSSL gets a config that offers TLS_SUITE alone.
+        OPENSSL_CONF=$TLS_CLIENT_CNF taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency "$@" "$url" >"$out" 2>&1 &
+    else
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$dur" --latency "$@" "$url" >"$out" 2>&1 &
+    fi
+    WRK_PID=$!
+    wait "$WRK_PID" || { cat "$out" >&2; die "$tool failed for $name"; }
+    WRK_PID=
+    if [[ $pid != - ]]; then
+        t1=$(cpu_ticks "$pid") || die "$name (pid $pid) died during the run"
+        u1=$(user_ticks "$pid")
+    fi
+    [[ $xpid == - ]] || x1=$(cpu_ticks "$xpid") || die "helper pid $xpid of $name died during the run"
+    read -r c1_busy c1_total < <(cpu_line "$PROXY_CPU")
+    [[ ${RECORD:-1} == 1 ]] || return 0
+
+    if [[ $tool == h2load ]]; then
+        bench_parse_h2load "$name" "$out"
+    else
+        bench_parse_wrk "$name" "$out"
+    fi
+    local errs=$ERRS
 
     if [[ $pid == - ]]; then
         cpu_us=- user_us=- util=- other=-
@@ -321,10 +395,50 @@ bench_target() {
     [[ $xpid == - ]] ||
         R_XCPU[$name]+="$(awk -v d=$((x1 - x0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.3f", d * 1e6 / hz / n}') "
     R_ERR[$name]=$((${R_ERR[$name]:-0} + errs))
-    log "$(printf 'round %d %-16s %10s req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %7s us/req (user %s; %s of a core; CPU %s other load %s)  errors %d' \
+    log "$(printf 'round %d %-19s %10s req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %7s us/req (user %s; %s of a core; CPU %s other load %s)  errors %d' \
         "$ROUND" "$name" "$rps" "$p50" "$p99" "$cpu_us" "$user_us" "$util" "$PROXY_CPU" "$other$([[ $other == - ]] || echo %)" "$errs")"
     ((errs == 0)) || log "warning: $name had $errs non-2xx/socket errors in round $ROUND (see $out)"
 }
+
+# ------------------------------------------------------------------ TLS ----
+# One self-signed EC P-256 certificate for both proxies (SAN IP:127.0.0.1: curl checks it
+# with --cacert), and an OpenSSL config that makes wrk offer TLS 1.3 with TLS_SUITE alone.
+# The upstream nginx gets a TLS probe server that logs the suite each handshake chose
+# (client's order, all suites allowed): the start-up check of what wrk really offers.
+TLS_ON=0 UP_TLS=""
+if [[ $TLS == 1 ]] && { selected authgate-apikey-tls || selected nginx-apikey-tls ||
+    selected authgate-apikey-h2 || selected nginx-apikey-h2; }; then
+    TLS_ON=1
+    if selected authgate-apikey-h2 || selected nginx-apikey-h2; then
+        need_pkg h2load nghttp2-client
+    fi
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$TMP/tls.key" -out "$TMP/tls.crt" 2>"$TMP/tls-req.log" ||
+        { cat "$TMP/tls-req.log" >&2; die "cannot make the TLS certificate"; }
+    TLS_CLIENT_CNF=$TMP/openssl-client.cnf
+    cat >"$TLS_CLIENT_CNF" <<EOF
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+MinProtocol = TLSv1.3
+Ciphersuites = $TLS_SUITE
+EOF
+    free_port; PROBE_PORT=$PORT
+    UP_TLS="
+    log_format tlsprobe '\$ssl_protocol \$ssl_cipher';
+    server {
+        listen 127.0.0.1:$PROBE_PORT ssl;
+        ssl_certificate $TMP/tls.crt;
+        ssl_certificate_key $TMP/tls.key;
+        ssl_protocols TLSv1.3;
+        access_log $TMP/tls-probe.log tlsprobe;
+        location / { return 200 \"ok\"; }
+    }"
+fi
 
 # ------------------------------------------------------------- upstream ----
 free_port; UP_PORT=$PORT
@@ -333,7 +447,7 @@ start_nginx upstream "$LOAD_CPU" "
         listen 127.0.0.1:$UP_PORT reuseport backlog=4096;
         location = /jwks.json { default_type application/json; alias $TMP/jwks.json; }
         location / { return 200 \"ok\"; }
-    }"
+    }$UP_TLS"
 UP_PID=$NGINX_PID
 wait_http "http://127.0.0.1:$UP_PORT/" "$UP_PID" "upstream nginx" "$TMP/nginx-upstream/error.log"
 log "upstream nginx pid $UP_PID on :$UP_PORT (CPU $LOAD_CPU)"
@@ -392,23 +506,9 @@ log "generated $KEYS API keys"
 # can be added to this http block on their own ports; they share the process,
 # which is fine since only one target is loaded at a time.
 free_port; NGX_PORT=$PORT
-start_nginx proxy "$PROXY_CPU" "
-    upstream backend {
-        server 127.0.0.1:$UP_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    map_hash_bucket_size 128;
-    map \$http_authorization \$api_key_ok {
-        default 0;
-        include $TMP/keys.map;
-    }
-    map \$http_authorization \$api_tenant {
-        default \"\";
-        include $TMP/tenants.map;
-    }
-    server {
-        listen 127.0.0.1:$NGX_PORT reuseport backlog=4096;
+# The same locations in clear and, with TLS, on a TLS 1.3 listener (HTTP/1.1 and h2, ALPN)
+# restricted to TLS_SUITE, in the same process.
+NGX_LOCATIONS="
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -431,8 +531,46 @@ start_nginx proxy "$PROXY_CPU" "
             proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_set_header X-Forwarded-Host \$host;
             proxy_set_header X-Request-Id \$request_id;
-        }
+        }"
+NGX_TLS=""
+if [[ $TLS_ON == 1 ]]; then
+    free_port; NGX_TLS_PORT=$PORT
+    NGX_TLS="
+    server {
+        listen 127.0.0.1:$NGX_TLS_PORT ssl http2 reuseport backlog=4096;
+        ssl_certificate $TMP/tls.crt;
+        ssl_certificate_key $TMP/tls.key;
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites $TLS_SUITE;
+$NGX_LOCATIONS
     }"
+fi
+# Idle upstream connections nginx keeps: 64, or with the h2 targets as many as the requests
+# they keep in flight (CONNS x H2_STREAMS), lest nginx open and close upstream connections
+# all along where authgate's pool (512 idle per host) reuses them.
+NGX_UP_KEEPALIVE=64
+if [[ $TLS_ON == 1 ]] && ((CONNS * H2_STREAMS > NGX_UP_KEEPALIVE)); then
+    NGX_UP_KEEPALIVE=$((CONNS * H2_STREAMS))
+fi
+start_nginx proxy "$PROXY_CPU" "
+    upstream backend {
+        server 127.0.0.1:$UP_PORT;
+        keepalive $NGX_UP_KEEPALIVE;
+        keepalive_requests 1000000;
+    }
+    map_hash_bucket_size 128;
+    map \$http_authorization \$api_key_ok {
+        default 0;
+        include $TMP/keys.map;
+    }
+    map \$http_authorization \$api_tenant {
+        default \"\";
+        include $TMP/tenants.map;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT reuseport backlog=4096;
+$NGX_LOCATIONS
+    }$NGX_TLS"
 NGX_PID=$NGINX_PID
 wait_http "http://127.0.0.1:$NGX_PORT/" "$NGX_PID" "nginx proxy" "$TMP/nginx-proxy/error.log"
 log "nginx proxy pid $NGX_PID on :$NGX_PORT (CPU $PROXY_CPU)"
@@ -538,6 +676,21 @@ write_authgate_config "$TMP/authgate.toml" "$AG_PORT" "$ADMIN_PORT" "$FA_SECTION
 start_authgate authgate "$TMP/authgate.toml" "$ADMIN_PORT"
 AG_PID=$AUTHGATE_PID
 log "authgate pid $AG_PID on :$AG_PORT, admin :$ADMIN_PORT (CPU $PROXY_CPU, --threads $THREADS)"
+
+# A second authgate, identical but with server.tls on its listener, for the *-tls and *-h2
+# targets (authgate serves TLS on its main listener only).
+ATLS_PID=-
+if [[ $TLS_ON == 1 ]] && { selected authgate-apikey-tls || selected authgate-apikey-h2; }; then
+    free_port; ATLS_PORT=$PORT
+    free_port; ATLS_ADMIN_PORT=$PORT
+    write_authgate_config "$TMP/authgate-tls.toml" "$ATLS_PORT" "$ATLS_ADMIN_PORT"
+    sed -i "/^\[server\]\$/a tls = { cert = \"$TMP/tls.crt\", key = \"$TMP/tls.key\" }" "$TMP/authgate-tls.toml"
+    "$BIN" check -c "$TMP/authgate-tls.toml" >"$TMP/authgate-tls.check" 2>&1 ||
+        { cat "$TMP/authgate-tls.check" >&2; die "authgate refuses its TLS config $TMP/authgate-tls.toml"; }
+    start_authgate authgate-tls "$TMP/authgate-tls.toml" "$ATLS_ADMIN_PORT"
+    ATLS_PID=$AUTHGATE_PID
+    log "authgate (TLS) pid $ATLS_PID on https :$ATLS_PORT, admin :$ATLS_ADMIN_PORT (CPU $PROXY_CPU, --threads $THREADS)"
+fi
 
 # The front nginx of the forward-auth targets, on LOAD_CPU (its CPU is reported apart): one
 # server proxies through authgate, the other asks authgate's check listener (auth_request, as
@@ -678,6 +831,20 @@ if [[ $FRONT_PID != - ]]; then
         [[ -z ${TARGET_URL[$name]:-} ]] || TARGET_XPID[$name]=$FRONT_PID
     done
 fi
+if [[ $TLS_ON == 1 ]]; then
+    # The API-key route and key over TLS 1.3: HTTP/1.1 keep-alive (wrk), then h2 (h2load).
+    if [[ $ATLS_PID != - ]]; then
+        add_target authgate-apikey-tls "https://127.0.0.1:$ATLS_PORT/api/x" "$ATLS_PID" -H "Authorization: Bearer $API_KEY"
+    fi
+    add_target nginx-apikey-tls "https://127.0.0.1:$NGX_TLS_PORT/api/x" "$NGX_PID" -H "Authorization: Bearer $API_KEY"
+    if [[ $ATLS_PID != - ]]; then
+        add_target authgate-apikey-h2 "https://127.0.0.1:$ATLS_PORT/api/x" "$ATLS_PID" -H "authorization: Bearer $API_KEY"
+    fi
+    add_target nginx-apikey-h2 "https://127.0.0.1:$NGX_TLS_PORT/api/x" "$NGX_PID" -H "authorization: Bearer $API_KEY"
+    for name in authgate-apikey-h2 nginx-apikey-h2; do
+        [[ -z ${TARGET_URL[$name]:-} ]] || TARGET_TOOL[$name]=h2load
+    done
+fi
 ((${#TARGET_NAMES[@]} > 0)) || die "TARGETS=$TARGETS selects no target"
 
 if [[ -z $BASELINE ]]; then
@@ -687,10 +854,24 @@ fi
 [[ -n ${TARGET_URL[$BASELINE]:-} ]] || die "BASELINE=$BASELINE is not a target"
 
 # Sanity check: every target answers 200 with the upstream body, using the
-# target's -H headers.
+# target's -H headers, and on the API-key route 401 without them (over TLS with the
+# target's HTTP version: 1.1 for wrk, 2 for h2load).
 for name in "${TARGET_NAMES[@]}"; do
     target_args "$name"
-    curl_args=()
+    curl_args=() want_ver=1.1
+    if [[ ${TARGET_URL[$name]} == https://* ]]; then
+        curl_args=(--cacert "$TMP/tls.crt" --tlsv1.3)
+        if [[ ${TARGET_TOOL[$name]:-wrk} == h2load ]]; then
+            curl_args+=(--http2) want_ver=2
+        else
+            curl_args+=(--http1.1)
+        fi
+    fi
+    if [[ ${TARGET_URL[$name]} == */api/* && $name != *-401 ]]; then
+        code=$(curl -s -o /dev/null --max-time 5 -w '%{http_version} %{http_code}' "${curl_args[@]}" "${TARGET_URL[$name]}" || true)
+        [[ $code == "$want_ver 401" ]] ||
+            die "target $name: expected HTTP/$want_ver 401 without the key from ${TARGET_URL[$name]}, got '$code'"
+    fi
     for ((i = 0; i < ${#ARGS[@]}; i++)); do
         if [[ ${ARGS[i]} == -H || ${ARGS[i]} == --header ]]; then
             curl_args+=(-H "${ARGS[i + 1]}")
@@ -702,14 +883,44 @@ for name in "${TARGET_NAMES[@]}"; do
         [[ $code == 401 ]] || die "target $name: expected 401 from ${TARGET_URL[$name]}, got $code"
         continue
     fi
-    resp=$(curl -s --max-time 5 -w ' %{http_code}' "${curl_args[@]}" "${TARGET_URL[$name]}" || true)
-    [[ $resp == "ok 200" ]] || die "target $name: expected 'ok 200' from ${TARGET_URL[$name]}, got '${resp:0:200}'"
+    resp=$(curl -s --max-time 5 -w ' %{http_version} %{http_code}' "${curl_args[@]}" "${TARGET_URL[$name]}" || true)
+    [[ $resp == "ok $want_ver 200" ]] ||
+        die "target $name: expected 'ok $want_ver 200' from ${TARGET_URL[$name]}, got '${resp:0:200}'"
 done
 
 # The Redis target must really have gone through Redis: its limit state is there.
 if [[ -n ${TARGET_URL[authgate-redis]:-} ]]; then
     states=$(redis-cli -u "$REDIS_URL" --scan --pattern "${REDIS_PREFIX}rl:*" | wc -l)
     ((states > 0)) || die "authgate-redis: no limit state under ${REDIS_PREFIX}rl:* in $REDIS_URL"
+fi
+
+# TLS: which suite wrk offers first (the probe logs what each handshake chose, the client's
+# order deciding), and what each proxy negotiates with an OpenSSL client pinned like wrk and,
+# for comparison, unpinned (OpenSSL's default order, AES-256 first).
+TLS_NOTES=()
+if [[ $TLS_ON == 1 ]]; then
+    OPENSSL_CONF=$TLS_CLIENT_CNF taskset -c "$LOAD_CPU" wrk -t1 -c1 -d1s "https://127.0.0.1:$PROBE_PORT/" \
+        >"$TMP/tls-probe.wrk" 2>&1 || { cat "$TMP/tls-probe.wrk" >&2; die "wrk over TLS to the probe failed"; }
+    wrk_suite=$(sort -u "$TMP/tls-probe.log" 2>/dev/null | paste -sd, -)
+    [[ $wrk_suite == "TLSv1.3 $TLS_SUITE" ]] ||
+        die "wrk (OPENSSL_CONF=$TLS_CLIENT_CNF) negotiated '$wrk_suite' with the TLS probe, not TLSv1.3 $TLS_SUITE"
+    TLS_NOTES+=("wrk (OPENSSL_CONF) offers and gets: $wrk_suite")
+    s_client_suite() { # s_client_suite PORT [OPENSSL_CONF] -> "TLSv1.3 SUITE"
+        local envp=()
+        [[ -z ${2:-} ]] || envp=(env "OPENSSL_CONF=$2")
+        "${envp[@]}" timeout 5 openssl s_client -connect "127.0.0.1:$1" \
+            -CAfile "$TMP/tls.crt" -verify_return_error </dev/null 2>/dev/null |
+            sed -n 's/^New, \(.*\), Cipher is \(.*\)$/\1 \2/p' | head -n1
+    }
+    for name in authgate nginx; do
+        if [[ $name == authgate ]]; then port=${ATLS_PORT:-}; else port=$NGX_TLS_PORT; fi
+        [[ -n $port ]] || continue
+        pinned=$(s_client_suite "$port" "$TLS_CLIENT_CNF")
+        [[ $pinned == "TLSv1.3 $TLS_SUITE" ]] ||
+            die "$name over TLS negotiates '$pinned' with a client offering $TLS_SUITE alone"
+        unpinned=$(s_client_suite "$port")
+        TLS_NOTES+=("$name: $pinned (openssl s_client pinned like wrk; unpinned OpenSSL client: ${unpinned:-handshake failed})")
+    done
 fi
 
 # ---------------------------------------------------------------- runs ----
@@ -750,6 +961,9 @@ fmt() { # fmt PRINTF_FMT VALUE
     [[ -z $TARGETS ]] || cmd+=" TARGETS=$(printf '%q' "$TARGETS")"
     [[ $LIMITS == 1 ]] || cmd+=" LIMITS=$LIMITS"
     [[ $REDIS_PID != - || -z ${TARGET_URL[authgate-redis]:-} ]] || cmd+=" REDIS_URL=$REDIS_URL"
+    [[ $TLS == 1 ]] || cmd+=" TLS=$TLS"
+    [[ $TLS_SUITE == TLS_AES_128_GCM_SHA256 ]] || cmd+=" TLS_SUITE=$TLS_SUITE"
+    [[ $H2_STREAMS == 8 ]] || cmd+=" H2_STREAMS=$H2_STREAMS"
     cmd+=" $INVOKED_AS"
 
     echo "## authgate load benchmark"
@@ -763,6 +977,13 @@ fmt() { # fmt PRINTF_FMT VALUE
             IFS=,
             echo "${TARGET_NAMES[*]}"
         )), medians over rounds"
+    if [[ $TLS_ON == 1 ]]; then
+        echo "- TLS (*-tls, *-h2): TLS 1.3 to the proxy (self-signed EC P-256 certificate, both proxies), plain http to the upstream;" \
+            "*-tls: wrk as above over https; *-h2: \`h2load -t1 -c$CONNS -m$H2_STREAMS -D $DURATION --tls13-ciphers=$TLS_SUITE\`" \
+            "($(h2load --version 2>/dev/null | head -n1 || echo 'h2load ?'); ALPN h2, p50/p99 from its per-request log);" \
+            "authgate: a second process with server.tls, nginx: an ssl http2 server in the proxy nginx"
+        echo "- TLS cipher suites: clients pinned to $TLS_SUITE$(printf '; %s' "${TLS_NOTES[@]}")$(for name in "${TARGET_NAMES[@]}"; do [[ -z ${R_SUITE[$name]:-} ]] || printf '; h2load %s: %s' "$name" "${R_SUITE[$name]}"; done)"
+    fi
     echo "- Pinning: proxies on CPU $PROXY_CPU (authgate --threads $THREADS, nginx 1 process); wrk + upstream nginx on CPU $LOAD_CPU"
     echo "- Noise: CPU $PROXY_CPU was busy with other work for at most $MAX_OTHER% of a proxy run$( ((MAX_OTHER <= 5)) || echo ' (NOISY: req/s and latency unreliable, CPU µs/req still usable)')"
     echo "- CPU µs/req: utime+stime of the proxy process (/proc/<pid>/stat, all threads, CLK_TCK=$CLK_TCK) over the run / requests; \"of which user\": utime alone"
@@ -786,6 +1007,16 @@ fmt() { # fmt PRINTF_FMT VALUE
     for name in "${TARGET_NAMES[@]}"; do
         echo "- $name: ${R_RPS[$name]% }; ${R_CPU[$name]% }"
     done
+    pairs=""
+    for suffix in apikey apikey-tls apikey-h2; do
+        [[ -n ${TARGET_URL[authgate-$suffix]:-} && -n ${TARGET_URL[nginx-$suffix]:-} ]] || continue
+        pairs+="$([[ -z $pairs ]] || echo ';') $suffix: CPU $(ratio "$(median ${R_CPU[authgate-$suffix]})" "$(median ${R_CPU[nginx-$suffix]})")"
+        pairs+=", req/s $(ratio "$(median ${R_RPS[authgate-$suffix]})" "$(median ${R_RPS[nginx-$suffix]})")"
+    done
+    if [[ -n $pairs ]]; then
+        echo
+        echo "authgate / nginx on the same route and transport (medians):$pairs"
+    fi
     if [[ -n ${TARGET_URL[front-proxy]:-} && -n ${TARGET_URL[front-check]:-} ]]; then
         fa_proxy=$(median ${R_CPU[front-proxy]})
         fa_check=$(median ${R_CPU[front-check]})

@@ -4,6 +4,7 @@
 #
 #   benches/streams.sh                                    # N=4000, about 3 minutes
 #   STREAMS=10000 AUTHGATE_BIN=target/release/authgate benches/streams.sh > result.md  # RLIMIT_NOFILE >= 20256
+#   CLIENT_PROTO=h2 H2_CONNS=40 benches/streams.sh      # the clients over HTTP/2 (h2c), 100 streams per connection
 #
 # Path: client (benches/streams/sse_clients.py, Python asyncio, HTTP/1.1, one connection per
 # stream, `Authorization: Bearer KEY`) -> proxy -> upstream (benches/streams/sse_upstream.py,
@@ -52,6 +53,9 @@
 #   TARGETS="authgate nginx"
 #   AUTHGATE_BIN=       the authgate binary; unset: `cargo build --release --locked`
 #   PROXY_CPU=0 LOAD_CPU=1   KEEP_TMP=1 keeps the temp dir (configs, logs, JSON, smaps)
+#   CLIENT_PROTO=h1     h1: HTTP/1.1, one connection per stream (sse_clients.py); h2: HTTP/2
+#                       h2c prior knowledge, streams multiplexed over H2_CONNS connections
+#   H2_CONNS=40         h2 only: client connections (STREAMS/H2_CONNS streams each, at most 256)
 #
 # Huge pages: authgate's allocator (mimalloc) asks for transparent huge pages for its heap
 # (the kernel's THP mode "madvise" is enough), so its RSS moves in 2 MiB pages, and after the
@@ -60,8 +64,23 @@
 # notes give the share in huge pages; `MIMALLOC_ALLOW_THP=0 benches/streams.sh` (the
 # environment reaches authgate) shows authgate's heap without them.
 #
-# HTTP/2 clients: not covered yet (the client is standard-library Python, which has no h2;
-# the h2 variant is to be added with an h2 client).
+# HTTP/2 clients (CLIENT_PROTO=h2): the clients speak cleartext HTTP/2 with prior knowledge
+# (h2c, no Upgrade) to the proxy, the upstream side stays HTTP/1.1 keep-alive. The client is
+# h2load (Debian nghttp2-client, installed like the other tools): `h2load -n STREAMS
+# -c H2_CONNS -m ceil(STREAMS/H2_CONNS)`, one request per stream, all streams of a connection
+# opened at once, the connections started evenly over RAMP s (h2load --rate per 1 s). authgate
+# serves h2c prior knowledge on its main listener (max_concurrent_streams 256); nginx gets
+# `listen ... http2` (1.22: that port then speaks only HTTP/2) and
+# `http2_max_concurrent_streams 256` (its default is 128). What differs from h1 mode:
+#   - all N streams open at once is checked at the upstream (SIGUSR2: streams open now, and
+#     the most open at once), not by the client: the row is INVALID if it never reaches N;
+#   - h2load does not count events: a run is valid when every response is 200 and complete
+#     (no reset, no timeout) and the DATA bytes received are exactly N times the bytes of one
+#     stream's events, so events = N * ceil(DURATION/INTERVAL); the steady-state CPU figure
+#     counts the events the upstream wrote in the window (SIGUSR2), not those received;
+#   - no event delay; the ramp's TTFB is h2load's min / mean / max (no percentiles);
+#   - the TTFB probes (TTFB_LEVELS) are skipped (they are HTTP/1.1, one connection each);
+#   - the sanity requests use curl --http2-prior-knowledge (and must come back as HTTP/2).
 #
 # Output: markdown on stdout, progress on stderr. Exit status 1 when any stream failed (a run
 # with failures is not a valid measurement: the row is marked INVALID).
@@ -87,6 +106,8 @@ TARGETS=${TARGETS:-authgate nginx}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
+CLIENT_PROTO=${CLIENT_PROTO:-h1}
+H2_CONNS=${H2_CONNS:-40}
 
 log() { printf '[streams.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -107,6 +128,8 @@ need_pkg curl curl
 need_pkg taskset util-linux
 need_pkg ss iproute2
 need_pkg python3 python3
+[[ $CLIENT_PROTO == h1 || $CLIENT_PROTO == h2 ]] || die "CLIENT_PROTO must be h1 or h2, not '$CLIENT_PROTO'"
+[[ $CLIENT_PROTO == h1 ]] || need_pkg h2load nghttp2-client
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 for cpu in "$PROXY_CPU" "$LOAD_CPU"; do
@@ -115,6 +138,21 @@ done
 [[ $PROXY_CPU != "$LOAD_CPU" ]] || log "warning: PROXY_CPU == LOAD_CPU, the proxy shares a CPU with the client and upstream"
 [[ $STREAMS =~ ^[0-9]+$ ]] && ((STREAMS > 0)) || die "STREAMS must be a positive integer"
 for lvl in $TTFB_LEVELS; do [[ $lvl =~ ^[1-9][0-9]*$ ]] || die "TTFB_LEVELS: $lvl is not a positive integer"; done
+# PROBE_LEVELS: the TTFB levels actually measured (none with h2 clients: the probes are HTTP/1.1).
+# PROXY_CURL: curl options for requests to the proxies' listeners.
+PROBE_LEVELS=$TTFB_LEVELS
+PROXY_CURL=()
+NGX_HTTP2="" NGX_H2_CONF=""
+if [[ $CLIENT_PROTO == h2 ]]; then
+    [[ $H2_CONNS =~ ^[0-9]+$ ]] && ((H2_CONNS > 0)) || die "H2_CONNS must be a positive integer"
+    ((H2_CONNS <= STREAMS)) || die "H2_CONNS=$H2_CONNS is more than STREAMS=$STREAMS"
+    H2_PER_CONN=$(((STREAMS + H2_CONNS - 1) / H2_CONNS))
+    ((H2_PER_CONN <= 256)) || die "STREAMS/H2_CONNS = $H2_PER_CONN streams per connection: authgate allows 256; raise H2_CONNS"
+    PROBE_LEVELS=""
+    PROXY_CURL=(--http2-prior-knowledge)
+    NGX_HTTP2=" http2"
+    NGX_H2_CONF="http2_max_concurrent_streams 256;"
+fi
 
 # Open files: every stream is one client socket and one upstream socket in the proxy.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -210,15 +248,16 @@ print("-" if v is None else v)' "$1" "$2"
 }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
-wait_http() { # wait_http URL PID NAME LOGFILE [HEADER]: until URL answers 200, max 30 s
+wait_http() { # wait_http URL PID NAME LOGFILE [HEADER [CURL_OPTION...]]: until URL answers 200, max 30 s
     local url=$1 pid=$2 name=$3 logfile=$4 hdr=${5:-X-Bench: 1} i
+    shift $(($# < 5 ? $# : 5))
     for ((i = 0; i < 300; i++)); do
         if ! alive "$pid"; then
             log "$name exited during start-up; last log lines:"
             tail -n 30 "$logfile" >&2 || true
             die "$name failed to start"
         fi
-        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "$hdr" "$url" || true) == 200 ]] && return 0
+        [[ $(curl "$@" -s -o /dev/null -w '%{http_code}' --max-time 2 -H "$hdr" "$url" || true) == 200 ]] && return 0
         sleep 0.1
     done
     tail -n 30 "$logfile" >&2 || true
@@ -335,7 +374,8 @@ http {
         "Bearer $API_KEY" 1;
     }
     server {
-        listen 127.0.0.1:$PROXY_PORT reuseport backlog=4096;
+        listen 127.0.0.1:$PROXY_PORT reuseport backlog=4096$NGX_HTTP2;
+        $NGX_H2_CONF
         location /sse/ {
             if (\$api_key_ok = 0) { return 401; }
             proxy_pass http://sse;
@@ -359,7 +399,7 @@ CONF
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     wait_http "http://127.0.0.1:$PROXY_PORT/sse/stream?duration=0" "$PROXY_PID" nginx "$dir/error.log" \
-        "Authorization: Bearer $API_KEY"
+        "Authorization: Bearer $API_KEY" "${PROXY_CURL[@]}"
 }
 
 # ------------------------------------------------------------- measures ----
@@ -374,6 +414,83 @@ progress_events() { # progress_events CLIENT_PID FILE -> events the client has r
     [[ -s $2 ]] || return 1
     read -r ev _ <"$2"
     echo "$ev"
+}
+
+# up_stat: the upstream's SIGUSR2 line -> sets UP_OPEN (streams open now), UP_EVENTS (events
+# written so far) and raises UP_RUNMAX to the most streams open at once since the last call
+UP_RUNMAX=0
+up_stat() {
+    local n0 i line
+    n0=$(grep -ac 'sse_upstream: now open' "$TMP/upstream.log" || true)
+    kill -USR2 "$UP_PID" 2>/dev/null || return 1
+    for ((i = 0; i < 300; i++)); do
+        (($(grep -ac 'sse_upstream: now open' "$TMP/upstream.log" || true) > n0)) && break
+        sleep 0.01
+    done
+    line=$(grep -a 'sse_upstream: now open' "$TMP/upstream.log" | tail -n 1)
+    UP_OK=0
+    [[ $line =~ now\ open\ ([0-9]+),\ max\ open\ since\ last\ ([0-9]+),\ events\ ([0-9]+) ]] || return 1
+    UP_OPEN=${BASH_REMATCH[1]} UP_EVENTS=${BASH_REMATCH[3]}
+    ((BASH_REMATCH[2] <= UP_RUNMAX)) || UP_RUNMAX=${BASH_REMATCH[2]}
+    UP_OK=1
+}
+# events_now CLIENT_PID FILE -> events so far: received by the client (h1), or written by the
+# upstream as of the up_stat call just made (h2; run in $(...), so it must not signal itself)
+events_now() {
+    if [[ $CLIENT_PROTO == h2 ]]; then
+        ((UP_OK == 1)) || return 1
+        echo "$UP_EVENTS"
+    else
+        progress_events "$@"
+    fi
+}
+
+# h2_result NAME LOG -> JSON (stdout) from h2load's summary: streams, completed (2xx and the
+# whole body), failed, events, ttfb, client CPU
+h2_result() {
+    python3 - "$STREAMS" "$EXPECT" "$EVENT_BYTES" "$2" "${H2_CLIENT_CPU:-0}" <<'PY'
+import json, re, sys, time
+n, expect, eb, log, ccpu = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+text = open(log, errors="replace").read()
+pad = "x" * max(0, eb - 48)
+# the upstream's event: `data: {"seq":K,"t":%.6f,"pad":".."}\n\n` (t has 10 integer digits)
+per_stream = sum(len('data: {"seq":%d,"t":%.6f,"pad":"%s"}\n\n' % (k, 1765000000.0, pad)) for k in range(expect))
+def grab(pat, default=None):
+    m = re.search(pat, text)
+    return m.groups() if m else default
+req = grab(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout")
+codes = grab(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+traffic = grab(r"traffic: .*?\((\d+)\) total, .*?\((\d+)\) headers .*?, .*?\((\d+)\) data")
+ttfb = grab(r"time to 1st byte:\s+(\S+)\s+(\S+)\s+(\S+)")
+reasons = {}
+if req is None or codes is None or traffic is None:
+    reasons["no h2load summary"] = n
+    done = ok = 0
+    data = 0
+else:
+    total, started, done, succeeded, failed, errored, timeout = map(int, req)
+    ok = min(succeeded, int(codes[0]))
+    data = int(traffic[2])
+    for k, v in (("not started", n - started), ("failed", failed), ("errored", errored),
+                 ("timeout", timeout), ("non-2xx", sum(map(int, codes[1:])))):
+        if v:
+            reasons[k] = v
+    if data != ok * per_stream:
+        reasons["DATA bytes %d != %d complete streams x %d" % (data, ok, per_stream)] = max(1, n - data // per_stream)
+failed = n - ok if ok < n else 0
+if not failed and reasons:
+    failed = max(reasons.values())
+exact = not reasons and ok == n
+events = ok * expect if exact else int(round(data / (per_stream / expect)))
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)] if m else None
+print(json.dumps({
+    "streams": n, "completed": ok, "failed": failed, "fail_reasons": reasons, "events": events,
+    "events_exact": exact, "data_bytes": data, "expected_data_bytes": n * per_stream,
+    "ttfb_ms": {"min": ms(ttfb[0]), "max": ms(ttfb[1]), "mean": ms(ttfb[2])} if ttfb else None,
+    "client_cpu_share": ccpu}))
+PY
 }
 
 # probe NAME PORT LEVEL [--reuse]: time to first byte with LEVEL-1 other streams open; sets
@@ -402,7 +519,7 @@ probe() {
 }
 
 INVALID=""
-declare -A R_IDLE R_PEAK R_HWM R_PER R_AFTER R_CPU R_STEADY R_EVENTS R_DELAY R_CLIENT R_OTHER R_TTFB R_SMAPS R_FAIL R_OPEN R_TTFBSTREAM
+declare -A R_MAXOPEN R_IDLE R_PEAK R_HWM R_PER R_AFTER R_CPU R_STEADY R_EVENTS R_DELAY R_CLIENT R_OTHER R_TTFB R_SMAPS R_FAIL R_OPEN R_TTFBSTREAM
 
 # run_streams NAME PID PORT: the memory run of one proxy
 run_streams() {
@@ -417,24 +534,45 @@ run_streams() {
     rm -f "$TMP/$name.open" "$prog"
     t0=$(cpu_ticks "$pid")
     read -r c0b c0t < <(cpu_line "$PROXY_CPU")
-    taskset -c "$LOAD_CPU" python3 "$HERE/sse_clients.py" --mode streams --port "$port" --key "$API_KEY" \
-        --path /sse/stream --streams "$STREAMS" --ramp "$RAMP" --expect-events "$EXPECT" \
-        --timeout $((${DURATION%.*} + 60)) --sources "$SRC_ADDRS" --open-file "$TMP/$name.open" \
-        --progress-file "$prog" --result "$out" 2>"$TMP/$name-client.log" &
+    local start_us cl_ticks=0 h2_rate h2_pid=""
+    start_us=$(now_us)
+    if [[ $CLIENT_PROTO == h2 ]]; then
+        up_stat || die "no counters from the upstream (SIGUSR2)"
+        UP_RUNMAX=$UP_OPEN
+        # connections started evenly over RAMP s: h2_rate per 1 s, each opening its streams at once
+        h2_rate=$(awk -v c="$H2_CONNS" -v r="$RAMP" 'BEGIN { x = c / r; if (x != int(x)) x = int(x) + 1; if (x < 1) x = 1; print x }')
+        taskset -c "$LOAD_CPU" timeout $((${DURATION%.*} + ${RAMP%.*} + 90)) h2load -n "$STREAMS" -c "$H2_CONNS" \
+            -m "$H2_PER_CONN" -t 1 -r "$h2_rate" --rate-period 1s -H "authorization: Bearer $API_KEY" \
+            "http://127.0.0.1:$port/sse/stream" >"$TMP/$name-client.log" 2>&1 &
+    else
+        taskset -c "$LOAD_CPU" python3 "$HERE/sse_clients.py" --mode streams --port "$port" --key "$API_KEY" \
+            --path /sse/stream --streams "$STREAMS" --ramp "$RAMP" --expect-events "$EXPECT" \
+            --timeout $((${DURATION%.*} + 60)) --sources "$SRC_ADDRS" --open-file "$TMP/$name.open" \
+            --progress-file "$prog" --result "$out" 2>"$TMP/$name-client.log" &
+    fi
     CLIENT_PID=$!
     while alive "$CLIENT_PID"; do
         r=$(status_kb "$pid" VmRSS) || die "$name (pid $pid) died during the run; see $TMP"
         ((r <= peak)) || peak=$r
         now=$(now_us)
-        if [[ -z $open_at && -s $TMP/$name.open ]]; then
+        if [[ $CLIENT_PROTO == h2 ]]; then
+            # CLIENT_PID is timeout(1); h2load is its child
+            [[ -n $h2_pid ]] || { read -r h2_pid _ <"/proc/$CLIENT_PID/task/$CLIENT_PID/children"; } 2>/dev/null || true
+            [[ -z $h2_pid ]] || cl_ticks=$(cpu_ticks "$h2_pid" || echo "$cl_ticks")
+            up_stat || true
+            if [[ -z $open_at ]] && ((UP_RUNMAX >= STREAMS)); then
+                open_at=$now open_kb=$r
+                log "$name: all $STREAMS streams open at the upstream ($(awk -v d=$((now - start_us)) 'BEGIN { printf "%.2f", d / 1e6 }') s after the client started); RSS $(mb "$r") MB"
+            fi
+        elif [[ -z $open_at && -s $TMP/$name.open ]]; then
             open_at=$now open_kb=$r
             log "$name: all $STREAMS streams answered ($(jget "$TMP/$name.open" 'round(d["since_start_s"], 2)') s after the first); RSS $(mb "$r") MB"
         fi
         if [[ -n $open_at && -z $s0 ]] && ((STEADY_US > 0 && now >= open_at + 1000000)); then
-            if e0=$(progress_events "$CLIENT_PID" "$prog"); then s0=$(cpu_ticks "$pid") s0_t=$(now_us); fi
+            if e0=$(events_now "$CLIENT_PID" "$prog"); then s0=$(cpu_ticks "$pid") s0_t=$(now_us); fi
         fi
         if [[ -n $s0 && -z $s1 ]] && ((now >= s0_t + STEADY_US)); then
-            if e1=$(progress_events "$CLIENT_PID" "$prog"); then
+            if e1=$(events_now "$CLIENT_PID" "$prog"); then
                 s1=$(cpu_ticks "$pid")
                 cp "/proc/$pid/smaps_rollup" "$TMP/$name-smaps-peak.txt" 2>/dev/null || true
             fi
@@ -448,6 +586,17 @@ run_streams() {
     t1=$(cpu_ticks "$pid") || die "$name (pid $pid) died during the run"
     read -r c1b c1t < <(cpu_line "$PROXY_CPU")
     R_HWM[$name]=$(status_kb "$pid" VmHWM)
+    if [[ $CLIENT_PROTO == h2 ]]; then
+        up_stat || true
+        H2_CLIENT_CPU=$(awk -v t="$cl_ticks" -v hz="$CLK_TCK" -v d=$((close_us - start_us)) 'BEGIN { printf "%.3f", (d > 0 ? t / hz / (d / 1e6) : 0) }')
+        h2_result "$name" "$TMP/$name-client.log" >"$out" || die "$name: cannot read h2load's summary in $TMP/$name-client.log"
+        ((rc != 0)) || [[ $(jget "$out" 'd["failed"]') == 0 ]] || rc=1
+        R_MAXOPEN[$name]=$UP_RUNMAX
+        if ((UP_RUNMAX < STREAMS)); then
+            log "$name: at most $UP_RUNMAX of $STREAMS streams were open at the upstream at once"
+            rc=1
+        fi
+    fi
     [[ -s $out ]] || { tail -n 30 "$TMP/$name-client.log" >&2; die "$name: the client wrote no result"; }
     if ((rc != 0)); then
         tail -n 30 "$TMP/$name-client.log" >&2
@@ -469,8 +618,13 @@ run_streams() {
     fi
     R_OTHER[$name]=$(awk -v b=$((c1b - c0b - (t1 - t0))) -v t=$((c1t - c0t)) \
         'BEGIN { printf "%.0f", (t > 0 && b > 0 ? b / t * 100 : 0) }')
-    R_DELAY[$name]=$(jget "$out" '"%.1f / %.1f / %.1f" % (d["event_delay_ms"]["p50"], d["event_delay_ms"]["p99"], d["event_delay_ms"]["max"]) if d["event_delay_ms"]["n"] else "-"')
-    R_TTFBSTREAM[$name]=$(jget "$out" '"%.2f / %.2f" % (d["ttfb_ms"]["p50"], d["ttfb_ms"]["p99"]) if d["ttfb_ms"]["n"] else "-"')
+    if [[ $CLIENT_PROTO == h2 ]]; then
+        R_DELAY[$name]=-
+        R_TTFBSTREAM[$name]=$(jget "$out" '"%.2f / %.2f / %.2f" % (d["ttfb_ms"]["min"], d["ttfb_ms"]["mean"], d["ttfb_ms"]["max"]) if d["ttfb_ms"] else "-"')
+    else
+        R_DELAY[$name]=$(jget "$out" '"%.1f / %.1f / %.1f" % (d["event_delay_ms"]["p50"], d["event_delay_ms"]["p99"], d["event_delay_ms"]["max"]) if d["event_delay_ms"]["n"] else "-"')
+        R_TTFBSTREAM[$name]=$(jget "$out" '"%.2f / %.2f" % (d["ttfb_ms"]["p50"], d["ttfb_ms"]["p99"]) if d["ttfb_ms"]["n"] else "-"')
+    fi
     R_CLIENT[$name]=$(jget "$out" '"%.0f%%" % (100 * d["client_cpu_share"])')
     log "$name: peak RSS $(mb "$peak") MB (VmHWM $(mb "${R_HWM[$name]}") MB), $(jget "$out" 'd["completed"]') streams completed, ${R_EVENTS[$name]} events, CPU $(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }') s (${R_CPU[$name]} ms per 1000 events), client CPU ${R_CLIENT[$name]}"
     local a after=""
@@ -492,7 +646,7 @@ run_streams() {
     # Each level: the upstream directly, then through the proxy, back to back, so that load
     # from elsewhere on the machine hits both alike.
     local lvl
-    for lvl in $TTFB_LEVELS; do
+    for lvl in $PROBE_LEVELS; do
         probe "direct" "$UP_DIRECT" "$lvl" --reuse
         R_TTFB[$name-direct@$lvl]="$TTFB_P50 $TTFB_P99"
         probe "$name" "$port" "$lvl"
@@ -511,11 +665,16 @@ for name in ${TARGETS//,/ }; do
     esac
     TARGET_LIST+=("$name")
     # Sanity: one short stream with the key (200, an event), none without (401).
-    resp=$(curl -s -N --max-time 5 -H "Authorization: Bearer $API_KEY" -w '%{http_code}' \
+    resp=$(curl "${PROXY_CURL[@]}" -s -N --max-time 5 -H "Authorization: Bearer $API_KEY" -w '%{http_code}' \
         "http://127.0.0.1:$PROXY_PORT/sse/stream?duration=0" || true)
     [[ $resp == data:*200 ]] || die "$name: expected an event and 200 from /sse/stream, got '${resp:0:200}'"
-    code=$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' "http://127.0.0.1:$PROXY_PORT/sse/stream?duration=0" || true)
+    code=$(curl "${PROXY_CURL[@]}" -s -o /dev/null --max-time 5 -w '%{http_code}' "http://127.0.0.1:$PROXY_PORT/sse/stream?duration=0" || true)
     [[ $code == 401 ]] || die "$name: expected 401 without a key, got $code"
+    if [[ $CLIENT_PROTO == h2 ]]; then
+        ver=$(curl "${PROXY_CURL[@]}" -s -o /dev/null --max-time 5 -H "Authorization: Bearer $API_KEY" -w '%{http_version}' \
+            "http://127.0.0.1:$PROXY_PORT/sse/stream?duration=0" || true)
+        [[ $ver == 2 ]] || die "$name: does not answer HTTP/2 with prior knowledge (h2c) on its listener (HTTP version '$ver')"
+    fi
     log "$name pid $PROXY_PID on :$PROXY_PORT (CPU $PROXY_CPU)"
     run_streams "$name" "$PROXY_PID" "$PROXY_PORT"
     stop_pid "$PROXY_PID"
@@ -542,23 +701,39 @@ added() { # added PROXY_VALUE DIRECT_VALUE
     [[ $UP_KEEPALIVE == 512 ]] || cmd+=" UP_KEEPALIVE=$UP_KEEPALIVE"
     [[ $TARGETS == "authgate nginx" ]] || cmd+=" TARGETS=$(printf '%q' "$TARGETS")"
     [[ $PROXY_CPU == 0 && $LOAD_CPU == 1 ]] || cmd+=" PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU"
+    [[ $CLIENT_PROTO == h1 ]] || cmd+=" CLIENT_PROTO=$CLIENT_PROTO H2_CONNS=$H2_CONNS"
     cmd+=" $INVOKED_AS"
     echo "## authgate streams benchmark (issue #16)"
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "- Command: \`$cmd\`"
     echo "- Machine: nproc=$(nproc), CPU: $(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r), RLIMIT_NOFILE $NOFILE, transparent huge pages: $(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown)"
-    echo "- Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(python3 --version), authgate: \`$BIN\` ($("$BIN" --version 2>/dev/null | head -n1 || true))"
-    echo "- Load: $STREAMS SSE streams over HTTP/1.1 (one connection each, from $SOURCES local addresses), opened over $RAMP s; the upstream sends one event of $EVENT_BYTES bytes every $INTERVAL s for $DURATION s ($EXPECT events per stream), then ends the body; keep-alive upstream (authgate's pool: up to 512 idle per upstream; nginx \`keepalive $UP_KEEPALIVE\`, \`proxy_buffering off\`); API key checked by both; access log off"
-    echo "- Pinning: the proxy on CPU $PROXY_CPU (authgate --threads $THREADS; nginx 1 process), the client and the upstream (Python asyncio) on CPU $LOAD_CPU; the proxies run one after the other"
+    if [[ $CLIENT_PROTO == h2 ]]; then
+        echo "- Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(python3 --version), $(h2load --version 2>&1 | head -n1), authgate: \`$BIN\` ($("$BIN" --version 2>/dev/null | head -n1 || true))"
+        echo "- Client protocol: **HTTP/2** (cleartext, prior knowledge), client h2load; upstream side HTTP/1.1 keep-alive"
+        echo "- Load: $STREAMS SSE streams over HTTP/2 ($H2_CONNS client connections from 127.0.0.1, up to $H2_PER_CONN streams each, opened at once per connection; the connections started over $RAMP s; authgate max_concurrent_streams 256, nginx \`listen ... http2\` with \`http2_max_concurrent_streams 256\`); the upstream sends one event of $EVENT_BYTES bytes every $INTERVAL s for $DURATION s ($EXPECT events per stream), then ends the body; keep-alive upstream (authgate's pool: up to 512 idle per upstream; nginx \`keepalive $UP_KEEPALIVE\`, \`proxy_buffering off\`); API key checked by both; access log off"
+    else
+        echo "- Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(python3 --version), authgate: \`$BIN\` ($("$BIN" --version 2>/dev/null | head -n1 || true))"
+        echo "- Load: $STREAMS SSE streams over HTTP/1.1 (one connection each, from $SOURCES local addresses), opened over $RAMP s; the upstream sends one event of $EVENT_BYTES bytes every $INTERVAL s for $DURATION s ($EXPECT events per stream), then ends the body; keep-alive upstream (authgate's pool: up to 512 idle per upstream; nginx \`keepalive $UP_KEEPALIVE\`, \`proxy_buffering off\`); API key checked by both; access log off"
+    fi
+    echo "- Pinning: the proxy on CPU $PROXY_CPU (authgate --threads $THREADS; nginx 1 process), the client and the upstream ($([[ $CLIENT_PROTO == h2 ]] && echo 'h2load, one thread; Python asyncio' || echo 'Python asyncio')) on CPU $LOAD_CPU; the proxies run one after the other"
     echo "- RSS: VmRSS, MB = 1024 KiB; peak = highest 0.5 s sample with the streams open; per stream = (peak - idle) / $STREAMS; after close = ${AFTER// //} s after the last stream ended"
-    echo "- CPU: utime+stime of the proxy process from the first connection to the last stream's end (set-up, authentication and tear-down included) / events received"
-    echo "- TTFB @N: request written to the first response byte of a new stream on a new connection, $PROBES probes in sequence with N-1 other streams open, minus the upstream's own figure at the same level measured just before (direct, on one kept-alive connection, as the proxies' pools reach it)"
+    if [[ $CLIENT_PROTO == h2 ]]; then
+        echo "- CPU: utime+stime of the proxy process from the first connection to the last stream's end (set-up, authentication and tear-down included) / events received (h2load counts no events: every stream complete with 200 and the DATA bytes exactly $STREAMS streams' worth, so events = $STREAMS x $EXPECT)"
+        echo "- TTFB probes: skipped with HTTP/2 clients (the probes are HTTP/1.1, a connection each); the ramp's TTFB (h2load) is in the notes"
+    else
+        echo "- CPU: utime+stime of the proxy process from the first connection to the last stream's end (set-up, authentication and tear-down included) / events received"
+        echo "- TTFB @N: request written to the first response byte of a new stream on a new connection, $PROBES probes in sequence with N-1 other streams open, minus the upstream's own figure at the same level measured just before (direct, on one kept-alive connection, as the proxies' pools reach it)"
+    fi
     [[ -z $INVALID ]] || echo "- **NOT A VALID MEASUREMENT: failures in:$INVALID** (see the notes)"
     echo
     hdr="| proxy | streams | idle RSS MB | peak RSS MB | per stream KB | RSS after close ${AFTER// //}s MB | CPU ms per 1000 events |"
     sep="|---|---:|---:|---:|---:|---:|---:|"
-    for lvl in $TTFB_LEVELS; do
+    if [[ $CLIENT_PROTO == h2 ]]; then
+        hdr="| proxy | client protocol | streams | idle RSS MB | peak RSS MB | per stream KB | RSS after close ${AFTER// //}s MB | CPU ms per 1000 events |"
+        sep="|---|---|---:|---:|---:|---:|---:|---:|"
+    fi
+    for lvl in $PROBE_LEVELS; do
         hdr+=" TTFB added ms p50/p99 @$lvl |"
         sep+="---:|"
     done
@@ -566,7 +741,8 @@ added() { # added PROXY_VALUE DIRECT_VALUE
     echo "$sep"
     for name in "${TARGET_LIST[@]}"; do
         row="| $name$([[ $INVALID != *" $name"* ]] || echo ' (INVALID)') | $STREAMS | $(mb "${R_IDLE[$name]}") | $(mb "${R_PEAK[$name]}") | ${R_PER[$name]} | ${R_AFTER[$name]} | ${R_CPU[$name]} |"
-        for lvl in $TTFB_LEVELS; do
+        [[ $CLIENT_PROTO == h1 ]] || row="| $name$([[ $INVALID != *" $name"* ]] || echo ' (INVALID)') | h2c, $H2_CONNS conns x $H2_PER_CONN | $STREAMS | $(mb "${R_IDLE[$name]}") | $(mb "${R_PEAK[$name]}") | ${R_PER[$name]} | ${R_AFTER[$name]} | ${R_CPU[$name]} |"
+        for lvl in $PROBE_LEVELS; do
             read -r p50 p99 <<<"${R_TTFB[$name@$lvl]}"
             read -r d50 d99 <<<"${R_TTFB[$name-direct@$lvl]}"
             row+=" $(added "$p50" "$d50") / $(added "$p99" "$d99") |"
@@ -576,7 +752,7 @@ added() { # added PROXY_VALUE DIRECT_VALUE
     echo
     echo "Notes:"
     echo
-    for lvl in $TTFB_LEVELS; do
+    for lvl in $PROBE_LEVELS; do
         line="- TTFB ms p50/p99 at $lvl streams:"
         for name in "${TARGET_LIST[@]}"; do
             read -r p50 p99 <<<"${R_TTFB[$name@$lvl]}"
@@ -586,6 +762,14 @@ added() { # added PROXY_VALUE DIRECT_VALUE
         echo "${line%;}"
     done
     for name in "${TARGET_LIST[@]}"; do
+        if [[ $CLIENT_PROTO == h2 ]]; then
+            echo "- $name: RSS when all $STREAMS streams were open at the upstream $( [[ ${R_OPEN[$name]} == - ]] && echo - || mb "${R_OPEN[$name]}") MB, most open there at once ${R_MAXOPEN[$name]}, VmHWM $(mb "${R_HWM[$name]}") MB;" \
+                "steady-state CPU ${R_STEADY[$name]} (events written by the upstream in the window); events ${R_EVENTS[$name]} (expected $((STREAMS * EXPECT)); $(jget "$TMP/$name.json" '"exact" if d["events_exact"] else "estimated"'): DATA bytes $(jget "$TMP/$name.json" 'd["data_bytes"]') of $(jget "$TMP/$name.json" 'd["expected_data_bytes"]')), streams complete with 200 $(jget "$TMP/$name.json" 'd["completed"]'), failed streams ${R_FAIL[$name]}$(jget "$TMP/$name.json" '" %s" % d["fail_reasons"] if d["fail_reasons"] else ""');" \
+                "TTFB of the $STREAMS streams during the ramp (new upstream connections; h2load) min/mean/max ${R_TTFBSTREAM[$name]} ms;" \
+                "client CPU (h2load) ${R_CLIENT[$name]} of a core; CPU $PROXY_CPU busy with other work ${R_OTHER[$name]}% of the run$( ((R_OTHER[$name] <= 5)) || echo ' (NOISY: CPU figures unreliable; RSS is not affected)')"
+            echo "- $name smaps_rollup: ${R_SMAPS[$name]}"
+            continue
+        fi
         echo "- $name: RSS when all streams had answered $( [[ ${R_OPEN[$name]} == - ]] && echo - || mb "${R_OPEN[$name]}") MB, VmHWM $(mb "${R_HWM[$name]}") MB;" \
             "steady-state CPU ${R_STEADY[$name]}; events received ${R_EVENTS[$name]} (expected $((STREAMS * EXPECT))), failed streams ${R_FAIL[$name]};" \
             "event delay (upstream write to client read) p50/p99/max ${R_DELAY[$name]} ms; TTFB of the $STREAMS streams during the ramp (new upstream connections) p50/p99 ${R_TTFBSTREAM[$name]} ms;" \

@@ -22,7 +22,8 @@ there was any: such a run is not a valid measurement. The result is JSON in --re
 Source addresses: --sources 127.0.0.2,127.0.0.3 spreads the connections over several local
 addresses (IP_BIND_ADDRESS_NO_PORT), so N streams never run out of ephemeral ports.
 
-HTTP/2 clients are not covered: the standard library has no HTTP/2 (no h2 package here).
+HTTP/1.1 only: the standard library has no HTTP/2; benches/streams.sh CLIENT_PROTO=h2 uses h2load
+(nghttp2-client) as the client instead.
 """
 import argparse
 import asyncio

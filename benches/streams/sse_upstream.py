@@ -13,7 +13,8 @@ one event, then the end at once, for time-to-first-byte probes).
 how late each event reached it.
 
 Usage: sse_upstream.py --port P [--port P2 ...] [--interval 2] [--duration 30]
-SIGUSR1 prints the counters to stderr; SIGTERM prints them and exits.
+SIGUSR1 prints the counters to stderr; SIGTERM prints them and exits. SIGUSR2 prints the
+streams open now, the most open at once since the previous SIGUSR2, and the events written.
 """
 import argparse
 import asyncio
@@ -43,6 +44,7 @@ class Stats:
         self.streams = 0
         self.open_streams = 0
         self.max_open_streams = 0
+        self.window_max_open = 0  # max open streams since the last SIGUSR2
         self.completed = 0
         self.aborted = 0
         self.events = 0
@@ -52,6 +54,14 @@ class Stats:
                 "completed %d, aborted by the peer %d, events %d" % (
                     self.conns, self.max_open_conns, self.streams, self.max_open_streams,
                     self.completed, self.aborted, self.events))
+
+    def window_line(self):
+        # SIGUSR2: open streams now, the most open at once since the previous SIGUSR2 (then
+        # reset), and the events written so far (benches/streams.sh, CLIENT_PROTO=h2).
+        line = "sse_upstream: now open %d, max open since last %d, events %d" % (
+            self.open_streams, self.window_max_open, self.events)
+        self.window_max_open = self.open_streams
+        return line
 
 
 STATS = Stats()
@@ -104,6 +114,7 @@ def main():
                 STATS.streams += 1
                 STATS.open_streams += 1
                 STATS.max_open_streams = max(STATS.max_open_streams, STATS.open_streams)
+                STATS.window_max_open = max(STATS.window_max_open, STATS.open_streams)
                 in_stream = True
                 start = loop.time()
                 seq = 0
@@ -139,6 +150,7 @@ def main():
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, lambda: print(STATS.line(), file=sys.stderr, flush=True))
+        loop.add_signal_handler(signal.SIGUSR2, lambda: print(STATS.window_line(), file=sys.stderr, flush=True))
         servers = []
         for port in args.port:
             servers.append(await asyncio.start_server(handle, args.host, port, backlog=args.backlog,
