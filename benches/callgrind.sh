@@ -11,6 +11,7 @@
 #   TARGETS="authgate-apikey authgate-apikey-assert" benches/callgrind.sh   # signed assertion cost
 #   TARGETS="authgate-apikey authgate-apikey-db" benches/callgrind.sh   # key service: usage counting
 #   TARGETS="authgate-apikey authgate-check" benches/callgrind.sh   # forward-auth check vs proxied
+#   TARGETS="authgate-apikey authgate-apikey-h2 nginx-h2" benches/callgrind.sh   # HTTP/2 (h2c)
 #
 # Knobs: AUTHGATE_BIN (default: cargo build --profile profiling --locked: the release build
 # with symbols, so the kept profiles name functions; the instructions are the release's), TARGETS ("authgate nginx";
@@ -19,19 +20,29 @@
 # key with a `map` check; authgate-apikey-assert: authgate-apikey with identity.assertion on,
 # so each request carries the identity's cached signed assertion; authgate-check: the same
 # key's request asked of the [forward_auth] listener as nginx's auth_request asks it,
-# X-Original-Method/-URI and X-Forwarded-Host, answered 200 with the identity),
-# DURATION (wrk seconds counted, default 10), KEEP_TMP=1 (keep the callgrind profiles). Needs valgrind, wrk, nginx (installed with apt if
-# missing). Each proxy runs under callgrind on CPU 0, wrk and the upstream nginx on CPU 1.
+# X-Original-Method/-URI and X-Forwarded-Host, answered 200 with the identity;
+# authgate-apikey-h2: authgate-apikey's route and key over cleartext HTTP/2 with prior knowledge
+# on the main listener, loaded by h2load -t1 -c8 -m8 (8 connections of 8 concurrent streams),
+# the requests counted being h2load's succeeded ones, and the run failing unless every answer
+# was 2xx; nginx-h2: the nginx target's public-route proxy on a port of its own with
+# `listen ... http2` (prior-knowledge h2c; that port refuses HTTP/1.1), loaded the same way),
+# DURATION (wrk/h2load seconds counted, default 10), KEEP_TMP=1 (keep the callgrind profiles). Needs valgrind, wrk, nginx
+# (and h2load, apt package nghttp2-client, for an -h2 target: installed with apt if missing).
+# Each proxy runs under callgrind on CPU 0, wrk or h2load and the upstream nginx on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGETS=${TARGETS:-authgate nginx}
 DURATION=${DURATION:-10}
 log() { printf '[callgrind.sh] %s\n' "$*" >&2; }
-for tool in valgrind wrk nginx curl; do
+tools=(valgrind wrk nginx curl)
+[[ " $TARGETS " == *"-h2 "* ]] && tools+=(h2load)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || {
-        log "installing $tool"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+        pkg=$tool
+        [[ $tool == h2load ]] && pkg=nghttp2-client
+        log "installing $pkg"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
     }
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -68,7 +79,10 @@ http {
 }
 EOF
 }
-wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; log "no answer from $1"; exit 1; }
+wait_http() { # wait_http URL [CURL_ARG...]
+    for _ in $(seq 1 100); do curl -s -o /dev/null "${@:2}" "$1" && return 0; sleep 0.2; done
+    log "no answer from $1"; exit 1
+}
 
 UP=$(port)
 nginx_conf "$TMP/upstream" "server { listen 127.0.0.1:$UP; location / { return 200 \"ok\"; } }"
@@ -76,21 +90,45 @@ taskset -c 1 "$NGINX" -c "$TMP/upstream/nginx.conf" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP/"
 
+# h2load_run NAME SECONDS URL [H2LOAD_ARG...]: h2load over prior-knowledge h2c from CPU 1;
+# sets n to the succeeded requests, and fails the run unless every answer was 2xx.
+h2load_run() {
+    local name=$1 secs=$2 url=$3 out=$TMP/$1.h2load ok codes
+    taskset -c 1 h2load -t1 -c8 -m8 -D "$secs" "${@:4}" "$url" >"$out" 2>&1 || true
+    n=$(awk '/^requests:/ {for (i = 2; i < NF; i++) if ($(i + 1) ~ /^succeeded/) print $i}' "$out")
+    codes=$(awk '/^status codes:/ {print $3, $5, $7, $9}' "$out") # 2xx 3xx 4xx 5xx
+    ok=${codes%% *}
+    if [[ -z $n || $n == 0 || $codes != "$ok 0 0 0" || $ok != "$n" ]]; then
+        log "$name: h2load answers not all 2xx (succeeded ${n:-?}; 2xx 3xx 4xx 5xx: ${codes:-?}):"
+        cat "$out" >&2
+        exit 1
+    fi
+}
+
 # count NAME URL AUTH COMMAND...: runs COMMAND under callgrind, loads URL (with
 # `Authorization: AUTH` unless AUTH is empty) and prints instructions per request.
+# A NAME ending in -h2 is loaded by h2load over prior-knowledge h2c, any other by wrk.
 count() {
     local name=$1 url=$2 auth=$3 pid n total
     local header=("${EXTRA_HEADERS[@]}")
-    [[ -n $auth ]] && header+=(-H "Authorization: $auth")
     shift 3
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$TMP/$name.out" "$@" \
         >"$TMP/$name.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    wait_http "${url%/*}/"
-    taskset -c 1 wrk -t1 -c8 -d3s "${header[@]}" "$url" >/dev/null
-    callgrind_control -z "$pid" >/dev/null 2>&1
-    n=$(taskset -c 1 wrk -t1 -c8 -d"${DURATION}s" "${header[@]}" "$url" | awk '/requests in/ {print $1}')
+    if [[ $name == *-h2 ]]; then
+        [[ -n $auth ]] && header+=(-H "authorization: $auth")
+        wait_http "${url%/*}/" --http2-prior-knowledge
+        h2load_run "$name" 3 "$url" "${header[@]}"
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        h2load_run "$name" "$DURATION" "$url" "${header[@]}"
+    else
+        [[ -n $auth ]] && header+=(-H "Authorization: $auth")
+        wait_http "${url%/*}/"
+        taskset -c 1 wrk -t1 -c8 -d3s "${header[@]}" "$url" >/dev/null
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        n=$(taskset -c 1 wrk -t1 -c8 -d"${DURATION}s" "${header[@]}" "$url" | awk '/requests in/ {print $1}')
+    fi
     callgrind_control -d "$pid" >/dev/null 2>&1
     sleep 1
     total=$(callgrind_annotate "$TMP/$name.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
@@ -103,7 +141,7 @@ echo "| proxy | requests counted | user-space instructions per request |"
 echo "|---|---:|---:|"
 for target in $TARGETS; do
     case $target in
-    authgate | authgate-apikey | authgate-apikey-assert | authgate-401 | authgate-apikey-db | authgate-check)
+    authgate | authgate-apikey | authgate-apikey-assert | authgate-401 | authgate-apikey-db | authgate-check | authgate-apikey-h2)
         AG=$(port) ADMIN=$(port) FA=$(port)
         [[ -f $TMP/keys.toml ]] ||
             KEY=$("$AUTHGATE_BIN" keys add --file "$TMP/keys.toml" --tenant t1 --scope api | sed -n 1p)
@@ -160,20 +198,22 @@ EOF
             EXTRA_HEADERS=(-H "X-Original-Method: GET" -H "X-Original-URI: /api/x" -H "X-Forwarded-Host: 127.0.0.1:$AG")
             ;;
         authgate) url="http://127.0.0.1:$AG/" auth="" ;;
-        authgate-apikey | authgate-apikey-assert | authgate-apikey-db) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
+        authgate-apikey | authgate-apikey-assert | authgate-apikey-db | authgate-apikey-h2) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
         *) url="http://127.0.0.1:$AG/api/x" auth="Bearer sgk_$(printf 'x%.0s' {1..40})" ;;
         esac
         count "$target" "$url" "$auth" "$AUTHGATE_BIN" serve --config "$TMP/authgate.toml" --threads 1
         ;;
-    nginx)
-        PX=$(port)
-        nginx_conf "$TMP/proxy" "upstream backend { server 127.0.0.1:$UP; keepalive 64; }
-    server { listen 127.0.0.1:$PX; location / { proxy_pass http://backend; proxy_http_version 1.1;
+    nginx | nginx-h2)
+        # nginx-h2: the same proxy on a port of its own that speaks only (prior-knowledge) h2c.
+        PX=$(port) dir=$TMP/proxy listen_opts=""
+        [[ $target == nginx-h2 ]] && dir=$TMP/proxyh2 listen_opts=" http2"
+        nginx_conf "$dir" "upstream backend { server 127.0.0.1:$UP; keepalive 64; }
+    server { listen 127.0.0.1:$PX$listen_opts; location / { proxy_pass http://backend; proxy_http_version 1.1;
         proxy_set_header Connection \"\"; proxy_set_header Host \$http_host;
         proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
         proxy_set_header X-Request-Id \$request_id; } }"
-        count nginx "http://127.0.0.1:$PX/" "" "$NGINX" -c "$TMP/proxy/nginx.conf"
+        count "$target" "http://127.0.0.1:$PX/" "" "$NGINX" -c "$dir/nginx.conf"
         ;;
     nginx-401)
         # nginx refusing an unknown key with a `map` check, as benches/load.sh's nginx-401.
