@@ -441,7 +441,11 @@ async fn drive<I>(
         let gateway = gateway.clone();
         let conn = conn.clone();
         let request = request.map(crate::body::boxed);
-        async move { Ok::<_, Infallible>(pipeline::handle(gateway, conn, request).await) }
+        // Boxed: hyper moves each stream's future by value several times on its way into the
+        // stream's task (the stream wrapper, the spawn, the task cell), and the pipeline's
+        // future is several KiB; one allocation is cheaper than copying it each time (about
+        // 17,000 of 76,000 instructions per HTTP/2 request were those copies, callgrind).
+        Box::pin(async move { Ok::<_, Infallible>(pipeline::handle(gateway, conn, request).await) })
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
