@@ -282,6 +282,16 @@ impl RequestId {
     pub fn into_header_value(self) -> HeaderValue {
         self.0
     }
+
+    /// The value for a response's `X-Request-Id`, marked never-indexed for HPACK: a fresh id on
+    /// every HTTP/2 response would otherwise be inserted into the connection's dynamic table,
+    /// never be matched again, and evict fields that would (the encoder's table work was about
+    /// a tenth of an HTTP/2 request's user-space instructions). HTTP/1.1 ignores the mark.
+    pub fn into_response_value(self) -> HeaderValue {
+        let mut value = self.0;
+        value.set_sensitive(true);
+        value
+    }
 }
 
 /// Whether `ip` is inside one of the trusted proxy networks.

@@ -250,7 +250,7 @@ async fn run<const CHECK: bool>(
         }
         Ok(Decision::Response(mut response)) => {
             let headers = response.headers_mut();
-            headers.insert(&X_REQUEST_ID, request_id.into_header_value());
+            headers.insert(&X_REQUEST_ID, request_id.into_response_value());
             if let Some(state) = context.rate_limit {
                 limits::insert_headers(headers, state);
             }
