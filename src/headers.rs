@@ -515,6 +515,17 @@ mod tests {
     }
 
     #[test]
+    fn a_response_request_id_keeps_its_bytes_and_is_never_indexed() {
+        let id = RequestId::from_client(&map(&[("x-request-id", "abc-123")])).unwrap();
+        let value = id.into_response_value();
+        assert_eq!(value.as_bytes(), b"abc-123");
+        assert!(
+            value.is_sensitive(),
+            "HPACK must not index a per-response id"
+        );
+    }
+
+    #[test]
     fn forwarded_for_is_replaced_for_untrusted_and_extended_for_trusted_peers() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let host = HeaderValue::from_static("api.example.com");
