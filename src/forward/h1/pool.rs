@@ -192,6 +192,7 @@ impl IdleConns {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
                 pool.close_readable();
+                pool.release_idle_buffers();
                 pool.reap();
             }
         });
@@ -218,6 +219,18 @@ impl IdleConns {
                 count = closed.len(),
                 "Idle upstream connections received input; closed."
             );
+        }
+    }
+
+    /// Idle connections give back their read buffers, allocated again when next used. After
+    /// a burst of streams hundreds may wait per upstream, each holding a buffer sized for a
+    /// response (16 KiB, its touched pages resident); kept for up to the idle timeout, they
+    /// held memory the gateway no longer used. A connection in steady keep-alive use is
+    /// rarely idle at the instant of a sweep, so this costs it an allocation only then.
+    fn release_idle_buffers(&self) {
+        let mut idle = lock(&self.idle);
+        for entry in idle.iter_mut() {
+            entry.conn.release_empty_read_buffer();
         }
     }
 
@@ -291,6 +304,26 @@ mod tests {
         let (conn, _peer) = pair().await;
         pool.checkin(conn, false);
         assert!(pool.checkout().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_swept_idle_connection_holds_no_read_buffer_and_is_still_handed_out() {
+        let pool = Arc::new(IdleConns::default());
+        let (conn, mut peer) = pair().await;
+        assert!(
+            conn.read_buf.capacity() > 0,
+            "a new connection comes with its buffer"
+        );
+        pool.checkin(conn, false);
+        pool.release_idle_buffers();
+        assert_eq!(lock(&pool.idle)[0].conn.read_buf.capacity(), 0);
+        let mut conn = pool.checkout().await.expect("still reusable");
+        // The next read allocates the buffer again.
+        peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        let read = std::future::poll_fn(|cx| conn.poll_read(cx, READ_BUFFER)).await;
+        assert_eq!(read.unwrap(), 17);
+        assert_eq!(&conn.read_buf[..], b"HTTP/1.1 200 OK\r\n");
+        assert!(conn.read_buf.capacity() >= READ_BUFFER);
     }
 
     #[tokio::test]
