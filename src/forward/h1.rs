@@ -590,6 +590,66 @@ mod tests {
         }
     }
 
+    /// An idle connection swept in the pool holds no read buffer: the next exchange on it
+    /// must still write the request exactly and read a head split across reads and a chunked
+    /// body byte for byte, and the connection must go back to the pool afterwards.
+    #[tokio::test]
+    async fn an_exchange_on_a_connection_whose_buffer_was_released_reads_every_byte() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let idle: Arc<pool::IdleConns> = Arc::default();
+        idle.checkin(conn::plain(stream), false);
+        idle.release_idle_buffers();
+        let conn = idle.checkout().await.unwrap();
+        assert_eq!(conn.read_buf.capacity(), 0);
+
+        let upstream = tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 256];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = peer.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "request ended early: {request:?}");
+                request.extend_from_slice(&chunk[..n]);
+            }
+            for part in [
+                &b"HTTP/1.1 200 OK\r\ntransfer-enc"[..],
+                b"oding: chunked\r\n\r\n5\r\nhel",
+                b"lo\r\n6\r\n world\r\n0\r\n\r\n",
+            ] {
+                peer.write_all(part).await.unwrap();
+                peer.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            (request, peer)
+        });
+        let pool = Arc::new(HostPool {
+            connector: Connector::new(Authority::from_static("127.0.0.1:1"), None),
+            idle: idle.clone(),
+        });
+        let (parts, body) = Request::builder()
+            .uri("/x")
+            .header("host", "up")
+            .body(empty())
+            .unwrap()
+            .into_parts();
+        let response = pool
+            .exchange(conn, &parts, RequestFraming::Empty, body, false)
+            .await
+            .unwrap_or_else(|failure| panic!("no response: {:?}", failure.error));
+        assert_eq!(response.status(), 200);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello world");
+        let (request, _peer) = upstream.await.unwrap();
+        assert_eq!(request, b"GET /x HTTP/1.1\r\nhost: up\r\n\r\n");
+        assert!(idle.checkout().await.is_some(), "back in the pool");
+    }
+
     #[tokio::test]
     async fn request_whose_write_failed_may_be_sent_again_whatever_its_method() {
         for method in [Method::GET, Method::POST] {

@@ -227,7 +227,7 @@ impl IdleConns {
     /// response (16 KiB, its touched pages resident); kept for up to the idle timeout, they
     /// held memory the gateway no longer used. A connection in steady keep-alive use is
     /// rarely idle at the instant of a sweep, so this costs it an allocation only then.
-    fn release_idle_buffers(&self) {
+    pub(super) fn release_idle_buffers(&self) {
         let mut idle = lock(&self.idle);
         for entry in idle.iter_mut() {
             entry.conn.release_empty_read_buffer();
