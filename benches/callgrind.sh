@@ -12,6 +12,7 @@
 #   TARGETS="authgate-apikey authgate-apikey-db" benches/callgrind.sh   # key service: usage counting
 #   TARGETS="authgate-apikey authgate-check" benches/callgrind.sh   # forward-auth check vs proxied
 #   TARGETS="authgate-apikey authgate-apikey-h2 nginx-h2" benches/callgrind.sh   # HTTP/2 (h2c)
+#   TARGETS="authgate-apikey-h2tls nginx-h2tls" benches/callgrind.sh   # HTTP/2 over TLS
 #
 # Knobs: AUTHGATE_BIN (default: cargo build --profile profiling --locked: the release build
 # with symbols, so the kept profiles name functions; the instructions are the release's), TARGETS ("authgate nginx";
@@ -25,7 +26,10 @@
 # on the main listener, loaded by h2load -t1 -c8 -m8 (8 connections of 8 concurrent streams),
 # the requests counted being h2load's succeeded ones, and the run failing unless every answer
 # was 2xx; nginx-h2: the nginx target's public-route proxy on a port of its own with
-# `listen ... http2` (prior-knowledge h2c; that port refuses HTTP/1.1), loaded the same way),
+# `listen ... http2` (prior-knowledge h2c; that port refuses HTTP/1.1), loaded the same way;
+# authgate-apikey-h2tls and nginx-h2tls: the same two over TLS 1.3 (ALPN h2, one self-signed
+# EC P-256 certificate, TLS_AES_128_GCM_SHA256 for both), the encryption counted with the
+# rest),
 # DURATION (wrk/h2load seconds counted, default 10), KEEP_TMP=1 (keep the callgrind profiles). Needs valgrind, wrk, nginx
 # (and h2load, apt package nghttp2-client, for an -h2 target: installed with apt if missing).
 # Each proxy runs under callgrind on CPU 0, wrk or h2load and the upstream nginx on CPU 1.
@@ -36,7 +40,7 @@ TARGETS=${TARGETS:-authgate nginx}
 DURATION=${DURATION:-10}
 log() { printf '[callgrind.sh] %s\n' "$*" >&2; }
 tools=(valgrind wrk nginx curl)
-[[ " $TARGETS " == *"-h2 "* ]] && tools+=(h2load)
+[[ " $TARGETS " == *"-h2 "* || " $TARGETS " == *"-h2tls "* ]] && tools+=(h2load openssl)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || {
         pkg=$tool
@@ -90,11 +94,19 @@ taskset -c 1 "$NGINX" -c "$TMP/upstream/nginx.conf" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP/"
 
+if [[ " $TARGETS " == *"-h2tls "* ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$TMP/tls.key" -out "$TMP/tls.crt" -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1 2>/dev/null || { log "cannot make the TLS certificate"; exit 1; }
+fi
+
 # h2load_run NAME SECONDS URL [H2LOAD_ARG...]: h2load over prior-knowledge h2c from CPU 1;
 # sets n to the succeeded requests, and fails the run unless every answer was 2xx.
 h2load_run() {
     local name=$1 secs=$2 url=$3 out=$TMP/$1.h2load ok codes
-    taskset -c 1 h2load -t1 -c8 -m8 -D "$secs" "${@:4}" "$url" >"$out" 2>&1 || true
+    local tls=()
+    [[ $url == https:* ]] && tls=(--tls13-ciphers=TLS_AES_128_GCM_SHA256)
+    taskset -c 1 h2load -t1 -c8 -m8 -D "$secs" "${tls[@]}" "${@:4}" "$url" >"$out" 2>&1 || true
     n=$(awk '/^requests:/ {for (i = 2; i < NF; i++) if ($(i + 1) ~ /^succeeded/) print $i}' "$out")
     codes=$(awk '/^status codes:/ {print $3, $5, $7, $9}' "$out") # 2xx 3xx 4xx 5xx
     ok=${codes%% *}
@@ -107,7 +119,8 @@ h2load_run() {
 
 # count NAME URL AUTH COMMAND...: runs COMMAND under callgrind, loads URL (with
 # `Authorization: AUTH` unless AUTH is empty) and prints instructions per request.
-# A NAME ending in -h2 is loaded by h2load over prior-knowledge h2c, any other by wrk.
+# A NAME ending in -h2 is loaded by h2load over prior-knowledge h2c, one ending in -h2tls by
+# h2load over TLS, any other by wrk.
 count() {
     local name=$1 url=$2 auth=$3 pid n total
     local header=("${EXTRA_HEADERS[@]}")
@@ -116,9 +129,13 @@ count() {
         >"$TMP/$name.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    if [[ $name == *-h2 ]]; then
+    if [[ $name == *-h2 || $name == *-h2tls ]]; then
         [[ -n $auth ]] && header+=(-H "authorization: $auth")
-        wait_http "${url%/*}/" --http2-prior-knowledge
+        if [[ $name == *-h2tls ]]; then
+            wait_http "${url%/*}/" --http2 --cacert "$TMP/tls.crt"
+        else
+            wait_http "${url%/*}/" --http2-prior-knowledge
+        fi
         h2load_run "$name" 3 "$url" "${header[@]}"
         callgrind_control -z "$pid" >/dev/null 2>&1
         h2load_run "$name" "$DURATION" "$url" "${header[@]}"
@@ -141,7 +158,7 @@ echo "| proxy | requests counted | user-space instructions per request |"
 echo "|---|---:|---:|"
 for target in $TARGETS; do
     case $target in
-    authgate | authgate-apikey | authgate-apikey-assert | authgate-401 | authgate-apikey-db | authgate-check | authgate-apikey-h2)
+    authgate | authgate-apikey | authgate-apikey-assert | authgate-401 | authgate-apikey-db | authgate-check | authgate-apikey-h2 | authgate-apikey-h2tls)
         AG=$(port) ADMIN=$(port) FA=$(port)
         [[ -f $TMP/keys.toml ]] ||
             KEY=$("$AUTHGATE_BIN" keys add --file "$TMP/keys.toml" --tenant t1 --scope api | sed -n 1p)
@@ -189,6 +206,8 @@ EOF
         fi
         [[ $target == authgate-apikey-assert ]] &&
             printf '[identity]\nassertion = { key = "%s/assertion.pem" }\n' "$TMP" >>"$TMP/authgate.toml"
+        [[ $target == authgate-apikey-h2tls ]] &&
+            sed -i "/^\[server\]\$/a tls = { cert = \"$TMP/tls.crt\", key = \"$TMP/tls.key\" }" "$TMP/authgate.toml"
         [[ $target == authgate-check ]] &&
             printf '[forward_auth]\nlisten = "127.0.0.1:%s"\n' "$FA" >>"$TMP/authgate.toml"
         EXTRA_HEADERS=()
@@ -199,21 +218,25 @@ EOF
             ;;
         authgate) url="http://127.0.0.1:$AG/" auth="" ;;
         authgate-apikey | authgate-apikey-assert | authgate-apikey-db | authgate-apikey-h2) url="http://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
+        authgate-apikey-h2tls) url="https://127.0.0.1:$AG/api/x" auth="Bearer $KEY" ;;
         *) url="http://127.0.0.1:$AG/api/x" auth="Bearer sgk_$(printf 'x%.0s' {1..40})" ;;
         esac
         count "$target" "$url" "$auth" "$AUTHGATE_BIN" serve --config "$TMP/authgate.toml" --threads 1
         ;;
-    nginx | nginx-h2)
-        # nginx-h2: the same proxy on a port of its own that speaks only (prior-knowledge) h2c.
-        PX=$(port) dir=$TMP/proxy listen_opts=""
+    nginx | nginx-h2 | nginx-h2tls)
+        # nginx-h2: the same proxy on a port of its own that speaks only (prior-knowledge) h2c;
+        # nginx-h2tls: HTTP/2 over TLS with authgate-apikey-h2tls's certificate.
+        PX=$(port) dir=$TMP/proxy listen_opts="" scheme=http
         [[ $target == nginx-h2 ]] && dir=$TMP/proxyh2 listen_opts=" http2"
+        [[ $target == nginx-h2tls ]] && dir=$TMP/proxyh2tls scheme=https \
+            listen_opts=" ssl http2; ssl_certificate $TMP/tls.crt; ssl_certificate_key $TMP/tls.key; ssl_protocols TLSv1.3"
         nginx_conf "$dir" "upstream backend { server 127.0.0.1:$UP; keepalive 64; }
     server { listen 127.0.0.1:$PX$listen_opts; location / { proxy_pass http://backend; proxy_http_version 1.1;
         proxy_set_header Connection \"\"; proxy_set_header Host \$http_host;
         proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
         proxy_set_header X-Request-Id \$request_id; } }"
-        count "$target" "http://127.0.0.1:$PX/" "" "$NGINX" -c "$dir/nginx.conf"
+        count "$target" "$scheme://127.0.0.1:$PX/" "" "$NGINX" -c "$dir/nginx.conf"
         ;;
     nginx-401)
         # nginx refusing an unknown key with a `map` check, as benches/load.sh's nginx-401.
