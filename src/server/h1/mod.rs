@@ -25,9 +25,11 @@
 //! - a WebSocket upgrade hands the raw connection (and any bytes already read) to the tunnel
 //!   once the 101 is written.
 //!
-//! Timeouts: the connection task owns one timer for its whole life. It is only ever moved
-//! earlier; a timer that fires before the real deadline is re-armed then (at most once per
-//! timeout period), so a busy keep-alive connection does no timer work per request.
+//! Timeouts: the connection task owns one timer for its whole life. Waiting for a head only
+//! ever moves it earlier; a timer that fires before the real deadline is re-armed then (at
+//! most once per timeout period), so a busy keep-alive connection does no timer work per
+//! request. A response that waits for its upstream's next bytes (a stream) parks it far
+//! ahead once, so a long stream is not woken by a head timeout that cannot apply to it.
 
 mod body;
 #[cfg(test)]
@@ -58,7 +60,7 @@ use crate::pipeline::{Answer, ConnInfo};
 use super::Handler;
 
 use body::{ContinueGate, RequestBody, linger, run_with_continue};
-use write::{ResponseTo, write_allowed, write_error, write_refusal, write_response};
+use write::{ResponseTo, Waiting, write_allowed, write_error, write_refusal, write_response};
 
 /// Limits and timeouts of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -223,13 +225,17 @@ pub(super) async fn serve<R, W, H>(
                     context,
                     trailers_allowed,
                 };
+                let waiting = Waiting {
+                    read_buf: &mut buf,
+                    timer: timer.as_mut(),
+                };
                 write_response(
                     &mut wr,
                     &mut out,
                     response,
                     response_to,
                     &mut keep_alive,
-                    &mut buf,
+                    waiting,
                 )
                 .await
             }

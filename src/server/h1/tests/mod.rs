@@ -12,7 +12,7 @@ mod exchanges;
 mod timers;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -48,8 +48,10 @@ struct Script {
     seen: Mutex<Vec<String>>,
     /// `/wait` answers once this is notified.
     release: Notify,
-    /// `/slow-stream` sends its second frame once this is notified.
+    /// `/slow-stream` and `/counted-stream` send their second frame once this is notified.
     stream_gate: Arc<Notify>,
+    /// How often the connection polled `/counted-stream`'s body.
+    stream_polls: Arc<AtomicUsize>,
     /// The connection `/upgrade` got; the test takes it.
     upgraded: Mutex<Option<oneshot::Receiver<io::Result<Upgraded>>>>,
 }
@@ -99,24 +101,12 @@ impl Script {
                 )))
             }
             // A stream that waits between its frames, as SSE does.
-            "/slow-stream" => {
-                let gate = self.stream_gate.clone();
-                let frames = futures_util::stream::unfold(0u8, move |step| {
-                    let gate = gate.clone();
-                    async move {
-                        let frame = match step {
-                            0 => "one",
-                            1 => {
-                                gate.notified().await;
-                                "two"
-                            }
-                            _ => return None,
-                        };
-                        Some((Ok::<_, BoxError>(Frame::data(Bytes::from(frame))), step + 1))
-                    }
-                });
-                ok(crate::body::boxed(StreamBody::new(frames)))
-            }
+            "/slow-stream" => ok(slow_stream(&self.stream_gate)),
+            // The same, counting the polls of its body.
+            "/counted-stream" => ok(crate::body::boxed(CountedPolls {
+                inner: slow_stream(&self.stream_gate),
+                polls: self.stream_polls.clone(),
+            })),
             // The head says 5 bytes; a 204 has none, and says nothing about a length.
             "/204" => {
                 let mut response = Response::new(full("12345"));
@@ -153,6 +143,46 @@ impl Script {
             }
             _ => ok(full("hello")),
         }
+    }
+}
+
+/// "one" at once, then "two" once `gate` is notified, then the end.
+fn slow_stream(gate: &Arc<Notify>) -> ProxyBody {
+    let gate = gate.clone();
+    let frames = futures_util::stream::unfold(0u8, move |step| {
+        let gate = gate.clone();
+        async move {
+            let frame = match step {
+                0 => "one",
+                1 => {
+                    gate.notified().await;
+                    "two"
+                }
+                _ => return None,
+            };
+            Some((Ok::<_, BoxError>(Frame::data(Bytes::from(frame))), step + 1))
+        }
+    });
+    crate::body::boxed(StreamBody::new(frames))
+}
+
+/// A body that counts how often it is polled: a poll that finds nothing new is a wake-up
+/// of the connection task for nothing.
+struct CountedPolls {
+    inner: ProxyBody,
+    polls: Arc<AtomicUsize>,
+}
+
+impl http_body::Body for CountedPolls {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The connection loop's timers at their edges: header_read_timeout for every head (the
 //! first, one trickled byte by byte, one started late on a kept-alive connection) and
-//! idle_timeout between requests (also after a slow first head).
+//! idle_timeout between requests (also after a slow first head and after a long stream); a
+//! streaming response is not woken by them.
 
 use super::*;
 
@@ -93,4 +94,36 @@ async fn idle_timeout_holds_after_a_slow_first_head() {
     client.send("\r\n").await;
     assert_eq!(client.output().await, ok_bytes("hello", ""));
     client.assert_closes_after(idle, "idle_timeout").await;
+}
+
+/// A response that streams past both timeouts is not woken by the head timer (it has nothing
+/// to time then: one wake-up per stream was a measurable share of the CPU per SSE event), and
+/// idle_timeout counts again from the stream's end.
+#[tokio::test(start_paused = true)]
+async fn a_long_stream_is_not_woken_by_the_head_timer_and_idle_timeout_follows_it() {
+    let mut client = Client::with_timeouts().await;
+    client.send(get("/counted-stream")).await;
+    assert_eq!(
+        client.output().await,
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n"
+    );
+    settle().await;
+    let polls = client.script.stream_polls.load(Ordering::SeqCst);
+    // Past header_read_timeout (which the head timer was armed for) and idle_timeout.
+    tokio::time::advance(HEADER_TIMEOUT + MS).await;
+    client
+        .assert_quiet("streaming past header_read_timeout")
+        .await;
+    tokio::time::advance(IDLE_TIMEOUT * 2).await;
+    client.assert_quiet("streaming past idle_timeout").await;
+    assert_eq!(
+        client.script.stream_polls.load(Ordering::SeqCst),
+        polls,
+        "the waiting body was polled again with nothing new: the task was woken for nothing"
+    );
+    client.script.stream_gate.notify_one();
+    assert_eq!(client.output().await, "3\r\ntwo\r\n0\r\n\r\n");
+    client
+        .assert_closes_after(IDLE_TIMEOUT, "idle_timeout after the stream")
+        .await;
 }
