@@ -131,9 +131,9 @@ pub(super) async fn write_response<W: AsyncWrite + Unpin>(
                 if !timer_parked {
                     // The head timer is still armed for the wait before this request and
                     // would fire in the middle of a long stream, waking this task for
-                    // nothing: one wake-up per stream, about 7 % of the CPU per event at
-                    // 1,000 SSE streams. The next wait for a head arms it again (`read_head`
-                    // moves it earlier), so this is once per streamed response.
+                    // nothing (one wake-up per stream). The next wait for a head arms it
+                    // again (`read_head` moves it earlier), so this is once per streamed
+                    // response, and never on a response whose body is ready with its head.
                     waiting.timer.as_mut().reset(Instant::now() + TIMER_PARKED);
                     timer_parked = true;
                 }

@@ -97,7 +97,7 @@ async fn idle_timeout_holds_after_a_slow_first_head() {
 }
 
 /// A response that streams past both timeouts is not woken by the head timer (it has nothing
-/// to time then: one wake-up per stream was a measurable share of the CPU per SSE event), and
+/// to time then, and each such wake-up polls the whole connection for nothing), and
 /// idle_timeout counts again from the stream's end.
 #[tokio::test(start_paused = true)]
 async fn a_long_stream_is_not_woken_by_the_head_timer_and_idle_timeout_follows_it() {
