@@ -225,10 +225,7 @@ pub(super) async fn serve<R, W, H>(
                     context,
                     trailers_allowed,
                 };
-                let waiting = Waiting {
-                    read_buf: &mut buf,
-                    timer: timer.as_mut(),
-                };
+                let waiting = Waiting::new(&mut buf, timer.as_mut());
                 write_response(
                     &mut wr,
                     &mut out,

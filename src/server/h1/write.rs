@@ -31,8 +31,42 @@ const TIMER_PARKED: Duration = Duration::from_secs(24 * 60 * 60);
 /// What the connection holds that a response waiting for the upstream's next bytes has no
 /// use for: its read buffer (released while empty) and its head timer (parked).
 pub(super) struct Waiting<'a> {
-    pub(super) read_buf: &'a mut BytesMut,
-    pub(super) timer: Pin<&'a mut Sleep>,
+    read_buf: &'a mut BytesMut,
+    timer: Pin<&'a mut Sleep>,
+    timer_parked: bool,
+}
+
+impl<'a> Waiting<'a> {
+    pub(super) fn new(read_buf: &'a mut BytesMut, timer: Pin<&'a mut Sleep>) -> Self {
+        Self {
+            read_buf,
+            timer,
+            timer_parked: false,
+        }
+    }
+
+    /// A response waiting for its next frame (a stream: SSE, a long completion) keeps no
+    /// buffer it does not use: the output buffer was just written out, and the read buffer
+    /// holds nothing while no pipelined request follows. Each comes back (allocated as
+    /// needed) when next used. Thousands of open streams then cost their state, not 4 + 8 KiB
+    /// of idle buffers each.
+    ///
+    /// The head timer is still armed for the wait before this request and would fire in the
+    /// middle of a long stream, waking the task for nothing (one wake-up per stream). It is
+    /// parked once per response; the next wait for a head arms it again (`read_head` moves it
+    /// earlier). A response whose body is ready with its head never comes here.
+    fn release(&mut self, out: &mut BytesMut) {
+        if out.is_empty() && out.capacity() > 0 {
+            *out = BytesMut::new();
+        }
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            *self.read_buf = BytesMut::new();
+        }
+        if !self.timer_parked {
+            self.timer.as_mut().reset(Instant::now() + TIMER_PARKED);
+            self.timer_parked = true;
+        }
+    }
 }
 
 /// What the request decides about its response: framing, and whether trailers may follow.
@@ -112,7 +146,6 @@ pub(super) async fn write_response<W: AsyncWrite + Unpin>(
     }
     let mut body = pin!(body);
     let mut sent: u64 = 0;
-    let mut timer_parked = false;
     loop {
         // A frame that is ready now joins what is buffered; otherwise the buffer goes out
         // before waiting, so a stream (SSE) reaches the client event by event.
@@ -127,16 +160,7 @@ pub(super) async fn write_response<W: AsyncWrite + Unpin>(
             Some(frame) => frame,
             None => {
                 write_out(wr, out).await?;
-                release_while_waiting(out, waiting.read_buf);
-                if !timer_parked {
-                    // The head timer is still armed for the wait before this request and
-                    // would fire in the middle of a long stream, waking this task for
-                    // nothing (one wake-up per stream). The next wait for a head arms it
-                    // again (`read_head` moves it earlier), so this is once per streamed
-                    // response, and never on a response whose body is ready with its head.
-                    waiting.timer.as_mut().reset(Instant::now() + TIMER_PARKED);
-                    timer_parked = true;
-                }
+                waiting.release(out);
                 std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
             }
         };
@@ -243,19 +267,6 @@ async fn finish_body<W: AsyncWrite + Unpin>(
 
 /// Most bytes a chunk's framing adds: the size line (16 hex digits at most) and two CRLFs.
 const CHUNK_FRAMING: usize = 16 + 4;
-
-/// A response waiting for its next frame (a stream: SSE, a long completion) keeps no buffer it
-/// does not use: the output buffer was just written out, and the read buffer holds nothing
-/// while no pipelined request follows. Each comes back (allocated as needed) when next used.
-/// Thousands of open streams then cost their state, not 4 + 8 KiB of idle buffers each.
-fn release_while_waiting(out: &mut BytesMut, read_buf: &mut BytesMut) {
-    if out.is_empty() && out.capacity() > 0 {
-        *out = BytesMut::new();
-    }
-    if read_buf.is_empty() && read_buf.capacity() > 0 {
-        *read_buf = BytesMut::new();
-    }
-}
 
 async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<()> {
     if !out.is_empty() {
@@ -422,20 +433,37 @@ fn http_date() -> [u8; 29] {
 mod waiting_tests {
     use super::*;
 
-    #[test]
-    fn a_waiting_stream_gives_back_empty_buffers_and_keeps_pipelined_bytes() {
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_stream_gives_back_empty_buffers_and_keeps_pipelined_bytes() {
+        let mut timer = pin!(tokio::time::sleep(Duration::from_secs(10)));
         let mut out = BytesMut::with_capacity(4096);
         let mut read_buf = BytesMut::with_capacity(8192);
-        release_while_waiting(&mut out, &mut read_buf);
+        Waiting::new(&mut read_buf, timer.as_mut()).release(&mut out);
         assert_eq!((out.capacity(), read_buf.capacity()), (0, 0));
 
         // A request pipelined behind the stream stays where it is, with its allocation.
         let mut read_buf = BytesMut::with_capacity(8192);
         read_buf.extend_from_slice(b"GET /next HTTP/1.1\r\n");
         let mut out = BytesMut::with_capacity(4096);
-        release_while_waiting(&mut out, &mut read_buf);
+        Waiting::new(&mut read_buf, timer.as_mut()).release(&mut out);
         assert_eq!(out.capacity(), 0);
         assert_eq!(&read_buf[..], b"GET /next HTTP/1.1\r\n");
         assert!(read_buf.capacity() >= 8192 - 20);
+    }
+
+    /// The head timer is parked at the first wait of a response and left alone at the next.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_stream_parks_the_head_timer_once() {
+        let mut timer = pin!(tokio::time::sleep(Duration::from_secs(10)));
+        let mut read_buf = BytesMut::new();
+        let mut out = BytesMut::new();
+        let start = Instant::now();
+        let mut waiting = Waiting::new(&mut read_buf, timer.as_mut());
+        waiting.release(&mut out);
+        let parked = waiting.timer.deadline();
+        assert_eq!(parked, start + TIMER_PARKED);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        waiting.release(&mut out);
+        assert_eq!(waiting.timer.deadline(), parked, "parked once per response");
     }
 }
