@@ -605,7 +605,7 @@ mod tests {
         let (mut peer, _) = listener.accept().await.unwrap();
         let idle: Arc<pool::IdleConns> = Arc::default();
         idle.checkin(conn::plain(stream), false);
-        idle.release_idle_buffers();
+        idle.sweep();
         let conn = idle.checkout().await.unwrap();
         assert_eq!(conn.read_buf.capacity(), 0);
 

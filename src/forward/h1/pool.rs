@@ -191,60 +191,45 @@ impl IdleConns {
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
-                pool.close_readable();
-                pool.release_idle_buffers();
-                pool.reap();
+                pool.sweep();
             }
         });
     }
 
-    /// Closes the idle connections that received bytes or EOF.
-    fn close_readable(&self) {
+    /// One pass over the idle connections under one lock: those past the idle timeout or that
+    /// received bytes or EOF are closed (even when no request comes to notice them), and the
+    /// rest give back their read buffers, allocated again when next used. After a burst of
+    /// streams hundreds may wait per upstream, each holding a buffer sized for a response
+    /// (16 KiB, its touched pages resident); kept for up to the idle timeout, they held memory
+    /// the gateway no longer used. A connection in steady keep-alive use is rarely idle at the
+    /// instant of a sweep, so this costs it an allocation only then.
+    pub(super) fn sweep(&self) {
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
-        let before = idle.len();
         // Closed outside the lock: dropping a TLS connection sends its close_notify.
         let mut closed = Vec::new();
-        let mut kept = VecDeque::with_capacity(before);
+        let mut readable = 0;
+        let mut kept = VecDeque::with_capacity(idle.len());
         for mut entry in idle.drain(..) {
-            if entry.conn.is_open() {
-                kept.push_back(entry);
-            } else {
+            if now >= entry.expires {
                 closed.push(entry);
+            } else if !entry.conn.is_open() {
+                readable += 1;
+                closed.push(entry);
+            } else {
+                entry.conn.release_empty_read_buffer();
+                kept.push_back(entry);
             }
         }
         *idle = kept;
         drop(idle);
-        if !closed.is_empty() {
+        drop(closed);
+        if readable > 0 {
             tracing::debug!(
-                count = closed.len(),
+                count = readable,
                 "Idle upstream connections received input; closed."
             );
         }
-    }
-
-    /// Idle connections give back their read buffers, allocated again when next used. After
-    /// a burst of streams hundreds may wait per upstream, each holding a buffer sized for a
-    /// response (16 KiB, its touched pages resident); kept for up to the idle timeout, they
-    /// held memory the gateway no longer used. A connection in steady keep-alive use is
-    /// rarely idle at the instant of a sweep, so this costs it an allocation only then.
-    pub(super) fn release_idle_buffers(&self) {
-        let mut idle = lock(&self.idle);
-        for entry in idle.iter_mut() {
-            entry.conn.release_empty_read_buffer();
-        }
-    }
-
-    /// Closes connections idle past the timeout even when no request comes to notice them.
-    fn reap(&self) {
-        let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        let fresh = idle
-            .iter()
-            .position(|entry| now < entry.expires)
-            .unwrap_or(idle.len());
-        let expired: Vec<Idle> = idle.drain(..fresh).collect();
-        drop(idle);
-        drop(expired);
     }
 }
 
@@ -306,6 +291,27 @@ mod tests {
         assert!(pool.checkout().await.is_some());
     }
 
+    /// The sweep closes, with no request to notice them, the idle connections that received
+    /// bytes or EOF, and keeps the quiet ones.
+    #[tokio::test]
+    async fn the_sweep_closes_the_idle_connections_that_received_input_and_keeps_the_rest() {
+        for stray in [&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..], b""] {
+            let pool = Arc::new(IdleConns::default());
+            let (quiet, _quiet_peer) = pair().await;
+            let (spoken_to, peer) = pair().await;
+            pool.checkin(quiet, false);
+            pool.checkin(spoken_to, false);
+            let _peer = deliver(peer, stray).await;
+            pool.sweep();
+            assert_eq!(idle_count(&pool), 1, "{stray:?}");
+            assert_eq!(lock(&pool.idle)[0].conn.read_buf.capacity(), 0);
+            assert!(
+                pool.checkout().await.is_some(),
+                "the quiet one stays usable"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_swept_idle_connection_holds_no_read_buffer_and_is_still_handed_out() {
         let pool = Arc::new(IdleConns::default());
@@ -315,7 +321,7 @@ mod tests {
             "a new connection comes with its buffer"
         );
         pool.checkin(conn, false);
-        pool.release_idle_buffers();
+        pool.sweep();
         assert_eq!(lock(&pool.idle)[0].conn.read_buf.capacity(), 0);
         let mut conn = pool.checkout().await.expect("still reusable");
         // The next read allocates the buffer again.
