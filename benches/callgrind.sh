@@ -8,6 +8,7 @@
 #   benches/callgrind.sh                     # public route, authgate and nginx
 #   AUTHGATE_BIN=target/profiling/authgate TARGETS=authgate benches/callgrind.sh
 #   TARGETS="authgate-apikey authgate-401" benches/callgrind.sh   # API-key route
+#   TARGETS="authgate-apikey nginx-apikey" benches/callgrind.sh   # API-key route, both proxies
 #   TARGETS="authgate-apikey authgate-apikey-assert" benches/callgrind.sh   # signed assertion cost
 #   TARGETS="authgate-apikey authgate-apikey-db" benches/callgrind.sh   # key service: usage counting
 #   TARGETS="authgate-apikey authgate-check" benches/callgrind.sh   # forward-auth check vs proxied
@@ -18,7 +19,8 @@
 # with symbols, so the kept profiles name functions; the instructions are the release's), TARGETS ("authgate nginx";
 # also authgate-apikey: the API-key route with a valid cached key, and authgate-401: the same
 # route with a well-formed unknown key, refused with 401; nginx-401: nginx refusing the same
-# key with a `map` check; authgate-apikey-assert: authgate-apikey with identity.assertion on,
+# key with a `map` check; nginx-apikey: nginx accepting a known key with load.sh's `map` check
+# and headers; authgate-apikey-assert: authgate-apikey with identity.assertion on,
 # so each request carries the identity's cached signed assertion; authgate-check: the same
 # key's request asked of the [forward_auth] listener as nginx's auth_request asks it,
 # X-Original-Method/-URI and X-Forwarded-Host, answered 200 with the identity;
@@ -237,6 +239,24 @@ EOF
         proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
         proxy_set_header X-Request-Id \$request_id; } }"
         count "$target" "$scheme://127.0.0.1:$PX/" "" "$NGINX" -c "$dir/nginx.conf"
+        ;;
+    nginx-apikey)
+        # The API-key route as benches/load.sh's nginx-apikey does it: a `map` of the key to
+        # allowed and to its tenant, the credential dropped, the tenant and the forwarding
+        # headers set. One key in the map: a hash lookup costs the same at 10,000.
+        PX=$(port)
+        nginx_conf "$TMP/proxyapikey" "upstream backend { server 127.0.0.1:$UP; keepalive 64; }
+    map \$http_authorization \$api_key_ok { default 0; \"Bearer sgk_known\" 1; }
+    map \$http_authorization \$api_tenant { default \"\"; \"Bearer sgk_known\" t1; }
+    server { listen 127.0.0.1:$PX; location /api/ { if (\$api_key_ok = 0) { return 401; }
+        proxy_pass http://backend; proxy_http_version 1.1;
+        proxy_set_header Connection \"\"; proxy_set_header Authorization \"\";
+        proxy_set_header Host \$http_host; proxy_set_header X-Auth-Tenant-Id \$api_tenant;
+        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
+        proxy_set_header X-Request-Id \$request_id; } }"
+        count nginx-apikey "http://127.0.0.1:$PX/api/x" "Bearer sgk_known" \
+            "$NGINX" -c "$TMP/proxyapikey/nginx.conf"
         ;;
     nginx-401)
         # nginx refusing an unknown key with a `map` check, as benches/load.sh's nginx-401.
