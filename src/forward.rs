@@ -291,11 +291,15 @@ impl Upstreams {
     /// Sends the request (its URI is replaced per target) and waits for the response headers
     /// until `deadline` (the caller's clock read serves both: one read less per request).
     /// Tries the next upstream, in round-robin order, when one refuses the connection; the
-    /// body is reclaimed for that only if it was never started.
+    /// body is reclaimed for that only if it was never started. `field_lines` are fields
+    /// authgate serialized itself as `name: value\r\n` lines (the identity headers), absent
+    /// from the request's own: an HTTP/1.1 upstream gets them written as they are, an HTTP/2
+    /// one in the request's header map.
     pub async fn send(
         &self,
         mut request: Request<ProxyBody>,
         path_and_query: &str,
+        field_lines: &[u8],
         preserve_host: bool,
         deadline: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -311,9 +315,15 @@ impl Upstreams {
         };
         if count == 1 {
             let target = &self.targets[0];
-            self.prepare(&mut request, target, path_and_query, preserve_host)?;
+            self.prepare(
+                &mut request,
+                target,
+                path_and_query,
+                field_lines,
+                preserve_host,
+            )?;
             return self
-                .attempt(request, target, deadline)
+                .attempt(request, target, field_lines, deadline)
                 .await
                 .map_err(|(error, _)| error);
         }
@@ -325,8 +335,14 @@ impl Upstreams {
             let Some(this_body) = body.take() else { break };
             let target = &self.targets[(start + attempt) % count];
             let mut request = Request::from_parts(parts.clone(), this_body);
-            self.prepare(&mut request, target, path_and_query, preserve_host)?;
-            match self.attempt(request, target, deadline).await {
+            self.prepare(
+                &mut request,
+                target,
+                path_and_query,
+                field_lines,
+                preserve_host,
+            )?;
+            match self.attempt(request, target, field_lines, deadline).await {
                 Ok(response) => return Ok(response),
                 Err((error, connect_failed)) => {
                     last_error = error;
@@ -347,6 +363,7 @@ impl Upstreams {
         request: &mut Request<ProxyBody>,
         target: &UpstreamTarget,
         path_and_query: &str,
+        field_lines: &[u8],
         preserve_host: bool,
     ) -> Result<(), GatewayError> {
         if target.h1.is_some() {
@@ -360,6 +377,7 @@ impl Upstreams {
             return Ok(());
         }
         *request.uri_mut() = target.uri(path_and_query)?;
+        crate::headers::append_field_lines(field_lines, request.headers_mut());
         if !preserve_host {
             request
                 .headers_mut()
@@ -373,18 +391,21 @@ impl Upstreams {
         &self,
         request: Request<ProxyBody>,
         target: &UpstreamTarget,
+        field_lines: &[u8],
         deadline: Instant,
     ) -> Result<Response<ProxyBody>, (GatewayError, bool)> {
         match &target.h1 {
-            Some(pool) => match tokio::time::timeout_at(deadline, pool.send(request)).await {
-                Err(_elapsed) => Err((GatewayError::UpstreamTimeout, false)),
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(h1::SendError::Connect(error))) => {
-                    tracing::debug!(error = %crate::error::error_chain(&error), connect_failed = true, "Upstream request failed.");
-                    Err((GatewayError::UpstreamUnavailable, true))
+            Some(pool) => {
+                match tokio::time::timeout_at(deadline, pool.send(request, field_lines)).await {
+                    Err(_elapsed) => Err((GatewayError::UpstreamTimeout, false)),
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(h1::SendError::Connect(error))) => {
+                        tracing::debug!(error = %crate::error::error_chain(&error), connect_failed = true, "Upstream request failed.");
+                        Err((GatewayError::UpstreamUnavailable, true))
+                    }
+                    Ok(Err(h1::SendError::Http(error))) => Err(request_failed(&error, false)),
                 }
-                Ok(Err(h1::SendError::Http(error))) => Err(request_failed(&error, false)),
-            },
+            }
             None => {
                 // Every target of an HTTP/1.1 client has a pool, so this is HTTP/2.
                 let Some(client) = &self.client.inner else {
@@ -532,24 +553,35 @@ mod tests {
             .unwrap();
         let target = &h1.targets[0];
         let mut plain = request(Some("client.example"));
-        h1.prepare(&mut plain, target, "/v1/x?q=1", false).unwrap();
+        let identity = b"x-auth-method: api_key\r\nx-auth-subject: k1\r\n";
+        h1.prepare(&mut plain, target, "/v1/x?q=1", identity, false)
+            .unwrap();
         assert_eq!(plain.uri().to_string(), "/base/v1/x?q=1");
         assert_eq!(plain.headers()[HOST], "up:9000");
+        assert!(
+            !plain.headers().contains_key("x-auth-subject"),
+            "HTTP/1.1: the lines are written after the map's fields, not put in the map"
+        );
         let mut kept = request(Some("client.example"));
-        h1.prepare(&mut kept, target, "/v1/x", true).unwrap();
+        h1.prepare(&mut kept, target, "/v1/x", b"", true).unwrap();
         assert_eq!(kept.headers()[HOST], "client.example");
         let mut missing = request(None);
-        h1.prepare(&mut missing, target, "/v1/x", true).unwrap();
+        h1.prepare(&mut missing, target, "/v1/x", b"", true)
+            .unwrap();
         assert_eq!(missing.headers()[HOST], "up:9000", "a missing Host is set");
 
         let h2 = clients
             .upstreams(&spec(&["https://up2"], UpstreamProtocol::Http2))
             .unwrap();
         let mut absolute = request(Some("client.example"));
-        h2.prepare(&mut absolute, &h2.targets[0], "/v1/x", false)
+        h2.prepare(&mut absolute, &h2.targets[0], "/v1/x", identity, false)
             .unwrap();
         assert_eq!(absolute.uri().to_string(), "https://up2/v1/x");
         assert_eq!(absolute.headers()[HOST], "up2");
+        // HTTP/2: the identity lines become fields of the map, one each.
+        assert_eq!(absolute.headers()["x-auth-method"], "api_key");
+        assert_eq!(absolute.headers()["x-auth-subject"], "k1");
+        assert_eq!(absolute.headers().len(), 3);
     }
 
     /// The same upstream in two specs (two routes, or the same route after a reload) shares
@@ -613,7 +645,13 @@ mod tests {
             let mut post = Request::new(full("hello"));
             *post.method_mut() = http::Method::POST;
             let response = upstreams
-                .send(post, "/x", false, Instant::now() + Duration::from_secs(5))
+                .send(
+                    post,
+                    "/x",
+                    b"",
+                    false,
+                    Instant::now() + Duration::from_secs(5),
+                )
                 .await
                 .unwrap();
             assert_eq!(response.status(), 200);
@@ -628,6 +666,7 @@ mod tests {
             .send(
                 request(None),
                 "/x",
+                b"",
                 false,
                 Instant::now() + Duration::from_secs(5),
             )

@@ -195,6 +195,28 @@ pub fn strip_client_identity(headers: &mut HeaderMap, prefix: &str) -> usize {
     doomed.len()
 }
 
+/// Appends `name: value\r\n` lines that authgate serialized itself (identity fields built
+/// from valid names and values, see `auth::Identity::upstream_fields`) to `headers`: for a
+/// protocol that needs them in a map rather than written as they are. A line that does not
+/// parse back is dropped, never passed through.
+pub fn append_field_lines(lines: &[u8], headers: &mut HeaderMap) {
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let value = line[colon + 1..]
+            .strip_prefix(b" ")
+            .unwrap_or(&line[colon + 1..]);
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+}
+
 /// Removes every client copy of `name` (lowercase), in its `_` spellings too, as the prefix
 /// rule does: for a header authgate sets outside the identity prefix. Returns how many
 /// distinct names were removed.

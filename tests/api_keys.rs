@@ -649,6 +649,72 @@ async fn identity_headers_reach_the_upstream_and_invalid_claims_are_dropped_200(
     assert_eq!(seen.header("x-auth-tenant-id").as_deref(), Some("acme"));
 }
 
+/// The identity fields are serialized once per key and written after the request's own
+/// fields on HTTP/1.1, put in the header map for HTTP/2: each upstream protocol gets every
+/// field once, with authgate's value, and none of the client's copies.
+#[tokio::test]
+async fn identity_headers_reach_http1_and_http2_upstreams_once_each_200() {
+    let upstream = Upstream::start().await;
+    let key = new_key();
+    let config = format!(
+        r#"[api_keys]
+file = "keys.toml"
+
+[[routes]]
+name = "h1"
+match = {{ path_prefix = "/h1/" }}
+upstream = "{0}"
+auth = ["api_key"]
+upstream_protocol = "http1"
+
+[[routes]]
+name = "h2"
+match = {{ path_prefix = "/h2/" }}
+upstream = "{0}"
+auth = ["api_key"]
+upstream_protocol = "http2"
+"#,
+        upstream.url()
+    );
+    let keys = key_entry(&key, &std_fields("k1"));
+    let gw = TestGateway::start_with_files(&config, &[("keys.toml", keys.as_bytes())]).await;
+    let client = client();
+    for (path, version) in [
+        ("/h1/x", http::Version::HTTP_11),
+        ("/h2/x", http::Version::HTTP_2),
+    ] {
+        // Twice: the second request reuses the lines the first one built.
+        for _ in 0..2 {
+            let answer = client
+                .get(gw.url(path))
+                .header("authorization", format!("Bearer {key}"))
+                .header("x-auth-tenant-id", "evil")
+                .header("x-auth-subject", "evil")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200, "{path}");
+            let seen = upstream.last();
+            assert_eq!(seen.version, version, "{path}");
+            for (name, value) in [
+                ("x-auth-method", "api_key"),
+                ("x-auth-subject", "k1"),
+                ("x-auth-tenant-id", "acme"),
+                ("x-auth-user-id", "alice"),
+                ("x-auth-key-id", "k1"),
+                ("x-auth-scopes", "inference:write"),
+                ("x-auth-claim-plan", "pro"),
+            ] {
+                let values: Vec<_> = seen.headers.get_all(name).iter().collect();
+                assert_eq!(values, [value], "{path} {name}: {:?}", seen.headers);
+            }
+            assert_eq!(identity_header_names(&seen).len(), 7, "{path}");
+            assert!(seen.headers.get("authorization").is_none(), "{path}");
+            assert!(seen.headers.get("x-request-id").is_some(), "{path}");
+        }
+    }
+}
+
 // === 2. spoofing ===
 
 #[tokio::test]

@@ -206,10 +206,13 @@ pub struct Identity {
     /// The forward-auth answer's identity fields, serialized at the first check that presents
     /// this identity (see [`Self::answer_fields`]); 8 bytes while unused.
     answer_fields: OnceLock<Box<AnswerFields>>,
+    /// The identity fields of a proxied request, serialized at the first request that
+    /// presents this identity (see [`Self::upstream_fields`]); 8 bytes while unused.
+    upstream_fields: OnceLock<Box<AnswerFields>>,
 }
 
-/// [`Identity::answer_fields`]' cache: the lines, and the header prefix they were built with
-/// (a reload may change it while the identity stays cached).
+/// [`Identity::answer_fields`]' and [`Identity::upstream_fields`]' cache: the lines, and the
+/// header prefix they were built with (a reload may change it while the identity stays cached).
 #[derive(Debug, Clone)]
 struct AnswerFields {
     prefix: Box<str>,
@@ -269,6 +272,7 @@ impl Identity {
             key_hash: fields.key_hash,
             header_text: 0,
             answer_fields: OnceLock::new(),
+            upstream_fields: OnceLock::new(),
         };
         for (bit, span) in identity.header_fields().into_iter().enumerate() {
             if identity.str(span).is_some_and(is_header_text) {
@@ -278,7 +282,7 @@ impl Identity {
         identity
     }
 
-    /// The spans behind the identity headers, in the order of [`Self::insert_headers`].
+    /// The spans behind the identity headers, in the order of [`Self::upstream_fields`].
     fn header_fields(&self) -> [Span; 6] {
         [
             self.subject,
@@ -359,30 +363,44 @@ impl Identity {
         HeaderValue::from_maybe_shared(bytes.slice(start..end)).ok()
     }
 
-    /// Sets the identity headers (SPEC §6). The client's headers under the prefix must have
-    /// been stripped before.
-    pub fn insert_headers(&self, names: &IdentityHeaderNames, headers: &mut HeaderMap) {
-        self.put_headers(names, headers, false);
-    }
-
     /// The identity fields of a forward-auth answer as `name: value\r\n` lines: those of
-    /// [`Self::insert_headers`], in the same order, with the same values, and every standard
+    /// [`Self::upstream_fields`], in the same order, with the same values, and every standard
     /// field the identity does not fill set empty (the proxy copies each field it is told to
     /// over the client's copy; see `pipeline::forward_auth::Allowed`). Built once per
     /// identity (and header prefix), then shared: a check costs a reference-count increment
     /// here instead of a dozen header-map operations.
     pub fn answer_fields(&self, names: &IdentityHeaderNames) -> bytes::Bytes {
-        if let Some(cached) = self.answer_fields.get()
+        self.cached_lines(&self.answer_fields, names, true)
+    }
+
+    /// The identity headers (SPEC §6) of a request forwarded upstream as `name: value\r\n`
+    /// lines, each field valid header text or left out. Built once per identity (and header
+    /// prefix), then shared: the HTTP/1.1 upstream writer copies them
+    /// after the request's own fields, instead of a header-map insert per field on every
+    /// request. The client's fields under the prefix must have been stripped before.
+    pub fn upstream_fields(&self, names: &IdentityHeaderNames) -> bytes::Bytes {
+        self.cached_lines(&self.upstream_fields, names, false)
+    }
+
+    /// `cache`'s lines for `names`, built at the first call (`empty`: as for
+    /// [`Self::put_headers`]).
+    fn cached_lines(
+        &self,
+        cache: &OnceLock<Box<AnswerFields>>,
+        names: &IdentityHeaderNames,
+        empty: bool,
+    ) -> bytes::Bytes {
+        if let Some(cached) = cache.get()
             && *cached.prefix == *names.prefix
         {
             return cached.lines.clone();
         }
         let mut fields = HeaderMap::with_capacity(16);
-        self.put_headers(names, &mut fields, true);
+        self.put_headers(names, &mut fields, empty);
         let lines = field_lines(&fields);
-        // The first prefix seen stays cached; an identity checked under another one (after a
-        // reload changed it) builds its lines each time until it leaves the key cache.
-        let _ = self.answer_fields.set(Box::new(AnswerFields {
+        // The first prefix seen stays cached; an identity presented under another one (after
+        // a reload changed it) builds its lines each time until it leaves the key cache.
+        let _ = cache.set(Box::new(AnswerFields {
             prefix: names.prefix.as_str().into(),
             lines: lines.clone(),
         }));
@@ -656,9 +674,11 @@ mod tests {
             },
         );
         let names = IdentityHeaderNames::new("x-auth-");
+        // Read back as the upstream reads them: one field per line.
         let mut headers = HeaderMap::new();
         headers.insert("x-auth-tenant-id", HeaderValue::from_static("spoofed"));
-        identity.insert_headers(&names, &mut headers);
+        let lines = identity.upstream_fields(&names);
+        crate::headers::append_field_lines(&lines, &mut headers);
         let get = |name: &str| headers.get(name).map(|value| value.to_str().unwrap());
         assert_eq!(get("x-auth-method"), Some("jwt"));
         assert_eq!(get("x-auth-subject"), Some("user-1"));
@@ -670,6 +690,13 @@ mod tests {
         assert_eq!(get("x-auth-claim-bad"), None, "obs-text");
         // Not set: what was there stays (the pipeline strips client fields before this).
         assert_eq!(get("x-auth-tenant-id"), Some("spoofed"));
+        assert_eq!(
+            std::str::from_utf8(&lines).unwrap(),
+            "x-auth-method: jwt\r\nx-auth-subject: user-1\r\nx-auth-scopes: read write\r\n\
+             x-auth-issuer: https://idp.example\r\nx-auth-claim-team: blue\r\n"
+        );
+        // Built once: the next request shares the same bytes.
+        assert_eq!(identity.upstream_fields(&names).as_ptr(), lines.as_ptr());
     }
 
     /// A forward-auth answer's lines: every standard field (empty where the identity has no

@@ -146,10 +146,12 @@ pub(crate) struct HostPool {
 
 impl HostPool {
     /// Sends `request` (origin-form URI, Host set, hop-by-hop fields removed) on a pooled or
-    /// new connection and waits for the response head.
+    /// new connection and waits for the response head. `field_lines` are written after the
+    /// request's fields (see [`encode_request_head`]).
     pub(crate) async fn send(
         self: &Arc<Self>,
         request: Request<ProxyBody>,
+        field_lines: &[u8],
     ) -> Result<Response<ProxyBody>, SendError> {
         // Only a WebSocket handshake keeps Upgrade (the pipeline removes it otherwise).
         let upgrade = request.headers().contains_key(UPGRADE);
@@ -169,7 +171,10 @@ impl HostPool {
             None => (self.connect().await?, false),
         };
         loop {
-            let failure = match self.exchange(conn, &parts, framing, body, upgrade).await {
+            let failure = match self
+                .exchange(conn, &parts, field_lines, framing, body, upgrade)
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -190,11 +195,12 @@ impl HostPool {
         self: &Arc<Self>,
         conn: Conn,
         parts: &Parts,
+        field_lines: &[u8],
         framing: RequestFraming,
         body: ProxyBody,
         upgrade: bool,
     ) -> Result<Response<ProxyBody>, Failure> {
-        let mut exchange = Exchange::new(conn, parts, framing, body);
+        let mut exchange = Exchange::new(conn, parts, field_lines, framing, body);
         let head = std::future::poll_fn(|cx| exchange.poll_head(cx, &parts.method)).await;
         match head {
             Ok(head) => Ok(exchange.into_response(head, self.clone(), upgrade)),
@@ -261,13 +267,20 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(mut conn: Conn, parts: &Parts, framing: RequestFraming, body: ProxyBody) -> Self {
+    fn new(
+        mut conn: Conn,
+        parts: &Parts,
+        field_lines: &[u8],
+        framing: RequestFraming,
+        body: ProxyBody,
+    ) -> Self {
         let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         conn.write_buf.clear();
         encode_request_head(
             &parts.method,
             target,
             &parts.headers,
+            field_lines,
             framing,
             &mut conn.write_buf,
         );
@@ -582,7 +595,7 @@ mod tests {
             .into_parts();
         let conn = reset_connection().await;
         match pool
-            .exchange(conn, &parts, RequestFraming::Empty, body, false)
+            .exchange(conn, &parts, b"", RequestFraming::Empty, body, false)
             .await
         {
             Ok(response) => panic!("a reset connection answered: {response:?}"),
@@ -639,7 +652,7 @@ mod tests {
             .unwrap()
             .into_parts();
         let response = pool
-            .exchange(conn, &parts, RequestFraming::Empty, body, false)
+            .exchange(conn, &parts, b"", RequestFraming::Empty, body, false)
             .await
             .unwrap_or_else(|failure| panic!("no response: {:?}", failure.error));
         assert_eq!(response.status(), 200);

@@ -73,13 +73,16 @@ pub enum FramingError {
     InvalidContentLength,
 }
 
-/// Writes `METHOD SP request-target SP HTTP/1.1 CRLF`, the fields and the framing field
-/// `framing` calls for, then the empty line. `target` is the origin-form path and query.
-/// `Transfer-Encoding` fields in `headers` are left out: the framing is decided here alone.
+/// Writes `METHOD SP request-target SP HTTP/1.1 CRLF`, the fields, `field_lines`, and the
+/// framing field `framing` calls for, then the empty line. `target` is the origin-form path
+/// and query. `Transfer-Encoding` fields in `headers` are left out: the framing is decided here
+/// alone. `field_lines` are complete `name: value\r\n` lines that authgate serialized itself
+/// from valid names and values (the caller's identity fields), written as they are.
 pub fn encode_request_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    field_lines: &[u8],
     framing: RequestFraming,
     out: &mut BytesMut,
 ) {
@@ -96,6 +99,7 @@ pub fn encode_request_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(field_lines);
     match framing {
         RequestFraming::Empty | RequestFraming::Declared(_) => {}
         RequestFraming::Sized(length) => {
@@ -399,7 +403,7 @@ mod tests {
     fn request_head_is_written_with_the_framing_it_needs() {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_static("api.internal"));
-        headers.insert("x-auth-subject", HeaderValue::from_static("alice"));
+        headers.insert("x-request-id", HeaderValue::from_static("r1"));
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
         let cases = [
             (RequestFraming::Empty, ""),
@@ -407,13 +411,36 @@ mod tests {
             (RequestFraming::Sized(0), "content-length: 0\r\n"),
             (RequestFraming::Chunked, "transfer-encoding: chunked\r\n"),
         ];
-        for (framing, field) in cases {
-            let mut out = BytesMut::new();
-            encode_request_head(&Method::POST, "/v1/x?q=1", &headers, framing, &mut out);
-            let expected = format!(
-                "POST /v1/x?q=1 HTTP/1.1\r\nhost: api.internal\r\nx-auth-subject: alice\r\n{field}\r\n"
-            );
-            assert_eq!(String::from_utf8(out.to_vec()).unwrap(), expected);
+        let identity = "x-auth-method: api_key\r\nx-auth-subject: alice\r\n";
+        for field_lines in ["", identity] {
+            for (framing, field) in cases {
+                let mut out = BytesMut::new();
+                encode_request_head(
+                    &Method::POST,
+                    "/v1/x?q=1",
+                    &headers,
+                    field_lines.as_bytes(),
+                    framing,
+                    &mut out,
+                );
+                // The map's fields, the given lines, then the framing authgate decided: the
+                // lines can neither split a field nor follow the head's end.
+                let expected = format!(
+                    "POST /v1/x?q=1 HTTP/1.1\r\nhost: api.internal\r\nx-request-id: r1\r\n{field_lines}{field}\r\n"
+                );
+                assert_eq!(String::from_utf8(out.to_vec()).unwrap(), expected);
+                // What an upstream parses back: every field, once, and the head's end where
+                // it was written.
+                let mut parsed = [httparse::EMPTY_HEADER; 8];
+                let mut request = httparse::Request::new(&mut parsed);
+                assert_eq!(
+                    request.parse(&out).unwrap(),
+                    httparse::Status::Complete(out.len())
+                );
+                let names: Vec<&str> = request.headers.iter().map(|field| field.name).collect();
+                let lines = field_lines.matches("\r\n").count();
+                assert_eq!(names.len(), 2 + lines + usize::from(!field.is_empty()));
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use super::finish::Finish;
 use crate::body::{BodyCompletion, BodyOutcome, ObservedBody, ProxyBody, full};
 use crate::error::{FieldValue, GatewayError};
-use crate::headers::{RequestId, X_REQUEST_ID};
+use crate::headers::{RequestId, X_REQUEST_ID, append_field_lines};
 use crate::limits::{self, gcra::LimitState};
 use crate::routes::cors::CorsAnswer;
 
@@ -98,22 +98,7 @@ impl AllowedAnswer {
     pub fn into_response(self) -> Response<ProxyBody> {
         let mut response = Response::new(crate::body::empty());
         let headers = response.headers_mut();
-        // Lines authgate serialized itself from valid names and values: each parses back.
-        for line in self.identity_fields.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let value = line[colon + 1..]
-                .strip_prefix(b" ")
-                .unwrap_or(&line[colon + 1..]);
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(&line[..colon]),
-                HeaderValue::from_bytes(value),
-            ) {
-                headers.append(name, value);
-            }
-        }
+        append_field_lines(&self.identity_fields, headers);
         self.fields(|name, value| value.insert_into(name, headers));
         closing_and_observed(response, self.close, self.finish)
     }

@@ -430,7 +430,7 @@ async fn handle_inner<const CHECK: bool>(
     }
 
     // 5. Rewrite: credentials dropped, our identity headers, forwarding headers.
-    proxy::rewrite(
+    let identity_fields = proxy::rewrite(
         &mut parts,
         route,
         identity.as_deref(),
@@ -460,6 +460,7 @@ async fn handle_inner<const CHECK: bool>(
     let send = runtime.upstreams(route).send(
         Request::from_parts(parts, body),
         &path_and_query,
+        &identity_fields,
         route.preserve_host,
         tokio::time::Instant::from_std(started) + route.timeout,
     );

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST, TE};
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, Version};
@@ -28,7 +29,11 @@ use crate::routes::Route;
 
 /// Step 5: credentials stay here unless the route opts in; authgate's identity headers and
 /// signed assertion (the client's were stripped in step 3); forwarding headers and the
-/// request id.
+/// request id. The identity headers are returned as `name: value\r\n` lines, built once per
+/// identity, for the upstream client to add (`Upstreams::send`): empty without an identity.
+/// No field set here can be one of them: `upstream_headers` may not name an identity header
+/// (config), and the signed assertion has its own name.
+#[must_use]
 pub(super) fn rewrite(
     parts: &mut Parts,
     route: &Route,
@@ -37,7 +42,7 @@ pub(super) fn rewrite(
     config: &Config,
     conn: &ConnInfo,
     request_id: &RequestId,
-) {
+) -> Bytes {
     // Credentials: the API-key headers always (the plain key never leaves the request), and
     // Authorization unless the route opts in. With `_` fields allowed, a client's `X_Api_Key`
     // spelling goes too: backends read it as `x-api-key`.
@@ -48,13 +53,17 @@ pub(super) fn rewrite(
     if !route.forward_authorization {
         parts.headers.remove(AUTHORIZATION);
     }
-    if let Some(identity) = identity {
-        identity.insert_headers(&config.identity.names, &mut parts.headers);
-        // The same identity, signed, for upstreams that verify instead of trusting the network.
-        if let Some(signer) = assertion {
-            signer.insert(identity, &route.name, &mut parts.headers);
+    let identity_fields = match identity {
+        Some(identity) => {
+            // The same identity, signed, for upstreams that verify instead of trusting the
+            // network.
+            if let Some(signer) = assertion {
+                signer.insert(identity, &route.name, &mut parts.headers);
+            }
+            identity.upstream_fields(&config.identity.names)
         }
-    }
+        None => Bytes::new(),
+    };
     let original_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts
             .uri
@@ -93,6 +102,7 @@ pub(super) fn rewrite(
         }
         parts.headers.insert(name.clone(), value.clone());
     }
+    identity_fields
 }
 
 /// Removes every copy of `name`; with `underscores` also its `_` spellings.

@@ -578,7 +578,7 @@ pub fn forwarded_bytes(
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
     let mut out = BytesMut::new();
-    encode_request_head(&request.method, target, &headers, framing, &mut out);
+    encode_request_head(&request.method, target, &headers, b"", framing, &mut out);
     match framing {
         RequestFraming::Chunked => {
             let data: [&[u8]; 1] = [&request.body.data];
