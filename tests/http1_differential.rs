@@ -265,7 +265,7 @@ fn guardian_verdicts(input: &[u8]) -> Vec<(RequestSafetyTier, String)> {
     let mut verdicts = Vec::new();
     let mut rest = input.to_vec();
     while let Ok(Some(request)) = inv::read_request(&rest, &[], &limits) {
-        let (wire, _) = inv::forwarded_bytes(&request);
+        let (wire, _) = inv::forwarded_bytes(&request, &inv::identity_lines());
         let head_end = wire
             .windows(4)
             .position(|window| window == b"\r\n\r\n")

@@ -252,3 +252,17 @@ proptest! {
         inv::check_roundtrip(&stream);
     }
 }
+
+/// Heads around the field limit: the identity's lines are added while the head stays within
+/// it, and a head at the limit is still forwarded as read (fuzz/regressions/roundtrip/).
+#[test]
+fn forwarded_requests_near_the_field_limit_parse_back_to_what_was_read() {
+    for fields in 90..=authgate::http1::request::MAX_REQUEST_HEADERS {
+        let mut stream = b"GET /pub/many HTTP/1.1\r\nHost: h\r\n".to_vec();
+        for index in 1..fields {
+            stream.extend_from_slice(format!("x-h{index}: {}\r\n", "v".repeat(40)).as_bytes());
+        }
+        stream.extend_from_slice(b"\r\n");
+        inv::check_roundtrip(&stream);
+    }
+}

@@ -556,11 +556,38 @@ pub fn check_request(input: &[u8], cuts: &[usize]) -> Option<ReadRequest> {
     Some(request)
 }
 
+/// The identity fields an API key adds, as the pipeline hands them to the forwarder: lines
+/// serialized by the identity itself (`Identity::upstream_fields`), written after the
+/// request's own fields.
+pub fn identity_lines() -> bytes::Bytes {
+    static LINES: std::sync::LazyLock<bytes::Bytes> =
+        std::sync::LazyLock::new(build_identity_lines);
+    LINES.clone()
+}
+
+fn build_identity_lines() -> bytes::Bytes {
+    use authgate::auth::{AuthMethod, Identity, IdentityFields, IdentityHeaderNames};
+    let scopes = ["inference:write".to_owned()];
+    let identity = Identity::new(
+        AuthMethod::ApiKey,
+        &IdentityFields {
+            subject: "k1",
+            key_id: Some("k1"),
+            tenant_id: Some("acme"),
+            scopes: &scopes,
+            ..IdentityFields::default()
+        },
+    );
+    identity.upstream_fields(&IdentityHeaderNames::new("x-auth-"))
+}
+
 /// The head authgate sends upstream for `request`, the way the forwarder writes it:
 /// hop-by-hop fields stripped (the pipeline's step), framing from the fields and the body's
-/// state, origin-form target; then the body in that framing.
+/// state, origin-form target, `field_lines` (such as [`identity_lines`]) after the request's
+/// fields; then the body in that framing.
 pub fn forwarded_bytes(
     request: &ReadRequest,
+    field_lines: &[u8],
 ) -> (Vec<u8>, Option<authgate::http1::client::RequestFraming>) {
     use authgate::http1::client::{RequestFraming, encode_request_head};
     let mut headers = request.headers.clone();
@@ -578,7 +605,14 @@ pub fn forwarded_bytes(
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
     let mut out = BytesMut::new();
-    encode_request_head(&request.method, target, &headers, b"", framing, &mut out);
+    encode_request_head(
+        &request.method,
+        target,
+        &headers,
+        field_lines,
+        framing,
+        &mut out,
+    );
     match framing {
         RequestFraming::Chunked => {
             let data: [&[u8]; 1] = [&request.body.data];
@@ -602,7 +636,18 @@ pub fn check_roundtrip(input: &[u8]) {
         // A body that breaks off is never forwarded whole; nothing to compare.
         return;
     }
-    let (wire, framing) = forwarded_bytes(&request);
+    // The identity's lines are added when the head stays within the field limit authgate
+    // reads it back with: past it, the next hop's own limit decides (as for the byte limit
+    // below), and a head at the limit is still checked without them.
+    let mut stripped = request.headers.clone();
+    authgate::headers::strip_hop_by_hop(&mut stripped, false);
+    let identity = identity_lines();
+    let identity_fields = identity.split(|&b| b == b'\n').count() - 1;
+    // One more for the framing field the forwarder may add.
+    let fits =
+        stripped.len() + 1 + identity_fields <= authgate::http1::request::MAX_REQUEST_HEADERS;
+    let lines: &[u8] = if fits { &identity } else { b"" };
+    let (wire, framing) = forwarded_bytes(&request, lines);
     let framing = framing.expect("the parser let through a Content-Length the forwarder refuses");
     let limits = authgate::http1::request::RequestLimits {
         // The forwarder does not check the head's size; the next hop's limit is its own.
@@ -623,8 +668,14 @@ pub fn check_roundtrip(input: &[u8]) {
         uri.path_and_query()
             .map_or("/", http::uri::PathAndQuery::as_str)
     );
-    let mut expected = request.headers.clone();
-    authgate::headers::strip_hop_by_hop(&mut expected, false);
+    let mut expected = stripped;
+    // The identity's lines come back as fields of their own, after the request's.
+    let before = expected.len();
+    authgate::headers::append_field_lines(lines, &mut expected);
+    assert_eq!(
+        expected.len(),
+        before + if fits { identity_fields } else { 0 }
+    );
     match framing {
         RequestFraming::Chunked => {
             expected.append(TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
