@@ -288,19 +288,14 @@ impl Upstreams {
         }
     }
 
-    /// Sends the request (its URI is replaced per target) and waits for the response headers
-    /// until `deadline` (the caller's clock read serves both: one read less per request).
-    /// Tries the next upstream, in round-robin order, when one refuses the connection; the
-    /// body is reclaimed for that only if it was never started. `field_lines` are fields
-    /// authgate serialized itself as `name: value\r\n` lines (the identity headers), absent
-    /// from the request's own: an HTTP/1.1 upstream gets them written as they are, an HTTP/2
-    /// one in the request's header map.
+    /// Sends the request (its URI is replaced per target, as `outgoing` says) and waits for
+    /// the response headers until `deadline` (the caller's clock read serves both: one read
+    /// less per request). Tries the next upstream, in round-robin order, when one refuses the
+    /// connection; the body is reclaimed for that only if it was never started.
     pub async fn send(
         &self,
         mut request: Request<ProxyBody>,
-        path_and_query: &str,
-        field_lines: &[u8],
-        preserve_host: bool,
+        outgoing: Outgoing<'_>,
         deadline: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let count = self.targets.len();
@@ -315,15 +310,9 @@ impl Upstreams {
         };
         if count == 1 {
             let target = &self.targets[0];
-            self.prepare(
-                &mut request,
-                target,
-                path_and_query,
-                field_lines,
-                preserve_host,
-            )?;
+            self.prepare(&mut request, target, &outgoing)?;
             return self
-                .attempt(request, target, field_lines, deadline)
+                .attempt(request, target, outgoing.field_lines, deadline)
                 .await
                 .map_err(|(error, _)| error);
         }
@@ -335,14 +324,11 @@ impl Upstreams {
             let Some(this_body) = body.take() else { break };
             let target = &self.targets[(start + attempt) % count];
             let mut request = Request::from_parts(parts.clone(), this_body);
-            self.prepare(
-                &mut request,
-                target,
-                path_and_query,
-                field_lines,
-                preserve_host,
-            )?;
-            match self.attempt(request, target, field_lines, deadline).await {
+            self.prepare(&mut request, target, &outgoing)?;
+            match self
+                .attempt(request, target, outgoing.field_lines, deadline)
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err((error, connect_failed)) => {
                     last_error = error;
@@ -362,10 +348,13 @@ impl Upstreams {
         &self,
         request: &mut Request<ProxyBody>,
         target: &UpstreamTarget,
-        path_and_query: &str,
-        field_lines: &[u8],
-        preserve_host: bool,
+        outgoing: &Outgoing<'_>,
     ) -> Result<(), GatewayError> {
+        let Outgoing {
+            path_and_query,
+            field_lines,
+            preserve_host,
+        } = *outgoing;
         if target.h1.is_some() {
             // Origin-form, as the legacy client would send it; it also sets a missing Host.
             *request.uri_mut() = Uri::from(target.path_and_query(path_and_query)?);
@@ -419,6 +408,19 @@ impl Upstreams {
             }
         }
     }
+}
+
+/// What the pipeline decided about a request's upstream form, besides its header map.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The request target under the upstream's base path: path and query.
+    pub path_and_query: &'a str,
+    /// Fields authgate serialized itself as `name: value\r\n` lines (the identity headers),
+    /// absent from the request's own: an HTTP/1.1 upstream gets them written as they are
+    /// after the request's fields, an HTTP/2 one in the request's header map.
+    pub field_lines: &'a [u8],
+    /// The client's Host goes upstream instead of the upstream's authority.
+    pub preserve_host: bool,
 }
 
 /// The response to a failed exchange: 413 when our body limit cut the request, else 502.
@@ -522,6 +524,18 @@ mod tests {
         }
     }
 
+    fn outgoing<'a>(
+        path_and_query: &'a str,
+        field_lines: &'a [u8],
+        preserve_host: bool,
+    ) -> Outgoing<'a> {
+        Outgoing {
+            path_and_query,
+            field_lines,
+            preserve_host,
+        }
+    }
+
     fn request(host: Option<&str>) -> Request<ProxyBody> {
         let mut request = Request::new(empty());
         if let Some(host) = host {
@@ -554,7 +568,7 @@ mod tests {
         let target = &h1.targets[0];
         let mut plain = request(Some("client.example"));
         let identity = b"x-auth-method: api_key\r\nx-auth-subject: k1\r\n";
-        h1.prepare(&mut plain, target, "/v1/x?q=1", identity, false)
+        h1.prepare(&mut plain, target, &outgoing("/v1/x?q=1", identity, false))
             .unwrap();
         assert_eq!(plain.uri().to_string(), "/base/v1/x?q=1");
         assert_eq!(plain.headers()[HOST], "up:9000");
@@ -563,10 +577,11 @@ mod tests {
             "HTTP/1.1: the lines are written after the map's fields, not put in the map"
         );
         let mut kept = request(Some("client.example"));
-        h1.prepare(&mut kept, target, "/v1/x", b"", true).unwrap();
+        h1.prepare(&mut kept, target, &outgoing("/v1/x", b"", true))
+            .unwrap();
         assert_eq!(kept.headers()[HOST], "client.example");
         let mut missing = request(None);
-        h1.prepare(&mut missing, target, "/v1/x", b"", true)
+        h1.prepare(&mut missing, target, &outgoing("/v1/x", b"", true))
             .unwrap();
         assert_eq!(missing.headers()[HOST], "up:9000", "a missing Host is set");
 
@@ -574,8 +589,12 @@ mod tests {
             .upstreams(&spec(&["https://up2"], UpstreamProtocol::Http2))
             .unwrap();
         let mut absolute = request(Some("client.example"));
-        h2.prepare(&mut absolute, &h2.targets[0], "/v1/x", identity, false)
-            .unwrap();
+        h2.prepare(
+            &mut absolute,
+            &h2.targets[0],
+            &outgoing("/v1/x", identity, false),
+        )
+        .unwrap();
         assert_eq!(absolute.uri().to_string(), "https://up2/v1/x");
         assert_eq!(absolute.headers()[HOST], "up2");
         // HTTP/2: the identity lines become fields of the map, one each.
@@ -647,9 +666,7 @@ mod tests {
             let response = upstreams
                 .send(
                     post,
-                    "/x",
-                    b"",
-                    false,
+                    outgoing("/x", b"", false),
                     Instant::now() + Duration::from_secs(5),
                 )
                 .await
@@ -665,9 +682,7 @@ mod tests {
         let refused = only_closed
             .send(
                 request(None),
-                "/x",
-                b"",
-                false,
+                outgoing("/x", b"", false),
                 Instant::now() + Duration::from_secs(5),
             )
             .await

@@ -459,9 +459,11 @@ async fn handle_inner<const CHECK: bool>(
     let started = Instant::now();
     let send = runtime.upstreams(route).send(
         Request::from_parts(parts, body),
-        &path_and_query,
-        &identity_fields,
-        route.preserve_host,
+        crate::forward::Outgoing {
+            path_and_query: &path_and_query,
+            field_lines: &identity_fields,
+            preserve_host: route.preserve_host,
+        },
         tokio::time::Instant::from_std(started) + route.timeout,
     );
     let sent = match &context.tracked {
