@@ -115,11 +115,11 @@ impl IdentityHeaderNames {
             issuer: name("issuer"),
             empty_answer: bytes::Bytes::new(),
         };
-        let mut empty = HeaderMap::with_capacity(8);
+        let mut empty = Vec::new();
         for name in names.standard() {
-            empty.insert(name.clone(), HeaderValue::from_static(""));
+            push_line(&mut empty, &[name.as_str()], "");
         }
-        names.empty_answer = field_lines(&empty);
+        names.empty_answer = bytes::Bytes::from(empty);
         names
     }
 
@@ -127,18 +127,6 @@ impl IdentityHeaderNames {
     pub fn empty_answer(&self) -> bytes::Bytes {
         self.empty_answer.clone()
     }
-}
-
-/// `headers` as `name: value\r\n` lines, in order.
-fn field_lines(headers: &HeaderMap) -> bytes::Bytes {
-    let mut lines = Vec::with_capacity(256);
-    for (name, value) in headers {
-        lines.extend_from_slice(name.as_str().as_bytes());
-        lines.extend_from_slice(b": ");
-        lines.extend_from_slice(value.as_bytes());
-        lines.extend_from_slice(b"\r\n");
-    }
-    bytes::Bytes::from(lines)
 }
 
 /// Whether `value` may be sent as an identity header: visible ASCII (and tab) only. A value
@@ -206,13 +194,10 @@ pub struct Identity {
     /// The forward-auth answer's identity fields, serialized at the first check that presents
     /// this identity (see [`Self::answer_fields`]); 8 bytes while unused.
     answer_fields: OnceLock<Box<AnswerFields>>,
-    /// The identity fields of a proxied request, serialized at the first request that
-    /// presents this identity (see [`Self::upstream_fields`]); 8 bytes while unused.
-    upstream_fields: OnceLock<Box<AnswerFields>>,
 }
 
-/// [`Identity::answer_fields`]' and [`Identity::upstream_fields`]' cache: the lines, and the
-/// header prefix they were built with (a reload may change it while the identity stays cached).
+/// [`Identity::answer_fields`]' cache: the lines, and the header prefix they were built with
+/// (a reload may change it while the identity stays cached).
 #[derive(Debug, Clone)]
 struct AnswerFields {
     prefix: Box<str>,
@@ -272,7 +257,6 @@ impl Identity {
             key_hash: fields.key_hash,
             header_text: 0,
             answer_fields: OnceLock::new(),
-            upstream_fields: OnceLock::new(),
         };
         for (bit, span) in identity.header_fields().into_iter().enumerate() {
             if identity.str(span).is_some_and(is_header_text) {
@@ -344,23 +328,14 @@ impl Identity {
             .filter_map(|&(name, value)| Some((self.str(name)?, self.str(value)?)))
     }
 
-    pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes().any(|own| own == scope)
+    /// Bytes of the identity's strings (subject, tenant, scopes, claims...): what its header
+    /// values add up to at most.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
     }
 
-    /// A header value sliced from the buffer (a reference-count increment); `None` if absent.
-    /// Only for spans found to be valid header text when the identity was built.
-    fn value(&self, span: Span) -> Option<HeaderValue> {
-        if !span.is_some() {
-            return None;
-        }
-        let start = span.start as usize;
-        let bytes = self.text.as_bytes();
-        let end = start + span.len as usize;
-        if end > bytes.len() {
-            return None;
-        }
-        HeaderValue::from_maybe_shared(bytes.slice(start..end)).ok()
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes().any(|own| own == scope)
     }
 
     /// The identity fields of a forward-auth answer as `name: value\r\n` lines: those of
@@ -368,51 +343,45 @@ impl Identity {
     /// field the identity does not fill set empty (the proxy copies each field it is told to
     /// over the client's copy; see `pipeline::forward_auth::Allowed`). Built once per
     /// identity (and header prefix), then shared: a check costs a reference-count increment
-    /// here instead of a dozen header-map operations.
+    /// here instead of writing a dozen fields.
     pub fn answer_fields(&self, names: &IdentityHeaderNames) -> bytes::Bytes {
-        self.cached_lines(&self.answer_fields, names, true)
-    }
-
-    /// The identity headers (SPEC §6) of a request forwarded upstream as `name: value\r\n`
-    /// lines, each field valid header text or left out. Built once per identity (and header
-    /// prefix), then shared: the HTTP/1.1 upstream writer copies them
-    /// after the request's own fields, instead of a header-map insert per field on every
-    /// request. The client's fields under the prefix must have been stripped before.
-    pub fn upstream_fields(&self, names: &IdentityHeaderNames) -> bytes::Bytes {
-        self.cached_lines(&self.upstream_fields, names, false)
-    }
-
-    /// `cache`'s lines for `names`, built at the first call (`empty`: as for
-    /// [`Self::put_headers`]).
-    fn cached_lines(
-        &self,
-        cache: &OnceLock<Box<AnswerFields>>,
-        names: &IdentityHeaderNames,
-        empty: bool,
-    ) -> bytes::Bytes {
-        if let Some(cached) = cache.get()
+        if let Some(cached) = self.answer_fields.get()
             && *cached.prefix == *names.prefix
         {
             return cached.lines.clone();
         }
-        let mut fields = HeaderMap::with_capacity(16);
-        self.put_headers(names, &mut fields, empty);
-        let lines = field_lines(&fields);
-        // The first prefix seen stays cached; an identity presented under another one (after
-        // a reload changed it) builds its lines each time until it leaves the key cache.
-        let _ = cache.set(Box::new(AnswerFields {
+        let mut lines = Vec::new();
+        self.write_fields(names, true, &mut lines);
+        // Exactly sized: the lines stay as long as the identity is cached.
+        let lines = bytes::Bytes::from(lines.into_boxed_slice());
+        // The first prefix seen stays cached; an identity checked under another one (after a
+        // reload changed it) builds its lines each time until it leaves the key cache.
+        let _ = self.answer_fields.set(Box::new(AnswerFields {
             prefix: names.prefix.as_str().into(),
             lines: lines.clone(),
         }));
         lines
     }
 
-    #[inline(always)]
-    fn put_headers(&self, names: &IdentityHeaderNames, headers: &mut HeaderMap, empty: bool) {
-        headers.insert(
-            names.method.clone(),
-            HeaderValue::from_static(self.method.as_str()),
-        );
+    /// The identity headers (SPEC §6) of a request forwarded upstream, appended to `out` as
+    /// `name: value\r\n` lines; a field without a value that is valid header text is left out.
+    /// Written from the identity's own strings on every request (nothing is kept per cached
+    /// key): the HTTP/1.1 upstream writer copies the lines after the request's own fields,
+    /// instead of a header-map insert per field. The client's fields under the prefix must
+    /// have been stripped before.
+    pub fn upstream_fields(&self, names: &IdentityHeaderNames, out: &mut Vec<u8>) {
+        self.write_fields(names, false, out);
+    }
+
+    /// The one writer of the identity fields: the method, then each standard field in SPEC §6
+    /// order (`empty`: a field without a valid value is written empty instead of left out),
+    /// then the claims under `{prefix}claim-`. Every value was found to be header text and
+    /// every claim name to make a header name when the identity was built, so no line can
+    /// carry a CR, an LF or a colon in its name. Claims whose names differ only in case were
+    /// both lowercased: such a name is written once, where it first appears, with the last
+    /// value (as a header map's `insert` would keep it).
+    fn write_fields(&self, names: &IdentityHeaderNames, empty: bool, out: &mut Vec<u8>) {
+        push_line(out, &[names.method.as_str()], self.method.as_str());
         let names_in_order = [
             &names.subject,
             &names.tenant_id,
@@ -421,9 +390,6 @@ impl Identity {
             &names.scopes,
             &names.issuer,
         ];
-        // An API key's subject is its key_id (one span): its value is checked once and
-        // shared (a reference-count increment) by both headers.
-        let mut subject_value: Option<HeaderValue> = None;
         for (bit, (name, span)) in names_in_order
             .into_iter()
             .zip(self.header_fields())
@@ -433,34 +399,45 @@ impl Identity {
             let value = if self.header_text & (1 << bit) == 0 {
                 None
             } else {
-                match &subject_value {
-                    Some(subject) if span == self.subject => Some(subject.clone()),
-                    _ => self.value(span),
-                }
+                self.str(span)
             };
             match value {
-                Some(value) => {
-                    if span == self.subject {
-                        subject_value = Some(value.clone());
-                    }
-                    headers.insert(name.clone(), value);
-                }
-                None if empty => {
-                    headers.insert(name.clone(), HeaderValue::from_static(""));
-                }
+                Some(value) => push_line(out, &[name.as_str()], value),
+                None if empty => push_line(out, &[name.as_str()], ""),
                 None => {}
             }
         }
-        for &(name, value) in &self.claims {
-            let (Some(claim), Some(value)) = (self.str(name), self.value(value)) else {
+        let claims = &self.claims;
+        for (index, &(name, _)) in claims.iter().enumerate() {
+            let Some(claim) = self.str(name) else {
                 continue;
             };
-            let full = format!("{}claim-{claim}", names.prefix);
-            if let Ok(name) = HeaderName::from_bytes(full.as_bytes()) {
-                headers.insert(name, value);
+            if claims[..index]
+                .iter()
+                .any(|&(seen, _)| self.str(seen) == Some(claim))
+            {
+                continue;
+            }
+            let last = claims[index..].iter().rev().find_map(|&(other, value)| {
+                (self.str(other) == Some(claim))
+                    .then(|| self.str(value))
+                    .flatten()
+            });
+            if let Some(value) = last {
+                push_line(out, &[&names.prefix, "claim-", claim], value);
             }
         }
     }
+}
+
+/// Appends `{name}: {value}\r\n` to `out`, the name given in parts.
+fn push_line(out: &mut Vec<u8>, name: &[&str], value: &str) {
+    for part in name {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Decides who is calling: `Ok(None)` on a public route, the identity on a protected one.
@@ -677,7 +654,8 @@ mod tests {
         // Read back as the upstream reads them: one field per line.
         let mut headers = HeaderMap::new();
         headers.insert("x-auth-tenant-id", HeaderValue::from_static("spoofed"));
-        let lines = identity.upstream_fields(&names);
+        let mut lines = Vec::new();
+        identity.upstream_fields(&names, &mut lines);
         crate::headers::append_field_lines(&lines, &mut headers);
         let get = |name: &str| headers.get(name).map(|value| value.to_str().unwrap());
         assert_eq!(get("x-auth-method"), Some("jwt"));
@@ -695,8 +673,36 @@ mod tests {
             "x-auth-method: jwt\r\nx-auth-subject: user-1\r\nx-auth-scopes: read write\r\n\
              x-auth-issuer: https://idp.example\r\nx-auth-claim-team: blue\r\n"
         );
-        // Built once: the next request shares the same bytes.
-        assert_eq!(identity.upstream_fields(&names).as_ptr(), lines.as_ptr());
+        // A forward-auth answer writes the same fields, the absent ones empty.
+        let answer = identity.answer_fields(&names);
+        let answer = std::str::from_utf8(&answer).unwrap();
+        assert!(
+            answer.starts_with(
+                "x-auth-method: jwt\r\nx-auth-subject: user-1\r\nx-auth-tenant-id: \r\n"
+            )
+        );
+    }
+
+    /// Claims whose names differ only in case make one field, where the first stood, with the
+    /// last value: what a header map's `insert` kept before the fields were written directly.
+    #[test]
+    fn claims_named_alike_make_one_identity_field() {
+        let identity = Identity::new(
+            AuthMethod::ApiKey,
+            &IdentityFields {
+                subject: "k1",
+                scopes: &[],
+                claims: &[("Plan", "free"), ("team", "blue"), ("plan", "pro")],
+                ..IdentityFields::default()
+            },
+        );
+        let mut lines = Vec::new();
+        identity.upstream_fields(&IdentityHeaderNames::new("x-auth-"), &mut lines);
+        assert_eq!(
+            std::str::from_utf8(&lines).unwrap(),
+            "x-auth-method: api_key\r\nx-auth-subject: k1\r\nx-auth-scopes: \r\n\
+             x-auth-claim-plan: pro\r\nx-auth-claim-team: blue\r\n"
+        );
     }
 
     /// A forward-auth answer's lines: every standard field (empty where the identity has no

@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST, TE};
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode, Version};
@@ -29,8 +28,9 @@ use crate::routes::Route;
 
 /// Step 5: credentials stay here unless the route opts in; authgate's identity headers and
 /// signed assertion (the client's were stripped in step 3); forwarding headers and the
-/// request id. The identity headers are returned as `name: value\r\n` lines, built once per
-/// identity, for the upstream client to add (`Upstreams::send`): empty without an identity.
+/// request id. The identity headers are returned as `name: value\r\n` lines, written from the
+/// identity's strings, for the upstream client to add (`Upstreams::send`): empty without an
+/// identity.
 /// No field set here can be one of them: `upstream_headers` may not name an identity header
 /// (config), and the signed assertion has its own name.
 #[must_use]
@@ -42,7 +42,7 @@ pub(super) fn rewrite(
     config: &Config,
     conn: &ConnInfo,
     request_id: &RequestId,
-) -> Bytes {
+) -> Vec<u8> {
     // Credentials: the API-key headers always (the plain key never leaves the request), and
     // Authorization unless the route opts in. With `_` fields allowed, a client's `X_Api_Key`
     // spelling goes too: backends read it as `x-api-key`.
@@ -60,9 +60,13 @@ pub(super) fn rewrite(
             if let Some(signer) = assertion {
                 signer.insert(identity, &route.name, &mut parts.headers);
             }
-            identity.upstream_fields(&config.identity.names)
+            // Room for the usual fields without growing: the identity's strings plus the
+            // names and separators.
+            let mut lines = Vec::with_capacity(identity.text_len() + 160);
+            identity.upstream_fields(&config.identity.names, &mut lines);
+            lines
         }
-        None => Bytes::new(),
+        None => Vec::new(),
     };
     let original_host = parts.headers.get(HOST).cloned().or_else(|| {
         parts

@@ -578,7 +578,9 @@ fn build_identity_lines() -> bytes::Bytes {
             ..IdentityFields::default()
         },
     );
-    identity.upstream_fields(&IdentityHeaderNames::new("x-auth-"))
+    let mut lines = Vec::new();
+    identity.upstream_fields(&IdentityHeaderNames::new("x-auth-"), &mut lines);
+    bytes::Bytes::from(lines)
 }
 
 /// The head authgate sends upstream for `request`, the way the forwarder writes it:
