@@ -310,7 +310,7 @@ impl Upstreams {
         };
         if count == 1 {
             let target = &self.targets[0];
-            self.prepare(&mut request, target, &outgoing)?;
+            self.prepare(&mut request, target, outgoing)?;
             return self
                 .attempt(request, target, outgoing.field_lines, deadline)
                 .await
@@ -324,7 +324,7 @@ impl Upstreams {
             let Some(this_body) = body.take() else { break };
             let target = &self.targets[(start + attempt) % count];
             let mut request = Request::from_parts(parts.clone(), this_body);
-            self.prepare(&mut request, target, &outgoing)?;
+            self.prepare(&mut request, target, outgoing)?;
             match self
                 .attempt(request, target, outgoing.field_lines, deadline)
                 .await
@@ -348,13 +348,13 @@ impl Upstreams {
         &self,
         request: &mut Request<ProxyBody>,
         target: &UpstreamTarget,
-        outgoing: &Outgoing<'_>,
+        outgoing: Outgoing<'_>,
     ) -> Result<(), GatewayError> {
         let Outgoing {
             path_and_query,
             field_lines,
             preserve_host,
-        } = *outgoing;
+        } = outgoing;
         if target.h1.is_some() {
             // Origin-form, as the legacy client would send it; it also sets a missing Host.
             *request.uri_mut() = Uri::from(target.path_and_query(path_and_query)?);
@@ -568,7 +568,7 @@ mod tests {
         let target = &h1.targets[0];
         let mut plain = request(Some("client.example"));
         let identity = b"x-auth-method: api_key\r\nx-auth-subject: k1\r\n";
-        h1.prepare(&mut plain, target, &outgoing("/v1/x?q=1", identity, false))
+        h1.prepare(&mut plain, target, outgoing("/v1/x?q=1", identity, false))
             .unwrap();
         assert_eq!(plain.uri().to_string(), "/base/v1/x?q=1");
         assert_eq!(plain.headers()[HOST], "up:9000");
@@ -577,11 +577,11 @@ mod tests {
             "HTTP/1.1: the lines are written after the map's fields, not put in the map"
         );
         let mut kept = request(Some("client.example"));
-        h1.prepare(&mut kept, target, &outgoing("/v1/x", b"", true))
+        h1.prepare(&mut kept, target, outgoing("/v1/x", b"", true))
             .unwrap();
         assert_eq!(kept.headers()[HOST], "client.example");
         let mut missing = request(None);
-        h1.prepare(&mut missing, target, &outgoing("/v1/x", b"", true))
+        h1.prepare(&mut missing, target, outgoing("/v1/x", b"", true))
             .unwrap();
         assert_eq!(missing.headers()[HOST], "up:9000", "a missing Host is set");
 
@@ -592,7 +592,7 @@ mod tests {
         h2.prepare(
             &mut absolute,
             &h2.targets[0],
-            &outgoing("/v1/x", identity, false),
+            outgoing("/v1/x", identity, false),
         )
         .unwrap();
         assert_eq!(absolute.uri().to_string(), "https://up2/v1/x");
@@ -647,9 +647,16 @@ mod tests {
                             Ok(n) => seen.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
+                    // The identity lines reach the upstream that answers, once, in the head.
+                    let head = &seen[..seen.len() - b"hello".len()];
+                    let line = b"x-auth-subject: k1\r\n";
+                    let copies = head.windows(line.len()).filter(|w| w == line).count();
+                    let answer: &[u8] = if copies == 1 && head.ends_with(b"\r\n\r\n") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 500 Bad\r\ncontent-length: 0\r\n\r\n"
+                    };
+                    let _ = stream.write_all(answer).await;
                 });
             }
         });
@@ -666,7 +673,7 @@ mod tests {
             let response = upstreams
                 .send(
                     post,
-                    outgoing("/x", b"", false),
+                    outgoing("/x", b"x-auth-subject: k1\r\n", false),
                     Instant::now() + Duration::from_secs(5),
                 )
                 .await

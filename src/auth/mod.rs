@@ -227,13 +227,24 @@ impl Identity {
         let issuer = fields.issuer.map_or(Span::NONE, &mut push);
         let jwt_id = fields.jwt_id.map_or(Span::NONE, &mut push);
         let scopes = push(&fields.scopes.join(" "));
-        let mut claims = Vec::new();
+        // Claim names are lowercased; names that differ only in case make one claim, where
+        // the first stood, with the last value (as a map keyed by the name keeps it).
+        let mut claims: Vec<(Span, Span)> = Vec::new();
+        let mut claim_names: Vec<String> = Vec::new();
         for (name, value) in fields.claims {
             let lower = name.to_ascii_lowercase();
             let valid = HeaderName::from_bytes(format!("x-claim-{lower}").as_bytes()).is_ok()
                 && is_header_text(value);
-            if valid {
-                claims.push((push(&lower), push(value)));
+            if !valid {
+                continue;
+            }
+            let value = push(value);
+            match claim_names.iter().position(|seen| *seen == lower) {
+                Some(index) => claims[index].1 = value,
+                None => {
+                    claims.push((push(&lower), value));
+                    claim_names.push(lower);
+                }
             }
         }
         // `ByteString::from(String)` keeps the spare capacity: trim it, it is paid per cached
@@ -376,10 +387,8 @@ impl Identity {
     /// The one writer of the identity fields: the method, then each standard field in SPEC §6
     /// order (`empty`: a field without a valid value is written empty instead of left out),
     /// then the claims under `{prefix}claim-`. Every value was found to be header text and
-    /// every claim name to make a header name when the identity was built, so no line can
-    /// carry a CR, an LF or a colon in its name. Claims whose names differ only in case were
-    /// both lowercased: such a name is written once, where it first appears, with the last
-    /// value (as a header map's `insert` would keep it).
+    /// every claim name to make a header name, each name once, when the identity was built, so
+    /// no line can carry a CR or an LF, nor a colon in its name, and no field comes twice.
     fn write_fields(&self, names: &IdentityHeaderNames, empty: bool, out: &mut Vec<u8>) {
         push_line(out, &[names.method.as_str()], self.method.as_str());
         let names_in_order = [
@@ -407,25 +416,8 @@ impl Identity {
                 None => {}
             }
         }
-        let claims = &self.claims;
-        for (index, &(name, _)) in claims.iter().enumerate() {
-            let Some(claim) = self.str(name) else {
-                continue;
-            };
-            if claims[..index]
-                .iter()
-                .any(|&(seen, _)| self.str(seen) == Some(claim))
-            {
-                continue;
-            }
-            let last = claims[index..].iter().rev().find_map(|&(other, value)| {
-                (self.str(other) == Some(claim))
-                    .then(|| self.str(value))
-                    .flatten()
-            });
-            if let Some(value) = last {
-                push_line(out, &[&names.prefix, "claim-", claim], value);
-            }
+        for (claim, value) in self.claims() {
+            push_line(out, &[&names.prefix, "claim-", claim], value);
         }
     }
 }
@@ -683,8 +675,9 @@ mod tests {
         );
     }
 
-    /// Claims whose names differ only in case make one field, where the first stood, with the
-    /// last value: what a header map's `insert` kept before the fields were written directly.
+    /// Claims whose names differ only in case make one claim and one field, where the first
+    /// stood, with the last value: what a header map's `insert` kept before the fields were
+    /// written directly.
     #[test]
     fn claims_named_alike_make_one_identity_field() {
         let identity = Identity::new(
@@ -703,6 +696,8 @@ mod tests {
             "x-auth-method: api_key\r\nx-auth-subject: k1\r\nx-auth-scopes: \r\n\
              x-auth-claim-plan: pro\r\nx-auth-claim-team: blue\r\n"
         );
+        let claims: Vec<_> = identity.claims().collect();
+        assert_eq!(claims, [("plan", "pro"), ("team", "blue")]);
     }
 
     /// A forward-auth answer's lines: every standard field (empty where the identity has no
